@@ -1,0 +1,1 @@
+"""Built-in strategies, installed as ``ttscale.strategies`` and registered by entry point."""

@@ -1,0 +1,1 @@
+"""ttscale: turn extra inference compute into better LLM answers."""

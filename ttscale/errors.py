@@ -1,0 +1,112 @@
+"""The one error tree of ttscale.
+
+Every error the library raises on purpose derives from :class:`TTScaleError`, so a caller can catch
+the whole family with one ``except``. Lower-level exceptions are chained with ``raise ... from exc``.
+
+::
+
+    TTScaleError
+    ├── ConfigError              bad settings or arguments given to a component
+    │   └── UnknownNameError     a registry lookup found no such sampler, strategy or verifier
+    ├── DataError                bad input data; names the file, line and field where known
+    ├── SamplerError             a sampler could not deliver the samples it was asked for
+    │   └── UpstreamError        the model server failed after the client's own retries
+    ├── BudgetExhausted          a budget limit was reached before the work was done
+    └── VerifierError            a verifier could not score a candidate
+        └── SandboxRefused       running model-written code was not explicitly allowed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BudgetExhausted",
+    "ConfigError",
+    "DataError",
+    "SamplerError",
+    "SandboxRefused",
+    "TTScaleError",
+    "UnknownNameError",
+    "UpstreamError",
+    "VerifierError",
+]
+
+
+class TTScaleError(Exception):
+    """Root of every error ttscale raises on purpose."""
+
+
+class ConfigError(TTScaleError, ValueError):
+    """A component was given settings or arguments it cannot work with."""
+
+
+class UnknownNameError(ConfigError, LookupError):
+    """A name was looked up in a registry (entry-point group) that does not hold it."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        listing = ", ".join(self.known) if self.known else "(none registered)"
+        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}")
+
+
+class DataError(TTScaleError, ValueError):
+    """Input data is malformed; the message names where (file, line, field) when that is known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        where = ":".join(str(part) for part in (path, line) if part is not None)
+        prefix = f"{where}: " if where else ""
+        suffix = f" (field {field!r})" if field else ""
+        super().__init__(f"{prefix}{message}{suffix}")
+
+
+class SamplerError(TTScaleError):
+    """A sampler could not deliver the samples it was asked for.
+
+    ``partial`` holds what the draw did get before it failed (a ``SampleBatch``), so that samples
+    already paid for are never lost with the error.
+    """
+
+    def __init__(self, message: str, *, partial: Any = None) -> None:
+        self.partial = partial
+        super().__init__(message)
+
+
+class UpstreamError(SamplerError):
+    """The model server answered with an error that the client's retries did not get past."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: Any = None,
+        partial: Any = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        super().__init__(message, partial=partial)
+
+
+class BudgetExhausted(TTScaleError):
+    """A budget limit (samples, tokens, cost or time) was reached."""
+
+
+class VerifierError(TTScaleError):
+    """A verifier could not score a candidate."""
+
+
+class SandboxRefused(VerifierError, PermissionError):
+    """Running model-written code needs an explicit opt-in, and none was given."""

@@ -1,0 +1,144 @@
+"""The three extension points: Sampler, Strategy and Verifier.
+
+Each is a small Protocol. A plain function is accepted wherever a protocol is (as tenacity takes a
+plain callable for its stop and wait policies): :func:`as_sampler`, :func:`as_strategy` and
+:func:`as_verifier` adapt a function, sync or async, to the protocol.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ttscale.errors import ConfigError, VerifierError
+from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Score
+
+__all__ = [
+    "Sampler",
+    "Strategy",
+    "Verifier",
+    "as_sampler",
+    "as_strategy",
+    "as_verifier",
+]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Draws candidates for a prompt.
+
+    ``start_index`` is the index of the first sample of this call within the problem's draw: a
+    strategy that samples in batches passes it so that every sample gets a distinct derived seed.
+    """
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores a batch of candidates for one problem; higher is better."""
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]: ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Turns a problem into a result, drawing candidates through a sampler."""
+
+    async def run(
+        self, problem: Problem, sampler: Sampler, verifier: Verifier | None = None
+    ) -> Result: ...
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class _FunctionSampler:
+    def __init__(self, function: Callable[..., SampleBatch | Awaitable[SampleBatch]]) -> None:
+        self.function = function
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        batch = await _maybe_await(self.function(prompt, n, params, start_index=start_index))
+        if not isinstance(batch, SampleBatch):
+            raise ConfigError(
+                f"sampler function {self.function!r} returned {type(batch).__name__}, "
+                "expected a SampleBatch"
+            )
+        return batch
+
+
+class _FunctionVerifier:
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        raw = await _maybe_await(self.function(problem, candidates))
+        scores = [item if isinstance(item, Score) else Score(float(item)) for item in raw]
+        if len(scores) != len(candidates):
+            raise VerifierError(
+                f"verifier function {self.function!r} returned {len(scores)} scores "
+                f"for {len(candidates)} candidates"
+            )
+        return scores
+
+
+class _FunctionStrategy:
+    def __init__(self, function: Callable[..., Result | Awaitable[Result]]) -> None:
+        self.function = function
+
+    async def run(
+        self, problem: Problem, sampler: Sampler, verifier: Verifier | None = None
+    ) -> Result:
+        result = await _maybe_await(self.function(problem, sampler, verifier))
+        if not isinstance(result, Result):
+            raise ConfigError(
+                f"strategy function {self.function!r} returned {type(result).__name__}, "
+                "expected a Result"
+            )
+        return result
+
+
+def as_sampler(obj: Sampler | Callable[..., Any]) -> Sampler:
+    """Return ``obj`` if it is a Sampler; wrap a function ``(prompt, n, params, *, start_index)``."""
+    if isinstance(obj, Sampler):
+        return obj
+    if callable(obj):
+        return _FunctionSampler(obj)
+    raise ConfigError(f"{obj!r} is neither a Sampler nor a function")
+
+
+def as_verifier(obj: Verifier | Callable[..., Any]) -> Verifier:
+    """Return ``obj`` if it is a Verifier; wrap a function ``(problem, candidates) -> scores``.
+
+    The function may be sync or async and may return floats or :class:`Score` objects.
+    """
+    if isinstance(obj, Verifier):
+        return obj
+    if callable(obj):
+        return _FunctionVerifier(obj)
+    raise ConfigError(f"{obj!r} is neither a Verifier nor a function")
+
+
+def as_strategy(obj: Strategy | Callable[..., Any]) -> Strategy:
+    """Return ``obj`` if it is a Strategy; wrap a function ``(problem, sampler, verifier)``."""
+    if isinstance(obj, Strategy):
+        return obj
+    if callable(obj):
+        return _FunctionStrategy(obj)
+    raise ConfigError(f"{obj!r} is neither a Strategy nor a function")

@@ -1,0 +1,1 @@
+"""Test helpers shipped with ttscale: a real loopback OpenAI-compatible server and fakes."""

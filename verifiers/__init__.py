@@ -1,0 +1,1 @@
+"""Built-in verifiers, installed as ``ttscale.verifiers`` and registered by entry point."""
