@@ -1,1 +1,77 @@
-"""ttscale: turn extra inference compute into better LLM answers."""
+"""ttscale: turn extra inference compute into better LLM answers.
+
+The pieces: samplers draw candidates (:class:`OpenAISampler`), strategies turn them into answers,
+verifiers score them, and the budget tracker counts what it all cost. Every extension point is a
+small Protocol (:class:`Sampler`, :class:`Strategy`, :class:`Verifier`); built-ins register by
+entry point (:mod:`ttscale.registry`).
+"""
+
+from ttscale.errors import (
+    BudgetExhausted,
+    ConfigError,
+    DataError,
+    SamplerError,
+    SandboxRefused,
+    TTScaleError,
+    UnknownNameError,
+    UpstreamError,
+    VerifierError,
+)
+from ttscale.portal import Portal, default_portal
+from ttscale.protocols import Sampler, Strategy, Verifier, as_sampler, as_strategy, as_verifier
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.seeds import derive_seed
+from ttscale.sync import SyncSampler, SyncStrategy, SyncVerifier
+from ttscale.types import (
+    Candidate,
+    Pricing,
+    Problem,
+    Prompt,
+    Result,
+    SampleBatch,
+    SamplingParams,
+    Score,
+    TokenLogprob,
+    TraceEvent,
+    Usage,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExhausted",
+    "Candidate",
+    "ConfigError",
+    "DataError",
+    "OpenAISampler",
+    "OpenAISamplerConfig",
+    "Portal",
+    "Pricing",
+    "Problem",
+    "Prompt",
+    "Result",
+    "SampleBatch",
+    "Sampler",
+    "SamplerError",
+    "SamplingParams",
+    "SandboxRefused",
+    "Score",
+    "Strategy",
+    "SyncSampler",
+    "SyncStrategy",
+    "SyncVerifier",
+    "TTScaleError",
+    "TokenLogprob",
+    "TraceEvent",
+    "UnknownNameError",
+    "UpstreamError",
+    "Usage",
+    "Verifier",
+    "VerifierError",
+    "__version__",
+    "as_sampler",
+    "as_strategy",
+    "as_verifier",
+    "default_portal",
+    "derive_seed",
+]

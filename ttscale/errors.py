@@ -1,7 +1,8 @@
 """The one error tree of ttscale.
 
-Every error the library raises on purpose derives from :class:`TTScaleError`, so a caller can catch
-the whole family with one ``except``. Lower-level exceptions are chained with ``raise ... from exc``.
+Every error the library raises on purpose derives from :class:`TTScaleError`, so a caller can
+catch the whole family with one ``except``. Lower-level exceptions are chained with
+``raise ... from exc``.
 
 ::
 

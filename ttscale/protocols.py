@@ -115,7 +115,11 @@ class _FunctionStrategy:
 
 
 def as_sampler(obj: Sampler | Callable[..., Any]) -> Sampler:
-    """Return ``obj`` if it is a Sampler; wrap a function ``(prompt, n, params, *, start_index)``."""
+    """Return ``obj`` if it is a Sampler, else wrap a function.
+
+    The function is called as ``function(prompt, n, params, start_index=...)``, sync or async, and
+    returns a :class:`SampleBatch`.
+    """
     if isinstance(obj, Sampler):
         return obj
     if callable(obj):

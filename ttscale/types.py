@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 from ttscale.errors import ConfigError, DataError
 
@@ -32,7 +32,7 @@ __all__ = [
 Message = Mapping[str, Any]
 """One chat message, as the OpenAI API spells it: ``{"role": "user", "content": "..."}``."""
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 """What a sampler is asked to continue: plain text, or a list of chat messages."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -133,9 +133,10 @@ class Candidate:
     """One sampled answer.
 
     ``index`` is the sample's position in the problem's draw (0-based); seeds derive from it.
-    ``completion_tokens`` is exact when ``tokens_exact`` is true. Servers report one completion total
-    per request, so for a request that returned several choices without logprobs the total is
-    apportioned over its choices by length; the sum over a request always equals what the server said.
+    ``completion_tokens`` is exact when ``tokens_exact`` is true. Servers report one completion
+    total per request, so for a request that returned several choices without logprobs the total
+    is apportioned over its choices by length; the sum over a request always equals what the
+    server said.
     """
 
     text: str
@@ -266,9 +267,9 @@ class Result:
     """What a strategy returns for one problem.
 
     ``selected`` holds the chosen candidates, best first (more than one when asked for pass@k);
-    ``candidates`` every candidate drawn, in index order; ``scores`` aligns with ``candidates`` where
-    a verifier scored them (empty otherwise); ``answers`` aligns with ``selected`` and holds the
-    extracted answers.
+    ``candidates`` every candidate drawn, in index order; ``scores`` aligns with ``candidates``
+    where a verifier scored them (empty otherwise); ``answers`` aligns with ``selected`` and holds
+    the extracted answers.
     """
 
     problem_id: str

@@ -1,0 +1,544 @@
+"""A sampler over any OpenAI-compatible server (vLLM, llama.cpp, hosted APIs).
+
+It talks through ``openai.AsyncOpenAI``.
+
+What it guarantees:
+
+- Uses the server's ``n`` where the server has one, in requests of at most ``max_n`` choices. A
+  server that rejects ``n > 1`` (a 400/422 naming it) or returns fewer choices than asked is
+  remembered per endpoint, and the missing samples are drawn with single requests. Choices a
+  short response did return are kept: they were paid for.
+- Every request gets a distinct seed derived from the base seed and the index of its first sample,
+  so no two samples are identical seeded requests counted as independent.
+- One concurrency bound (requests in flight) is shared by every prompt drawn through the sampler;
+  optional requests-per-minute and tokens-per-minute limits sit in front of it.
+- Retries and backoff are the ``openai`` client's (``max_retries``, ``timeout``). The sampler only
+  re-draws samples that a response it could not read failed to deliver, a bounded number of times.
+- Usage is what the server reported: prompt tokens per request, completion tokens per sample (exact
+  where the request had one choice or logprobs came back; apportioned otherwise, with the request's
+  total kept exact).
+- When a draw fails part way, the error carries the samples already received (``partial``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import openai
+from aiolimiter import AsyncLimiter
+
+from ttscale.errors import ConfigError, SamplerError, UpstreamError
+from ttscale.registry import build_config
+from ttscale.seeds import derive_seed, random_base_seed
+from ttscale.types import (
+    Candidate,
+    Pricing,
+    Prompt,
+    SampleBatch,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+
+__all__ = ["OpenAISampler", "OpenAISamplerConfig"]
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["chat", "completions"]
+NMode = Literal["auto", "always", "never"]
+
+# Characters per token for the tokens-per-minute estimate of a prompt; the real count is unknown
+# until the server answers, and a limiter has to decide before it asks.
+_CHARS_PER_TOKEN_ESTIMATE = 4
+_DEFAULT_COMPLETION_ESTIMATE = 256
+
+
+@dataclass(frozen=True)
+class OpenAISamplerConfig:
+    """Settings of an :class:`OpenAISampler`.
+
+    ``api_key`` wins over ``api_key_env``; with neither set a placeholder key is sent, which local
+    servers (vLLM, llama.cpp) accept. ``n_mode`` is "auto" (use ``n`` until the server shows it
+    does not honour it), "always" or "never". ``max_redraws`` bounds how many times per draw the
+    sampler re-requests samples that a response it could not read failed to deliver.
+    """
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    endpoint: Endpoint = "chat"
+    max_n: int = 16
+    n_mode: NMode = "auto"
+    concurrency: int = 64
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = 2
+    timeout: float = 600.0
+    pricing: Pricing | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_redraws: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("OpenAISampler needs a model name")
+        if self.endpoint not in ("chat", "completions"):
+            raise ConfigError(f"endpoint must be 'chat' or 'completions', got {self.endpoint!r}")
+        if self.n_mode not in ("auto", "always", "never"):
+            raise ConfigError(f"n_mode must be auto, always or never, got {self.n_mode!r}")
+        for name in ("max_n", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_retries < 0 or self.max_redraws < 0:
+            raise ConfigError("max_retries and max_redraws must be >= 0")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A run of consecutive sample indices that one request is asked to fill."""
+
+    start: int
+    count: int
+
+
+@dataclass
+class _Draw:
+    """Mutable bookkeeping of one ``sample`` call; never shared between calls."""
+
+    candidates: dict[int, Candidate] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    redraws: int = 0
+
+
+class _UnreadableResponse(Exception):
+    """The server answered 200 but the body could not be read as a completion."""
+
+
+class OpenAISampler:
+    """Draws candidates from an OpenAI-compatible server. See the module docstring."""
+
+    def __init__(
+        self,
+        config: OpenAISamplerConfig | None = None,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = build_config(OpenAISamplerConfig, options, "OpenAISampler")
+        elif options:
+            raise ConfigError("pass either a config or keyword options to OpenAISampler, not both")
+        self.config = config
+        self._owns_client = client is None
+        self._client = client if client is not None else self._make_client(config)
+        base = config.params.seed
+        self.base_seed = base if base is not None else random_base_seed()
+        if base is None:
+            log.info("OpenAISampler: no base seed given; drew %d", self.base_seed)
+        # Whether the endpoint honours n, learnt from its answers; None until known.
+        self._n_supported: bool | None = {"auto": None, "always": True, "never": False}[
+            config.n_mode
+        ]
+        # Loop-bound primitives are made on first use, on the loop that uses them.
+        self._semaphore: asyncio.Semaphore | None = None
+        self._request_limiter: AsyncLimiter | None = None
+        self._token_limiter: AsyncLimiter | None = None
+
+    @staticmethod
+    def _make_client(config: OpenAISamplerConfig) -> openai.AsyncOpenAI:
+        api_key = config.api_key
+        if api_key is None and config.api_key_env:
+            api_key = os.environ.get(config.api_key_env)
+        return openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=api_key or "not-needed",
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+        )
+
+    @property
+    def n_supported(self) -> bool | None:
+        """What the sampler has learnt of the endpoint's ``n``: True, False, or None (not yet)."""
+        return self._n_supported
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.close()
+
+    async def __aenter__(self) -> OpenAISampler:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- drawing -----------------------------------------------------------------------------
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
+        if n < 0:
+            raise ConfigError(f"n must be >= 0, got {n}")
+        if start_index < 0:
+            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        params = params if params is not None else self.config.params
+        request_input = self._request_input(prompt)
+        draw = _Draw()
+        started = time.perf_counter()
+        try:
+            await self._fill(draw, request_input, params, _Slot(start_index, n))
+        except BaseException as exc:
+            partial = self._batch(draw, time.perf_counter() - started)
+            if isinstance(exc, SamplerError):
+                exc.partial = partial
+                raise
+            if isinstance(exc, Exception):
+                raise SamplerError(f"sampling failed: {exc}", partial=partial) from exc
+            raise
+        return self._batch(draw, time.perf_counter() - started)
+
+    def _batch(self, draw: _Draw, wall_time: float) -> SampleBatch:
+        candidates = tuple(draw.candidates[index] for index in sorted(draw.candidates))
+        return SampleBatch(candidates, draw.usage.replace(wall_time_s=wall_time))
+
+    def _request_input(self, prompt: Prompt) -> str | list[dict[str, Any]]:
+        if self.config.endpoint == "chat":
+            if isinstance(prompt, str):
+                return [{"role": "user", "content": prompt}]
+            return [dict(message) for message in prompt]
+        if not isinstance(prompt, str):
+            raise ConfigError(
+                "the completions endpoint takes a text prompt; chat messages need endpoint='chat' "
+                "(or apply the model's chat template first)"
+            )
+        return prompt
+
+    def _plan(self, slot: _Slot) -> list[_Slot]:
+        """Split a run of indices into requests: chunks of max_n, or singles without n."""
+        if self._n_supported is False or slot.count <= 1:
+            return [_Slot(slot.start + i, 1) for i in range(slot.count)]
+        size = self.config.max_n
+        return [
+            _Slot(start, min(size, slot.start + slot.count - start))
+            for start in range(slot.start, slot.start + slot.count, size)
+        ]
+
+    async def _fill(
+        self,
+        draw: _Draw,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        slot: _Slot,
+    ) -> None:
+        if slot.count == 0:
+            return
+        requests = self._plan(slot)
+        outcomes = await asyncio.gather(
+            *(self._request(draw, request_input, params, part) for part in requests),
+            return_exceptions=True,
+        )
+        missing: list[int] = []
+        failure: BaseException | None = None
+        for part, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, _UnreadableResponse):
+                missing.extend(range(part.start, part.start + part.count))
+            elif isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                missing.extend(outcome)
+        if failure is not None:
+            # Every request of this round has finished (gather waited), so what arrived is in
+            # draw and is carried by the error.
+            raise failure
+        if not missing:
+            return
+        if draw.redraws >= self.config.max_redraws:
+            raise SamplerError(
+                f"{len(missing)} sample(s) still missing after {draw.redraws} re-draws "
+                f"(indices {missing[:8]}{'...' if len(missing) > 8 else ''})"
+            )
+        draw.redraws += 1
+        log.info("re-drawing %d sample(s) a response did not deliver", len(missing))
+        await asyncio.gather(
+            *(self._fill(draw, request_input, params, _Slot(index, 1)) for index in missing)
+        )
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def _loop_primitives(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.config.concurrency)
+            if self.config.requests_per_minute:
+                self._request_limiter = AsyncLimiter(self.config.requests_per_minute, 60)
+            if self.config.tokens_per_minute:
+                self._token_limiter = AsyncLimiter(self.config.tokens_per_minute, 60)
+        return self._semaphore
+
+    def _token_estimate(
+        self, request_input: str | list[dict[str, Any]], params: SamplingParams, count: int
+    ) -> float:
+        text = (
+            request_input
+            if isinstance(request_input, str)
+            else " ".join(str(m.get("content", "")) for m in request_input)
+        )
+        completion = params.max_tokens or _DEFAULT_COMPLETION_ESTIMATE
+        return len(text) / _CHARS_PER_TOKEN_ESTIMATE + completion * count
+
+    async def _request(
+        self,
+        draw: _Draw,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        slot: _Slot,
+    ) -> list[int]:
+        """Send one request for ``slot``; record what came back; return the indices not filled."""
+        semaphore = self._loop_primitives()
+        if self._request_limiter is not None:
+            await self._request_limiter.acquire()
+        if self._token_limiter is not None:
+            # A request larger than a whole minute's allowance still has to go out, alone.
+            amount = min(
+                self._token_estimate(request_input, params, slot.count),
+                self.config.tokens_per_minute or 0.0,
+            )
+            await self._token_limiter.acquire(amount)
+        seed = derive_seed(self.base_seed, slot.start)
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                response = await self._create(request_input, params, slot.count, seed)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                if slot.count > 1 and self.config.n_mode == "auto" and _names_n(exc):
+                    self._learn_n(False, "rejected n > 1")
+                    return list(range(slot.start, slot.start + slot.count))
+                raise _upstream(exc) from exc
+            except openai.APIStatusError as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                raise _upstream(exc) from exc
+            except openai.APIConnectionError as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                raise UpstreamError(f"could not reach the model server: {exc}") from exc
+            except (ValueError, TypeError) as exc:  # a 200 whose body is not a completion
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                log.warning("unreadable response from the model server: %s", exc)
+                raise _UnreadableResponse(str(exc)) from exc
+            latency = time.perf_counter() - started
+        return self._record(draw, response, params, slot, seed, latency)
+
+    async def _create(
+        self,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        count: int,
+        seed: int,
+    ) -> Any:
+        options: dict[str, Any] = {"model": self.config.model, "seed": seed}
+        if count > 1:
+            options["n"] = count
+        if params.temperature is not None:
+            options["temperature"] = params.temperature
+        if params.top_p is not None:
+            options["top_p"] = params.top_p
+        if params.max_tokens is not None:
+            options["max_tokens"] = params.max_tokens
+        if params.stop:
+            options["stop"] = list(params.stop)
+        if params.extra_body:
+            options["extra_body"] = dict(params.extra_body)
+        if self.config.endpoint == "chat":
+            if params.logprobs is not None:
+                options["logprobs"] = True
+                if params.logprobs > 0:
+                    options["top_logprobs"] = params.logprobs
+            messages: Any = request_input  # plain dicts in the OpenAI wire format
+            return await self._client.chat.completions.create(messages=messages, **options)
+        if params.logprobs is not None:
+            options["logprobs"] = params.logprobs
+        prompt: Any = request_input  # a str: _request_input refuses messages here
+        return await self._client.completions.create(prompt=prompt, **options)
+
+    def _learn_n(self, supported: bool, why: str) -> None:
+        if self._n_supported is not supported:
+            log.info(
+                "endpoint %s (%s) %s; %s",
+                self.config.base_url,
+                self.config.endpoint,
+                why,
+                "using n" if supported else "falling back to one sample per request",
+            )
+        self._n_supported = supported
+
+    def _record(
+        self,
+        draw: _Draw,
+        response: Any,
+        params: SamplingParams,
+        slot: _Slot,
+        seed: int,
+        latency: float,
+    ) -> list[int]:
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):
+            # A body that parsed but is no completion (openai returns text for non-JSON bodies).
+            draw.usage = draw.usage + Usage(failed_requests=1)
+            raise _UnreadableResponse(f"response has no choices: {str(response)[:200]!r}")
+        # Choice indices outside the slot (a misbehaving server) are not samples we asked for.
+        kept = sorted(
+            (choice for choice in choices if 0 <= int(choice.index) < slot.count),
+            key=lambda choice: int(choice.index),
+        )
+        texts = [_choice_text(choice, self.config.endpoint) for choice in kept]
+        token_lists = [_choice_logprobs(choice, self.config.endpoint) for choice in kept]
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
+        counts, exact = _completion_counts(texts, token_lists, completion_total, usage is not None)
+        model = str(getattr(response, "model", "") or self.config.model)
+        request_id = getattr(response, "id", None)
+        for offset, choice in enumerate(kept):
+            index = slot.start + int(choice.index)
+            if index in draw.candidates:
+                continue  # a duplicated choice index: never count one sample twice
+            draw.candidates[index] = Candidate(
+                text=texts[offset],
+                index=index,
+                finish_reason=getattr(choice, "finish_reason", None),
+                completion_tokens=counts[offset],
+                tokens_exact=exact,
+                seed=seed,
+                model=model,
+                latency_s=latency,
+                temperature=params.temperature,
+                logprobs=token_lists[offset],
+                request_id=str(request_id) if request_id is not None else None,
+            )
+        cost = (
+            self.config.pricing.cost(prompt_tokens, completion_total)
+            if self.config.pricing
+            else 0.0
+        )
+        draw.usage = draw.usage + Usage(
+            requests=1,
+            samples=len(kept),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_total,
+            cost=cost,
+        )
+        filled = {slot.start + int(choice.index) for choice in kept}
+        missing = [i for i in range(slot.start, slot.start + slot.count) if i not in filled]
+        if slot.count > 1 and self.config.n_mode == "auto":
+            self._learn_n(not missing, f"returned {len(kept)} of {slot.count} choices")
+        return missing
+
+
+def _names_n(exc: openai.APIStatusError) -> bool:
+    """Whether a 400/422 is about the ``n`` parameter (vs. a bad request of another kind)."""
+    body = exc.body if isinstance(exc.body, Mapping) else {}
+    error = body.get("error", body)
+    if isinstance(error, Mapping) and error.get("param") == "n":
+        return True
+    message = json.dumps(body) if body else str(exc)
+    lowered = message.lower()
+    return any(
+        marker in lowered
+        for marker in ("'n'", '"n"', "n >", "n>", "n must", "parameter n", "only n=1", "n=1")
+    )
+
+
+def _upstream(exc: openai.APIStatusError) -> UpstreamError:
+    return UpstreamError(
+        f"model server answered {exc.status_code}: {exc.message}",
+        status_code=exc.status_code,
+        body=exc.body,
+    )
+
+
+def _choice_text(choice: Any, endpoint: Endpoint) -> str:
+    if endpoint == "chat":
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        return content if isinstance(content, str) else ""
+    text = getattr(choice, "text", None)
+    return text if isinstance(text, str) else ""
+
+
+def _choice_logprobs(choice: Any, endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return None
+    if endpoint == "chat":
+        content = getattr(logprobs, "content", None)
+        if content is None:
+            return None
+        return tuple(
+            TokenLogprob(
+                token=item.token,
+                logprob=float(item.logprob),
+                top=tuple((alt.token, float(alt.logprob)) for alt in (item.top_logprobs or ())),
+            )
+            for item in content
+        )
+    tokens = getattr(logprobs, "tokens", None)
+    values = getattr(logprobs, "token_logprobs", None)
+    if tokens is None or values is None:
+        return None
+    tops: Sequence[Mapping[str, float] | None] = getattr(logprobs, "top_logprobs", None) or [
+        None
+    ] * len(tokens)
+    return tuple(
+        TokenLogprob(
+            token=token,
+            logprob=float(value) if value is not None else 0.0,
+            top=tuple((alt, float(lp)) for alt, lp in (top or {}).items()),
+        )
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    )
+
+
+def _completion_counts(
+    texts: Sequence[str],
+    token_lists: Sequence[tuple[TokenLogprob, ...] | None],
+    total: int,
+    reported: bool,
+) -> tuple[list[int], bool]:
+    """Completion tokens per choice, and whether they are exact.
+
+    One choice: the server's total is that choice's count. Logprobs for every choice: their
+    lengths are exact. Otherwise the total is apportioned by text length with the largest
+    remainder method, so the per-choice counts still add up to what the server reported.
+    """
+    if not texts:
+        return [], True
+    if len(texts) == 1:
+        return [total], reported
+    if all(tokens is not None for tokens in token_lists):
+        return [len(tokens or ()) for tokens in token_lists], True
+    weights = [max(len(text), 1) for text in texts]
+    scale = total / sum(weights)
+    shares = [weight * scale for weight in weights]
+    counts = [int(share) for share in shares]
+    leftover = total - sum(counts)
+    by_remainder = sorted(range(len(texts)), key=lambda i: shares[i] - counts[i], reverse=True)
+    for i in by_remainder[:leftover]:
+        counts[i] += 1
+    return counts, False
