@@ -286,8 +286,13 @@ class OpenAISampler:
     def _loop_primitives(self) -> asyncio.Semaphore:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.config.concurrency)
-            if self.config.requests_per_minute:
-                self._request_limiter = AsyncLimiter(self.config.requests_per_minute, 60)
+            rpm = self.config.requests_per_minute
+            if rpm:
+                # aiolimiter lets a whole period's allowance through at once; a one-second period
+                # (or one request per interval below 60/min) keeps bursts to a second's worth.
+                self._request_limiter = (
+                    AsyncLimiter(rpm / 60, 1) if rpm >= 60 else AsyncLimiter(1, 60 / rpm)
+                )
             if self.config.tokens_per_minute:
                 self._token_limiter = AsyncLimiter(self.config.tokens_per_minute, 60)
         return self._semaphore

@@ -1,0 +1,105 @@
+"""Sampler throughput against the loopback server.
+
+1,000 samples (10 prompts x 100) at 20 ms server latency with a concurrency bound of 64, once with
+the server's ``n`` on and once with it off. The server runs in its own process so that its work does
+not share our interpreter. Printed per mode: wall time, the bound ceil(requests / concurrency) x
+latency, their ratio, HTTP requests per sample and samples per second.
+
+Targets: ratio <= 1.10 with ``n`` off; requests per sample <= 1 / max_n with ``n`` on.
+
+    python benchmarks/sampler_throughput.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from ttscale import OpenAISampler, SamplingParams, Usage
+
+PROMPTS = 10
+SAMPLES_PER_PROMPT = 100
+LATENCY = 0.020
+CONCURRENCY = 64
+MAX_N = 20  # divides 100, so every request can carry a full max_n
+
+
+@contextmanager
+def loopback_process(n_support: str) -> Iterator[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "ttscale.testing",
+        "--latency",
+        str(LATENCY),
+        "--n-support",
+        n_support,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"loopback server did not start: {line!r}")
+        yield line.split(" ", 1)[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def run_once(base_url: str, n_mode: str) -> tuple[float, Usage, int]:
+    sampler = OpenAISampler(
+        model="loopback",
+        base_url=base_url,
+        api_key="bench",
+        concurrency=CONCURRENCY,
+        max_n=MAX_N,
+        n_mode=n_mode,  # type: ignore[arg-type]
+        params=SamplingParams(temperature=0.8, max_tokens=32, seed=0),
+    )
+    async with sampler:
+        # Warm the connection pool so the figure is the steady state, not TCP handshakes.
+        await asyncio.gather(*(sampler.sample("warm-up", 1) for _ in range(CONCURRENCY)))
+        started = time.perf_counter()
+        batches = await asyncio.gather(
+            *(sampler.sample(f"prompt {i}", SAMPLES_PER_PROMPT) for i in range(PROMPTS))
+        )
+        wall = time.perf_counter() - started
+    usage = Usage.total([batch.usage for batch in batches])
+    samples = sum(len(batch.candidates) for batch in batches)
+    return wall, usage, samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the median is shown")
+    args = parser.parse_args()
+    print(
+        f"{PROMPTS} prompts x {SAMPLES_PER_PROMPT} samples, latency {LATENCY * 1000:.0f} ms, "
+        f"concurrency {CONCURRENCY}, max_n {MAX_N}, median of {args.repeats} runs"
+    )
+    header = f"{'mode':<8}{'wall s':>9}{'bound s':>9}{'ratio':>8}{'req/sample':>12}{'samples/s':>11}"
+    print(header)
+    for label, n_support, n_mode in (("n off", "reject", "never"), ("n on", "yes", "auto")):
+        with loopback_process(n_support) as base_url:
+            runs = [asyncio.run(run_once(base_url, n_mode)) for _ in range(args.repeats)]
+        runs.sort(key=lambda run: run[0])
+        wall, usage, samples = runs[len(runs) // 2]
+        if samples != PROMPTS * SAMPLES_PER_PROMPT:
+            raise SystemExit(f"{label}: got {samples} samples, expected 1000")
+        bound = math.ceil(usage.requests / CONCURRENCY) * LATENCY
+        print(
+            f"{label:<8}{wall:>9.3f}{bound:>9.3f}{wall / bound:>8.2f}"
+            f"{usage.requests / samples:>12.3f}{samples / wall:>11.0f}"
+        )
+    print(f"targets: ratio <= 1.10 with n off; req/sample <= {1 / MAX_N:.3f} with n on")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) and install ttscale into it, editable, with the
+# extras named in $TTSCALE_EXTRAS (default: dev). Safe to run again: pip skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[${TTSCALE_EXTRAS:-dev}]"
