@@ -1,1 +1,45 @@
-"""Built-in strategies, installed as ``ttscale.strategies`` and registered by entry point."""
+"""Built-in strategies, installed as ``ttscale.strategies`` and registered by entry point.
+
+- :class:`BestOfN` (``best_of_n``), :class:`Majority` (``majority``),
+  :class:`BestOfMajority` (``best_of_majority``), :class:`Adaptive` (``adaptive``) and
+  :class:`AheadByK` (``ahead_by_k``): thin async orchestration over a sampler and a verifier.
+- :mod:`~ttscale.strategies.extract`: answer extraction and normalisation.
+- :mod:`~ttscale.strategies.selection` and :mod:`~ttscale.strategies.stopping`: the pure rules.
+- :mod:`~ttscale.strategies.sampling`: sampling policies (hedged sampling, temperature schedules).
+- :mod:`~ttscale.strategies.offline`: every strategy's expected accuracy at every budget from
+  stored samples.
+"""
+
+from ttscale.strategies.adaptive import Adaptive, AdaptiveConfig
+from ttscale.strategies.ahead_by_k import AheadByK, AheadByKConfig
+from ttscale.strategies.base import StrategyConfig
+from ttscale.strategies.best_of_majority import BestOfMajority, BestOfMajorityConfig
+from ttscale.strategies.best_of_n import BestOfN, BestOfNConfig
+from ttscale.strategies.extract import AnswerEquivalence, get_extractor
+from ttscale.strategies.majority import Majority, MajorityConfig
+from ttscale.strategies.sampling import (
+    FixedSampling,
+    HedgedSampling,
+    SamplingPolicy,
+    TemperatureSchedule,
+)
+
+__all__ = [
+    "Adaptive",
+    "AdaptiveConfig",
+    "AheadByK",
+    "AheadByKConfig",
+    "AnswerEquivalence",
+    "BestOfMajority",
+    "BestOfMajorityConfig",
+    "BestOfN",
+    "BestOfNConfig",
+    "FixedSampling",
+    "HedgedSampling",
+    "Majority",
+    "MajorityConfig",
+    "SamplingPolicy",
+    "StrategyConfig",
+    "TemperatureSchedule",
+    "get_extractor",
+]

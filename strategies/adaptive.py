@@ -1,0 +1,86 @@
+"""Adaptive sampling for majority vote: draw small batches until a stopping rule is confident.
+
+Rules: ``"beta"`` is Adaptive-Consistency's Beta rule (stop when P(p_top > 1/2) >= ``threshold``
+under Beta(a + 1, b + 1), a and b the votes of the two leading answers); ``"esc"`` is ESC's rule
+(stop at the first batch, a window of ``batch_size`` samples, that is unanimous). The strategy looks
+after every batch and never asks for more than the next batch, so it stops paying when it stops;
+``samples`` caps the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, votes_summary
+from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
+from ttscale.strategies.stopping import beta_rule_stops, unanimous
+
+from ttscale.errors import ConfigError
+from ttscale.protocols import Sampler, Verifier
+from ttscale.types import Problem, Result
+
+__all__ = ["Adaptive", "AdaptiveConfig", "StopRule"]
+
+StopRule = Literal["beta", "esc"]
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig(StrategyConfig):
+    """Options of :class:`Adaptive`. ``samples`` (default 40, as in the paper) is the cap."""
+
+    samples: int = 40
+    rule: StopRule = "beta"
+    threshold: float = 0.95
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rule not in ("beta", "esc"):
+            raise ConfigError(f"rule must be 'beta' or 'esc', got {self.rule!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+
+def should_stop(
+    answers: list[str | None], last_batch: list[str | None], config: AdaptiveConfig
+) -> bool:
+    """Whether the rule is satisfied by the votes so far (pure; no sampling)."""
+    if config.rule == "esc":
+        return len(last_batch) == config.batch_size and unanimous(last_batch)
+    groups = group_answers(answers, equivalence=config.equivalence)
+    return beta_rule_stops((group.count for group in groups), config.threshold)
+
+
+class Adaptive:
+    """Majority vote that stops sampling once the vote is settled."""
+
+    name = "adaptive"
+
+    def __init__(self, config: AdaptiveConfig | None = None, **options: Any) -> None:
+        self.config = resolve_config(AdaptiveConfig, config, options, "adaptive")
+
+    async def run(
+        self, problem: Problem, sampler: Sampler, verifier: Verifier | None = None
+    ) -> Result:
+        """Run on ``problem``. The verifier is not used: the rules only count votes."""
+        config = self.config
+        run = ProblemRun(problem, sampler, config, self.name)
+        reason = "max_samples"
+        while run.next_index < config.samples:
+            count = min(config.batch_size, config.samples - run.next_index)
+            new = await run.draw(count)
+            last_batch = run.answers[len(run.answers) - len(new) :]
+            if should_stop(run.answers, last_batch, config):
+                reason = "confident" if config.rule == "beta" else "unanimous_window"
+                break
+        indices = run.indices
+        everything = group_answers(run.answers, indices=indices, equivalence=config.equivalence)
+        run.event("vote", votes=votes_summary(vote_counts(everything)))
+        run.event("stop", reason=reason, samples=len(run.candidates), rule=config.rule)
+        groups = select_majority(
+            run.answers, config.k, indices=indices, equivalence=config.equivalence
+        )
+        return run.result([best_member(group.members, None, indices) for group in groups])

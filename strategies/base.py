@@ -1,0 +1,162 @@
+"""What every built-in strategy shares: the common options and the bookkeeping of one run.
+
+Strategies are thin: they draw through :class:`ProblemRun` (which keeps sample indices distinct,
+sums usage and records the trace), call the pure selection and stopping functions, and build a
+:class:`~ttscale.types.Result` with :meth:`ProblemRun.result`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
+from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
+
+from ttscale.errors import ConfigError, VerifierError
+from ttscale.protocols import Sampler, Verifier
+from ttscale.registry import build_config
+from ttscale.types import Candidate, Problem, Result, SampleBatch, Score, TraceEvent, Usage
+
+__all__ = ["ProblemRun", "StrategyConfig", "resolve_config"]
+
+log = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT", bound="StrategyConfig")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Options every built-in strategy takes.
+
+    ``samples`` is the sample budget: N for the fixed-N strategies, the most that may be drawn for
+    the adaptive ones. ``k`` is how many candidates to select (k > 1 for pass@k). ``params`` is a
+    :class:`SamplingParams` or a sampling policy (see :mod:`ttscale.strategies.sampling`).
+    ``extractor`` names an extractor (see :mod:`ttscale.strategies.extract`) or is a function
+    ``text -> answer | None``. ``equivalence`` (an object with ``equivalent(a, b)``) merges answer
+    groups it finds equal.
+    """
+
+    samples: int = 16
+    k: int = 1
+    params: PolicySpec = None
+    extractor: str | Extractor = "auto"
+    equivalence: AnswerEquivalence | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k!r}")
+        try:
+            as_policy(self.params)
+        except ConfigError as exc:
+            raise ConfigError(f"params: {exc}") from exc
+        get_extractor(self.extractor)  # raises ConfigError naming the field
+        if self.equivalence is not None and not isinstance(self.equivalence, AnswerEquivalence):
+            raise ConfigError(
+                f"equivalence must have an equivalent(a, b) method, got {self.equivalence!r}"
+            )
+
+    @property
+    def policy(self) -> SamplingPolicy:
+        return as_policy(self.params)
+
+    @property
+    def extract(self) -> Extractor:
+        return get_extractor(self.extractor)
+
+
+def resolve_config(
+    config_type: type[ConfigT], config: ConfigT | None, options: dict[str, Any], name: str
+) -> ConfigT:
+    """``config`` itself, or one built from keyword options (never both)."""
+    if config is not None:
+        if options:
+            raise ConfigError(f"pass either a config or keyword options to {name}, not both")
+        if not isinstance(config, config_type):
+            raise ConfigError(f"{name} takes a {config_type.__name__}, got {config!r}")
+        return config
+    return build_config(config_type, options, name)
+
+
+class ProblemRun:
+    """The mutable state of one strategy run on one problem; never shared between runs."""
+
+    def __init__(
+        self, problem: Problem, sampler: Sampler, config: StrategyConfig, strategy: str
+    ) -> None:
+        self.problem = problem
+        self.sampler = sampler
+        self.strategy = strategy
+        self.policy = config.policy
+        self.extract = config.extract
+        self.candidates: list[Candidate] = []
+        self.answers: list[str | None] = []
+        self.usages: list[Usage] = []
+        self.trace: list[TraceEvent] = []
+        self.next_index = 0
+
+    @property
+    def indices(self) -> list[int]:
+        return [candidate.index for candidate in self.candidates]
+
+    def event(self, step: str, **data: Any) -> None:
+        self.trace.append(TraceEvent(step, data))
+        log.debug("%s %s: %s %s", self.strategy, self.problem.id, step, data)
+
+    async def draw(self, count: int) -> list[Candidate]:
+        """Draw the next ``count`` samples; returns the new candidates in index order."""
+        start = self.next_index
+        # Advance first: indices once asked for are never reused, even if a call failed.
+        self.next_index += count
+        batch: SampleBatch = await draw(self.sampler, self.problem.input, self.policy, start, count)
+        self.usages.append(batch.usage)
+        new = sorted(batch.candidates, key=lambda candidate: candidate.index)
+        self.candidates.extend(new)
+        self.answers.extend(self.extract(candidate.text) for candidate in new)
+        self.event("draw", start_index=start, count=count, received=len(new))
+        return new
+
+    async def score(self, verifier: Verifier) -> list[Score]:
+        scores = list(await verifier.score(self.problem, self.candidates))
+        if len(scores) != len(self.candidates):
+            raise VerifierError(
+                f"verifier returned {len(scores)} scores for {len(self.candidates)} candidates"
+            )
+        self.event("score", count=len(scores))
+        return scores
+
+    def result(
+        self, selected: Sequence[int], scores: Sequence[Score] | None = None, **summary: Any
+    ) -> Result:
+        """The result selecting the candidates at positions ``selected`` (best first)."""
+        chosen = tuple(self.candidates[p] for p in selected)
+        answers = tuple(self.answers[p] for p in selected)
+        self.event(
+            "select",
+            indices=[c.index for c in chosen],
+            answers=list(answers),
+            samples=len(self.candidates),
+            **summary,
+        )
+        return Result(
+            problem_id=self.problem.id,
+            selected=chosen,
+            candidates=tuple(self.candidates),
+            usage=Usage.total(self.usages),
+            answers=answers,
+            scores=tuple(scores) if scores is not None else (),
+            trace=tuple(self.trace),
+        )
+
+
+def score_values(scores: Sequence[Score]) -> list[float]:
+    return [float(score.value) for score in scores]
+
+
+def votes_summary(counts: Mapping[str, int]) -> dict[str, int]:
+    """Votes per answer, most first, for a trace."""
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
