@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
-from ttscale.errors import ConfigError
 from ttscale.strategies.extract import (
     extract_answer_is,
     extract_auto,
@@ -19,6 +17,8 @@ from ttscale.strategies.extract import (
     normalize_answer,
     normalize_number,
 )
+
+from ttscale.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from ttscale.errors import ConfigError
 from ttscale.strategies.selection import (
     group_answers,
     select_best_of_majority,
@@ -29,6 +27,8 @@ from ttscale.strategies.stopping import (
     unanimous,
     votes_needed_for_lead,
 )
+
+from ttscale.errors import ConfigError
 
 
 class SameNumber:
@@ -111,7 +111,11 @@ def test_selection_does_not_change_when_candidates_are_reordered(
     answers, scores, indices = data
     order = list(range(len(answers)))
     seed.shuffle(order)  # type: ignore[attr-defined]
-    shuffled = ([answers[p] for p in order], [scores[p] for p in order], [indices[p] for p in order])
+    shuffled = (
+        [answers[p] for p in order],
+        [scores[p] for p in order],
+        [indices[p] for p in order],
+    )
 
     def chosen_indices(a: list[str | None], s: list[float], i: list[int]) -> list[object]:
         bon = [i[p] for p in select_best_of_n(s, k, indices=i)]
@@ -119,7 +123,9 @@ def test_selection_does_not_change_when_candidates_are_reordered(
         wmaj = [(g.answer, g.count) for g in select_majority(a, k, weights=s, indices=i)]
         bom_groups, _ = select_best_of_majority(a, s, k, alpha=0.2, indices=i)
         bom = [sorted(i[p] for p in g.members) for g in bom_groups]
-        mean_groups, _ = select_best_of_majority(a, s, k, min_count=2, group_score="mean", indices=i)
+        mean_groups, _ = select_best_of_majority(
+            a, s, k, min_count=2, group_score="mean", indices=i
+        )
         mean = [sorted(i[p] for p in g.members) for g in mean_groups]
         return [bon, maj, wmaj, bom, mean]
 
