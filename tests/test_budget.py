@@ -1,0 +1,363 @@
+"""The budget tracker and its limits, against the real loopback server over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from ttscale import BudgetExhausted, OpenAISampler, Pricing, SamplingParams, UpstreamError, Usage
+from ttscale.budget import (
+    BudgetedSampler,
+    BudgetLimitReached,
+    BudgetTracker,
+    FlopsModel,
+    Spend,
+    max_completion_tokens,
+    max_cost,
+    max_samples,
+    max_time,
+    max_tokens,
+    stop_when,
+)
+from ttscale.protocols import Sampler
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
+from ttscale.types import Candidate, SampleBatch
+
+T = TypeVar("T")
+
+
+def numbered(request: ScriptRequest) -> str:
+    # Answers of different lengths, so token counts differ from sample to sample.
+    return "step " * (1 + request.index % 3) + f"answer {request.index}"
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer(answers=numbered) as running:
+        yield running
+
+
+def make_sampler(server: LoopbackServer, **options: object) -> OpenAISampler:
+    options.setdefault("max_retries", 0)
+    options.setdefault("max_n", 4)
+    return OpenAISampler(
+        model="loopback",
+        base_url=server.base_url,
+        api_key="test",
+        params=SamplingParams(seed=0),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def run(factory: Callable[[OpenAISampler], Awaitable[T]], sampler: OpenAISampler) -> T:
+    async def main() -> T:
+        async with sampler:
+            return await factory(sampler)
+
+    return asyncio.run(main())
+
+
+def assert_matches_server(spent: Spend, server: LoopbackServer) -> None:
+    delivered = server.delivered_usage()
+    assert spent.requests == delivered["requests"]
+    assert spent.samples == delivered["samples"]
+    assert spent.prompt_tokens == delivered["prompt_tokens"]
+    assert spent.completion_tokens == delivered["completion_tokens"]
+
+
+async def draw_until_exhausted(
+    sampler: Sampler, prompt: str, n: int, sizes: list[int]
+) -> BudgetLimitReached:
+    """Draw n at a time until the budget refuses; record each draw's size; return the refusal."""
+    index = 0
+    while True:
+        try:
+            batch = await sampler.sample(prompt, n, start_index=index)
+        except BudgetLimitReached as exc:
+            return exc
+        sizes.append(len(batch.candidates))
+        index += len(batch.candidates)
+
+
+def asked_n(server: LoopbackServer) -> list[int]:
+    bodies = [r.body for r in server.records if r.path.endswith("completions") and r.body]
+    return [int(body.get("n", 1)) for body in bodies]
+
+
+# -- each kind of limit --------------------------------------------------------------------------
+
+
+def test_sample_limit_trims_the_last_draw_and_then_refuses(server: LoopbackServer) -> None:
+    sizes: list[int] = []
+
+    async def work(sampler: OpenAISampler) -> tuple[BudgetLimitReached, BudgetedSampler]:
+        budget = BudgetedSampler(sampler, limit=max_samples(10))
+        refusal = await draw_until_exhausted(budget.for_problem("p1"), "2+2?", 4, sizes)
+        return refusal, budget
+
+    refusal, budget = run(work, make_sampler(server))
+    assert sizes == [4, 4, 2]  # the third draw asked for 4 and was trimmed before it was sent
+    assert asked_n(server) == [4, 4, 2]
+    assert isinstance(refusal, BudgetExhausted)
+    assert refusal.scope == "run"
+    assert refusal.spent.samples == 10
+    assert_matches_server(budget.tracker.run, server)
+    assert_matches_server(budget.tracker.problem("p1"), server)
+
+
+def test_token_limit_per_problem_stops_after_the_crossing_draw(server: LoopbackServer) -> None:
+    limit = 120
+
+    async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, list[int], list[int]]:
+        budget = BudgetedSampler(sampler, per_problem=max_tokens(limit))
+        view = budget.for_problem("p1")
+        totals: list[int] = []
+        sizes: list[int] = []
+        while not view.exhausted:
+            await view.sample("What is six times seven?", 1, start_index=len(sizes))
+            sizes.append(1)
+            totals.append(view.spent.total_tokens)
+        with pytest.raises(BudgetLimitReached) as refused:
+            await view.sample("What is six times seven?", 1)
+        assert refused.value.scope == "problem"
+        assert refused.value.problem_id == "p1"
+        return budget, totals, sizes
+
+    budget, totals, _ = run(work, make_sampler(server))
+    # Every draw went out below the limit, and the last one crossed it.
+    assert totals[-1] >= limit
+    assert all(total < limit for total in totals[:-1])
+    assert_matches_server(budget.tracker.problem("p1"), server)
+    assert_matches_server(budget.tracker.run, server)
+    # Another problem has its own allowance.
+    assert not budget.exhausted("p2")
+
+
+def test_completion_token_limit(server: LoopbackServer) -> None:
+    async def work(sampler: OpenAISampler) -> BudgetedSampler:
+        budget = BudgetedSampler(sampler, limit=max_completion_tokens(30))
+        await draw_until_exhausted(budget.for_problem("p"), "q", 2, [])
+        return budget
+
+    budget = run(work, make_sampler(server))
+    spent = budget.tracker.run
+    assert spent.completion_tokens >= 30
+    assert_matches_server(spent, server)
+
+
+def test_cost_limit_prices_tokens_from_the_users_table(server: LoopbackServer) -> None:
+    pricing = Pricing(input_per_million=1000.0, output_per_million=3000.0)
+
+    async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, list[float]]:
+        budget = BudgetedSampler(sampler, limit=max_cost(0.2), pricing={"loopback": pricing})
+        costs_before_each_draw = []
+        view = budget.for_problem("p")
+        index = 0
+        while True:
+            before = budget.tracker.run.cost
+            try:
+                batch = await view.sample("Name three primes.", 3, start_index=index)
+            except BudgetLimitReached:
+                break
+            costs_before_each_draw.append(before)
+            index += len(batch.candidates)
+            assert batch.usage.cost == pytest.approx(
+                pricing.cost(batch.usage.prompt_tokens, batch.usage.completion_tokens)
+            )
+        return budget, costs_before_each_draw
+
+    budget, before = run(work, make_sampler(server))
+    delivered = server.delivered_usage()
+    spent = budget.tracker.run
+    assert spent.cost == pytest.approx(
+        pricing.cost(delivered["prompt_tokens"], delivered["completion_tokens"]), rel=1e-12
+    )
+    assert spent.cost >= 0.2
+    assert all(cost < 0.2 for cost in before)
+    assert len(before) >= 2
+    assert_matches_server(spent, server)
+
+
+def test_time_limit_lets_in_flight_draws_finish_and_counts_them() -> None:
+    with LoopbackServer(answers=numbered, latency=0.05) as server:
+
+        async def problem(budget: BudgetedSampler, problem_id: str) -> int:
+            sizes: list[int] = []
+            await draw_until_exhausted(budget.for_problem(problem_id), problem_id, 2, sizes)
+            return sum(sizes)
+
+        async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, list[int]]:
+            budget = BudgetedSampler(sampler, limit=max_time(0.3))
+            drawn = await asyncio.gather(*(problem(budget, f"p{i}") for i in range(6)))
+            return budget, list(drawn)
+
+        budget, drawn = run(work, make_sampler(server))
+        spent = budget.tracker.run
+        assert spent.wall_time_s >= 0.3
+        assert spent.pending_samples == 0
+        assert sum(drawn) == spent.samples  # every sample handed out was counted, none more
+        assert_matches_server(spent, server)
+        per_problem = budget.tracker.problems
+        assert sum(p.samples for p in per_problem.values()) == spent.samples
+        # At 50 ms a draw, 0.3 s allows about six rounds per problem; leave room for slow CI.
+        assert 6 * 2 * 2 <= spent.samples <= 6 * 2 * 12
+
+
+# -- concurrency, failures, composition ----------------------------------------------------------
+
+
+def test_concurrent_problems_never_overshoot_sample_limits() -> None:
+    with LoopbackServer(answers=numbered, latency=0.01) as server:
+
+        async def problem(budget: BudgetedSampler, problem_id: str) -> int:
+            sizes: list[int] = []
+            await draw_until_exhausted(budget.for_problem(problem_id), problem_id, 3, sizes)
+            return sum(sizes)
+
+        async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, list[int]]:
+            budget = BudgetedSampler(sampler, limit=max_samples(50), per_problem=max_samples(8))
+            drawn = await asyncio.gather(*(problem(budget, f"p{i}") for i in range(10)))
+            return budget, list(drawn)
+
+        budget, drawn = run(work, make_sampler(server))
+        assert sum(drawn) == 50
+        assert all(count <= 8 for count in drawn)
+        assert_matches_server(budget.tracker.run, server)
+        assert {key: spend.samples for key, spend in budget.tracker.problems.items()} == {
+            f"p{i}": drawn[i] for i in range(10)
+        }
+
+
+def test_samples_of_a_failed_draw_are_counted_before_the_error() -> None:
+    with LoopbackServer(
+        answers=numbered, faults=(Fault("server_error", on_requests=frozenset({1})),)
+    ) as srv:
+
+        async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, UpstreamError]:
+            budget = BudgetedSampler(sampler, limit=max_samples(100))
+            with pytest.raises(UpstreamError) as failed:
+                await budget.for_problem("p").sample("q", 12)
+            return budget, failed.value
+
+        budget, error = run(work, make_sampler(srv, max_n=4))
+        spent = budget.tracker.run
+        assert isinstance(error.partial, SampleBatch)
+        assert spent.samples == len(error.partial.candidates) == 8
+        assert spent.failed_requests == 1
+        assert spent.pending_samples == 0
+        assert_matches_server(spent, srv)
+
+
+def test_conditions_compose_and_accept_functions() -> None:
+    either = max_samples(64) | max_cost(1.0)
+    both = max_samples(64) & max_cost(1.0)
+    custom = max_samples(64) | (lambda spent: spent.requests >= 3)
+    assert not either(Spend(samples=10, cost=0.5))
+    assert either(Spend(samples=64, cost=0.5))
+    assert either(Spend(samples=10, cost=1.0))
+    assert not both(Spend(samples=64, cost=0.5))
+    assert both(Spend(samples=64, cost=1.0))
+    assert custom(Spend(requests=3))
+    # Samples in flight count against a sample limit, and what remains is what may be drawn.
+    assert either.remaining_samples(Spend(samples=50, pending_samples=10)) == 4
+    assert both.remaining_samples(Spend(samples=50)) is None  # cost may still allow more
+    assert (max_samples(5) & max_samples(9)).remaining_samples(Spend(samples=6)) == 3
+    assert repr(max_samples(64) | (max_cost(1) & max_time(30))) == (
+        "max_samples(64) | (max_cost(1) & max_time(30))"
+    )
+    assert stop_when(lambda spent: spent.flops > 1)(Spend(flops=2))
+
+
+def test_a_plain_function_limit_on_a_real_run(server: LoopbackServer) -> None:
+    def three_requests(spent: Spend) -> bool:
+        return spent.requests >= 3
+
+    async def work(sampler: OpenAISampler) -> BudgetedSampler:
+        budget = BudgetedSampler(sampler, per_problem=three_requests)
+        await draw_until_exhausted(budget.for_problem("p"), "q", 1, [])
+        return budget
+
+    budget = run(work, make_sampler(server))
+    assert budget.tracker.run.requests == 3
+    assert_matches_server(budget.tracker.run, server)
+
+
+def test_the_run_view_is_a_sampler_and_the_report_is_json(server: LoopbackServer) -> None:
+    async def work(sampler: OpenAISampler) -> BudgetedSampler:
+        budget = BudgetedSampler(
+            sampler,
+            limit=max_samples(5),
+            per_problem=max_tokens(10_000),
+            flops=FlopsModel(parameters=8e9, n_layers=32, d_model=4096),
+        )
+        assert isinstance(budget, Sampler)
+        assert isinstance(budget.for_problem("p"), Sampler)
+        await budget.for_problem("p").sample("q", 3)
+        await budget.sample("q", 3, start_index=3)  # trimmed to 2
+        return budget
+
+    budget = run(work, make_sampler(server))
+    data = json.loads(json.dumps(budget.to_dict()))
+    assert data["run"]["samples"] == 5
+    assert data["problems"]["p"]["samples"] == 3
+    assert data["limits"] == {"run": "max_samples(5)", "per_problem": "max_tokens(10000)"}
+    assert data["run"]["flops"] > 0
+    assert_matches_server(budget.tracker.run, server)
+
+
+# -- pure accounting ------------------------------------------------------------------------------
+
+
+def brute_force_flops(
+    model: FlopsModel, prompt: int, completions: list[int], requests: int
+) -> float:
+    """Sum 2 (N + 2 L d t) over every token position t, one prompt pass per request."""
+
+    def token(position: int) -> float:
+        return 2 * (model.parameters + 2 * model.n_layers * model.d_model * position)
+
+    prefill = sum(token(t) for t in range(prompt)) * requests
+    decode = sum(token(prompt + t) for d in completions for t in range(d))
+    return prefill + decode
+
+
+def test_flops_follow_the_per_token_formula() -> None:
+    model = FlopsModel(parameters=1e9, n_layers=16, d_model=2048)
+    completions = [5, 17, 0, 40]
+    candidates = tuple(
+        Candidate(text="x", index=i, completion_tokens=d, model="m")
+        for i, d in enumerate(completions)
+    )
+    batch = SampleBatch(candidates, Usage(requests=2, samples=4, prompt_tokens=2 * 30))
+    assert model.batch_flops(batch) == pytest.approx(brute_force_flops(model, 30, completions, 2))
+    without_attention = FlopsModel(parameters=1e9)
+    assert without_attention.batch_flops(batch) == pytest.approx(2e9 * (60 + sum(completions)))
+
+
+def test_tracker_prices_by_model_prefix_and_default() -> None:
+    tracker = BudgetTracker(
+        pricing={
+            "gpt-4o": Pricing(2.5, 10.0),
+            "gpt-4o-mini": Pricing(0.15, 0.6),
+            "*": Pricing(1, 1),
+        }
+    )
+
+    def batch(model: str) -> SampleBatch:
+        candidate = Candidate(text="x", index=0, completion_tokens=1_000_000, model=model)
+        return SampleBatch(
+            (candidate,), Usage(requests=1, samples=1, prompt_tokens=10**6, completion_tokens=10**6)
+        )
+
+    assert tracker.record(batch("gpt-4o-mini-2024-07-18"), "a").usage.cost == pytest.approx(0.75)
+    assert tracker.record(batch("gpt-4o-2024-08-06"), "a").usage.cost == pytest.approx(12.5)
+    assert tracker.record(batch("llama"), "b").usage.cost == pytest.approx(2.0)
+    assert tracker.run.cost == pytest.approx(15.25)
+    assert tracker.problem("a").cost == pytest.approx(13.25)
+    assert tracker.run.samples == 3
+    assert math.isclose(sum(p.cost for p in tracker.problems.values()), tracker.run.cost)

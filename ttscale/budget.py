@@ -1,0 +1,719 @@
+"""What a run spends, and the one place where its limits are enforced.
+
+:class:`BudgetTracker` counts requests, samples, prompt and completion tokens, cost, wall time and
+estimated FLOPs, per problem and per run; everything it reports is JSON-serialisable.
+
+:class:`BudgetedSampler` wraps any :class:`~ttscale.protocols.Sampler` and is the choke point for
+limits. Limits are stop conditions that compose like tenacity's (``max_samples(64) |
+max_cost(1.0)`` stops at either, ``&`` at both), and a plain function of a :class:`Spend` is
+accepted as a condition. One condition applies to the whole run, another to each problem::
+
+    budget = BudgetedSampler(sampler, limit=max_cost(5.0), per_problem=max_samples(64))
+    result = await strategy.run(problem, budget.for_problem(problem.id))
+
+How a limit ends a draw (the same every time):
+
+- Before a draw is sent, the run's and the problem's conditions are checked. If either is met the
+  draw raises :class:`BudgetLimitReached` (a :class:`~ttscale.errors.BudgetExhausted`) carrying
+  what was spent; nothing is sent.
+- A draw that would take more samples than a sample limit leaves is trimmed to what remains, so it
+  returns fewer candidates than asked for; when nothing remains it raises as above. Samples of
+  draws in flight are reserved at once, so concurrent draws never overshoot a sample limit.
+- Tokens, cost and time are only known once a draw returns, so a draw already in flight when such a
+  limit is crossed completes and is counted in full: those limits may be overshot by the draws in
+  flight, never by a draw sent after.
+- A draw that fails with a :class:`~ttscale.errors.SamplerError` has the samples of its ``partial``
+  batch counted before the error is re-raised.
+
+All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
+one budget without locks. The budget is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
+from ttscale.protocols import Sampler
+from ttscale.types import Pricing, Prompt, SampleBatch, SamplingParams, Usage
+
+__all__ = [
+    "BudgetLimitReached",
+    "BudgetTracker",
+    "BudgetedSampler",
+    "Condition",
+    "FlopsModel",
+    "ProblemSampler",
+    "Spend",
+    "StopCondition",
+    "max_completion_tokens",
+    "max_cost",
+    "max_flops",
+    "max_requests",
+    "max_samples",
+    "max_time",
+    "max_tokens",
+    "stop_when",
+]
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["run", "problem"]
+
+
+# -- what was spent --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A snapshot of what a run or one problem has spent.
+
+    ``pending_samples`` are samples of draws still in flight: reserved against sample limits, not
+    yet delivered (and so not in ``samples``). ``wall_time_s`` runs from the scope's first draw.
+    """
+
+    requests: int = 0
+    samples: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    flops: float = 0.0
+    wall_time_s: float = 0.0
+    failed_requests: int = 0
+    draws: int = 0
+    pending_samples: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            requests=self.requests,
+            samples=self.samples,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost=self.cost,
+            wall_time_s=self.wall_time_s,
+            failed_requests=self.failed_requests,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "samples": self.samples,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost": self.cost,
+            "flops": self.flops,
+            "wall_time_s": self.wall_time_s,
+            "failed_requests": self.failed_requests,
+            "draws": self.draws,
+            "pending_samples": self.pending_samples,
+        }
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """Estimated FLOPs of a dense transformer, from its size as the user gives it.
+
+    A token at position t (t tokens before it) costs ``2 * (parameters + 2 * n_layers * d_model *
+    t)``: two FLOPs per weight, plus attention over the t earlier tokens (Kaplan et al. 2020; the
+    formula of Large Language Monkeys with the context taken per token instead of at its maximum).
+    Summed exactly over positions:
+
+    - a request's prompt of P tokens is processed once (prefill), whatever its number of choices:
+      ``2 N P + 2 L d P (P - 1)``;
+    - each sample's D completion tokens are decoded after the prompt:
+      ``2 N D + 2 L d D (2 P + D - 1)``.
+
+    With ``n_layers = 0`` (unknown) only the ``2 N`` per token term is counted. Prefix caching
+    across requests is not modelled.
+    """
+
+    parameters: float
+    n_layers: int = 0
+    d_model: int = 0
+
+    def __post_init__(self) -> None:
+        if self.parameters <= 0:
+            raise ConfigError(f"parameters must be > 0, got {self.parameters}")
+        if self.n_layers < 0 or self.d_model < 0:
+            raise ConfigError("n_layers and d_model must be >= 0")
+
+    @property
+    def _attention(self) -> float:
+        return 2.0 * self.n_layers * self.d_model
+
+    def prefill(self, prompt_tokens: float) -> float:
+        p = prompt_tokens
+        return 2.0 * self.parameters * p + self._attention * p * (p - 1) if p > 0 else 0.0
+
+    def decode(self, prompt_tokens: float, completion_tokens: float) -> float:
+        p, d = prompt_tokens, completion_tokens
+        return 2.0 * self.parameters * d + self._attention * d * (2 * p + d - 1) if d > 0 else 0.0
+
+    def batch_flops(self, batch: SampleBatch) -> float:
+        """FLOPs of a batch: one prefill per request, one decode per sample.
+
+        A batch reports its prompt tokens summed over requests; all requests of a batch carry the
+        same prompt, so each request's prompt is the mean.
+        """
+        requests = batch.usage.requests
+        if requests <= 0:
+            return 0.0
+        prompt = batch.usage.prompt_tokens / requests
+        total = requests * self.prefill(prompt)
+        return total + sum(self.decode(prompt, c.completion_tokens) for c in batch.candidates)
+
+
+PricingTable = Pricing | Mapping[str, Pricing]
+FlopsTable = FlopsModel | Mapping[str, FlopsModel]
+
+
+def _by_model(table: Mapping[str, Any], model: str) -> Any:
+    """Exact model name, else the longest key the name starts with, else the "*" default.
+
+    Servers often answer with a dated name ("gpt-4o-mini-2024-07-18") for the one asked for.
+    """
+    if model in table:
+        return table[model]
+    prefixes = [key for key in table if key != "*" and model.startswith(key)]
+    if prefixes:
+        return table[max(prefixes, key=len)]
+    return table.get("*")
+
+
+@dataclass
+class _Account:
+    """Mutable running totals of one scope; only the tracker touches it."""
+
+    requests: int = 0
+    samples: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    flops: float = 0.0
+    failed_requests: int = 0
+    draws: int = 0
+    pending_samples: int = 0
+    in_flight: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def add(self, usage: Usage, flops: float) -> None:
+        self.requests += usage.requests
+        self.samples += usage.samples
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cost += usage.cost
+        self.flops += flops
+        self.failed_requests += usage.failed_requests
+
+    def snapshot(self, now: float, *, live: bool) -> Spend:
+        # Live snapshots (for limits) count time to now; reports stop the clock at the last draw's
+        # end unless a draw is still in flight.
+        if self.started_at is None:
+            elapsed = 0.0
+        elif live or self.in_flight or self.finished_at is None:
+            elapsed = now - self.started_at
+        else:
+            elapsed = self.finished_at - self.started_at
+        return Spend(
+            requests=self.requests,
+            samples=self.samples,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost=self.cost,
+            flops=self.flops,
+            wall_time_s=elapsed,
+            failed_requests=self.failed_requests,
+            draws=self.draws,
+            pending_samples=self.pending_samples,
+        )
+
+
+class BudgetTracker:
+    """Counts what draws spend, per problem (by id) and for the run.
+
+    ``pricing`` is one :class:`Pricing` or a table by model name (``"*"`` is the default entry);
+    without it the cost a sampler reported is kept. ``flops`` is one :class:`FlopsModel` or a table
+    by model name; without it FLOPs stay 0. A batch's model is that of its first candidate.
+    """
+
+    def __init__(
+        self,
+        *,
+        pricing: PricingTable | None = None,
+        flops: FlopsTable | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pricing = pricing
+        self.flops = flops
+        self.clock = clock
+        self._run = _Account()
+        self._problems: dict[str, _Account] = {}
+        self._warned_models: set[str] = set()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def run(self) -> Spend:
+        """The run's totals so far."""
+        return self._run.snapshot(self.clock(), live=False)
+
+    def problem(self, problem_id: str) -> Spend:
+        """One problem's totals so far (zeros for a problem that has not drawn)."""
+        account = self._problems.get(problem_id)
+        return account.snapshot(self.clock(), live=False) if account else Spend()
+
+    @property
+    def problems(self) -> dict[str, Spend]:
+        now = self.clock()
+        return {key: account.snapshot(now, live=False) for key, account in self._problems.items()}
+
+    def live(self, problem_id: str | None = None) -> Spend:
+        """What limits see: the scope's totals with its clock running to now."""
+        account = self._run if problem_id is None else self._problems.get(problem_id)
+        return account.snapshot(self.clock(), live=True) if account else Spend()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run.to_dict(),
+            "problems": {key: spend.to_dict() for key, spend in self.problems.items()},
+        }
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def start_draw(self, problem_id: str | None, samples: int) -> None:
+        """Note a draw going out: start the clocks and reserve its samples against limits."""
+        now = self.clock()
+        for account in self._accounts(problem_id, create=True):
+            if account.started_at is None:
+                account.started_at = now
+            account.in_flight += 1
+            account.pending_samples += samples
+
+    def finish_draw(
+        self, problem_id: str | None, samples: int, batch: SampleBatch | None
+    ) -> SampleBatch | None:
+        """Release a draw's reservation and count what it delivered; returns the batch priced."""
+        now = self.clock()
+        priced = self._priced(batch) if batch is not None else None
+        flops = self._flops(priced) if priced is not None else 0.0
+        for account in self._accounts(problem_id, create=True):
+            account.in_flight -= 1
+            account.pending_samples -= samples
+            account.finished_at = now
+            account.draws += 1
+            if priced is not None:
+                account.add(priced.usage, flops)
+        return priced
+
+    def record(self, batch: SampleBatch, problem_id: str | None = None) -> SampleBatch:
+        """Count a batch drawn outside any budgeted sampler; returns it priced."""
+        self.start_draw(problem_id, 0)
+        priced = self.finish_draw(problem_id, 0, batch)
+        assert priced is not None  # a batch was given
+        return priced
+
+    def _accounts(self, problem_id: str | None, *, create: bool) -> list[_Account]:
+        if problem_id is None:
+            return [self._run]
+        account = self._problems.get(problem_id)
+        if account is None and create:
+            account = self._problems[problem_id] = _Account()
+        return [self._run] if account is None else [self._run, account]
+
+    def _model(self, batch: SampleBatch) -> str:
+        return batch.candidates[0].model if batch.candidates else ""
+
+    def _priced(self, batch: SampleBatch) -> SampleBatch:
+        if self.pricing is None:
+            return batch
+        model = self._model(batch)
+        price = (
+            self.pricing if isinstance(self.pricing, Pricing) else _by_model(self.pricing, model)
+        )
+        if price is None:
+            if model not in self._warned_models:
+                self._warned_models.add(model)
+                log.warning("no price for model %r; keeping the cost the sampler reported", model)
+            return batch
+        cost = price.cost(batch.usage.prompt_tokens, batch.usage.completion_tokens)
+        return SampleBatch(batch.candidates, batch.usage.replace(cost=cost))
+
+    def _flops(self, batch: SampleBatch) -> float:
+        if self.flops is None:
+            return 0.0
+        table = self.flops
+        model = table if isinstance(table, FlopsModel) else _by_model(table, self._model(batch))
+        return model.batch_flops(batch) if model is not None else 0.0
+
+
+# -- stop conditions -------------------------------------------------------------------------------
+
+
+class StopCondition:
+    """A limit: called with a scope's :class:`Spend`, true once no further draw may go out.
+
+    ``|`` stops when either condition does, ``&`` when both do; either side may be a plain
+    function of a :class:`Spend`.
+    """
+
+    def __call__(self, spent: Spend) -> bool:
+        raise NotImplementedError
+
+    def remaining_samples(self, spent: Spend) -> int | None:
+        """How many more samples may be drawn before this condition stops; None if it cannot say."""
+        return None
+
+    def __or__(self, other: Condition) -> StopCondition:
+        return _AnyOf((self, _as_condition(other)))
+
+    def __ror__(self, other: Condition) -> StopCondition:
+        return _AnyOf((_as_condition(other), self))
+
+    def __and__(self, other: Condition) -> StopCondition:
+        return _AllOf((self, _as_condition(other)))
+
+    def __rand__(self, other: Condition) -> StopCondition:
+        return _AllOf((_as_condition(other), self))
+
+
+Condition = StopCondition | Callable[[Spend], bool]
+
+
+def _as_condition(condition: Condition) -> StopCondition:
+    if isinstance(condition, StopCondition):
+        return condition
+    if callable(condition):
+        return _FunctionCondition(condition)
+    raise ConfigError(f"{condition!r} is neither a stop condition nor a function of a Spend")
+
+
+def stop_when(function: Callable[[Spend], bool]) -> StopCondition:
+    """Make a plain function of a :class:`Spend` a composable stop condition."""
+    return _FunctionCondition(function)
+
+
+@dataclass(frozen=True, repr=False)
+class _FunctionCondition(StopCondition):
+    function: Callable[[Spend], bool]
+
+    def __call__(self, spent: Spend) -> bool:
+        return bool(self.function(spent))
+
+    def __repr__(self) -> str:
+        return f"stop_when({getattr(self.function, '__name__', repr(self.function))})"
+
+
+@dataclass(frozen=True, repr=False)
+class _AnyOf(StopCondition):
+    conditions: tuple[StopCondition, ...]
+
+    def __call__(self, spent: Spend) -> bool:
+        return any(condition(spent) for condition in self.conditions)
+
+    def remaining_samples(self, spent: Spend) -> int | None:
+        known = [r for c in self.conditions if (r := c.remaining_samples(spent)) is not None]
+        return min(known) if known else None
+
+    def __repr__(self) -> str:
+        return " | ".join(_grouped(c) for c in self.conditions)
+
+
+@dataclass(frozen=True, repr=False)
+class _AllOf(StopCondition):
+    conditions: tuple[StopCondition, ...]
+
+    def __call__(self, spent: Spend) -> bool:
+        return all(condition(spent) for condition in self.conditions)
+
+    def remaining_samples(self, spent: Spend) -> int | None:
+        # Drawing goes on until every part stops; a part that cannot bound samples leaves them
+        # unbounded.
+        remaining = [c.remaining_samples(spent) for c in self.conditions]
+        if any(r is None for r in remaining):
+            return None
+        return max(r for r in remaining if r is not None)
+
+    def __repr__(self) -> str:
+        return " & ".join(_grouped(c) for c in self.conditions)
+
+
+def _grouped(condition: StopCondition) -> str:
+    return f"({condition!r})" if isinstance(condition, _AnyOf | _AllOf) else repr(condition)
+
+
+@dataclass(frozen=True, repr=False)
+class _AtLeast(StopCondition):
+    """Stops once a quantity of the Spend reaches a limit."""
+
+    name: str
+    limit: float
+    measure: Callable[[Spend], float] = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ConfigError(f"{self.name} limit must be >= 0, got {self.limit}")
+
+    def __call__(self, spent: Spend) -> bool:
+        return self.measure(spent) >= self.limit
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.limit:g})"
+
+
+@dataclass(frozen=True, repr=False)
+class _SampleLimit(_AtLeast):
+    def remaining_samples(self, spent: Spend) -> int | None:
+        return max(int(self.limit) - spent.samples - spent.pending_samples, 0)
+
+
+def max_samples(limit: int) -> StopCondition:
+    """Stop once ``limit`` samples are delivered or in flight; draws are trimmed to fit."""
+    if int(limit) != limit:
+        raise ConfigError(f"max_samples takes a whole number, got {limit}")
+    return _SampleLimit("max_samples", int(limit), lambda s: s.samples + s.pending_samples)
+
+
+def max_requests(limit: int) -> StopCondition:
+    """Stop once ``limit`` requests have been answered (or failed)."""
+    return _AtLeast("max_requests", limit, lambda s: s.requests + s.failed_requests)
+
+
+def max_tokens(limit: int) -> StopCondition:
+    """Stop once prompt plus completion tokens reach ``limit``."""
+    return _AtLeast("max_tokens", limit, lambda s: s.total_tokens)
+
+
+def max_completion_tokens(limit: int) -> StopCondition:
+    """Stop once completion tokens reach ``limit``."""
+    return _AtLeast("max_completion_tokens", limit, lambda s: s.completion_tokens)
+
+
+def max_cost(dollars: float) -> StopCondition:
+    """Stop once the cost reaches ``dollars`` (priced by the tracker's table, else the sampler)."""
+    return _AtLeast("max_cost", dollars, lambda s: s.cost)
+
+
+def max_time(seconds: float) -> StopCondition:
+    """Stop once ``seconds`` have passed since the scope's first draw."""
+    return _AtLeast("max_time", seconds, lambda s: s.wall_time_s)
+
+
+def max_flops(flops: float) -> StopCondition:
+    """Stop once estimated FLOPs reach ``flops`` (needs a :class:`FlopsModel`)."""
+    return _AtLeast("max_flops", flops, lambda s: s.flops)
+
+
+# -- the choke point ---------------------------------------------------------------------------
+
+
+class BudgetLimitReached(BudgetExhausted):
+    """A limit stopped a draw before it was sent. Carries what the stopping scope had spent.
+
+    ``scope`` is "run" or "problem"; ``spent`` is that scope's :class:`Spend` and ``run_spent``
+    the run's, both as they stood when the draw was refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: Scope,
+        condition: StopCondition,
+        spent: Spend,
+        run_spent: Spend,
+        problem_id: str | None,
+    ) -> None:
+        self.scope = scope
+        self.condition = condition
+        self.spent = spent
+        self.run_spent = run_spent
+        self.problem_id = problem_id
+        where = "the run" if scope == "run" else f"problem {problem_id!r}"
+        super().__init__(
+            f"budget of {where} exhausted ({condition!r}): {spent.samples} samples, "
+            f"{spent.total_tokens} tokens, ${spent.cost:.6g}, {spent.wall_time_s:.3g}s"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "condition": repr(self.condition),
+            "problem_id": self.problem_id,
+            "spent": self.spent.to_dict(),
+            "run_spent": self.run_spent.to_dict(),
+        }
+
+
+class BudgetedSampler:
+    """A :class:`Sampler` around another that counts every draw and enforces limits.
+
+    ``limit`` applies to the whole run and ``per_problem`` to each problem's own draws; see the
+    module docstring for how a limit ends a draw. Draw through :meth:`for_problem` so that draws
+    are counted for their problem; drawing through this object directly counts toward the run only
+    and applies only the run's limit.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        *,
+        limit: Condition | None = None,
+        per_problem: Condition | None = None,
+        pricing: PricingTable | None = None,
+        flops: FlopsTable | None = None,
+        tracker: BudgetTracker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if tracker is not None and (pricing is not None or flops is not None):
+            raise ConfigError("give pricing and flops to the tracker, or no tracker, not both")
+        self.sampler = sampler
+        self.limit = _as_condition(limit) if limit is not None else None
+        self.per_problem = _as_condition(per_problem) if per_problem is not None else None
+        self.tracker = (
+            tracker
+            if tracker is not None
+            else BudgetTracker(pricing=pricing, flops=flops, clock=clock)
+        )
+        self._views: dict[str, ProblemSampler] = {}
+
+    def for_problem(self, problem_id: str) -> ProblemSampler:
+        """A Sampler drawing for ``problem_id``: its own limit, the run's totals shared."""
+        if not isinstance(problem_id, str) or not problem_id:
+            raise ConfigError("a problem id must be a non-empty string")
+        view = self._views.get(problem_id)
+        if view is None:
+            view = self._views[problem_id] = ProblemSampler(self, problem_id)
+        return view
+
+    @property
+    def spent(self) -> Spend:
+        return self.tracker.run
+
+    def exhausted(self, problem_id: str | None = None) -> bool:
+        """Whether a draw (for ``problem_id``, if given) would be refused now."""
+        return self._refusal(problem_id) is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.tracker.to_dict()
+        data["limits"] = {
+            "run": repr(self.limit) if self.limit is not None else None,
+            "per_problem": repr(self.per_problem) if self.per_problem is not None else None,
+        }
+        return data
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        return await self.draw(None, prompt, n, params, start_index=start_index)
+
+    def _scopes(self, problem_id: str | None) -> list[tuple[Scope, StopCondition, Spend]]:
+        scopes: list[tuple[Scope, StopCondition, Spend]] = []
+        if self.limit is not None:
+            scopes.append(("run", self.limit, self.tracker.live(None)))
+        if problem_id is not None and self.per_problem is not None:
+            scopes.append(("problem", self.per_problem, self.tracker.live(problem_id)))
+        return scopes
+
+    def _refusal(self, problem_id: str | None, n: int = 1) -> BudgetLimitReached | None:
+        for scope, condition, spent in self._scopes(problem_id):
+            remaining = condition.remaining_samples(spent)
+            if condition(spent) or (n > 0 and remaining == 0):
+                return BudgetLimitReached(
+                    scope=scope,
+                    condition=condition,
+                    spent=spent,
+                    run_spent=self.tracker.live(None),
+                    problem_id=problem_id,
+                )
+        return None
+
+    def _allowed(self, problem_id: str | None, n: int) -> int:
+        allowed = n
+        for _, condition, spent in self._scopes(problem_id):
+            remaining = condition.remaining_samples(spent)
+            if remaining is not None:
+                allowed = min(allowed, remaining)
+        return allowed
+
+    async def draw(
+        self,
+        problem_id: str | None,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        """Draw ``n`` samples for ``problem_id`` (None: the run only) within the limits."""
+        if n < 0:
+            raise ConfigError(f"n must be >= 0, got {n}")
+        # From here to start_draw nothing awaits, so the check and the reservation are atomic with
+        # respect to other draws on the loop.
+        refusal = self._refusal(problem_id, n)
+        if refusal is not None:
+            raise refusal
+        if n == 0:
+            return SampleBatch((), Usage())
+        allowed = self._allowed(problem_id, n)
+        if allowed < n:
+            log.info(
+                "budget trims a draw%s from %d to %d samples",
+                f" for {problem_id!r}" if problem_id else "",
+                n,
+                allowed,
+            )
+        self.tracker.start_draw(problem_id, allowed)
+        try:
+            batch = await self.sampler.sample(prompt, allowed, params, start_index=start_index)
+        except SamplerError as exc:
+            partial = exc.partial if isinstance(exc.partial, SampleBatch) else None
+            exc.partial = self.tracker.finish_draw(problem_id, allowed, partial)
+            raise
+        except BaseException:
+            # Cancelled or failed without a batch: nothing delivered is known to count.
+            self.tracker.finish_draw(problem_id, allowed, None)
+            raise
+        priced = self.tracker.finish_draw(problem_id, allowed, batch)
+        assert priced is not None  # a batch was given
+        return priced
+
+
+@dataclass(frozen=True)
+class ProblemSampler:
+    """The per-problem view of a :class:`BudgetedSampler`; a Sampler itself."""
+
+    budget: BudgetedSampler
+    problem_id: str
+
+    @property
+    def spent(self) -> Spend:
+        return self.budget.tracker.problem(self.problem_id)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget.exhausted(self.problem_id)
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        return await self.budget.draw(self.problem_id, prompt, n, params, start_index=start_index)
