@@ -1,0 +1,486 @@
+"""``ttscale fit``: coverage, its laws, and what it costs, from a results file.
+
+:func:`fit_report` reads the JSON lines ``ttscale solve`` writes (one record per problem), measures
+coverage at log-spaced k with the unbiased estimator, fits the power law and the Beta model, and
+writes a table (returned as data, renderable with :func:`render_table`), a PNG plot and a JSON
+file. Fitting needs the ``[laws]`` extra (scipy and matplotlib).
+
+A record needs ``id``, ``strategy``, ``n``, ``num_correct``, ``samples`` (``n`` of them, each with a
+``correct`` of true, false or null) and ``usage`` (a ``Usage.to_dict()``); other fields (``params``,
+``selected``) are carried but not read. A bad line is a :class:`~ttscale.errors.DataError` naming
+the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from ttscale.errors import ConfigError, DataError
+from ttscale.estimators import coverage_curve, log_spaced_ks
+from ttscale.laws import (
+    BetaFit,
+    CoveragePlan,
+    ExtrapolationBand,
+    FitError,
+    HeldOutComparison,
+    PowerLawFit,
+    compare_held_out,
+    extrapolation_band,
+    fit_beta,
+    fit_error,
+    fit_power_law,
+    plan_for_coverage,
+)
+from ttscale.types import Usage
+
+__all__ = [
+    "FitReport",
+    "ProblemRecord",
+    "fit_report",
+    "read_results",
+    "render_table",
+]
+
+log = logging.getLogger(__name__)
+
+# The held-out comparison fits on the first tenth of the samples and needs three k to fit on.
+_HELD_OUT_FRACTION = 0.1
+_MIN_HELD_OUT_SAMPLES = 30
+
+
+@dataclass(frozen=True)
+class ProblemRecord:
+    """What the report reads of one results line."""
+
+    id: str
+    strategy: str
+    n: int
+    num_correct: int
+    usage: Usage
+    line: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_record(raw: Any, path: str, line: int) -> ProblemRecord:
+    def bad(message: str, field_name: str | None = None) -> DataError:
+        return DataError(message, path=path, line=line, field=field_name)
+
+    if not isinstance(raw, dict):
+        raise bad(f"a record must be a JSON object, got {type(raw).__name__}")
+    for name in ("id", "strategy", "n", "num_correct", "samples", "usage"):
+        if name not in raw:
+            raise bad("missing field", name)
+    if not isinstance(raw["id"], str) or not raw["id"]:
+        raise bad("id must be a non-empty string", "id")
+    if not isinstance(raw["strategy"], str):
+        raise bad("strategy must be a string", "strategy")
+    n, num_correct, samples = raw["n"], raw["num_correct"], raw["samples"]
+    if not _is_int(n) or n < 0:
+        raise bad(f"n must be a whole number >= 0, got {n!r}", "n")
+    if not isinstance(samples, list):
+        raise bad("samples must be a list", "samples")
+    if len(samples) != n:
+        raise bad(f"n is {n} but {len(samples)} samples are listed", "n")
+    correct = 0
+    for position, sample in enumerate(samples):
+        if not isinstance(sample, dict):
+            raise bad("a sample must be an object", f"samples[{position}]")
+        verdict = sample.get("correct")
+        if verdict is not None and not isinstance(verdict, bool):
+            raise bad(
+                f"correct must be true, false or null, got {verdict!r}",
+                f"samples[{position}].correct",
+            )
+        correct += verdict is True
+    if not _is_int(num_correct) or not 0 <= num_correct <= n:
+        raise bad(
+            f"num_correct must be a whole number in 0..{n}, got {num_correct!r}", "num_correct"
+        )
+    if num_correct != correct:
+        raise bad(f"num_correct is {num_correct} but {correct} samples are correct", "num_correct")
+    usage = raw["usage"]
+    if not isinstance(usage, dict):
+        raise bad("usage must be an object", "usage")
+    for key, value in usage.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise bad(f"usage values must be numbers >= 0, got {value!r}", f"usage.{key}")
+    try:
+        parsed_usage = Usage.from_dict(usage)
+    except TypeError as exc:
+        raise bad(f"usage is not a Usage: {exc}", "usage") from exc
+    return ProblemRecord(raw["id"], raw["strategy"], n, num_correct, parsed_usage, line)
+
+
+def read_results(path: str | Path) -> list[ProblemRecord]:
+    """Read and check a results JSONL file; blank lines are skipped."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read results: {exc}", path=str(source)) from exc
+    records = []
+    for number, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            raw = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not JSON: {exc.msg}", path=str(source), line=number) from exc
+        records.append(_parse_record(raw, str(source), number))
+    return records
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Everything ``ttscale fit`` found; ``rows`` is the table, one dict per k.
+
+    Row keys: ``k``, ``coverage`` (None past the data), ``fit`` (power law), ``fit_low`` and
+    ``fit_high`` (its bootstrap band), ``beta_fit``, ``tokens`` and ``cost`` (for k samples of every
+    problem, at the run's average spend per sample), then any extra columns.
+    """
+
+    source: str
+    strategy: str | None
+    problems: int
+    max_k: int
+    rows: list[dict[str, Any]]
+    power: PowerLawFit | None
+    beta: BetaFit | None
+    power_error: FitError | None
+    beta_error: FitError | None
+    band: ExtrapolationBand | None
+    held_out: HeldOutComparison | None
+    target: CoveragePlan | None
+    columns: tuple[str, ...]
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = _json_safe(
+            {
+                "source": self.source,
+                "strategy": self.strategy,
+                "problems": self.problems,
+                "max_k": self.max_k,
+                "columns": list(self.columns),
+                "rows": self.rows,
+                "power_law": (
+                    {
+                        "a": self.power.a,
+                        "b": self.power.b,
+                        "a_sd": self.power.a_sd,
+                        "b_sd": self.power.b_sd,
+                        "error": self.power_error.to_dict() if self.power_error else None,
+                    }
+                    if self.power
+                    else None
+                ),
+                "beta": (
+                    {
+                        "alpha": self.beta.alpha,
+                        "beta": self.beta.beta,
+                        "log_likelihood": self.beta.log_likelihood,
+                        "error": self.beta_error.to_dict() if self.beta_error else None,
+                    }
+                    if self.beta
+                    else None
+                ),
+                "band": self.band.to_dict() if self.band else None,
+                "held_out": self.held_out.to_dict() if self.held_out else None,
+                "target": self.target.to_dict() if self.target else None,
+                "notes": list(self.notes),
+            }
+        )
+        return data
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN or infinity; a standard error the fit could not give becomes null.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _select(records: list[ProblemRecord], strategy: str | None, path: str) -> list[ProblemRecord]:
+    chosen = [r for r in records if strategy is None or r.strategy == strategy]
+    if not chosen:
+        found = sorted({r.strategy for r in records})
+        raise DataError(
+            f"no records for strategy {strategy!r} (found: {', '.join(found) or 'none'})"
+            if strategy is not None
+            else "no records",
+            path=path,
+        )
+    seen: dict[str, int] = {}
+    for record in chosen:
+        if record.id in seen:
+            raise DataError(
+                f"problem {record.id!r} appears again (first on line {seen[record.id]}); "
+                "pick one strategy's records",
+                path=path,
+                line=record.line,
+                field="id",
+            )
+        seen[record.id] = record.line
+    return chosen
+
+
+def fit_report(
+    results_path: str | Path,
+    out_dir: str | Path | None,
+    *,
+    strategy: str | None = None,
+    num_ks: int = 40,
+    extrapolate_factor: float = 10.0,
+    target_coverage: float | None = None,
+    n_resamples: int = 200,
+    confidence: float = 0.9,
+    seed: int = 0,
+    extra_columns: Mapping[str, Mapping[int, float]] | None = None,
+    plot: bool = True,
+) -> FitReport:
+    """Fit coverage laws to a results file; write ``fit.json`` and ``coverage.png`` to ``out_dir``.
+
+    Coverage is measured at ``num_ks`` log-spaced k up to the smallest ``n`` of the problems, and
+    the power law's prediction is extended to ``extrapolate_factor`` times that with a bootstrap
+    band over problems (``n_resamples``, ``confidence``, ``seed``). ``target_coverage`` adds the k
+    reaching it and its predicted cost. ``extra_columns`` maps a column name to values by k (e.g.
+    a strategy's accuracy at k from an offline evaluator); they join the table, JSON and plot.
+    ``out_dir`` None writes nothing.
+    """
+    source = str(results_path)
+    if extrapolate_factor < 1:
+        raise ConfigError(f"extrapolate_factor must be >= 1, got {extrapolate_factor}")
+    records = _select(read_results(results_path), strategy, source)
+    n = np.array([r.n for r in records], dtype=np.int64)
+    c = np.array([r.num_correct for r in records], dtype=np.int64)
+    max_k = int(n.min())
+    if max_k < 1:
+        first_empty = next(r for r in records if r.n == 0)
+        raise DataError(
+            "a problem has no samples, so coverage is undefined",
+            path=source,
+            line=first_empty.line,
+            field="n",
+        )
+    notes: list[str] = []
+    if int(n.max()) != max_k:
+        notes.append(f"problems drew {max_k}..{int(n.max())} samples; coverage stops at {max_k}")
+
+    ks = log_spaced_ks(max_k, num_ks)
+    observed = coverage_curve(n, c, ks)
+    far_end = round(max_k * extrapolate_factor)
+    far_ks = (
+        log_spaced_ks(far_end, max(num_ks // 4, 2), min_k=max_k + 1)
+        if far_end > max_k
+        else np.array([], dtype=np.int64)
+    )
+    all_ks = np.concatenate([ks, far_ks])
+
+    power = beta = None
+    power_error = beta_error = None
+    band = None
+    if len(ks) < 3:
+        notes.append("fewer than three k: no law fitted")
+    elif np.all(c == 0) or np.all(c == n):
+        notes.append("every problem all right or all wrong: no law fitted")
+    else:
+        power = fit_power_law(ks, observed)
+        power_error = fit_error(observed, power.predict(ks))
+        beta = fit_beta(n, c)
+        beta_error = fit_error(observed, beta.predict(ks))
+        band = extrapolation_band(
+            n,
+            c,
+            all_ks,
+            model="power",
+            fit_ks=ks,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+
+    held_out = None
+    if power is not None and max_k >= _MIN_HELD_OUT_SAMPLES:
+        try:
+            held_out = compare_held_out(n, c, fit_fraction=_HELD_OUT_FRACTION, seed=seed)
+        except ConfigError as exc:  # a subset with nothing solved has no law
+            notes.append(f"held-out comparison skipped: {exc}")
+
+    # Spend per sample of each problem, at the run's batching (prompt tokens included).
+    tokens_per_sample = np.array([r.usage.total_tokens / r.n for r in records])
+    cost_per_sample = np.array([r.usage.cost / r.n for r in records])
+    target = None
+    if target_coverage is not None and power is not None:
+        target = plan_for_coverage(
+            power,
+            target_coverage,
+            cost_per_sample=float(cost_per_sample.mean()),
+            tokens_per_sample=float(tokens_per_sample.mean()),
+            num_problems=len(records),
+        )
+
+    extras = dict(extra_columns or {})
+    columns: tuple[str, ...] = (
+        "k",
+        "coverage",
+        "fit",
+        "fit_low",
+        "fit_high",
+        "beta_fit",
+        "tokens",
+        "cost",
+    )
+    columns += tuple(name for name in extras if name not in columns)
+    rows = []
+    for position, k in enumerate(all_ks):
+        row: dict[str, Any] = {
+            "k": int(k),
+            "coverage": float(observed[position]) if position < len(ks) else None,
+            "fit": float(power.predict([k])[0]) if power else None,
+            "fit_low": float(band.low[position]) if band else None,
+            "fit_high": float(band.high[position]) if band else None,
+            "beta_fit": float(beta.predict([k])[0]) if beta else None,
+            "tokens": float(k * tokens_per_sample.sum()),
+            "cost": float(k * cost_per_sample.sum()),
+        }
+        for name, values in extras.items():
+            value = values.get(int(k))
+            row[name] = float(value) if value is not None else None
+        rows.append(row)
+
+    report = FitReport(
+        source=source,
+        strategy=strategy,
+        problems=len(records),
+        max_k=max_k,
+        rows=rows,
+        power=power,
+        beta=beta,
+        power_error=power_error,
+        beta_error=beta_error,
+        band=band,
+        held_out=held_out,
+        target=target,
+        columns=columns,
+        notes=tuple(notes),
+    )
+    if out_dir is None:
+        return report
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    plot_path = None
+    if plot:
+        plot_path = directory / "coverage.png"
+        _plot(report, extras, plot_path)
+    json_path = directory / "fit.json"
+    report = replace(report, json_path=json_path, plot_path=plot_path)
+    json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s%s", json_path, f" and {plot_path}" if plot_path else "")
+    return report
+
+
+def _plot(report: FitReport, extras: Mapping[str, Mapping[int, float]], path: Path) -> None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(
+            "plotting needs matplotlib; install it with: pip install 'ttscale[laws]'"
+        ) from exc
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend or state is touched.
+    figure = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    measured = [row for row in report.rows if row["coverage"] is not None]
+    axes.plot(
+        [row["k"] for row in measured],
+        [row["coverage"] for row in measured],
+        "o",
+        markersize=3,
+        label="coverage (unbiased pass@k)",
+    )
+    if report.power is not None:
+        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
+        axes.plot(
+            dense,
+            report.power.predict(dense),
+            "-",
+            label=f"power law a={report.power.a:.3g}, b={report.power.b:.3g}",
+        )
+    if report.beta is not None:
+        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
+        axes.plot(
+            dense,
+            report.beta.predict(dense),
+            "--",
+            label=f"Beta({report.beta.alpha:.3g}, {report.beta.beta:.3g})",
+        )
+    if report.band is not None:
+        axes.fill_between(
+            report.band.ks,
+            report.band.low,
+            report.band.high,
+            alpha=0.2,
+            label=f"{report.band.confidence:.0%} band (bootstrap over problems)",
+        )
+    for name, values in extras.items():
+        points = sorted(values.items())
+        if points:
+            axes.plot([k for k, _ in points], [v for _, v in points], ".-", label=name)
+    axes.axvline(report.max_k, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xscale("log")
+    axes.set_xlabel("samples per problem (k)")
+    axes.set_ylabel("coverage")
+    axes.set_ylim(0, 1.02)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    title = f"{report.problems} problems" + (f", {report.strategy}" if report.strategy else "")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column == "k":
+        return str(value)
+    if column == "tokens":
+        return f"{value:,.0f}"
+    if column == "cost":
+        return f"${value:,.4f}"
+    return f"{value:.4f}"
+
+
+def render_table(report: FitReport, columns: Sequence[str] | None = None) -> Table:
+    """The report's table as a ``rich`` Table (rows past the data show the fit only)."""
+    chosen = list(columns) if columns is not None else list(report.columns)
+    table = Table(*chosen, title=f"coverage of {report.problems} problems ({report.source})")
+    for row in report.rows:
+        table.add_row(*(_cell(column, row.get(column)) for column in chosen))
+    if report.power is not None and report.power_error is not None:
+        table.caption = (
+            f"power law a={report.power.a:.4g} b={report.power.b:.4g}, "
+            f"fit error {report.power_error.mean:.4f} ± {report.power_error.sd:.4f}"
+        )
+    return table
