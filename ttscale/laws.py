@@ -18,6 +18,7 @@ of samples under an imperfect verifier (Inference Scaling fLaws, Stroebl et al. 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections.abc import Sequence
@@ -68,8 +69,6 @@ ModelName = Literal["power", "beta"]
 def _scipy(submodule: str) -> ModuleType:
     """Import ``scipy.<submodule>`` or say how to get it."""
     try:
-        import importlib
-
         return importlib.import_module(f"scipy.{submodule}")
     except ImportError as exc:
         raise ConfigError(
