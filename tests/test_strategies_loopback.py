@@ -1,0 +1,122 @@
+"""Every strategy through the real OpenAISampler against the loopback HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+
+import pytest
+from ttscale.strategies import (
+    Adaptive,
+    AheadByK,
+    BestOfMajority,
+    BestOfN,
+    HedgedSampling,
+    Majority,
+)
+
+from ttscale import OpenAISampler, Problem, SamplingParams
+from ttscale.testing.server import LoopbackServer
+from ttscale.types import Candidate, Result, Score
+
+SCRIPT = {
+    "What is 6 * 7?": [
+        "6 * 7 = 42, so the answer is \\boxed{42}.",
+        "I get \\boxed{42}",
+        "Maybe \\boxed{41}",
+        "Final: \\boxed{42.0}",
+        "Hmm, \\boxed{13}",
+    ],
+    "Pick one": ["The answer is (B)."],
+}
+
+
+class TableVerifier:
+    """Scores a candidate by the first table key its text contains (else 0)."""
+
+    def __init__(self, table: Mapping[str, float]) -> None:
+        self.table = table
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        return [
+            Score(next((v for key, v in self.table.items() if key in c.text), 0.0))
+            for c in candidates
+        ]
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer(answers=SCRIPT) as running:
+        yield running
+
+
+def run(server: LoopbackServer, strategy: object, prompt: str, verifier: object = None) -> Result:
+    async def go() -> Result:
+        sampler = OpenAISampler(
+            model="loopback",
+            base_url=server.base_url,
+            api_key="test",
+            params=SamplingParams(seed=7, temperature=0.8),
+        )
+        async with sampler:
+            problem = Problem(id="p", prompt=prompt)
+            return await strategy.run(problem, sampler, verifier)  # type: ignore[attr-defined]
+
+    return asyncio.run(go())
+
+
+def assert_paid_what_the_server_delivered(result: Result, server: LoopbackServer) -> None:
+    delivered = server.delivered_usage()
+    assert result.usage.samples == delivered["samples"] == len(result.candidates)
+    assert result.usage.completion_tokens == delivered["completion_tokens"]
+    assert result.usage.prompt_tokens == delivered["prompt_tokens"]
+    assert [c.index for c in result.candidates] == list(range(len(result.candidates)))
+    assert len({c.seed for c in result.candidates if c.seed is not None}) >= 1
+
+
+def test_majority(server: LoopbackServer) -> None:
+    result = run(server, Majority(samples=10, extractor="boxed"), "What is 6 * 7?")
+    assert result.answers == ("42",)
+    votes = next(e.data["votes"] for e in result.trace if e.step == "vote")
+    assert votes == {"42": 6, "41": 2, "13": 2}
+    assert_paid_what_the_server_delivered(result, server)
+
+
+def test_best_of_n(server: LoopbackServer) -> None:
+    verifier = TableVerifier({"41": 0.9, "42": 0.5})
+    result = run(server, BestOfN(samples=5, extractor="boxed"), "What is 6 * 7?", verifier)
+    assert result.answers == ("41",) and len(result.scores) == 5
+    assert_paid_what_the_server_delivered(result, server)
+
+
+def test_best_of_majority(server: LoopbackServer) -> None:
+    verifier = TableVerifier({"41": 0.9, "13": 0.8, "42": 0.5})
+    strategy = BestOfMajority(samples=10, alpha=0.3, extractor="boxed")
+    result = run(server, strategy, "What is 6 * 7?", verifier)
+    assert result.answers == ("42",)  # 41 and 13 score higher but are too rare
+    assert_paid_what_the_server_delivered(result, server)
+
+
+def test_adaptive_stops_paying_when_it_stops(server: LoopbackServer) -> None:
+    result = run(server, Adaptive(samples=40, batch_size=2, extractor="choice"), "Pick one")
+    assert result.answers == ("B",)
+    assert result.usage.samples == 4
+    assert_paid_what_the_server_delivered(result, server)
+
+
+def test_ahead_by_k(server: LoopbackServer) -> None:
+    result = run(server, AheadByK(samples=30, margin=2, extractor="boxed"), "What is 6 * 7?")
+    assert result.answers == ("42",)
+    stop = next(e.data for e in result.trace if e.step == "stop")
+    assert stop["reason"] == "ahead_by_k" and stop["lead"] >= 2
+    assert_paid_what_the_server_delivered(result, server)
+
+
+def test_hedged_sampling_sends_one_greedy_request(server: LoopbackServer) -> None:
+    strategy = Majority(samples=6, params=HedgedSampling(temperature=0.7, greedy=1))
+    result = run(server, strategy, "Pick one")
+    bodies = [r.body for r in server.records if r.path.endswith("completions") and r.body]
+    temperatures = sorted((b.get("temperature"), b.get("n", 1)) for b in bodies)
+    assert temperatures == [(0.0, 1), (0.7, 5)]
+    assert [c.temperature for c in result.candidates] == [0.0] + [0.7] * 5
+    assert_paid_what_the_server_delivered(result, server)
