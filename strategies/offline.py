@@ -362,16 +362,20 @@ def _scan(
         )
         lone = lone_rank if threshold <= 1 else np.full(lanes, _NEVER)
         if config.group_score == "max":
-            winner: IntArray = np.minimum(np.where(survives, best, _NEVER).min(axis=1), lone)
+            winner: IntArray = np.minimum(
+                np.where(survives, best, _NEVER).min(axis=1, initial=_NEVER), lone
+            )
             return winner.reshape(shape)
         assert weight is not None and chunk.score_by_rank is not None
         mean = np.where(survives, weight.reshape(grid)[:, :-1] / np.maximum(count, 1), -np.inf)
         lone_known = lone < _NEVER
         lone_score = np.take(chunk.score_by_rank, lane_problem_offset + lone * lone_known)
         lone_mean = np.where(lone_known, lone_score, -np.inf)
-        top = np.maximum(mean.max(axis=1), lone_mean)
+        top = np.maximum(mean.max(axis=1, initial=-np.inf), lone_mean)
         # Ties on the mean go to the group whose best member ranks first.
-        tied: IntArray = np.where(survives & (mean == top[:, None]), best, _NEVER).min(axis=1)
+        tied: IntArray = np.where(survives & (mean == top[:, None]), best, _NEVER).min(
+            axis=1, initial=_NEVER
+        )
         tied = np.where(lone_known & (lone_mean == top), np.minimum(tied, lone), tied)
         return tied.reshape(shape)
 
