@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -64,7 +65,9 @@ _DEFAULT_COMPLETION_ESTIMATE = 256
 class OpenAISamplerConfig:
     """Settings of an :class:`OpenAISampler`.
 
-    ``api_key`` wins over ``api_key_env``; with neither set a placeholder key is sent, which local
+    ``client_shards`` is how many ``openai`` clients share the requests (default: one per 8 of
+    ``concurrency``); see the note in ``OpenAISampler.__init__``. ``api_key`` wins over
+    ``api_key_env``; with neither set a placeholder key is sent, which local
     servers (vLLM, llama.cpp) accept. ``n_mode`` is "auto" (use ``n`` until the server shows it
     does not honour it), "always" or "never". ``max_redraws`` bounds how many times per draw the
     sampler re-requests samples that a response it could not read failed to deliver.
@@ -85,6 +88,7 @@ class OpenAISamplerConfig:
     pricing: Pricing | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     max_redraws: int = 3
+    client_shards: int | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -143,7 +147,15 @@ class OpenAISampler:
             raise ConfigError("pass either a config or keyword options to OpenAISampler, not both")
         self.config = config
         self._owns_client = client is None
-        self._client = client if client is not None else self._make_client(config)
+        # httpcore's pool looks at every one of its connections on each request, so one pool of
+        # 64 connections costs more CPU per request than the rest of a request together. Several
+        # clients with smaller pools (each still the openai client with its own retries and
+        # pooling) keep that cost flat as the concurrency bound grows.
+        shards = config.client_shards or max(1, math.ceil(config.concurrency / 8))
+        self._clients: list[openai.AsyncOpenAI] = (
+            [client] if client is not None else [self._make_client(config) for _ in range(shards)]
+        )
+        self._in_flight = [0] * len(self._clients)
         base = config.params.seed
         self.base_seed = base if base is not None else random_base_seed()
         if base is None:
@@ -176,7 +188,8 @@ class OpenAISampler:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.close()
+            for client in self._clients:
+                await client.close()
 
     async def __aenter__(self) -> OpenAISampler:
         return self
@@ -356,31 +369,40 @@ class OpenAISampler:
         params: SamplingParams,
         count: int,
         seed: int,
-    ) -> Any:
-        options: dict[str, Any] = {"model": self.config.model, "seed": seed}
+    ) -> object:
+        body: dict[str, Any] = {"model": self.config.model, "seed": seed}
         if count > 1:
-            options["n"] = count
+            body["n"] = count
         if params.temperature is not None:
-            options["temperature"] = params.temperature
+            body["temperature"] = params.temperature
         if params.top_p is not None:
-            options["top_p"] = params.top_p
+            body["top_p"] = params.top_p
         if params.max_tokens is not None:
-            options["max_tokens"] = params.max_tokens
+            body["max_tokens"] = params.max_tokens
         if params.stop:
-            options["stop"] = list(params.stop)
-        if params.extra_body:
-            options["extra_body"] = dict(params.extra_body)
+            body["stop"] = list(params.stop)
         if self.config.endpoint == "chat":
+            body["messages"] = request_input
             if params.logprobs is not None:
-                options["logprobs"] = True
+                body["logprobs"] = True
                 if params.logprobs > 0:
-                    options["top_logprobs"] = params.logprobs
-            messages: Any = request_input  # plain dicts in the OpenAI wire format
-            return await self._client.chat.completions.create(messages=messages, **options)
-        if params.logprobs is not None:
-            options["logprobs"] = params.logprobs
-        prompt: Any = request_input  # a str: _request_input refuses messages here
-        return await self._client.completions.create(prompt=prompt, **options)
+                    body["top_logprobs"] = params.logprobs
+        else:
+            body["prompt"] = request_input
+            if params.logprobs is not None:
+                body["logprobs"] = params.logprobs
+        body.update(params.extra_body)
+        # The client's generic post keeps its retries, backoff, auth and connection pool, and
+        # skips the typed-params transform and the pydantic response models, which cost more CPU
+        # per request than everything else here (see benchmarks/sampler_throughput.py). The body
+        # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
+        path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"
+        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[shard] += 1
+        try:
+            return await self._clients[shard].post(path, cast_to=object, body=body)
+        finally:
+            self._in_flight[shard] -= 1
 
     def _learn_n(self, supported: bool, why: str) -> None:
         if self._n_supported is not supported:
@@ -396,38 +418,45 @@ class OpenAISampler:
     def _record(
         self,
         draw: _Draw,
-        response: Any,
+        response: object,
         params: SamplingParams,
         slot: _Slot,
         seed: int,
         latency: float,
     ) -> list[int]:
-        choices = getattr(response, "choices", None)
+        choices = response.get("choices") if isinstance(response, dict) else None
         if not isinstance(choices, list):
-            # A body that parsed but is no completion (openai returns text for non-JSON bodies).
+            # A body that parsed but is no completion (the client returns text for non-JSON).
             draw.usage = draw.usage + Usage(failed_requests=1)
             raise _UnreadableResponse(f"response has no choices: {str(response)[:200]!r}")
-        # Choice indices outside the slot (a misbehaving server) are not samples we asked for.
-        kept = sorted(
-            (choice for choice in choices if 0 <= int(choice.index) < slot.count),
-            key=lambda choice: int(choice.index),
-        )
+        assert isinstance(response, dict)
+        # Choice indices outside the slot (a misbehaving server) are not samples we asked for;
+        # a repeated index is one sample, never two.
+        by_index: dict[int, dict[str, Any]] = {}
+        for choice in choices:
+            position = choice.get("index", 0) if isinstance(choice, dict) else None
+            if isinstance(position, int) and 0 <= position < slot.count:
+                by_index.setdefault(position, choice)
+        kept = [by_index[position] for position in sorted(by_index)]
         texts = [_choice_text(choice, self.config.endpoint) for choice in kept]
         token_lists = [_choice_logprobs(choice, self.config.endpoint) for choice in kept]
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
-        counts, exact = _completion_counts(texts, token_lists, completion_total, usage is not None)
-        model = str(getattr(response, "model", "") or self.config.model)
-        request_id = getattr(response, "id", None)
+        usage = response.get("usage")
+        reported = isinstance(usage, dict)
+        prompt_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        completion_total = (
+            int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+        )
+        if not reported:
+            log.warning("the model server reported no usage; token counts are unknown")
+        counts, exact = _completion_counts(texts, token_lists, completion_total, reported)
+        model = str(response.get("model") or self.config.model)
+        request_id = response.get("id")
         for offset, choice in enumerate(kept):
-            index = slot.start + int(choice.index)
-            if index in draw.candidates:
-                continue  # a duplicated choice index: never count one sample twice
+            index = slot.start + int(choice.get("index", 0))
             draw.candidates[index] = Candidate(
                 text=texts[offset],
                 index=index,
-                finish_reason=getattr(choice, "finish_reason", None),
+                finish_reason=choice.get("finish_reason"),
                 completion_tokens=counts[offset],
                 tokens_exact=exact,
                 seed=seed,
@@ -437,20 +466,15 @@ class OpenAISampler:
                 logprobs=token_lists[offset],
                 request_id=str(request_id) if request_id is not None else None,
             )
-        cost = (
-            self.config.pricing.cost(prompt_tokens, completion_total)
-            if self.config.pricing
-            else 0.0
-        )
+        pricing = self.config.pricing
         draw.usage = draw.usage + Usage(
             requests=1,
             samples=len(kept),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_total,
-            cost=cost,
+            cost=pricing.cost(prompt_tokens, completion_total) if pricing else 0.0,
         )
-        filled = {slot.start + int(choice.index) for choice in kept}
-        missing = [i for i in range(slot.start, slot.start + slot.count) if i not in filled]
+        missing = [slot.start + i for i in range(slot.count) if i not in by_index]
         if slot.count > 1 and self.config.n_mode == "auto":
             self._learn_n(not missing, f"returned {len(kept)} of {slot.count} choices")
         return missing
@@ -478,43 +502,46 @@ def _upstream(exc: openai.APIStatusError) -> UpstreamError:
     )
 
 
-def _choice_text(choice: Any, endpoint: Endpoint) -> str:
+def _choice_text(choice: dict[str, Any], endpoint: Endpoint) -> str:
     if endpoint == "chat":
-        message = getattr(choice, "message", None)
-        content = getattr(message, "content", None)
-        return content if isinstance(content, str) else ""
-    text = getattr(choice, "text", None)
-    return text if isinstance(text, str) else ""
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else ""
 
 
-def _choice_logprobs(choice: Any, endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
-    logprobs = getattr(choice, "logprobs", None)
-    if logprobs is None:
+def _choice_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
         return None
     if endpoint == "chat":
-        content = getattr(logprobs, "content", None)
-        if content is None:
+        content = logprobs.get("content")
+        if not isinstance(content, list):
             return None
         return tuple(
             TokenLogprob(
-                token=item.token,
-                logprob=float(item.logprob),
-                top=tuple((alt.token, float(alt.logprob)) for alt in (item.top_logprobs or ())),
+                token=str(item.get("token", "")),
+                logprob=float(item.get("logprob") or 0.0),
+                top=tuple(
+                    (str(alt.get("token", "")), float(alt.get("logprob") or 0.0))
+                    for alt in item.get("top_logprobs") or ()
+                ),
             )
             for item in content
         )
-    tokens = getattr(logprobs, "tokens", None)
-    values = getattr(logprobs, "token_logprobs", None)
-    if tokens is None or values is None:
+    tokens = logprobs.get("tokens")
+    values = logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
         return None
-    tops: Sequence[Mapping[str, float] | None] = getattr(logprobs, "top_logprobs", None) or [
-        None
-    ] * len(tokens)
+    tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or [None] * len(
+        tokens
+    )
     return tuple(
         TokenLogprob(
-            token=token,
+            token=str(token),
             logprob=float(value) if value is not None else 0.0,
-            top=tuple((alt, float(lp)) for alt, lp in (top or {}).items()),
+            top=tuple((str(alt), float(lp)) for alt, lp in (top or {}).items()),
         )
         for token, value, top in zip(tokens, values, tops, strict=False)
     )
