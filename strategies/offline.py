@@ -621,10 +621,9 @@ def _evaluate_group(
 
     wanted = np.zeros(n, dtype=bool)
     wanted[steps] = True
-    totals = {name: np.zeros(n) for name in scanned}
-    drawn = {name: np.zeros(n) for name in scanned}
     distinct_per_problem = answers.max(axis=1) + 1
     lanes_per_problem = orders.shape[0]
+    chunks: list[_Chunk] = []
     start = 0
     while start < len(group):
         # Grow the chunk while its per-answer state stays within the memory budget.
@@ -636,29 +635,52 @@ def _evaluate_group(
                 break
             width = wider
             stop += 1
-        chunk_answers = answers[start:stop]
-        distinct = int(distinct_per_problem[start:stop].max())
-        dense = np.where(chunk_answers < 0, distinct, chunk_answers)
-        chunk_ranks = ranks[start:stop] if ranks is not None else None
-        rank_order = np.argsort(chunk_ranks, axis=1) if chunk_ranks is not None else None
-        chunk = _Chunk(
-            answers=np.ascontiguousarray(dense.T),
-            correct=correct[start:stop],
-            scores=scores[start:stop] if scores is not None else None,
-            ranks=np.ascontiguousarray(chunk_ranks.T) if chunk_ranks is not None else None,
-            sample_at_rank=rank_order,
-            score_by_rank=(
-                np.take_along_axis(scores[start:stop], rank_order, axis=1)
-                if scores is not None and rank_order is not None
-                else None
-            ),
-            distinct=distinct,
-        )
-        _scan(chunk, orders, scanned, wanted, totals, drawn)
+        chunks.append(_make_chunk(answers, correct, scores, ranks, start, stop))
         start = stop
+
+    def scan(chunk: _Chunk) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
+        totals = {name: np.zeros(n) for name in scanned}
+        drawn = {name: np.zeros(n) for name in scanned}
+        _scan(chunk, orders, scanned, wanted, totals, drawn)
+        return totals, drawn
+
+    # Scanning chunks on threads was measured slower on two cores: the per-step numpy calls are
+    # too small for the GIL releases to pay, and the chunks compete for the cache.
+    parts = [scan(chunk) for chunk in chunks]
+    totals = {name: sum((part[0][name] for part in parts), np.zeros(n)) for name in scanned}
+    drawn = {name: sum((part[1][name] for part in parts), np.zeros(n)) for name in scanned}
     lanes = len(group) * lanes_per_problem
     for name, spec in scanned.items():
         accuracy[name] = totals[name][steps] / lanes
         if isinstance(spec, AdaptiveConfig | AheadByKConfig):
             used[name] = drawn[name][steps] / lanes
     return accuracy, used
+
+
+def _make_chunk(
+    answers: IntArray,
+    correct: BoolArray,
+    scores: FloatArray | None,
+    ranks: IntArray | None,
+    start: int,
+    stop: int,
+) -> _Chunk:
+    """Problems ``start:stop`` laid out for :func:`_scan`."""
+    chunk_answers = answers[start:stop]
+    distinct = int(chunk_answers.max()) + 1 if chunk_answers.size else 0
+    dense = np.where(chunk_answers < 0, distinct, chunk_answers)
+    chunk_ranks = ranks[start:stop] if ranks is not None else None
+    rank_order = np.argsort(chunk_ranks, axis=1) if chunk_ranks is not None else None
+    return _Chunk(
+        answers=np.ascontiguousarray(dense.T),
+        correct=correct[start:stop],
+        scores=scores[start:stop] if scores is not None else None,
+        ranks=np.ascontiguousarray(chunk_ranks.T) if chunk_ranks is not None else None,
+        sample_at_rank=rank_order,
+        score_by_rank=(
+            np.take_along_axis(scores[start:stop], rank_order, axis=1)
+            if scores is not None and rank_order is not None
+            else None
+        ),
+        distinct=max(distinct, 0),
+    )
