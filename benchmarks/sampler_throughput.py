@@ -7,6 +7,10 @@ latency, their ratio, HTTP requests per sample and samples per second.
 
 Targets: ratio <= 1.10 with ``n`` off; requests per sample <= 1 / max_n with ``n`` on.
 
+A third row sends the same 1,000 requests with the bare HTTP client that ``openai`` is built on
+(``httpx2``, the same number of connections) and no sampler: the transport's own floor on this
+machine, so the sampler's share of the wall time can be read off. Client CPU seconds are shown too.
+
     python benchmarks/sampler_throughput.py [--repeats 3]
 """
 
@@ -14,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
 
 from ttscale import OpenAISampler, SamplingParams, Usage
 
@@ -53,7 +60,35 @@ def loopback_process(n_support: str) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-async def run_once(base_url: str, n_mode: str) -> tuple[float, Usage, int]:
+async def transport_floor(base_url: str) -> tuple[float, float, Usage, int]:
+    """The same requests with bare httpx2: no openai client, no sampler."""
+    limits = httpx2.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx2.AsyncClient(base_url=base_url, limits=limits) as client:
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(prompt: str, seed: int) -> dict[str, object]:
+            body = {
+                "model": "loopback",
+                "messages": [{"role": "user", "content": prompt}],
+                "seed": seed,
+                "temperature": 0.8,
+                "max_tokens": 32,
+            }
+            async with semaphore:
+                response = await client.post("/chat/completions", content=json.dumps(body))
+                return response.json()  # type: ignore[no-any-return]
+
+        await asyncio.gather(*(one("warm-up", i) for i in range(CONCURRENCY)))
+        cpu, started = time.process_time(), time.perf_counter()
+        answers = await asyncio.gather(
+            *(one(f"prompt {i}", j) for i in range(PROMPTS) for j in range(SAMPLES_PER_PROMPT))
+        )
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    usage = Usage(requests=len(answers), samples=len(answers))
+    return wall, cpu, usage, len(answers)
+
+
+async def run_once(base_url: str, n_mode: str) -> tuple[float, float, Usage, int]:
     sampler = OpenAISampler(
         model="loopback",
         base_url=base_url,
@@ -66,14 +101,14 @@ async def run_once(base_url: str, n_mode: str) -> tuple[float, Usage, int]:
     async with sampler:
         # Warm the connection pool so the figure is the steady state, not TCP handshakes.
         await asyncio.gather(*(sampler.sample("warm-up", 1) for _ in range(CONCURRENCY)))
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         batches = await asyncio.gather(
             *(sampler.sample(f"prompt {i}", SAMPLES_PER_PROMPT) for i in range(PROMPTS))
         )
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     usage = Usage.total([batch.usage for batch in batches])
     samples = sum(len(batch.candidates) for batch in batches)
-    return wall, usage, samples
+    return wall, cpu, usage, samples
 
 
 def main() -> None:
@@ -84,19 +119,29 @@ def main() -> None:
         f"{PROMPTS} prompts x {SAMPLES_PER_PROMPT} samples, latency {LATENCY * 1000:.0f} ms, "
         f"concurrency {CONCURRENCY}, max_n {MAX_N}, median of {args.repeats} runs"
     )
-    header = f"{'mode':<8}{'wall s':>9}{'bound s':>9}{'ratio':>8}{'req/sample':>12}{'samples/s':>11}"
-    print(header)
-    for label, n_support, n_mode in (("n off", "reject", "never"), ("n on", "yes", "auto")):
+    print(
+        f"{'mode':<14}{'wall s':>8}{'bound s':>9}{'ratio':>7}{'req/sample':>12}"
+        f"{'samples/s':>11}{'client cpu s':>14}"
+    )
+    modes = (
+        ("n off", "reject", "never"),
+        ("n on", "yes", "auto"),
+        ("httpx2 floor", "reject", None),
+    )
+    for label, n_support, n_mode in modes:
         with loopback_process(n_support) as base_url:
-            runs = [asyncio.run(run_once(base_url, n_mode)) for _ in range(args.repeats)]
+            runs = [
+                asyncio.run(run_once(base_url, n_mode) if n_mode else transport_floor(base_url))
+                for _ in range(args.repeats)
+            ]
         runs.sort(key=lambda run: run[0])
-        wall, usage, samples = runs[len(runs) // 2]
+        wall, cpu, usage, samples = runs[len(runs) // 2]
         if samples != PROMPTS * SAMPLES_PER_PROMPT:
             raise SystemExit(f"{label}: got {samples} samples, expected 1000")
         bound = math.ceil(usage.requests / CONCURRENCY) * LATENCY
         print(
-            f"{label:<8}{wall:>9.3f}{bound:>9.3f}{wall / bound:>8.2f}"
-            f"{usage.requests / samples:>12.3f}{samples / wall:>11.0f}"
+            f"{label:<14}{wall:>8.3f}{bound:>9.3f}{wall / bound:>7.2f}"
+            f"{usage.requests / samples:>12.3f}{samples / wall:>11.0f}{cpu:>14.3f}"
         )
     print(f"targets: ratio <= 1.10 with n off; req/sample <= {1 / MAX_N:.3f} with n on")
 
