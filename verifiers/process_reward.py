@@ -1,0 +1,163 @@
+"""Process reward: score a solution step by step, then aggregate the step scores.
+
+A :class:`StepScorer` scores every step of one candidate (given the steps before it). The
+aggregations are pure functions: ``last`` (the final step's score, as outcome-like PRM use
+does), ``min`` (a chain is as good as its weakest step), ``product`` (steps as independent
+chances of being right) and ``mean``.
+
+:class:`ProcessRewardVerifier` splits each candidate into steps (by a separator, blank lines by
+default, or a function), scores them, and aggregates. :class:`PrefixStepScorer` turns any
+verifier (a reward model, a judge) into a step scorer by scoring each prefix of the solution.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ttscale.verifiers.base import resolve_verifier
+
+from ttscale.errors import ConfigError, VerifierError
+from ttscale.protocols import Verifier
+from ttscale.registry import build_config
+from ttscale.types import Candidate, Problem, Score
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "PrefixStepScorer",
+    "ProcessRewardConfig",
+    "ProcessRewardVerifier",
+    "StepScorer",
+    "aggregate_last",
+    "aggregate_mean",
+    "aggregate_min",
+    "aggregate_product",
+    "aggregate_steps",
+    "split_steps",
+]
+
+Aggregation = Literal["last", "min", "product", "mean"]
+
+
+def aggregate_last(scores: Sequence[float]) -> float:
+    return float(scores[-1])
+
+
+def aggregate_min(scores: Sequence[float]) -> float:
+    return float(min(scores))
+
+
+def aggregate_product(scores: Sequence[float]) -> float:
+    return float(math.prod(scores))
+
+
+def aggregate_mean(scores: Sequence[float]) -> float:
+    return float(sum(scores) / len(scores))
+
+
+AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
+    "last": aggregate_last,
+    "min": aggregate_min,
+    "product": aggregate_product,
+    "mean": aggregate_mean,
+}
+
+
+def aggregate_steps(scores: Sequence[float], how: str = "min") -> float:
+    """Aggregate step scores (pure). An empty list is an error: no steps, nothing to judge."""
+    if not scores:
+        raise VerifierError("cannot aggregate the scores of zero steps")
+    try:
+        return AGGREGATIONS[how](scores)
+    except KeyError:
+        raise ConfigError(
+            f"unknown aggregation {how!r}; known: {', '.join(sorted(AGGREGATIONS))}"
+        ) from None
+
+
+def split_steps(text: str, separator: str = r"\n\s*\n") -> list[str]:
+    """The non-empty steps of a solution, split on a regular expression (pure)."""
+    return [step.strip() for step in re.split(separator, text) if step.strip()]
+
+
+@runtime_checkable
+class StepScorer(Protocol):
+    """Scores each step of one solution; ``steps[i]`` is judged with ``steps[:i]`` before it."""
+
+    async def score_steps(self, problem: Problem, steps: Sequence[str]) -> list[float]: ...
+
+
+class PrefixStepScorer:
+    """A step scorer from any verifier: step i's score is the verifier's score of steps[:i+1]."""
+
+    def __init__(self, verifier: Verifier | Any, joiner: str = "\n\n") -> None:
+        self.verifier = resolve_verifier(verifier, "PrefixStepScorer")
+        self.joiner = joiner
+
+    async def score_steps(self, problem: Problem, steps: Sequence[str]) -> list[float]:
+        prefixes = [
+            Candidate(text=self.joiner.join(steps[: end + 1]), index=end)
+            for end in range(len(steps))
+        ]
+        return [score.value for score in await self.verifier.score(problem, prefixes)]
+
+
+@dataclass(frozen=True)
+class ProcessRewardConfig:
+    """Settings of a :class:`ProcessRewardVerifier`."""
+
+    aggregation: Aggregation = "min"
+    separator: str = r"\n\s*\n"
+    empty_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {self.aggregation!r}")
+        re.compile(self.separator)
+
+
+class ProcessRewardVerifier:
+    """Splits candidates into steps, scores the steps, aggregates. See the module docstring."""
+
+    def __init__(
+        self,
+        step_scorer: StepScorer | Verifier | Any,
+        config: ProcessRewardConfig | None = None,
+        *,
+        splitter: Callable[[str], list[str]] | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = build_config(ProcessRewardConfig, options, "ProcessRewardVerifier")
+        elif options:
+            raise ConfigError("pass either a config or keyword options to ProcessRewardVerifier")
+        self.config = config
+        self.step_scorer: StepScorer = (
+            step_scorer if isinstance(step_scorer, StepScorer) else PrefixStepScorer(step_scorer)
+        )
+        self.splitter = splitter or (lambda text: split_steps(text, config.separator))
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        scores = []
+        for candidate in candidates:
+            steps = self.splitter(candidate.text)
+            if not steps:
+                scores.append(Score(self.config.empty_value, reason="the candidate has no steps"))
+                continue
+            step_scores = await self.step_scorer.score_steps(problem, steps)
+            if len(step_scores) != len(steps):
+                raise VerifierError(
+                    f"the step scorer returned {len(step_scores)} scores for {len(steps)} steps"
+                )
+            value = aggregate_steps(step_scores, self.config.aggregation)
+            weakest = min(range(len(step_scores)), key=step_scores.__getitem__)
+            reason = (
+                f"{self.config.aggregation} of {len(steps)} step scores = {value:.4g}; "
+                f"weakest step {weakest + 1} ({step_scores[weakest]:.4g})"
+            )
+            scores.append(Score(value, reason=reason, details={"step_scores": step_scores}))
+        return scores
