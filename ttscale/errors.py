@@ -13,6 +13,7 @@ catch the whole family with one ``except``. Lower-level exceptions are chained w
     ├── SamplerError             a sampler could not deliver the samples it was asked for
     │   └── UpstreamError        the model server failed after the client's own retries
     ├── BudgetExhausted          a budget limit was reached before the work was done
+    │   └── BudgetLimitReached   (ttscale.budget) a limit refused a draw; carries what was spent
     └── VerifierError            a verifier could not score a candidate
         └── SandboxRefused       running model-written code was not explicitly allowed
 """
