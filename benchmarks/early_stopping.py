@@ -20,9 +20,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from ttscale.strategies import Adaptive, Majority
 
 from ttscale import OpenAISampler, Problem, SamplingParams
+from ttscale.strategies import Adaptive, Majority
 from ttscale.testing.server import LoopbackServer, ScriptRequest
 
 ANSWERS = ("42", "17", "8", "99")  # the first is correct

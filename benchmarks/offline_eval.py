@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+
 from ttscale.strategies.offline import DEFAULT_STRATEGIES, evaluate
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ttscale.errors import ConfigError
+from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, votes_summary
 from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
 from ttscale.strategies.stopping import beta_rule_stops, unanimous
-
-from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier
 from ttscale.types import Problem, Result
 
 __all__ = ["Adaptive", "AdaptiveConfig", "StopRule"]

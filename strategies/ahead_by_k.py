@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ttscale.errors import ConfigError
+from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, votes_summary
 from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
 from ttscale.strategies.stopping import lead, votes_needed_for_lead
-
-from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier
 from ttscale.types import Candidate, Problem, Result
 
 __all__ = ["AheadByK", "AheadByKConfig", "red_flag_reason"]

@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
-from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
-
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Sampler, Verifier
 from ttscale.registry import build_config
+from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
+from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
 from ttscale.types import Candidate, Problem, Result, SampleBatch, Score, TraceEvent, Usage
 
 __all__ = ["ProblemRun", "StrategyConfig", "resolve_config"]

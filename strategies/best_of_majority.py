@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ttscale.errors import ConfigError
+from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import (
     ProblemRun,
     StrategyConfig,
@@ -20,9 +22,6 @@ from ttscale.strategies.selection import (
     survival_threshold,
     vote_counts,
 )
-
-from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier
 from ttscale.types import Problem, Result
 
 __all__ = ["BestOfMajority", "BestOfMajorityConfig"]

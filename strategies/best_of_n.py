@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, score_values
-from ttscale.strategies.selection import select_best_of_n
-
 from ttscale.errors import ConfigError
 from ttscale.protocols import Sampler, Verifier
+from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, score_values
+from ttscale.strategies.selection import select_best_of_n
 from ttscale.types import Problem, Result
 
 __all__ = ["BestOfN", "BestOfNConfig"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ttscale.errors import ConfigError
+from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import (
     ProblemRun,
     StrategyConfig,
@@ -13,9 +15,6 @@ from ttscale.strategies.base import (
     votes_summary,
 )
 from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
-
-from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier
 from ttscale.types import Problem, Result, Score
 
 __all__ = ["Majority", "MajorityConfig"]

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ttscale.errors import ConfigError, DataError
 from ttscale.strategies.adaptive import AdaptiveConfig
 from ttscale.strategies.ahead_by_k import AheadByKConfig
 from ttscale.strategies.base import StrategyConfig
@@ -40,8 +42,6 @@ from ttscale.strategies.best_of_majority import BestOfMajorityConfig
 from ttscale.strategies.best_of_n import BestOfNConfig
 from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.selection import survival_threshold
-
-from ttscale.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_STRATEGIES",

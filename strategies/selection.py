@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ttscale.strategies.extract import AnswerEquivalence
-
 from ttscale.errors import ConfigError
+from ttscale.strategies.extract import AnswerEquivalence
 
 __all__ = [
     "AnswerGroup",

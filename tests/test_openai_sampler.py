@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
 from ttscale import (
     OpenAISampler,
@@ -18,6 +17,7 @@ from ttscale import (
     UpstreamError,
     Usage,
 )
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
 
 def numbered(request: ScriptRequest) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from ttscale.errors import ConfigError
 from ttscale.strategies.extract import (
     extract_answer_is,
     extract_auto,
@@ -17,8 +19,6 @@ from ttscale.strategies.extract import (
     normalize_answer,
     normalize_number,
 )
-
-from ttscale.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
+
+from ttscale import OpenAISampler, Problem, SamplingParams
 from ttscale.strategies import (
     Adaptive,
     AheadByK,
@@ -14,8 +16,6 @@ from ttscale.strategies import (
     HedgedSampling,
     Majority,
 )
-
-from ttscale import OpenAISampler, Problem, SamplingParams
 from ttscale.testing.server import LoopbackServer
 from ttscale.types import Candidate, Result, Score
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ttscale.errors import ConfigError, DataError
 from ttscale.strategies import (
     Adaptive,
     AdaptiveConfig,
@@ -39,8 +41,6 @@ from ttscale.strategies.selection import (
     select_majority,
 )
 from ttscale.strategies.stopping import first_to_ahead_by_k
-
-from ttscale.errors import ConfigError, DataError
 from ttscale.testing.fakes import ScriptedSampler
 from ttscale.types import Candidate, Problem, Score
 

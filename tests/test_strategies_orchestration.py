@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 import pytest
+
+from ttscale import registry
+from ttscale.errors import ConfigError, SamplerError
 from ttscale.strategies import (
     Adaptive,
     AheadByK,
@@ -17,9 +20,6 @@ from ttscale.strategies import (
     TemperatureSchedule,
 )
 from ttscale.strategies.sampling import as_policy, draw, plan_calls
-
-from ttscale import registry
-from ttscale.errors import ConfigError, SamplerError
 from ttscale.testing.fakes import ScriptedSampler
 from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Score
 

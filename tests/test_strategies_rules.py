@@ -8,6 +8,8 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ttscale.errors import ConfigError
 from ttscale.strategies.selection import (
     group_answers,
     select_best_of_majority,
@@ -27,8 +29,6 @@ from ttscale.strategies.stopping import (
     unanimous,
     votes_needed_for_lead,
 )
-
-from ttscale.errors import ConfigError
 
 
 class SameNumber:
