@@ -11,9 +11,8 @@ import argparse
 import asyncio
 import time
 
-from ttscale.verifiers.unit_tests import UnitTestVerifier
-
 from ttscale.types import Candidate, Problem
+from ttscale.verifiers.unit_tests import UnitTestVerifier
 
 
 def load_humaneval() -> list[tuple[Problem, str]]:

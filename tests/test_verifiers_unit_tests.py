@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ttscale.errors import ConfigError, SandboxRefused
+from ttscale.registry import create
+from ttscale.types import Candidate, Problem, Score
 from ttscale.verifiers.sandbox import ALLOW_ENV_VAR, bwrap_available
 from ttscale.verifiers.unit_tests import (
     UnitTestVerifier,
@@ -18,10 +22,6 @@ from ttscale.verifiers.unit_tests import (
     candidate_code,
     detect_test_format,
 )
-
-from ttscale.errors import ConfigError, SandboxRefused
-from ttscale.registry import create
-from ttscale.types import Candidate, Problem, Score
 
 ATTACK_TIMEOUT_S = 1.5
 BACKENDS = [

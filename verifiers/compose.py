@@ -19,11 +19,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ttscale.verifiers.base import resolve_verifier
-
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Verifier
 from ttscale.types import Candidate, Problem, Score
+from ttscale.verifiers.base import resolve_verifier
 
 __all__ = ["Cascade", "Gate", "WeightedSum"]
 

@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ttscale.verifiers.base import LoopBound
-from ttscale.verifiers.reward_model import format_pair
-
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Sampler, as_sampler
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, SamplingParams, Score, TokenLogprob
+from ttscale.verifiers.base import LoopBound
+from ttscale.verifiers.reward_model import format_pair
 
 __all__ = [
     "JudgeConfig",

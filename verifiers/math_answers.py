@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ttscale.strategies.extract import Extractor, get_extractor, last_boxed, normalize_answer
-
 from ttscale.errors import ConfigError, DataError, VerifierError
 from ttscale.registry import build_config
+from ttscale.strategies.extract import Extractor, get_extractor, last_boxed, normalize_answer
 from ttscale.types import Candidate, Problem, Score
 
 __all__ = [

@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ttscale.verifiers.base import resolve_verifier
-
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Verifier
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, Score
+from ttscale.verifiers.base import resolve_verifier
 
 __all__ = [
     "AGGREGATIONS",

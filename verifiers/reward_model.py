@@ -33,11 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttscale.verifiers.base import LoopBound
-
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, Score
+from ttscale.verifiers.base import LoopBound
 
 __all__ = [
     "LocalRewardModel",

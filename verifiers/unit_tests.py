@@ -29,6 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ttscale.errors import ConfigError, DataError
+from ttscale.registry import build_config
+from ttscale.types import Candidate, Problem, Score
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.sandbox import (
     Backend,
@@ -37,10 +40,6 @@ from ttscale.verifiers.sandbox import (
     check_code_execution_allowed,
     run_untrusted,
 )
-
-from ttscale.errors import ConfigError, DataError
-from ttscale.registry import build_config
-from ttscale.types import Candidate, Problem, Score
 
 __all__ = [
     "ProgramPlan",
