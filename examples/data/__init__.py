@@ -1,0 +1,1 @@
+"""Small datasets shipped with ttscale; installed as ``ttscale.data``."""

