@@ -57,7 +57,7 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-_NEVER = np.iinfo(np.int32).max  # "no such sample/rank yet" in int32 state arrays
+_NEVER = np.iinfo(np.int32).max  # "never stops" in the Beta rule's table
 # Lanes times distinct answers per chunk: bounds the memory of the per-answer state arrays.
 _STATE_BUDGET = 1_500_000
 
@@ -243,20 +243,31 @@ def _beta_min_top(n: int, threshold: float) -> IntArray:
 
 @dataclass
 class _Chunk:
-    """Problems scanned together.
+    """Problems scanned together, laid out for :func:`_scan`.
 
-    ``answers`` (N, P), transposed so that one step's samples are whole rows: dense ids 0..D-1,
-    with D (``distinct``) standing for "no answer". ``ranks`` (N, P) give each sample's rank by
-    (score desc, index asc); ``sample_at_rank`` and ``score_by_rank`` are (P, N).
+    ``answers``, ``correct``, ``ranks`` and ``scores`` are (N, P), transposed so that one step's
+    samples are whole rows. ``answers`` are dense ids 0..D-1, with D (``distinct``) standing for
+    "no answer"; ``ranks`` give each sample's rank by (score desc, index asc); ``score_by_rank``
+    (P, N) is each problem's scores in rank order.
     """
 
-    answers: npt.NDArray[np.int64]
+    answers: IntArray
     correct: BoolArray
     scores: FloatArray | None
-    ranks: npt.NDArray[np.int64] | None
-    sample_at_rank: IntArray | None
+    ranks: IntArray | None
     score_by_rank: FloatArray | None
     distinct: int
+
+
+@dataclass
+class _Stopping:
+    """A sequential strategy's lanes: which still draw, and sums over the lanes that stopped."""
+
+    live: BoolArray
+    live_bit: npt.NDArray[np.unsignedinteger[Any]]  # the first-member bit where live, else 0
+    live_count: int
+    stopped_right: int = 0
+    stopped_samples: int = 0
 
 
 def _scan(
@@ -270,214 +281,236 @@ def _scan(
     """Add each strategy's correct-count (summed over lanes) at every wanted step to ``totals``.
 
     A lane is one (order, problem) pair; lanes are laid out (S, P). The vote state of every answer
-    of every lane lives in flat arrays indexed by ``lane * width + answer``. A group's key packs
-    three fields into one integer, ``count | mask - first index | mask - best rank`` (``bits``
-    each), so that "more votes, then lower first index" is a single integer comparison, the group's
-    best-scored member comes with it (no second gather), and the answerless column (which starts
-    far below zero) can never lead. Selections use in-place masked copies (``np.copyto``), much
-    cheaper than ``np.where`` at this size.
+    of every lane lives in flat arrays indexed by ``answer * lanes + lane``: answer-major, so the
+    few popular answers' rows stay in cache. A group's key packs three fields into one unsigned
+    integer, ``count | first | best``: ``first`` is ``(mask - first index) << 1`` plus whether that
+    sample is correct, ``best`` the same for the group's best-ranked member. One integer comparison
+    is "more votes, then lower first index" (first indices differ between groups, so ``best`` never
+    decides), and whether a lane's pick is correct is a bit of a key: no gather at scoring time.
+    The answerless row stays zero (its samples carry no bits), so it can never lead. Every update
+    is branch-free (maxima and arithmetic blends), since masked copies with unpredictable masks
+    cost several times as much at this size.
     """
     n, problems = chunk.answers.shape
     subsets = orders.shape[0]
     none = chunk.distinct
-    width = none + 1
     shape = (subsets, problems)
     lanes = subsets * problems
     bits = max(1, int(n).bit_length())
-    if 3 * bits > 62:
+    field = bits + 1  # first and best: a position and a correct bit
+    count_shift = 2 * field
+    if count_shift + bits > 64:
         raise ConfigError(f"offline evaluation handles up to {2**20 - 1} samples per problem")
+    key_type: type[np.unsignedinteger[Any]] = np.uint32 if count_shift + bits <= 32 else np.uint64
     mask = (1 << bits) - 1
-    increment = 1 << bits  # one vote, in the units of the key shifted right by ``bits``
-    base = (np.arange(lanes, dtype=np.int64) * width).reshape(shape)
-    correct_flat = chunk.correct.ravel()
-    problem_offset = (np.arange(problems, dtype=np.int64) * n)[None, :]
-    lane_problem_offset = np.tile(np.arange(problems, dtype=np.int64) * n, subsets)
-    order_first = mask - orders  # the low bits a sample puts in its group's key
-
-    keys = np.zeros((lanes, width), dtype=np.int64)
-    keys[:, none] = -((n + 2) << (2 * bits))  # stays negative after n arrivals: never leads
-    keys = keys.ravel()
-    lead_key = np.zeros(shape, dtype=np.int64)  # 0: no leader yet
-    lead_answer = np.full(shape, -1, dtype=np.int64)
-    second_key = np.zeros(shape, dtype=np.int64)
+    field_mask = (1 << field) - 1
+    count_mask = mask << field  # the count field in keys shifted right by ``field``
+    first_bit = 1 << field  # is the group's first member correct; bit 0: its best member
 
     weighted = [name for name, c in specs.items() if isinstance(c, MajorityConfig) and c.weighted]
     boms = {name: c for name, c in specs.items() if isinstance(c, BestOfMajorityConfig)}
     adaptives = {name: c for name, c in specs.items() if isinstance(c, AdaptiveConfig)}
     aheads = {name: c for name, c in specs.items() if isinstance(c, AheadByKConfig)}
     need_best = bool(weighted or boms)
-    need_weight = bool(weighted) or any(c.group_score == "mean" for c in boms.values())
+    means = any(c.group_score == "mean" for c in boms.values())
+    need_weight = bool(weighted) or means
     need_second = bool(aheads) or any(c.rule == "beta" for c in adaptives.values())
     need_runs = any(c.rule == "esc" for c in adaptives.values())
     if need_best and (chunk.ranks is None or chunk.scores is None):
         raise ConfigError("weighted majority and best_of_majority need scores")
 
-    weight = None
-    vote_weight = None
+    # Per sample, (N, P): its bits in its group's key (zero for answerless samples).
+    valid = chunk.answers < none
+    index = np.arange(n, dtype=np.int64)[:, None]
+    first_field = ((mask - index) << 1) | chunk.correct
+    best_field = (
+        ((mask - chunk.ranks) << 1) | chunk.correct
+        if chunk.ranks is not None
+        else np.zeros_like(first_field)
+    )
+    word = np.where(valid, (1 << count_shift) | (first_field << field) | best_field, 0).astype(
+        key_type
+    )
+    best_any = best_field.astype(key_type)  # answerless samples too: groups of one for BoM
+    slot_base = chunk.answers * lanes + np.arange(problems, dtype=np.int64)[None, :]
+    lane_offset = (np.arange(subsets, dtype=np.int64) * problems)[:, None]
+
+    keys = np.zeros((none + 1) * lanes, dtype=key_type)
+    lead = np.zeros(shape, dtype=key_type)
+    second = np.zeros(shape, dtype=key_type)
+
+    weight = vote_weight = lead_weight = lead_weight_key = None
     if need_weight:
         assert chunk.scores is not None
-        weight = np.zeros(lanes * width, dtype=np.float64)
-        # Answerless samples carry -inf so their column can never outweigh a real answer.
-        vote_weight = np.where(chunk.answers < none, chunk.scores.T, -np.inf)
-    w_leads = {
-        name: (np.full(shape, -1.0), np.zeros(shape, dtype=np.int64), np.full(shape, -1))
-        for name in weighted
-    }
-    bom_rank = {name: np.full(shape, _NEVER, dtype=np.int64) for name in boms}
+        weight = np.zeros((none + 1) * lanes, dtype=np.float64)
+        # Answerless samples carry -inf so their row can never outweigh a real answer.
+        vote_weight = np.where(valid, chunk.scores, -np.inf)
+        lead_weight = np.full(shape, -1.0)
+        lead_weight_key = np.zeros(shape, dtype=key_type)
+    lone = np.zeros(shape, dtype=key_type) if means else None  # best answerless sample
+    bom_best = {name: np.zeros(shape, dtype=key_type) for name in boms}
     bom_threshold = dict.fromkeys(boms, 0)
-    stop_step = {name: np.full(shape, _NEVER, dtype=np.int64) for name in [*adaptives, *aheads]}
-    stop_sample = {name: np.zeros(shape, dtype=np.int64) for name in [*adaptives, *aheads]}
-    beta_tables = {
-        name: _beta_min_top(n, c.threshold) for name, c in adaptives.items() if c.rule == "beta"
+    stopping = {
+        name: _Stopping(
+            live=np.ones(shape, dtype=bool),
+            live_bit=np.full(shape, first_bit, dtype=key_type),
+            live_count=lanes,
+        )
+        for name in [*adaptives, *aheads]
     }
-    run_length = np.zeros(shape, dtype=np.int64)
+    beta_tables = {
+        name: _beta_min_top(n, c.threshold).astype(key_type)
+        for name, c in adaptives.items()
+        if c.rule == "beta"
+    }
+    run_length = np.zeros(shape, dtype=key_type)
     previous = np.full(shape, -1, dtype=np.int64)
+    lane_problem_offset = np.tile(np.arange(problems, dtype=np.int64) * n, subsets)
 
-    def right_at(sample: IntArray, present: BoolArray) -> BoolArray:
-        found = np.take(correct_flat, problem_offset + sample * present)
-        result: BoolArray = present & found
-        return result
-
-    def right_by_rank(rank: IntArray) -> BoolArray:
-        assert chunk.sample_at_rank is not None
-        present = rank < _NEVER
-        sample = np.take(chunk.sample_at_rank, problem_offset + rank * present)
-        return right_at(sample, present)
-
-    def best_of(key: IntArray) -> IntArray:
-        """The best rank held in keys; _NEVER where the key is no group's (no leader)."""
-        rank = mask - (key & mask)
-        rank[key <= 0] = _NEVER
-        return rank
-
-    def bom_recompute(config: BestOfMajorityConfig, threshold: int) -> IntArray:
-        """Every lane's winning best rank from scratch (on a threshold change, or for mean)."""
-        grid = (lanes, width)
-        count = keys.reshape(grid)[:, :-1] >> (2 * bits)
-        best = mask - (keys.reshape(grid)[:, :-1] & mask)
-        survives = (count >= threshold) & (count > 0)
-        # Answerless samples are groups of one; the none column holds their best rank.
-        lone_rank = np.where(
-            keys.reshape(grid)[:, -1] & mask > 0, mask - (keys.reshape(grid)[:, -1] & mask), _NEVER
+    def surviving_best(threshold: int, mean_scores: bool) -> npt.NDArray[Any]:
+        """Every lane's winning best field from scratch (on a threshold change, or for mean)."""
+        grid = keys.reshape(none + 1, lanes)[:none]
+        count = grid >> count_shift
+        survives = count >= max(threshold, 1)
+        best = grid & field_mask
+        if not mean_scores:
+            # Only called with threshold > 1: answerless groups of one do not survive.
+            winner: npt.NDArray[Any] = np.where(survives, best, 0).max(axis=0, initial=0)
+            return winner.reshape(shape).astype(key_type)
+        assert weight is not None and lone is not None and chunk.score_by_rank is not None
+        sums = weight.reshape(none + 1, lanes)[:none]
+        mean = np.where(survives, sums / np.maximum(count, 1), -np.inf)
+        lone_best = lone.ravel() if threshold <= 1 else np.zeros(lanes, dtype=key_type)
+        lone_known = lone_best > 0
+        lone_rank = (mask - (lone_best >> 1).astype(np.int64)) * lone_known
+        lone_score = np.where(
+            lone_known, np.take(chunk.score_by_rank, lane_problem_offset + lone_rank), -np.inf
         )
-        lone = lone_rank if threshold <= 1 else np.full(lanes, _NEVER)
-        if config.group_score == "max":
-            winner: IntArray = np.minimum(
-                np.where(survives, best, _NEVER).min(axis=1, initial=_NEVER), lone
-            )
-            return winner.reshape(shape)
-        assert weight is not None and chunk.score_by_rank is not None
-        mean = np.where(survives, weight.reshape(grid)[:, :-1] / np.maximum(count, 1), -np.inf)
-        lone_known = lone < _NEVER
-        lone_score = np.take(chunk.score_by_rank, lane_problem_offset + lone * lone_known)
-        lone_mean = np.where(lone_known, lone_score, -np.inf)
-        top = np.maximum(mean.max(axis=1, initial=-np.inf), lone_mean)
+        top = np.maximum(mean.max(axis=0, initial=-np.inf), lone_score)
         # Ties on the mean go to the group whose best member ranks first.
-        tied: IntArray = np.where(survives & (mean == top[:, None]), best, _NEVER).min(
-            axis=1, initial=_NEVER
+        tied: npt.NDArray[Any] = np.where(survives & (mean == top[None, :]), best, 0).max(
+            axis=0, initial=0
         )
-        tied = np.where(lone_known & (lone_mean == top), np.minimum(tied, lone), tied)
-        return tied.reshape(shape)
+        tied = np.where(lone_known & (lone_score == top), np.maximum(tied, lone_best), tied)
+        return tied.reshape(shape).astype(key_type)
+
+    def settle(state: _Stopping, stops: BoolArray, taken: int) -> None:
+        stops &= state.live
+        fresh = int(np.count_nonzero(stops))
+        if fresh:
+            state.live ^= stops
+            np.multiply(state.live, key_type(first_bit), out=state.live_bit)
+            state.stopped_right += int(np.count_nonzero(lead[stops] & first_bit))
+            state.stopped_samples += fresh * taken
+            state.live_count -= fresh
 
     for step in range(n):
         taken = step + 1  # samples in the prefix
         columns = orders[:, step]  # the sample each order takes now, shared by all problems
-        answer = chunk.answers[columns]  # (S, P): whole rows, a cheap gather
-        slot = (base + answer).ravel()
-        old = np.take(keys, slot).reshape(shape)
-        # One more vote; the group's first index becomes min(first, this index) and its best rank
-        # min(best, this sample's rank): field-wise maxima of the "mask - value" fields.
-        upper = old >> bits
-        np.maximum(upper, (upper & ~mask) + order_first[:, step, None], out=upper)
-        upper += increment
-        key = upper << bits
-        rank = None
+        slot = slot_base[columns]  # (S, P): whole rows, a cheap gather
+        slot += lane_offset
+        arriving = word[columns]
+        old = keys.take(slot)
+        # One more vote, and the field-wise maxima of first and best: (count + 1, first) against
+        # (count + 1, the arriving sample's first) in one maximum.
+        upper = old >> field
+        arriving_upper = arriving >> field
+        joined = upper & count_mask
+        joined += arriving_upper
+        upper += arriving_upper & count_mask
+        np.maximum(upper, joined, out=upper)
+        key = upper << field
         if need_best:
-            assert chunk.ranks is not None
-            rank = chunk.ranks[columns]
-            key |= np.maximum(old & mask, mask - rank)
-        keys[slot] = key.ravel()
-        better = key > lead_key  # the leader's own key always grows, so it stays "better"
+            low = old & field_mask
+            np.maximum(low, arriving & field_mask, out=low)
+            key |= low
+        keys[slot] = key
         if need_second:
-            grown = np.maximum(second_key, key)
-            overtaken = better & (answer != lead_answer)
-            np.copyto(grown, lead_key, where=overtaken)
-            np.copyto(grown, second_key, where=better & ~overtaken)
-            second_key = grown
-        np.maximum(lead_key, key, out=lead_key)
-        np.copyto(lead_answer, answer, where=better)
+            # A group other than the leader: the runner-up becomes the lesser of it and the
+            # leader, if more than the runner-up. The leader's own vote changes nothing.
+            challenger = np.minimum(key, lead)
+            challenger *= old != lead
+            np.maximum(second, challenger, out=second)
+        np.maximum(lead, key, out=lead)
 
-        group_rank = mask - (key & mask) if need_best else None
         if weight is not None:
-            assert vote_weight is not None
-            mine = np.take(weight, slot).reshape(shape) + vote_weight[columns]
-            weight[slot] = mine.ravel()
-            for name in weighted:
-                lead_weight, lead_tie, lead_by_weight = w_leads[name]
-                w_better = (mine > lead_weight) | ((mine == lead_weight) & (key > lead_tie))
-                np.copyto(lead_weight, mine, where=w_better)
-                np.copyto(lead_tie, key, where=w_better)
-                np.copyto(lead_by_weight, answer, where=w_better)
+            assert vote_weight is not None and lead_weight is not None
+            assert lead_weight_key is not None
+            mine = weight.take(slot)
+            mine += vote_weight[columns]
+            weight[slot] = mine
+            if weighted:
+                better = mine > lead_weight
+                tie = mine == lead_weight
+                tie &= key > lead_weight_key
+                better |= tie
+                np.maximum(lead_weight, mine, out=lead_weight)
+                change = key - lead_weight_key  # modular: the blend below is exact
+                change *= better
+                lead_weight_key += change
+        if lone is not None:
+            np.maximum(lone, best_any[columns] * (arriving == 0), out=lone)
         for name, bom_config in boms.items():
-            assert rank is not None and group_rank is not None
             threshold = survival_threshold(taken, bom_config.alpha, bom_config.min_count)
-            if bom_config.group_score == "mean" or threshold != bom_threshold[name]:
-                bom_rank[name] = bom_recompute(bom_config, threshold)
-                bom_threshold[name] = threshold
+            state = bom_best[name]
+            if bom_config.group_score == "mean":
+                bom_best[name] = surviving_best(threshold, mean_scores=True)
             elif threshold <= 1:
-                # Every group survives: the arriving sample competes on its own rank.
-                np.minimum(bom_rank[name], rank, out=bom_rank[name])
+                # Every group survives (and has since the start: the threshold never falls), so
+                # the arriving sample competes on its own rank, answerless or not.
+                np.maximum(state, best_any[columns], out=state)
+            elif threshold != bom_threshold[name]:
+                bom_best[name] = surviving_best(threshold, mean_scores=False)
             else:
-                joins = (key >> (2 * bits)) >= threshold
-                np.copyto(bom_rank[name], group_rank, where=joins & (group_rank < bom_rank[name]))
+                joins = key & field_mask
+                joins *= (key >> count_shift) >= threshold
+                np.maximum(state, joins, out=state)
+            bom_threshold[name] = threshold
 
         if need_runs:
-            valid = answer < none
-            run_length = np.where(valid & (answer == previous), run_length + 1, valid)
-            previous = answer
+            run_length *= slot == previous
+            run_length += 1
+            run_length *= arriving > 0
+            previous = slot
         for name, adaptive_config in adaptives.items():
-            if taken % adaptive_config.batch_size != 0:
+            if taken % adaptive_config.batch_size != 0 or stopping[name].live_count == 0:
                 continue
             if adaptive_config.rule == "beta":
-                stops = (lead_key >> (2 * bits)) >= beta_tables[name][second_key >> (2 * bits)]
+                stops = (lead >> count_shift) >= beta_tables[name][second >> count_shift]
             else:
                 stops = run_length >= adaptive_config.batch_size
-            fresh = stops & (stop_step[name] == _NEVER)
-            np.copyto(stop_step[name], taken, where=fresh)
-            np.copyto(stop_sample[name], mask - ((lead_key >> bits) & mask), where=fresh)
+            settle(stopping[name], stops, taken)
         for name, ahead_config in aheads.items():
-            lead_by = (lead_key >> (2 * bits)) - (second_key >> (2 * bits))
-            stops = lead_by >= ahead_config.margin
-            fresh = stops & (stop_step[name] == _NEVER)
-            np.copyto(stop_step[name], taken, where=fresh)
-            np.copyto(stop_sample[name], mask - ((lead_key >> bits) & mask), where=fresh)
+            if stopping[name].live_count == 0:
+                continue
+            lead_by = lead >> count_shift
+            lead_by -= second >> count_shift
+            settle(stopping[name], lead_by >= ahead_config.margin, taken)
 
         if not wanted[step]:
             continue
-        has_leader = lead_key > 0
-        lead_first = mask - ((lead_key >> bits) & mask)
-        majority_right = right_at(lead_first, has_leader)
+        majority_right = None
         for name, config in specs.items():
             if isinstance(config, MajorityConfig) and not config.weighted:
-                totals[name][step] += np.count_nonzero(majority_right)
+                if majority_right is None:
+                    majority_right = int(np.count_nonzero(lead & first_bit))
+                totals[name][step] += majority_right
             elif isinstance(config, MajorityConfig):
-                chosen = best_of(w_leads[name][1])
-                totals[name][step] += np.count_nonzero(right_by_rank(chosen))
+                assert lead_weight_key is not None
+                totals[name][step] += np.count_nonzero(lead_weight_key & 1)
             elif isinstance(config, BestOfMajorityConfig):
-                chosen = bom_rank[name]
-                if (chosen == _NEVER).any():  # no group survives: the mode's best member
-                    mode = best_of(lead_key)
-                    chosen = np.where(chosen < _NEVER, chosen, mode)
-                totals[name][step] += np.count_nonzero(right_by_rank(chosen))
+                chosen = bom_best[name]
+                empty = chosen == 0
+                if empty.any():  # no group survives: the mode's best member
+                    chosen = np.where(empty, lead & field_mask, chosen)
+                totals[name][step] += np.count_nonzero(chosen & 1)
             elif isinstance(config, AdaptiveConfig | AheadByKConfig):
-                stopped = stop_step[name] <= taken
-                if stopped.any():
-                    sample = np.where(stopped, stop_sample[name], lead_first)
-                    right = right_at(sample, stopped | has_leader)
-                else:
-                    right = majority_right
-                totals[name][step] += np.count_nonzero(right)
-                used[name][step] += np.minimum(stop_step[name], taken).sum()
+                lanes_of = stopping[name]
+                right = lanes_of.stopped_right
+                if lanes_of.live_count:
+                    right += int(np.count_nonzero(lead & lanes_of.live_bit))
+                totals[name][step] += right
+                used[name][step] += lanes_of.stopped_samples + lanes_of.live_count * taken
 
 
 def _random_orders(subsets: int, n: int, seed: int) -> IntArray:
@@ -673,10 +706,9 @@ def _make_chunk(
     rank_order = np.argsort(chunk_ranks, axis=1) if chunk_ranks is not None else None
     return _Chunk(
         answers=np.ascontiguousarray(dense.T),
-        correct=correct[start:stop],
-        scores=scores[start:stop] if scores is not None else None,
+        correct=np.ascontiguousarray(correct[start:stop].T),
+        scores=np.ascontiguousarray(scores[start:stop].T) if scores is not None else None,
         ranks=np.ascontiguousarray(chunk_ranks.T) if chunk_ranks is not None else None,
-        sample_at_rank=rank_order,
         score_by_rank=(
             np.take_along_axis(scores[start:stop], rank_order, axis=1)
             if scores is not None and rank_order is not None

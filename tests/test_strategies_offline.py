@@ -265,3 +265,26 @@ def test_random_orders_estimate_the_exact_expectation() -> None:
     )
     sampled = evaluate(answers, correct, None, ["majority"], subsets=400, seed=2)
     assert np.allclose(exact.accuracy["majority"], sampled.accuracy["majority"], atol=0.03)
+
+
+def test_wide_keys_beyond_1023_samples_match_the_online_picks() -> None:
+    """N > 1023 needs 64-bit keys; each order's prefixes still give the online picks."""
+    rng = np.random.default_rng(7)
+    n = 1100
+    answers = rng.integers(-1, 3, size=(2, n))
+    correct = answers == 0
+    scores = rng.integers(0, 5, size=(2, n)) / 4
+    orders = np.stack([np.arange(n), rng.permutation(n)])
+    ks = [1, 2, 9, 400, n]
+    for name in [name for name in FIXED if name != "bon"]:  # best-of-N is a closed form
+        for order in orders:
+            result = evaluate(
+                answers, correct, scores, {name: FIXED[name]}, ks=ks, orders=order[None, :]
+            )
+            for k in ks:
+                hits = []
+                for p in range(2):
+                    idx = sorted(int(i) for i in order[:k])
+                    pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), idx)
+                    hits.append(pick is not None and bool(correct[p, idx][pick]))
+                assert result.at(name, k) == pytest.approx(np.mean(hits)), (name, k)
