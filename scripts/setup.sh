@@ -8,4 +8,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
+# torch is pinned in the hf extra: 2.13.0 has a CPU wheel on these machines, where an unpinned
+# torch would pull gigabytes of CUDA packages.
 .venv/bin/python -m pip install --quiet -e ".[${TTSCALE_EXTRAS:-dev}]"

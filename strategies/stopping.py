@@ -4,6 +4,8 @@
   answers, stop once P(p > 1/2) >= threshold for p ~ Beta(a + 1, b + 1).
 - ESC (Li et al. 2024): stop at the first window of samples that all give the same answer.
 - MAKER (Meyerson et al. 2025): first-to-ahead-by-k; the first answer to lead every other by k wins.
+  Its formulas (per-step success, expected votes, k_min, expected cost) live in :mod:`ttscale.laws`
+  and are re-exported here (importing that module does not import scipy).
 
 The Beta probability uses the identity, for integer parameters, between the Beta CDF and a
 binomial tail: for X ~ Beta(a + 1, b + 1), P(X > 1/2) = P(Binomial(a + b + 1, 1/2) <= a). That sum
@@ -18,14 +20,21 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
 from ttscale.errors import ConfigError
+from ttscale.laws import (
+    maker_expected_cost,
+    maker_expected_votes,
+    maker_k_min,
+    maker_step_success,
+)
 
 __all__ = [
     "beta_majority_probability",
     "beta_rule_stops",
     "first_to_ahead_by_k",
     "lead",
+    "maker_expected_cost",
     "maker_expected_votes",
-    "maker_min_margin",
+    "maker_k_min",
     "maker_step_success",
     "top_two",
     "unanimous",
@@ -97,32 +106,3 @@ def first_to_ahead_by_k(answers: Iterable[str | None], margin: int) -> tuple[str
         if lead(counts.values()) >= margin:
             return counts.most_common(1)[0][0], read
     return None
-
-
-def maker_step_success(p: float, margin: int) -> float:
-    """P(first-to-ahead-by-k picks the right answer) for two answers, right with probability p."""
-    if not 0 < p < 1:
-        raise ConfigError(f"p must be in (0, 1), got {p}")
-    return 1.0 / (1.0 + ((1.0 - p) / p) ** margin)
-
-
-def maker_expected_votes(p: float, margin: int) -> float:
-    """MAKER's approximation of the votes per step, k / (2p - 1), for p > 1/2."""
-    if not 0.5 < p < 1:
-        raise ConfigError(f"p must be in (1/2, 1), got {p}")
-    return margin / (2.0 * p - 1.0)
-
-
-def maker_min_margin(p: float, target: float, steps: int, step_size: int = 1) -> int:
-    """The smallest margin k for overall success ``target`` over ``steps`` steps (MAKER's k_min).
-
-    ceil(ln(t^(-m/s) - 1) / ln((1 - p) / p)) with m = ``step_size``, s = ``steps``.
-    """
-    if not 0.5 < p < 1:
-        raise ConfigError(f"p must be in (1/2, 1), got {p}")
-    if not 0 < target < 1:
-        raise ConfigError(f"target must be in (0, 1), got {target}")
-    if steps < 1 or step_size < 1:
-        raise ConfigError("steps and step_size must be >= 1")
-    value = math.log(target ** (-step_size / steps) - 1.0) / math.log((1.0 - p) / p)
-    return max(1, math.ceil(value))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ttscale import laws
 from ttscale.errors import ConfigError
 from ttscale.strategies.selection import (
     group_answers,
@@ -23,7 +24,7 @@ from ttscale.strategies.stopping import (
     first_to_ahead_by_k,
     lead,
     maker_expected_votes,
-    maker_min_margin,
+    maker_k_min,
     maker_step_success,
     top_two,
     unanimous,
@@ -205,7 +206,11 @@ def test_ahead_by_k_never_stops_before_the_lead_is_k(answers: list[str | None], 
 
 
 def test_maker_formulas() -> None:
+    # One implementation, in ttscale.laws, re-exported by the stopping rules.
+    assert maker_step_success is laws.maker_step_success
     assert math.isclose(maker_step_success(0.9, 3), 1 / (1 + (1 / 9) ** 3))
-    assert math.isclose(maker_expected_votes(0.75, 3), 6.0)
-    assert maker_min_margin(0.99, 0.95, 1_000_000) >= 3
-    assert maker_min_margin(0.6, 0.9, 10, 1) > maker_min_margin(0.9, 0.9, 10, 1)
+    # Gambler's ruin: k (2 p_sub - 1) / (2p - 1), MAKER's k / (2p - 1) as p_sub -> 1.
+    assert math.isclose(maker_expected_votes(0.75, 3), 3 * (2 * 27 / 28 - 1) / 0.5)
+    assert maker_expected_votes(0.99, 3) == pytest.approx(3 / 0.98, rel=1e-5)
+    assert maker_k_min(0.99, 0.95, 1_000_000) >= 3
+    assert maker_k_min(0.6, 0.9, 10, 1) > maker_k_min(0.9, 0.9, 10, 1)

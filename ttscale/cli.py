@@ -7,6 +7,7 @@ from an OpenAI-compatible server and writes them as JSON lines.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -227,6 +228,8 @@ def solve(
                 console.print("starting the embedded model (llama.cpp, CPU)...")
                 local = stack.enter_context(LocalModelServer())
                 server_url, server_model = local.base_url, local.model
+                # llama.cpp under-reports tokens for n > 1; logprobs count them exactly.
+                config = dataclasses.replace(config, logprobs=0)
             columns = (
                 TextColumn("[bold]solve"),
                 BarColumn(),
@@ -294,15 +297,31 @@ def _print_summary(summary: Any, plot: bool) -> None:
         try:
             from ttscale.report import fit_report, render_table
 
-            report = fit_report(summary.out, summary.out.parent / (summary.out.stem + "-fit"))
+            extra = _offline_accuracy(records)
+            report = fit_report(
+                summary.out, summary.out.parent / (summary.out.stem + "-fit"), extra_columns=extra
+            )
         except TTScaleError as exc:
             console.print(f"[yellow]no law fit:[/yellow] {exc}")
             return
-        out_console.print(
-            render_table(report, columns=["k", "coverage", "fit", "beta_fit", "tokens"])
-        )
+        columns = ["k", "coverage", "fit", "beta_fit", *extra, "tokens"]
+        out_console.print(render_table(report, columns=columns))
         if report.plot_path is not None:
             out_console.print(f"plot: {report.plot_path}")
+
+
+def _offline_accuracy(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Majority voting's expected accuracy at every k, from the stored samples (offline)."""
+    from ttscale.strategies.offline import evaluate
+
+    smallest = min(int(r["n"]) for r in records)
+    answers = [[s["answer"] for s in r["samples"][:smallest]] for r in records]
+    correct = [[bool(s["correct"]) for s in r["samples"][:smallest]] for r in records]
+    result = evaluate(answers, correct, strategies=["majority"], subsets=100, seed=0)
+    return {
+        f"{name} acc": {int(k): float(v) for k, v in zip(result.ks, values, strict=True)}
+        for name, values in result.accuracy.items()
+    }
 
 
 @app.command()
@@ -319,10 +338,13 @@ def fit(
 ) -> None:
     """Fit coverage-vs-samples laws to a results file; print the table, write PNG and JSON."""
     from ttscale.report import fit_report, render_table
+    from ttscale.solve import read_finished
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
-        report = fit_report(results, directory, target_coverage=target)
+        records = list(read_finished(results).values())
+        extra = _offline_accuracy(records) if records else None
+        report = fit_report(results, directory, target_coverage=target, extra_columns=extra)
     except TTScaleError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc

@@ -251,7 +251,7 @@ class LocalModelConfig:
     ``threads`` defaults to the machine's cores.
     """
 
-    parallel: int = 4
+    parallel: int = 8
     context: int = 8192
     threads: int | None = None
     startup_timeout: float = 120.0

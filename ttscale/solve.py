@@ -66,7 +66,11 @@ CODE_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class SolveConfig:
-    """Settings of one ``solve`` run; the CLI flags map one to one."""
+    """Settings of one ``solve`` run; the CLI flags map one to one.
+
+    ``logprobs`` (0 for the chosen token only) makes per-sample token counts exact; the embedded
+    model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``.
+    """
 
     dataset: str
     out: Path
@@ -86,6 +90,7 @@ class SolveConfig:
     limit: int | None = None
     output_format: OutputFormat = "ttscale"
     allow_code_execution: bool = False
+    logprobs: int | None = None
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -406,7 +411,10 @@ def _strategy(config: SolveConfig, is_code: bool) -> Strategy:
         "samples": config.samples,
         "k": config.k,
         "params": SamplingParams(
-            temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+            logprobs=config.logprobs,
         ),
         **dict(config.strategy_options),
     }

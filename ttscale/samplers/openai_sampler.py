@@ -449,6 +449,18 @@ class OpenAISampler:
         if not reported:
             log.warning("the model server reported no usage; token counts are unknown")
         counts, exact = _completion_counts(texts, token_lists, completion_total, reported)
+        if exact and len(kept) > 1 and sum(counts) != completion_total:
+            # Logprobs count every choice's tokens exactly; some servers (llama.cpp's among them)
+            # report only one choice's tokens for n > 1. What was generated is what was spent.
+            log.warning(
+                "server reported %d completion tokens for %d choices whose logprobs hold %d; "
+                "counting %d",
+                completion_total,
+                len(kept),
+                sum(counts),
+                sum(counts),
+            )
+            completion_total = sum(counts)
         model = str(response.get("model") or self.config.model)
         request_id = response.get("id")
         for offset, choice in enumerate(kept):
