@@ -5,6 +5,10 @@ under Beta(a + 1, b + 1), a and b the votes of the two leading answers); ``"esc"
 (stop at the first batch, a window of ``batch_size`` samples, that is unanimous). The strategy looks
 after every batch and never asks for more than the next batch, so it stops paying when it stops;
 ``samples`` caps the total.
+
+Defaults follow the papers: the Beta rule at 0.95 with at most 40 samples, drawn one at a time
+(Aggarwal et al. 2023; a batch of b can overshoot the stopping point by up to b - 1 samples), and
+ESC's window of 5 (Li et al. 2024). Larger batches trade samples for fewer round trips.
 """
 
 from __future__ import annotations
@@ -19,19 +23,25 @@ from ttscale.strategies.selection import best_member, group_answers, select_majo
 from ttscale.strategies.stopping import beta_rule_stops, unanimous
 from ttscale.types import Problem, Result
 
-__all__ = ["Adaptive", "AdaptiveConfig", "StopRule"]
+__all__ = ["ESC_WINDOW", "Adaptive", "AdaptiveConfig", "StopRule"]
 
 StopRule = Literal["beta", "esc"]
+ESC_WINDOW = 5
+"""ESC's window (Li et al. 2024): the default ``batch_size`` of the ``"esc"`` rule."""
 
 
 @dataclass(frozen=True)
 class AdaptiveConfig(StrategyConfig):
-    """Options of :class:`Adaptive`. ``samples`` (default 40, as in the paper) is the cap."""
+    """Options of :class:`Adaptive`. ``samples`` (default 40, as in the paper) is the cap.
+
+    ``batch_size`` 0 (the default) means the rule's paper setting: 1 for ``"beta"``, a window of 5
+    for ``"esc"``.
+    """
 
     samples: int = 40
     rule: StopRule = "beta"
     threshold: float = 0.95
-    batch_size: int = 4
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,8 +49,12 @@ class AdaptiveConfig(StrategyConfig):
             raise ConfigError(f"rule must be 'beta' or 'esc', got {self.rule!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.batch_size < 0:
+            raise ConfigError(
+                f"batch_size must be >= 1 (or 0 for the rule's default), got {self.batch_size!r}"
+            )
+        if self.batch_size == 0:
+            object.__setattr__(self, "batch_size", ESC_WINDOW if self.rule == "esc" else 1)
 
 
 def should_stop(
