@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ttscale.errors import ConfigError, SandboxRefused
@@ -441,13 +442,23 @@ def _limits(config: SandboxConfig, process_count: int) -> dict[str, list[int]]:
     }
 
 
+def _python_roots(python: str) -> list[str]:
+    """Folders the interpreter needs that a fresh /tmp would hide (a venv made under /tmp)."""
+    roots = {sys.prefix, sys.base_prefix, str(Path(python).parent.parent)}
+    roots.add(str(Path(os.path.realpath(python)).parent.parent))
+    return sorted(r for r in roots if Path(r).is_dir() and (r == "/tmp" or r.startswith("/tmp/")))
+
+
 def _bwrap_command(workdir: str, inner: list[str]) -> list[str]:
+    # The sandbox gets an empty /tmp; an interpreter living under /tmp is shown again read-only.
+    keep = [arg for root in _python_roots(inner[0]) for arg in ("--ro-bind", root, root)]
     return [
         "bwrap",
         "--ro-bind", "/", "/",
         "--dev", "/dev",
         "--proc", "/proc",
         "--tmpfs", "/tmp",
+        *keep,
         "--bind", workdir, workdir,
         "--chdir", workdir,
         "--unshare-all",
