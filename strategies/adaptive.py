@@ -85,6 +85,9 @@ class Adaptive:
         while run.next_index < config.samples:
             count = min(config.batch_size, config.samples - run.next_index)
             new = await run.draw(count)
+            if not run.can_draw:
+                reason = "budget"
+                break
             last_batch = run.answers[len(run.answers) - len(new) :]
             if should_stop(run.answers, last_batch, config):
                 reason = "confident" if config.rule == "beta" else "unanimous_window"

@@ -90,6 +90,9 @@ class AheadByK:
                 votes_needed_for_lead(counts, config.margin), config.samples - run.next_index
             )
             new = await run.draw(count)
+            if not run.can_draw:
+                reason = "budget"
+                break
             for candidate, answer in zip(new, run.answers[len(votes) :], strict=True):
                 why = red_flag_reason(candidate, answer, config)
                 if why is not None:

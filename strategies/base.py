@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ttscale.errors import ConfigError, VerifierError
+from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
 from ttscale.protocols import Sampler, Verifier
 from ttscale.registry import build_config
 from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
@@ -97,6 +97,7 @@ class ProblemRun:
         self.usages: list[Usage] = []
         self.trace: list[TraceEvent] = []
         self.next_index = 0
+        self.budget_stop: str | None = None
 
     @property
     def indices(self) -> list[int]:
@@ -106,12 +107,31 @@ class ProblemRun:
         self.trace.append(TraceEvent(step, data))
         log.debug("%s %s: %s %s", self.strategy, self.problem.id, step, data)
 
+    @property
+    def can_draw(self) -> bool:
+        """False once a budget has refused a draw: the run then selects from what it has."""
+        return self.budget_stop is None
+
     async def draw(self, count: int) -> list[Candidate]:
-        """Draw the next ``count`` samples; returns the new candidates in index order."""
+        """Draw the next ``count`` samples; returns the new candidates in index order.
+
+        A budget that refuses the draw after some samples were drawn ends the drawing, not the
+        run: the samples already paid for are kept and :attr:`can_draw` turns false. A refusal
+        before the first sample propagates, since there is nothing to select from.
+        """
         start = self.next_index
         # Advance first: indices once asked for are never reused, even if a call failed.
         self.next_index += count
-        batch: SampleBatch = await draw(self.sampler, self.problem.input, self.policy, start, count)
+        try:
+            batch: SampleBatch = await draw(
+                self.sampler, self.problem.input, self.policy, start, count
+            )
+        except BudgetExhausted as exc:
+            if not self.candidates:
+                raise
+            self.budget_stop = str(exc)
+            self.event("budget_exhausted", start_index=start, reason=str(exc))
+            return []
         self.usages.append(batch.usage)
         new = sorted(batch.candidates, key=lambda candidate: candidate.index)
         self.candidates.extend(new)

@@ -8,7 +8,8 @@ catch the whole family with one ``except``. Lower-level exceptions are chained w
 
     TTScaleError
     ├── ConfigError              bad settings or arguments given to a component
-    │   └── UnknownNameError     a registry lookup found no such sampler, strategy or verifier
+    │   ├── UnknownNameError     a registry lookup found no such sampler, strategy or verifier
+    │   └── RequestError         an OpenAI-style request (proxy, wrapped client) is invalid
     ├── DataError                bad input data; names the file, line and field where known
     ├── SamplerError             a sampler could not deliver the samples it was asked for
     │   └── UpstreamError        the model server failed after the client's own retries
@@ -26,6 +27,7 @@ __all__ = [
     "BudgetExhausted",
     "ConfigError",
     "DataError",
+    "RequestError",
     "SamplerError",
     "SandboxRefused",
     "TTScaleError",
@@ -52,6 +54,19 @@ class UnknownNameError(ConfigError, LookupError):
         self.known = sorted(known)
         listing = ", ".join(self.known) if self.known else "(none registered)"
         super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}")
+
+
+class RequestError(ConfigError):
+    """An OpenAI-style request to the proxy or a wrapped client cannot be served as asked.
+
+    ``param`` names the offending field (``"ttscale.samples"``, ``"messages[2].role"``) and
+    ``status`` is the HTTP status the proxy answers with (400 unless said otherwise).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
+        self.param = param
+        self.status = status
+        super().__init__(message)
 
 
 class DataError(TTScaleError, ValueError):

@@ -240,12 +240,18 @@ class SampleBatch:
 
 @dataclass(frozen=True)
 class Score:
-    """A verifier's judgement of one candidate. ``verdict`` is set by binary verifiers."""
+    """A verifier's judgement of one candidate. ``verdict`` is set by binary verifiers.
+
+    ``usage`` is what computing the score spent where a model was asked (a judge, a served reward
+    model). A verifier that scores a batch in one request puts the request's usage on the batch's
+    first score, so that summing over scores counts every token once.
+    """
 
     value: float
     verdict: bool | None = None
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    usage: Usage | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", _frozen_mapping(self.details))

@@ -8,6 +8,7 @@ set ``verdict`` and a ``reason``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import weakref
@@ -115,7 +116,17 @@ class CachedVerifier:
         results: dict[tuple[str, str], Score] = {}
         for key, future in waiting.items():
             results[key] = await future
-        return [results[key] if key in results else self._scores[key] for key in keys]
+        found = [results[key] if key in results else self._scores[key] for key in keys]
+        # What a score cost is counted once: at the first position of a score computed by this
+        # call. Hits, and repeats of one text in a call, cost nothing.
+        charged: set[tuple[str, str]] = set()
+        out: list[Score] = []
+        for key, score in zip(keys, found, strict=True):
+            if score.usage is not None and (key not in owned or key in charged):
+                score = dataclasses.replace(score, usage=None)
+            charged.add(key)
+            out.append(score)
+        return out
 
 
 def resolve_verifier(spec: Any, where: str) -> Verifier:

@@ -15,13 +15,14 @@ Members may be verifier objects, plain functions or registered names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Verifier
-from ttscale.types import Candidate, Problem, Score
+from ttscale.types import Candidate, Problem, Score, Usage
 from ttscale.verifiers.base import resolve_verifier
 
 __all__ = ["Cascade", "Gate", "WeightedSum"]
@@ -36,6 +37,12 @@ async def _checked(
             f"{type(verifier).__name__} returned {len(scores)} scores for {len(candidates)}"
         )
     return scores
+
+
+def sum_usage(scores: Sequence[Score]) -> Usage | None:
+    """The usage the scores carry, summed; None when none carries any."""
+    usages = [score.usage for score in scores if score.usage is not None]
+    return Usage.total(usages) if usages else None
 
 
 class WeightedSum:
@@ -64,7 +71,7 @@ class WeightedSum:
             value = sum(weight * part.value for weight, part in pairs)
             reason = " + ".join(f"{weight:g}*{part.value:.4g}" for weight, part in pairs)
             details = {"components": [part.value for part in parts], "weights": self.weights}
-            combined.append(Score(value, reason=reason, details=details))
+            combined.append(Score(value, reason=reason, details=details, usage=sum_usage(parts)))
         return combined
 
 
@@ -100,6 +107,7 @@ class Cascade:
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         results: list[Score | None] = [None] * len(candidates)
         history: list[list[dict[str, Any]]] = [[] for _ in candidates]
+        spent: list[list[Score]] = [[] for _ in candidates]  # every stage's score, for usage
         alive = list(range(len(candidates)))
         for stage_index, stage in enumerate(self.stages):
             if not alive:
@@ -111,9 +119,13 @@ class Cascade:
                 history[position].append(
                     {"stage": stage_index, "value": score.value, "verdict": score.verdict}
                 )
+                spent[position].append(score)
+                usage = sum_usage(spent[position])
                 if last:
                     details = {**score.details, "stages": history[position]}
-                    results[position] = Score(score.value, score.verdict, score.reason, details)
+                    results[position] = Score(
+                        score.value, score.verdict, score.reason, details, usage=usage
+                    )
                 elif self._survives(score, self.thresholds[stage_index]):
                     survivors.append(position)
                 else:
@@ -123,6 +135,7 @@ class Cascade:
                         verdict=False,
                         reason=reason,
                         details={"stages": history[position], "dropped_at": stage_index},
+                        usage=usage,
                     )
             alive = survivors
         return [score for score in results if score is not None]
@@ -146,6 +159,6 @@ class Gate(Cascade):
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         scores = await super().score(problem, candidates)
         return [
-            Score(s.value, True, s.reason, s.details) if "dropped_at" not in s.details else s
+            dataclasses.replace(s, verdict=True) if "dropped_at" not in s.details else s
             for s in scores
         ]

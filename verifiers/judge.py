@@ -18,6 +18,7 @@ or "(none)").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -165,9 +166,9 @@ class LLMJudge:
         replies = batch.candidates
         if not replies:
             raise VerifierError("the judge's sampler returned no reply")
-        if self.config.mode == "pointwise":
-            return self._pointwise(replies)
-        return self._yes_no(replies)
+        pointwise = self.config.mode == "pointwise"
+        score = self._pointwise(replies) if pointwise else self._yes_no(replies)
+        return dataclasses.replace(score, usage=batch.usage)
 
     def _pointwise(self, replies: Sequence[Candidate]) -> Score:
         ratings = [parse_rating(reply.text, self.config.scale) for reply in replies]

@@ -35,7 +35,7 @@ from typing import Any
 
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.registry import build_config
-from ttscale.types import Candidate, Problem, Score
+from ttscale.types import Candidate, Problem, Score, Usage
 from ttscale.verifiers.base import LoopBound
 
 __all__ = [
@@ -213,7 +213,7 @@ class ServedRewardModel:
         self.url = config.base_url.rstrip("/") + "/" + config.path.lstrip("/")
         self._bound = LoopBound(config.concurrency)
 
-    def _post(self, texts: list[str]) -> list[list[float]]:
+    def _post(self, texts: list[str]) -> tuple[list[list[float]], Usage | None]:
         # Blocking stdlib HTTP, run in a worker thread: no HTTP client dependency for one POST.
         body = json.dumps({"model": self.config.model, "input": texts}).encode()
         headers = {"Content-Type": "application/json"}
@@ -231,15 +231,25 @@ class ServedRewardModel:
         except OSError as exc:
             raise VerifierError(f"reward model at {self.url} failed: {exc!r}") from exc
         try:
-            data = json.loads(payload)["data"]
-            rows = [[float(value) for value in item["probs"]] for item in data]
-        except (ValueError, KeyError, TypeError) as exc:
+            reply = json.loads(payload)
+            rows = [[float(value) for value in item["probs"]] for item in reply["data"]]
+            reported = reply.get("usage") or {}
+            usage = (
+                Usage(
+                    requests=1,
+                    prompt_tokens=int(reported.get("prompt_tokens", 0)),
+                    completion_tokens=int(reported.get("completion_tokens", 0) or 0),
+                )
+                if reported
+                else None
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise VerifierError(f"reward model at {self.url} sent an unreadable reply") from exc
         if len(rows) != len(texts):
             raise VerifierError(f"reward model returned {len(rows)} results for {len(texts)}")
-        return rows
+        return rows, usage
 
-    async def _classify(self, texts: list[str]) -> list[list[float]]:
+    async def _classify(self, texts: list[str]) -> tuple[list[list[float]], Usage | None]:
         async with self._bound.semaphore():
             return await asyncio.to_thread(self._post, texts)
 
@@ -249,14 +259,18 @@ class ServedRewardModel:
         batches = await asyncio.gather(
             *(self._classify(texts[i : i + size]) for i in range(0, len(texts), size))
         )
-        rows = [row for batch in batches for row in batch]
-        return [
-            Score(
-                reward_from_outputs(row, self.config.positive_label, are_logits=False),
-                details={"probs": row},
-            )
-            for row in rows
-        ]
+        scores: list[Score] = []
+        for rows, usage in batches:
+            for position, row in enumerate(rows):
+                scores.append(
+                    Score(
+                        reward_from_outputs(row, self.config.positive_label, are_logits=False),
+                        details={"probs": row},
+                        # The request's usage rides on its first score (see Score.usage).
+                        usage=usage if position == 0 else None,
+                    )
+                )
+        return scores
 
 
 def reward_model(**options: Any) -> LocalRewardModel | ServedRewardModel:

@@ -339,7 +339,9 @@ class OpenAISampler:
                 self.config.tokens_per_minute or 0.0,
             )
             await self._token_limiter.acquire(amount)
-        seed = derive_seed(self.base_seed, slot.start)
+        # A draw's own base seed (a request's ``seed``) wins over the sampler's.
+        base = params.seed if params.seed is not None else self.base_seed
+        seed = derive_seed(base, slot.start)
         async with semaphore:
             started = time.perf_counter()
             try:
