@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ttscale.errors import ConfigError, SamplerError
+from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, Usage
 
@@ -172,6 +172,11 @@ async def draw(
     if not failures:
         return _merge(delivered, elapsed)
     failure = failures[0]
+    if all(isinstance(f, BudgetExhausted) for f in failures):
+        # A budget refused some calls: like a trimmed draw, return what the others delivered.
+        if delivered:
+            return _merge(delivered, elapsed)
+        raise failure
     if isinstance(failure, SamplerError):
         if isinstance(failure.partial, SampleBatch):
             delivered.append(failure.partial)

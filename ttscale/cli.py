@@ -354,6 +354,108 @@ def fit(
     console.print(f"wrote {report.json_path} and {report.plot_path}")
 
 
+@app.command()
+def serve(
+    base_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Upstream OpenAI-compatible server; default: the embedded local model."),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Upstream model presets use when they name none."),
+    ] = None,
+    api_key_env: Annotated[str, typer.Option(help="Variable holding the upstream API key.")] = (
+        "OPENAI_API_KEY"
+    ),
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    presets: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--presets", help="TOML or JSON file of presets ([presets.NAME])."),
+    ] = None,
+    preset: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--preset",
+            help="NAME=key=value,... (repeatable), e.g. maj16=strategy=majority,samples=16",
+        ),
+    ] = None,
+    proxy_key_env: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Variable holding the key clients must send (Bearer)."),
+    ] = None,
+    default_strategy: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Scale every request with this strategy (default: pass through)."),
+    ] = None,
+    max_samples: Annotated[int, typer.Option(min=1, help="Cap on a request's samples.")] = 64,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Cap on a sample's max_tokens.")] = 4096,
+    max_body_bytes: Annotated[int, typer.Option(min=1)] = 1 << 20,
+    max_concurrent_requests: Annotated[
+        int, typer.Option(min=1, help="Requests served at once; more get 429.")
+    ] = 256,
+    concurrency: Annotated[int, typer.Option(min=1, help="Upstream requests in flight.")] = 64,
+    allow_code_execution: Annotated[
+        bool, typer.Option(help="Let the unit_tests verifier run model-written code.")
+    ] = False,
+) -> None:
+    """An OpenAI-compatible proxy that answers with a strategy (extra [server])."""
+    try:
+        import uvicorn
+
+        from ttscale.proxy import ProxyConfig, create_app, load_presets, parse_preset_option
+        from ttscale.scaling import RequestLimits, ScaleSettings
+    except ImportError as exc:
+        console.print(f"[red]error:[/red] ttscale serve needs the [server] extra: {exc}")
+        raise typer.Exit(code=2) from exc
+    from ttscale.local_model import LocalModelServer
+
+    proxy_key = None
+    if proxy_key_env:
+        proxy_key = os.environ.get(proxy_key_env)
+        if not proxy_key:
+            console.print(f"[red]error:[/red] --proxy-key-env {proxy_key_env} is not set")
+            raise typer.Exit(code=2)
+    try:
+        table = load_presets(presets) if presets else {}
+        for text in preset or []:
+            name, settings = parse_preset_option(text)
+            table[name] = settings
+        with contextlib.ExitStack() as stack:
+            upstream_url, upstream_model, counting = base_url, model, False
+            if base_url is None:
+                console.print("starting the embedded model (llama.cpp, CPU)...")
+                local = stack.enter_context(LocalModelServer())
+                upstream_url, upstream_model = local.base_url, model or local.model
+                counting = True  # llama.cpp under-reports tokens for n > 1; logprobs count them
+            config = ProxyConfig(
+                base_url=upstream_url,  # type: ignore[arg-type]  # set on both branches
+                model=upstream_model,
+                api_key=os.environ.get(api_key_env),
+                proxy_key=proxy_key,
+                presets=table,
+                default=ScaleSettings(strategy=default_strategy),
+                limits=RequestLimits(max_samples=max_samples, max_tokens=max_tokens),
+                max_body_bytes=max_body_bytes,
+                max_concurrent_requests=max_concurrent_requests,
+                upstream_concurrency=concurrency,
+                allow_code_execution=allow_code_execution,
+                count_with_logprobs=counting,
+            )
+            console.print(
+                f"ttscale proxy on http://{host}:{port}/v1 -> {upstream_url} "
+                f"(presets: {', '.join(sorted(table)) or 'none'})"
+            )
+            uvicorn.run(
+                create_app(config), host=host, port=port, log_level="warning", access_log=False
+            )
+    except TTScaleError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
 app.command(name="report")(fit)
 
 

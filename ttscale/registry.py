@@ -87,7 +87,9 @@ def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str
     names = {f.name for f in dataclasses.fields(config_type)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ConfigError(
+        error = ConfigError(
             f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
+        error.unknown_options = unknown  # type: ignore[attr-defined]  # for callers naming a field
+        raise error
     return config_type(**options)

@@ -405,7 +405,7 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 1e-9, 1.0),
         max_tokens=requested_tokens if requested_tokens is not None else limits.max_tokens,
-        stop=stop,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop) if stop is not None else None,
         logprobs=logprobs,
         seed=seed,
         extra_body=extra,
@@ -442,6 +442,12 @@ def build_strategy(
     except UnknownNameError as exc:
         raise RequestError(str(exc), param="ttscale.strategy") from exc
     except ConfigError as exc:
+        unknown = getattr(exc, "unknown_options", None)
+        if unknown:
+            raise RequestError(
+                f"unknown ttscale key(s) {', '.join(unknown)} for strategy {name!r} ({exc})",
+                param=f"ttscale.{unknown[0]}",
+            ) from exc
         raise RequestError(f"strategy {name!r}: {exc}", param="ttscale") from exc
     return strategy
 
@@ -652,6 +658,7 @@ def metadata(answer: ScaledAnswer) -> dict[str, Any]:
     scores = [
         {"index": c.index, "value": s.value, "verdict": s.verdict}
         for c, s in zip(result.candidates, result.scores, strict=False)
+        if s is not None
     ]
     stop = dict(_trace_step(result, "stop"))
     vote = dict(_trace_step(result, "vote"))

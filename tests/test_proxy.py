@@ -1,0 +1,529 @@
+"""``ttscale serve``: the unmodified openai client against the proxy before the loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from ttscale.proxy import BackgroundProxy, ProxyConfig, load_presets, parse_preset_option
+from ttscale.scaling import RequestLimits, ScaleSettings
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
+
+QUESTION = "What is 6 * 7?"
+VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
+
+
+def respond(request: ScriptRequest) -> str:
+    if request.prompt.startswith("Rate how good"):
+        # The judge: rates answers that say 42 highly.
+        return (
+            "Looks right. Score: 9" if "42" in request.prompt.split("Response:")[1] else "Score: 2"
+        )
+    if request.prompt == QUESTION:
+        return VOTES[request.index % len(VOTES)]
+    return "The answer is 42."
+
+
+def messages(text: str = QUESTION) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+PRESETS = {
+    "maj8": ScaleSettings(strategy="majority", samples=8, model="loopback"),
+    "judge4": ScaleSettings(strategy="best_of_n", samples=4, verifier="judge"),
+}
+
+
+@pytest.fixture
+def upstream() -> Iterator[LoopbackServer]:
+    with LoopbackServer(answers=respond) as server:
+        yield server
+
+
+def start(upstream: LoopbackServer, **overrides: Any) -> BackgroundProxy:
+    options: dict[str, Any] = {
+        "base_url": upstream.base_url,
+        "model": "loopback",
+        "presets": PRESETS,
+        "keep_alive_s": 0.05,
+    }
+    options.update(overrides)
+    return BackgroundProxy(ProxyConfig(**options)).start()
+
+
+@pytest.fixture
+def proxy(upstream: LoopbackServer) -> Iterator[BackgroundProxy]:
+    running = start(upstream)
+    yield running
+    running.stop()
+
+
+def client(proxy: BackgroundProxy, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url, api_key="client-key", max_retries=0, **options)
+
+
+def meta(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = response.model_extra["ttscale"]
+    return data
+
+
+def test_preset_majority_with_n_as_k_and_exact_usage(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    response = client(proxy).chat.completions.create(model="maj8", messages=messages(), n=2)
+    assert [c.message.content for c in response.choices] == ["\\boxed{42}", "\\boxed{41}"]
+    info = meta(response)
+    assert info["strategy"] == "majority"
+    assert info["samples_used"] == 8 and info["k"] == 2
+    assert info["votes"] == {"42": 4, "41": 2, "13": 2}
+    served = upstream.delivered_usage()
+    assert served["samples"] == 8
+    assert response.usage is not None
+    assert response.usage.prompt_tokens == served["prompt_tokens"]
+    assert response.usage.completion_tokens == served["completion_tokens"]
+    assert info["usage"]["sampling"]["samples"] == 8
+    # The upstream got the upstream model's name, not the preset's.
+    assert {r.body["model"] for r in upstream.records if r.body} == {"loopback"}
+
+
+def test_usage_counts_the_judges_tokens(proxy: BackgroundProxy, upstream: LoopbackServer) -> None:
+    response = client(proxy).chat.completions.create(model="judge4", messages=messages())
+    info = meta(response)
+    assert response.choices[0].message.content in ("\\boxed{42}", "so \\boxed{42}")
+    assert [s["value"] for s in info["scores"]] == [0.9, 0.2, 0.9, 0.2]
+    served = upstream.delivered_usage()
+    # 4 samples plus one judge call per candidate, all in the usage the client sees.
+    assert served["samples"] == 8
+    assert response.usage is not None
+    assert response.usage.total_tokens == served["prompt_tokens"] + served["completion_tokens"]
+    assert info["usage"]["verifier"]["requests"] == 4
+    assert info["usage"]["verifier"]["total_tokens"] > 0
+
+
+def test_extra_body_headers_and_preset_precedence(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    api = client(proxy)
+    body = {"ttscale": {"samples": 6}}
+    headers = {"X-TTScale-Samples": "4", "X-TTScale-Strategy": "majority"}
+    # body beats header beats preset
+    both = api.chat.completions.create(
+        model="maj8", messages=messages(), extra_body=body, extra_headers=headers
+    )
+    assert meta(both)["samples_used"] == 6
+    header_only = api.chat.completions.create(
+        model="maj8", messages=messages(), extra_headers=headers
+    )
+    assert meta(header_only)["samples_used"] == 4
+    preset_only = api.chat.completions.create(model="maj8", messages=messages())
+    assert meta(preset_only)["samples_used"] == 8
+    # headers alone scale a plain upstream model; options travel as headers too
+    plain = api.chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        extra_headers={"X-TTScale-Strategy": "ahead_by_k", "X-TTScale-Margin": "2"},
+    )
+    assert meta(plain)["strategy"] == "ahead_by_k"
+    assert meta(plain)["stop"] == "ahead_by_k"
+
+
+def test_async_client_extra_body_and_other_params_go_upstream(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    asyncio.run(_async_client(proxy, upstream))
+
+
+async def _async_client(proxy: BackgroundProxy, upstream: LoopbackServer) -> None:
+    api = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+    response = await api.chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        temperature=0.7,
+        seed=11,
+        extra_body={
+            "ttscale": {"strategy": "majority", "samples": 5, "budget": {"tokens": 10_000}},
+            "top_k": 20,
+            "min_p": 0.05,
+        },
+    )
+    assert meta(response)["samples_used"] == 5
+    bodies = [r.body for r in upstream.records if r.body]
+    assert all(b["top_k"] == 20 and b["min_p"] == 0.05 for b in bodies)
+    assert all(b["temperature"] == 0.7 for b in bodies)
+    assert "ttscale" not in bodies[0]
+    # Concurrent requests never share per-request state: each gets its own votes and usage.
+    results = await asyncio.gather(
+        *(
+            api.chat.completions.create(
+                model="loopback",
+                messages=messages(f"q{i}"),
+                extra_body={"ttscale": {"samples": 2 + i}},
+            )
+            for i in range(6)
+        )
+    )
+    assert [meta(r)["samples_used"] for r in results] == [2, 3, 4, 5, 6, 7]
+    assert [meta(r)["votes"] for r in results] == [{"42": 2 + i} for i in range(6)]
+    await api.close()
+
+
+def test_pass_through_is_untouched_and_streams_tokens(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    api = client(proxy)
+    sent = {"top_k": 5, "repetition_penalty": 1.1}
+    direct = openai.OpenAI(base_url=upstream.base_url, api_key="k").chat.completions.create(
+        model="loopback", messages=messages(), seed=3, extra_body=sent
+    )
+    via = api.chat.completions.create(
+        model="loopback", messages=messages(), seed=3, extra_body=sent
+    )
+    assert via.choices[0].message.content == VOTES[1]  # the upstream's next answer, as sent
+    assert direct.choices[0].message.content == VOTES[0]
+    assert "ttscale" not in (via.model_extra or {})
+    bodies = [r.body for r in upstream.records if r.body]
+    assert bodies[0] == bodies[1]  # exactly what the client sent
+    stream = api.chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+    assert len(pieces) > 3  # token by token, as the upstream streamed it
+    assert "".join(p or "" for p in pieces) == VOTES[2]
+    legacy = api.completions.create(model="loopback", prompt="Say hi", max_tokens=5)
+    assert legacy.choices[0].text
+
+
+def test_scaled_stream_keep_alive_then_answer_usage_and_done(upstream: LoopbackServer) -> None:
+    with LoopbackServer(answers=respond, latency=0.3) as slow:
+        running = start(slow)
+        try:
+            with httpx2.stream(
+                "POST",
+                running.base_url + "/chat/completions",
+                json={
+                    "model": "maj8",
+                    "messages": messages(),
+                    "n": 2,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+                timeout=30,
+            ) as response:
+                assert response.status_code == 200
+                lines = [line for line in response.iter_lines() if line]
+        finally:
+            running.stop()
+    assert lines[0].startswith(":")
+    assert any(line == ": keep-alive" for line in lines)
+    events = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    by_choice: dict[int, str] = {}
+    finishes = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            by_choice[choice["index"]] = by_choice.get(choice["index"], "") + (
+                choice["delta"].get("content") or ""
+            )
+            if choice["finish_reason"]:
+                finishes[choice["index"]] = choice["finish_reason"]
+    assert by_choice == {0: "\\boxed{42}", 1: "\\boxed{41}"}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert chunks[-1]["ttscale"]["samples_used"] == 8
+
+
+def test_openai_streaming_client_reads_a_scaled_answer(proxy: BackgroundProxy) -> None:
+    stream = client(proxy).chat.completions.create(
+        model="maj8", messages=messages(), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "\\boxed{42}"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_endpoint_with_a_preset(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    response = client(proxy).completions.create(model="maj8", prompt=QUESTION, n=1)
+    assert response.choices[0].text == "\\boxed{42}"
+    assert response.object == "text_completion"
+    assert all(r.path == "/v1/completions" for r in upstream.records if r.body)
+
+
+def test_budget_stops_drawing_and_keeps_what_was_paid_for(proxy: BackgroundProxy) -> None:
+    response = client(proxy).chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        extra_body={"ttscale": {"strategy": "adaptive", "samples": 40, "budget": {"samples": 3}}},
+    )
+    info = meta(response)
+    assert info["samples_used"] == 3
+    assert info["budget"]["spent"]["samples"] == 3
+    assert response.choices[0].message.content
+
+
+def bad(param: str, **fields: Any) -> tuple[dict[str, Any], str]:
+    return {"model": "maj8", "messages": messages(), **fields}, param
+
+
+BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
+    bad("messages", messages="hi"),
+    bad("messages[0].role", messages=[{"content": "hi"}]),
+    bad("n", n="two"),
+    bad("temperature", temperature="hot"),
+    bad("model", model=7),
+    bad("ttscale.strategy", ttscale={"strategy": "nope"}),
+    bad("ttscale.verifier", ttscale={"verifier": "nope"}),
+    bad("ttscale.bogus", ttscale={"bogus": 1}),
+    bad("ttscale.samples", ttscale={"samples": 1_000_000}),
+    bad("ttscale.samples", ttscale={"samples": 0}),
+    bad("ttscale.budget.money", ttscale={"budget": {"money": 1}}),
+    bad("max_tokens", max_tokens=10**7),
+    bad("n", n=3, ttscale={"k": 2}),
+    bad("ttscale", ttscale="majority"),
+    bad("ttscale", model="loopback", ttscale={"strategy": "best_of_n"}),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD_REQUESTS)
+def test_bad_requests_get_a_400_naming_the_field(
+    proxy: BackgroundProxy, body: dict[str, Any], param: str
+) -> None:
+    response = httpx2.post(proxy.base_url + "/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    # The server keeps serving.
+    ok = client(proxy).chat.completions.create(model="maj8", messages=messages())
+    assert ok.choices
+
+
+def test_malformed_json_oversized_body_and_unknown_path(upstream: LoopbackServer) -> None:
+    running = start(upstream, max_body_bytes=2000)
+    try:
+        url = running.base_url + "/chat/completions"
+        broken = httpx2.post(url, content=b'{"model": "maj8", "messages": [', timeout=30)
+        assert broken.status_code == 400
+        assert "not valid JSON" in broken.json()["error"]["message"]
+        big = {"model": "maj8", "messages": messages("x" * 5000)}
+        too_big = httpx2.post(url, json=big, timeout=30)
+        assert too_big.status_code == 413
+        assert "2000 bytes" in too_big.json()["error"]["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit still holds
+            yield json.dumps(big).encode()
+
+        chunked = httpx2.post(url, content=chunks(), timeout=30)
+        assert chunked.status_code == 413
+        ok = httpx2.post(url, json={"model": "maj8", "messages": messages()}, timeout=30)
+        assert ok.status_code == 200
+    finally:
+        running.stop()
+
+
+def test_proxy_key_and_the_upstream_key_never_echoed(
+    upstream: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sk-upstream-secret-123"
+    with LoopbackServer(answers=respond, faults=(Fault("server_error", every=1),)) as failing:
+        running = start(failing, proxy_key="proxy-key", api_key=secret, max_retries=0)
+        try:
+            for key in (None, "wrong"):
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                refused = httpx2.post(
+                    running.base_url + "/chat/completions",
+                    json={"model": "maj8", "messages": messages()},
+                    headers=headers,
+                    timeout=30,
+                )
+                assert refused.status_code == 401
+                assert refused.json()["error"]["type"] == "authentication_error"
+            assert httpx2.get(running.base_url + "/models").status_code == 401
+            authed = openai.OpenAI(base_url=running.base_url, api_key="proxy-key", max_retries=0)
+            with pytest.raises(openai.APIStatusError) as failed:
+                authed.chat.completions.create(model="maj8", messages=messages())
+            assert failed.value.status_code == 502
+            with pytest.raises(openai.InternalServerError) as relayed:
+                authed.chat.completions.create(model="loopback", messages=messages())
+            assert relayed.value.status_code == 500
+            texts = [str(failed.value.body), str(relayed.value.body), caplog.text]
+            assert all(secret not in text for text in texts)
+            assert secret not in repr(running.proxy.config)
+        finally:
+            running.stop()
+
+
+def test_saturated_proxy_answers_429_and_recovers() -> None:
+    with LoopbackServer(answers=respond, latency=0.5) as slow:
+        running = start(slow, max_concurrent_requests=2)
+        try:
+
+            async def burst() -> list[int]:
+                async with httpx2.AsyncClient(timeout=30) as http:
+                    replies = await asyncio.gather(
+                        *(
+                            http.post(
+                                running.base_url + "/chat/completions",
+                                json={"model": "maj8", "messages": messages()},
+                            )
+                            for _ in range(6)
+                        )
+                    )
+                return sorted(r.status_code for r in replies)
+
+            statuses = asyncio.run(burst())
+            assert statuses.count(200) >= 2 and statuses.count(429) >= 1
+            assert set(statuses) <= {200, 429}
+            again = httpx2.post(
+                running.base_url + "/chat/completions",
+                json={"model": "maj8", "messages": messages()},
+                timeout=30,
+            )
+            assert again.status_code == 200
+        finally:
+            running.stop()
+
+
+def test_models_health_and_metrics(proxy: BackgroundProxy) -> None:
+    api = client(proxy)
+    api.chat.completions.create(model="maj8", messages=messages())
+    api.chat.completions.create(model="loopback", messages=messages())
+    ids = [model.id for model in api.models.list().data]
+    assert ids[:2] == ["judge4", "maj8"] and "loopback" in ids
+    root = proxy.base_url.removesuffix("/v1")
+    assert httpx2.get(root + "/health").json()["status"] == "ok"
+    text = httpx2.get(root + "/metrics").text
+    assert 'ttscale_requests_total{endpoint="chat",mode="scaled",status="200"} 1' in text
+    assert 'ttscale_requests_total{endpoint="chat",mode="passthrough",status="200"} 1' in text
+    assert "ttscale_samples_total 9" in text
+    assert "ttscale_request_latency_seconds_count 2" in text
+
+
+def test_load_64_clients_20_requests_each_usage_exact(upstream: LoopbackServer) -> None:
+    running = start(upstream)
+    try:
+
+        async def one_client(api: openai.AsyncOpenAI, number: int) -> list[Any]:
+            replies = []
+            for request in range(20):
+                replies.append(
+                    await api.chat.completions.create(
+                        model="maj8" if request % 2 else "loopback",
+                        messages=messages(QUESTION if number % 2 else f"c{number}"),
+                        extra_body={"ttscale": {"samples": 1 + request % 4}},
+                    )
+                )
+            return replies
+
+        async def everyone() -> list[Any]:
+            api = openai.AsyncOpenAI(base_url=running.base_url, api_key="k", max_retries=0)
+            try:
+                groups = await asyncio.gather(*(one_client(api, n) for n in range(64)))
+            finally:
+                await api.close()
+            return [reply for group in groups for reply in group]
+
+        replies = asyncio.run(everyone())
+    finally:
+        running.stop()
+    assert len(replies) == 64 * 20
+    served = upstream.delivered_usage()
+    generated = upstream.generated_usage()
+    assert served == generated  # nothing generated was lost on the way
+    assert sum(meta(r)["samples_used"] for r in replies) == served["samples"]
+    assert sum(r.usage.prompt_tokens for r in replies) == served["prompt_tokens"]
+    assert sum(r.usage.completion_tokens for r in replies) == served["completion_tokens"]
+
+
+def test_presets_file_and_command_line_presets(tmp_path: Path) -> None:
+    good = tmp_path / "presets.toml"
+    good.write_text(
+        '[presets.maj16]\nstrategy = "majority"\nsamples = 16\nmodel = "qwen"\n'
+        '[presets.bom]\nstrategy = "best_of_majority"\nsamples = 8\nk = 2\n'
+        'verifier = { name = "judge", mode = "yes_no" }\nbudget = { tokens = 5000 }\n'
+    )
+    presets = load_presets(good)
+    assert presets["maj16"] == ScaleSettings(strategy="majority", samples=16, model="qwen")
+    assert presets["bom"].verifier_options == {"mode": "yes_no"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[presets.x]\nsamples = "many"\n')
+    with pytest.raises(Exception, match=r"bad.toml.*samples") as error:
+        load_presets(bad)
+    assert "presets.x.samples" in str(error.value)
+    name, settings = parse_preset_option("maj4=strategy=majority,samples=4,weighted=true")
+    assert name == "maj4" and settings.samples == 4 and settings.options == {"weighted": True}
+
+
+def test_request_limits_reject_bad_caps() -> None:
+    with pytest.raises(ValueError, match="max_samples"):
+        RequestLimits(max_samples=0)
+
+
+def test_ttscale_serve_command(upstream: LoopbackServer, tmp_path: Path) -> None:
+    presets = tmp_path / "presets.toml"
+    presets.write_text('[presets.maj3]\nstrategy = "majority"\nsamples = 3\n')
+    env = {**os.environ, "PROXY_KEY": "let-me-in", "UPSTREAM_KEY": "sk-hidden"}
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "ttscale.cli", "serve",
+        "--base-url", upstream.base_url, "--model", "loopback", "--port", str(port),
+        "--presets", str(presets), "--preset", "maj2=strategy=majority,samples=2",
+        "--proxy-key-env", "PROXY_KEY", "--api-key-env", "UPSTREAM_KEY",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        api = openai.OpenAI(base_url=base + "/v1", api_key="let-me-in", max_retries=0)
+        assert (
+            meta(api.chat.completions.create(model="maj3", messages=messages()))["samples_used"]
+            == 3
+        )
+        assert (
+            meta(api.chat.completions.create(model="maj2", messages=messages()))["samples_used"]
+            == 2
+        )
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert "sk-hidden" not in stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[presets.x]\nbudget = { dollars = 1 }\n")
+    failed = subprocess.run(
+        [sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream.base_url,
+         "--presets", str(broken), "--port", str(port)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    assert "broken.toml" in failed.stderr and "presets.x.budget.dollars" in failed.stderr

@@ -1,0 +1,664 @@
+"""``ttscale serve``: an OpenAI-compatible proxy that answers with a strategy.
+
+The unmodified ``openai`` client talks to it. A request is scaled when it names a preset as its
+model, carries a ``ttscale`` body field or ``X-TTScale-*`` headers, or the server has a default
+strategy; any other request passes through to the upstream untouched, streaming included. The
+request settings are read as :mod:`ttscale.scaling` describes (body, then headers, then preset,
+then the server's default).
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` (the
+presets and the upstream's models), ``GET /health`` and ``GET /metrics`` (Prometheus text).
+
+Security: an optional key for the proxy itself (``Authorization: Bearer``), separate from the
+upstream key, which is never echoed or logged; per-request caps on samples, answers and tokens
+(:class:`~ttscale.scaling.RequestLimits`); a body size limit (413); a limit on requests served at
+once, beyond which the proxy answers 429 at once rather than queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import httpx2
+import openai
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+from ttscale.errors import ConfigError, DataError, RequestError, SamplerError, UpstreamError
+from ttscale.protocols import Sampler
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.scaling import (
+    ChatRequest,
+    RequestLimits,
+    ScaledAnswer,
+    ScaleSettings,
+    build_verifier,
+    parse_request,
+    parse_settings,
+    plan_scaled,
+    run_scaled,
+    settings_from_headers,
+    stream_chunks,
+    to_response,
+)
+
+__all__ = [
+    "BackgroundProxy",
+    "Metrics",
+    "Proxy",
+    "ProxyConfig",
+    "create_app",
+    "load_presets",
+    "parse_preset_option",
+]
+
+log = logging.getLogger(__name__)
+
+_EMPTY_PRESETS: Mapping[str, ScaleSettings] = MappingProxyType({})
+# openai's switch for handing back the unread HTTP response: the proxy relays its bytes as they
+# arrive instead of parsing and re-encoding them.
+_RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Settings of the proxy.
+
+    ``model`` is the upstream model presets use when they name none. ``api_key`` is the upstream's
+    key, ``proxy_key`` the one clients must present. ``default`` holds the server's default
+    settings: with a ``strategy`` there, every request is scaled. ``count_with_logprobs`` asks the
+    upstream for logprobs to count tokens exactly (llama.cpp under-reports usage for ``n > 1``).
+    """
+
+    base_url: str
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    proxy_key: str | None = field(default=None, repr=False)
+    presets: Mapping[str, ScaleSettings] = field(default_factory=lambda: _EMPTY_PRESETS)
+    default: ScaleSettings = field(default_factory=ScaleSettings)
+    default_strategy: str = "majority"
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    max_body_bytes: int = 1 << 20
+    max_concurrent_requests: int = 256
+    upstream_concurrency: int = 64
+    keep_alive_s: float = 5.0
+    allow_code_execution: bool = False
+    count_with_logprobs: bool = False
+    max_retries: int = 2
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise ConfigError("the proxy needs an upstream base URL")
+        for name in ("max_body_bytes", "max_concurrent_requests", "upstream_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_alive_s <= 0:
+            raise ConfigError(f"keep_alive_s must be > 0, got {self.keep_alive_s}")
+        object.__setattr__(self, "presets", MappingProxyType(dict(self.presets)))
+
+
+# -- presets -------------------------------------------------------------------------------------
+
+
+def load_presets(path: Path) -> dict[str, ScaleSettings]:
+    """Presets from a TOML (``[presets.NAME]`` tables) or JSON (``{"NAME": {...}}``) file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read the presets file: {exc}", path=str(path)) from exc
+    try:
+        raw: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(
+            f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}", path=str(path)
+        ) from exc
+    table = raw.get("presets", raw) if isinstance(raw, dict) else None
+    if not isinstance(table, dict):
+        raise DataError("expected a table of presets", path=str(path), field="presets")
+    presets: dict[str, ScaleSettings] = {}
+    for name, settings in table.items():
+        try:
+            presets[name] = parse_settings(settings, f"presets.{name}", allow_model=True)
+        except RequestError as exc:
+            raise DataError(str(exc), path=str(path), field=exc.param) from exc
+    return presets
+
+
+def parse_preset_option(text: str) -> tuple[str, ScaleSettings]:
+    """``NAME=key=value,key=value`` from the command line (``maj16=strategy=majority,samples=16``).
+
+    Values are read as JSON where they parse (numbers, booleans), else as text.
+    """
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--preset {text!r}: expected NAME=key=value,...")
+    raw: dict[str, Any] = {}
+    for pair in filter(None, rest.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--preset {name}: {pair!r} is not key=value")
+        try:
+            raw[key.strip()] = json.loads(value)
+        except ValueError:
+            raw[key.strip()] = value.strip()
+    try:
+        return name, parse_settings(raw, f"preset {name}", allow_model=True)
+    except RequestError as exc:
+        raise ConfigError(f"--preset {name}: {exc}") from exc
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Counters and a latency histogram, rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.samples = 0
+        self.tokens = {"prompt": 0, "completion": 0}
+        self.rejected: dict[str, int] = {}
+        self.in_flight = 0
+        self.latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
+        key = (endpoint, mode, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_sum += seconds
+        for position, bound in enumerate(_LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_counts[position] += 1
+                break
+        else:
+            self.latency_counts[-1] += 1
+
+    def spend(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
+        self.samples += samples
+        self.tokens["prompt"] += prompt_tokens
+        self.tokens["completion"] += completion_tokens
+
+    def render(self) -> str:
+        lines = [
+            "# HELP ttscale_requests_total Requests answered, by endpoint, mode and status.",
+            "# TYPE ttscale_requests_total counter",
+        ]
+        for (endpoint, mode, status), count in sorted(self.requests.items()):
+            lines.append(
+                f'ttscale_requests_total{{endpoint="{endpoint}",mode="{mode}",'
+                f'status="{status}"}} {count}'
+            )
+        lines += [
+            "# HELP ttscale_samples_total Samples drawn from the upstream for scaled requests.",
+            "# TYPE ttscale_samples_total counter",
+            f"ttscale_samples_total {self.samples}",
+            "# HELP ttscale_tokens_total Tokens the upstream reported, by kind.",
+            "# TYPE ttscale_tokens_total counter",
+        ]
+        for kind, count in self.tokens.items():
+            lines.append(f'ttscale_tokens_total{{kind="{kind}"}} {count}')
+        lines += [
+            "# HELP ttscale_rejected_total Requests refused before any work, by reason.",
+            "# TYPE ttscale_rejected_total counter",
+        ]
+        for reason, count in sorted(self.rejected.items()):
+            lines.append(f'ttscale_rejected_total{{reason="{reason}"}} {count}')
+        lines += [
+            "# HELP ttscale_in_flight Requests being served now.",
+            "# TYPE ttscale_in_flight gauge",
+            f"ttscale_in_flight {self.in_flight}",
+            "# HELP ttscale_request_latency_seconds Time to answer a request.",
+            "# TYPE ttscale_request_latency_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip(_LATENCY_BUCKETS, self.latency_counts, strict=False):
+            cumulative += count
+            lines.append(f'ttscale_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+        total = cumulative + self.latency_counts[-1]
+        lines += [
+            f'ttscale_request_latency_seconds_bucket{{le="+Inf"}} {total}',
+            f"ttscale_request_latency_seconds_sum {self.latency_sum:.6f}",
+            f"ttscale_request_latency_seconds_count {total}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def _error(
+    status: int, message: str, *, param: str | None = None, kind: str | None = None
+) -> JSONResponse:
+    """An error in OpenAI's format."""
+    default_kind = {
+        401: "authentication_error",
+        413: "invalid_request_error",
+        429: "rate_limit_exceeded",
+    }.get(status, "invalid_request_error" if status < 500 else "upstream_error")
+    return JSONResponse(
+        {
+            "error": {
+                "message": message,
+                "type": kind or default_kind,
+                "param": param,
+                "code": None,
+            }
+        },
+        status_code=status,
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- the proxy -----------------------------------------------------------------------------------
+
+
+class Proxy:
+    """The proxy's state: upstream clients, samplers per upstream model, metrics.
+
+    Per-request state lives in the handlers' locals and in what :func:`plan_scaled` builds;
+    what is shared here is read-only after start, or counters updated between awaits.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.upstream = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "not-needed",
+            max_retries=config.max_retries,
+            timeout=config.timeout_s,
+        )
+        self._samplers: dict[tuple[str, bool], OpenAISampler] = {}
+        self._proxy_key = config.proxy_key.encode() if config.proxy_key else None
+
+    async def aclose(self) -> None:
+        for sampler in self._samplers.values():
+            await sampler.aclose()
+        await self.upstream.close()
+
+    def sampler(self, model: str, chat: bool) -> OpenAISampler:
+        key = (model, chat)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = OpenAISampler(
+                OpenAISamplerConfig(
+                    model=model,
+                    base_url=self.config.base_url,
+                    api_key=self.config.api_key,
+                    api_key_env=None,
+                    endpoint="chat" if chat else "completions",
+                    concurrency=self.config.upstream_concurrency,
+                    max_retries=self.config.max_retries,
+                    timeout=self.config.timeout_s,
+                )
+            )
+        return sampler
+
+    def authorised(self, request: Request) -> bool:
+        if self._proxy_key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._proxy_key
+        )
+
+    def verifier_factory(self, name: str, options: Mapping[str, Any], sampler: Sampler) -> Any:
+        options = dict(options)
+        if name == "unit_tests":
+            if options.pop("allow_code_execution", None) is not None:
+                raise RequestError(
+                    "allow_code_execution is the server's to set (ttscale serve "
+                    "--allow-code-execution), not a request's",
+                    param="ttscale.verifier",
+                )
+            options["allow_code_execution"] = self.config.allow_code_execution
+        return build_verifier(name, options, sampler=sampler)
+
+    # -- generation endpoints ----------------------------------------------------------------
+
+    async def generate(self, request: Request, chat: bool) -> Response:
+        endpoint = "chat" if chat else "completions"
+        started = time.perf_counter()
+        metrics = self.metrics
+        if not self.authorised(request):
+            metrics.rejected["auth"] = metrics.rejected.get("auth", 0) + 1
+            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+        if metrics.in_flight >= self.config.max_concurrent_requests:
+            metrics.rejected["busy"] = metrics.rejected.get("busy", 0) + 1
+            return _error(
+                429,
+                f"the proxy is serving {metrics.in_flight} requests, its limit; retry shortly",
+            )
+        metrics.in_flight += 1
+        mode, status = "error", 500
+        try:
+            mode, response = await self._generate(request, chat)
+            status = response.status_code
+            return response
+        finally:
+            metrics.in_flight -= 1
+            metrics.observe(endpoint, mode, status, time.perf_counter() - started)
+
+    async def _generate(self, request: Request, chat: bool) -> tuple[str, Response]:
+        try:
+            raw = await _read_body(request, self.config.max_body_bytes)
+        except _BodyTooLarge:
+            return "rejected", _error(
+                413,
+                "the request body is over this server's limit of "
+                f"{self.config.max_body_bytes} bytes",
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return "rejected", _error(400, f"the request body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return "rejected", _error(400, "the request body must be a JSON object")
+        try:
+            header_settings = settings_from_headers(request.headers)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise RequestError("model must be a non-empty string", param="model")
+            preset = self.config.presets.get(model) if isinstance(model, str) else None
+            if (
+                preset is None
+                and "ttscale" not in body
+                and header_settings.empty
+                and self.config.default.strategy is None
+            ):
+                return "passthrough", await self._pass_through(body, raw, chat)
+            parsed = parse_request(body, chat=chat, limits=self.config.limits)
+            settings = parsed.settings.over(header_settings)
+            if preset is not None:
+                settings = settings.over(preset)
+            settings = settings.over(self.config.default)
+            upstream_model = settings.model or (
+                self.config.model if preset is not None else parsed.model
+            )
+            if upstream_model is None:
+                raise RequestError(
+                    f"preset {parsed.model!r} names no upstream model and the server has no "
+                    "--model",
+                    param="model",
+                )
+            if self.config.count_with_logprobs and parsed.params.logprobs is None:
+                parsed = _with_counting_logprobs(parsed)
+            sampler = self.sampler(upstream_model, chat)
+            plan = plan_scaled(
+                parsed,
+                settings,
+                sampler,
+                limits=self.config.limits,
+                default_strategy=self.config.default_strategy,
+                verifier_factory=self.verifier_factory,
+            )
+        except RequestError as exc:
+            return "rejected", _error(exc.status, str(exc), param=exc.param)
+        if parsed.stream:
+            return "scaled", StreamingResponse(
+                self._stream_scaled(plan, sampler, parsed.model),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        try:
+            answer = await run_scaled(plan, sampler)
+        except RequestError as exc:
+            return "scaled", _error(exc.status, str(exc), param=exc.param)
+        except (SamplerError, ConfigError) as exc:
+            return "scaled", self._failure(exc)
+        self._count(answer)
+        return "scaled", JSONResponse(to_response(answer, parsed.model))
+
+    def _failure(self, exc: Exception) -> JSONResponse:
+        if isinstance(exc, UpstreamError):
+            log.warning("upstream failed: %s", exc)
+            return _error(502, f"the upstream model server failed: {exc}")
+        if isinstance(exc, SamplerError):
+            log.warning("sampling failed: %s", exc)
+            return _error(502, f"sampling failed: {exc}")
+        return _error(400, str(exc))
+
+    def _count(self, answer: ScaledAnswer) -> None:
+        usage = answer.usage
+        self.metrics.spend(usage.samples, usage.prompt_tokens, usage.completion_tokens)
+
+    async def _stream_scaled(
+        self, plan: Any, sampler: OpenAISampler, model: str
+    ) -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run_scaled(plan, sampler))
+        try:
+            # SSE comments keep idle-timeout proxies and clients from dropping the connection
+            # while the samples are drawn; clients ignore them.
+            yield b": ttscale sampling\n\n"
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.config.keep_alive_s)
+                if done:
+                    break
+                yield b": keep-alive\n\n"
+            try:
+                answer = task.result()
+            except (RequestError, SamplerError, ConfigError) as exc:
+                failure = json.loads(bytes(self._failure(exc).body))
+                yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+                return
+            self._count(answer)
+            for chunk in stream_chunks(answer, model):
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            if not task.done():
+                # The client went away: stop drawing for it.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _pass_through(self, body: dict[str, Any], raw: bytes, chat: bool) -> Response:
+        path = "/chat/completions" if chat else "/completions"
+        try:
+            upstream = await self.upstream.post(
+                path,
+                cast_to=httpx2.Response,
+                body=body,
+                options={"headers": _RAW_STREAM},
+            )
+        except openai.APIStatusError as exc:
+            # The upstream's own error, relayed as it sent it.
+            return Response(
+                exc.response.content,
+                status_code=exc.response.status_code,
+                media_type=exc.response.headers.get("content-type", "application/json"),
+            )
+        except openai.APIConnectionError as exc:
+            log.warning("upstream unreachable: %s", exc)
+            return _error(502, f"could not reach the upstream model server: {exc}")
+        media_type = upstream.headers.get("content-type", "application/json")
+        if body.get("stream"):
+            return StreamingResponse(
+                _relay(upstream), status_code=upstream.status_code, media_type=media_type
+            )
+        content = await upstream.aread()
+        await upstream.aclose()
+        self._count_passthrough(content)
+        return Response(content, status_code=upstream.status_code, media_type=media_type)
+
+    def _count_passthrough(self, content: bytes) -> None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            reply = json.loads(content)
+            usage = reply.get("usage") or {}
+            self.metrics.spend(
+                len(reply.get("choices") or ()),
+                int(usage.get("prompt_tokens", 0)),
+                int(usage.get("completion_tokens", 0)),
+            )
+
+    async def models(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+        data: list[dict[str, Any]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "ttscale",
+                "ttscale": {"preset": preset.to_dict()},
+            }
+            for name, preset in sorted(self.config.presets.items())
+        ]
+        try:
+            listing: Any = await self.upstream.get("/models", cast_to=object)
+            for model in (listing or {}).get("data", []):
+                if isinstance(model, dict) and model.get("id") not in self.config.presets:
+                    data.append(model)
+        except (openai.APIError, AttributeError) as exc:
+            log.warning("could not list the upstream's models: %s", exc)
+        return JSONResponse({"object": "list", "data": data})
+
+
+async def _relay(upstream: httpx2.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+def _with_counting_logprobs(request: ChatRequest) -> ChatRequest:
+    return dataclasses.replace(request, params=request.params.replace(logprobs=0))
+
+
+def create_app(config: ProxyConfig) -> FastAPI:
+    """The proxy as an ASGI app (run it with uvicorn, or ``ttscale serve``)."""
+    proxy = Proxy(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await proxy.aclose()
+
+    app = FastAPI(title="ttscale proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.proxy = proxy
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy.generate(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await proxy.generate(request, chat=False)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        return await proxy.models(request)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok", "in_flight": proxy.metrics.in_flight})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if not proxy.authorised(request):
+            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+        return Response(proxy.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class BackgroundProxy:
+    """The proxy served by uvicorn on a daemon thread: for tests, notebooks and benchmarks.
+
+    ``with BackgroundProxy(config) as proxy: OpenAI(base_url=proxy.base_url, ...)``. Port 0 takes a
+    free port; :attr:`base_url` ends in ``/v1``.
+    """
+
+    def __init__(self, config: ProxyConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        self.app = create_app(config)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, log_level="warning", access_log=False, lifespan="on", backlog=2048
+            )
+        )
+        self._thread: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def proxy(self) -> Proxy:
+        proxy: Proxy = self.app.state.proxy
+        return proxy
+
+    def start(self) -> BackgroundProxy:
+        import threading
+
+        def run() -> None:
+            self._server.run(sockets=[self._socket])
+
+        self._thread = threading.Thread(target=run, name="ttscale-proxy", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("the proxy did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._thread = None
+        self._socket.close()
+
+    def __enter__(self) -> BackgroundProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
