@@ -36,6 +36,7 @@ from ttscale.types import (
     TraceEvent,
     Usage,
 )
+from ttscale.wrap import Scaled, scale, wrap
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,7 @@ __all__ = [
     "SamplerError",
     "SamplingParams",
     "SandboxRefused",
+    "Scaled",
     "Score",
     "Strategy",
     "SyncSampler",
@@ -76,4 +78,6 @@ __all__ = [
     "as_verifier",
     "default_portal",
     "derive_seed",
+    "scale",
+    "wrap",
 ]

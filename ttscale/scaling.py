@@ -277,16 +277,17 @@ class RequestLimits:
     """Per-request caps a server puts on what one request may ask for.
 
     ``max_samples`` caps ``samples``, ``max_tokens`` a sample's ``max_tokens`` (and is the default
-    when the request sets none), ``max_k`` the answers returned.
+    when the request sets none; ``None``: no cap, the upstream's default), ``max_k`` the answers
+    returned.
     """
 
     max_samples: int = 64
-    max_tokens: int = 4096
+    max_tokens: int | None = 4096
     max_k: int = 16
 
     def __post_init__(self) -> None:
         for name in ("max_samples", "max_tokens", "max_k"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
@@ -365,7 +366,7 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
     requested_tokens = body.get(tokens_field)
     if requested_tokens is not None:
         requested_tokens = _positive_int(requested_tokens, tokens_field)
-        if requested_tokens > limits.max_tokens:
+        if limits.max_tokens is not None and requested_tokens > limits.max_tokens:
             raise RequestError(
                 f"{tokens_field} {requested_tokens} is over this server's cap of "
                 f"{limits.max_tokens}",

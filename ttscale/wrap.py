@@ -1,0 +1,594 @@
+"""The Python ways in: scale any generate function, or wrap an ``openai`` client.
+
+``scale`` turns a function that produces one answer into one that draws N answers through it and
+returns the selected answer with the whole result::
+
+    @ttscale.scale(strategy="majority", samples=8)
+    def ask(question: str, seed: int | None = None) -> str:
+        return my_model.generate(question, seed=seed)
+
+    answer, result = ask("What is 17 * 23?")      # a sync function gives a sync wrapper
+
+The function may be sync (run in worker threads, at most ``concurrency`` at once) or async, and may
+return a string, an OpenAI ``ChatCompletion`` (or its JSON as a dict) or a ``Completion``. Its
+arguments pass through; if it takes a ``seed`` argument each sample gets its own seed, derived from
+``seed`` (the base) and the sample's index, and with ``temperatures`` given, a ``temperature``
+argument cycles through them by sample index.
+
+``wrap`` gives a client whose ``chat.completions.create`` applies a strategy when asked (by the
+wrap's defaults or a call's ``extra_body={"ttscale": {...}}``, read exactly as the proxy reads
+them) and returns a ``ChatCompletion`` with honest ``usage`` and the ``ttscale`` field::
+
+    client = ttscale.wrap(OpenAI(base_url=..., api_key=...), strategy="majority", samples=8)
+    reply = client.chat.completions.create(model="m", messages=[...], n=2)
+    reply.choices        # the 2 answers majority selected
+    reply.model_extra["ttscale"]["votes"]
+
+Everything else on the client is the client's own. Sync wrappers run on one long-lived background
+loop (:func:`ttscale.portal.default_portal`), so they also work inside a running event loop
+(Jupyter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from ttscale.budget import BudgetedSampler, Condition, StopCondition
+from ttscale.errors import ConfigError, RequestError
+from ttscale.portal import Portal, default_portal
+from ttscale.protocols import Sampler, Strategy, Verifier, as_strategy, as_verifier
+from ttscale.registry import create
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.scaling import (
+    BUDGET_LIMITS,
+    ChatRequest,
+    RequestLimits,
+    ScaledAnswer,
+    ScaledPlan,
+    budget_condition,
+    parse_request,
+    parse_settings,
+    plan_scaled,
+    run_scaled,
+    stream_chunks,
+    to_response,
+)
+from ttscale.seeds import derive_seed, random_base_seed
+from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Usage
+
+__all__ = ["Scaled", "ScaledAsyncOpenAI", "ScaledOpenAI", "scale", "wrap"]
+
+
+class Scaled(NamedTuple):
+    """What a scaled function returns: the selected answer and the whole result.
+
+    ``answer`` is the selected candidate's text (``answers`` all k of them, best first); unpack as
+    ``answer, result = f(...)``.
+    """
+
+    answer: str | None
+    result: Result
+
+    @property
+    def answers(self) -> list[str]:
+        return [candidate.text for candidate in self.result.selected]
+
+    @property
+    def usage(self) -> Usage:
+        return self.result.usage
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        return self.result.candidates
+
+
+# -- scale: any generate function ----------------------------------------------------------------
+
+
+def _reply_fields(reply: Any) -> tuple[str, str | None, int, int, bool, str]:
+    """(text, finish reason, prompt tokens, completion tokens, tokens known, model) of a reply."""
+    if isinstance(reply, str):
+        return reply, None, 0, 0, False, ""
+    data = reply.model_dump() if hasattr(reply, "model_dump") else reply
+    if not isinstance(data, Mapping) or not data.get("choices"):
+        raise ConfigError(
+            "a scaled function must return a string, a ChatCompletion or a Completion, got "
+            f"{type(reply).__name__}"
+        )
+    choice = data["choices"][0]
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, Mapping) else choice.get("text")
+    usage = data.get("usage") or {}
+    known = bool(usage)
+    return (
+        text or "",
+        choice.get("finish_reason"),
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        known,
+        str(data.get("model") or ""),
+    )
+
+
+@dataclass
+class _CallSampler:
+    """A Sampler that draws by calling the wrapped function once per sample.
+
+    Made per call of the wrapped function: its arguments are this call's.
+    """
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    base_seed: int
+    seed_parameter: bool
+    temperatures: Sequence[float] | None
+    limit: asyncio.Semaphore
+    is_async: bool
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        indices = range(start_index, start_index + n)
+        replies = await asyncio.gather(*(self._one(index) for index in indices))
+        candidates = tuple(candidate for candidate, _ in replies)
+        usage = Usage.total([usage for _, usage in replies])
+        return SampleBatch(candidates, usage)
+
+    async def _one(self, index: int) -> tuple[Candidate, Usage]:
+        kwargs = dict(self.kwargs)
+        seed = None
+        if self.seed_parameter:
+            seed = kwargs["seed"] = derive_seed(self.base_seed, index)
+        temperature = None
+        if self.temperatures:
+            temperature = kwargs["temperature"] = self.temperatures[index % len(self.temperatures)]
+        loop = asyncio.get_running_loop()
+        async with self.limit:
+            started = loop.time()
+            if self.is_async:
+                reply = await self.function(*self.args, **kwargs)
+            else:
+                reply = await asyncio.to_thread(self.function, *self.args, **kwargs)
+            latency = loop.time() - started
+        text, finish, prompt_tokens, completion_tokens, known, model = _reply_fields(reply)
+        candidate = Candidate(
+            text=text,
+            index=index,
+            finish_reason=finish,
+            completion_tokens=completion_tokens,
+            tokens_exact=known,
+            seed=seed,
+            model=model,
+            latency_s=latency,
+            temperature=temperature,
+        )
+        usage = Usage(
+            requests=1,
+            samples=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        return candidate, usage
+
+
+def _default_problem(*args: Any, **kwargs: Any) -> Problem:
+    # What verifiers and extractors see of a call: its prompt, found where functions usually
+    # take one, else the call's arguments written out.
+    problem_id = f"call-{uuid.uuid4().hex[:12]}"
+    messages = kwargs.get("messages")
+    if isinstance(messages, list | tuple) and messages:
+        return Problem(id=problem_id, messages=tuple(messages))
+    for value in (kwargs.get("prompt"), args[0] if args else None):
+        if isinstance(value, str):
+            return Problem(id=problem_id, prompt=value)
+    shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    return Problem(id=problem_id, prompt=shown)
+
+
+def _strategy_from(
+    strategy: str | Strategy | Callable[..., Any], samples: int, k: int, options: Mapping[str, Any]
+) -> Strategy:
+    if isinstance(strategy, str):
+        built: Strategy = create("strategy", strategy, samples=samples, k=k, **options)
+        return built
+    if options:
+        raise ConfigError(
+            f"strategy options {sorted(options)} go with a strategy name, not a strategy object"
+        )
+    return as_strategy(strategy)
+
+
+def _verifier_from(verifier: str | Verifier | Callable[..., Any] | None) -> Verifier | None:
+    if verifier is None:
+        return None
+    if isinstance(verifier, str):
+        built: Verifier = create("verifier", verifier)
+        return built
+    return as_verifier(verifier)
+
+
+def scale(
+    function: Callable[..., Any] | None = None,
+    *,
+    strategy: str | Strategy | Callable[..., Any] = "majority",
+    samples: int = 8,
+    k: int = 1,
+    verifier: str | Verifier | Callable[..., Any] | None = None,
+    budget: Condition | Mapping[str, float] | None = None,
+    seed: int | None = None,
+    temperatures: Sequence[float] | None = None,
+    concurrency: int = 8,
+    problem: Callable[..., Problem] | None = None,
+    portal: Portal | None = None,
+    **strategy_options: Any,
+) -> Any:
+    """Scale ``function``: draw ``samples`` answers through it and select with ``strategy``.
+
+    Use as ``@scale``, ``@scale(...)`` or ``scale(f, ...)``. ``strategy`` is a registered name
+    (built with ``samples``, ``k`` and ``strategy_options``, e.g. ``extractor="boxed"``), a
+    Strategy object or a function. ``budget`` is a stop condition (``max_tokens(20_000)``) or a
+    mapping such as ``{"tokens": 20_000}``, applied to each call. ``seed`` is the base of the
+    per-sample seeds (random when not given). ``problem(*args, **kwargs)`` builds the
+    :class:`Problem` verifiers see (with a reference answer or tests), when the default (the
+    call's prompt) is not enough.
+    """
+    if function is None:
+        return functools.partial(
+            scale,
+            strategy=strategy,
+            samples=samples,
+            k=k,
+            verifier=verifier,
+            budget=budget,
+            seed=seed,
+            temperatures=temperatures,
+            concurrency=concurrency,
+            problem=problem,
+            portal=portal,
+            **strategy_options,
+        )
+    if not callable(function):
+        raise ConfigError(f"scale() wraps a function, got {function!r}")
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    chosen = _strategy_from(strategy, samples, k, strategy_options)
+    checker = _verifier_from(verifier)
+    condition = _budget(budget)
+    parameters = _parameters(function)
+    takes_seed = "seed" in parameters
+    if temperatures is not None:
+        if "temperature" not in parameters:
+            raise ConfigError(
+                f"temperatures were given but {function.__name__}() takes no 'temperature'"
+            )
+        if not temperatures:
+            raise ConfigError("temperatures must not be empty")
+    is_async = inspect.iscoroutinefunction(function)
+    make_problem = problem or _default_problem
+
+    async def run(*args: Any, **kwargs: Any) -> Scaled:
+        base = kwargs.pop("seed", None) if takes_seed else None
+        base = base if base is not None else seed
+        sampler: Sampler = _CallSampler(
+            function=function,
+            args=args,
+            kwargs=kwargs,
+            base_seed=base if base is not None else random_base_seed(),
+            seed_parameter=takes_seed,
+            temperatures=temperatures,
+            limit=asyncio.Semaphore(concurrency),
+            is_async=is_async,
+        )
+        if condition is not None:
+            sampler = BudgetedSampler(sampler, limit=condition)
+        result = await chosen.run(make_problem(*args, **kwargs), sampler, checker)
+        answer = result.selected[0].text if result.selected else None
+        return Scaled(answer, result)
+
+    if is_async:
+
+        @functools.wraps(function)
+        async def scaled_async(*args: Any, **kwargs: Any) -> Scaled:
+            return await run(*args, **kwargs)
+
+        return scaled_async
+
+    @functools.wraps(function)
+    def scaled(*args: Any, **kwargs: Any) -> Scaled:
+        return (portal or default_portal()).call(run, *args, **kwargs)
+
+    scaled.run_async = run  # type: ignore[attr-defined]  # the async twin, for event loops
+    return scaled
+
+
+def _parameters(function: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _budget(budget: Condition | Mapping[str, float] | None) -> StopCondition | Condition | None:
+    if budget is None or not isinstance(budget, Mapping):
+        return budget
+    unknown = sorted(set(budget) - set(BUDGET_LIMITS))
+    if unknown:
+        raise ConfigError(
+            f"unknown budget limit(s) {', '.join(unknown)}; known: {', '.join(BUDGET_LIMITS)}"
+        )
+    return budget_condition(budget)
+
+
+# -- wrap: an openai client ----------------------------------------------------------------------
+
+# Arguments of create() that are the client's request options, not body fields.
+_REQUEST_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout")
+
+
+class _Scaler:
+    """What both wrapped clients share: settings, samplers per model, the budget; async core."""
+
+    def __init__(
+        self,
+        async_client: openai.AsyncOpenAI,
+        *,
+        strategy: str | Strategy | Callable[..., Any] | None,
+        samples: int | None,
+        k: int | None,
+        verifier: str | Verifier | Callable[..., Any] | None,
+        budget: Condition | Mapping[str, float] | None,
+        limits: RequestLimits | None,
+        strategy_options: Mapping[str, Any],
+    ) -> None:
+        self.async_client = async_client
+        self.strategy_object = None if strategy is None or isinstance(strategy, str) else strategy
+        self.verifier_object = None if verifier is None or isinstance(verifier, str) else verifier
+        budget_map = budget if isinstance(budget, Mapping) else {}
+        raw: dict[str, Any] = dict(strategy_options)
+        if isinstance(strategy, str):
+            raw["strategy"] = strategy
+        if isinstance(verifier, str):
+            raw["verifier"] = verifier
+        if samples is not None:
+            raw["samples"] = samples
+        if k is not None:
+            raw["k"] = k
+        if budget_map:
+            raw["budget"] = dict(budget_map)
+        try:
+            self.defaults = parse_settings(raw, "wrap()")
+        except RequestError as exc:
+            raise ConfigError(str(exc)) from exc
+        # A budget given as a condition spans every call of the wrapped client.
+        self.shared_budget = (
+            budget if budget is not None and not isinstance(budget, Mapping) else None
+        )
+        self.limits = limits or RequestLimits(
+            max_samples=1 << 20, max_tokens=1 << 30, max_k=1 << 20
+        )
+        self._samplers: dict[str, Sampler] = {}
+        self._budgeted: BudgetedSampler | None = None
+
+    @property
+    def always(self) -> bool:
+        """Whether every call is scaled (the wrap itself named a strategy or settings)."""
+        return self.strategy_object is not None or not self.defaults.empty
+
+    def sampler(self, model: str) -> Sampler:
+        sampler = self._samplers.get(model)
+        if sampler is None:
+            sampler = OpenAISampler(
+                OpenAISamplerConfig(model=model, api_key_env=None), client=self.async_client
+            )
+            if self.shared_budget is not None:
+                sampler = BudgetedSampler(sampler, limit=self.shared_budget)
+            self._samplers[model] = sampler
+        return sampler
+
+    @staticmethod
+    def body(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        body = {
+            key: value
+            for key, value in kwargs.items()
+            if key not in _REQUEST_OPTIONS and value is not openai.NOT_GIVEN
+        }
+        body.update(kwargs.get("extra_body") or {})
+        return body
+
+    def wants_scaling(self, kwargs: Mapping[str, Any]) -> bool:
+        extra = kwargs.get("extra_body") or {}
+        return self.always or "ttscale" in extra
+
+    def plan(self, body: Mapping[str, Any]) -> tuple[ScaledPlan, Sampler]:
+        request = parse_request(body, chat=True, limits=self.limits)
+        settings = request.settings.over(self.defaults)
+        sampler = self.sampler(request.model)
+        if self.strategy_object is not None and request.settings.strategy is None:
+            plan = plan_scaled(request, settings, sampler, limits=self.limits)
+            plan = ScaledPlan(
+                request=plan.request,
+                settings=plan.settings,
+                strategy_name=getattr(self.strategy_object, "name", "custom"),
+                strategy=as_strategy(self.strategy_object),
+                verifier=plan.verifier,
+                samples=plan.samples,
+                k=plan.k,
+            )
+        else:
+            plan = plan_scaled(request, settings, sampler, limits=self.limits)
+        if self.verifier_object is not None and request.settings.verifier is None:
+            plan = ScaledPlan(
+                plan.request,
+                plan.settings,
+                plan.strategy_name,
+                plan.strategy,
+                as_verifier(self.verifier_object),
+                plan.samples,
+                plan.k,
+            )
+        return plan, sampler
+
+    async def create(self, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
+        plan, sampler = self.plan(self.body(kwargs))
+        answer = await run_scaled(plan, sampler)
+        return _as_openai(answer, plan.request)
+
+
+def _as_openai(
+    answer: ScaledAnswer, request: ChatRequest
+) -> ChatCompletion | list[ChatCompletionChunk]:
+    if request.stream:
+        return [ChatCompletionChunk.model_validate(c) for c in stream_chunks(answer, request.model)]
+    return ChatCompletion.model_validate(to_response(answer, request.model))
+
+
+class _Completions:
+    def __init__(self, original: Any, create: Callable[..., Any]) -> None:
+        self._original = original
+        self.create = create
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _Chat:
+    def __init__(self, original: Any, create: Callable[..., Any]) -> None:
+        self._original = original
+        self.completions = _Completions(original.completions, create)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class ScaledOpenAI:
+    """A sync ``openai.OpenAI`` whose chat completions apply a strategy; see :func:`wrap`."""
+
+    def __init__(
+        self, client: openai.OpenAI, scaler_options: dict[str, Any], portal: Portal
+    ) -> None:
+        self._client = client
+        self._portal = portal
+        # Sampling runs on the portal's loop, through an async twin of the client's settings.
+        twin = openai.AsyncOpenAI(
+            api_key=client.api_key,
+            organization=client.organization,
+            project=client.project,
+            base_url=client.base_url,
+            timeout=client.timeout,
+            max_retries=client.max_retries,
+        )
+        self._scaler = _Scaler(twin, **scaler_options)
+        self.chat = _Chat(client.chat, self._create)
+
+    def _create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return self._client.chat.completions.create(**kwargs)
+        reply = self._portal.call(self._scaler.create, kwargs)
+        return iter(reply) if isinstance(reply, list) else reply
+
+    def close(self) -> None:
+        self._portal.call(self._scaler.async_client.close)
+        self._client.close()
+
+    def __enter__(self) -> ScaledOpenAI:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class ScaledAsyncOpenAI:
+    """An ``openai.AsyncOpenAI`` whose chat completions apply a strategy; see :func:`wrap`."""
+
+    def __init__(self, client: openai.AsyncOpenAI, scaler_options: dict[str, Any]) -> None:
+        self._client = client
+        self._scaler = _Scaler(client, **scaler_options)
+        self.chat = _Chat(client.chat, self._create)
+
+    async def _create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return await self._client.chat.completions.create(**kwargs)
+        reply = await self._scaler.create(kwargs)
+        return _AsyncChunks(reply) if isinstance(reply, list) else reply
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> ScaledAsyncOpenAI:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _AsyncChunks:
+    """The chunks of a scaled answer as an async iterator, like the client's own stream."""
+
+    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _AsyncChunks:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def wrap(
+    client: openai.OpenAI | openai.AsyncOpenAI,
+    *,
+    strategy: str | Strategy | Callable[..., Any] | None = None,
+    samples: int | None = None,
+    k: int | None = None,
+    verifier: str | Verifier | Callable[..., Any] | None = None,
+    budget: Condition | Mapping[str, float] | None = None,
+    limits: RequestLimits | None = None,
+    portal: Portal | None = None,
+    **strategy_options: Any,
+) -> Any:
+    """A client like ``client`` whose ``chat.completions.create`` applies a strategy.
+
+    With no settings here, only calls that carry ``extra_body={"ttscale": {...}}`` are scaled;
+    with any, every call is (and a call's ``ttscale`` keys still win). ``budget`` as a stop
+    condition (``max_cost(5.0)``) spans every call of this client; as a mapping it applies to each
+    call, like the ``budget`` key. ``limits`` caps what a call may ask for (default: no caps).
+    Returns a :class:`ScaledOpenAI` or :class:`ScaledAsyncOpenAI`.
+    """
+    options: dict[str, Any] = {
+        "strategy": strategy,
+        "samples": samples,
+        "k": k,
+        "verifier": verifier,
+        "budget": budget,
+        "limits": limits,
+        "strategy_options": strategy_options,
+    }
+    if isinstance(client, openai.AsyncOpenAI):
+        return ScaledAsyncOpenAI(client, options)
+    if isinstance(client, openai.OpenAI):
+        return ScaledOpenAI(client, options, portal or default_portal())
+    raise ConfigError(f"wrap() takes an openai.OpenAI or openai.AsyncOpenAI, got {client!r}")
