@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
-from ttscale.protocols import Sampler
+from ttscale.protocols import Sampler, with_model
 from ttscale.types import Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
@@ -599,6 +599,12 @@ class BudgetedSampler:
     def spent(self) -> Spend:
         return self.tracker.run
 
+    def with_model(self, model: str) -> BudgetedSampler:
+        """The inner sampler asking ``model``, under the same limits and the same tracker."""
+        twin = BudgetedSampler(with_model(self.sampler, model), tracker=self.tracker)
+        twin.limit, twin.per_problem = self.limit, self.per_problem
+        return twin
+
     def exhausted(self, problem_id: str | None = None) -> bool:
         """Whether a draw (for ``problem_id``, if given) would be refused now."""
         return self._refusal(problem_id) is not None
@@ -707,6 +713,9 @@ class ProblemSampler:
     @property
     def exhausted(self) -> bool:
         return self.budget.exhausted(self.problem_id)
+
+    def with_model(self, model: str) -> ProblemSampler:
+        return ProblemSampler(self.budget.with_model(model), self.problem_id)
 
     async def sample(
         self,

@@ -154,7 +154,9 @@ def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
 def solve(
     dataset: Annotated[str, typer.Argument(help="A JSONL file, or: arithmetic, humaneval.")],
     out: Annotated[Path, typer.Option("--out", help="Results JSONL (resumed if it exists).")],
-    strategy: Annotated[str, typer.Option(help="A registered strategy.")] = "majority",
+    strategy: Annotated[
+        str, typer.Option(help="A registered strategy, or a graph spec file (.json/.yaml).")
+    ] = "majority",
     samples: Annotated[
         int, typer.Option("-n", "--samples", min=1, help="Samples per problem.")
     ] = 8,

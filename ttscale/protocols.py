@@ -21,6 +21,7 @@ __all__ = [
     "as_sampler",
     "as_strategy",
     "as_verifier",
+    "with_model",
 ]
 
 
@@ -146,3 +147,19 @@ def as_strategy(obj: Strategy | Callable[..., Any]) -> Strategy:
     if callable(obj):
         return _FunctionStrategy(obj)
     raise ConfigError(f"{obj!r} is neither a Strategy nor a function")
+
+
+def with_model(sampler: Sampler, model: str) -> Sampler:
+    """``sampler`` asking ``model`` instead: for strategies that use several models (graphs).
+
+    A sampler that can offers ``with_model(name)``; the OpenAI sampler shares its clients and
+    concurrency bound with the twin, and wrappers (budgets, journals) pass the call through.
+    """
+    method = getattr(sampler, "with_model", None)
+    if method is None:
+        raise ConfigError(
+            f"{type(sampler).__name__} cannot switch models; give the strategy a sampler per "
+            f"model (for {model!r})"
+        )
+    twin: Sampler = method(model)
+    return twin

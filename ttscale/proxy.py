@@ -58,6 +58,7 @@ from ttscale.scaling import (
     stream_chunks,
     to_response,
 )
+from ttscale.strategies.graphs import BUILTIN_GRAPHS
 
 __all__ = [
     "BackgroundProxy",
@@ -405,6 +406,15 @@ class Proxy:
             ):
                 return "passthrough", await self._pass_through(body, raw, chat)
             parsed = parse_request(body, chat=chat, limits=self.config.limits)
+            for source in (parsed.settings, header_settings):
+                spec = source.options.get("spec")
+                if isinstance(spec, str) and spec not in BUILTIN_GRAPHS:
+                    # A path would read the server's files; requests send specs inline.
+                    raise RequestError(
+                        "a graph spec in a request must be an inline object; name spec files "
+                        "in presets",
+                        param="ttscale.spec",
+                    )
             settings = parsed.settings.over(header_settings)
             if preset is not None:
                 settings = settings.over(preset)

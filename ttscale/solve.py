@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 from ttscale import __version__
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError, SamplerError
-from ttscale.protocols import Sampler, Strategy, Verifier
+from ttscale.protocols import Sampler, Strategy, Verifier, with_model
 from ttscale.registry import create
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.types import (
@@ -181,7 +181,19 @@ class JournalledSampler:
         self.sampler = sampler
         self.journal = journal
         self.problem_id = problem_id
-        self.replayed = 0
+        self._replayed = 0
+        self._twins: list[JournalledSampler] = []
+
+    @property
+    def replayed(self) -> int:
+        """Samples replayed from the journal, by this view and its other-model twins."""
+        return self._replayed + sum(twin.replayed for twin in self._twins)
+
+    def with_model(self, model: str) -> Sampler:
+        """The same view drawing from ``model`` (for graphs that use several models)."""
+        twin = JournalledSampler(with_model(self.sampler, model), self.journal, self.problem_id)
+        self._twins.append(twin)
+        return twin
 
     async def sample(
         self,
@@ -202,7 +214,7 @@ class JournalledSampler:
             else:
                 found[index], tokens = hit
                 replayed_prompt_tokens += tokens
-        self.replayed += len(found)
+        self._replayed += len(found)
         # What was replayed costs nothing now; its usage is reported as it was paid the first time.
         usage = Usage(
             samples=len(found),
@@ -251,6 +263,9 @@ class InstructedSampler:
         if isinstance(prompt, str):
             prompt = self.template.format(prompt=prompt)
         return await self.sampler.sample(prompt, n, params, start_index=start_index)
+
+    def with_model(self, model: str) -> Sampler:
+        return InstructedSampler(with_model(self.sampler, model), self.template)
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -420,7 +435,12 @@ def _strategy(config: SolveConfig, is_code: bool) -> Strategy:
     }
     if is_code:
         options.setdefault("extractor", "code")
-    strategy: Strategy = create("strategy", config.strategy, **options)
+    name = config.strategy
+    if name.endswith((".json", ".yaml", ".yml")):
+        # A collaboration graph's spec file is a strategy too.
+        options["spec"] = name
+        name = "graph"
+    strategy: Strategy = create("strategy", name, **options)
     return strategy
 
 

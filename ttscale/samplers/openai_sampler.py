@@ -23,6 +23,8 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 import logging
 import math
@@ -180,6 +182,14 @@ class OpenAISampler:
             max_retries=config.max_retries,
             timeout=config.timeout,
         )
+
+    def with_model(self, model: str) -> OpenAISampler:
+        """This sampler asking ``model``: same server, clients, concurrency bound and limits."""
+        self._loop_primitives()  # made now, so that the twin shares them
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, model=model)
+        twin._owns_client = False  # the clients stay ours to close
+        return twin
 
     @property
     def n_supported(self) -> bool | None:
