@@ -157,7 +157,8 @@ class ProbabilisticGraph:
         def categorical(name: str, index: tuple[int, ...], chosen: int) -> None:
             probs = _softmax(logits[name][index])
             grad[name][index] -= probs
-            grad[name][(*index, chosen)] += 1.0
+            position = tuple([*index, chosen])
+            grad[name][position] += 1.0
 
         categorical("depth", (), draw.depth - 1)
         categorical("width", (), draw.width - 1)
