@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
-from ttscale.protocols import Sampler, Verifier
+from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
 from ttscale.registry import build_config
 from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
 from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
@@ -88,7 +88,8 @@ class ProblemRun:
         self, problem: Problem, sampler: Sampler, config: StrategyConfig, strategy: str
     ) -> None:
         self.problem = problem
-        self.sampler = sampler
+        # Plain functions are accepted wherever a protocol is.
+        self.sampler = as_sampler(sampler)
         self.strategy = strategy
         self.policy = config.policy
         self.extract = config.extract
@@ -140,7 +141,7 @@ class ProblemRun:
         return new
 
     async def score(self, verifier: Verifier) -> list[Score]:
-        scores = list(await verifier.score(self.problem, self.candidates))
+        scores = list(await as_verifier(verifier).score(self.problem, self.candidates))
         if len(scores) != len(self.candidates):
             raise VerifierError(
                 f"verifier returned {len(scores)} scores for {len(self.candidates)} candidates"

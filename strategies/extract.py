@@ -193,6 +193,8 @@ def extract_answer_is(text: str) -> str | None:
     if not answer:
         return None
     boxed = last_boxed(answer)
+    if boxed is None and "\\boxed" in answer:
+        return None  # a box cut off by the token limit holds no answer yet
     return normalize_answer(boxed if boxed is not None else answer)
 
 

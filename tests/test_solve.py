@@ -251,3 +251,29 @@ def test_builtin_datasets_load() -> None:
     humaneval = load_dataset("humaneval")
     assert len(humaneval) == 164
     assert humaneval[0].entry_point and humaneval[0].tests
+
+
+def test_cache_makes_a_fresh_run_free_and_pools_spread_problems(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    cache = tmp_path / "cache"
+    with LoopbackServer(answers=answer_for) as one, LoopbackServer(answers=answer_for) as two:
+        pool = f"{one.base_url},{two.base_url}"
+
+        def solve_into(name: str, base_url: str) -> dict[str, dict[str, object]]:
+            out = tmp_path / name
+            done = run_cli(
+                "solve", str(dataset), "--out", str(out), "--base-url", base_url,
+                "--model", "loopback", "-n", "4", "--no-plot", "--cache", str(cache),
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+        first = solve_into("first.jsonl", pool)
+        sent = one.request_count + two.request_count
+        assert one.request_count > 0 and two.request_count > 0  # both servers of the pool drew
+        # A new results file, the same cache: every sample comes from the cache.
+        second = solve_into("second.jsonl", one.base_url)
+        assert one.request_count + two.request_count == sent
+    for qid, record in first.items():
+        texts = [s["text"] for s in record["samples"]]  # type: ignore[union-attr]
+        assert texts == [s["text"] for s in second[qid]["samples"]]  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ small Protocol (:class:`Sampler`, :class:`Strategy`, :class:`Verifier`); built-i
 entry point (:mod:`ttscale.registry`).
 """
 
+from ttscale.cache import CachedSampler, SampleCache
 from ttscale.errors import (
     BudgetExhausted,
     ConfigError,
@@ -21,6 +22,7 @@ from ttscale.errors import (
 from ttscale.portal import Portal, default_portal
 from ttscale.protocols import Sampler, Strategy, Verifier, as_sampler, as_strategy, as_verifier
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.samplers.pool import EndpointsDown, PoolConfig, PoolEndpoint, PoolSampler
 from ttscale.seeds import derive_seed
 from ttscale.sync import SyncSampler, SyncStrategy, SyncVerifier
 from ttscale.types import (
@@ -42,11 +44,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetExhausted",
+    "CachedSampler",
     "Candidate",
     "ConfigError",
     "DataError",
+    "EndpointsDown",
     "OpenAISampler",
     "OpenAISamplerConfig",
+    "PoolConfig",
+    "PoolEndpoint",
+    "PoolSampler",
     "Portal",
     "Pricing",
     "Problem",
@@ -54,6 +61,7 @@ __all__ = [
     "RequestError",
     "Result",
     "SampleBatch",
+    "SampleCache",
     "Sampler",
     "SamplerError",
     "SamplingParams",

@@ -171,7 +171,10 @@ def solve(
     ] = None,
     base_url: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="OpenAI-compatible server; default: the embedded local model."),
+        typer.Option(
+            help="OpenAI-compatible server (several, comma-separated: a pool); "
+            "default: the embedded local model."
+        ),
     ] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name on that server.")] = None,  # noqa: UP045
     api_key_env: Annotated[str, typer.Option(help="Variable holding the API key.")] = (
@@ -193,6 +196,10 @@ def solve(
         typer.Option("--option", "-o", help="Strategy option KEY=VALUE (repeatable)."),
     ] = None,
     plot: Annotated[bool, typer.Option(help="Fit coverage laws and write a PNG.")] = True,
+    cache: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Sample cache directory (SQLite): reruns never pay twice."),
+    ] = None,
 ) -> None:
     """Run a strategy over a dataset; one JSONL record per problem, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -222,6 +229,7 @@ def solve(
             output_format=output_format,  # type: ignore[arg-type]  # validated by the config
             allow_code_execution=allow_code_execution,
             strategy_options=_parse_options(option or []),
+            cache=cache,
         )
         total = len(load_dataset(dataset, limit=limit))
         with contextlib.ExitStack() as stack:

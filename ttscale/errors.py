@@ -12,7 +12,8 @@ catch the whole family with one ``except``. Lower-level exceptions are chained w
     │   └── RequestError         an OpenAI-style request (proxy, wrapped client) is invalid
     ├── DataError                bad input data; names the file, line and field where known
     ├── SamplerError             a sampler could not deliver the samples it was asked for
-    │   └── UpstreamError        the model server failed after the client's own retries
+    │   ├── UpstreamError        the model server failed after the client's own retries
+    │   └── EndpointsDown        (ttscale.samplers.pool) every endpoint of a pool is down
     ├── BudgetExhausted          a budget limit was reached before the work was done
     │   └── BudgetLimitReached   (ttscale.budget) a limit refused a draw; carries what was spent
     └── VerifierError            a verifier could not score a candidate

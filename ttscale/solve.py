@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from ttscale import __version__
+from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError, SamplerError
 from ttscale.protocols import Sampler, Strategy, Verifier, with_model
 from ttscale.registry import create
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.samplers.pool import PoolSampler
 from ttscale.types import (
     Candidate,
     Problem,
@@ -92,6 +94,7 @@ class SolveConfig:
     allow_code_execution: bool = False
     logprobs: int | None = None
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    cache: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("samples", "k", "concurrency", "problem_concurrency", "max_tokens"):
@@ -480,16 +483,32 @@ async def solve(
     )
     _write_run_json(out, config, model, base_url, len(problems))
 
-    sampler = OpenAISampler(
-        OpenAISamplerConfig(
+    urls = [url.strip() for url in base_url.split(",") if url.strip()]
+    sampler: OpenAISampler | PoolSampler
+    if len(urls) > 1:
+        # Several servers of one model: a pool routes by outstanding requests, fails over.
+        sampler = PoolSampler(
+            endpoints=urls,
             model=model,
-            base_url=base_url,
+            concurrency=config.concurrency,
             api_key=os.environ.get(config.api_key_env),
             api_key_env=None,
-            concurrency=config.concurrency,
             params=SamplingParams(seed=config.seed),
         )
-    )
+    else:
+        sampler = OpenAISampler(
+            OpenAISamplerConfig(
+                model=model,
+                base_url=base_url,
+                api_key=os.environ.get(config.api_key_env),
+                api_key_env=None,
+                concurrency=config.concurrency,
+                params=SamplingParams(seed=config.seed),
+            )
+        )
+    # The cache spans runs (nothing is paid for twice); the journal resumes this one.
+    cache = SampleCache(config.cache) if config.cache is not None else None
+    drawer: Sampler = CachedSampler(sampler, cache, model=model) if cache is not None else sampler
     journal = SampleJournal(out.with_name(out.name + ".samples.jsonl"))
     human_eval = (
         out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
@@ -506,7 +525,7 @@ async def solve(
         nonlocal replayed
         async with gate:
             problem_started = time.perf_counter()
-            view = JournalledSampler(sampler, journal, problem.id)
+            view = JournalledSampler(drawer, journal, problem.id)
             inner: Sampler = InstructedSampler(view, CODE_INSTRUCTION) if is_code else view
             result = await strategy.run(problem, inner, verifier)
             grades = await grader.score(problem, result.candidates)
@@ -542,6 +561,8 @@ async def solve(
                 raise
     finally:
         journal.close()
+        if cache is not None:
+            cache.close()
         if human_eval is not None:
             human_eval.close()
     all_records = [*finished.values(), *records]

@@ -170,6 +170,7 @@ class OpenAISampler:
         self._semaphore: asyncio.Semaphore | None = None
         self._request_limiter: AsyncLimiter | None = None
         self._token_limiter: AsyncLimiter | None = None
+        self._warned_counts = False
 
     @staticmethod
     def _make_client(config: OpenAISamplerConfig) -> openai.AsyncOpenAI:
@@ -464,7 +465,11 @@ class OpenAISampler:
         if exact and len(kept) > 1 and sum(counts) != completion_total:
             # Logprobs count every choice's tokens exactly; some servers (llama.cpp's among them)
             # report only one choice's tokens for n > 1. What was generated is what was spent.
-            log.warning(
+            # Said once per sampler as a warning: after that it is known, and only debug noise.
+            level = logging.DEBUG if self._warned_counts else logging.WARNING
+            self._warned_counts = True
+            log.log(
+                level,
                 "server reported %d completion tokens for %d choices whose logprobs hold %d; "
                 "counting %d",
                 completion_total,

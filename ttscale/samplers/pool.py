@@ -1,0 +1,699 @@
+"""One model served by several endpoints: routing, failover and health checks.
+
+:class:`PoolSampler` is a :class:`~ttscale.protocols.Sampler` over a pool of endpoints that serve
+the same model (several vLLM replicas, a few llama.cpp servers). Each endpoint is an
+:class:`~ttscale.samplers.openai_sampler.OpenAISampler` built from a base URL, or any Sampler given
+ready-made.
+
+What it guarantees:
+
+- A call is split into chunks of at most ``max_n`` consecutive sample indices, exactly as one
+  ``OpenAISampler`` would split it, so a sample's seed (derived from the base seed and the index
+  of its chunk's first sample) does not depend on which endpoint drew it, nor on how many there are.
+- Each chunk goes to the healthy endpoint with the fewest outstanding chunks, never past an
+  endpoint's own concurrency bound (ties go to the endpoint with more room, then fewer requests).
+- When an endpoint fails (a ``SamplerError`` or any other error short of a bad request), the
+  samples it did deliver (the error's ``partial``) are kept, the endpoint counts a failure (and
+  after ``failure_threshold`` failures in a row is taken out for ``cooldown`` seconds), and only
+  the missing indices are sent elsewhere, with the same indices and so the same seeds. Every
+  sample arrives exactly once; usage is the sum of what every endpoint reported, failed requests
+  included, and nothing is counted twice.
+- An endpoint whose cool-down is over is probed (``GET {base_url}/models``) before it is used
+  again; ``health_check_interval`` adds a background probe of every endpoint.
+- When every endpoint is down, the call raises :class:`EndpointsDown` (a ``SamplerError``)
+  carrying every sample that did arrive, once the chunks still in flight have finished.
+- A bad request (a 400/413/422 answer, or a ``ConfigError``) would fail on any endpoint: it is
+  raised as it is, with the samples that arrived as its ``partial``, and marks no endpoint down.
+
+The routing decisions are plain functions over frozen :class:`EndpointState` snapshots
+(:func:`split_runs`, :func:`pick_endpoint`, :func:`chunk_finished`, :func:`probe_due`, ...), so
+they can be tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx2
+
+from ttscale.errors import ConfigError, SamplerError, UpstreamError
+from ttscale.protocols import Sampler
+from ttscale.registry import build_config
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.seeds import random_base_seed
+from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
+
+__all__ = [
+    "EndpointState",
+    "EndpointsDown",
+    "PoolConfig",
+    "PoolEndpoint",
+    "PoolSampler",
+    "all_down",
+    "chunk_dispatched",
+    "chunk_finished",
+    "chunk_released",
+    "pick_endpoint",
+    "probe_due",
+    "probe_finished",
+    "probe_started",
+    "reopen",
+    "split_runs",
+]
+
+log = logging.getLogger(__name__)
+
+Api = Literal["chat", "completions"]
+NMode = Literal["auto", "always", "never"]
+
+# Answers that any endpoint would give to the same request: failing over cannot help.
+_REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+
+
+class EndpointsDown(SamplerError):
+    """Every endpoint of a :class:`PoolSampler` is down; ``partial`` holds what did arrive."""
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolEndpoint:
+    """One endpoint of a pool, when it needs more than a URL.
+
+    ``target`` is a base URL (``http://host:8000/v1``) or a ready Sampler. ``concurrency`` bounds
+    the chunks in flight to it (default: the pool's). ``probe_url`` is what a health check GETs;
+    by default ``{base_url}/models`` for a URL or an ``OpenAISampler``, and none for other
+    samplers, which are simply tried again after their cool-down.
+    """
+
+    target: str | Sampler
+    concurrency: int | None = None
+    name: str | None = None
+    probe_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            if not self.target.strip():
+                raise ConfigError("a pool endpoint URL cannot be empty")
+        elif not isinstance(self.target, Sampler):
+            raise ConfigError(f"pool endpoint {self.target!r} is neither a URL nor a Sampler")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"endpoint concurrency must be >= 1, got {self.concurrency}")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Settings of a :class:`PoolSampler`.
+
+    ``endpoints`` holds base URLs, ready Samplers or :class:`PoolEndpoint` entries (a string of
+    comma-separated URLs is accepted too). ``model`` is needed when any endpoint is a URL.
+    ``concurrency`` is the default bound of chunks in flight per endpoint (a chunk is one request
+    when the server honours ``n``). A call is split into chunks of ``max_n`` samples.
+    After ``failure_threshold`` failures in a row an endpoint is down for ``cooldown`` seconds, then
+    probed; ``health_check_interval`` (seconds) also probes every endpoint in the background.
+    ``max_failovers`` bounds how many times one call re-sends chunks before giving up.
+
+    The remaining settings (``api`` is ``OpenAISamplerConfig.endpoint``) configure the
+    ``OpenAISampler`` built for each URL. ``params`` are the default sampling settings of a call
+    that passes none, and replace those of ready-made endpoint samplers, so that every endpoint
+    draws with the same settings and the same base seed.
+    """
+
+    endpoints: tuple[str | Sampler | PoolEndpoint, ...]
+    model: str | None = None
+    concurrency: int = 16
+    max_n: int = 16
+    failure_threshold: int = 1
+    cooldown: float = 30.0
+    health_check_interval: float | None = None
+    probe_timeout: float = 5.0
+    max_failovers: int = 16
+    api: Api = "chat"
+    n_mode: NMode = "auto"
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_retries: int = 2
+    timeout: float = 600.0
+    pricing: Pricing | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        endpoints: Any = self.endpoints
+        if isinstance(endpoints, str):
+            endpoints = [url for url in endpoints.replace(",", " ").split() if url]
+        object.__setattr__(self, "endpoints", tuple(endpoints))
+        if not self.endpoints:
+            raise ConfigError("a pool needs at least one endpoint")
+        for entry in self.endpoints:
+            if not isinstance(entry, (str, PoolEndpoint)) and not isinstance(entry, Sampler):
+                raise ConfigError(f"pool endpoint {entry!r} is neither a URL nor a Sampler")
+        has_url = any(
+            isinstance(entry, str)
+            or (isinstance(entry, PoolEndpoint) and isinstance(entry.target, str))
+            for entry in self.endpoints
+        )
+        if has_url and not self.model:
+            raise ConfigError("a pool with endpoint URLs needs a model name")
+        for name in ("concurrency", "max_n", "failure_threshold"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cooldown < 0 or self.max_failovers < 0 or self.max_retries < 0:
+            raise ConfigError("cooldown, max_failovers and max_retries must be >= 0")
+        if self.probe_timeout <= 0 or self.timeout <= 0:
+            raise ConfigError("probe_timeout and timeout must be > 0")
+        if self.health_check_interval is not None and self.health_check_interval <= 0:
+            raise ConfigError(
+                f"health_check_interval must be > 0, got {self.health_check_interval}"
+            )
+        if self.api not in ("chat", "completions"):
+            raise ConfigError(f"api must be 'chat' or 'completions', got {self.api!r}")
+
+
+# -- routing: pure functions over endpoint snapshots ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """A snapshot of one endpoint's load and health; the pool's stats are these.
+
+    ``outstanding`` counts chunks in flight, ``requests`` chunks sent, ``samples`` samples
+    received, ``failures`` chunks that failed through the endpoint's fault. A down endpoint
+    (``healthy`` false) is not used before ``down_until`` (``time.monotonic()``) and a probe.
+    """
+
+    name: str
+    concurrency: int
+    outstanding: int = 0
+    requests: int = 0
+    samples: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    healthy: bool = True
+    down_until: float = 0.0
+    probing: bool = False
+    probes: int = 0
+
+
+def split_runs(indices: Iterable[int], max_n: int) -> list[tuple[int, int]]:
+    """Sorted indices as chunks ``(start, count)`` of consecutive indices, at most ``max_n`` long.
+
+    A run of consecutive indices is cut every ``max_n`` from its own start, as ``OpenAISampler``
+    cuts a call, so that re-sending a chunk's missing indices keeps their chunk starts (and seeds)
+    when the whole chunk is missing.
+    """
+    if max_n < 1:
+        raise ConfigError(f"max_n must be >= 1, got {max_n}")
+    runs: list[tuple[int, int]] = []
+    for index in sorted(set(indices)):
+        if runs and runs[-1][0] + runs[-1][1] == index and runs[-1][1] < max_n:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+def pick_endpoint(states: Sequence[EndpointState]) -> int | None:
+    """The endpoint for the next chunk: healthy, below its bound, fewest outstanding; or None."""
+    open_ = [
+        position
+        for position, state in enumerate(states)
+        if state.healthy and state.outstanding < state.concurrency
+    ]
+    if not open_:
+        return None
+    return min(
+        open_,
+        key=lambda position: (
+            states[position].outstanding,
+            states[position].outstanding / states[position].concurrency,
+            states[position].requests,
+            position,
+        ),
+    )
+
+
+def chunk_dispatched(state: EndpointState) -> EndpointState:
+    return dataclasses.replace(
+        state, outstanding=state.outstanding + 1, requests=state.requests + 1
+    )
+
+
+def chunk_finished(
+    state: EndpointState,
+    *,
+    samples: int,
+    failed: bool,
+    now: float,
+    threshold: int,
+    cooldown: float,
+) -> EndpointState:
+    """A chunk came back with ``samples`` samples; ``failed`` when it failed by the endpoint."""
+    outstanding = max(state.outstanding - 1, 0)
+    if not failed:
+        return dataclasses.replace(
+            state,
+            outstanding=outstanding,
+            samples=state.samples + samples,
+            consecutive_failures=0,
+        )
+    consecutive = state.consecutive_failures + 1
+    down = not state.healthy or consecutive >= threshold
+    return dataclasses.replace(
+        state,
+        outstanding=outstanding,
+        samples=state.samples + samples,
+        failures=state.failures + 1,
+        consecutive_failures=consecutive,
+        healthy=not down,
+        down_until=max(state.down_until, now + cooldown) if down else state.down_until,
+    )
+
+
+def chunk_released(state: EndpointState) -> EndpointState:
+    """A chunk was cancelled: that says nothing of the endpoint."""
+    return dataclasses.replace(state, outstanding=max(state.outstanding - 1, 0))
+
+
+def probe_due(state: EndpointState, now: float) -> bool:
+    """Whether a down endpoint's cool-down is over and no probe of it is under way."""
+    return not state.healthy and not state.probing and now >= state.down_until
+
+
+def probe_started(state: EndpointState) -> EndpointState:
+    return dataclasses.replace(state, probing=True, probes=state.probes + 1)
+
+
+def probe_finished(
+    state: EndpointState, *, ok: bool, now: float, threshold: int, cooldown: float
+) -> EndpointState:
+    """A probe answered (``ok``) or not: an answer brings the endpoint back at once."""
+    if ok:
+        return dataclasses.replace(state, probing=False, healthy=True, consecutive_failures=0)
+    consecutive = state.consecutive_failures + 1
+    down = not state.healthy or consecutive >= threshold
+    return dataclasses.replace(
+        state,
+        probing=False,
+        consecutive_failures=consecutive,
+        healthy=not down,
+        down_until=now + cooldown if down else state.down_until,
+    )
+
+
+def reopen(state: EndpointState, threshold: int) -> EndpointState:
+    """Bring back an endpoint that cannot be probed, on trial: its next failure takes it out."""
+    return dataclasses.replace(state, healthy=True, consecutive_failures=threshold - 1)
+
+
+def all_down(states: Sequence[EndpointState], now: float) -> bool:
+    """No endpoint is healthy, being probed, or due for a probe."""
+    return not any(state.healthy or state.probing or probe_due(state, now) for state in states)
+
+
+# -- the sampler --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Member:
+    sampler: Sampler
+    owned: bool
+    probe_url: str | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one chunk brought back; a chunk task never raises an ``Exception``."""
+
+    batch: SampleBatch | None
+    error: Exception | None = None
+    endpoint_failure: bool = False
+
+
+def _is_request_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConfigError):
+        return True
+    return isinstance(exc, UpstreamError) and exc.status_code in _REQUEST_ERROR_STATUSES
+
+
+def _models_url(base_url: str | None) -> str | None:
+    return f"{base_url.rstrip('/')}/models" if base_url else None
+
+
+class PoolSampler:
+    """Draws from the same model on several endpoints. See the module docstring."""
+
+    def __init__(self, config: PoolConfig | None = None, **options: Any) -> None:
+        if config is None:
+            config = build_config(PoolConfig, options, "PoolSampler")
+        elif options:
+            raise ConfigError("pass either a config or keyword options to PoolSampler, not both")
+        self.config = config
+        entries = [
+            entry if isinstance(entry, PoolEndpoint) else PoolEndpoint(entry)
+            for entry in config.endpoints
+        ]
+        self.base_seed = self._choose_base_seed(config, entries)
+        self.params = config.params.replace(seed=self.base_seed)
+        api_key = config.api_key
+        if api_key is None and config.api_key_env:
+            api_key = os.environ.get(config.api_key_env)
+        self._api_key = api_key
+        self._members: list[_Member] = []
+        self._states: list[EndpointState] = []
+        for position, entry in enumerate(entries):
+            concurrency = entry.concurrency or config.concurrency
+            if isinstance(entry.target, str):
+                assert config.model is not None  # PoolConfig checks it
+                sampler: Sampler = OpenAISampler(
+                    OpenAISamplerConfig(
+                        model=config.model,
+                        base_url=entry.target,
+                        api_key=api_key,
+                        api_key_env=None,
+                        endpoint=config.api,
+                        max_n=config.max_n,
+                        n_mode=config.n_mode,
+                        concurrency=concurrency,
+                        max_retries=config.max_retries,
+                        timeout=config.timeout,
+                        pricing=config.pricing,
+                        params=self.params,
+                    )
+                )
+                owned = True
+                probe_url = entry.probe_url or _models_url(entry.target)
+                name = entry.name or entry.target
+            else:
+                sampler = entry.target
+                owned = False
+                base_url = sampler.config.base_url if isinstance(sampler, OpenAISampler) else None
+                probe_url = entry.probe_url or _models_url(base_url)
+                name = entry.name or base_url or f"{type(sampler).__name__}#{position}"
+            self._members.append(_Member(sampler, owned, probe_url))
+            self._states.append(EndpointState(name=name, concurrency=concurrency))
+        # Loop-bound state, made on first use on the loop that uses it.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._health_task: asyncio.Task[None] | None = None
+        self._probe_client: httpx2.AsyncClient | None = None
+        self._closed = False
+
+    @staticmethod
+    def _choose_base_seed(config: PoolConfig, entries: Sequence[PoolEndpoint]) -> int:
+        """The configured seed, else the one seed all ready-made samplers share, else a new one."""
+        if config.params.seed is not None:
+            return config.params.seed
+        seeds = {getattr(entry.target, "base_seed", None) for entry in entries}
+        if len(seeds) == 1:
+            (seed,) = seeds
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                return seed
+        seed = random_base_seed()
+        log.info("PoolSampler: no base seed given; drew %d", seed)
+        return seed
+
+    # -- stats and lifecycle ----------------------------------------------------------------
+
+    @property
+    def stats(self) -> tuple[EndpointState, ...]:
+        """A snapshot of every endpoint: outstanding, requests, samples, failures, health."""
+        return tuple(self._states)
+
+    @property
+    def samplers(self) -> tuple[Sampler, ...]:
+        return tuple(member.sampler for member in self._members)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        tasks = list(self._background)
+        if self._health_task is not None:
+            tasks.append(self._health_task)
+            self._health_task = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._probe_client is not None:
+            await self._probe_client.aclose()
+            self._probe_client = None
+        for member in self._members:
+            aclose = getattr(member.sampler, "aclose", None)
+            if member.owned and aclose is not None:
+                await aclose()
+
+    async def __aenter__(self) -> PoolSampler:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- waking waiting calls ---------------------------------------------------------------
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _waiter(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    # -- health -----------------------------------------------------------------------------
+
+    def _client(self) -> httpx2.AsyncClient:
+        if self._probe_client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._probe_client = httpx2.AsyncClient(
+                timeout=self.config.probe_timeout, headers=headers
+            )
+        return self._probe_client
+
+    async def _probe(self, position: int) -> bool:
+        url = self._members[position].probe_url
+        assert url is not None
+        try:
+            response = await self._client().get(url)
+            ok = 200 <= response.status_code < 300
+            if not ok:
+                log.info("probe of %s answered %d", url, response.status_code)
+        except (httpx2.HTTPError, OSError) as exc:
+            log.info("probe of %s failed: %s", url, exc)
+            ok = False
+        self._states[position] = probe_finished(
+            self._states[position],
+            ok=ok,
+            now=time.monotonic(),
+            threshold=self.config.failure_threshold,
+            cooldown=self.config.cooldown,
+        )
+        if ok:
+            log.info("endpoint %s is back", self._states[position].name)
+        self._notify()
+        return ok
+
+    def _start_due_probes(self) -> None:
+        """Probe (in the background) every down endpoint whose cool-down is over."""
+        now = time.monotonic()
+        for position, state in enumerate(self._states):
+            if not probe_due(state, now):
+                continue
+            if self._members[position].probe_url is None:
+                self._states[position] = reopen(state, self.config.failure_threshold)
+                continue
+            self._states[position] = probe_started(state)
+            task = asyncio.create_task(self._probe(position))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def check_health(self) -> tuple[EndpointState, ...]:
+        """Probe every endpoint that can be probed now, down or not, and return the stats."""
+        positions = [
+            position
+            for position, state in enumerate(self._states)
+            if self._members[position].probe_url is not None and not state.probing
+        ]
+        for position in positions:
+            self._states[position] = probe_started(self._states[position])
+        await asyncio.gather(*(self._probe(position) for position in positions))
+        return self.stats
+
+    async def _health_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_health()
+            except Exception:  # a health check must never take the pool down
+                log.exception("background health check failed")
+
+    def _ensure_health_loop(self) -> None:
+        interval = self.config.health_check_interval
+        if interval is None or self._closed:
+            return
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.create_task(self._health_loop(interval))
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        """Draw samples ``start_index .. start_index + n - 1`` of ``prompt`` over the pool."""
+        if n < 0:
+            raise ConfigError(f"n must be >= 0, got {n}")
+        if start_index < 0:
+            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        params = params if params is not None else self.params
+        if params.seed is None:
+            params = params.replace(seed=self.base_seed)
+        self._ensure_health_loop()
+        started = time.perf_counter()
+        received: dict[int, Candidate] = {}
+        usage = Usage()
+        queue = deque(split_runs(range(start_index, start_index + n), self.config.max_n))
+        running: dict[asyncio.Task[_Outcome], tuple[int, tuple[int, int]]] = {}
+        failovers = 0
+        fatal: BaseException | None = None
+
+        def batch() -> SampleBatch:
+            candidates = tuple(received[index] for index in sorted(received))
+            return SampleBatch(candidates, usage.replace(wall_time_s=time.perf_counter() - started))
+
+        try:
+            while queue or running:
+                if fatal is None:
+                    self._start_due_probes()
+                    while queue:
+                        position = pick_endpoint(self._states)
+                        if position is None:
+                            break
+                        run = queue.popleft()
+                        task = self._dispatch(position, prompt, params, run)
+                        running[task] = (position, run)
+                    if queue and not running and all_down(self._states, time.monotonic()):
+                        fatal = EndpointsDown(
+                            f"all {len(self._states)} endpoints of the pool are down; "
+                            f"{sum(count for _, count in queue)} sample(s) not drawn"
+                        )
+                if fatal is not None:
+                    queue.clear()
+                    if not running:
+                        break
+                # Wake when a chunk of this call ends, or when any slot or endpoint state changes.
+                waiter = self._waiter()
+                try:
+                    waiting: list[asyncio.Future[Any]] = [*running, waiter]
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                for task in [task for task in running if task.done()]:
+                    position, run = running.pop(task)
+                    outcome = task.result()
+                    if outcome.batch is not None:
+                        for candidate in outcome.batch.candidates:
+                            if (
+                                run[0] <= candidate.index < run[0] + run[1]
+                                and candidate.index not in received
+                            ):
+                                received[candidate.index] = candidate
+                        usage = usage + outcome.batch.usage.replace(wall_time_s=0.0)
+                    error = outcome.error
+                    if error is not None and not outcome.endpoint_failure:
+                        fatal = fatal or error
+                        continue
+                    missing = [i for i in range(run[0], run[0] + run[1]) if i not in received]
+                    if not missing or fatal is not None:
+                        continue
+                    failovers += 1
+                    name = self._states[position].name
+                    if failovers > self.config.max_failovers:
+                        fatal = SamplerError(
+                            f"gave up after {self.config.max_failovers} failover(s); last, "
+                            f"{name}: {error or 'samples missing'}"
+                        )
+                        if error is not None:
+                            fatal.__cause__ = error
+                        continue
+                    log.warning(
+                        "endpoint %s %s; re-sending %d sample(s) with their own indices",
+                        name,
+                        f"failed: {error}" if error is not None else "delivered too few samples",
+                        len(missing),
+                    )
+                    queue.extend(split_runs(missing, self.config.max_n))
+        except BaseException:
+            # Cancelled (or worse): stop the chunks in flight; their slots are freed as they end.
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            raise
+        if fatal is not None:
+            if isinstance(fatal, SamplerError):
+                fatal.partial = batch()
+                raise fatal
+            raise SamplerError(f"sampling failed: {fatal}", partial=batch()) from fatal
+        return batch()
+
+    def _dispatch(
+        self, position: int, prompt: Prompt, params: SamplingParams, run: tuple[int, int]
+    ) -> asyncio.Task[_Outcome]:
+        self._states[position] = chunk_dispatched(self._states[position])
+        sampler = self._members[position].sampler
+        task = asyncio.create_task(self._chunk(sampler, prompt, params, run))
+        # The slot is freed by a done callback: it runs even for a task cancelled before it began.
+        task.add_done_callback(lambda done: self._chunk_done(position, done))
+        return task
+
+    @staticmethod
+    async def _chunk(
+        sampler: Sampler, prompt: Prompt, params: SamplingParams, run: tuple[int, int]
+    ) -> _Outcome:
+        start, count = run
+        try:
+            return _Outcome(await sampler.sample(prompt, count, params, start_index=start))
+        except Exception as exc:
+            partial = exc.partial if isinstance(exc, SamplerError) else None
+            if not isinstance(partial, SampleBatch):
+                # Nothing says what the failure spent: count the request that failed.
+                partial = SampleBatch((), Usage(failed_requests=1))
+            return _Outcome(partial, exc, endpoint_failure=not _is_request_error(exc))
+
+    def _chunk_done(self, position: int, task: asyncio.Task[_Outcome]) -> None:
+        state = self._states[position]
+        if task.cancelled() or task.exception() is not None:
+            self._states[position] = chunk_released(state)
+        else:
+            outcome = task.result()
+            failed = outcome.endpoint_failure
+            self._states[position] = chunk_finished(
+                state,
+                samples=len(outcome.batch.candidates) if outcome.batch is not None else 0,
+                failed=failed,
+                now=time.monotonic(),
+                threshold=self.config.failure_threshold,
+                cooldown=self.config.cooldown,
+            )
+            if failed and state.healthy and not self._states[position].healthy:
+                log.warning(
+                    "endpoint %s is down for %.0f s after %d failure(s) in a row",
+                    state.name,
+                    self.config.cooldown,
+                    self._states[position].consecutive_failures,
+                )
+        self._notify()
