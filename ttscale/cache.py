@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ttscale.errors import ConfigError, DataError, SamplerError
-from ttscale.protocols import Sampler
+from ttscale.protocols import Sampler, check_draw
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
@@ -451,10 +451,7 @@ class CachedSampler:
         start_index: int = 0,
     ) -> SampleBatch:
         """Samples ``start_index .. start_index + n - 1``: cached ones, then drawn ones."""
-        if n < 0:
-            raise ConfigError(f"n must be >= 0, got {n}")
-        if start_index < 0:
-            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        check_draw(n, start_index)
         description = self.describe(prompt, params)
         key = _hash(description)
         started = time.perf_counter()

@@ -21,6 +21,7 @@ __all__ = [
     "as_sampler",
     "as_strategy",
     "as_verifier",
+    "check_draw",
     "with_model",
 ]
 
@@ -163,3 +164,11 @@ def with_model(sampler: Sampler, model: str) -> Sampler:
         )
     twin: Sampler = method(model)
     return twin
+
+
+def check_draw(n: int, start_index: int) -> None:
+    """The checks every sampler makes of a ``sample`` call's count and first index."""
+    if n < 0:
+        raise ConfigError(f"n must be >= 0, got {n}")
+    if start_index < 0:
+        raise ConfigError(f"start_index must be >= 0, got {start_index}")

@@ -38,6 +38,7 @@ import openai
 from aiolimiter import AsyncLimiter
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
+from ttscale.protocols import check_draw
 from ttscale.registry import build_config
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
@@ -219,10 +220,7 @@ class OpenAISampler:
         start_index: int = 0,
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
-        if n < 0:
-            raise ConfigError(f"n must be >= 0, got {n}")
-        if start_index < 0:
-            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        check_draw(n, start_index)
         params = params if params is not None else self.config.params
         request_input = self._request_input(prompt)
         draw = _Draw()

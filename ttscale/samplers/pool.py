@@ -45,7 +45,7 @@ from typing import Any, Literal
 import httpx2
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
-from ttscale.protocols import Sampler
+from ttscale.protocols import Sampler, check_draw
 from ttscale.registry import build_config
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.seeds import random_base_seed
@@ -554,10 +554,7 @@ class PoolSampler:
         start_index: int = 0,
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt`` over the pool."""
-        if n < 0:
-            raise ConfigError(f"n must be >= 0, got {n}")
-        if start_index < 0:
-            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        check_draw(n, start_index)
         params = params if params is not None else self.params
         if params.seed is None:
             params = params.replace(seed=self.base_seed)

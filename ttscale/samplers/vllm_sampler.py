@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttscale.errors import ConfigError, SamplerError
+from ttscale.protocols import check_draw
 from ttscale.registry import build_config
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
@@ -345,10 +346,7 @@ class VLLMSampler:
         start_index: int = 0,
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
-        if n < 0:
-            raise ConfigError(f"n must be >= 0, got {n}")
-        if start_index < 0:
-            raise ConfigError(f"start_index must be >= 0, got {start_index}")
+        check_draw(n, start_index)
         params = params if params is not None else self.config.params
         base = params.seed if params.seed is not None else self.base_seed
         started = time.perf_counter()
