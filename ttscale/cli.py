@@ -200,6 +200,19 @@ def solve(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Sample cache directory (SQLite): reruns never pay twice."),
     ] = None,
+    ray: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Spread the problems over a Ray cluster (extra [ray]): local, auto, "
+            "ray://host:port or host:port.",
+        ),
+    ] = None,
+    ray_shards: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="Ray tasks to split the problems into (default: cluster CPUs)."),
+    ] = None,
 ) -> None:
     """Run a strategy over a dataset; one JSONL record per problem, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -210,6 +223,8 @@ def solve(
     from ttscale.solve import solve as run_solve
 
     try:
+        if ray_shards is not None and ray is None:
+            raise ConfigError("--ray-shards needs --ray ADDRESS")
         config = SolveConfig(
             dataset=dataset,
             out=out,
@@ -267,13 +282,25 @@ def solve(
                         ),
                     )
 
-                summary = portal_call(
-                    run_solve,
-                    config,
-                    base_url=server_url,
-                    model=server_model,
-                    on_problem=on_problem,
-                )
+                if ray is not None:
+                    from ttscale.distributed import solve_on_ray
+
+                    summary = solve_on_ray(
+                        config,
+                        address=ray,
+                        base_url=server_url,
+                        model=server_model,
+                        shards=ray_shards,
+                        on_problem=on_problem,
+                    )
+                else:
+                    summary = portal_call(
+                        run_solve,
+                        config,
+                        base_url=server_url,
+                        model=server_model,
+                        on_problem=on_problem,
+                    )
                 progress.update(task, completed=total)
     except TTScaleError as exc:
         console.print(f"[red]error:[/red] {exc}")

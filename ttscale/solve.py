@@ -23,7 +23,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -453,8 +453,15 @@ async def solve(
     base_url: str | None = None,
     model: str | None = None,
     on_problem: Callable[[dict[str, Any]], None] | None = None,
+    only: Collection[str] | None = None,
+    pool: bool = False,
 ) -> SolveSummary:
-    """Run ``config`` against the OpenAI-compatible server at ``base_url`` (or the config's)."""
+    """Run ``config`` against the OpenAI-compatible server at ``base_url`` (or the config's).
+
+    ``only`` restricts the run to the problems with those ids (the grader and extractor are still
+    chosen from the whole dataset, so records do not depend on the restriction); ``pool`` draws
+    through a :class:`PoolSampler` even from a single URL. Both serve ``ttscale.distributed``.
+    """
     from ttscale.strategies.extract import get_extractor  # the strategies package, installed
 
     problems = load_dataset(config.dataset, limit=config.limit)
@@ -466,7 +473,7 @@ async def solve(
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = read_finished(out)
     _rewrite_without_torn_line(out, finished)
-    todo = [p for p in problems if p.id not in finished]
+    todo = [p for p in problems if p.id not in finished and (only is None or p.id in only)]
     is_code = all(p.tests is not None for p in problems)
     grader = _default_grader(problems, config)
     strategy = _strategy(config, is_code)
@@ -485,7 +492,7 @@ async def solve(
 
     urls = [url.strip() for url in base_url.split(",") if url.strip()]
     sampler: OpenAISampler | PoolSampler
-    if len(urls) > 1:
+    if len(urls) > 1 or pool:
         # Several servers of one model: a pool routes by outstanding requests, fails over.
         sampler = PoolSampler(
             endpoints=urls,
