@@ -1,9 +1,13 @@
 """Sampling policies: which :class:`SamplingParams` each sample index is drawn with.
 
-A policy maps a sample index to its params. :func:`draw` turns a run of indices into sampler calls:
-consecutive indices with equal params share one ``sample`` call, each call passing its
-``start_index``, so every sample keeps its own index (and so its derived seed) however the run is
-split.
+A policy maps a sample index to an override of the sampler's own settings: ``None`` draws with the
+sampler's settings as they are; a :class:`SamplingParams` replaces the fields it sets (those not
+``None``) and leaves the rest to the sampler, so a policy that only sets the temperature keeps the
+sampler's ``max_tokens``, ``stop`` and the like.
+
+:func:`draw` turns a run of indices into sampler calls: consecutive indices with equal params share
+one ``sample`` call, each call passing its ``start_index``, so every sample keeps its own index (and
+so its derived seed) however the run is split.
 
 - :class:`FixedSampling`: the same params for every sample (what a plain ``SamplingParams`` means).
 - :class:`HedgedSampling`: the first ``greedy`` samples at temperature 0, the rest at
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
@@ -37,32 +41,38 @@ __all__ = [
 
 @runtime_checkable
 class SamplingPolicy(Protocol):
-    """Maps a sample index to the params it is drawn with."""
+    """Maps a sample index to its override of the sampler's settings (``None``: none)."""
 
-    def params_for(self, index: int) -> SamplingParams: ...
+    def params_for(self, index: int) -> SamplingParams | None: ...
 
 
-PolicySpec = SamplingParams | SamplingPolicy | Callable[[int], SamplingParams] | None
+PolicySpec = SamplingParams | SamplingPolicy | Callable[[int], SamplingParams | None] | None
 """What a strategy's ``params`` option accepts."""
 
 
 @dataclass(frozen=True)
 class FixedSampling:
-    """The same params for every index (``None``: the sampler's own defaults)."""
+    """The same params for every index (``None``: the sampler's own settings)."""
 
     params: SamplingParams | None = None
 
-    def params_for(self, index: int) -> SamplingParams:
-        return self.params if self.params is not None else SamplingParams()
+    def params_for(self, index: int) -> SamplingParams | None:
+        # None, not an empty SamplingParams: samplers read None as "use your own settings", and
+        # an empty override would be taken by some as "no settings at all".
+        return self.params
 
 
 @dataclass(frozen=True)
 class HedgedSampling:
-    """``greedy`` samples at temperature 0 first, then the rest at ``temperature``."""
+    """``greedy`` samples at temperature 0 first, then the rest at ``temperature``.
+
+    ``base`` holds further overrides of the sampler's settings; by default only the temperature is
+    overridden and everything else is the sampler's.
+    """
 
     temperature: float = 0.8
     greedy: int = 1
-    base: SamplingParams = field(default_factory=SamplingParams)
+    base: SamplingParams | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -71,15 +81,19 @@ class HedgedSampling:
             raise ConfigError(f"HedgedSampling.greedy must be >= 0, got {self.greedy}")
 
     def params_for(self, index: int) -> SamplingParams:
-        return self.base.replace(temperature=0.0 if index < self.greedy else self.temperature)
+        base = self.base if self.base is not None else SamplingParams()
+        return base.replace(temperature=0.0 if index < self.greedy else self.temperature)
 
 
 @dataclass(frozen=True)
 class TemperatureSchedule:
-    """Sample ``i`` at ``temperatures[i]``; indices past the end repeat the last temperature."""
+    """Sample ``i`` at ``temperatures[i]``; indices past the end repeat the last temperature.
+
+    Like :class:`HedgedSampling`, only the temperature (and what ``base`` sets) is overridden.
+    """
 
     temperatures: tuple[float, ...]
-    base: SamplingParams = field(default_factory=SamplingParams)
+    base: SamplingParams | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -90,19 +104,20 @@ class TemperatureSchedule:
 
     def params_for(self, index: int) -> SamplingParams:
         temperature = self.temperatures[min(index, len(self.temperatures) - 1)]
-        return self.base.replace(temperature=temperature)
+        base = self.base if self.base is not None else SamplingParams()
+        return base.replace(temperature=temperature)
 
 
 @dataclass(frozen=True)
 class _FunctionPolicy:
-    function: Callable[[int], SamplingParams]
+    function: Callable[[int], SamplingParams | None]
 
-    def params_for(self, index: int) -> SamplingParams:
+    def params_for(self, index: int) -> SamplingParams | None:
         params = self.function(index)
-        if not isinstance(params, SamplingParams):
+        if params is not None and not isinstance(params, SamplingParams):
             raise ConfigError(
                 f"sampling policy {self.function!r} returned {type(params).__name__} for index "
-                f"{index}, expected SamplingParams"
+                f"{index}, expected SamplingParams or None"
             )
         return params
 
@@ -120,12 +135,12 @@ def as_policy(spec: PolicySpec) -> SamplingPolicy:
 
 def plan_calls(
     policy: SamplingPolicy, start_index: int, count: int
-) -> list[tuple[SamplingParams, int, int]]:
+) -> list[tuple[SamplingParams | None, int, int]]:
     """Split indices ``start_index .. start_index + count - 1`` into runs of equal params.
 
     Returns ``(params, start_index, n)`` per sampler call, in index order.
     """
-    calls: list[tuple[SamplingParams, int, int]] = []
+    calls: list[tuple[SamplingParams | None, int, int]] = []
     for index in range(start_index, start_index + count):
         params = policy.params_for(index)
         if calls and calls[-1][0] == params:

@@ -50,13 +50,19 @@ def server() -> Iterator[LoopbackServer]:
         yield running
 
 
-def run(server: LoopbackServer, strategy: object, prompt: str, verifier: object = None) -> Result:
+def run(
+    server: LoopbackServer,
+    strategy: object,
+    prompt: str,
+    verifier: object = None,
+    params: SamplingParams | None = None,
+) -> Result:
     async def go() -> Result:
         sampler = OpenAISampler(
             model="loopback",
             base_url=server.base_url,
             api_key="test",
-            params=SamplingParams(seed=7, temperature=0.8),
+            params=params or SamplingParams(seed=7, temperature=0.8),
         )
         async with sampler:
             problem = Problem(id="p", prompt=prompt)
@@ -112,10 +118,48 @@ def test_ahead_by_k(server: LoopbackServer) -> None:
     assert_paid_what_the_server_delivered(result, server)
 
 
+def generation_bodies(server: LoopbackServer) -> list[dict[str, object]]:
+    return [r.body for r in server.records if r.path.endswith("completions") and r.body]
+
+
+SAMPLER_PARAMS = SamplingParams(
+    seed=7, temperature=0.6, max_tokens=256, stop=("###",), extra_body={"top_k": 20}
+)
+
+
+def test_a_strategy_without_params_draws_with_the_samplers_settings(
+    server: LoopbackServer,
+) -> None:
+    run(server, Majority(samples=6), "Pick one", params=SAMPLER_PARAMS)
+    bodies = generation_bodies(server)
+    assert bodies
+    for body in bodies:
+        assert body["temperature"] == 0.6 and body["max_tokens"] == 256
+        assert body["stop"] == ["###"] and body["top_k"] == 20
+
+
+def test_hedged_sampling_overrides_only_the_temperature(server: LoopbackServer) -> None:
+    strategy = Majority(samples=6, params=HedgedSampling(temperature=0.9, greedy=2))
+    result = run(server, strategy, "Pick one", params=SAMPLER_PARAMS)
+    bodies = generation_bodies(server)
+    assert sorted((b["temperature"], b.get("n", 1)) for b in bodies) == [(0.0, 2), (0.9, 4)]
+    for body in bodies:
+        assert body["max_tokens"] == 256 and body["stop"] == ["###"] and body["top_k"] == 20
+    assert [c.temperature for c in result.candidates] == [0.0] * 2 + [0.9] * 4
+
+
+def test_strategy_params_override_the_samplers_field_by_field(server: LoopbackServer) -> None:
+    own = SamplingParams(max_tokens=5, extra_body={"min_p": 0.1})
+    run(server, Majority(samples=3, params=own), "Pick one", params=SAMPLER_PARAMS)
+    for body in generation_bodies(server):
+        assert body["max_tokens"] == 5 and body["temperature"] == 0.6
+        assert body["top_k"] == 20 and body["min_p"] == 0.1
+
+
 def test_hedged_sampling_sends_one_greedy_request(server: LoopbackServer) -> None:
     strategy = Majority(samples=6, params=HedgedSampling(temperature=0.7, greedy=1))
     result = run(server, strategy, "Pick one")
-    bodies = [r.body for r in server.records if r.path.endswith("completions") and r.body]
+    bodies = generation_bodies(server)
     temperatures = sorted((b.get("temperature"), b.get("n", 1)) for b in bodies)
     assert temperatures == [(0.0, 1), (0.7, 5)]
     assert [c.temperature for c in result.candidates] == [0.0] + [0.7] * 5

@@ -8,6 +8,10 @@ What it guarantees:
   server that rejects ``n > 1`` (a 400/422 naming it) or returns fewer choices than asked is
   remembered per endpoint, and the missing samples are drawn with single requests. Choices a
   short response did return are kept: they were paid for.
+- The params given to ``sample`` override the sampler's own (``config.params``) field by field:
+  the fields they set win, the ones left ``None`` keep the sampler's value (``extra_body`` is
+  merged key by key), so a strategy that only sets a temperature keeps the sampler's
+  ``max_tokens``, ``stop`` and the like. ``None`` draws with the sampler's params as they are.
 - Every request gets a distinct seed derived from the base seed and the index of its first sample,
   so no two samples are identical seeded requests counted as independent.
 - One concurrency bound (requests in flight) is shared by every prompt drawn through the sampler;
@@ -51,7 +55,7 @@ from ttscale.types import (
     Usage,
 )
 
-__all__ = ["OpenAISampler", "OpenAISamplerConfig"]
+__all__ = ["OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +223,12 @@ class OpenAISampler:
         *,
         start_index: int = 0,
     ) -> SampleBatch:
-        """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
+        """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``.
+
+        ``params`` overrides the sampler's own params field by field (see the module docstring).
+        """
         check_draw(n, start_index)
-        params = params if params is not None else self.config.params
+        params = merge_params(self.config.params, params)
         request_input = self._request_input(prompt)
         draw = _Draw()
         started = time.perf_counter()
@@ -505,6 +512,24 @@ class OpenAISampler:
         if slot.count > 1 and self.config.n_mode == "auto":
             self._learn_n(not missing, f"returned {len(kept)} of {slot.count} choices")
         return missing
+
+
+def merge_params(defaults: SamplingParams, override: SamplingParams | None) -> SamplingParams:
+    """``override``'s set fields over ``defaults``; ``extra_body`` merged key by key.
+
+    A field left ``None`` in ``override`` means "no opinion", so it keeps the default: a strategy
+    asking for temperature 0 must not also wipe the sampler's ``max_tokens``.
+    """
+    if override is None:
+        return defaults
+    changes: dict[str, Any] = {
+        spec.name: getattr(override, spec.name)
+        for spec in dataclasses.fields(override)
+        if spec.name != "extra_body" and getattr(override, spec.name) is not None
+    }
+    if override.extra_body:
+        changes["extra_body"] = {**defaults.extra_body, **override.extra_body}
+    return defaults.replace(**changes) if changes else defaults
 
 
 def _names_n(exc: openai.APIStatusError) -> bool:
