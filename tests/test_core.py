@@ -241,20 +241,34 @@ def test_portal_refuses_a_call_from_its_own_loop() -> None:
 
 def test_sync_twins_of_strategy_and_verifier() -> None:
     sampler = ScriptedSampler({"q": ["b", "a"]})
+    portal = Portal()
+    # Where each async body ran: the sync twins must hand the work to the portal's loop.
+    ran_on: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+
+    def note() -> None:
+        ran_on.append((asyncio.get_running_loop(), threading.current_thread()))
 
     async def shortest(problem: Problem, candidates: list[Candidate]) -> list[float]:
+        note()
         return [-len(c.text) for c in candidates]
 
-    verifier = SyncVerifier(as_verifier(shortest))
-    assert [s.value for s in verifier.score(Problem(id="1", prompt="q"), [Candidate("ab", 0)])] == [
-        -2.0
-    ]
-
     async def first(problem: Problem, sampler: object, verifier: object) -> Result:
+        note()
         batch = await as_sampler(sampler).sample(problem.input, 2)  # type: ignore[arg-type]
         return Result(problem.id, batch.candidates[:1], batch.candidates, batch.usage)
 
-    result = SyncStrategy(as_strategy(first), sampler).run(Problem(id="1", prompt="q"))
-    assert result.text == "b"
-    assert SyncSampler(sampler).sample("q", 1, start_index=1).candidates[0].text == "a"
-    assert threading.current_thread() is threading.main_thread()
+    try:
+        verifier = SyncVerifier(as_verifier(shortest), portal=portal)
+        scores = verifier.score(Problem(id="1", prompt="q"), [Candidate("ab", 0)])
+        assert [s.value for s in scores] == [-2.0]
+        twin = SyncStrategy(as_strategy(first), sampler, portal=portal)
+        result = twin.run(Problem(id="1", prompt="q"))
+        assert result.text == "b"
+        sync_sampler = SyncSampler(sampler, portal=portal)
+        assert sync_sampler.sample("q", 1, start_index=1).candidates[0].text == "a"
+        assert [start for _, _, start in sampler.calls] == [0, 1]
+        assert len(ran_on) == 2
+        for loop, thread in ran_on:
+            assert loop is portal.loop and thread is not threading.current_thread()
+    finally:
+        portal.close()

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from ttscale import (
     OpenAISampler,
     Pricing,
+    SampleBatch,
     SamplerError,
     SamplingParams,
     SyncSampler,
     UpstreamError,
     Usage,
 )
+from ttscale.portal import default_portal
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
 
@@ -281,11 +285,32 @@ def test_unreachable_server_is_an_upstream_error() -> None:
 
 
 def test_sync_facade_reuses_one_portal_across_calls(server: LoopbackServer) -> None:
-    with SyncSampler(make_sampler(server, concurrency=4)) as sampler:
+    inner = make_sampler(server, concurrency=4)
+    seen: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+
+    class Watched:
+        """Delegates to the real sampler, noting the loop and thread each call runs on."""
+
+        async def sample(self, *args: Any, **kwargs: Any) -> SampleBatch:
+            seen.append((asyncio.get_running_loop(), threading.current_thread()))
+            return await inner.sample(*args, **kwargs)
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    with SyncSampler(Watched()) as sampler:
         first = sampler.sample("a", 3)
         second = sampler.sample("b", 3, start_index=3)
     assert len(first.candidates) == 3 and len(second.candidates) == 3
     assert_matches_server(first.usage + second.usage, server)
+    # Both calls ran on the process's one portal loop, on its thread, not the caller's.
+    portal = default_portal()
+    assert seen == [(portal.loop, seen[0][1])] * 2
+    assert seen[0][1] is not threading.current_thread()
+    # The connection pool outlived the first call: the second request came on the same
+    # keep-alive connection (asyncio.run per call would have had to open a new one).
+    connections = [r.connection for r in server.records if r.path.endswith("completions")]
+    assert len(connections) == 2 and connections[0] == connections[1]
 
 
 def test_sync_facade_works_inside_a_running_event_loop(server: LoopbackServer) -> None:

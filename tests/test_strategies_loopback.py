@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import pytest
 
 from ttscale import OpenAISampler, Problem, SamplingParams
+from ttscale.seeds import derive_seed
 from ttscale.strategies import (
     Adaptive,
     AheadByK,
@@ -18,6 +19,8 @@ from ttscale.strategies import (
 )
 from ttscale.testing.server import LoopbackServer
 from ttscale.types import Candidate, Result, Score
+
+BASE_SEED = 7
 
 SCRIPT = {
     "What is 6 * 7?": [
@@ -62,7 +65,7 @@ def run(
             model="loopback",
             base_url=server.base_url,
             api_key="test",
-            params=params or SamplingParams(seed=7, temperature=0.8),
+            params=params or SamplingParams(seed=BASE_SEED, temperature=0.8),
         )
         async with sampler:
             problem = Problem(id="p", prompt=prompt)
@@ -71,13 +74,36 @@ def run(
     return asyncio.run(go())
 
 
+def generation_bodies(server: LoopbackServer) -> list[dict[str, object]]:
+    return [r.body for r in server.records if r.path.endswith("completions") and r.body]
+
+
 def assert_paid_what_the_server_delivered(result: Result, server: LoopbackServer) -> None:
     delivered = server.delivered_usage()
     assert result.usage.samples == delivered["samples"] == len(result.candidates)
     assert result.usage.completion_tokens == delivered["completion_tokens"]
     assert result.usage.prompt_tokens == delivered["prompt_tokens"]
     assert [c.index for c in result.candidates] == list(range(len(result.candidates)))
-    assert len({c.seed for c in result.candidates if c.seed is not None}) >= 1
+    assert_seeds_distinct_per_request(result, server)
+
+
+def assert_seeds_distinct_per_request(result: Result, server: LoopbackServer) -> None:
+    """Every request has its own seed, derived from the base seed and its first sample's index.
+
+    Seeds are per request, not per sample: the choices of one ``n`` request share its seed, and
+    the server makes them differ. So samples share a seed exactly when they share a request.
+    """
+    request_seeds = [body["seed"] for body in generation_bodies(server)]
+    assert len(request_seeds) == len(set(request_seeds))
+    by_request: dict[str | None, list[Candidate]] = {}
+    for candidate in result.candidates:
+        by_request.setdefault(candidate.request_id, []).append(candidate)
+    assert None not in by_request
+    for members in by_request.values():
+        first = min(c.index for c in members)
+        assert {c.seed for c in members} == {derive_seed(BASE_SEED, first)}
+    assert len({c.seed for c in result.candidates}) == len(by_request)
+    assert {c.seed for c in result.candidates} <= set(request_seeds)
 
 
 def test_majority(server: LoopbackServer) -> None:
@@ -118,12 +144,8 @@ def test_ahead_by_k(server: LoopbackServer) -> None:
     assert_paid_what_the_server_delivered(result, server)
 
 
-def generation_bodies(server: LoopbackServer) -> list[dict[str, object]]:
-    return [r.body for r in server.records if r.path.endswith("completions") and r.body]
-
-
 SAMPLER_PARAMS = SamplingParams(
-    seed=7, temperature=0.6, max_tokens=256, stop=("###",), extra_body={"top_k": 20}
+    seed=BASE_SEED, temperature=0.6, max_tokens=256, stop=("###",), extra_body={"top_k": 20}
 )
 
 

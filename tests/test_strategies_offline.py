@@ -249,7 +249,9 @@ def test_defaults_budgets_and_errors() -> None:
         evaluate(answers, correct, scores, ["nope"])
     with pytest.raises(DataError, match="scores >= 0"):
         evaluate(answers, correct, scores - 1, ["weighted_majority"])
-    assert isinstance(PassAtK(), PassAtK)
+    # PassAtK is the spec behind the built-in "pass_at_k": under any name it is the same curve.
+    named = evaluate(answers, correct, None, {"coverage": PassAtK()}, subsets=8)
+    assert np.array_equal(named.accuracy["coverage"], result.accuracy["pass_at_k"])
 
 
 def test_random_orders_estimate_the_exact_expectation() -> None:
