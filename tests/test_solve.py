@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import pytest
 
 from ttscale.datasets import load_dataset
 from ttscale.errors import DataError
-from ttscale.testing import LoopbackServer, ScriptRequest
+from ttscale.solve import SampleJournal
+from ttscale.testing import LoopbackServer, ScriptRequest, count_tokens
+from ttscale.types import Candidate, SampleBatch, TokenLogprob, Usage
 
 QUESTIONS = {f"q{i}": str(i * 3) for i in range(6)}
 
@@ -321,3 +324,90 @@ def test_cache_makes_a_fresh_run_free_and_pools_spread_problems(tmp_path: Path) 
     for qid, record in first.items():
         texts = [s["text"] for s in record["samples"]]  # type: ignore[union-attr]
         assert texts == [s["text"] for s in second[qid]["samples"]]  # type: ignore[union-attr]
+
+
+def judged_world(request: ScriptRequest) -> str:
+    """Samples: right only at index 3 of every 4, so voting picks a wrong answer. The judge (the
+    same server) rates the right answer 4/5 and a wrong one 1/5."""
+    text = request.prompt
+    if text.startswith("Rate how good"):
+        qid = re.search(r"What is (q\d+)\?", text)
+        said = re.search(r"Response:\nThe answer is (\d+)\.", text)
+        assert qid is not None and said is not None, text
+        right = said.group(1) == QUESTIONS[qid.group(1)]
+        return "Looks right. Score: 4" if right else "Wrong. Score: 1"
+    right = QUESTIONS[text.split()[-1].rstrip("?")]
+    return f"The answer is {right if request.index % 4 == 3 else int(right) + 1}."
+
+
+def test_judge_verifier_asks_the_run_server_and_its_tokens_are_counted(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "judged.jsonl"
+    with LoopbackServer(answers=judged_world) as server:
+        done = run_cli(
+            "solve", str(dataset), "--out", str(out), "--base-url", server.base_url,
+            "--model", "loopback", "-n", "4", "--strategy", "best_of_n", "--verifier", "judge",
+            "-V", "scale=5", "--no-plot",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        delivered = server.delivered_usage()
+        judge_requests = [r for r in server.records if "Rate how good" in json.dumps(r.body)]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == len(QUESTIONS)
+    for record in records:
+        assert record["correct"] is True  # the judge found the one right answer of four
+        assert record["selected"][0]["answer"] == QUESTIONS[record["id"]]
+        scores = {s["answer"]: s["score"] for s in record["samples"]}
+        assert scores[QUESTIONS[record["id"]]] == pytest.approx(4 / 5)  # -V scale=5 applied
+        assert record["params"]["verifier_options"] == {"scale": 5}
+        verifier = record["usage"]["verifier"]
+        assert verifier["samples"] == 4  # one judge call per candidate
+        assert verifier["completion_tokens"] == 3 * count_tokens("Wrong. Score: 1") + count_tokens(
+            "Looks right. Score: 4"
+        )
+    assert len(judge_requests) == 4 * len(QUESTIONS)
+    # The records' usage is everything the server delivered: samples and judge calls.
+    for field in ("samples", "prompt_tokens", "completion_tokens"):
+        assert sum(r["usage"][field] for r in records) == delivered[field]
+    assert sum(r["usage"]["verifier"]["prompt_tokens"] for r in records) == sum(
+        r.prompt_tokens for r in judge_requests
+    )
+
+
+def test_verifier_options_are_checked_before_drawing(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    with LoopbackServer(answers=judged_world) as server:
+        done = run_cli(
+            "solve", str(dataset), "--out", str(tmp_path / "o.jsonl"), "--base-url",
+            server.base_url, "--model", "loopback", "--verifier", "judge", "-V", "colour=red",
+        )  # fmt: skip
+        assert server.request_count == 0
+    assert done.returncode == 2
+    assert "--verifier judge" in done.stderr and "colour" in done.stderr
+    orphan = run_cli(
+        "solve", str(dataset), "--out", str(tmp_path / "o.jsonl"), "-V", "mode=yes_no",
+    )  # fmt: skip
+    assert orphan.returncode == 2 and "needs --verifier" in orphan.stderr
+
+
+def test_journal_counts_each_entry_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = SampleJournal(path)
+    candidate = Candidate(text="Yes", index=0, completion_tokens=1, logprobs=(
+        TokenLogprob("Yes", -0.1, (("Yes", -0.1), ("No", -2.3))),
+    ))  # fmt: skip
+    journal.record(
+        "p",
+        "k",
+        SampleBatch((candidate,), Usage(samples=1, prompt_tokens=7, completion_tokens=1)),
+        logprobs=True,
+    )
+    hit = journal.lookup("p", "k", 0)
+    assert hit is not None and hit[2] is False  # paid for by the call that recorded it
+    journal.close()
+    again = SampleJournal(path)
+    first, second = again.lookup("p", "k", 0), again.lookup("p", "k", 0)
+    assert first is not None and second is not None
+    assert (first[1], first[2], second[2]) == (7, True, False)  # replayed usage counted once
+    assert first[0].logprobs == candidate.logprobs  # a judge's logprobs survive the journal
+    again.close()

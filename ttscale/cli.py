@@ -118,13 +118,13 @@ def sample(
     )
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strategy options; values are read as JSON when they parse, else as text."""
+def _parse_options(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
+    """``KEY=VALUE`` options; values are read as JSON when they parse, else as text."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -163,7 +163,17 @@ def solve(
     k: Annotated[int, typer.Option("--k", min=1, help="Answers to select (pass@k).")] = 1,
     verifier: Annotated[
         Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-        typer.Option(help="A registered verifier the strategy scores with."),
+        typer.Option(
+            help="A registered verifier the strategy scores with (judge asks the run's model)."
+        ),
+    ] = None,
+    verifier_option: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--verifier-option",
+            "-V",
+            help="Verifier setting KEY=VALUE (repeatable), e.g. -V mode=yes_no.",
+        ),
     ] = None,
     grader: Annotated[
         Optional[str],  # noqa: UP045
@@ -232,6 +242,7 @@ def solve(
             samples=samples,
             k=k,
             verifier=verifier,
+            verifier_options=_parse_options(verifier_option or [], "--verifier-option"),
             grader=grader,
             base_url=base_url,
             model=model,

@@ -58,6 +58,7 @@ from ttscale.solve import (
     _write_run_json,
     human_eval_lines,
     read_finished,
+    record_params,
 )
 from ttscale.types import Problem, Usage
 
@@ -214,17 +215,8 @@ def _run_shard(
 
 def _record_settings(config: SolveConfig) -> dict[str, Any]:
     """The settings a record of ``config`` carries (as ``ttscale.solve`` writes them)."""
-    params = {
-        "samples": config.samples,
-        "k": config.k,
-        "temperature": config.temperature,
-        "max_tokens": config.max_tokens,
-        "seed": config.seed,
-        "verifier": config.verifier,
-        **dict(config.strategy_options),
-    }
     settings: dict[str, Any] = json.loads(
-        json.dumps({"strategy": config.strategy, "params": params}, default=str)
+        json.dumps({"strategy": config.strategy, "params": record_params(config)}, default=str)
     )
     return settings
 

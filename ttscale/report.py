@@ -114,8 +114,12 @@ def _parse_record(raw: Any, path: str, line: int) -> ProblemRecord:
     if not isinstance(usage, dict):
         raise bad("usage must be an object", "usage")
     for key, value in usage.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise bad(f"usage values must be numbers >= 0, got {value!r}", f"usage.{key}")
+        # A nested object is a part of the total shown apart (``usage.verifier``).
+        parts = value.items() if isinstance(value, dict) else [(None, value)]
+        for part, number in parts:
+            if not isinstance(number, int | float) or isinstance(number, bool) or number < 0:
+                where = f"usage.{key}" + (f".{part}" if part is not None else "")
+                raise bad(f"usage values must be numbers >= 0, got {number!r}", where)
     try:
         parsed_usage = Usage.from_dict(usage)
     except TypeError as exc:

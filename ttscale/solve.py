@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -30,13 +31,15 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from ttscale import __version__
+from ttscale.budget import BudgetedSampler, BudgetTracker
 from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError, SamplerError
 from ttscale.protocols import Sampler, Strategy, Verifier, with_model
-from ttscale.registry import create
+from ttscale.registry import create, load
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.pool import PoolSampler
+from ttscale.scaling import MeteredVerifier
 from ttscale.types import (
     Candidate,
     Problem,
@@ -45,6 +48,7 @@ from ttscale.types import (
     SampleBatch,
     SamplingParams,
     Score,
+    TokenLogprob,
     Usage,
 )
 
@@ -73,6 +77,10 @@ CODE_INSTRUCTION = (
 class SolveConfig:
     """Settings of one ``solve`` run; the CLI flags map one to one.
 
+    ``verifier_options`` are the verifier's own settings (``-V mode=yes_no``); a verifier that
+    calls a model (the LLM judge) asks the run's server through the run's budget, and its tokens
+    are counted in each record's ``usage`` (and shown apart as ``usage.verifier``).
+
     ``logprobs`` (0 for the chosen token only) makes per-sample token counts exact; the embedded
     model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``.
     """
@@ -83,6 +91,7 @@ class SolveConfig:
     samples: int = 8
     k: int = 1
     verifier: str | None = None
+    verifier_options: Mapping[str, Any] = field(default_factory=dict)
     grader: str | None = None
     base_url: str | None = None
     model: str | None = None
@@ -107,6 +116,8 @@ class SolveConfig:
             raise ConfigError(f"k ({self.k}) cannot exceed the samples drawn ({self.samples})")
         if self.output_format not in ("ttscale", "human-eval"):
             raise ConfigError(f"format must be ttscale or human-eval, got {self.output_format!r}")
+        if self.verifier_options and not self.verifier:
+            raise ConfigError("--verifier-option needs --verifier (the verifier it configures)")
         if self.base_url is not None and not self.model:
             raise ConfigError("--base-url needs --model (the model name on that server)")
 
@@ -128,22 +139,49 @@ def _params_key(params: SamplingParams | None) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _prompt_key(prompt: Prompt) -> str:
+    text = prompt if isinstance(prompt, str) else [dict(message) for message in prompt]
+    return hashlib.sha256(json.dumps(text, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _candidate_from(data: Mapping[str, Any]) -> Candidate:
     fields = {f.name for f in dataclasses.fields(Candidate)}
     values = {key: value for key, value in data.items() if key in fields}
-    values["logprobs"] = None  # journals keep text and counts; logprobs are not replayed
+    raw = data.get("logprobs")
+    # Samples are journalled without logprobs (they are long and nothing reads them again); a
+    # verifier's calls keep them, since a yes/no judge scores from them.
+    values["logprobs"] = (
+        tuple(
+            TokenLogprob(item["token"], float(item["logprob"]), tuple(map(tuple, item["top"])))
+            for item in raw
+        )
+        if isinstance(raw, list)
+        else None
+    )
     return Candidate(**values)
 
 
+JournalKey = tuple[str, str, int]
+
+
 class SampleJournal:
-    """An append-only JSONL of every sample received, keyed by problem, settings and index."""
+    """An append-only JSONL of every sample received, keyed by problem, settings and index.
+
+    Each entry's usage is counted once: by the call that paid for it, or, for an entry an earlier
+    run wrote, by the first call that replays it. Later hits of the same entry (a verifier asked
+    the same question twice) cost nothing and are counted as nothing.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[tuple[str, str, int], tuple[Candidate, int]] = {}
+        self._entries: dict[JournalKey, tuple[Candidate, int]] = {}
+        self._counted: set[JournalKey] = set()
         if path.exists():
             self._load()
         self._handle: IO[str] = path.open("a", encoding="utf-8")
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def _load(self) -> None:
         with self.path.open(encoding="utf-8") as handle:
@@ -157,22 +195,38 @@ class SampleJournal:
                 self._entries[key] = (candidate, int(entry.get("prompt_tokens", 0)))
         log.info("journal %s: %d samples to replay", self.path, len(self._entries))
 
-    def lookup(self, problem_id: str, params: str, index: int) -> tuple[Candidate, int] | None:
-        return self._entries.get((problem_id, params, index))
+    def lookup(
+        self, problem_id: str, params: str, index: int
+    ) -> tuple[Candidate, int, bool] | None:
+        """The entry, its prompt tokens, and whether this lookup is the one to count its usage."""
+        key = (problem_id, params, index)
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        first = key not in self._counted
+        self._counted.add(key)
+        return hit[0], hit[1], first
 
-    def record(self, problem_id: str, params: str, batch: SampleBatch) -> None:
+    def record(
+        self, problem_id: str, params: str, batch: SampleBatch, *, logprobs: bool = False
+    ) -> None:
         # Prompt tokens are per request; spread them over the batch's samples so replayed usage
         # adds up to what was paid.
         share, rest = divmod(batch.usage.prompt_tokens, max(len(batch.candidates), 1))
         for position, candidate in enumerate(batch.candidates):
             prompt_tokens = share + (1 if position < rest else 0)
+            data = candidate.to_dict()
+            if not logprobs or data.get("logprobs") is None:
+                data.pop("logprobs", None)
             entry = {
                 "problem": problem_id,
                 "params": params,
                 "prompt_tokens": prompt_tokens,
-                "candidate": {k: v for k, v in candidate.to_dict().items() if k != "logprobs"},
+                "candidate": data,
             }
-            self._entries[(problem_id, params, candidate.index)] = (candidate, prompt_tokens)
+            key = (problem_id, params, candidate.index)
+            self._entries[key] = (candidate, prompt_tokens)
+            self._counted.add(key)  # paid for by the call that records it
             self._handle.write(json.dumps(entry) + "\n")
         self._handle.flush()
 
@@ -181,12 +235,19 @@ class SampleJournal:
 
 
 class JournalledSampler:
-    """A problem's view of a sampler that replays journalled samples and journals new ones."""
+    """A problem's view of a sampler that replays journalled samples and journals new ones.
 
-    def __init__(self, sampler: Sampler, journal: SampleJournal, problem_id: str) -> None:
+    ``by_prompt`` keys entries by the prompt too: for a verifier's calls (an LLM judge), which
+    ask a different prompt per candidate, all from sample index 0.
+    """
+
+    def __init__(
+        self, sampler: Sampler, journal: SampleJournal, problem_id: str, *, by_prompt: bool = False
+    ) -> None:
         self.sampler = sampler
         self.journal = journal
         self.problem_id = problem_id
+        self.by_prompt = by_prompt
         self._replayed = 0
         self._twins: list[JournalledSampler] = []
 
@@ -197,7 +258,9 @@ class JournalledSampler:
 
     def with_model(self, model: str) -> Sampler:
         """The same view drawing from ``model`` (for graphs that use several models)."""
-        twin = JournalledSampler(with_model(self.sampler, model), self.journal, self.problem_id)
+        twin = JournalledSampler(
+            with_model(self.sampler, model), self.journal, self.problem_id, by_prompt=self.by_prompt
+        )
         self._twins.append(twin)
         return twin
 
@@ -210,31 +273,35 @@ class JournalledSampler:
         start_index: int = 0,
     ) -> SampleBatch:
         key = _params_key(params)
+        if self.by_prompt:
+            key = f"{key}/{_prompt_key(prompt)}"
         found: dict[int, Candidate] = {}
-        replayed_prompt_tokens = 0
+        counted: list[tuple[Candidate, int]] = []
         missing: list[int] = []
         for index in range(start_index, start_index + n):
             hit = self.journal.lookup(self.problem_id, key, index)
             if hit is None:
                 missing.append(index)
-            else:
-                found[index], tokens = hit
-                replayed_prompt_tokens += tokens
-        self._replayed += len(found)
-        # What was replayed costs nothing now; its usage is reported as it was paid the first time.
+                continue
+            found[index], tokens, first = hit
+            if first:
+                counted.append((found[index], tokens))
+        self._replayed += len(counted)
+        # What was replayed costs nothing now; its usage is reported as it was paid the first time,
+        # once.
         usage = Usage(
-            samples=len(found),
-            prompt_tokens=replayed_prompt_tokens,
-            completion_tokens=sum(c.completion_tokens for c in found.values()),
+            samples=len(counted),
+            prompt_tokens=sum(tokens for _, tokens in counted),
+            completion_tokens=sum(c.completion_tokens for c, _ in counted),
         )
         for run_start, run_length in _runs(missing):
             try:
                 batch = await self.sampler.sample(prompt, run_length, params, start_index=run_start)
             except SamplerError as exc:
                 if exc.partial is not None:
-                    self.journal.record(self.problem_id, key, exc.partial)
+                    self.journal.record(self.problem_id, key, exc.partial, logprobs=self.by_prompt)
                 raise
-            self.journal.record(self.problem_id, key, batch)
+            self.journal.record(self.problem_id, key, batch, logprobs=self.by_prompt)
             found.update((c.index, c) for c in batch.candidates)
             usage = usage + batch.usage
         return SampleBatch(tuple(found[i] for i in sorted(found)), usage)
@@ -321,6 +388,22 @@ class ProblemRecord:
         return str(self.data["id"])
 
 
+def record_params(config: SolveConfig) -> dict[str, Any]:
+    """The settings a record carries as its ``params`` (settings left unset are left out)."""
+    params: dict[str, Any] = {
+        "samples": config.samples,
+        "k": config.k,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "seed": config.seed,
+        "verifier": config.verifier,
+    }
+    if config.verifier_options:
+        params["verifier_options"] = dict(config.verifier_options)
+    params.update(config.strategy_options)
+    return params
+
+
 def _record(
     problem: Problem,
     config: SolveConfig,
@@ -328,6 +411,8 @@ def _record(
     grades: Sequence[Score],
     extract: Callable[[str], str | None],
     wall_time: float,
+    *,
+    verifier_usage: Usage | None = None,
 ) -> dict[str, Any]:
     scores = list(result.scores) if result.scores else [None] * len(result.candidates)
     samples = []
@@ -358,26 +443,23 @@ def _record(
             result.selected, result.answers or [None] * len(result.selected), strict=True
         )
     ]
-    usage = result.usage.replace(wall_time_s=wall_time)
+    # Everything the problem cost: its samples and its verifier's calls (an LLM judge's), the
+    # latter also shown apart.
+    usage = (result.usage + (verifier_usage or Usage())).replace(wall_time_s=wall_time)
+    usage_data = usage.to_dict()
+    if verifier_usage is not None:
+        usage_data["verifier"] = verifier_usage.to_dict()
     return {
         "id": problem.id,
         "strategy": config.strategy,
-        "params": {
-            "samples": config.samples,
-            "k": config.k,
-            "temperature": config.temperature,
-            "max_tokens": config.max_tokens,
-            "seed": config.seed,
-            "verifier": config.verifier,
-            **dict(config.strategy_options),
-        },
+        "params": record_params(config),
         "reference": problem.answer,
         "samples": samples,
         "selected": selected,
         "correct": bool(selected) and all(s["correct"] for s in selected[:1]),
         "n": len(samples),
         "num_correct": sum(1 for s in samples if s["correct"]),
-        "usage": usage.to_dict(),
+        "usage": usage_data,
         "trace": [{"step": e.step, **dict(e.data)} for e in result.trace],
     }
 
@@ -483,6 +565,49 @@ def _strategy(config: SolveConfig, is_code: bool) -> Strategy:
     return strategy
 
 
+def _takes_sampler(factory: Any) -> bool:
+    try:
+        return "sampler" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _verifier_builder(config: SolveConfig) -> Callable[[Sampler], Verifier] | None:
+    """What builds the run's verifier for one problem, given the sampler it may call.
+
+    A verifier that calls a model (takes a ``sampler``, as the LLM judge does) is built per
+    problem on that problem's budgeted, journalled view of the run's server, so that its calls are
+    limited and counted with the problem's; any other is built once and shared. Options are
+    checked here, before anything is drawn.
+    """
+    from ttscale.scaling import build_verifier  # the proxy's builder: the same names and options
+
+    name = config.verifier
+    if not name:
+        return None
+    options = dict(config.verifier_options)
+    if name == "unit_tests" and config.allow_code_execution:
+        options.setdefault("allow_code_execution", True)
+    try:
+        factory = load("verifier", name)
+    except ConfigError as exc:
+        raise ConfigError(f"--verifier {name}: {exc}") from exc
+
+    def build(sampler: Sampler | None) -> Verifier:
+        try:
+            return build_verifier(name, options, sampler=sampler)
+        except ConfigError as exc:
+            # The builder speaks of request fields; here they are flags.
+            raise ConfigError(
+                f"--verifier {name} with options {sorted(options)} (-V KEY=VALUE): {exc}"
+            ) from exc
+
+    if not _takes_sampler(factory):
+        shared = build(None)
+        return lambda _sampler: shared
+    return build
+
+
 async def solve(
     config: SolveConfig,
     *,
@@ -513,14 +638,7 @@ async def solve(
     is_code = all(p.tests is not None for p in problems)
     grader = _default_grader(problems, config)
     strategy = _strategy(config, is_code)
-    verifier: Verifier | None = None
-    if config.verifier:
-        verifier_options = (
-            {"allow_code_execution": True}
-            if config.verifier == "unit_tests" and config.allow_code_execution
-            else {}
-        )
-        verifier = create("verifier", config.verifier, **verifier_options)
+    build_verifier = _verifier_builder(config)
     extract = get_extractor(
         "code" if is_code else str(config.strategy_options.get("extractor", "auto"))
     )
@@ -549,6 +667,8 @@ async def solve(
                 params=SamplingParams(seed=config.seed),
             )
         )
+    if build_verifier is not None:
+        build_verifier(sampler)  # a bad option fails here, before anything is drawn
     # The cache spans runs (nothing is paid for twice); the journal resumes this one.
     cache = SampleCache(config.cache) if config.cache is not None else None
     drawer: Sampler = CachedSampler(sampler, cache, model=model) if cache is not None else sampler
@@ -563,17 +683,32 @@ async def solve(
     replayed = 0
     gate = asyncio.Semaphore(config.problem_concurrency)
     started = time.perf_counter()
+    # The choke point every draw goes through, the strategy's and the verifier's: one tracker
+    # counts the run and each problem.
+    tracker = BudgetTracker()
 
     async def run_one(problem: Problem) -> None:
         nonlocal replayed
         async with gate:
             problem_started = time.perf_counter()
-            view = JournalledSampler(drawer, journal, problem.id)
-            inner: Sampler = InstructedSampler(view, CODE_INSTRUCTION) if is_code else view
-            result = await strategy.run(problem, inner, verifier)
+            views = [JournalledSampler(drawer, journal, problem.id)]
+            draws: Sampler = BudgetedSampler(views[0], tracker=tracker).for_problem(problem.id)
+            inner = InstructedSampler(draws, CODE_INSTRUCTION) if is_code else draws
+            meter: MeteredVerifier | None = None
+            if build_verifier is not None:
+                views.append(JournalledSampler(drawer, journal, problem.id, by_prompt=True))
+                asks = BudgetedSampler(views[1], tracker=tracker).for_problem(problem.id)
+                meter = MeteredVerifier(build_verifier(asks))
+            result = await strategy.run(problem, inner, meter)
             grades = await grader.score(problem, result.candidates)
             record = _record(
-                problem, config, result, grades, extract, time.perf_counter() - problem_started
+                problem,
+                config,
+                result,
+                grades,
+                extract,
+                time.perf_counter() - problem_started,
+                verifier_usage=meter.usage if meter is not None else None,
             )
             async with lock:
                 with out.open("a", encoding="utf-8") as handle:
@@ -584,7 +719,7 @@ async def solve(
                     human_eval.writelines(human_eval_lines(problem, record))
                     human_eval.flush()
                 records.append(record)
-                replayed += view.replayed
+                replayed += sum(view.replayed for view in views)
             if on_problem is not None:
                 on_problem(record)
 
