@@ -10,15 +10,21 @@ red-flagged ones included; at the cap the current leader is returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ttscale.errors import ConfigError
 from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, votes_summary
-from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
-from ttscale.strategies.stopping import lead, votes_needed_for_lead
+from ttscale.strategies.selection import (
+    AnswerGroup,
+    best_member,
+    group_answers,
+    select_majority,
+    vote_counts,
+)
+from ttscale.strategies.stopping import first_to_ahead_by_k, lead, votes_needed_for_lead
 from ttscale.types import Candidate, Problem, Result
 
 __all__ = ["AheadByK", "AheadByKConfig", "red_flag_reason"]
@@ -67,6 +73,15 @@ def red_flag_reason(candidate: Candidate, answer: str | None, config: AheadByKCo
     return None
 
 
+def _group_names(groups: Sequence[AnswerGroup], count: int) -> list[str | None]:
+    """Each vote's group name, in draw order; None for red-flagged (non-voting) samples."""
+    names: list[str | None] = [None] * count
+    for group in groups:
+        for position in group.members:
+            names[position] = group.answer
+    return names
+
+
 class AheadByK:
     """The first answer to lead by ``margin`` votes wins."""
 
@@ -100,7 +115,10 @@ class AheadByK:
                 votes.append(None if why is not None else answer)
             groups = group_answers(votes, equivalence=config.equivalence)
             counts = [group.count for group in groups]
-            if lead(counts) >= config.margin:
+            # The rule itself is stopping.first_to_ahead_by_k, read over the votes as group names
+            # (so that equivalent answers vote together); the rounds above only decide how many
+            # votes to draw before asking it again.
+            if first_to_ahead_by_k(_group_names(groups, len(votes)), config.margin) is not None:
                 reason = "ahead_by_k"
                 break
         indices = run.indices

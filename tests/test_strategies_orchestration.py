@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ttscale import registry
 from ttscale.errors import ConfigError, SamplerError
@@ -164,6 +166,38 @@ def test_ahead_by_k_returns_the_leader_at_the_draw_cap() -> None:
     result = solve(AheadByK(samples=7, margin=3, extractor="text"), sampler)
     assert result.usage.samples == 7 and result.answers == ("a",)
     assert steps(result, "stop")[0]["reason"] == "max_draws"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    script=st.lists(st.sampled_from(["a", "b", "c", ""]), min_size=1, max_size=30),
+    margin=st.integers(1, 4),
+    cap=st.integers(1, 40),
+)
+def test_ahead_by_k_strategy_stops_exactly_when_the_lead_reaches_k(
+    script: list[str], margin: int, cap: int
+) -> None:
+    """The strategy, not just the pure rule: it draws in rounds, yet stops where one-at-a-time
+    voting would. "" extracts to nothing, so it is a red-flagged sample that does not vote."""
+    sampler = ScriptedSampler({"q": script})
+    result = solve(AheadByK(samples=cap, margin=margin, extractor="text"), sampler)
+    drawn = [script[c.index % len(script)] for c in result.candidates]
+    assert [c.index for c in result.candidates] == list(range(len(drawn)))
+    counts: dict[str, int] = {}
+    leads = []  # the winner's lead over the runner-up after each sample, counted here
+    for answer in drawn:
+        if answer:
+            counts[answer] = counts.get(answer, 0) + 1
+        top = [*sorted(counts.values(), reverse=True), 0, 0]
+        leads.append(top[0] - top[1])
+    (stop,) = steps(result, "stop")
+    if stop["reason"] == "ahead_by_k":
+        assert leads[-1] >= margin
+        assert result.answers == (max(counts, key=lambda answer: counts[answer]),)
+    else:
+        assert stop["reason"] == "max_draws" and len(drawn) == cap
+    # No sample was drawn after the race was settled.
+    assert all(value < margin for value in leads[:-1])
 
 
 def test_hedged_sampling_splits_calls_and_keeps_indices() -> None:
