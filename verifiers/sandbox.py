@@ -9,26 +9,35 @@ output, and resource limits set by a small bootstrap script before any untrusted
 The bootstrap is itself the first line of defence, and its layout matters:
 
 - it sets ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE`` and
-  ``RLIMIT_CORE``; when it runs as root it also drops every capability (best effort, through
-  ``prctl``/``capset``), because root ignores ``RLIMIT_NPROC`` and can read any process's
-  ``/proc/PID/environ``;
+  ``RLIMIT_CORE``;
+- where the kernel allows it (unprivileged user namespaces, or root) and ``namespaces`` is on,
+  it moves into new user, mount and PID namespaces, mapping only its own uid and gid;
 - it then forks once: the untrusted code runs in the child, and the bootstrap stays behind as its
-  parent, so ``os.kill(os.getppid(), SIGKILL)`` hits the bootstrap, never the verifier;
+  parent, so killing the parent (or the process group) hits the bootstrap, never the verifier;
+- in namespaces, the child is PID 1 of its own with a fresh ``/proc``: it sees no outside
+  process (so no ``/proc/PID/environ`` or ``cmdline`` of ours), the kernel's ptrace check
+  refuses it every outside process even of the same uid, and all it starts dies with it, whether
+  it left the process group or not. ``details["namespaces"]`` and ``details["proc_private"]``
+  say what held (a kernel without user namespaces leaves only the guard between the code and
+  the ``/proc`` entries of processes of its uid);
+- the child drops every capability it holds (best effort, through ``prctl``/``capset``): as
+  root, or inside its user namespace, it would otherwise be able to read other processes'
+  ``/proc/PID/environ`` or files it should not;
 - the child installs an audit hook (``guard``) that refuses process creation, network
   connections, signals to other processes, writes outside the run's directory and reads of other
   processes' ``/proc`` entries.
 
 ``RLIMIT_NPROC`` does not bind root: the kernel exempts uid 0 whatever its capabilities. Run as
 root, a fork bomb that gets past the guard is stopped only by the wall-clock kill of its process
-group (or, under bwrap, the end of its PID namespace), and thousands of processes may exist until
-then. Run the verifier as an unprivileged user where that matters.
+group (or the end of its PID namespace), and thousands of processes may exist until then. Run
+the verifier as an unprivileged user where that matters.
 
 What the plain subprocess backend can and cannot do: the audit hook is a guard against accidents
-and naive attacks, not a security boundary. Code that reaches ``ctypes`` can call ``connect``,
-``fork`` or ``setsid`` directly and so escape the hook and the process group. Then only the
-resource limits and file permissions hold. For a real boundary use the ``bwrap`` backend
-(bubblewrap): no network namespace access, a read-only root, a private ``/tmp``, its own PID
-namespace and death with its parent.
+and naive attacks, not a security boundary. Code that reaches ``ctypes`` can call ``connect``
+directly and so escape the hook; without namespaces it can also ``fork`` and ``setsid`` out of
+the process group. Then only the resource limits and file permissions hold. For a real boundary
+use the ``bwrap`` backend (bubblewrap): no network namespace access, a read-only root, a private
+``/tmp``, its own PID namespace and death with its parent.
 """
 
 from __future__ import annotations
@@ -89,7 +98,8 @@ class SandboxConfig:
     if the wall-clock kill were missed. ``max_processes`` is how many more processes the run's
     user may start (``RLIMIT_NPROC`` counts every process of a user, so the limit is set to the
     user's current count plus this). ``guard`` installs the audit hook described in the module
-    docstring. ``backend`` "auto" uses bubblewrap when ``bwrap`` is on the PATH.
+    docstring. ``backend`` "auto" uses bubblewrap when ``bwrap`` is on the PATH. ``namespaces``
+    gives a subprocess run its own user, mount and PID namespaces where the kernel allows it.
     """
 
     timeout_s: float = 10.0
@@ -103,6 +113,7 @@ class SandboxConfig:
     python: str = field(default_factory=lambda: sys.executable)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     drop_capabilities: bool = True
+    namespaces: bool = True
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -228,8 +239,10 @@ for name, value in spec["limits"].items():
     except (ValueError, OSError) as exc:
         sys.stderr.write("ttscale sandbox: could not set %s: %s\n" % (name, exc))
 
-capabilities_dropped = False
-if spec["drop_capabilities"] and os.geteuid() == 0:
+def drop_capabilities():
+    # Capabilities of the user namespace the process is in (all of them after unshare).
+    if not spec["drop_capabilities"]:
+        return False
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -239,15 +252,58 @@ if spec["drop_capabilities"] and os.geteuid() == 0:
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)
         data = (ctypes.c_uint32 * 6)()
-        capabilities_dropped = libc.capset(header, data) == 0
+        return libc.capset(header, data) == 0
     except Exception as exc:
         sys.stderr.write("ttscale sandbox: could not drop capabilities: %s\n" % exc)
+        return False
+
+# New user, mount and PID namespaces: the code then cannot read any outside process's
+# /proc/PID/environ or cmdline (a process in a child user namespace fails the kernel's ptrace
+# access check even for its own uid, and a fresh /proc lists only the run's processes), and
+# everything it starts dies with it, setsid or not, when the namespace's first process ends.
+namespaces = False
+if spec["namespaces"]:
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+        uid, gid = os.geteuid(), os.getegid()
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID) != 0:
+            raise OSError(ctypes.get_errno(), "unshare failed")
+        namespaces = True
+    except Exception as exc:
+        sys.stderr.write("ttscale sandbox: no private namespaces: %s\n" % exc)
+if namespaces:
+    # Map only our own ids, which needs no privilege in the parent namespace, except for uid 0
+    # without CAP_SETFCAP (Linux 5.12+). Unmapped, the code sees itself as the overflow uid;
+    # the namespaces hold all the same.
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)),
+                           ("gid_map", "%d %d 1" % (gid, gid))):
+            with open("/proc/self/" + name, "w") as handle:
+                handle.write(text)
+    except OSError:
+        pass
 
 status_read, status_write = os.pipe()
 child = os.fork()
 if child == 0:
     os.close(status_read)
     os.close(report_fd)
+    proc_private = False
+    if namespaces:
+        # The child is PID 1 of the new namespace; mount a /proc that shows only its processes.
+        try:
+            MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
+            if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+                raise OSError(ctypes.get_errno(), "making mounts private failed")
+            if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                          None) != 0:
+                raise OSError(ctypes.get_errno(), "mounting /proc failed")
+            proc_private = True
+        except Exception as exc:
+            sys.stderr.write("ttscale sandbox: /proc is not private: %s\n" % exc)
+    capabilities_dropped = drop_capabilities()
     status = {"outcome": "error", "reason": "the sandbox child failed before running the code"}
     blocked = []
     exit_code = 2
@@ -368,7 +424,8 @@ if child == 0:
             elif event in network_events:
                 refuse("network access (%s to %r)" % (event, args[1] if len(args) > 1 else None))
             elif event in ("os.kill", "os.killpg"):
-                if event == "os.killpg" or args[0] not in (own_pid, 0):
+                # Pid 0 is the whole process group, which includes the supervisor.
+                if event == "os.killpg" or args[0] != own_pid:
                     refuse("signalling another process (%s %r)" % (event, args[0]))
             elif event == "open":
                 path, mode, flags = args
@@ -392,6 +449,8 @@ if child == 0:
     finally:
         try:
             status["blocked"] = blocked
+            status["capabilities_dropped"] = capabilities_dropped
+            status["proc_private"] = proc_private
             os.write(status_write, json.dumps(status).encode()[:60000])
         except BaseException:
             pass
@@ -403,26 +462,42 @@ if child == 0:
         os._exit(exit_code)
 
 os.close(status_write)
+drop_capabilities()
+# Read the status while waiting for the child, and stop when the child has ended, not at the
+# pipe's end: a process the code left behind holds the pipe open until it dies.
+import select
+os.set_blocking(status_read, False)
 chunks = []
+kept = 0
+wait_status = None
 while True:
+    if wait_status is None:
+        pid, status_now = os.waitpid(child, os.WNOHANG)
+        if pid:
+            wait_status = status_now
+    finished = wait_status is not None
+    if not finished:
+        select.select([status_read], [], [], 0.05)
     try:
-        chunk = os.read(status_read, 65536)
-    except InterruptedError:
-        continue
-    if not chunk:
+        while True:
+            chunk = os.read(status_read, 65536)
+            if not chunk:
+                finished = True
+                break
+            if kept < 65536:  # the child's status is at most 60000 bytes; the rest is noise
+                chunks.append(chunk)
+                kept += len(chunk)
+    except BlockingIOError:
+        pass
+    if finished:
         break
-    chunks.append(chunk)
-while True:
-    try:
-        _, wait_status = os.waitpid(child, 0)
-        break
-    except InterruptedError:
-        continue
+if wait_status is None:
+    _, wait_status = os.waitpid(child, 0)
 report = {
     "status": b"".join(chunks).decode("utf-8", "replace"),
     "exit_code": os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else None,
     "signal": os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else None,
-    "capabilities_dropped": capabilities_dropped,
+    "namespaces": namespaces,
 }
 os.write(report_fd, json.dumps(report).encode())
 os._exit(0)
@@ -464,6 +539,10 @@ def _bwrap_command(workdir: str, inner: list[str]) -> list[str]:
         "--unshare-all",
         "--die-with-parent",
         "--new-session",
+        # The bootstrap is the namespace's PID 1: when it ends, the kernel ends every process
+        # the code left there before bwrap (so the verdict) sees it gone. Under bwrap's own init
+        # they would die later, after the verdict.
+        "--as-pid-1",
         "--",
         *inner,
     ]  # fmt: skip
@@ -555,14 +634,17 @@ def _interpret(
             (),
             {},
         )
-    extra = {"capabilities_dropped": bool(report.get("capabilities_dropped"))}
     try:
         status = json.loads(report.get("status") or "null")
     except ValueError:
         status = None
     blocked: tuple[str, ...] = ()
+    # What isolated the code: told by the child that ran it (unknown if it died silently).
+    extra: dict[str, Any] = {"namespaces": bool(report.get("namespaces"))}
     if isinstance(status, dict):
         blocked = tuple(str(item) for item in status.get("blocked", ()))
+        extra["capabilities_dropped"] = bool(status.get("capabilities_dropped"))
+        extra["proc_private"] = bool(status.get("proc_private"))
     child_signal = report.get("signal")
     if child_signal is not None:
         if child_signal in (signal.SIGXCPU, signal.SIGKILL) and not isinstance(status, dict):
@@ -622,6 +704,8 @@ async def run_untrusted(
             "entry": entry,
             "mode": mode,
             "guard": config.guard,
+            # bwrap makes its own namespaces; nesting more inside them gains nothing.
+            "namespaces": config.namespaces and backend == "subprocess",
             "report_fd": report_write,
             "drop_capabilities": config.drop_capabilities,
             "limits": _limits(config, count_processes_of_user(os.getuid())),
@@ -664,6 +748,11 @@ async def run_untrusted(
             log.warning(
                 "sandbox run %s: processes outside the group still hold its output", workdir
             )
+            # Let go of the pipes now: the transport would otherwise outlive the event loop and
+            # keep reading from whatever escaped (asyncio.subprocess.Process has no public close).
+            transport = getattr(process, "_transport", None)
+            if transport is not None:
+                transport.close()
         report = _parse_report(raw_report)
         exit_status = process.returncode
         if timed_out:
@@ -691,7 +780,7 @@ async def run_untrusted(
             exit_status=exit_status,
             blocked=blocked,
             backend=backend,
-            details=extra,
+            details={**extra, "workdir": workdir},
         )
     finally:
         os.close(report_read)

@@ -73,6 +73,7 @@ class UnitTestConfig:
     max_open_files: int = 256
     max_output_bytes: int = 64 * 1024
     guard: bool = True
+    namespaces: bool = True
     backend: Backend = "subprocess"
     python: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -93,6 +94,7 @@ class UnitTestConfig:
             "max_open_files": self.max_open_files,
             "max_output_bytes": self.max_output_bytes,
             "guard": self.guard,
+            "namespaces": self.namespaces,
             "backend": self.backend,
             "extra_env": self.extra_env,
         }
