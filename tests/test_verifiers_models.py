@@ -98,7 +98,15 @@ def test_process_reward_verifier_scores_prefixes() -> None:
     assert "weakest step 2" in bad.reason
     last = ProcessRewardVerifier(as_verifier(prefix_scorer), aggregation="mean")
     assert math.isclose(score(last, ["a\n\nWRONG"])[0].value, 0.55)
-    assert isinstance(create("verifier", "process_reward", step_scorer=prefix_scorer), object)
+    # By name, with options: the same verifier, the plain function wrapped as a prefix scorer.
+    built = create("verifier", "process_reward", step_scorer=prefix_scorer, aggregation="product")
+    assert isinstance(built, ProcessRewardVerifier) and built.config.aggregation == "product"
+    assert isinstance(built.step_scorer, PrefixStepScorer)
+    (product,) = score(built, ["a\n\nWRONG\n\nb"])
+    assert math.isclose(product.value, 0.9 * 0.2 * 0.2)
+    assert product.details["step_scores"] == [0.9, 0.2, 0.2]
+    with pytest.raises(ConfigError, match="unknown aggregation"):
+        create("verifier", "process_reward", step_scorer=prefix_scorer, aggregation="max")
 
 
 # -- served reward model --------------------------------------------------------------------------
