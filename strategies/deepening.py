@@ -22,28 +22,57 @@ composition as a registered strategy.
 
 Continuing a partial assistant answer needs server support; the ``continuation`` option says how:
 
-- ``"prefill"``: the chat messages end with an assistant message holding the partial answer. The
-  llama.cpp server continues it (assistant prefill, on by default); so do Anthropic-style APIs.
+- ``"prefill"``: the chat messages end with an assistant message holding the partial answer.
 - ``"vllm"``: the same messages plus ``continue_final_message: true, add_generation_prompt: false``
   in the body, which vLLM's chat endpoint needs to continue rather than start a new turn.
 - ``"text"``: the prompt rendered to text by ``template`` (a function of the messages, e.g.
   :func:`chatml` for Qwen models, or a tokenizer's ``apply_chat_template``) with the partial answer
-  appended, for a sampler on the completions endpoint. Works with any server with ``/completions``.
+  appended, for a sampler on the completions endpoint.
 
-Hosted chat APIs without prefill (OpenAI's) cannot continue an answer; use ``text`` elsewhere.
+Which server supports which mode:
+
+=========================  =========  ========  =====================================
+server                     prefill    vllm      text
+=========================  =========  ========  =====================================
+llama.cpp ``llama-server``  yes (1)    yes (2)   yes (``/completions``)
+vLLM OpenAI server         no (3)     yes       yes (``/completions``)
+OpenAI hosted API          no (4)     no (5)    only legacy completion models
+in-process samplers        yes (6)    yes (6)   yes (a text prompt is used as it is)
+=========================  =========  ========  =====================================
+
+(1) Assistant prefill is on by default (``--no-prefill-assistant`` turns it off; it is refused
+with ``enable_thinking``). (2) The prefill does the continuing: llama.cpp renders the messages
+before the trailing assistant one with a generation prompt and appends its text, whatever the two
+flags say.
+(3) vLLM applies the template with ``add_generation_prompt`` unless told otherwise, so a trailing
+assistant message is followed by a new assistant turn: the model starts over. (4) A trailing
+assistant message is taken as a finished turn. (5) Unknown body fields are refused (400). (6)
+:class:`~ttscale.samplers.transformers_sampler.TransformersSampler` and
+:class:`~ttscale.samplers.vllm_sampler.VLLMSampler` render messages ending with an assistant message
+with ``continue_final_message=True`` (no new turn), and take the two vLLM flags out of
+``extra_body``.
+
+What was paid for is kept. A segment refused by a budget ends that sample's deepening: the sample
+is returned as it stood after its last segment (a draw all of whose samples were refused before
+their first segment raises the refusal). A segment that fails otherwise ends that sample too, and
+once every sample of the call has ended the error is raised with the samples that have any text as
+its ``partial`` batch, whose usage counts every segment sent. Each sample's triggers and segment
+boundaries are in :attr:`DeepeningSampler.records` (and the strategy's ``deepening`` trace event).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier
+from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
+from ttscale.protocols import Sampler, Verifier, check_draw
 from ttscale.registry import build_config, create
 from ttscale.strategies.base import StrategyConfig, resolve_config
 from ttscale.types import (
@@ -66,6 +95,8 @@ __all__ = [
     "chatml",
     "trigger_schedule",
 ]
+
+log = logging.getLogger(__name__)
 
 Continuation = Literal["prefill", "vllm", "text"]
 DEFAULT_TRIGGERS = ("\n\nWait, let me check my reasoning.\n",)
@@ -125,20 +156,61 @@ class DeepeningConfig:
 class _Deepened:
     """One deepened sample under way; never shared."""
 
+    index: int
     text: str = ""
     generated: int = 0
-    triggers: list[str] = field(default_factory=list)
+    exact: bool = True
+    seed: int | None = None
+    model: str = ""
+    temperature: float | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
     usages: list[Usage] = field(default_factory=list)
     finish_reason: str | None = None
     latency_s: float = 0.0
+    stopped: str | None = None  # why it ended before its last budget: "budget" or "error"
+    error: Exception | None = None
+
+    @property
+    def usage(self) -> Usage:
+        # One deepened answer is one sample however many requests it took; none without text.
+        return Usage.total(self.usages).replace(samples=1 if self.segments else 0)
+
+    def candidate(self) -> Candidate | None:
+        if not self.segments:
+            return None
+        return Candidate(
+            text=self.text,
+            index=self.index,
+            finish_reason=self.finish_reason,
+            completion_tokens=self.generated,
+            tokens_exact=self.exact,
+            seed=self.seed,
+            model=self.model,
+            latency_s=self.latency_s,
+            temperature=self.temperature,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The sample's trigger schedule: its segments, where each sits in the text, and why it
+        stopped (JSON-ready)."""
+        return {
+            "index": self.index,
+            "segments": [dict(segment) for segment in self.segments],
+            "triggers": [s["trigger"] for s in self.segments if s["trigger"] is not None],
+            "stopped": self.stopped,
+            "error": str(self.error) if self.error is not None else None,
+        }
 
 
 class DeepeningSampler:
     """A Sampler whose every sample is one iteratively deepened answer (module docstring).
 
     Sample ``i``'s segments are drawn as indices ``i * stride + s`` of the inner sampler, so every
-    segment request has its own derived seed and no two samples share one.
+    segment request has its own derived seed and no two samples share one. :attr:`records` maps
+    each sample index drawn to its trigger schedule: per segment the budget, the ``max_tokens``
+    asked, the tokens generated, the finish reason, the trigger sent before it (or None), the
+    segment's span ``[start, end)`` in the sample's text (the trigger sits just before ``start``)
+    and the segment's usage; and why the sample stopped early, if it did.
     """
 
     def __init__(
@@ -154,6 +226,7 @@ class DeepeningSampler:
         self.config = config
         self.budgets = config.budgets
         self.stride = len(self.budgets)
+        self.records: dict[int, dict[str, Any]] = {}
 
     def continuation_prompt(self, prompt: Prompt, partial: str) -> Prompt:
         """What is sent to continue ``partial`` as the answer to ``prompt``."""
@@ -167,15 +240,19 @@ class DeepeningSampler:
             return messages
         return [*messages, {"role": "assistant", "content": partial}]
 
-    def _params(self, params: SamplingParams, partial: str, max_tokens: int) -> SamplingParams:
+    def _params(
+        self, params: SamplingParams | None, partial: str, max_tokens: int
+    ) -> SamplingParams:
+        # An override of the inner sampler's settings (None fields keep the sampler's own).
+        base = params if params is not None else SamplingParams()
         changes: dict[str, Any] = {"max_tokens": max_tokens}
         if self.config.continuation == "vllm" and partial:
             changes["extra_body"] = {
-                **params.extra_body,
+                **base.extra_body,
                 "continue_final_message": True,
                 "add_generation_prompt": False,
             }
-        return params.replace(**changes)
+        return base.replace(**changes)
 
     async def sample(
         self,
@@ -185,38 +262,88 @@ class DeepeningSampler:
         *,
         start_index: int = 0,
     ) -> SampleBatch:
-        params = params or SamplingParams()
+        """Deepen samples ``start_index .. start_index + n - 1``; see the module docstring for
+        what a budget refusal or a failure part way returns or raises."""
+        check_draw(n, start_index)
+        started = time.perf_counter()
         indices = range(start_index, start_index + n)
+        # Each sample catches its own failure, so every sample runs to its end and nothing a
+        # finished segment paid for is dropped with a sibling's error.
         runs = await asyncio.gather(*(self._deepen(prompt, params, i) for i in indices))
-        candidates = tuple(candidate for candidate, _ in runs)
-        return SampleBatch(candidates, Usage.total([usage for _, usage in runs]))
+        for run in runs:
+            self.records[run.index] = run.record()
+        made = [(run.candidate(), run) for run in runs]
+        candidates = tuple(candidate for candidate, _ in made if candidate is not None)
+        usage = Usage.total([run.usage for run in runs])
+        batch = SampleBatch(candidates, usage.replace(wall_time_s=time.perf_counter() - started))
+        failed = [run for run in runs if run.stopped == "error"]
+        if failed:
+            first = failed[0]
+            assert first.error is not None  # set with stopped="error"
+            log.warning(
+                "deepening: %d of %d sample(s) failed part way; keeping %d sample(s) drawn",
+                len(failed),
+                n,
+                len(candidates),
+            )
+            if isinstance(first.error, SamplerError):
+                first.error.partial = batch
+                raise first.error
+            raise SamplerError(
+                f"deepened sample {first.index} failed at segment {len(first.segments)}: "
+                f"{first.error}",
+                partial=batch,
+            ) from first.error
+        refused = [run for run in runs if run.stopped == "budget"]
+        if refused and not candidates:
+            # Nothing was drawn at all: the refusal is the answer, as for a plain draw.
+            assert refused[0].error is not None
+            raise refused[0].error
+        return batch
 
-    async def _deepen(
-        self, prompt: Prompt, params: SamplingParams, index: int
-    ) -> tuple[Candidate, Usage]:
-        state = _Deepened()
-        seed: int | None = None
+    async def _deepen(self, prompt: Prompt, params: SamplingParams | None, index: int) -> _Deepened:
+        state = _Deepened(index)
         for segment, budget in enumerate(self.budgets):
+            trigger: str | None = None
             if segment > 0:
                 ran_out = state.finish_reason == "length"
                 if not ran_out or self.config.trigger_on_length:
                     trigger = self.config.triggers[(segment - 1) % len(self.config.triggers)]
-                    state.text += trigger
-                    state.triggers.append(trigger)
+            partial = state.text + (trigger or "")
             room = max(1, budget - state.generated)
-            batch = await self.sampler.sample(
-                self.continuation_prompt(prompt, state.text),
-                1,
-                self._params(params, state.text, room),
-                start_index=index * self.stride + segment,
-            )
+            try:
+                batch = await self.sampler.sample(
+                    self.continuation_prompt(prompt, partial),
+                    1,
+                    self._params(params, partial, room),
+                    start_index=index * self.stride + segment,
+                )
+            except BudgetExhausted as exc:
+                # Nothing was sent: the sample ends as it stood, trigger not appended.
+                state.stopped, state.error = "budget", exc
+                break
+            except Exception as exc:  # any failure ends this sample only; sample() raises it
+                delivered = exc.partial if isinstance(exc, SamplerError) else None
+                state.usages.append(
+                    delivered.usage
+                    if isinstance(delivered, SampleBatch)
+                    # Nothing says what the failed request spent: count it as failed.
+                    else Usage(failed_requests=1)
+                )
+                state.stopped, state.error = "error", exc
+                break
             state.usages.append(batch.usage)
             if not batch.candidates:
+                state.stopped = "empty"
                 break
             piece = batch.candidates[0]
-            seed = piece.seed if seed is None else seed
-            state.text += piece.text
+            if not state.segments:
+                state.seed, state.model = piece.seed, piece.model
+                state.temperature = piece.temperature
+            start = len(partial)
+            state.text = partial + piece.text
             state.generated += piece.completion_tokens
+            state.exact = state.exact and piece.tokens_exact
             state.finish_reason = piece.finish_reason
             state.latency_s += piece.latency_s
             state.segments.append(
@@ -224,23 +351,15 @@ class DeepeningSampler:
                     "budget": budget,
                     "max_tokens": room,
                     "generated": piece.completion_tokens,
+                    "tokens_exact": piece.tokens_exact,
                     "finish_reason": piece.finish_reason,
+                    "trigger": trigger,
+                    "start": start,
+                    "end": len(state.text),
+                    "usage": batch.usage.replace(wall_time_s=0.0).to_dict(),
                 }
             )
-        usage = Usage.total(state.usages)
-        candidate = Candidate(
-            text=state.text,
-            index=index,
-            finish_reason=state.finish_reason,
-            completion_tokens=state.generated,
-            tokens_exact=True,
-            seed=seed,
-            model=getattr(getattr(self.sampler, "config", None), "model", ""),
-            latency_s=state.latency_s,
-            temperature=params.temperature,
-        )
-        # One deepened answer is one sample however many requests it took.
-        return candidate, usage.replace(samples=1)
+        return state
 
 
 @dataclass(frozen=True)
@@ -308,6 +427,12 @@ class IterativeDeepening:
                 "budgets": deepening.budgets,
                 "continuation": self.config.continuation,
                 "select": self.config.select,
+                # Per candidate: its triggers, segment spans and why it stopped early, if it did.
+                "samples": [
+                    deepening.records[c.index]
+                    for c in result.candidates
+                    if c.index in deepening.records
+                ],
             },
         )
         return dataclasses.replace(result, trace=(event, *result.trace))

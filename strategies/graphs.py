@@ -21,9 +21,15 @@ or model names). A spec is Python objects (:class:`GraphSpec`) or a JSON/YAML fi
      "budget": 20}
 
 Cost is counted per node in tokens and in model cost units: a node's units are its model's ``cost``
-per call times its calls (the units of the paper's code: 1B=1, 3B=3, 8B=9, 70B=81). ``budget`` (in
-units) is checked before anything runs; a token or money limit (a stop condition) is enforced
-during the run by one budget over every node's sampler.
+per call times the samples it drew (the units of the paper's code: 1B=1, 3B=3, 8B=9, 70B=81).
+``budget`` (in units) is checked against the spec before anything runs (``cost_units()``, what a
+run costs when every draw is delivered in full); a token or money limit (a stop condition) is
+enforced during the run by one budget over every node's sampler.
+
+Nothing paid for is lost when a node fails: no further node starts, the draws in flight finish,
+and the error (:class:`GraphNodeFailed`, or :class:`GraphBudgetExhausted` when a budget refused a
+draw) carries as ``partial`` the :class:`GraphRun` of the nodes that finished, the failed node's
+own partial samples and usage included.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ttscale.budget import BudgetedSampler, BudgetTracker, Condition
-from ttscale.errors import ConfigError, DataError
+from ttscale.errors import BudgetExhausted, ConfigError, DataError, SamplerError
 from ttscale.protocols import Sampler, Verifier, with_model
 from ttscale.registry import build_config
 from ttscale.strategies.base import StrategyConfig, resolve_config
@@ -51,13 +57,16 @@ from ttscale.types import (
     Problem,
     Prompt,
     Result,
+    SampleBatch,
     SamplingParams,
     TraceEvent,
     Usage,
 )
 
 __all__ = [
+    "GraphBudgetExhausted",
     "GraphConfig",
+    "GraphNodeFailed",
     "GraphRun",
     "GraphSpec",
     "GraphStrategy",
@@ -387,11 +396,16 @@ class NodeOutput:
 
 @dataclass(frozen=True)
 class GraphRun:
-    """A graph's run on one problem: each node's outputs and costs, and the final answer."""
+    """A graph's run on one problem: each node's outputs and costs, and the final answer.
+
+    A run cut short by a failure (an error's ``partial``) has no ``final``; ``failed`` maps each
+    node that failed, or was not run because of a failure, to the reason.
+    """
 
     spec: GraphSpec
     outputs: Mapping[str, NodeOutput]
     final: tuple[Candidate, ...]
+    failed: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def usage(self) -> Usage:
@@ -400,6 +414,29 @@ class GraphRun:
     @property
     def cost_units(self) -> float:
         return sum(o.cost_units for o in self.outputs.values())
+
+
+class GraphNodeFailed(SamplerError):
+    """A node's draw failed; ``node`` names it, ``partial`` is the :class:`GraphRun` so far."""
+
+    def __init__(self, message: str, *, node: str, partial: GraphRun) -> None:
+        self.node = node
+        super().__init__(message, partial=partial)
+
+
+class GraphBudgetExhausted(BudgetExhausted):
+    """A budget refused a node's draw; ``node`` names it, ``partial`` is the :class:`GraphRun`
+    of the nodes that finished."""
+
+    def __init__(self, message: str, *, node: str, partial: GraphRun) -> None:
+        self.node = node
+        self.partial = partial
+        super().__init__(message)
+
+
+def _where(spec: GraphSpec, node_id: str) -> str:
+    node = spec.node(node_id)
+    return f"graph {spec.name!r}: node {node_id!r} ({node.role} on {node.model or 'the default'})"
 
 
 def _question(problem: Problem) -> str:
@@ -459,27 +496,37 @@ async def execute_graph(
     order = spec.order
     stride = max(node.samples for node in spec.nodes)
     offsets = {node_id: position * stride for position, node_id in enumerate(order)}
-    done: dict[str, asyncio.Future[NodeOutput]] = {
+    # A node's output, or None when it failed or was not run: its successors then do not run.
+    done: dict[str, asyncio.Future[NodeOutput | None]] = {
         node_id: asyncio.get_running_loop().create_future() for node_id in order
     }
+    outputs: dict[str, NodeOutput] = {}
+    failures: dict[str, Exception] = {}  # in the order they happened
+    skipped: dict[str, str] = {}
     question = _question(problem)
 
-    async def run_node(node_id: str) -> None:
+    async def run_node(node_id: str) -> NodeOutput | None:
         node = spec.node(node_id)
         inputs: list[Candidate] = []
         for predecessor in spec.predecessors(node_id):
-            inputs.extend((await done[predecessor]).candidates)
+            output = await done[predecessor]
+            if output is None:
+                skipped[node_id] = f"its input {predecessor!r} did not finish"
+                return None
+            inputs.extend(output.candidates)
+        if failures:
+            # Another node failed: the graph cannot finish, so nothing more is paid for.
+            skipped[node_id] = f"node {next(iter(failures))!r} failed first"
+            return None
         offset = offsets[node_id]
         if node.role == "vote":
             answers = [extract(c.text) for c in inputs]
             top = select_majority(answers, 1, indices=[c.index for c in inputs])
             best = top[0].members[0] if top else 0
             votes = {g.answer: g.count for g in group_answers(answers)}
-            output = NodeOutput(
+            return NodeOutput(
                 node_id, (inputs[best],) if inputs else (), Usage(), 0.0, {"votes": votes}
             )
-            done[node_id].set_result(output)
-            return
         changes: dict[str, Any] = {}
         if node.temperature is not None:
             changes["temperature"] = node.temperature
@@ -495,10 +542,30 @@ async def execute_graph(
                 key = "generate_with_context" if inputs else "generate"
             template = node.template or TEMPLATES[key]
             prompt = template.replace("{question}", question).replace("{context}", _context(inputs))
-        batch = await sampler(node.model).sample(
-            prompt, node.samples, node_params, start_index=offset
-        )
-        units = spec.model_cost(node.model) * node.samples
+        cost = spec.model_cost(node.model)
+        try:
+            batch = await sampler(node.model).sample(
+                prompt, node.samples, node_params, start_index=offset
+            )
+        except Exception as exc:
+            failures[node_id] = exc
+            delivered = exc.partial if isinstance(exc, SamplerError) else None
+            if isinstance(delivered, SampleBatch):
+                outputs[node_id] = NodeOutput(
+                    node_id,
+                    delivered.candidates,
+                    delivered.usage,
+                    cost * len(delivered.candidates),
+                    {"error": str(exc)},
+                )
+            elif not isinstance(exc, BudgetExhausted):  # a refusal sent nothing
+                # Nothing says what the failed draw spent: count the request that failed.
+                outputs[node_id] = NodeOutput(
+                    node_id, (), Usage(failed_requests=1), 0.0, {"error": str(exc)}
+                )
+            return None
+        # What was drawn, not what the spec asked for: a budget may have trimmed the draw.
+        units = cost * len(batch.candidates)
         if node.role == "judge":
             reply = batch.candidates[0].text if batch.candidates else ""
             pick = parse_choice(reply, len(inputs))
@@ -506,22 +573,40 @@ async def execute_graph(
             detail = {"reply": reply, "pick": pick, "fallback": pick is None}
             if pick is None:
                 log.info("judge node %s gave no usable number; taking the first answer", node_id)
-            output = NodeOutput(node_id, (chosen,), batch.usage, units, detail)
-        else:
-            output = NodeOutput(node_id, batch.candidates, batch.usage, units)
-        done[node_id].set_result(output)
+            return NodeOutput(node_id, (chosen,), batch.usage, units, detail)
+        return NodeOutput(node_id, batch.candidates, batch.usage, units)
 
-    tasks = [asyncio.create_task(run_node(node_id)) for node_id in order]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    outputs = {node_id: done[node_id].result() for node_id in order}
+    async def settle(node_id: str) -> None:
+        output: NodeOutput | None = None
+        try:
+            output = await run_node(node_id)
+            if output is not None:
+                outputs[node_id] = output
+        finally:
+            # Successors wake whatever happened (cancellation included), never wait forever.
+            done[node_id].set_result(output)
+
+    # Every node catches its own failure, so gather returns once every draw in flight is back.
+    await asyncio.gather(*(settle(node_id) for node_id in order))
+    ordered = {node_id: outputs[node_id] for node_id in order if node_id in outputs}
+    if failures:
+        failed = {node_id: str(exc) for node_id, exc in failures.items()}
+        partial = GraphRun(spec, ordered, (), MappingProxyType({**failed, **skipped}))
+        # An error outranks a refusal: it says something is wrong, not merely spent.
+        errors = [(n, e) for n, e in failures.items() if not isinstance(e, BudgetExhausted)]
+        if not errors:
+            node_id, exc = next(iter(failures.items()))
+            raise GraphBudgetExhausted(
+                f"{_where(spec, node_id)}: a budget refused its draw: {exc}",
+                node=node_id,
+                partial=partial,
+            ) from exc
+        node_id, exc = errors[0]
+        raise GraphNodeFailed(
+            f"{_where(spec, node_id)} failed: {exc}", node=node_id, partial=partial
+        ) from exc
     assert spec.final is not None  # set by GraphSpec
-    return GraphRun(spec, outputs, outputs[spec.final].candidates)
+    return GraphRun(spec, ordered, ordered[spec.final].candidates)
 
 
 # -- the strategy --------------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ttscale import ConfigError, OpenAISampler, Problem, SamplingParams
+from ttscale import ConfigError, OpenAISampler, Problem, SampleBatch, SamplingParams
+from ttscale.budget import BudgetedSampler, max_requests, max_samples
+from ttscale.errors import UpstreamError
 from ttscale.strategies.deepening import (
     DeepeningSampler,
     IterativeDeepening,
@@ -16,7 +19,7 @@ from ttscale.strategies.deepening import (
     trigger_schedule,
 )
 from ttscale.strategies.majority import Majority
-from ttscale.testing.server import LoopbackServer, ScriptRequest, count_tokens
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest, count_tokens
 
 QUESTION = "What is 6 * 7?"
 FIRST = "Six sevens: 6 * 7 = 41, so \\boxed{41}."
@@ -170,3 +173,130 @@ def test_vllm_continuation_flags(server: LoopbackServer) -> None:
     assert "continue_final_message" not in first and first["top_k"] == 5
     assert second["continue_final_message"] is True
     assert second["add_generation_prompt"] is False and second["top_k"] == 5
+
+
+def test_a_budget_refusing_the_third_segment_keeps_the_first_two(server: LoopbackServer) -> None:
+    async def go() -> tuple[Any, DeepeningSampler]:
+        async with sampler(server) as inner:
+            budget = BudgetedSampler(inner, limit=max_requests(2))
+            deep = DeepeningSampler(budget, b0=8, gamma=2.0, b_max=64, triggers=(TRIGGER,))
+            return await deep.sample(QUESTION, 1), deep
+
+    batch, deep = asyncio.run(go())
+    requests = [r for r in server.records if r.body]
+    assert len(requests) == 2  # the third segment was never sent
+    (candidate,) = batch.candidates
+    # The answer as it stood after two segments: no dangling trigger for the refused third.
+    assert candidate.text == "Six sevens: 6 * 7 = 41" + TRIGGER + " Actually 6 * 7 = 42, so"
+    assert candidate.completion_tokens == sum(r.completion_tokens for r in requests) == 16
+    served = server.delivered_usage()
+    assert batch.usage.prompt_tokens == served["prompt_tokens"]
+    assert batch.usage.completion_tokens == served["completion_tokens"]
+    assert batch.usage.requests == served["requests"] == 2 and batch.usage.samples == 1
+    record = deep.records[0]
+    assert record["stopped"] == "budget" and record["triggers"] == [TRIGGER]
+    first, second = record["segments"]
+    assert (first["trigger"], first["start"]) == (None, 0)
+    assert candidate.text[first["start"] : first["end"]] == "Six sevens: 6 * 7 = 41"
+    assert candidate.text[first["end"] : second["start"]] == TRIGGER
+    assert second["end"] == len(candidate.text)
+    assert [s["usage"]["completion_tokens"] for s in record["segments"]] == [
+        r.completion_tokens for r in requests
+    ]
+
+
+def test_a_failed_third_segment_raises_with_what_was_paid_for() -> None:
+    # Generation request 2 (the third segment of the only sample) answers 500.
+    fault = Fault("server_error", on_requests=frozenset({2}))
+    with LoopbackServer(answers=continuing, faults=(fault,)) as server:
+
+        async def go() -> tuple[Any, DeepeningSampler]:
+            inner = OpenAISampler(
+                model="loopback", base_url=server.base_url, api_key="k", max_retries=0
+            )
+            async with inner:
+                deep = DeepeningSampler(inner, b0=8, gamma=2.0, b_max=64, triggers=(TRIGGER,))
+                with pytest.raises(UpstreamError) as raised:
+                    await deep.sample(QUESTION, 1)
+                return raised.value, deep
+
+        error, deep = asyncio.run(go())
+        served = server.delivered_usage()
+    assert error.status_code == 500
+    partial = error.partial
+    assert isinstance(partial, SampleBatch)
+    (candidate,) = partial.candidates
+    assert candidate.text == "Six sevens: 6 * 7 = 41" + TRIGGER + " Actually 6 * 7 = 42, so"
+    assert partial.usage.prompt_tokens == served["prompt_tokens"]
+    assert partial.usage.completion_tokens == served["completion_tokens"]
+    assert partial.usage.requests == served["requests"] == 2
+    assert partial.usage.failed_requests == 1 and partial.usage.samples == 1
+    assert deep.records[0]["stopped"] == "error" and len(deep.records[0]["segments"]) == 2
+
+
+def test_a_strategy_under_a_sample_limit_keeps_every_deepened_sample(
+    server: LoopbackServer,
+) -> None:
+    problem = Problem(id="p", prompt=QUESTION, answer="42")
+
+    async def go() -> Any:
+        async with sampler(server) as inner:
+            # Segments are the budget's samples: three for two deepened samples of two segments.
+            budget = BudgetedSampler(inner, per_problem=max_samples(3)).for_problem("p")
+            return await IterativeDeepening(
+                samples=2, b0=64, gamma=2.0, b_max=128, triggers=(TRIGGER,)
+            ).run(problem, budget)
+
+    result = asyncio.run(go())
+    assert len(result.candidates) == 2 and result.usage.samples == 2
+    served = server.delivered_usage()
+    assert served["requests"] == 3
+    assert result.usage.prompt_tokens == served["prompt_tokens"]
+    assert result.usage.completion_tokens == served["completion_tokens"]
+    samples = result.trace[0].data["samples"]
+    assert [s["index"] for s in samples] == [c.index for c in result.candidates]
+    assert sorted(len(s["segments"]) for s in samples) == [1, 2]
+    assert sorted(str(s["stopped"]) for s in samples) == ["None", "budget"]
+    by_index = {c.index: c.text for c in result.candidates}
+    for record in samples:
+        expected = FIRST if len(record["segments"]) == 1 else FIRST + TRIGGER + SECOND
+        assert by_index[record["index"]] == expected
+
+
+class EstimatingSampler:
+    """Draws from the real server but, like a generate function that returns only text, knows its
+    token counts only as estimates: it marks every candidate ``tokens_exact=False`` from a chosen
+    segment (draw call) on."""
+
+    def __init__(self, inner: OpenAISampler, inexact_from: int) -> None:
+        self.inner = inner
+        self.inexact_from = inexact_from
+        self.calls = 0
+
+    async def sample(
+        self, prompt: Any, n: int, params: Any = None, *, start_index: int = 0
+    ) -> SampleBatch:
+        batch = await self.inner.sample(prompt, n, params, start_index=start_index)
+        self.calls += 1
+        if self.calls <= self.inexact_from:
+            return batch
+        marked = tuple(dataclasses.replace(c, tokens_exact=False) for c in batch.candidates)
+        return SampleBatch(marked, batch.usage)
+
+
+@pytest.mark.parametrize(("inexact_from", "exact"), [(4, True), (1, False)])
+def test_a_sample_is_exact_only_if_every_segment_was(
+    server: LoopbackServer, inexact_from: int, exact: bool
+) -> None:
+    async def go() -> Any:
+        async with sampler(server) as inner:
+            estimating = EstimatingSampler(inner, inexact_from)
+            deep = DeepeningSampler(estimating, b0=8, gamma=2.0, b_max=64, triggers=(TRIGGER,))
+            batch = await deep.sample(QUESTION, 1)
+            return batch, deep
+
+    batch, deep = asyncio.run(go())
+    (candidate,) = batch.candidates
+    assert candidate.tokens_exact is exact
+    flags = [s["tokens_exact"] for s in deep.records[0]["segments"]]
+    assert flags == [True] * min(inexact_from, 4) + [False] * (4 - min(inexact_from, 4))

@@ -13,11 +13,14 @@ import openai
 import pytest
 
 from ttscale import ConfigError, DataError, OpenAISampler, Problem, SamplingParams
-from ttscale.budget import max_samples
-from ttscale.errors import BudgetExhausted
+from ttscale.budget import max_requests, max_samples
+from ttscale.errors import BudgetExhausted, UpstreamError
 from ttscale.proxy import BackgroundProxy, ProxyConfig
 from ttscale.solve import SolveConfig, solve
 from ttscale.strategies.graphs import (
+    GraphBudgetExhausted,
+    GraphNodeFailed,
+    GraphRun,
     GraphSpec,
     GraphStrategy,
     ModelSpec,
@@ -29,7 +32,7 @@ from ttscale.strategies.graphs import (
     multi_model_vote,
     parse_choice,
 )
-from ttscale.testing.server import LoopbackServer, ScriptRequest
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
 QUESTION = "What is 6 * 7?"
 
@@ -85,7 +88,36 @@ def test_spec_validation_and_round_trip(tmp_path: Path) -> None:
     yaml_path.write_text(
         "nodes:\n  - {id: a, model: weak, samples: 2}\n  - {id: v, role: vote}\nedges: [[a, v]]\n"
     )
-    assert load_graph(yaml_path).final == "v"
+    # The whole graph as parsed: nodes with every field, edges, final, name and no models.
+    assert load_graph(yaml_path) == GraphSpec(
+        (NodeSpec("a", "generate", "weak", samples=2), NodeSpec("v", "vote")),
+        (("a", "v"),),
+        final="v",
+        name="graph",
+    )
+    yaml_path.write_text(
+        "name: moa\nbudget: 30\nfinal: f\n"
+        "models: {weak: 1, strong: {cost: 9, name: big-model, base_url: 'http://x/v1'}}\n"
+        "nodes:\n"
+        "  - {id: p, model: weak, temperature: 0.7, max_tokens: 64}\n"
+        "  - {id: q, model: strong, template: 'Q: {question}'}\n"
+        "  - {id: f, role: review, model: strong}\n"
+        "edges: [[p, f], [q, f]]\n"
+    )
+    parsed = load_graph(yaml_path)
+    assert parsed == GraphSpec(
+        (
+            NodeSpec("p", "generate", "weak", temperature=0.7, max_tokens=64),
+            NodeSpec("q", "generate", "strong", template="Q: {question}"),
+            NodeSpec("f", "fuse", "strong"),  # "review" is the fuse role
+        ),
+        (("p", "f"), ("q", "f")),
+        final="f",
+        models={"weak": ModelSpec(1), "strong": ModelSpec(9, "big-model", "http://x/v1")},
+        budget=30,
+        name="moa",
+    )
+    assert parsed.cost_units() == 1 + 9 + 9
     with pytest.raises(ConfigError, match="cycle"):
         GraphSpec((NodeSpec("a"), NodeSpec("b")), (("a", "b"), ("b", "a")), final="a")
     with pytest.raises(ConfigError, match="needs predecessors"):
@@ -170,10 +202,74 @@ def test_generate_then_review_and_a_judge(server: LoopbackServer) -> None:
     assert parse_choice("none of them", 3) is None and parse_choice("0 or 3", 3) == 2
 
 
-def test_a_token_limit_spans_the_whole_graph(server: LoopbackServer) -> None:
-    spec = multi_model_vote(["weak", "strong"], samples=2)
-    with pytest.raises(BudgetExhausted):
+def test_a_limit_spans_the_whole_graph_and_keeps_what_was_spent(server: LoopbackServer) -> None:
+    spec = dataclass_replace_models(multi_model_vote(["weak", "strong"], samples=2))
+    # m0's two samples use the whole limit; m1's draw (sent with m0's in flight) is refused.
+    with pytest.raises(BudgetExhausted) as raised:
         asyncio.run(execute_graph(spec, PROBLEM, factory(server), limit=max_samples(2)))
+    error = raised.value
+    assert isinstance(error, GraphBudgetExhausted) and error.node == "m1"
+    partial = error.partial
+    assert list(partial.outputs) == ["m0"] and partial.final == ()
+    assert set(partial.failed) == {"m1", "vote"}
+    served = server.delivered_usage()
+    assert served["requests"] == 1 and served["samples"] == 2
+    assert [c.text for c in partial.outputs["m0"].candidates] == ["weak: \\boxed{41}"] * 2
+    assert partial.usage.samples == 2
+    assert partial.usage.prompt_tokens == served["prompt_tokens"]
+    assert partial.usage.completion_tokens == served["completion_tokens"]
+    assert partial.cost_units == 2
+
+
+def test_node_cost_units_count_what_was_drawn(server: LoopbackServer) -> None:
+    spec = dataclass_replace_models(multi_model_vote(["weak", "strong"], samples=2))
+    # Three samples allowed: m0 gets its two, m1's draw is trimmed to one.
+    run = asyncio.run(execute_graph(spec, PROBLEM, factory(server), limit=max_samples(3)))
+    assert [len(run.outputs[n].candidates) for n in ("m0", "m1")] == [2, 1]
+    assert {n: o.cost_units for n, o in run.outputs.items()} == {"m0": 2, "m1": 9, "vote": 0}
+    assert run.cost_units == 11 < spec.cost_units() == 20
+    assert run.usage.samples == server.delivered_usage()["samples"] == 3
+
+
+@pytest.mark.parametrize("how", ["server_error", "budget"])
+def test_a_failed_second_layer_keeps_the_first(how: str) -> None:
+    # Mixture of agents: two proposers (requests 0 and 1), then the fuse (request 2) fails.
+    faults = (Fault("server_error", on_requests=frozenset({2})),) if how == "server_error" else ()
+    spec = dataclass_replace_models(mixture_of_agents(["weak", "strong"], "strong"))
+    with LoopbackServer(answers=respond, faults=faults) as server:
+        made: dict[str | None, OpenAISampler] = {}
+
+        def sampler_for(model: str | None) -> OpenAISampler:
+            if model not in made:
+                made[model] = OpenAISampler(
+                    model=model or "default", base_url=server.base_url, api_key="k", max_retries=0
+                )
+            return made[model]
+
+        limit = max_requests(2) if how == "budget" else None
+        expected = GraphBudgetExhausted if how == "budget" else GraphNodeFailed
+        with pytest.raises(expected) as raised:
+            asyncio.run(execute_graph(spec, PROBLEM, sampler_for, limit=limit))
+        served = server.delivered_usage()
+        sent = len([r for r in server.records if r.body])
+    error = raised.value
+    assert error.node == "fuse" and "fuse" in str(error)
+    partial = error.partial
+    assert isinstance(partial, GraphRun) and partial.final == ()
+    assert [c.text for n in ("L0P0", "L0P1") for c in partial.outputs[n].candidates] == [
+        "weak: \\boxed{41}",
+        "strong: \\boxed{42}",
+    ]
+    assert "fuse" in partial.failed
+    assert partial.usage.prompt_tokens == served["prompt_tokens"]
+    assert partial.usage.completion_tokens == served["completion_tokens"]
+    assert partial.usage.requests == served["requests"] == 2
+    assert partial.cost_units == 1 + 9
+    if how == "budget":
+        assert sent == 2 and "fuse" not in partial.outputs  # refused before it was sent
+    else:
+        assert sent == 3 and partial.usage.failed_requests == 1
+        assert isinstance(error.__cause__, UpstreamError)
 
 
 def test_graph_strategy_in_solve_and_serve(server: LoopbackServer, tmp_path: Path) -> None:
@@ -230,6 +326,9 @@ def test_graph_strategy_object(server: LoopbackServer) -> None:
     strategy = GraphStrategy(spec="multi_model_vote", graph_options={"models": ["weak", "strong"]})
     sampler = OpenAISampler(model="strong", base_url=server.base_url, api_key="k")
     result = asyncio.run(strategy.run(PROBLEM, sampler))
-    assert result.answers in (("41",), ("42",))  # a 1-1 tie: the earliest group wins
+    # A 1-1 tie: the group with the lowest sample index wins, the weak model's (node m0).
+    assert result.answers == ("41",)
+    assert result.text == "weak: \\boxed{41}"
     assert [e.step for e in result.trace] == ["node", "node", "node", "stop"]
+    assert result.trace[2].data["votes"] == {"41": 1, "42": 1}
     assert len(result.candidates) == 2
