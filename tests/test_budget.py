@@ -25,6 +25,7 @@ from ttscale.budget import (
     stop_when,
 )
 from ttscale.protocols import Sampler
+from ttscale.scaling import ScaledAnswer, parse_request, plan_scaled, run_scaled
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 from ttscale.types import Candidate, SampleBatch
 
@@ -361,3 +362,73 @@ def test_tracker_prices_by_model_prefix_and_default() -> None:
     assert tracker.problem("a").cost == pytest.approx(13.25)
     assert tracker.run.samples == 3
     assert math.isclose(sum(p.cost for p in tracker.problems.values()), tracker.run.cost)
+
+
+# -- the request path (proxy and wrapped client): a judge draws under the request's budget --------
+
+QUESTION = "What is 6 * 7?"
+VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
+
+
+def judged_world(request: ScriptRequest) -> str:
+    if request.prompt.startswith("Rate how good"):
+        return (
+            "Looks right. Score: 9" if "42" in request.prompt.split("Response:")[1] else "Score: 2"
+        )
+    return VOTES[request.index % len(VOTES)]
+
+
+def scaled(server: LoopbackServer, budget: dict[str, float]) -> ScaledAnswer:
+    body = {
+        "model": "loopback",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "ttscale": {
+            "strategy": "best_of_n",
+            "samples": 4,
+            # One judge call at a time, so that a token limit crossed by one refuses the next.
+            "verifier": {"name": "judge", "concurrency": 1},
+            "budget": budget,
+        },
+    }
+
+    async def work(sampler: OpenAISampler) -> ScaledAnswer:
+        request = parse_request(body, chat=True)
+        return await run_scaled(plan_scaled(request, request.settings, sampler), sampler)
+
+    return run(work, make_sampler(server))
+
+
+def test_a_token_budget_stops_the_judges_calls_and_counts_them_exactly() -> None:
+    with LoopbackServer(answers=judged_world) as server:
+        unlimited = scaled(server, {})
+        assert server.request_count == 5  # the samples, then one judge call per candidate
+        draw = server.records[0]
+        assert draw.choices == 4
+        sampling_tokens = draw.prompt_tokens + draw.completion_tokens
+        assert unlimited.budget["run"]["total_tokens"] == sum(
+            server.delivered_usage()[key] for key in ("prompt_tokens", "completion_tokens")
+        )
+        server.reset_log()
+
+        # Room for the samples and one judge call, which crosses the limit: the next is refused.
+        answer = scaled(server, {"tokens": sampling_tokens + 1})
+        records = server.records
+        assert server.request_count == 2
+        judge_call = records[1]
+        assert judge_call.body is not None and "Rate how good" in json.dumps(judge_call.body)
+        delivered = server.delivered_usage()
+        usage = answer.usage
+        assert (usage.requests, usage.samples) == (delivered["requests"], delivered["samples"])
+        assert usage.prompt_tokens == delivered["prompt_tokens"]
+        assert usage.completion_tokens == delivered["completion_tokens"]
+        assert answer.verifier_usage.requests == 1
+        assert answer.verifier_usage.prompt_tokens == judge_call.prompt_tokens
+        assert answer.verifier_usage.completion_tokens == judge_call.completion_tokens
+        spent = answer.budget["run"]
+        assert spent["requests"] == 2 and spent["total_tokens"] == usage.total_tokens
+        # The one judged candidate and three the budget left unjudged, none of them lost.
+        scores = answer.result.scores
+        assert len(answer.result.candidates) == 4
+        assert [s.value for s in scores] == [0.9, 0.0, 0.0, 0.0]
+        assert [bool(s.details.get("unjudged")) for s in scores] == [False, True, True, True]
+        assert all("budget refused" in s.reason for s in scores[1:])

@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -46,13 +47,23 @@ from ttscale.budget import (
     max_tokens,
 )
 from ttscale.errors import ConfigError, RequestError, TTScaleError, UnknownNameError
-from ttscale.protocols import Sampler, Strategy, Verifier
+from ttscale.protocols import Sampler, Strategy, Verifier, with_model
 from ttscale.registry import create, load
-from ttscale.types import Candidate, Problem, Result, SamplingParams, Score, Usage
+from ttscale.types import (
+    Candidate,
+    Problem,
+    Prompt,
+    Result,
+    SampleBatch,
+    SamplingParams,
+    Score,
+    Usage,
+)
 
 __all__ = [
     "BUDGET_LIMITS",
     "ChatRequest",
+    "RequestBudgetSampler",
     "RequestLimits",
     "ScaleSettings",
     "ScaledAnswer",
@@ -599,11 +610,53 @@ def plan_scaled(
     strategy = build_strategy(name, samples, k, request.params, settings.options)
     verifier: Verifier | None = None
     if settings.verifier is not None:
+        # A verifier that asks a model (the judge) draws through the request's budget, which
+        # exists only once run_scaled runs the plan: it gets a sampler that finds it then.
+        asks = RequestBudgetSampler(sampler)
         if verifier_factory is not None:
-            verifier = verifier_factory(settings.verifier, settings.verifier_options, sampler)
+            verifier = verifier_factory(settings.verifier, settings.verifier_options, asks)
         else:
-            verifier = build_verifier(settings.verifier, settings.verifier_options, sampler=sampler)
+            verifier = build_verifier(settings.verifier, settings.verifier_options, sampler=asks)
     return ScaledPlan(request, settings, name, strategy, verifier, samples, k)
+
+
+# The budget of the request run_scaled is running in this context (tasks it starts inherit it).
+_REQUEST_BUDGET: ContextVar[BudgetedSampler | None] = ContextVar(
+    "ttscale_request_budget", default=None
+)
+
+
+class RequestBudgetSampler:
+    """The sampler a request's verifier asks: the request's budget while :func:`run_scaled` runs.
+
+    A plan is built before its budget (nothing may be drawn while a request is checked), and a
+    plan may be rebuilt around the same verifier, so the verifier cannot be handed the budget
+    itself. Through this sampler, the judge's calls meet the same limits as the samples and are
+    counted in the same spend; outside a run there is no budget, and it asks ``sampler`` as is.
+    """
+
+    def __init__(self, sampler: Sampler, model: str | None = None) -> None:
+        self.sampler = sampler
+        self.model = model
+
+    def _target(self) -> Sampler:
+        budgeted = _REQUEST_BUDGET.get()
+        target: Sampler = budgeted if budgeted is not None else self.sampler
+        return target if self.model is None else with_model(target, self.model)
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        return await self._target().sample(prompt, n, params, start_index=start_index)
+
+    def with_model(self, model: str) -> RequestBudgetSampler:
+        with_model(self.sampler, model)  # fails now, not at the first draw, if it cannot
+        return RequestBudgetSampler(self.sampler, model)
 
 
 async def run_scaled(plan: ScaledPlan, sampler: Sampler) -> ScaledAnswer:
@@ -623,11 +676,14 @@ async def run_scaled(plan: ScaledPlan, sampler: Sampler) -> ScaledAnswer:
         messages=None if isinstance(prompt, str) else prompt,
     )
     started = time.perf_counter()
+    token = _REQUEST_BUDGET.set(budgeted)
     try:
         result = await plan.strategy.run(problem, budgeted, meter)
     except ConfigError as exc:
         # A strategy that cannot work with what it was given (best_of_n without a verifier).
         raise RequestError(f"strategy {plan.strategy_name!r}: {exc}", param="ttscale") from exc
+    finally:
+        _REQUEST_BUDGET.reset(token)
     budget = budgeted.to_dict()
     return ScaledAnswer(
         request=plan.request,

@@ -11,6 +11,9 @@ Two modes:
   "yes" and "no" when both are among the alternatives); otherwise 1.0 for yes and 0.0 for no.
   The verdict is ``score >= 0.5``.
 
+A call the sampler's budget refuses leaves its candidate unjudged: ``unparsed_value``, no
+verdict, ``details["unjudged"]`` and a reason that says so.
+
 The prompt templates take ``{prompt}``, ``{candidate}`` and ``{reference}`` (the problem's answer,
 or "(none)").
 """
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ttscale.errors import ConfigError, VerifierError
+from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
 from ttscale.protocols import Sampler, as_sampler
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, SamplingParams, Score, TokenLogprob
@@ -161,8 +164,14 @@ class LLMJudge:
 
     async def _one(self, problem: Problem, candidate: Candidate) -> Score:
         prompt = self.judge_prompt(problem, candidate)
-        async with self._bound.semaphore():
-            batch = await self.sampler.sample(prompt, self.config.samples, self.config.params)
+        try:
+            async with self._bound.semaphore():
+                batch = await self.sampler.sample(prompt, self.config.samples, self.config.params)
+        except BudgetExhausted as exc:
+            # A budget refusal ends judging, not the run: the samples are paid for, and a
+            # candidate left unjudged says so rather than taking a verdict.
+            reason = f"not judged: the budget refused the judge's call ({exc})"
+            return Score(self.config.unparsed_value, reason=reason, details={"unjudged": True})
         replies = batch.candidates
         if not replies:
             raise VerifierError("the judge's sampler returned no reply")
