@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ttscale.datasets import load_dataset
-from ttscale.errors import DataError
-from ttscale.solve import SampleJournal
+from ttscale.distributed import solve_on_ray
+from ttscale.errors import ConfigError, DataError
+from ttscale.solve import SampleJournal, SolveConfig, parse_budget, parse_price
 from ttscale.testing import LoopbackServer, ScriptRequest, count_tokens
 from ttscale.types import Candidate, SampleBatch, TokenLogprob, Usage
 
@@ -411,3 +412,107 @@ def test_journal_counts_each_entry_once(tmp_path: Path) -> None:
     assert (first[1], first[2], second[2]) == (7, True, False)  # replayed usage counted once
     assert first[0].logprobs == candidate.logprobs  # a judge's logprobs survive the journal
     again.close()
+
+
+def solve_args(dataset: Path, out: Path, server: LoopbackServer, *extra: str) -> list[str]:
+    return [
+        "solve", str(dataset), "--out", str(out), "--base-url", server.base_url,
+        "--model", "loopback", "--no-plot", *extra,
+    ]  # fmt: skip
+
+
+def test_run_budget_stops_cleanly_and_a_larger_one_resumes(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "budgeted.jsonl"
+    price = (2.0, 10.0)  # dollars per million prompt, completion tokens
+    with LoopbackServer(answers=answer_for) as server:
+
+        def run(budget: str) -> subprocess.CompletedProcess[str]:
+            return run_cli(
+                *solve_args(dataset, out, server, "-n", "4", "--run-budget", budget,
+                            "--price", f"{price[0]},{price[1]}"),
+            )  # fmt: skip
+
+        first = run("samples=10")
+        assert first.returncode == 0, first.stderr
+        # Two problems whole (8 samples), the third trimmed to the 2 left, the rest refused.
+        assert len(out.read_text().splitlines()) == 2
+        assert server.delivered_usage()["samples"] == 10
+        journal = out.with_name(out.name + ".samples.jsonl")
+        assert len(journal.read_text().splitlines()) == 10  # the trimmed problem's 2 kept
+        assert "stopped" in first.stderr and "--run-budget" in first.stderr
+        assert "4 problems left unfinished" in " ".join(first.stderr.split())
+
+        same = run("samples=10")  # nothing left to spend: nothing drawn
+        assert same.returncode == 0, same.stderr
+        assert server.delivered_usage()["samples"] == 10
+
+        larger = run("samples=24")
+        assert larger.returncode == 0, larger.stderr
+        delivered = server.delivered_usage()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(QUESTIONS)
+    assert all(r["n"] == 4 for r in records)
+    # 24 samples for 6 problems of 4: the 2 journalled ones were replayed, not bought again.
+    assert delivered["samples"] == 24
+    assert "2 samples replayed" in " ".join(larger.stdout.split())
+    for field in ("prompt_tokens", "completion_tokens"):
+        assert sum(r["usage"][field] for r in records) == delivered[field]
+    for record in records:
+        usage = record["usage"]
+        expected = (usage["prompt_tokens"] * price[0] + usage["completion_tokens"] * price[1]) / 1e6
+        assert usage["cost"] == pytest.approx(expected)
+        assert usage["cost"] > 0
+
+
+def test_per_problem_budget_trims_every_problem(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "trimmed.jsonl"
+    with LoopbackServer(answers=answer_for) as server:
+        done = run_cli(*solve_args(dataset, out, server, "-n", "8", "--budget", "samples=3"))
+        assert done.returncode == 0, done.stderr
+        assert server.delivered_usage()["samples"] == 3 * len(QUESTIONS)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == len(QUESTIONS)
+    assert all(r["n"] == 3 for r in records)
+    assert "stopped" not in done.stderr  # a problem's own limit ends the problem, not the run
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dollars=1", "unknown limit 'dollars'"),
+        ("samples=2.5", "samples must be a whole number > 0"),
+        ("tokens=-1", "tokens must be a whole number > 0"),
+        ("cost", "takes LIMIT=VALUE"),
+        ("cost=cheap", "cost must be a number"),
+    ],
+)
+def test_bad_budgets_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_budget(text)
+
+
+def test_budget_and_price_parse() -> None:
+    assert parse_budget("samples=64, tokens=20000,cost=1.5") == {
+        "samples": 64,
+        "tokens": 20000,
+        "cost": 1.5,
+    }
+    assert parse_price("0.15,0.6") == (0.15, 0.6)
+    with pytest.raises(ConfigError, match="IN,OUT"):
+        parse_price("0.15")
+    with pytest.raises(ConfigError, match="does not work with --ray"):
+        solve_on_ray(
+            SolveConfig(
+                dataset="arithmetic",
+                out=Path("x.jsonl"),
+                run_budget={"cost": 1.0},
+                price=(1.0, 1.0),
+            ),
+            address="local",
+            base_url="http://127.0.0.1:9/v1",
+            model="m",
+        )
+    with pytest.raises(ConfigError, match="needs --price"):
+        SolveConfig(dataset="arithmetic", out=Path("x.jsonl"), budget={"cost": 0.01})

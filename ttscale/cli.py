@@ -210,6 +210,32 @@ def solve(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Sample cache directory (SQLite): reruns never pay twice."),
     ] = None,
+    budget: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--budget",
+            metavar="LIMIT=VALUE,...",
+            help="Each problem's limits: samples, requests, tokens, completion_tokens, cost, "
+            "seconds (e.g. samples=64,tokens=20000).",
+        ),
+    ] = None,
+    run_budget: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--run-budget",
+            metavar="LIMIT=VALUE,...",
+            help="The whole run's limits (across reruns; seconds: this invocation). When spent, "
+            "the run stops and a rerun with a larger budget goes on.",
+        ),
+    ] = None,
+    price: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--price",
+            metavar="IN,OUT",
+            help="Dollars per million prompt and completion tokens (makes cost real).",
+        ),
+    ] = None,
     ray: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -229,7 +255,7 @@ def solve(
 
     from ttscale.datasets import load_dataset
     from ttscale.local_model import LocalModelServer
-    from ttscale.solve import SolveConfig
+    from ttscale.solve import SolveConfig, parse_budget, parse_price
     from ttscale.solve import solve as run_solve
 
     try:
@@ -256,6 +282,9 @@ def solve(
             allow_code_execution=allow_code_execution,
             strategy_options=_parse_options(option or []),
             cache=cache,
+            budget=parse_budget(budget) if budget else {},
+            run_budget=parse_budget(run_budget, "--run-budget") if run_budget else {},
+            price=parse_price(price) if price else None,
         )
         total = len(load_dataset(dataset, limit=limit))
         with contextlib.ExitStack() as stack:
@@ -341,6 +370,11 @@ def _print_summary(summary: Any, plot: bool) -> None:
         + (f"; {summary.skipped} problems resumed from the output" if summary.skipped else "")
         + (f"; {summary.replayed_samples} samples replayed" if summary.replayed_samples else "")
     )
+    if summary.stopped:
+        console.print(
+            f"[yellow]stopped:[/yellow] {summary.stopped}; {summary.unfinished} problems left "
+            "unfinished (what they drew is journalled). Rerun with a larger --run-budget to go on."
+        )
     if plot and len(records) >= 2:
         try:
             from ttscale.report import fit_report, render_table

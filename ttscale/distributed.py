@@ -281,6 +281,12 @@ def solve_on_ray(
     """
     if shards is not None and shards < 1:
         raise ConfigError(f"--ray-shards must be >= 1, got {shards}")
+    if config.run_budget:
+        # Each shard keeps its own tracker; a limit for the whole run would need one they share.
+        raise ConfigError(
+            "--run-budget does not work with --ray yet (each shard would spend its own); "
+            "use --budget for per-problem limits"
+        )
     base_url = base_url or config.base_url
     model = model or config.model
     if base_url is None or model is None:

