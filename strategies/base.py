@@ -7,7 +7,11 @@ sums usage and records the trace), call the pure selection and stopping function
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +21,7 @@ from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
 from ttscale.registry import build_config
 from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
 from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
+from ttscale.strategies.selection import group_answers
 from ttscale.types import Candidate, Problem, Result, SampleBatch, Score, TraceEvent, Usage
 
 __all__ = ["ProblemRun", "StrategyConfig", "resolve_config"]
@@ -35,7 +40,9 @@ class StrategyConfig:
     :class:`SamplingParams` or a sampling policy (see :mod:`ttscale.strategies.sampling`).
     ``extractor`` names an extractor (see :mod:`ttscale.strategies.extract`) or is a function
     ``text -> answer | None``. ``equivalence`` (an object with ``equivalent(a, b)``) merges answer
-    groups it finds equal.
+    groups it finds equal; without it, the strategies that take a verifier (majority,
+    best-of-majority) use the verifier's own ``equivalent`` when it has one (the math verifier
+    does).
     """
 
     samples: int = 16
@@ -140,6 +147,39 @@ class ProblemRun:
         self.event("draw", start_index=start, count=count, received=len(new))
         return new
 
+    async def equivalence(
+        self, configured: AnswerEquivalence | None, verifier: Verifier | None
+    ) -> AnswerEquivalence | None:
+        """What merges this run's answer groups: ``configured``, else the verifier's own.
+
+        Every comparison grouping the answers needs is made here, off the event loop (a
+        verifier's ``equivalent`` may block: the math verifier waits on a worker process), and
+        remembered, so that the grouping that follows asks nothing more. A verifier whose
+        comparison fails costs the merging, not the run: the samples are paid for and an unmerged
+        vote is still a vote. A configured equivalence that fails raises, as it was asked for.
+        """
+        chosen = configured
+        if chosen is None and isinstance(verifier, AnswerEquivalence):
+            chosen = verifier
+        if chosen is None:
+            return None
+        remembered = _RememberedEquivalence(chosen)
+        grouping = functools.partial(group_answers, self.answers, equivalence=remembered)
+        try:
+            await asyncio.get_running_loop().run_in_executor(_comparison_thread(), grouping)
+        except Exception as exc:
+            if configured is not None:
+                raise
+            log.warning(
+                "%s %s: the verifier could not compare answers (%s); votes are not merged",
+                self.strategy,
+                self.problem.id,
+                exc,
+            )
+            self.event("equivalence_failed", error=str(exc))
+            return None
+        return remembered
+
     async def score(self, verifier: Verifier) -> list[Score]:
         scores = list(await as_verifier(verifier).score(self.problem, self.candidates))
         if len(scores) != len(self.candidates):
@@ -171,6 +211,42 @@ class ProblemRun:
             scores=tuple(scores) if scores is not None else (),
             trace=tuple(self.trace),
         )
+
+
+class _RememberedEquivalence:
+    """An equivalence that asks each unordered pair of answers once (equivalence is symmetric)."""
+
+    def __init__(self, inner: AnswerEquivalence) -> None:
+        self.inner = inner
+        self.known: dict[tuple[str, str], bool] = {}
+
+    def equivalent(self, a: str, b: str) -> bool:
+        pair = (a, b) if a <= b else (b, a)
+        known = self.known.get(pair)
+        if known is None:
+            known = self.known[pair] = bool(self.inner.equivalent(a, b))
+        return known
+
+
+_comparisons: concurrent.futures.ThreadPoolExecutor | None = None
+_comparisons_lock = threading.Lock()
+
+
+def _comparison_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread for every run's answer comparisons.
+
+    Its own thread, not the loop's default pool, so that runs waiting on slow comparisons never
+    hold up the loop's other thread work (DNS lookups); one, so that comparisons never race each
+    other inside a verifier that was not written for threads (the math verifier starts its worker
+    pool on first use).
+    """
+    global _comparisons
+    with _comparisons_lock:
+        if _comparisons is None:
+            _comparisons = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="ttscale-equivalence"
+            )
+        return _comparisons
 
 
 def score_values(scores: Sequence[Score]) -> list[float]:

@@ -34,7 +34,9 @@ class BestOfMajorityConfig(StrategyConfig):
     An answer survives when its frequency among the N samples is at least ``alpha`` (a fraction in
     [0, 1]) or, with ``min_count``, when it has at least that many samples; give one of the two.
     Surviving groups are ranked by the ``group_score`` ("max" or "mean") of their members' scores.
-    ``alpha = 0`` (the default) is best-of-N over distinct answers.
+    ``alpha = 0`` (the default) is best-of-N over distinct answers. Answer groups the verifier
+    finds equal (when it has ``equivalent(a, b)``) are merged before counting, unless
+    ``equivalence`` is configured.
     """
 
     alpha: float = 0.0
@@ -72,6 +74,7 @@ class BestOfMajority:
         await run.draw(config.samples)
         scores = await run.score(verifier)
         values = score_values(scores)
+        equivalence = await run.equivalence(config.equivalence, verifier)
         indices = run.indices
         groups, fell_back = select_best_of_majority(
             run.answers,
@@ -81,9 +84,9 @@ class BestOfMajority:
             min_count=config.min_count,
             group_score=config.group_score,
             indices=indices,
-            equivalence=config.equivalence,
+            equivalence=equivalence,
         )
-        everything = group_answers(run.answers, indices=indices, equivalence=config.equivalence)
+        everything = group_answers(run.answers, indices=indices, equivalence=equivalence)
         run.event(
             "vote",
             votes=votes_summary(vote_counts(everything)),

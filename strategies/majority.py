@@ -25,7 +25,9 @@ class MajorityConfig(StrategyConfig):
     """Options of :class:`Majority`.
 
     ``weighted``: each vote counts its verifier score instead of 1 (needs a verifier). Without it
-    the verifier, if one is given, is not called: plain self-consistency needs no scores.
+    the verifier, if one is given, does not score: plain self-consistency needs no scores. Either
+    way a verifier that can compare answers (``equivalent(a, b)``, as the math verifier can) merges
+    the groups of answers it finds equal, unless ``equivalence`` is configured.
     """
 
     weighted: bool = False
@@ -56,15 +58,16 @@ class Majority:
         if config.weighted and verifier is not None:
             scores = await run.score(verifier)
             values = score_values(scores)
+        equivalence = await run.equivalence(config.equivalence, verifier)
         indices = run.indices
         groups = select_majority(
             run.answers,
             config.k,
             weights=values,
             indices=indices,
-            equivalence=config.equivalence,
+            equivalence=equivalence,
         )
-        everything = group_answers(run.answers, indices=indices, equivalence=config.equivalence)
+        everything = group_answers(run.answers, indices=indices, equivalence=equivalence)
         run.event("vote", votes=votes_summary(vote_counts(everything)), weighted=config.weighted)
         run.event("stop", reason="budget", samples=len(run.candidates))
         picked = [best_member(group.members, values, indices) for group in groups]

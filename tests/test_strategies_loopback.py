@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
-from ttscale import OpenAISampler, Problem, SamplingParams
+from ttscale import OpenAISampler, Problem, SamplingParams, as_verifier
 from ttscale.seeds import derive_seed
 from ttscale.strategies import (
     Adaptive,
@@ -19,8 +19,10 @@ from ttscale.strategies import (
 )
 from ttscale.testing.server import LoopbackServer
 from ttscale.types import Candidate, Result, Score
+from ttscale.verifiers.math_answers import ExactMatchVerifier, MathVerifier, math_verify_available
 
 BASE_SEED = 7
+HALF = "What is one half?"
 
 SCRIPT = {
     "What is 6 * 7?": [
@@ -31,6 +33,20 @@ SCRIPT = {
         "Hmm, \\boxed{13}",
     ],
     "Pick one": ["The answer is (B)."],
+    # Six ways of writing one half against four sevens. The extractor alone makes "0.5" of the
+    # first three (so 7 leads 4 to 3); only math-verify sees that the other three are 0.5 too.
+    HALF: [
+        "\\boxed{7}",
+        "\\boxed{0.5}",
+        "\\boxed{7}",
+        "\\boxed{1/2}",
+        "\\boxed{\\frac{1}{2}}",
+        "\\boxed{7}",
+        "\\boxed{\\sqrt{0.25}}",
+        "\\boxed{\\frac{\\sqrt{4}}{4}}",
+        "\\boxed{7}",
+        "\\boxed{\\dfrac12}",
+    ],
 }
 
 
@@ -59,6 +75,7 @@ def run(
     prompt: str,
     verifier: object = None,
     params: SamplingParams | None = None,
+    answer: str | None = None,
 ) -> Result:
     async def go() -> Result:
         sampler = OpenAISampler(
@@ -68,7 +85,7 @@ def run(
             params=params or SamplingParams(seed=BASE_SEED, temperature=0.8),
         )
         async with sampler:
-            problem = Problem(id="p", prompt=prompt)
+            problem = Problem(id="p", prompt=prompt, answer=answer)
             return await strategy.run(problem, sampler, verifier)  # type: ignore[attr-defined]
 
     return asyncio.run(go())
@@ -176,6 +193,55 @@ def test_strategy_params_override_the_samplers_field_by_field(server: LoopbackSe
     for body in generation_bodies(server):
         assert body["max_tokens"] == 5 and body["temperature"] == 0.6
         assert body["top_k"] == 20 and body["min_p"] == 0.1
+
+
+@pytest.fixture(scope="module")
+def math_verifier() -> Iterator[MathVerifier]:
+    if not math_verify_available():
+        pytest.skip("math-verify is not installed (pip install ttscale[math])")
+    with MathVerifier(backend="math_verify") as verifier:
+        yield verifier
+
+
+def votes(result: Result) -> object:
+    return next(e.data["votes"] for e in result.trace if e.step == "vote")
+
+
+def test_majority_merges_the_answers_the_verifier_finds_equal(
+    server: LoopbackServer, math_verifier: MathVerifier
+) -> None:
+    strategy = Majority(samples=10, extractor="boxed")
+    merged = run(server, strategy, HALF, math_verifier)
+    assert merged.answers == ("0.5",) and votes(merged) == {"0.5": 6, "7": 4}
+    assert_paid_what_the_server_delivered(merged, server)
+    # The same samples without a verifier to compare them: the plain strings split the half.
+    server.reset_log()
+    plain = run(server, strategy, HALF)
+    assert plain.answers == ("7",) and votes(plain)["7"] == 4 and votes(plain)["0.5"] == 3
+    # An equivalence configured on the strategy wins over the verifier's.
+    server.reset_log()
+    exact = Majority(samples=10, extractor="boxed", equivalence=ExactMatchVerifier())
+    assert run(server, exact, HALF, math_verifier).answers == ("7",)
+
+
+def test_best_of_majority_counts_merged_groups_against_alpha(
+    server: LoopbackServer, math_verifier: MathVerifier
+) -> None:
+    strategy = BestOfMajority(samples=10, alpha=0.5, extractor="boxed")
+
+    async def scores_only(problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        return list(await math_verifier.score(problem, candidates))
+
+    # Scored the same, but with a verifier that cannot compare answers no group reaches half of
+    # the votes, and best-of-majority falls back to the mode.
+    unmerged = run(server, strategy, HALF, as_verifier(scores_only), answer="1/2")
+    assert unmerged.answers == ("7",)
+    assert next(e.data for e in unmerged.trace if e.step == "vote")["fallback_to_mode"] is True
+    server.reset_log()
+    merged = run(server, strategy, HALF, math_verifier, answer="1/2")
+    assert merged.answers == ("0.5",) and merged.scores[merged.selected[0].index].value == 1.0
+    vote = next(e.data for e in merged.trace if e.step == "vote")
+    assert vote["fallback_to_mode"] is False and vote["votes"] == {"0.5": 6, "7": 4}
 
 
 def test_hedged_sampling_sends_one_greedy_request(server: LoopbackServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -198,6 +199,47 @@ def test_ahead_by_k_strategy_stops_exactly_when_the_lead_reaches_k(
         assert stop["reason"] == "max_draws" and len(drawn) == cap
     # No sample was drawn after the race was settled.
     assert all(value < margin for value in leads[:-1])
+
+
+class ParityVerifier:
+    """Scores 1 each, and finds answers equal when their numbers have the same parity."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.asked: list[tuple[str, str]] = []
+        self.threads: set[threading.Thread] = set()
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        return [Score(1.0) for _ in candidates]
+
+    def equivalent(self, a: str, b: str) -> bool:
+        self.asked.append((a, b))
+        self.threads.add(threading.current_thread())
+        if self.broken:
+            raise RuntimeError("comparison backend is down")
+        return int(a) % 2 == int(b) % 2
+
+
+def test_majority_asks_the_verifier_each_pair_once_off_the_loop() -> None:
+    sampler = ScriptedSampler({"q": ["1", "2", "3", "2", "5"]})
+    verifier = ParityVerifier()
+    result = solve(Majority(samples=5, extractor="text", k=2), sampler, verifier)
+    assert result.answers == ("1", "2")  # odd: 1, 3, 5 (3 votes) beat even: 2, 2
+    assert steps(result, "vote")[0]["votes"] == {"1": 3, "2": 2}
+    pairs = [tuple(sorted(pair)) for pair in verifier.asked]
+    assert len(pairs) == len(set(pairs))  # remembered across the two groupings
+    assert threading.current_thread() not in verifier.threads
+
+
+def test_a_verifier_that_cannot_compare_costs_the_merging_not_the_run() -> None:
+    sampler = ScriptedSampler({"q": ["1", "2", "3", "2", "5"]})
+    result = solve(Majority(samples=5, extractor="text"), sampler, ParityVerifier(broken=True))
+    assert result.answers == ("2",) and len(result.candidates) == 5
+    assert steps(result, "equivalence_failed")
+    # An equivalence the strategy was configured with is not second-guessed: its failure raises.
+    configured = Majority(samples=5, extractor="text", equivalence=ParityVerifier(broken=True))
+    with pytest.raises(RuntimeError, match="backend is down"):
+        solve(configured, ScriptedSampler({"q": ["1", "2"]}))
 
 
 def test_hedged_sampling_splits_calls_and_keeps_indices() -> None:
