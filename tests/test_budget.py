@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -252,6 +253,43 @@ def test_samples_of_a_failed_draw_are_counted_before_the_error() -> None:
         assert spent.failed_requests == 1
         assert spent.pending_samples == 0
         assert_matches_server(spent, srv)
+
+
+def test_a_cancelled_draw_is_counted_in_full_once_its_requests_end() -> None:
+    """Cancel a draw with two of its four requests answered and two still out.
+
+    The caller is released at once; the requests run on, and once they end the tracker holds
+    exactly what the server generated and delivered: nothing billed goes uncounted.
+    """
+    slow = Fault("slow", on_requests=frozenset({2, 3}), delay=1.0)
+    with LoopbackServer(answers=numbered, latency=0.05, faults=(slow,)) as srv:
+
+        async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, Spend, float]:
+            budget = BudgetedSampler(sampler, limit=max_samples(100))
+            draw = asyncio.create_task(budget.for_problem("p").sample("q", 8))
+            for _ in range(1000):  # until the two fast requests have been answered
+                if len(srv.records) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert srv.request_count == 4
+            draw.cancel()
+            cancelled_at = time.perf_counter()
+            with pytest.raises(asyncio.CancelledError):
+                await draw
+            released_after = time.perf_counter() - cancelled_at
+            at_cancel = budget.tracker.run
+            await budget.drain()
+            return budget, at_cancel, released_after
+
+        budget, at_cancel, released_after = run(work, make_sampler(srv, max_n=2))
+        assert released_after < 0.5  # the slow requests take a second more
+        # While the requests were out, their samples stayed reserved.
+        assert at_cancel.pending_samples == 8 and at_cancel.samples == 0
+        spent = budget.tracker.run
+        assert spent.pending_samples == 0 and spent.samples == 8 and spent.requests == 4
+        assert_matches_server(spent, srv)
+        assert srv.generated_usage() == srv.delivered_usage()
+        assert_matches_server(budget.tracker.problem("p"), srv)
 
 
 def test_conditions_compose_and_accept_functions() -> None:

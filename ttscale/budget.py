@@ -24,6 +24,11 @@ How a limit ends a draw (the same every time):
   flight, never by a draw sent after.
 - A draw that fails with a :class:`~ttscale.errors.SamplerError` has the samples of its ``partial``
   batch counted before the error is re-raised.
+- A draw whose caller is cancelled is not: its requests are out, and the server bills them
+  whether or not anyone reads the answers. The caller gets its ``CancelledError`` at once, the
+  draw runs on and is counted when it ends, and its samples stay reserved until then, so the
+  tracker never counts less than the server delivered. :meth:`BudgetedSampler.drain` waits for
+  such draws (before reading final totals, or closing the sampler under them).
 
 All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
 one budget without locks. The budget is not thread-safe.
@@ -31,6 +36,8 @@ one budget without locks. The budget is not thread-safe.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -585,6 +592,8 @@ class BudgetedSampler:
             else BudgetTracker(pricing=pricing, flops=flops, clock=clock)
         )
         self._views: dict[str, ProblemSampler] = {}
+        # Draws whose callers were cancelled, still running; shared with with_model() twins.
+        self._abandoned: set[asyncio.Future[SampleBatch]] = set()
 
     def for_problem(self, problem_id: str) -> ProblemSampler:
         """A Sampler drawing for ``problem_id``: its own limit, the run's totals shared."""
@@ -603,6 +612,7 @@ class BudgetedSampler:
         """The inner sampler asking ``model``, under the same limits and the same tracker."""
         twin = BudgetedSampler(with_model(self.sampler, model), tracker=self.tracker)
         twin.limit, twin.per_problem = self.limit, self.per_problem
+        twin._abandoned = self._abandoned
         return twin
 
     def exhausted(self, problem_id: str | None = None) -> bool:
@@ -684,18 +694,68 @@ class BudgetedSampler:
                 allowed,
             )
         self.tracker.start_draw(problem_id, allowed)
+        inner = asyncio.ensure_future(
+            self.sampler.sample(prompt, allowed, params, start_index=start_index)
+        )
         try:
-            batch = await self.sampler.sample(prompt, allowed, params, start_index=start_index)
-        except SamplerError as exc:
-            partial = exc.partial if isinstance(exc.partial, SampleBatch) else None
-            exc.partial = self.tracker.finish_draw(problem_id, allowed, partial)
+            await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            if not inner.done():
+                # The caller gave up; the requests it sent did not, and the server bills them.
+                # They finish in the background and are counted then (see drain()).
+                self._abandoned.add(inner)
+                inner.add_done_callback(functools.partial(self._settle, problem_id, allowed))
+                raise
+            self._count(problem_id, allowed, inner)
             raise
-        except BaseException:
-            # Cancelled or failed without a batch: nothing delivered is known to count.
-            self.tracker.finish_draw(problem_id, allowed, None)
-            raise
-        priced = self.tracker.finish_draw(problem_id, allowed, batch)
-        assert priced is not None  # a batch was given
+        except Exception:
+            pass  # the draw failed: counted and raised below
+        priced = self._count(problem_id, allowed, inner)
+        if inner.cancelled():
+            raise asyncio.CancelledError
+        failure = inner.exception()
+        if failure is not None:
+            raise failure
+        assert priced is not None  # a batch was delivered
+        return priced
+
+    async def drain(self) -> None:
+        """Wait until the draws whose callers were cancelled have finished and been counted."""
+        while self._abandoned:
+            await asyncio.wait(set(self._abandoned))
+
+    def _settle(
+        self, problem_id: str | None, allowed: int, inner: asyncio.Future[SampleBatch]
+    ) -> None:
+        self._abandoned.discard(inner)
+        priced = self._count(problem_id, allowed, inner)
+        if priced is not None:
+            log.info(
+                "a cancelled draw%s finished and was counted: %d samples, %d tokens",
+                f" for {problem_id!r}" if problem_id else "",
+                len(priced.candidates),
+                priced.usage.total_tokens,
+            )
+
+    def _count(
+        self, problem_id: str | None, allowed: int, inner: asyncio.Future[SampleBatch]
+    ) -> SampleBatch | None:
+        """Release a finished draw's reservation and count what it delivered; the batch priced.
+
+        A draw that failed with a :class:`SamplerError` delivered its ``partial`` batch, which is
+        counted and put back on the error priced. One cancelled itself delivered nothing known.
+        """
+        delivered: SampleBatch | None = None
+        failure = None if inner.cancelled() else inner.exception()
+        if inner.cancelled():
+            pass
+        elif failure is None:
+            delivered = inner.result()
+        elif isinstance(failure, SamplerError) and isinstance(failure.partial, SampleBatch):
+            delivered = failure.partial
+        priced = self.tracker.finish_draw(problem_id, allowed, delivered)
+        if isinstance(failure, SamplerError):
+            failure.partial = priced
         return priced
 
 
