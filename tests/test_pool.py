@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +33,7 @@ from ttscale.samplers.pool import (
 from ttscale.seeds import derive_seed
 from ttscale.testing import ScriptedSampler
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
-from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, Usage
+from ttscale.types import Candidate, Problem, Prompt, SampleBatch, SamplingParams, Usage
 
 SEED = 1234
 
@@ -446,3 +448,119 @@ def test_a_cancelled_call_frees_its_slots() -> None:
 
 def test_sampler_error_is_the_base_of_endpoints_down() -> None:
     assert issubclass(EndpointsDown, SamplerError)
+
+
+# -- other models on the same endpoints (with_model) ---------------------------------------------
+
+
+def by_model(request: ScriptRequest) -> str:
+    """Each model answers in its own way; a fuse says 42 when an answer it read did."""
+    model = request.body["model"]
+    if request.prompt.startswith("Several assistants"):
+        return (
+            f"{model} fused: \\boxed{{42}}" if "42" in request.prompt else f"{model}: \\boxed{{0}}"
+        )
+    return {"strong": "strong: \\boxed{42}", "weak": "weak: \\boxed{41}"}[model]
+
+
+def test_with_model_shares_health_and_each_endpoints_bound() -> None:
+    with servers({"latency": 0.05}, {"latency": 0.05}) as pool_servers:
+        a, b = pool_servers
+        pool = make_pool([a.base_url, b.base_url], max_n=1, concurrency=1)
+        twin = pool.with_model("other")
+        assert twin.config.model == "other" and pool.config.model == "loopback"
+
+        async def draw() -> list[SampleBatch]:
+            async with pool:
+                async with twin:  # closing the twin closes nothing the pool still uses
+                    pass
+                return list(await asyncio.gather(pool.sample("p", 6), twin.sample("p", 6)))
+
+        mine, theirs = run(draw())
+        assert_each_sample_once(mine, "p", 6, 1)
+        assert_each_sample_once(theirs, "p", 6, 1)  # the same seeds: they follow the index
+        # One bound per endpoint whatever the model: never two requests at once on a server.
+        assert a.peak_concurrency == 1 and b.peak_concurrency == 1
+        models = [r.body["model"] for s in pool_servers for r in s.records if r.body]
+        assert sorted(models) == ["loopback"] * 6 + ["other"] * 6
+        # One state per endpoint: the twin's requests are in the pool's stats, and vice versa.
+        assert pool.stats == twin.stats
+        assert [s.requests for s in pool.stats] == [a.request_count, b.request_count]
+        assert sum(s.requests for s in pool.stats) == 12
+        assert_usage_matches(mine.usage + theirs.usage, pool_servers)
+
+
+def test_a_server_down_for_one_model_is_down_for_the_other() -> None:
+    failing = Fault("server_error", on_requests=frozenset(range(10_000)))
+    with servers({}, {"faults": (failing,)}) as (good, bad):
+        pool = make_pool([good.base_url, bad.base_url], max_n=1, concurrency=1, cooldown=60)
+        twin = pool.with_model("other")
+
+        async def draw() -> tuple[SampleBatch, SampleBatch]:
+            async with pool:
+                first = await pool.sample("p", 4)
+                assert not twin.stats[1].healthy  # learnt by the pool, seen by the twin
+                return first, await twin.sample("p", 4)
+
+        first, second = run(draw())
+        assert first.usage.failed_requests == 1  # the bad server was tried once, by the pool
+        assert second.usage.failed_requests == 0  # and never by the twin
+        assert [r.body["model"] for r in bad.records if r.body] == ["loopback"]
+        assert_each_sample_once(second, "p", 4, 1)
+
+
+def test_with_model_needs_endpoints_that_can_switch() -> None:
+    pool = PoolSampler(endpoints=[ScriptedSampler(lambda text, index: text)], max_n=1)
+    with pytest.raises(ConfigError, match=r"pool endpoint ScriptedSampler#0: .* cannot switch"):
+        pool.with_model("other")
+
+
+def test_a_two_model_graph_runs_on_a_pool_of_two_servers() -> None:
+    from ttscale.strategies.graphs import GraphStrategy, mixture_of_agents
+
+    spec = mixture_of_agents(["weak", "strong", "strong"], "strong")
+    problem = Problem(id="q", prompt="What is 6 * 7?", answer="42")
+    with contextlib.ExitStack() as stack:
+        pool_servers = [
+            stack.enter_context(LoopbackServer(answers=by_model, latency=0.05)) for _ in range(2)
+        ]
+        # The pool's own model is neither: every node asks its model through with_model.
+        pool = make_pool([s.base_url for s in pool_servers], max_n=1, concurrency=4)
+
+        async def solve() -> Any:
+            async with pool:
+                return await GraphStrategy(spec=spec).run(problem, pool)
+
+        result = run(solve())
+    assert result.text == "strong fused: \\boxed{42}" and result.answers == ("42",)
+    bodies = [r.body for s in pool_servers for r in s.records if r.body]
+    assert sorted(b["model"] for b in bodies) == ["strong"] * 3 + ["weak"]
+    assert all(s.request_count > 0 for s in pool_servers)  # the proposers were spread
+    assert [s.requests for s in pool.stats] == [s.request_count for s in pool_servers]
+    assert_usage_matches(result.usage, pool_servers)
+    fuse = [b for b in bodies if b["messages"][-1]["content"].startswith("Several")]
+    assert len(fuse) == 1 and "[1] weak: \\boxed{41}" in fuse[0]["messages"][-1]["content"]
+
+
+def test_solve_runs_a_two_model_graph_over_comma_separated_servers(tmp_path: Path) -> None:
+    from ttscale.solve import SolveConfig, solve
+    from ttscale.strategies.graphs import multi_model_vote
+
+    spec_path = multi_model_vote(["weak", "strong", "strong"]).save(tmp_path / "vote.json")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "p1", "prompt": "What is 6 * 7?", "answer": "42"}) + "\n")
+    with contextlib.ExitStack() as stack:
+        pool_servers = [stack.enter_context(LoopbackServer(answers=by_model)) for _ in range(2)]
+        summary = run(
+            solve(
+                SolveConfig(dataset=str(data), out=tmp_path / "out.jsonl", strategy=str(spec_path)),
+                base_url=",".join(s.base_url for s in pool_servers),
+                model="weak",
+            )
+        )
+        served = [s.delivered_usage() for s in pool_servers]
+    assert summary.accuracy == 1.0
+    (record,) = summary.records
+    assert record["n"] == 3 and record["usage"]["samples"] == 3
+    assert record["usage"]["completion_tokens"] == sum(d["completion_tokens"] for d in served)
+    assert sum(d["requests"] for d in served) == 3

@@ -24,6 +24,10 @@ What it guarantees:
   carrying every sample that did arrive, once the chunks still in flight have finished.
 - A bad request (a 400/413/422 answer, or a ``ConfigError``) would fail on any endpoint: it is
   raised as it is, with the samples that arrived as its ``partial``, and marks no endpoint down.
+- :meth:`PoolSampler.with_model` gives the pool asking another model name of the same endpoints
+  (for multi-model strategies such as graphs). The two share each endpoint's state: its health (a
+  server that is down is down whatever model it is asked for), its outstanding chunks and so its
+  concurrency bound (one server's capacity, shared by every model it serves), its health checks.
 
 The routing decisions are plain functions over frozen :class:`EndpointState` snapshots
 (:func:`split_runs`, :func:`pick_endpoint`, :func:`chunk_finished`, :func:`probe_due`, ...), so
@@ -33,6 +37,7 @@ they can be tested without an event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import os
@@ -45,7 +50,7 @@ from typing import Any, Literal
 import httpx2
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
-from ttscale.protocols import Sampler, check_draw
+from ttscale.protocols import Sampler, check_draw, with_model
 from ttscale.registry import build_config
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.seeds import random_base_seed
@@ -329,6 +334,19 @@ class _Member:
     probe_url: str | None
 
 
+@dataclass
+class _Shared:
+    """What a pool shares with its other-model twins (:meth:`PoolSampler.with_model`): the
+    endpoints' state and the machinery that watches it. Loop-bound parts are made on first use."""
+
+    states: list[EndpointState]
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    health_task: asyncio.Task[None] | None = None
+    probe_client: httpx2.AsyncClient | None = None
+    closed: bool = False
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """What one chunk brought back; a chunk task never raises an ``Exception``."""
@@ -368,7 +386,7 @@ class PoolSampler:
             api_key = os.environ.get(config.api_key_env)
         self._api_key = api_key
         self._members: list[_Member] = []
-        self._states: list[EndpointState] = []
+        states: list[EndpointState] = []
         for position, entry in enumerate(entries):
             concurrency = entry.concurrency or config.concurrency
             if isinstance(entry.target, str):
@@ -399,13 +417,9 @@ class PoolSampler:
                 probe_url = entry.probe_url or _models_url(base_url)
                 name = entry.name or base_url or f"{type(sampler).__name__}#{position}"
             self._members.append(_Member(sampler, owned, probe_url))
-            self._states.append(EndpointState(name=name, concurrency=concurrency))
-        # Loop-bound state, made on first use on the loop that uses it.
-        self._waiters: list[asyncio.Future[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
-        self._health_task: asyncio.Task[None] | None = None
-        self._probe_client: httpx2.AsyncClient | None = None
-        self._closed = False
+            states.append(EndpointState(name=name, concurrency=concurrency))
+        self._shared = _Shared(states)
+        self._owner = True  # False for a with_model twin: the original closes what is shared
 
     @staticmethod
     def _choose_base_seed(config: PoolConfig, entries: Sequence[PoolEndpoint]) -> int:
@@ -421,6 +435,31 @@ class PoolSampler:
         log.info("PoolSampler: no base seed given; drew %d", seed)
         return seed
 
+    @property
+    def _states(self) -> list[EndpointState]:
+        # The list itself is shared with twins; entries are replaced, never the list.
+        return self._shared.states
+
+    def with_model(self, model: str) -> PoolSampler:
+        """This pool asking ``model``: the same endpoints, each through its sampler's own
+        ``with_model`` (an ``OpenAISampler`` twin shares its clients and concurrency bound).
+
+        The twin shares every endpoint's state with this pool (module docstring) and owns
+        nothing: closing it closes nothing, closing this pool closes what both use.
+        """
+        members = []
+        for member, state in zip(self._members, self._states, strict=True):
+            try:
+                twin_sampler = with_model(member.sampler, model)
+            except ConfigError as exc:
+                raise ConfigError(f"pool endpoint {state.name}: {exc}") from exc
+            members.append(_Member(twin_sampler, owned=False, probe_url=member.probe_url))
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, model=model)
+        twin._members = members
+        twin._owner = False
+        return twin
+
     # -- stats and lifecycle ----------------------------------------------------------------
 
     @property
@@ -433,18 +472,21 @@ class PoolSampler:
         return tuple(member.sampler for member in self._members)
 
     async def aclose(self) -> None:
-        self._closed = True
-        tasks = list(self._background)
-        if self._health_task is not None:
-            tasks.append(self._health_task)
-            self._health_task = None
+        if not self._owner:
+            return  # a twin: what it uses is shared with the pool it came from, which closes it
+        shared = self._shared
+        shared.closed = True
+        tasks = list(shared.background)
+        if shared.health_task is not None:
+            tasks.append(shared.health_task)
+            shared.health_task = None
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._probe_client is not None:
-            await self._probe_client.aclose()
-            self._probe_client = None
+        if shared.probe_client is not None:
+            await shared.probe_client.aclose()
+            shared.probe_client = None
         for member in self._members:
             aclose = getattr(member.sampler, "aclose", None)
             if member.owned and aclose is not None:
@@ -459,25 +501,26 @@ class PoolSampler:
     # -- waking waiting calls ---------------------------------------------------------------
 
     def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        # Calls of twins wait here too: a slot freed by one model's chunk is open to the other's.
+        waiters, self._shared.waiters = self._shared.waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     def _waiter(self) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._shared.waiters.append(waiter)
         return waiter
 
     # -- health -----------------------------------------------------------------------------
 
     def _client(self) -> httpx2.AsyncClient:
-        if self._probe_client is None:
+        if self._shared.probe_client is None:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._probe_client = httpx2.AsyncClient(
+            self._shared.probe_client = httpx2.AsyncClient(
                 timeout=self.config.probe_timeout, headers=headers
             )
-        return self._probe_client
+        return self._shared.probe_client
 
     async def _probe(self, position: int) -> bool:
         url = self._members[position].probe_url
@@ -513,8 +556,8 @@ class PoolSampler:
                 continue
             self._states[position] = probe_started(state)
             task = asyncio.create_task(self._probe(position))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._shared.background.add(task)
+            task.add_done_callback(self._shared.background.discard)
 
     async def check_health(self) -> tuple[EndpointState, ...]:
         """Probe every endpoint that can be probed now, down or not, and return the stats."""
@@ -538,10 +581,11 @@ class PoolSampler:
 
     def _ensure_health_loop(self) -> None:
         interval = self.config.health_check_interval
-        if interval is None or self._closed:
+        shared = self._shared
+        if interval is None or shared.closed:
             return
-        if self._health_task is None or self._health_task.done():
-            self._health_task = asyncio.create_task(self._health_loop(interval))
+        if shared.health_task is None or shared.health_task.done():
+            shared.health_task = asyncio.create_task(self._health_loop(interval))
 
     # -- drawing ----------------------------------------------------------------------------
 
