@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -400,6 +401,106 @@ def test_saturated_proxy_answers_429_and_recovers() -> None:
             assert again.status_code == 200
         finally:
             running.stop()
+
+
+# The upstream holds the first two generation requests for ten minutes (streams the test ends by
+# hanging up) and the third for FINISHING seconds (a stream that ends by itself).
+FINISHING = 2.0
+SLOW_UPSTREAM = (
+    Fault("slow", on_requests=frozenset({0, 1}), delay=600.0),
+    Fault("slow", on_requests=frozenset({2}), delay=FINISHING),
+)
+
+
+def root(running: BackgroundProxy) -> str:
+    return running.base_url.removesuffix("/v1")
+
+
+def wait_in_flight(running: BackgroundProxy, expected: int) -> None:
+    deadline = time.monotonic() + 30
+    while (now := httpx2.get(root(running) + "/health").json()["in_flight"]) != expected:
+        assert time.monotonic() < deadline, f"in flight: {now}, expected {expected}"
+        time.sleep(0.02)
+
+
+def open_stream(
+    stack: contextlib.ExitStack, http: httpx2.Client, url: str, body: dict[str, Any]
+) -> tuple[contextlib.ExitStack, Iterator[str]]:
+    """A stream read up to its first SSE comment: under way, not finished; close() hangs up."""
+    own = stack.enter_context(contextlib.ExitStack())
+    response = own.enter_context(http.stream("POST", url, json=body))
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    assert next(lines).startswith(":")  # the (scaling) proxy's first keep-alive comment
+    return own, lines
+
+
+def streams_hold_their_slots(front: BackgroundProxy, inner: BackgroundProxy | None) -> str:
+    """Two held streams fill ``front`` (limit 2); hanging up frees a slot; returns /metrics."""
+    url = front.base_url + "/chat/completions"
+    body = {"model": "maj8", "messages": messages(), "stream": True}
+    with httpx2.Client(timeout=30) as http, contextlib.ExitStack() as stack:
+        # Each stream's line iterator is kept: dropping one closes its connection (a hang-up).
+        first, first_lines = open_stream(stack, http, url, body)
+        second, second_lines = open_stream(stack, http, url, body)
+        # Both are drawing from the upstream: full, for streams and plain requests alike.
+        for extra in (body, {**body, "stream": False}):
+            refused = http.post(url, json=extra)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["type"] == "rate_limit_exceeded"
+        first.close()  # the client goes away mid-stream: its slot comes back
+        wait_in_flight(front, 1)
+        if inner is not None:
+            # The front closed its upstream stream too: the inner proxy stopped sampling.
+            wait_in_flight(inner, 1)
+        _, lines = open_stream(stack, http, url, body)  # held FINISHING seconds upstream
+        assert [line for line in lines if line][-1] == "data: [DONE]"
+        wait_in_flight(front, 1)  # that stream's slot is back; the second still holds its own
+        second.close()
+        wait_in_flight(front, 0)
+        del first_lines, second_lines
+    return httpx2.get(root(front) + "/metrics").text
+
+
+def check_stream_metrics(metrics: str, mode: str) -> None:
+    assert f'mode="{mode}",status="200"}} 1' in metrics
+    assert f'mode="{mode}",status="499"}} 2' in metrics  # the two the client left
+    assert 'ttscale_rejected_total{reason="busy"} 2' in metrics
+    assert "ttscale_request_latency_seconds_count 3" in metrics
+    # Latency runs to a stream's end, so the finished one brings the upstream's time.
+    total = float(metrics.split("ttscale_request_latency_seconds_sum ")[1].split()[0])
+    assert total >= FINISHING
+
+
+def test_scaled_streams_hold_their_slot_until_they_end() -> None:
+    with LoopbackServer(answers=respond, faults=SLOW_UPSTREAM) as slow:
+        running = start(slow, max_concurrent_requests=2)
+        try:
+            metrics = streams_hold_their_slots(running, None)
+        finally:
+            running.stop()
+        # Sampling stopped for the clients that left: only the finished stream's draw arrived.
+        assert slow.delivered_usage()["samples"] == 8
+    check_stream_metrics(metrics, "scaled")
+
+
+def test_pass_through_streams_hold_their_slot_until_they_end() -> None:
+    with LoopbackServer(answers=respond, faults=SLOW_UPSTREAM) as slow:
+        # The upstream is a second proxy scaling "maj8": its stream stays open, sending comments,
+        # while it samples, as a slow model streams its tokens. The front proxy has no presets
+        # and passes every request through.
+        inner = start(slow)
+        front = BackgroundProxy(
+            ProxyConfig(base_url=inner.base_url, max_concurrent_requests=2)
+        ).start()
+        try:
+            metrics = streams_hold_their_slots(front, inner)
+            wait_in_flight(inner, 0)
+        finally:
+            front.stop()
+            inner.stop()
+        assert slow.delivered_usage()["samples"] == 8
+    check_stream_metrics(metrics, "passthrough")
 
 
 def test_models_health_and_metrics(proxy: BackgroundProxy) -> None:

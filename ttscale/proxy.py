@@ -25,16 +25,18 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import anyio
 import httpx2
 import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -367,15 +369,18 @@ class Proxy:
                 429,
                 f"the proxy is serving {metrics.in_flight} requests, its limit; retry shortly",
             )
-        metrics.in_flight += 1
-        mode, status = "error", 500
+        slot = _Slot(metrics, endpoint, started)
         try:
-            mode, response = await self._generate(request, chat)
-            status = response.status_code
+            slot.mode, response = await self._generate(request, chat)
+            slot.status = response.status_code
+            if isinstance(response, _HeldStream):
+                # A stream's work runs after this returns, while the body is sent: the slot and
+                # the latency clock pass to the response, which releases them when it ends.
+                response.slot = slot
             return response
         finally:
-            metrics.in_flight -= 1
-            metrics.observe(endpoint, mode, status, time.perf_counter() - started)
+            if slot.owner is None:
+                slot.release()
 
     async def _generate(self, request: Request, chat: bool) -> tuple[str, Response]:
         try:
@@ -442,7 +447,7 @@ class Proxy:
         except RequestError as exc:
             return "rejected", _error(exc.status, str(exc), param=exc.param)
         if parsed.stream:
-            return "scaled", StreamingResponse(
+            return "scaled", _HeldStream(
                 self._stream_scaled(plan, sampler, parsed.model),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
@@ -471,7 +476,7 @@ class Proxy:
 
     async def _stream_scaled(
         self, plan: Any, sampler: OpenAISampler, model: str
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         task = asyncio.create_task(run_scaled(plan, sampler))
         try:
             # SSE comments keep idle-timeout proxies and clients from dropping the connection
@@ -521,8 +526,11 @@ class Proxy:
             return _error(502, f"could not reach the upstream model server: {exc}")
         media_type = upstream.headers.get("content-type", "application/json")
         if body.get("stream"):
-            return StreamingResponse(
-                _relay(upstream), status_code=upstream.status_code, media_type=media_type
+            return _HeldStream(
+                _relay(upstream),
+                status_code=upstream.status_code,
+                media_type=media_type,
+                cleanup=upstream.aclose,
             )
         content = await upstream.aread()
         await upstream.aclose()
@@ -562,7 +570,95 @@ class Proxy:
         return JSONResponse({"object": "list", "data": data})
 
 
-async def _relay(upstream: httpx2.Response) -> AsyncIterator[bytes]:
+@dataclass
+class _Slot:
+    """One request's place among those served at once, and its latency clock.
+
+    Held from admission until the answer is sent: for a stream that is when the last byte went
+    out or the client hung up, not when the handler returned.
+    """
+
+    metrics: Metrics
+    endpoint: str
+    started: float
+    mode: str = "error"
+    status: int = 500
+    owner: object | None = None
+    released: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics.in_flight += 1
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.metrics.in_flight -= 1
+        self.metrics.observe(
+            self.endpoint, self.mode, self.status, time.perf_counter() - self.started
+        )
+
+
+class _HeldStream(StreamingResponse):
+    """A streamed answer that holds its request's slot until the stream has ended.
+
+    Ending covers every way out: the last chunk sent, the client gone (Starlette stops sending),
+    or an error. The body iterator is closed then too, so that a scaled stream's sampling stops
+    and a relayed upstream response is closed even if sending never started. A stream the client
+    left before its end is counted with status 499 (nginx's "client closed request").
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(self._until_the_end(content), **options)
+        self._content = content
+        self._cleanup = cleanup
+        self._slot: _Slot | None = None
+        self._ended = False
+
+    @property
+    def slot(self) -> _Slot | None:
+        return self._slot
+
+    @slot.setter
+    def slot(self, slot: _Slot) -> None:
+        slot.owner = self
+        self._slot = slot
+
+    async def _until_the_end(self, content: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        async for chunk in content:
+            yield chunk
+        self._ended = True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Starlette returns normally when the client hangs up; a failure while streaming raises.
+        hung_up = True
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            hung_up = isinstance(exc, ClientDisconnect | OSError)
+            raise
+        finally:
+            if self._slot is not None:
+                if not self._ended:
+                    self._slot.status = 499 if hung_up else 500
+                # First, and without awaiting: nothing below can keep the slot taken.
+                self._slot.release()
+            # Shielded: a cancelled request must still close what it opened.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await self._content.aclose()
+                if self._cleanup is not None:
+                    with contextlib.suppress(Exception):
+                        await self._cleanup()
+
+
+async def _relay(upstream: httpx2.Response) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
