@@ -17,7 +17,13 @@ import httpx2
 import openai
 import pytest
 
-from ttscale.proxy import BackgroundProxy, ProxyConfig, load_presets, parse_preset_option
+from ttscale.proxy import (
+    BackgroundProxy,
+    ProxyConfig,
+    endpoint_key_path,
+    load_presets,
+    parse_preset_option,
+)
 from ttscale.scaling import RequestLimits, ScaleSettings
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
@@ -315,6 +321,85 @@ def test_bad_requests_get_a_400_naming_the_field(
     # The server keeps serving.
     ok = client(proxy).chat.completions.create(model="maj8", messages=messages())
     assert ok.choices
+
+
+def elsewhere_spec(base_url: str, **model: Any) -> dict[str, Any]:
+    """An inline graph whose one model lives on ``base_url``."""
+    return {
+        "nodes": [{"id": "answer", "model": "big"}],
+        "models": {"big": {"name": "loopback", "base_url": base_url, **model}},
+    }
+
+
+def test_endpoint_key_path_finds_servers_and_keys_anywhere() -> None:
+    spec = elsewhere_spec("http://elsewhere/v1")
+    assert endpoint_key_path(ScaleSettings(strategy="graph", options={"spec": spec})) == (
+        "spec", "models", "big", "base_url",
+    )  # fmt: skip
+    keyed = {"nodes": [{"id": "a"}], "models": {"big": {"api_key": "sk-x"}}}
+    assert endpoint_key_path(ScaleSettings(options={"spec": keyed})) == (
+        "spec", "models", "big", "api_key",
+    )  # fmt: skip
+    served = ScaleSettings(verifier="reward_model", verifier_options={"base_url": "http://rm"})
+    assert endpoint_key_path(served) == ("verifier", "base_url")
+    nested = ScaleSettings(
+        verifier="cascade", verifier_options={"stages": [{"name": "x"}, {"api_key_env": "HOME"}]}
+    )
+    assert endpoint_key_path(nested) == ("verifier", "stages[1]", "api_key_env")
+    # A spec without servers, or with an explicit null, names none.
+    plain = {"nodes": [{"id": "a", "model": "big"}], "models": {"big": {"base_url": None}}}
+    assert endpoint_key_path(ScaleSettings(strategy="graph", options={"spec": plain})) is None
+    assert endpoint_key_path(PRESETS["judge4"]) is None
+
+
+def test_requests_may_not_point_the_proxy_at_other_servers(upstream: LoopbackServer) -> None:
+    with LoopbackServer(answers=respond) as elsewhere:
+        graph = {"strategy": "graph", "spec": elsewhere_spec(elsewhere.base_url)}
+        cases = [
+            ({"ttscale": graph}, {}, "ttscale.spec.models.big.base_url"),
+            (
+                {"ttscale": {"strategy": "graph", "spec": elsewhere_spec("", api_key="sk-1")}},
+                {},
+                "ttscale.spec.models.big.api_key",
+            ),
+            (
+                {"ttscale": {"verifier": {"name": "reward_model", "base_url": elsewhere.base_url}}},
+                {},
+                "ttscale.verifier.base_url",
+            ),
+            (
+                {},
+                {"X-TTScale-Strategy": "graph", "X-TTScale-Spec": json.dumps(graph["spec"])},
+                "X-TTScale-Spec.models.big.base_url",
+            ),
+        ]
+        running = start(upstream)
+        try:
+            for extra, headers, param in cases:
+                refused = httpx2.post(
+                    running.base_url + "/chat/completions",
+                    json={"model": "maj8", "messages": messages(), **extra},
+                    headers=headers,
+                    timeout=30,
+                )
+                assert refused.status_code == 400, refused.text
+                error = refused.json()["error"]
+                assert error["param"] == param and error["type"] == "invalid_request_error"
+                assert "server or a key" in error["message"]
+        finally:
+            running.stop()
+        assert elsewhere.request_count == 0 and upstream.request_count == 0
+        # The operator may allow it: then the graph's model is asked on its own server.
+        running = start(upstream, allow_request_endpoints=True)
+        try:
+            reply = client(running).chat.completions.create(
+                model="loopback", messages=messages(), extra_body={"ttscale": graph}
+            )
+        finally:
+            running.stop()
+        assert meta(reply)["strategy"] == "graph"
+        assert elsewhere.delivered_usage()["samples"] == 1
+        assert upstream.request_count == 0
 
 
 def test_malformed_json_oversized_body_and_unknown_path(upstream: LoopbackServer) -> None:

@@ -89,6 +89,9 @@ class ProxyConfig:
     key, ``proxy_key`` the one clients must present. ``default`` holds the server's default
     settings: with a ``strategy`` there, every request is scaled. ``count_with_logprobs`` asks the
     upstream for logprobs to count tokens exactly (llama.cpp under-reports usage for ``n > 1``).
+    ``allow_request_endpoints`` lets requests name servers and keys in their settings (a graph
+    spec's ``models.X.base_url``, a served reward model's ``base_url``); off, they get a 400, as
+    the proxy would otherwise send its requests, and any key, wherever a client pointed it.
     """
 
     base_url: str
@@ -104,6 +107,7 @@ class ProxyConfig:
     upstream_concurrency: int = 64
     keep_alive_s: float = 5.0
     allow_code_execution: bool = False
+    allow_request_endpoints: bool = False
     count_with_logprobs: bool = False
     max_retries: int = 2
     timeout_s: float = 600.0
@@ -288,6 +292,53 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# -- request settings that name a server ----------------------------------------------------------
+
+# Settings keys that would point the proxy's own requests (or its keys) at a place of the client's
+# choosing: a graph spec's models, a served reward model, any sampler options nested in them.
+ENDPOINT_KEYS = frozenset({"base_url", "api_key", "api_key_env"})
+
+
+def endpoint_key_path(settings: ScaleSettings) -> tuple[str, ...] | None:
+    """Where ``settings`` name a server or a key (``("spec", "models", "big", "base_url")``)."""
+
+    def walk(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                here = (*path, str(key))
+                if str(key) in ENDPOINT_KEYS and item not in (None, ""):  # null names nothing
+                    return here
+                found = walk(item, here)
+                if found is not None:
+                    return found
+        elif isinstance(value, list | tuple):
+            for position, item in enumerate(value):
+                found = walk(item, (*path[:-1], f"{path[-1]}[{position}]"))
+                if found is not None:
+                    return found
+        return None
+
+    return walk(settings.options, ()) or walk(settings.verifier_options, ("verifier",))
+
+
+def _refuse_endpoints(settings: ScaleSettings, *, header: bool) -> None:
+    path = endpoint_key_path(settings)
+    if path is None:
+        return
+    if header:
+        # X-TTScale-Spec: {...} -> "X-TTScale-Spec.models.big.base_url"
+        first = "X-TTScale-" + "-".join(part.capitalize() for part in path[0].split("_"))
+        param = ".".join((first, *path[1:]))
+    else:
+        param = ".".join(("ttscale", *path))
+    raise RequestError(
+        f"{param}: a request may not name a server or a key; the proxy would send its requests "
+        "there. Name such models in presets, or let requests do it (ProxyConfig "
+        "allow_request_endpoints)",
+        param=param,
+    )
+
+
 # -- the proxy -----------------------------------------------------------------------------------
 
 
@@ -411,7 +462,7 @@ class Proxy:
             ):
                 return "passthrough", await self._pass_through(body, raw, chat)
             parsed = parse_request(body, chat=chat, limits=self.config.limits)
-            for source in (parsed.settings, header_settings):
+            for source, header in ((parsed.settings, False), (header_settings, True)):
                 spec = source.options.get("spec")
                 if isinstance(spec, str) and spec not in BUILTIN_GRAPHS:
                     # A path would read the server's files; requests send specs inline.
@@ -420,6 +471,8 @@ class Proxy:
                         "in presets",
                         param="ttscale.spec",
                     )
+                if not self.config.allow_request_endpoints:
+                    _refuse_endpoints(source, header=header)
             settings = parsed.settings.over(header_settings)
             if preset is not None:
                 settings = settings.over(preset)
