@@ -30,6 +30,7 @@ from ttscale.verifiers.reward_model import (
     LocalRewardModel,
     ServedRewardModel,
     reward_from_outputs,
+    rewards_from_reply,
 )
 
 PROBLEM = Problem(id="p1", prompt="What is two plus two?", answer="4")
@@ -112,21 +113,58 @@ def test_process_reward_verifier_scores_prefixes() -> None:
 # -- served reward model --------------------------------------------------------------------------
 
 
-class _Classify(BaseHTTPRequestHandler):
+def _good(text: str) -> bool:
+    return "four" in text
+
+
+def _pooling_row(model: str, text: str) -> list[Any]:
+    """What /pooling answers per input, by the kind of model asked for."""
+    if model == "rm-head":  # a reward head: one number
+        return [1.5 if _good(text) else -0.5]
+    if model == "rm-logits":  # two labels, raw logits
+        return [0.0, 2.0] if _good(text) else [1.0, -1.0]
+    if model == "rm-ambiguous":  # logits that happen to look like probabilities
+        return [0.0, 1.0] if _good(text) else [1.0, 0.0]
+    if model == "rm-steps":  # per-step label probabilities; the last step is the sequence's
+        return [[0.5, 0.5], [0.2, 0.8] if _good(text) else [0.6, 0.4]]
+    if model == "rm-base64":
+        return "AAAAAA=="  # type: ignore[return-value]
+    raise AssertionError(model)
+
+
+class _RewardServer(BaseHTTPRequestHandler):
+    """vLLM's /classify, /pooling and /score, answering in reverse index order with usage."""
+
     requests: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append({"path": self.path, "body": body})
-        if self.path != "/classify":
+        if self.path == "/classify":
+            texts = body["input"]
+            data = [
+                {"index": i, "probs": [0.1, 0.9] if _good(t) else [0.7, 0.3]}
+                for i, t in enumerate(texts)
+            ]
+        elif self.path == "/pooling":
+            texts = body["input"]
+            data = [
+                {"index": i, "object": "pooling", "data": _pooling_row(body["model"], t)}
+                for i, t in enumerate(texts)
+            ]
+        elif self.path == "/score":
+            texts = body["text_2"]
+            data = [
+                {"index": i, "object": "score", "score": 0.75 if _good(t) else 0.25}
+                for i, t in enumerate(texts)
+            ]
+        else:
             self.send_response(404)
             self.end_headers()
             return
-        data = [
-            {"index": i, "probs": [0.1, 0.9] if "four" in text else [0.7, 0.3]}
-            for i, text in enumerate(body["input"])
-        ]
-        payload = json.dumps({"object": "list", "data": data}).encode()
+        usage = {"prompt_tokens": 10 * len(texts), "total_tokens": 10 * len(texts)}
+        reply = {"object": "list", "data": data[::-1], "usage": usage}
+        payload = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -138,9 +176,9 @@ class _Classify(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def classify_server() -> Iterator[str]:
-    _Classify.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Classify)
+def reward_server() -> Iterator[str]:
+    _RewardServer.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RewardServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -149,19 +187,84 @@ def classify_server() -> Iterator[str]:
     thread.join(timeout=5)
 
 
-def test_served_reward_model_over_http(classify_server: str) -> None:
-    verifier = create(
-        "verifier", "reward_model", base_url=classify_server, model="rm", batch_size=2
-    )
+TEXTS = ["It is four.", "It is five.", "four!", "5", "four"]
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_served_reward_model_over_http(reward_server: str) -> None:
+    verifier = create("verifier", "reward_model", base_url=reward_server, model="rm", batch_size=2)
     assert isinstance(verifier, ServedRewardModel)
-    scores = score(verifier, ["It is four.", "It is five.", "four!", "5", "four"])
+    scores = score(verifier, TEXTS)
     assert [s.value for s in scores] == [0.9, 0.3, 0.9, 0.3, 0.9]
-    assert len(_Classify.requests) == 3  # batches of 2, 2 and 1
-    first = _Classify.requests[0]["body"]
+    assert len(_RewardServer.requests) == 3  # batches of 2, 2 and 1
+    first = _RewardServer.requests[0]["body"]
     assert first["model"] == "rm" and "What is two plus two?" in first["input"][0]
-    broken = ServedRewardModel(base_url=classify_server, path="/nope")
+    # The usage each reply reported rides on its batch's first score.
+    assert sum(s.usage.prompt_tokens for s in scores if s.usage is not None) == 10 * len(TEXTS)
+    broken = ServedRewardModel(base_url=reward_server, path="/nope")
     with pytest.raises(VerifierError, match="404"):
         score(broken, ["x"])
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("rm-head", [1.5, -0.5, 1.5, -0.5, 1.5]),
+        (
+            "rm-logits",
+            [1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))] * 2 + [1 / (1 + math.exp(-2))],
+        ),
+        ("rm-steps", [0.8, 0.4, 0.8, 0.4, 0.8]),
+    ],
+)
+def test_served_reward_model_over_vllm_pooling(
+    reward_server: str, model: str, expected: list[float]
+) -> None:
+    verifier = ServedRewardModel(base_url=reward_server, api="pooling", model=model, batch_size=3)
+    scores = score(verifier, TEXTS)
+    assert [s.value for s in scores] == pytest.approx(expected, rel=1e-12)
+    assert [r["path"] for r in _RewardServer.requests] == ["/pooling", "/pooling"]
+    assert "What is two plus two?" in _RewardServer.requests[0]["body"]["input"][0]
+    assert sum(s.usage.prompt_tokens for s in scores if s.usage is not None) == 10 * len(TEXTS)
+
+
+def test_pooling_outputs_can_be_declared_logits(reward_server: str) -> None:
+    options = {"base_url": reward_server, "api": "pooling", "model": "rm-ambiguous"}
+    read_as_probabilities = score(ServedRewardModel(**options), ["four", "five"])
+    assert [s.value for s in read_as_probabilities] == [1.0, 0.0]
+    declared = score(ServedRewardModel(**options, pooling_logits=True), ["four", "five"])
+    assert [s.value for s in declared] == pytest.approx([_sigmoid(1), _sigmoid(-1)], rel=1e-12)
+
+
+def test_served_reward_model_over_vllm_score(reward_server: str) -> None:
+    verifier = create("verifier", "reward_model", base_url=reward_server, api="score", model="ce")
+    scores = score(verifier, TEXTS)
+    assert [s.value for s in scores] == [0.75, 0.25, 0.75, 0.25, 0.75]
+    (request,) = _RewardServer.requests
+    assert request["path"] == "/score"
+    assert request["body"] == {"model": "ce", "text_1": PROBLEM.prompt, "text_2": TEXTS}
+
+
+def test_served_reward_model_refuses_what_it_cannot_read(reward_server: str) -> None:
+    encoded = ServedRewardModel(base_url=reward_server, api="pooling", model="rm-base64")
+    with pytest.raises(VerifierError, match="encoded"):
+        score(encoded, ["four"])
+    with pytest.raises(ConfigError, match="api must be one of"):
+        ServedRewardModel(base_url=reward_server, api="embed")
+
+
+def test_rewards_are_matched_to_inputs_by_index() -> None:
+    reply = {"data": [{"index": 1, "score": 0.2}, {"index": 0, "score": 0.7}]}
+    assert rewards_from_reply(reply, "score", 2) == [(0.7, [0.7]), (0.2, [0.2])]
+    with pytest.raises(VerifierError, match="bad index"):
+        rewards_from_reply({"data": [{"index": 0, "score": 1}] * 2}, "score", 2)
+    with pytest.raises(VerifierError, match="2 results for 3 inputs"):
+        rewards_from_reply(reply, "score", 3)
+    with pytest.raises(VerifierError, match="no 'data' list"):
+        rewards_from_reply({"error": "overloaded"}, "classify", 1)
 
 
 # -- local transformers reward model --------------------------------------------------------------

@@ -8,14 +8,32 @@ probability of ``positive_label`` (default: the last label).
 model object and its tokenizer), runs batches of ``batch_size`` in a worker thread under
 ``torch.inference_mode`` on ``device`` ("cpu", "cuda", ... or "auto"). Needs the ``[hf]`` extra.
 
-:class:`ServedRewardModel` posts to a vLLM-style classify endpoint::
+:class:`ServedRewardModel` posts to one of vLLM's pooling endpoints, chosen by ``api``:
 
-    POST {base_url}/classify   {"model": "<name>", "input": ["<text>", ...]}
-    200                        {"data": [{"index": 0, "probs": [p0, p1, ...]}, ...]}
+- ``classify`` (``--task classify`` / ``--runner pooling`` classifiers)::
 
-(vLLM's ``/classify`` for ``--task classify`` models.) A reply with one number per input (a reward
-head) is read from ``probs[0]``; with several, ``probs[positive_label]``. Each text is the prompt
-and the candidate put together by ``template``.
+      POST {base_url}/classify  {"model": "<name>", "input": ["<text>", ...]}
+      200                       {"data": [{"index": 0, "probs": [p0, p1, ...]}, ...]}
+
+  One probability (a reward head) is the reward; with several, ``probs[positive_label]``.
+- ``pooling`` (reward models such as ``internlm2-1_8b-reward``, process reward models)::
+
+      POST {base_url}/pooling   {"model": "<name>", "input": ["<text>", ...]}
+      200                       {"data": [{"index": 0, "data": [...]}, ...]}
+
+  ``data`` is one row of outputs, or one row per token or step (then the last row, the whole
+  sequence's, is read). One number is the reward; several are label probabilities, read at
+  ``positive_label``, or logits, softmaxed first: ``pooling_logits`` says which (by default a
+  row that is a probability distribution is read as one, and any other softmaxed).
+- ``score`` (cross-encoders that score a pair)::
+
+      POST {base_url}/score     {"model": "<name>", "text_1": "<prompt>", "text_2": ["<cand>", ...]}
+      200                       {"data": [{"index": 0, "score": s}, ...]}
+
+  The score is the reward; ``template`` is not used, the pair is the prompt and the candidate.
+
+For ``classify`` and ``pooling`` each text is the prompt and the candidate put together by
+``template``. Replies are matched to inputs by ``index``; a ``usage`` in the reply is counted.
 
 :func:`reward_model` (registered as ``reward_model``) builds the served one when given a
 ``base_url`` and the local one otherwise.
@@ -31,7 +49,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.registry import build_config
@@ -41,16 +59,21 @@ from ttscale.verifiers.base import LoopBound
 __all__ = [
     "LocalRewardModel",
     "LocalRewardModelConfig",
+    "RewardApi",
     "ServedRewardModel",
     "ServedRewardModelConfig",
     "format_pair",
     "reward_from_outputs",
     "reward_model",
+    "rewards_from_reply",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{candidate}"
+
+RewardApi = Literal["classify", "pooling", "score"]
+_APIS = ("classify", "pooling", "score")
 
 
 def format_pair(problem: Problem, candidate: Candidate, template: str) -> str:
@@ -186,23 +209,92 @@ class ServedRewardModelConfig:
 
     base_url: str
     model: str = ""
-    path: str = "/classify"
+    api: RewardApi = "classify"
+    path: str | None = None  # default: "/" + api
     api_key: str | None = field(default=None, repr=False)
     batch_size: int = 32
     concurrency: int = 4
     timeout_s: float = 60.0
     positive_label: int = -1
     template: str = DEFAULT_TEMPLATE
+    pooling_logits: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url:
             raise ConfigError("ServedRewardModel needs a base_url")
         if self.batch_size < 1 or self.concurrency < 1 or self.timeout_s <= 0:
             raise ConfigError("batch_size and concurrency must be >= 1, timeout_s > 0")
+        if self.api not in _APIS:
+            raise ConfigError(f"api must be one of {', '.join(_APIS)}, got {self.api!r}")
+
+
+def _is_distribution(values: Sequence[float]) -> bool:
+    return all(0.0 <= value <= 1.0 for value in values) and math.isclose(
+        sum(values), 1.0, abs_tol=1e-3
+    )
+
+
+def _floats(value: Any, where: str) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise VerifierError(f"{where} is not a non-empty list of numbers: {str(value)[:100]}")
+    if any(isinstance(item, bool) or not isinstance(item, int | float) for item in value):
+        raise VerifierError(f"{where} is not a list of numbers: {str(value)[:100]}")
+    return [float(item) for item in value]
+
+
+def rewards_from_reply(
+    reply: Any,
+    api: RewardApi,
+    count: int,
+    positive_label: int = -1,
+    *,
+    pooling_logits: bool | None = None,
+) -> list[tuple[float, list[float]]]:
+    """Each input's reward and the outputs it was read from, from a server's reply (pure).
+
+    ``reply`` is the decoded JSON of a ``classify``, ``pooling`` or ``score`` answer for
+    ``count`` inputs (see the module docstring); entries are put in input order by ``index``.
+    ``pooling_logits`` says whether several ``pooling`` outputs are logits; None decides per
+    row (a probability distribution is read as it is, anything else is softmaxed).
+    """
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list):
+        raise VerifierError(f"the {api} reply has no 'data' list")
+    if len(data) != count:
+        raise VerifierError(f"the {api} reply has {len(data)} results for {count} inputs")
+    ordered: list[Any] = [None] * count
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count or ordered[index] is not None:
+            raise VerifierError(f"the {api} reply's result {position} has a bad index {index!r}")
+        ordered[index] = item
+    results: list[tuple[float, list[float]]] = []
+    for index, item in enumerate(ordered):
+        where = f"the {api} reply's result {index}"
+        if api == "score":
+            value = item.get("score")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise VerifierError(f"{where} has no numeric 'score'")
+            results.append((float(value), [float(value)]))
+            continue
+        if api == "classify":
+            row = _floats(item.get("probs"), f"{where}'s probs")
+            results.append((reward_from_outputs(row, positive_label, are_logits=False), row))
+            continue
+        outputs = item.get("data")
+        if isinstance(outputs, str):
+            raise VerifierError(f"{where} is encoded ({outputs[:20]}...); ask for floats")
+        if isinstance(outputs, list) and outputs and isinstance(outputs[0], list):
+            outputs = outputs[-1]  # per token or step: the last is the whole sequence's
+        row = _floats(outputs, f"{where}'s data")
+        logits = not _is_distribution(row) if pooling_logits is None else pooling_logits
+        reward = reward_from_outputs(row, positive_label, are_logits=logits)
+        results.append((reward, row))
+    return results
 
 
 class ServedRewardModel:
-    """A classifier behind a vLLM-style ``/classify`` endpoint. See the module docstring."""
+    """A reward model behind vLLM's ``/classify``, ``/pooling`` or ``/score``; see the module."""
 
     def __init__(self, config: ServedRewardModelConfig | None = None, **options: Any) -> None:
         if config is None:
@@ -210,16 +302,30 @@ class ServedRewardModel:
         elif options:
             raise ConfigError("pass either a config or keyword options to ServedRewardModel")
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/" + config.path.lstrip("/")
+        path = config.path if config.path is not None else "/" + config.api
+        self.url = config.base_url.rstrip("/") + "/" + path.lstrip("/")
         self._bound = LoopBound(config.concurrency)
 
-    def _post(self, texts: list[str]) -> tuple[list[list[float]], Usage | None]:
+    def _body(self, problem: Problem, candidates: Sequence[Candidate]) -> dict[str, Any]:
+        if self.config.api == "score":
+            prompt = format_pair(problem, Candidate(text="", index=0), "{prompt}")
+            return {
+                "model": self.config.model,
+                "text_1": prompt,
+                "text_2": [candidate.text for candidate in candidates],
+            }
+        texts = [format_pair(problem, candidate, self.config.template) for candidate in candidates]
+        return {"model": self.config.model, "input": texts}
+
+    def _post(
+        self, body: dict[str, Any], count: int
+    ) -> tuple[list[tuple[float, list[float]]], Usage | None]:
         # Blocking stdlib HTTP, run in a worker thread: no HTTP client dependency for one POST.
-        body = json.dumps({"model": self.config.model, "input": texts}).encode()
+        encoded = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(self.url, data=encoded, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
                 payload = response.read()
@@ -232,7 +338,6 @@ class ServedRewardModel:
             raise VerifierError(f"reward model at {self.url} failed: {exc!r}") from exc
         try:
             reply = json.loads(payload)
-            rows = [[float(value) for value in item["probs"]] for item in reply["data"]]
             reported = reply.get("usage") or {}
             usage = (
                 Usage(
@@ -243,29 +348,40 @@ class ServedRewardModel:
                 if reported
                 else None
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise VerifierError(f"reward model at {self.url} sent an unreadable reply") from exc
-        if len(rows) != len(texts):
-            raise VerifierError(f"reward model returned {len(rows)} results for {len(texts)}")
-        return rows, usage
+        try:
+            results = rewards_from_reply(
+                reply,
+                self.config.api,
+                count,
+                self.config.positive_label,
+                pooling_logits=self.config.pooling_logits,
+            )
+        except VerifierError as exc:
+            raise VerifierError(f"reward model at {self.url}: {exc}") from exc
+        return results, usage
 
-    async def _classify(self, texts: list[str]) -> tuple[list[list[float]], Usage | None]:
+    async def _ask(
+        self, body: dict[str, Any], count: int
+    ) -> tuple[list[tuple[float, list[float]]], Usage | None]:
         async with self._bound.semaphore():
-            return await asyncio.to_thread(self._post, texts)
+            return await asyncio.to_thread(self._post, body, count)
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
-        texts = [format_pair(problem, candidate, self.config.template) for candidate in candidates]
         size = self.config.batch_size
+        parts = [candidates[i : i + size] for i in range(0, len(candidates), size)]
         batches = await asyncio.gather(
-            *(self._classify(texts[i : i + size]) for i in range(0, len(texts), size))
+            *(self._ask(self._body(problem, part), len(part)) for part in parts)
         )
+        key = "probs" if self.config.api == "classify" else "outputs"
         scores: list[Score] = []
-        for rows, usage in batches:
-            for position, row in enumerate(rows):
+        for results, usage in batches:
+            for position, (reward, row) in enumerate(results):
                 scores.append(
                     Score(
-                        reward_from_outputs(row, self.config.positive_label, are_logits=False),
-                        details={"probs": row},
+                        reward,
+                        details={key: row},
                         # The request's usage rides on its first score (see Score.usage).
                         usage=usage if position == 0 else None,
                     )
