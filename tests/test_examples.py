@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ttscale.datasets import load_dataset
+from ttscale.seeds import derive_seed
 from ttscale.testing.server import LoopbackServer, ScriptRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +175,47 @@ def test_proxy_with_the_unmodified_openai_client(loopback: LoopbackServer) -> No
     assert "stream votes: {'8':" in out
     # Three scaled requests: 8 + 6 + 8 samples, all drawn from the upstream by the proxy.
     assert loopback.delivered_usage()["samples"] == 22
+
+
+def test_scale_a_generate_function(loopback: LoopbackServer) -> None:
+    out = run_example("scale_generate_function.py", server=loopback).stdout
+    picks = re.findall(
+        r"(arith-\d+): votes=(\{.*\}) chosen=(\S+) expected=(\S+) samples=8 tokens=(\d+)", out
+    )
+    assert [p[:4] for p in picks] == [
+        ("arith-00", "{'8': 6, '9': 1}", "8", "8"),
+        ("arith-01", "{'48': 5, '50': 1, '49': 1}", "48", "48"),
+        ("arith-02", "{'13': 4, '14': 2, '15': 1}", "13", "13"),
+    ], out
+    assert out.count("chosen text: 'Adding it up gives") == 3
+    assert "accuracy: 3/3" in out
+    # One request per sample, and every token the server sent is counted in some result.
+    served = loopback.delivered_usage()
+    assert served["samples"] == served["requests"] == 24
+    assert sum(int(p[4]) for p in picks) == served["prompt_tokens"] + served["completion_tokens"]
+    # Each sample of a question had its own seed, derived from the example's base seed 0.
+    seeds = sorted(r.body["seed"] for r in loopback.records if r.body)
+    assert seeds == sorted([derive_seed(0, index) for index in range(8)] * 3)
+
+
+def test_wrap_an_openai_client(loopback: LoopbackServer) -> None:
+    out = run_example("wrap_openai_client.py", server=loopback).stdout
+    lines = out.splitlines()
+    assert lines[0] == "plain call: Adding it up gives 8. The answer is \\boxed{8}."
+    # The plain call drew the first sample; the scaled one the next 8, one wrong and one blank.
+    assert lines[1] == (
+        "scaled call answers: ['Adding it up gives 8. The answer is \\\\boxed{8}.', '\\\\boxed{9}']"
+    )
+    assert lines[2] == "  votes: {'8': 6, '9': 1} samples_used: 8"
+    # The budget of 12 samples spans the second client's calls: 8, then 4, then none.
+    assert lines[4:6] == ["answer 8 from 8 samples", "answer 48 from 4 samples"]
+    assert lines[6].startswith("budget spent: ") and "max_samples(12)" in lines[6]
+    served = loopback.delivered_usage()
+    assert served["samples"] == 1 + 8 + 8 + 4
+    usage = json.loads(lines[3].split("usage: ", 1)[1].replace("'", '"'))
+    scaled = next(r for r in loopback.records if r.body and r.body.get("n") == 8)
+    assert usage["prompt_tokens"] == scaled.prompt_tokens
+    assert usage["completion_tokens"] == scaled.completion_tokens
 
 
 def test_custom_plugin_found_by_entry_points(loopback: LoopbackServer, tmp_path: Path) -> None:
