@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 
 from ttscale import (
@@ -91,6 +94,114 @@ def test_server_rejecting_n_falls_back_to_single_requests_and_remembers() -> Non
         assert first.usage.failed_requests == 1
         assert first.usage.requests == 8 and second.usage.requests == 8
         assert_matches_server(first.usage + second.usage, server)
+
+
+def test_what_n_support_was_learnt_is_shared_by_twins_and_by_samplers_on_one_client() -> None:
+    with LoopbackServer(answers=numbered, n_support="reject") as server:
+        sampler = make_sampler(server, max_n=8)
+        twin = sampler.with_model("another-model")
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test")
+        on_client = OpenAISampler(model="loopback", client=client, max_n=8)
+        neighbour = OpenAISampler(model="loopback", client=client, max_n=8)
+
+        async def run() -> list[SampleBatch]:
+            async with sampler:
+                batches = [await sampler.sample("q", 4), await twin.sample("q", 4, start_index=4)]
+                batches += [
+                    await on_client.sample("r", 4),
+                    await neighbour.sample("r", 4, start_index=4),
+                ]
+                await client.close()
+                return batches
+
+        batches = asyncio.run(run())
+        assert twin.n_supported is False and neighbour.n_supported is False
+        # One rejection per memory: the sampler's (its twin asked nothing) and the client's.
+        rejected = [r for r in server.records if r.status == 400]
+        assert len(rejected) == 2 and all(r.body and r.body["n"] == 4 for r in rejected)
+        assert {r.body["model"] for r in rejected if r.body} == {"loopback"}
+        assert all(len(b.candidates) == 4 for b in batches)
+        assert_matches_server(Usage.total([b.usage for b in batches]), server)
+
+
+def test_a_sampler_with_its_own_client_learns_afresh() -> None:
+    with LoopbackServer(answers=numbered, n_support="reject") as server:
+        first, second = make_sampler(server, max_n=8), make_sampler(server, max_n=8)
+        draw(first, "q", 4)
+        assert first.n_supported is False and second.n_supported is None
+
+
+def test_an_unrelated_bad_request_does_not_switch_n_off(server: LoopbackServer) -> None:
+    bad = SamplingParams(extra_body={"logprobs": "yes"})  # the server wants a boolean
+    sampler = make_sampler(server, max_n=8)
+
+    async def run() -> SampleBatch:
+        async with sampler:
+            with pytest.raises(UpstreamError) as caught:
+                await sampler.sample("q", 4, bad)
+            assert caught.value.status_code == 400
+            return await sampler.sample("q", 4, start_index=4)
+
+    batch = asyncio.run(run())
+    assert sampler.n_supported is True  # learnt from the second draw, which still used n
+    assert [body.get("n") for body in generation_bodies(server)] == [4, 4]
+    assert [c.index for c in batch.candidates] == [4, 5, 6, 7]
+
+
+def refusing_n_with(status: int, body: object) -> httpx2.MockTransport:
+    """A server that answers every request asking for n > 1 with ``status`` and ``body``."""
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent = json.loads(request.content)
+        if sent.get("n", 1) > 1:
+            return httpx2.Response(status, json=body)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "hi"}}
+        usage = {"prompt_tokens": 3, "completion_tokens": 1}
+        return httpx2.Response(200, json={"id": "x", "choices": [choice], "usage": usage})
+
+    return httpx2.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "about_n"),
+    [
+        (400, {"error": {"message": "this server does not support n > 1", "param": "n"}}, True),
+        (400, {"error": {"message": "Invalid 'n': integer above maximum value"}}, True),
+        (400, {"error": {"message": "n must be 1 for this model", "param": None}}, True),
+        (400, {"error": {"message": "Only one completion choice is allowed"}}, True),
+        (400, {"error": {"message": "Unsupported parameter: n"}}, True),
+        (400, {"error": "only n=1 is supported"}, True),
+        (422, {"detail": [{"loc": ["body", "n"], "msg": "must be <= 1"}]}, True),
+        # Errors about something else, some of which mention an n in passing.
+        (400, {"error": {"message": "The tool function must have a name"}}, False),
+        (400, {"error": {"message": "prompt_len + gen_len > max_model_len"}}, False),
+        (400, {"error": {"message": "top_n must be at most 20"}}, False),
+        (400, {"error": {"message": "n must be 1 when best_of is set", "param": "best_of"}}, False),
+        (400, {"error": {"message": "This model's maximum context length is 2048 tokens"}}, False),
+        (422, {"detail": [{"loc": ["body", "temperature"], "msg": "n must be 1"}]}, False),
+    ],
+)
+def test_only_an_error_naming_n_switches_n_off(status: int, body: object, about_n: bool) -> None:
+    # The real openai client over a scripted transport: these error bodies come from servers
+    # other than the loopback one, and the exception is the one the client really raises.
+    http_client = httpx2.AsyncClient(transport=refusing_n_with(status, body))
+    client = openai.AsyncOpenAI(
+        base_url="http://upstream.test/v1", api_key="x", max_retries=0, http_client=http_client
+    )
+    sampler = OpenAISampler(model="m", client=client, max_n=4)
+
+    async def run() -> SampleBatch:
+        async with client:
+            return await sampler.sample("q", 4)
+
+    if about_n:
+        assert len(asyncio.run(run()).candidates) == 4
+        assert sampler.n_supported is False
+    else:
+        with pytest.raises(UpstreamError) as caught:
+            asyncio.run(run())
+        assert caught.value.status_code == status
+        assert sampler.n_supported is None
 
 
 def test_server_ignoring_n_keeps_the_choice_it_paid_for() -> None:

@@ -5,9 +5,11 @@ It talks through ``openai.AsyncOpenAI``.
 What it guarantees:
 
 - Uses the server's ``n`` where the server has one, in requests of at most ``max_n`` choices. A
-  server that rejects ``n > 1`` (a 400/422 naming it) or returns fewer choices than asked is
-  remembered per endpoint, and the missing samples are drawn with single requests. Choices a
-  short response did return are kept: they were paid for.
+  server that rejects ``n > 1`` (a 400/422 whose ``param`` is ``n``, or whose message plainly
+  names n) or returns fewer choices than asked is remembered per endpoint (base URL and API), and
+  the missing samples are drawn with single requests. The memory is shared by the sampler's
+  ``with_model`` twins and by every sampler on the same ``openai`` client. Choices a short
+  response did return are kept: they were paid for.
 - The params given to ``sample`` override the sampler's own (``config.params``) field by field:
   the fields they set win, the ones left ``None`` keep the sampler's value (``extra_body`` is
   merged key by key), so a strategy that only sets a temperature keeps the sampler's
@@ -29,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
+import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,6 +120,26 @@ class OpenAISamplerConfig:
                 raise ConfigError(f"{name} must be > 0, got {value}")
 
 
+class _EndpointMemory:
+    """What samplers have learnt of their endpoints' ``n``, by (base URL, API).
+
+    Held by reference: a sampler's ``with_model`` twins (shallow copies) and the samplers built on
+    one ``openai`` client share one memory, so what one of them learnt (with a rejected request,
+    paid for in time) none of the others asks again. Samplers with their own clients each start
+    afresh; a memory is never process-wide, so a server started later on a reused port is not
+    mistaken for an old one.
+    """
+
+    def __init__(self) -> None:
+        self.n_supported: dict[tuple[str, str], bool] = {}
+
+
+# Keyed weakly by the client: the memory lives as long as the client it belongs to.
+_MEMORY_BY_CLIENT: weakref.WeakKeyDictionary[openai.AsyncOpenAI, _EndpointMemory] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 @dataclass(frozen=True)
 class _Slot:
     """A run of consecutive sample indices that one request is asked to fill."""
@@ -167,10 +190,14 @@ class OpenAISampler:
         self.base_seed = base if base is not None else random_base_seed()
         if base is None:
             log.info("OpenAISampler: no base seed given; drew %d", self.base_seed)
-        # Whether the endpoint honours n, learnt from its answers; None until known.
-        self._n_supported: bool | None = {"auto": None, "always": True, "never": False}[
-            config.n_mode
-        ]
+        # Whether the endpoint honours n: fixed by n_mode, or (auto) learnt from its answers into
+        # the memory this sampler shares with its twins and the other samplers on its client.
+        self._n_fixed: bool | None = {"auto": None, "always": True, "never": False}[config.n_mode]
+        if client is not None:
+            self._memory = _MEMORY_BY_CLIENT.setdefault(client, _EndpointMemory())
+        else:
+            self._memory = _EndpointMemory()
+        self._endpoint_key = (str(self._clients[0].base_url), config.endpoint)
         # Loop-bound primitives are made on first use, on the loop that uses them.
         self._semaphore: asyncio.Semaphore | None = None
         self._request_limiter: AsyncLimiter | None = None
@@ -199,8 +226,10 @@ class OpenAISampler:
 
     @property
     def n_supported(self) -> bool | None:
-        """What the sampler has learnt of the endpoint's ``n``: True, False, or None (not yet)."""
-        return self._n_supported
+        """What is known of the endpoint's ``n``: True, False, or None (not yet)."""
+        if self._n_fixed is not None:
+            return self._n_fixed
+        return self._memory.n_supported.get(self._endpoint_key)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -262,7 +291,7 @@ class OpenAISampler:
 
     def _plan(self, slot: _Slot) -> list[_Slot]:
         """Split a run of indices into requests: chunks of max_n, or singles without n."""
-        if self._n_supported is False or slot.count <= 1:
+        if self.n_supported is False or slot.count <= 1:
             return [_Slot(slot.start + i, 1) for i in range(slot.count)]
         size = self.config.max_n
         return [
@@ -423,15 +452,15 @@ class OpenAISampler:
             self._in_flight[shard] -= 1
 
     def _learn_n(self, supported: bool, why: str) -> None:
-        if self._n_supported is not supported:
+        if self.n_supported is not supported:
             log.info(
                 "endpoint %s (%s) %s; %s",
-                self.config.base_url,
+                self._endpoint_key[0],
                 self.config.endpoint,
                 why,
                 "using n" if supported else "falling back to one sample per request",
             )
-        self._n_supported = supported
+        self._memory.n_supported[self._endpoint_key] = supported
 
     def _record(
         self,
@@ -532,18 +561,60 @@ def merge_params(defaults: SamplingParams, override: SamplingParams | None) -> S
     return defaults.replace(**changes) if changes else defaults
 
 
+# How a message names the n parameter, when the error gives no ``param``: n quoted ('n', "n",
+# `n`), a bare n set against a value or rule ("n must be 1", "only n=1", "n > 1"), "parameter n",
+# or how servers word it without the letter (llama.cpp: "Only one completion choice is allowed";
+# Gemini: "Multiple candidates is not enabled"). A bare n must stand alone: "function must",
+# "gen_len > max" and "top_n must" are about something else.
+_NAMES_N = re.compile(
+    r"""['"`]n['"`]"""
+    r"|(?<![\w.\[-])n\s*(?:[<>!]?=|[<>]|must\b|should\b|cannot\b|can't\b|is\s+not\b"
+    r"|not\s+supported\b|is\s+unsupported\b)"
+    r"|\b(?:parameter|argument|field)\s*:?\s*n\b"
+    r"|\bcompletion\s+choices?\b"
+    r"|\bmultiple\s+(?:candidates|choices|completions)\b",
+    re.IGNORECASE,
+)
+
+
 def _names_n(exc: openai.APIStatusError) -> bool:
-    """Whether a 400/422 is about the ``n`` parameter (vs. a bad request of another kind)."""
-    body = exc.body if isinstance(exc.body, Mapping) else {}
-    error = body.get("error", body)
-    if isinstance(error, Mapping) and error.get("param") == "n":
-        return True
-    message = json.dumps(body) if body else str(exc)
-    lowered = message.lower()
-    return any(
-        marker in lowered
-        for marker in ("'n'", '"n"', "n >", "n>", "n must", "parameter n", "only n=1", "n=1")
-    )
+    """Whether a 400/422 is about the ``n`` parameter (vs. a bad request of another kind).
+
+    The parameter the error names decides when it names one (``param``, or the fields of a
+    validation error's ``detail``); otherwise its message must plainly name n. A wrong "yes" would
+    quietly cost every later draw its batching and hide the real error, so doubt means "no" and
+    the error is raised for what it is.
+    """
+    # The openai client hands over the body's "error" object; a body without one comes whole.
+    error: object = exc.body
+    if isinstance(error, Mapping):
+        error = error.get("error", error)
+    message: object = None
+    if isinstance(error, Mapping):
+        param = error.get("param")
+        if isinstance(param, str) and param:
+            return param == "n"
+        fields = _detail_fields(error.get("detail"))
+        if fields:
+            return "n" in fields
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    if not isinstance(message, str) or not message:
+        message = exc.message
+    return bool(_NAMES_N.search(message))
+
+
+def _detail_fields(detail: object) -> set[str]:
+    """The fields a FastAPI validation error (``detail: [{"loc": [..., field]}]``) names."""
+    if not isinstance(detail, list):
+        return set()
+    fields = set()
+    for item in detail:
+        location = item.get("loc") if isinstance(item, Mapping) else None
+        if isinstance(location, (list, tuple)) and location:
+            fields.add(str(location[-1]))
+    return fields
 
 
 def _upstream(exc: openai.APIStatusError) -> UpstreamError:
