@@ -129,6 +129,33 @@ def test_sync_wrapper_works_inside_a_running_event_loop() -> None:
     assert asyncio.run(notebook_cell()) == "\\boxed{1}"
 
 
+def test_wrapped_sync_client_works_inside_a_running_event_loop(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(
+        openai.OpenAI(base_url=upstream.base_url, api_key="k"), strategy="majority", samples=4
+    )
+
+    async def notebook_cell() -> tuple[Any, list[Any]]:
+        # Jupyter runs cells inside a running loop; the sync client must neither start a loop of
+        # its own there (asyncio.run would refuse) nor wait on this one (it is blocked).
+        assert asyncio.get_running_loop() is not None
+        reply = client.chat.completions.create(model="loopback", messages=messages())
+        chunks = list(
+            client.chat.completions.create(model="loopback", messages=messages(), stream=True)
+        )
+        client.close()
+        return reply, chunks
+
+    reply, chunks = asyncio.run(notebook_cell())
+    # The first 4 samples: 42 twice, 41 and 13 once.
+    assert reply.choices[0].message.content in ("\\boxed{42}", "so \\boxed{42}")
+    assert reply.model_extra["ttscale"]["votes"] == {"42": 2, "41": 1, "13": 1}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) in (
+        "\\boxed{42}",
+        "so \\boxed{42}",
+    )
+    assert upstream.delivered_usage()["samples"] == 8
+
+
 def test_wrapped_sync_client(upstream: LoopbackServer) -> None:
     client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
     plain = client.chat.completions.create(model="loopback", messages=messages())
