@@ -20,6 +20,8 @@ from ttscale.budget import (
     Spend,
     max_completion_tokens,
     max_cost,
+    max_flops,
+    max_requests,
     max_samples,
     max_time,
     max_tokens,
@@ -27,7 +29,13 @@ from ttscale.budget import (
 )
 from ttscale.protocols import Sampler
 from ttscale.scaling import ScaledAnswer, parse_request, plan_scaled, run_scaled
-from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
+from ttscale.testing.server import (
+    Fault,
+    LoopbackServer,
+    RequestRecord,
+    ScriptRequest,
+    count_tokens,
+)
 from ttscale.types import Candidate, SampleBatch
 
 T = TypeVar("T")
@@ -86,6 +94,27 @@ async def draw_until_exhausted(
         index += len(batch.candidates)
 
 
+def crossing(amounts: list[float], limit: float) -> int:
+    """How many draws a limit lets out: every draw while the total is below it (pure)."""
+    total = 0.0
+    for count, amount in enumerate(amounts, start=1):
+        total += amount
+        if total >= limit:
+            return count
+    raise AssertionError(f"{limit} is never reached by {amounts}")
+
+
+def numbered_tokens(index: int) -> int:
+    """Completion tokens of sample ``index`` of a prompt, from the script alone."""
+    request = ScriptRequest(prompt="q", index=index, seed=None, choice=0, temperature=None, body={})
+    return count_tokens(numbered(request))
+
+
+def generation_records(server: LoopbackServer) -> list[RequestRecord]:
+    """The server's generation requests in arrival order."""
+    return sorted((r for r in server.records if r.ordinal >= 0), key=lambda r: r.ordinal)
+
+
 def asked_n(server: LoopbackServer) -> list[int]:
     bodies = [r.body for r in server.records if r.path.endswith("completions") and r.body]
     return [int(body.get("n", 1)) for body in bodies]
@@ -141,14 +170,22 @@ def test_token_limit_per_problem_stops_after_the_crossing_draw(server: LoopbackS
 
 
 def test_completion_token_limit(server: LoopbackServer) -> None:
-    async def work(sampler: OpenAISampler) -> BudgetedSampler:
-        budget = BudgetedSampler(sampler, limit=max_completion_tokens(30))
-        await draw_until_exhausted(budget.for_problem("p"), "q", 2, [])
-        return budget
+    limit = 30
 
-    budget = run(work, make_sampler(server))
+    async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, BudgetLimitReached]:
+        budget = BudgetedSampler(sampler, limit=max_completion_tokens(limit))
+        refusal = await draw_until_exhausted(budget.for_problem("p"), "q", 2, [])
+        return budget, refusal
+
+    budget, refusal = run(work, make_sampler(server))
+    # From the script alone: draws of two samples go out until their tokens reach the limit.
+    per_draw = [numbered_tokens(2 * d) + numbered_tokens(2 * d + 1) for d in range(20)]
+    draws = crossing([float(tokens) for tokens in per_draw], limit)
     spent = budget.tracker.run
-    assert spent.completion_tokens >= 30
+    assert server.request_count == draws and asked_n(server) == [2] * draws
+    assert spent.completion_tokens == sum(per_draw[:draws]) >= limit
+    assert sum(per_draw[: draws - 1]) < limit
+    assert refusal.spent.completion_tokens == spent.completion_tokens
     assert_matches_server(spent, server)
 
 
@@ -179,35 +216,119 @@ def test_cost_limit_prices_tokens_from_the_users_table(server: LoopbackServer) -
     assert spent.cost == pytest.approx(
         pricing.cost(delivered["prompt_tokens"], delivered["completion_tokens"]), rel=1e-12
     )
-    assert spent.cost >= 0.2
-    assert all(cost < 0.2 for cost in before)
-    assert len(before) >= 2
+    # Each request's price from the server's log: the draws stop at the first that crosses $0.2.
+    costs = [pricing.cost(r.prompt_tokens, r.completion_tokens) for r in generation_records(server)]
+    assert len(costs) == len(before) == crossing(costs, 0.2) >= 2
+    assert before == pytest.approx([sum(costs[:k]) for k in range(len(costs))], rel=1e-12)
     assert_matches_server(spent, server)
 
 
 def test_time_limit_lets_in_flight_draws_finish_and_counts_them() -> None:
+    limit = 0.3
     with LoopbackServer(answers=numbered, latency=0.05) as server:
+        # When each draw was asked for (read before the call, so no later than the tracker's
+        # check), and when each refusal was seen (read after it, so no earlier).
+        sent: list[float] = []
+        refused: list[float] = []
 
         async def problem(budget: BudgetedSampler, problem_id: str) -> int:
-            sizes: list[int] = []
-            await draw_until_exhausted(budget.for_problem(problem_id), problem_id, 2, sizes)
-            return sum(sizes)
+            view, drawn = budget.for_problem(problem_id), 0
+            while True:
+                asked = time.monotonic()  # the tracker's clock
+                try:
+                    batch = await view.sample(problem_id, 2, start_index=drawn)
+                except BudgetLimitReached:
+                    refused.append(time.monotonic())
+                    return drawn
+                sent.append(asked)
+                drawn += len(batch.candidates)
 
         async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, list[int]]:
-            budget = BudgetedSampler(sampler, limit=max_time(0.3))
+            budget = BudgetedSampler(sampler, limit=max_time(limit))
             drawn = await asyncio.gather(*(problem(budget, f"p{i}") for i in range(6)))
             return budget, list(drawn)
 
         budget, drawn = run(work, make_sampler(server))
         spent = budget.tracker.run
-        assert spent.wall_time_s >= 0.3
+        assert spent.wall_time_s >= limit
         assert spent.pending_samples == 0
         assert sum(drawn) == spent.samples  # every sample handed out was counted, none more
         assert_matches_server(spent, server)
         per_problem = budget.tracker.problems
         assert sum(p.samples for p in per_problem.values()) == spent.samples
-        # At 50 ms a draw, 0.3 s allows about six rounds per problem; leave room for slow CI.
-        assert 6 * 2 * 2 <= spent.samples <= 6 * 2 * 12
+        # Draws went out only before the limit, and refusals came only after it, timed from the
+        # run's first draw; every draw that went out is a request the server answered.
+        started = budget.tracker.started_at()
+        assert started is not None
+        assert all(asked - started < limit for asked in sent)
+        assert all(seen - started >= limit for seen in refused)
+        assert len(sent) == server.request_count == spent.requests
+        assert len(refused) == 6  # each problem refused once, then done
+
+
+def test_request_limit_stops_after_exactly_that_many_requests(server: LoopbackServer) -> None:
+    async def work(sampler: OpenAISampler) -> BudgetLimitReached:
+        budget = BudgetedSampler(sampler, limit=max_requests(3))
+        return await draw_until_exhausted(budget.for_problem("p"), "q", 1, [])
+
+    refusal = run(work, make_sampler(server))
+    assert server.request_count == 3 and refusal.spent.requests == 3
+    assert_matches_server(refusal.spent, server)
+
+    # A draw of four samples is two requests of two: the second draw goes out with 2 of 3
+    # spent, and the limit, known only once requests return, ends up overshot by its second.
+    server.reset_log()
+
+    async def fours(sampler: OpenAISampler) -> BudgetLimitReached:
+        budget = BudgetedSampler(sampler, limit=max_requests(3))
+        return await draw_until_exhausted(budget.for_problem("p"), "q", 4, [])
+
+    refusal = run(fours, make_sampler(server, max_n=2))
+    assert server.request_count == 4 and asked_n(server) == [2, 2, 2, 2]
+    assert refusal.spent.requests == 4 and refusal.spent.samples == 8
+    assert_matches_server(refusal.spent, server)
+
+
+def test_failed_requests_count_toward_a_request_limit() -> None:
+    failing = Fault("server_error", on_requests=frozenset({1}))
+    with LoopbackServer(answers=numbered, faults=(failing,)) as srv:
+
+        async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, int]:
+            budget = BudgetedSampler(sampler, limit=max_requests(3))
+            view, failures = budget.for_problem("p"), 0
+            while not view.exhausted:
+                try:
+                    await view.sample("q", 1)
+                except UpstreamError:
+                    failures += 1
+            return budget, failures
+
+        budget, failures = run(work, make_sampler(srv))
+        assert srv.request_count == 3 and failures == 1
+        spent = budget.tracker.run
+        assert (spent.requests, spent.failed_requests) == (2, 1)
+        assert_matches_server(spent, srv)
+
+
+def test_flops_limit_stops_at_the_draw_that_crosses_it(server: LoopbackServer) -> None:
+    model = FlopsModel(parameters=1e9, n_layers=4, d_model=64)
+    limit = 1e11
+
+    async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, BudgetLimitReached]:
+        budget = BudgetedSampler(sampler, limit=max_flops(limit), flops=model)
+        refusal = await draw_until_exhausted(budget.for_problem("p"), "q", 1, [])
+        return budget, refusal
+
+    budget, refusal = run(work, make_sampler(server))
+    # Each request's FLOPs from the server's token counts: one prefill, one decode.
+    per_request = [
+        model.prefill(r.prompt_tokens) + model.decode(r.prompt_tokens, r.completion_tokens)
+        for r in generation_records(server)
+    ]
+    assert server.request_count == crossing(per_request, limit) >= 3
+    assert budget.tracker.run.flops == pytest.approx(sum(per_request), rel=1e-12)
+    assert refusal.spent.flops == budget.tracker.run.flops
+    assert_matches_server(budget.tracker.run, server)
 
 
 # -- concurrency, failures, composition ----------------------------------------------------------

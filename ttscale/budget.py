@@ -285,6 +285,11 @@ class BudgetTracker:
         now = self.clock()
         return {key: account.snapshot(now, live=False) for key, account in self._problems.items()}
 
+    def started_at(self, problem_id: str | None = None) -> float | None:
+        """When the run's (or the problem's) first draw went out, on the tracker's clock."""
+        account = self._run if problem_id is None else self._problems.get(problem_id)
+        return account.started_at if account else None
+
     def live(self, problem_id: str | None = None) -> Spend:
         """What limits see: the scope's totals with its clock running to now."""
         account = self._run if problem_id is None else self._problems.get(problem_id)
