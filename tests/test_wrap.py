@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -181,6 +184,62 @@ def test_wrapped_sync_client(upstream: LoopbackServer) -> None:
     )
     assert client.models.list() is not None  # everything else is the client's own
     client.close()
+
+
+def test_scaled_calls_send_the_clients_default_headers_and_query(
+    upstream: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server reads the headers: a ttscale proxy, which scales a request its X-TTScale-*
+    # headers ask it to. The wrapped client's one draw (n=2) becomes 3 samples upstream only if
+    # the client's default headers went with it.
+    scale_upstream = {"X-TTScale-Strategy": "majority", "X-TTScale-Samples": "3"}
+    with BackgroundProxy(ProxyConfig(base_url=upstream.base_url)) as proxy:
+        client = ttscale.wrap(
+            openai.OpenAI(base_url=proxy.base_url, api_key="k", default_headers=scale_upstream)
+        )
+        reply = client.chat.completions.create(
+            model="loopback",
+            messages=messages(),
+            extra_body={"ttscale": {"strategy": "majority", "samples": 2}},
+        )
+        client.close()
+    assert reply.model_extra["ttscale"]["samples_used"] == 2
+    assert upstream.delivered_usage()["samples"] == 3
+    served = upstream.delivered_usage()
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == served["prompt_tokens"] + served["completion_tokens"]
+
+    # Query parameters and headers as sent, seen by an http_client given for the scaled calls.
+    sent: list[httpx2.Request] = []
+
+    async def record(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = httpx2.AsyncClient(event_hooks={"request": [record]})
+    plain = openai.OpenAI(
+        base_url=upstream.base_url,
+        api_key="k",
+        default_headers={"X-Team": "search"},
+        default_query={"tenant": "a"},
+    )
+    client = ttscale.wrap(plain, strategy="majority", samples=4, http_client=http)
+    client.chat.completions.create(model="loopback", messages=messages())
+    client.close()
+    assert len(sent) == 1 and upstream.request_count == 2  # one draw of n=4, after the first
+    assert sent[0].headers["x-team"] == "search" and sent[0].url.params["tenant"] == "a"
+    assert sent[0].headers["authorization"] == "Bearer k"
+    # The call set no max_tokens, so none went upstream: the server's own default applies.
+    assert "max_tokens" not in json.loads(sent[0].content)
+    assert http.is_closed  # closed with the wrapped client
+
+    # A custom sync transport cannot serve the async draws: wrap() says so.
+    with caplog.at_level(logging.WARNING, logger="ttscale.wrap"):
+        ttscale.wrap(
+            openai.OpenAI(base_url=upstream.base_url, api_key="k", http_client=httpx2.Client())
+        )
+    assert "http_client" in caplog.text
+    with pytest.raises(ConfigError, match="http_client"):
+        ttscale.wrap(openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k"), http_client=http)
 
 
 def test_wrapped_client_defaults_objects_and_a_shared_budget(upstream: LoopbackServer) -> None:

@@ -34,11 +34,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -66,6 +68,8 @@ from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Usage
 
 __all__ = ["Scaled", "ScaledAsyncOpenAI", "ScaledOpenAI", "scale", "wrap"]
+
+log = logging.getLogger(__name__)
 
 
 class Scaled(NamedTuple):
@@ -378,9 +382,9 @@ class _Scaler:
         self.shared_budget = (
             budget if budget is not None and not isinstance(budget, Mapping) else None
         )
-        self.limits = limits or RequestLimits(
-            max_samples=1 << 20, max_tokens=1 << 30, max_k=1 << 20
-        )
+        # No caps by default; max_tokens None also means a call without max_tokens sends none
+        # (a number here would be sent as every such call's max_tokens).
+        self.limits = limits or RequestLimits(max_samples=1 << 20, max_tokens=None, max_k=1 << 20)
         self._samplers: dict[str, Sampler] = {}
         self._budgeted: BudgetedSampler | None = None
 
@@ -475,24 +479,57 @@ class _Chat:
         return getattr(self._original, name)
 
 
+def _async_twin(
+    client: openai.OpenAI, http_client: httpx2.AsyncClient | None
+) -> openai.AsyncOpenAI:
+    """An ``AsyncOpenAI`` with ``client``'s settings, for scaled calls on the portal's loop.
+
+    Carried over: key, organization, project, base URL, timeout, retries and the headers and query
+    parameters given as ``default_headers`` / ``default_query``. A sync ``http_client`` cannot
+    serve async calls, so its transport settings (proxies, TLS, mounts) are not; ``http_client``
+    here (an ``httpx2.AsyncClient``) takes their place, else openai's default async one is used.
+    """
+    # openai keeps the caller's default_headers/default_query in these attributes and its own
+    # copy() reads them; the public default_headers also hold the sync client's own headers.
+    headers = dict(getattr(client, "_custom_headers", None) or {})
+    query = dict(getattr(client, "_custom_query", None) or {})
+    default_wrapper = getattr(openai._base_client, "SyncHttpxClientWrapper", None)
+    custom = default_wrapper is not None and not isinstance(
+        getattr(client, "_client", None), default_wrapper
+    )
+    if custom and http_client is None:
+        log.warning(
+            "wrap(): the client's own http_client cannot make the async calls scaled calls use; "
+            "they go through openai's default transport (its proxies and TLS settings do not "
+            "apply). Pass wrap(..., http_client=httpx2.AsyncClient(...)) to choose it."
+        )
+    return openai.AsyncOpenAI(
+        api_key=client.api_key,
+        organization=client.organization,
+        project=client.project,
+        base_url=client.base_url,
+        timeout=client.timeout,
+        max_retries=client.max_retries,
+        default_headers=headers or None,
+        default_query=query or None,
+        http_client=http_client,
+    )
+
+
 class ScaledOpenAI:
     """A sync ``openai.OpenAI`` whose chat completions apply a strategy; see :func:`wrap`."""
 
     def __init__(
-        self, client: openai.OpenAI, scaler_options: dict[str, Any], portal: Portal
+        self,
+        client: openai.OpenAI,
+        scaler_options: dict[str, Any],
+        portal: Portal,
+        http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self._client = client
         self._portal = portal
         # Sampling runs on the portal's loop, through an async twin of the client's settings.
-        twin = openai.AsyncOpenAI(
-            api_key=client.api_key,
-            organization=client.organization,
-            project=client.project,
-            base_url=client.base_url,
-            timeout=client.timeout,
-            max_retries=client.max_retries,
-        )
-        self._scaler = _Scaler(twin, **scaler_options)
+        self._scaler = _Scaler(_async_twin(client, http_client), **scaler_options)
         self.chat = _Chat(client.chat, self._create)
 
     def _create(self, **kwargs: Any) -> Any:
@@ -568,6 +605,7 @@ def wrap(
     budget: Condition | Mapping[str, float] | None = None,
     limits: RequestLimits | None = None,
     portal: Portal | None = None,
+    http_client: httpx2.AsyncClient | None = None,
     **strategy_options: Any,
 ) -> Any:
     """A client like ``client`` whose ``chat.completions.create`` applies a strategy.
@@ -577,6 +615,13 @@ def wrap(
     condition (``max_cost(5.0)``) spans every call of this client; as a mapping it applies to each
     call, like the ``budget`` key. ``limits`` caps what a call may ask for (default: no caps).
     Returns a :class:`ScaledOpenAI` or :class:`ScaledAsyncOpenAI`.
+
+    A sync client's scaled calls run on a background loop through an ``AsyncOpenAI`` with the
+    client's settings (key, base URL, timeout, retries, ``default_headers``, ``default_query``).
+    Its ``http_client`` cannot serve them: give ``http_client`` here (an ``httpx2.AsyncClient``,
+    closed with the wrapped client) for proxies or TLS settings; otherwise openai's default async
+    transport is used, with a warning if the client had a custom one. An ``AsyncOpenAI`` is used
+    as it is.
     """
     options: dict[str, Any] = {
         "strategy": strategy,
@@ -588,7 +633,12 @@ def wrap(
         "strategy_options": strategy_options,
     }
     if isinstance(client, openai.AsyncOpenAI):
+        if http_client is not None:
+            raise ConfigError(
+                "wrap(http_client=...) is for a sync OpenAI client; an AsyncOpenAI's scaled "
+                "calls use its own http_client"
+            )
         return ScaledAsyncOpenAI(client, options)
     if isinstance(client, openai.OpenAI):
-        return ScaledOpenAI(client, options, portal or default_portal())
+        return ScaledOpenAI(client, options, portal or default_portal(), http_client)
     raise ConfigError(f"wrap() takes an openai.OpenAI or openai.AsyncOpenAI, got {client!r}")
