@@ -261,6 +261,85 @@ def test_chat_prompts_go_through_the_chat_template(llama: tuple[Any, Any]) -> No
         draw(plain, messages, 1)
 
 
+def test_a_trailing_assistant_message_is_continued_not_answered(
+    llama: tuple[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, tokenizer = llama
+    sampler = sampler_for(llama)
+    partial = "gamma delta"
+    messages = [
+        {"role": "user", "content": "alpha beta"},
+        {"role": "assistant", "content": partial},
+    ]
+    partial_ids = tokenizer(partial, add_special_tokens=False)["input_ids"]
+    kappa = tokenizer("kappa", add_special_tokens=False)["input_ids"]
+    continued = sampler.encode(messages)
+    # The template's "assistant" role word is not in the vocabulary (id 0); no "kappa" turn
+    # opener follows the partial answer.
+    user_ids = tokenizer("user alpha beta", add_special_tokens=False)["input_ids"]
+    assert continued == [*user_ids, 0, *partial_ids]
+    # vLLM's flags, as continuation="vllm" sends them, ask for the same; they are not warned about.
+    flags = {"continue_final_message": True, "add_generation_prompt": False}
+    with caplog.at_level("WARNING"):
+        assert sampler.encode(messages, flags) == continued
+        draw(sampler, messages, 1, SamplingParams(extra_body=flags))
+    assert "ignores extra_body" not in caplog.text
+    # Asked for a new turn, the template opens one after the assistant message.
+    new_turn = sampler.encode(messages, {"add_generation_prompt": True})
+    assert new_turn == [*continued, *kappa]
+    with pytest.raises(ConfigError, match="cannot both be true"):
+        sampler.encode(messages, {**flags, "add_generation_prompt": True})
+    with pytest.raises(ConfigError, match="end with an assistant message"):
+        sampler.encode(messages[:1], flags)
+
+
+@pytest.mark.parametrize("continuation", ["prefill", "vllm"])
+def test_deepening_continues_the_partial_answer_in_process(
+    llama: tuple[Any, Any], continuation: str
+) -> None:
+    from ttscale.strategies.deepening import DeepeningSampler
+
+    _, tokenizer = llama
+    sampler = sampler_for(llama, params=SamplingParams(seed=7, temperature=0.9))
+    deep = DeepeningSampler(sampler, b0=3, gamma=2.0, b_max=6, triggers=(" mu ",))
+    deep.config = dataclasses.replace(deep.config, continuation=continuation)  # type: ignore[arg-type]
+    messages = [{"role": "user", "content": "alpha beta"}]
+    (candidate,) = draw(deep, messages, 1).candidates  # type: ignore[arg-type]
+    first, second = deep.records[0]["segments"]
+    assert second["trigger"] == " mu "
+    partial = candidate.text[: second["start"]]
+    assert partial.endswith(" mu ")
+    # The second segment was asked of the partial answer, as an assistant message continued.
+    prompt = sampler.encode([*messages, {"role": "assistant", "content": partial}])
+    partial_ids = tokenizer(partial, add_special_tokens=False)["input_ids"]
+    assert prompt[-len(partial_ids) :] == partial_ids
+    assert second["usage"]["prompt_tokens"] == len(prompt)
+    # And it is the sample that prompt draws at the segment's own index and budget.
+    again = draw(
+        sampler,
+        [*messages, {"role": "assistant", "content": partial}],
+        1,
+        SamplingParams(max_tokens=second["max_tokens"]),
+        start_index=1,  # sample 0's second segment
+    )
+    assert again.candidates[0].text == candidate.text[second["start"] : second["end"]]
+    assert candidate.completion_tokens == first["generated"] + second["generated"]
+    assert candidate.tokens_exact
+
+
+def test_a_calls_params_override_the_samplers_own_field_by_field(
+    llama: tuple[Any, Any],
+) -> None:
+    configured = sampler_for(llama, params=SamplingParams(seed=7, max_tokens=3, temperature=0))
+    # Only max_tokens is overridden (as DeepeningSampler does): the configured greedy
+    # temperature still holds, so every sample is the greedy one.
+    batch = draw(configured, "alpha", 3, SamplingParams(max_tokens=5))
+    greedy = draw(configured, "alpha", 1, SamplingParams(max_tokens=5, temperature=0))
+    assert all(c.temperature == 0 for c in batch.candidates)
+    assert {c.text for c in batch.candidates} == {greedy.candidates[0].text}
+    assert all(c.completion_tokens <= 5 for c in batch.candidates)
+
+
 def test_concurrent_draws_share_the_model_safely(llama: tuple[Any, Any]) -> None:
     sampler = sampler_for(llama, batch_size=2)
 

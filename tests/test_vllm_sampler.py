@@ -18,6 +18,7 @@ from ttscale.samplers.vllm_sampler import (
     VLLMSampler,
     VLLMSamplerConfig,
     candidates_from_outputs,
+    chat_template_flags,
     logprobs_from_completion,
     vllm_sampling_kwargs,
 )
@@ -57,10 +58,18 @@ class WordTokenizer:
     """Enough of a tokenizer for the sampler: a chat template and word-level ids."""
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool, tokenize: bool
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        tokenize: bool,
+        continue_final_message: bool = False,
     ) -> str:
-        assert add_generation_prompt and not tokenize
-        return "".join(f"<{m['role']}> {m['content']} " for m in messages) + "<assistant>"
+        assert not tokenize and not (add_generation_prompt and continue_final_message)
+        text = "".join(f"<{m['role']}> {m['content']} " for m in messages)
+        if continue_final_message:  # as transformers does: cut after the final message
+            return text[: text.rindex(messages[-1]["content"]) + len(messages[-1]["content"])]
+        return text + ("<assistant>" if add_generation_prompt else "")
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         assert not add_special_tokens
@@ -154,6 +163,30 @@ def test_sampling_kwargs_map_ttscale_params() -> None:
         "logprobs": 0,
     }
     assert vllm_sampling_kwargs(SamplingParams(temperature=0), 5)["temperature"] == 0
+
+
+def test_chat_template_flags_continue_a_trailing_assistant_message() -> None:
+    user = [{"role": "user", "content": "q"}]
+    prefilled = [*user, {"role": "assistant", "content": "partial"}]
+    turn = {"add_generation_prompt": True, "continue_final_message": False}
+    cont = {"add_generation_prompt": False, "continue_final_message": True}
+    assert chat_template_flags(user, {}) == turn
+    assert chat_template_flags(prefilled, {}) == cont  # assistant prefill, as llama.cpp does
+    vllm_flags = {"continue_final_message": True, "add_generation_prompt": False}
+    assert chat_template_flags(prefilled, vllm_flags) == cont
+    assert chat_template_flags(prefilled, {"add_generation_prompt": True}) == turn
+    assert chat_template_flags(prefilled, {"continue_final_message": False}) == turn
+    assert chat_template_flags(user, {"add_generation_prompt": False}) == {
+        "add_generation_prompt": False,
+        "continue_final_message": False,
+    }
+    with pytest.raises(ConfigError, match="cannot both be true"):
+        chat_template_flags(prefilled, {"continue_final_message": True, "add_generation_prompt": 1})
+    with pytest.raises(ConfigError, match="end with an assistant message"):
+        chat_template_flags(user, {"continue_final_message": True})
+    # They shape the prompt, not the sampling: vllm.SamplingParams never sees them.
+    kwargs = vllm_sampling_kwargs(SamplingParams(extra_body={**vllm_flags, "top_k": 5}), 1)
+    assert kwargs == {"n": 1, "seed": 1, "top_k": 5}
 
 
 def test_logprobs_from_a_completion() -> None:
@@ -268,6 +301,33 @@ def test_chat_prompts_go_through_the_template_as_token_ids(async_tokenizer: bool
     assert kwargs["stop"] == ["\n"] and kwargs["max_tokens"] == 8
     assert batch.usage.prompt_tokens == 5
     assert all(c.completion_tokens <= 8 for c in batch.candidates)
+
+
+@pytest.mark.usefixtures("fake_params")
+@pytest.mark.parametrize("continuation", ["prefill", "vllm"])
+def test_deepening_continues_the_answer_on_the_engine(continuation: str) -> None:
+    from ttscale.strategies.deepening import DeepeningSampler
+
+    engine = FakeEngine()
+    sampler = VLLMSampler(model="fake", engine=engine, params=SamplingParams(seed=4))
+    deep = DeepeningSampler(
+        sampler,
+        b0=4,
+        gamma=2.0,
+        b_max=8,
+        triggers=(" hmm ",),
+        continuation=continuation,  # type: ignore[arg-type]
+    )
+    messages = [{"role": "user", "content": "two plus two"}]
+    (candidate,) = draw(deep, messages, 1).candidates  # type: ignore[arg-type]
+    (first_prompt, _, _), (second_prompt, kwargs, _) = engine.requests
+    assert first_prompt == {"prompt_token_ids": [6, 3, 4, 3, 11]}  # a new assistant turn
+    partial = candidate.text[: deep.records[0]["segments"][1]["start"]]
+    assert partial == f"answer {derive_seed(4, 0)} hmm "
+    # "<user> two plus two <assistant> answer N hmm": the partial answer, no turn opened after it.
+    assert second_prompt == {"prompt_token_ids": [6, 3, 4, 3, 11, 6, len(partial.split()[1]), 3]}
+    assert "continue_final_message" not in kwargs and "add_generation_prompt" not in kwargs
+    assert kwargs["max_tokens"] == 8 - deep.records[0]["segments"][0]["generated"]
 
 
 @pytest.mark.usefixtures("fake_params")

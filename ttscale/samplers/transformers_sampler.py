@@ -6,9 +6,14 @@ which needs the ``gguf`` package) or a loaded model object with its tokenizer.
 
 What it guarantees:
 
-- Chat prompts go through the tokenizer's chat template with ``add_generation_prompt=True``;
-  text prompts are tokenized as they are (with the tokenizer's usual special tokens, a BOS for
-  Llama-style tokenizers).
+- Chat prompts go through the tokenizer's chat template. Messages ending with an assistant
+  message continue it (assistant prefill, rendered with ``continue_final_message=True`` and no
+  new turn), as llama.cpp's server does and vLLM's does when asked; other messages open an
+  assistant turn (``add_generation_prompt=True``). vLLM's two flags in ``extra_body`` decide when
+  given (:func:`~ttscale.samplers.vllm_sampler.chat_template_flags`). Text prompts are tokenized
+  as they are (with the tokenizer's usual special tokens, a BOS for Llama-style tokenizers).
+- A call's ``params`` override the sampler's own (``config.params``) field by field, as
+  ``OpenAISampler``'s do: what a call leaves ``None`` keeps the sampler's setting.
 - Samples are drawn in batches of up to ``batch_size`` rows per ``generate`` call; all rows of a
   call share the one prompt, so no row is padded.
 - **Per-sample seeds, independent of batching.** Sample ``i`` is drawn with seed
@@ -55,13 +60,15 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ttscale.errors import ConfigError, SamplerError
 from ttscale.protocols import check_draw
 from ttscale.registry import build_config
+from ttscale.samplers.openai_sampler import merge_params
+from ttscale.samplers.vllm_sampler import CHAT_TEMPLATE_FLAGS, chat_template_flags
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
@@ -78,7 +85,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # extra_body keys the sampler understands; anything else is warned about and ignored.
-_EXTRA_KEYS = frozenset({"top_k", "min_p", "repetition_penalty"})
+_EXTRA_KEYS = frozenset({"top_k", "min_p", "repetition_penalty"}) | CHAT_TEMPLATE_FLAGS
 
 
 @dataclass(frozen=True)
@@ -374,16 +381,17 @@ class TransformersSampler:
 
     # -- prompts and settings -------------------------------------------------------------------
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        """The prompt's token ids: chat messages through the chat template, text as it is.
+    def encode(self, prompt: Prompt, extra_body: Mapping[str, Any] | None = None) -> list[int]:
+        """The prompt's token ids: chat messages through the chat template (a trailing assistant
+        message continued, unless ``extra_body``'s flags say otherwise), text as it is.
 
         Blocking, and it takes the model's lock: a fast tokenizer used from two threads at once
         can fail ("Already borrowed"), and a draw's worker thread decodes with it.
         """
         with self._thread_lock:
-            return self._encode_unlocked(prompt)
+            return self._encode_unlocked(prompt, extra_body or {})
 
-    def _encode_unlocked(self, prompt: Prompt) -> list[int]:
+    def _encode_unlocked(self, prompt: Prompt, extra_body: Mapping[str, Any]) -> list[int]:
         tokenizer = self.tokenizer
         if isinstance(prompt, str):
             return list(tokenizer(prompt)["input_ids"])
@@ -392,10 +400,9 @@ class TransformersSampler:
                 f"the tokenizer of {self.model_name} has no chat template; pass a text prompt"
             )
         messages = [dict(message) for message in prompt]
+        flags = chat_template_flags(messages, extra_body)
         try:
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **flags)
         except Exception as exc:  # a template may raise anything (jinja errors included)
             raise ConfigError(f"the chat template failed on these messages: {exc}") from exc
         # The template already holds the special tokens it wants (a BOS among them).
@@ -541,13 +548,14 @@ class TransformersSampler:
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
         check_draw(n, start_index)
-        params = params if params is not None else self.config.params
+        # An override: the fields it sets win over the sampler's own, the rest are kept.
+        params = merge_params(self.config.params, params)
         base = params.seed if params.seed is not None else self.base_seed
         sampling = self._sampling(params)
         if n == 0:
             return SampleBatch((), Usage())
         async with self._loop_lock.get():
-            prompt_ids = await asyncio.to_thread(self.encode, prompt)
+            prompt_ids = await asyncio.to_thread(self.encode, prompt, params.extra_body)
         max_new_tokens = self._max_new_tokens(params, len(prompt_ids))
         candidates: list[Candidate] = []
         usage = Usage()

@@ -12,13 +12,19 @@ What it guarantees:
   single requests itself (with seeds ``seed, seed + 1, ...``), which would tie a sample's seed to
   the request it happened to be in. All the requests of a draw go in at once and the engine
   batches them (and every other prompt in flight) continuously.
-- Chat prompts go through the engine's tokenizer's chat template (``add_generation_prompt``) and
-  are sent as token ids; text prompts are sent as text.
+- Chat prompts go through the engine's tokenizer's chat template and are sent as token ids; text
+  prompts are sent as text. Messages ending with an assistant message continue it (assistant
+  prefill: ``continue_final_message=True``, no new turn), as llama.cpp's server does and as vLLM's
+  server does when asked with ``continue_final_message``; other messages get a new assistant turn
+  (``add_generation_prompt=True``). The two vLLM server flags in ``extra_body`` decide when given
+  (:func:`chat_template_flags`), and are taken out of what goes to ``vllm.SamplingParams``.
 - Usage comes from the engine's outputs: a draw counts as one request (as vLLM's server counts a
   request with ``n``), with the prompt's token ids once, and each sample's completion tokens are
   the length of its ``token_ids``: exact. ``finish_reason`` is vLLM's (``"stop"`` for EOS or a
   stop string, ``"length"``, ``"abort"``); stop strings are cut from the text by vLLM.
 - Logprobs (``params.logprobs``: 0 for the chosen token, k for k alternatives) are vLLM's.
+- A call's ``params`` override the sampler's own (``config.params``) field by field, as
+  ``OpenAISampler``'s do: what a call leaves ``None`` keeps the sampler's setting.
 
 The pure parts, :func:`vllm_sampling_kwargs` and :func:`candidates_from_outputs`, take plain data
 and duck-typed output objects (``RequestOutput``/``CompletionOutput`` attribute names), so they are
@@ -41,13 +47,16 @@ from typing import Any
 from ttscale.errors import ConfigError, SamplerError
 from ttscale.protocols import check_draw
 from ttscale.registry import build_config
+from ttscale.samplers.openai_sampler import merge_params
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
+    "CHAT_TEMPLATE_FLAGS",
     "VLLMSampler",
     "VLLMSamplerConfig",
     "candidates_from_outputs",
+    "chat_template_flags",
     "logprobs_from_completion",
     "vllm_sampling_kwargs",
 ]
@@ -109,6 +118,42 @@ class VLLMSamplerConfig:
 
 # -- pure logic ---------------------------------------------------------------------------------
 
+CHAT_TEMPLATE_FLAGS = frozenset({"continue_final_message", "add_generation_prompt"})
+"""``extra_body`` keys of vLLM's chat server that say how the chat template is applied."""
+
+
+def chat_template_flags(
+    messages: Sequence[Mapping[str, Any]], extra_body: Mapping[str, Any]
+) -> dict[str, bool]:
+    """The ``add_generation_prompt`` and ``continue_final_message`` arguments of a tokenizer's
+    ``apply_chat_template`` for generating after ``messages`` (pure).
+
+    Messages ending with an assistant message continue it (assistant prefill, what llama.cpp's
+    server does by default and vLLM's ``continue_final_message`` asks for): no new turn is opened
+    and the answer picks up where the message stops. Other messages open an assistant turn.
+    ``extra_body``'s ``continue_final_message`` and ``add_generation_prompt``, when given, decide.
+    """
+    last_is_assistant = bool(messages) and messages[-1].get("role") == "assistant"
+    asked_continue = _flag(extra_body, "continue_final_message")
+    asked_turn = _flag(extra_body, "add_generation_prompt")
+    if asked_continue is None:
+        continue_final = last_is_assistant and asked_turn is not True
+    else:
+        continue_final = asked_continue
+    if continue_final and asked_turn is True:
+        raise ConfigError("continue_final_message and add_generation_prompt cannot both be true")
+    if continue_final and not last_is_assistant:
+        raise ConfigError(
+            "continue_final_message needs the messages to end with an assistant message"
+        )
+    add_turn = not continue_final if asked_turn is None else asked_turn
+    return {"add_generation_prompt": add_turn, "continue_final_message": continue_final}
+
+
+def _flag(extra_body: Mapping[str, Any], name: str) -> bool | None:
+    value = extra_body.get(name)
+    return None if value is None else bool(value)
+
 
 def vllm_sampling_kwargs(
     params: SamplingParams, seed: int | None, *, n: int = 1, default_max_tokens: int | None = None
@@ -116,7 +161,8 @@ def vllm_sampling_kwargs(
     """The keyword arguments of ``vllm.SamplingParams`` for one request (pure).
 
     Unset fields are left out so that vLLM's defaults apply; ``extra_body`` entries (``top_k``,
-    ``min_p``, ``repetition_penalty``, ...) pass through and win.
+    ``min_p``, ``repetition_penalty``, ...) pass through and win, except the chat template flags
+    (:data:`CHAT_TEMPLATE_FLAGS`), which say how the prompt is rendered, not how it is sampled.
     """
     kwargs: dict[str, Any] = {"n": n}
     if seed is not None:
@@ -132,7 +178,9 @@ def vllm_sampling_kwargs(
         kwargs["stop"] = list(params.stop)
     if params.logprobs is not None:
         kwargs["logprobs"] = params.logprobs
-    kwargs.update(params.extra_body)
+    kwargs.update(
+        (key, value) for key, value in params.extra_body.items() if key not in CHAT_TEMPLATE_FLAGS
+    )
     return kwargs
 
 
@@ -308,16 +356,18 @@ class VLLMSampler:
             self._tokenizer = await found if inspect.isawaitable(found) else found
         return self._tokenizer
 
-    async def engine_prompt(self, prompt: Prompt) -> Any:
-        """What the engine is given: the text, or a chat's templated token ids."""
+    async def engine_prompt(
+        self, prompt: Prompt, extra_body: Mapping[str, Any] | None = None
+    ) -> Any:
+        """What the engine is given: the text, or a chat's templated token ids (a trailing
+        assistant message continued; see :func:`chat_template_flags`)."""
         if isinstance(prompt, str):
             return prompt
-        tokenizer = await self.tokenizer()
         messages = [dict(message) for message in prompt]
+        flags = chat_template_flags(messages, extra_body or {})
+        tokenizer = await self.tokenizer()
         try:
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **flags)
         except Exception as exc:  # no template, or a template error
             raise ConfigError(f"the chat template of {self.model_name} failed: {exc}") from exc
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -347,12 +397,13 @@ class VLLMSampler:
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt``."""
         check_draw(n, start_index)
-        params = params if params is not None else self.config.params
+        # An override: the fields it sets win over the sampler's own, the rest are kept.
+        params = merge_params(self.config.params, params)
         base = params.seed if params.seed is not None else self.base_seed
         started = time.perf_counter()
         if n == 0:
             return SampleBatch((), Usage())
-        engine_prompt = await self.engine_prompt(prompt)
+        engine_prompt = await self.engine_prompt(prompt, params.extra_body)
         indices = list(range(start_index, start_index + n))
         seeds = [derive_seed(base, index) for index in indices]
         draw = f"ttscale-{self._prefix}-{next(self._draws)}"
