@@ -25,7 +25,7 @@ from ttscale import OpenAISampler, SamplingParams
 from ttscale.estimators import coverage_curve
 from ttscale.laws import fit_error, fit_power_law
 from ttscale.local_model import LocalModelServer
-from ttscale.solve import SolveConfig, solve
+from ttscale.solve import SolveConfig, run_file, solve
 from ttscale.strategies.offline import evaluate
 
 
@@ -114,6 +114,7 @@ async def main() -> None:
             out = args.out / f"real_{name}.jsonl"
             out.unlink(missing_ok=True)
             out.with_name(out.name + ".samples.jsonl").unlink(missing_ok=True)
+            run_file(out).unlink(missing_ok=True)  # a fresh run: nothing to resume or check
             config = SolveConfig(
                 dataset=name,
                 out=out,

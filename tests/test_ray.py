@@ -15,7 +15,7 @@ import pytest
 from ttscale.distributed import shard_directory, solve_on_ray, split_shards
 from ttscale.errors import TTScaleError
 from ttscale.portal import default_portal
-from ttscale.solve import SolveConfig, solve
+from ttscale.solve import SolveConfig, run_file, solve
 from ttscale.testing import LoopbackServer, ScriptRequest
 
 ray = pytest.importorskip("ray")
@@ -133,7 +133,7 @@ def test_ray_run_writes_the_plain_run_results_and_resumes(
     assert any(r["num_correct"] < r["n"] for r in ray_records)  # the answers do vary
     for record in ray_records:
         assert all(s["seed"] is not None for s in record["samples"])
-    run = json.loads((ray_out.parent / "run.json").read_text())
+    run = json.loads(run_file(ray_out).read_text())
     assert run["model"] == "loopback" and run["problems"] == len(QUESTIONS)
     # Both shards ran, each with its own results file and journal.
     shards = sorted(p.parent.name for p in shard_directory(ray_out).glob("shard-*/results.jsonl"))

@@ -85,7 +85,7 @@ def test_solve_writes_one_record_per_problem(tmp_path: Path) -> None:
         delivered["prompt_tokens"],
         delivered["completion_tokens"],
     )
-    run = json.loads((tmp_path / "run.json").read_text())
+    run = json.loads((tmp_path / "results.run.json").read_text())
     assert run["model"] == "loopback"
     assert run["settings"]["samples"] == 8
     assert "coverage pass@k" in done.stdout
@@ -516,3 +516,49 @@ def test_budget_and_price_parse() -> None:
         )
     with pytest.raises(ConfigError, match="needs --price"):
         SolveConfig(dataset="arithmetic", out=Path("x.jsonl"), budget={"cost": 0.01})
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "arith.jsonl"
+    other = tmp_path / "other.jsonl"
+    with LoopbackServer(answers=answer_for) as server:
+        base = solve_args(dataset, out, server, "-n", "4", "--limit", "3")
+        assert run_cli(*base).returncode == 0
+        paid = server.request_count
+        changed = run_cli(*base[:-4], "-n", "8", "--temperature", "0.3", "--limit", "6")
+        assert changed.returncode == 2
+        message = " ".join(changed.stderr.split())
+        assert "samples: 4 (recorded) vs 8 (now)" in message
+        assert "temperature: 0.8 (recorded) vs 0.3 (now)" in message
+        assert "another --out" in message
+        other_model = run_cli(*[a if a != "loopback" else "bigger" for a in base])
+        assert other_model.returncode == 2
+        assert "model: 'loopback' (recorded) vs 'bigger' (now)" in " ".join(
+            other_model.stderr.split()
+        )
+        assert server.request_count == paid  # refused before drawing anything
+        # The run file is still the first run's; a larger --limit with the same settings resumes.
+        run = json.loads((tmp_path / "arith.run.json").read_text())
+        assert run["settings"]["samples"] == 4
+        more = run_cli(*base[:-1], "6")
+        assert more.returncode == 0, more.stderr
+        assert "3 problems resumed" in " ".join(more.stdout.split())
+        # A second run in the same folder keeps its own run file.
+        assert run_cli(*solve_args(dataset, other, server, "-n", "2")).returncode == 0
+    assert json.loads((tmp_path / "other.run.json").read_text())["settings"]["samples"] == 2
+    assert json.loads((tmp_path / "arith.run.json").read_text())["settings"]["samples"] == 4
+    assert not (tmp_path / "run.json").exists()
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_records_are_checked_when_the_run_file_is_gone(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "arith.jsonl"
+    with LoopbackServer(answers=answer_for) as server:
+        base = solve_args(dataset, out, server, "-n", "4", "-o", "weighted=false")
+        assert run_cli(*base).returncode == 0
+        (tmp_path / "arith.run.json").unlink()
+        changed = run_cli(*base[:-2])
+    assert changed.returncode == 2
+    assert "weighted: False (recorded) vs None (now)" in " ".join(changed.stderr.split())

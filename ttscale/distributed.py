@@ -17,7 +17,9 @@ How it works:
   writes.
 - Each task returns its records; the driver appends them to ``config.out`` in dataset order once
   every shard is done (records of shards that succeeded are kept even when another shard fails),
-  writes ``run.json`` as ``solve`` does and, with ``--format human-eval``, the completions file.
+  writes the run file (``<out stem>.run.json``) as ``solve`` does and, with ``--format
+  human-eval``, the completions file. It refuses to resume ``config.out`` with other settings,
+  as ``solve`` does.
 - Crashes: Ray retries a task whose worker died, and a retried shard replays its journal. A
   rerun first takes the finished records left in every shard's results file, and each task
   imports the journalled samples of its problems from the other shards' journals, so samples
@@ -56,6 +58,7 @@ from ttscale.solve import (
     _default_grader,
     _rewrite_without_torn_line,
     _write_run_json,
+    check_resume,
     human_eval_lines,
     read_finished,
     record_params,
@@ -198,7 +201,15 @@ def _run_shard(
     if imported:
         log.info("shard %d: %d journalled samples taken from other shards", shard, imported)
     summary = default_portal().call(
-        solve, config, base_url=base_url, model=model, only=wanted, pool=True
+        # The driver checked the settings against the results file; records of other settings
+        # left in a shard are dropped above and solved again.
+        solve,
+        config,
+        base_url=base_url,
+        model=model,
+        only=wanted,
+        pool=True,
+        check_settings=False,
     )
     records = [record for record in summary.records if str(record["id"]) in wanted]
     return ShardResult(
@@ -299,6 +310,7 @@ def solve_on_ray(
     out = config.out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = read_finished(out)
+    check_resume(out, config, model, finished)
     _rewrite_without_torn_line(out, finished)
     _write_run_json(out, config, model, base_url, len(problems))
     directory = shard_directory(out)

@@ -2,8 +2,10 @@
 
 What it guarantees:
 
-- Each problem's record is written and flushed as soon as that problem is done; ``run.json`` beside
-  the output holds versions, model and settings.
+- Each problem's record is written and flushed as soon as that problem is done; the run file
+  beside the output (``runs/arith.jsonl`` -> ``runs/arith.run.json``) holds versions, model and
+  settings. A rerun with other settings (strategy, samples, temperature, model, ...) is refused
+  rather than mixed into the same file.
 - Every sample that arrives is appended at once to a journal (``<out>.samples.jsonl``). A rerun
   with the same ``--out`` skips finished problems and replays journalled samples before drawing
   new ones, so a run killed with SIGKILL, mid-problem or not, resumes without paying twice: sample
@@ -60,8 +62,10 @@ __all__ = [
     "SampleJournal",
     "SolveConfig",
     "SolveSummary",
+    "check_resume",
     "human_eval_completion",
     "human_eval_lines",
+    "run_file",
     "solve",
 ]
 
@@ -525,6 +529,8 @@ def record_params(config: SolveConfig) -> dict[str, Any]:
     }
     if config.verifier_options:
         params["verifier_options"] = dict(config.verifier_options)
+    if config.budget:
+        params["budget"] = dict(config.budget)
     params.update(config.strategy_options)
     return params
 
@@ -537,6 +543,7 @@ def _record(
     extract: Callable[[str], str | None],
     wall_time: float,
     *,
+    model: str,
     verifier_usage: Usage | None = None,
 ) -> dict[str, Any]:
     scores = list(result.scores) if result.scores else [None] * len(result.candidates)
@@ -577,6 +584,7 @@ def _record(
     return {
         "id": problem.id,
         "strategy": config.strategy,
+        "model": model,
         "params": record_params(config),
         "reference": problem.answer,
         "samples": samples,
@@ -748,12 +756,21 @@ async def solve(
     on_problem: Callable[[dict[str, Any]], None] | None = None,
     only: Collection[str] | None = None,
     pool: bool = False,
+    check_settings: bool = True,
 ) -> SolveSummary:
     """Run ``config`` against the OpenAI-compatible server at ``base_url`` (or the config's).
 
     ``only`` restricts the run to the problems with those ids (the grader and extractor are still
     chosen from the whole dataset, so records do not depend on the restriction); ``pool`` draws
-    through a :class:`PoolSampler` even from a single URL. Both serve ``ttscale.distributed``.
+    through a :class:`PoolSampler` even from a single URL; ``check_settings`` False skips
+    :func:`check_resume` (a shard's driver has checked). All three serve ``ttscale.distributed``.
+
+    Budgets: every draw, the strategy's and the verifier's, goes through one
+    :class:`~ttscale.budget.BudgetedSampler` tracker. ``config.budget`` trims or ends a problem's
+    drawing (the strategy then selects from what it has); ``config.run_budget`` counts what the
+    finished records already spent, and once it refuses or trims a draw the problem drawing is
+    left unfinished (no record; its samples stay in the journal), so the run ends cleanly and a
+    rerun with a larger budget goes on from there.
     """
     from ttscale.strategies.extract import get_extractor  # the strategies package, installed
 
@@ -765,6 +782,8 @@ async def solve(
     out = config.out
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = read_finished(out)
+    if check_settings:
+        check_resume(out, config, model, finished)
     _rewrite_without_torn_line(out, finished)
     todo = [p for p in problems if p.id not in finished and (only is None or p.id in only)]
     is_code = all(p.tests is not None for p in problems)
@@ -876,6 +895,7 @@ async def solve(
                 grades,
                 extract,
                 time.perf_counter() - problem_started,
+                model=model,
                 verifier_usage=meter.usage if meter is not None else None,
             )
             async with lock:
@@ -928,12 +948,104 @@ async def solve(
     )
 
 
+def run_file(out: Path) -> Path:
+    """Where the run writing ``out`` keeps its versions and settings: ``runs/arith.jsonl`` ->
+    ``runs/arith.run.json``, so that runs sharing a folder keep their own."""
+    return out.with_name(out.stem + ".run.json")
+
+
+# What decides a record's content; a rerun that changes any of them would mix two runs in one file.
+# (limit, concurrency, cache, price, run_budget, format and the server address do not.)
+RESUME_SETTINGS = (
+    "strategy",
+    "samples",
+    "k",
+    "verifier",
+    "verifier_options",
+    "grader",
+    "temperature",
+    "max_tokens",
+    "seed",
+    "strategy_options",
+    "budget",
+)
+
+
+def _normalised(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _resume_settings(settings: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+    defaults = SolveConfig(dataset="-", out=Path("-")).settings()
+    chosen: dict[str, Any] = {}
+    for name in RESUME_SETTINGS:
+        # A run file from before a setting existed: the run had its default.
+        chosen[name] = settings[name] if name in settings else defaults[name]
+    chosen["model"] = model
+    return dict(_normalised(chosen))
+
+
+def check_resume(
+    out: Path, config: SolveConfig, model: str, finished: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Refuse to resume ``out`` with settings other than those it was written with.
+
+    Compared: :data:`RESUME_SETTINGS` and the model, against the run file and against the records
+    already in ``out``. Nothing is compared when there is nothing to resume (no records, no
+    journal).
+    """
+    journal = out.with_name(out.name + ".samples.jsonl")
+    if not finished and not (journal.exists() and journal.stat().st_size > 0):
+        return
+    now = _resume_settings(config.settings(), model)
+    differences: dict[str, tuple[Any, Any]] = {}
+    path = run_file(out)
+    if path.exists():
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+            recorded = _resume_settings(run["settings"], run.get("model"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"cannot read the run's settings: {exc}", path=str(path)) from exc
+        differences.update(
+            (name, (recorded[name], now[name])) for name in now if recorded[name] != now[name]
+        )
+    if finished:
+        record = next(iter(finished.values()))
+        expected = _normalised(
+            {"strategy": config.strategy, "model": model, **record_params(config)}
+        )
+        found = _normalised({"strategy": record.get("strategy"), **(record.get("params") or {})})
+        if "model" in record:
+            found["model"] = record["model"]
+        for name in sorted(set(expected) | set(found)):
+            if name == "model" and "model" not in found:
+                continue  # records written before records named their model
+            if expected.get(name) != found.get(name) and name not in differences:
+                differences[name] = (found.get(name), expected.get(name))
+    if differences:
+        listed = "; ".join(
+            f"{name}: {before!r} (recorded) vs {after!r} (now)"
+            for name, (before, after) in differences.items()
+        )
+        raise ConfigError(
+            f"{out} holds a run with other settings ({listed}); resuming would mix them in one "
+            f"file. Use another --out, or rerun with the recorded settings (or remove {out.name}, "
+            f"its journal and {path.name} to start over)"
+        )
+
+
 def _write_run_json(
     out: Path, config: SolveConfig, model: str, base_url: str, problems: int
 ) -> None:
     import numpy
     import openai
 
+    path = run_file(out)
+    first_started = None
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            first_started = json.loads(path.read_text(encoding="utf-8")).get("started")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run = {
         "ttscale": __version__,
         "python": platform.python_version(),
@@ -944,6 +1056,7 @@ def _write_run_json(
         "base_url": base_url,
         "problems": problems,
         "settings": config.settings(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": first_started or now,
+        "last_started": now,
     }
-    out.with_name("run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(run, indent=2, default=str) + "\n")
