@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2
 import openai
@@ -603,23 +603,65 @@ def test_models_health_and_metrics(proxy: BackgroundProxy) -> None:
     assert "ttscale_request_latency_seconds_count 2" in text
 
 
+class Served(NamedTuple):
+    """What a client got from one request: its kind, text, samples and the usage it was told."""
+
+    kind: str
+    text: str
+    samples: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def one_request(api: openai.AsyncOpenAI, kind: str, number: int, request: int) -> Served:
+    scaled = kind.startswith("scaled")
+    options: dict[str, Any] = {
+        "model": ("maj8" if request % 2 else "loopback") if scaled else "loopback",
+        "messages": messages(QUESTION if number % 2 else f"c{number}"),
+    }
+    if scaled:
+        options["extra_body"] = {"ttscale": {"samples": 1 + request % 4}}
+    if not kind.endswith("stream"):
+        reply = await api.chat.completions.create(**options)
+        assert reply.usage is not None
+        samples = meta(reply)["samples_used"] if scaled else len(reply.choices)
+        return Served(
+            kind,
+            reply.choices[0].message.content or "",
+            samples,
+            reply.usage.prompt_tokens,
+            reply.usage.completion_tokens,
+        )
+    stream = await api.chat.completions.create(
+        **options, stream=True, stream_options={"include_usage": True}
+    )
+    text, finished, last = "", 0, None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.index == 0:
+                text += choice.delta.content or ""
+            finished += choice.finish_reason is not None
+        last = chunk
+    assert last is not None and last.usage is not None  # the usage chunk ends every stream
+    samples = (last.model_extra or {})["ttscale"]["samples_used"] if scaled else finished
+    return Served(kind, text, samples, last.usage.prompt_tokens, last.usage.completion_tokens)
+
+
+KINDS = ("scaled", "passthrough", "scaled stream", "passthrough stream")
+
+
 def test_load_64_clients_20_requests_each_usage_exact(upstream: LoopbackServer) -> None:
     running = start(upstream)
     try:
 
-        async def one_client(api: openai.AsyncOpenAI, number: int) -> list[Any]:
-            replies = []
-            for request in range(20):
-                replies.append(
-                    await api.chat.completions.create(
-                        model="maj8" if request % 2 else "loopback",
-                        messages=messages(QUESTION if number % 2 else f"c{number}"),
-                        extra_body={"ttscale": {"samples": 1 + request % 4}},
-                    )
-                )
-            return replies
+        async def one_client(api: openai.AsyncOpenAI, number: int) -> list[Served]:
+            # Every client sends every kind, shifted by its number, so all kinds run at once.
+            return [
+                await one_request(api, KINDS[(number + request) % 4], number, request)
+                for request in range(20)
+            ]
 
-        async def everyone() -> list[Any]:
+        async def everyone() -> list[Served]:
             api = openai.AsyncOpenAI(base_url=running.base_url, api_key="k", max_retries=0)
             try:
                 groups = await asyncio.gather(*(one_client(api, n) for n in range(64)))
@@ -628,15 +670,25 @@ def test_load_64_clients_20_requests_each_usage_exact(upstream: LoopbackServer) 
             return [reply for group in groups for reply in group]
 
         replies = asyncio.run(everyone())
+        metrics = httpx2.get(root(running) + "/metrics").text
     finally:
         running.stop()
     assert len(replies) == 64 * 20
+    assert {kind: sum(r.kind == kind for r in replies) for kind in KINDS} == dict.fromkeys(
+        KINDS, 64 * 5
+    )
+    assert all(r.text for r in replies)
     served = upstream.delivered_usage()
     generated = upstream.generated_usage()
     assert served == generated  # nothing generated was lost on the way
-    assert sum(meta(r)["samples_used"] for r in replies) == served["samples"]
-    assert sum(r.usage.prompt_tokens for r in replies) == served["prompt_tokens"]
-    assert sum(r.usage.completion_tokens for r in replies) == served["completion_tokens"]
+    assert sum(r.samples for r in replies) == served["samples"]
+    assert sum(r.prompt_tokens for r in replies) == served["prompt_tokens"]
+    assert sum(r.completion_tokens for r in replies) == served["completion_tokens"]
+    # Every request was answered (no 429 at this load, no error), and none is left in flight.
+    assert 'mode="scaled",status="200"} 640' in metrics
+    assert 'mode="passthrough",status="200"} 640' in metrics
+    assert "ttscale_request_latency_seconds_count 1280" in metrics
+    assert "ttscale_in_flight 0" in metrics
 
 
 def test_presets_file_and_command_line_presets(tmp_path: Path) -> None:
