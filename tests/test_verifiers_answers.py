@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +66,112 @@ def test_math_equivalence_merges_vote_groups(math_verifier: MathVerifier) -> Non
     assert not math_verifier.equivalent("0.5", "0.6")
     groups = group_answers(["1/2", "0.5", "\\frac{1}{2}", "3"], equivalence=math_verifier)
     assert sorted(len(group.members) for group in groups) == [1, 3]
+
+
+def _pool_workers(others: frozenset[int] = frozenset()) -> list[int]:
+    """Our child processes that are multiprocessing workers (spawned, so named spawn_main),
+    leaving out ``others`` (the workers of verifiers other tests keep)."""
+    workers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"spawn_main" in command and int(entry) not in others:
+            workers.append(int(entry))
+    return workers
+
+
+# Equal numbers that math-verify cannot compare within a second: only a timeout says "no".
+SLOW_PAIR = ("9^{9^{9}}", "9^{387420489}")
+
+
+@needs_math_verify
+def test_equivalence_from_async_code_runs_in_a_worker_that_is_replaced_when_it_dies() -> None:
+    others = frozenset(_pool_workers())
+
+    async def go() -> None:
+        with MathVerifier(backend="math_verify", workers=1) as verifier:
+            await verifier.start()
+            (worker,) = _pool_workers(others)
+            assert worker != os.getpid()
+            # The loop keeps running while the worker compares.
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            assert await verifier.equivalent_async("2^{10}", "1024")
+            assert not await verifier.equivalent_async("2^{10}", "2^{3}")
+            ticker.cancel()
+            assert ticks > 0
+            assert _pool_workers(others) == [worker]  # the same worker did both
+            os.kill(worker, signal.SIGKILL)  # a worker of ours, by its pid
+            assert await verifier.equivalent_async("2^{10}", "1024")
+            (replacement,) = _pool_workers(others)
+            assert replacement not in (worker, os.getpid())
+            # The blocking form, from a thread, recovers the same way.
+            os.kill(replacement, signal.SIGKILL)
+            same = await asyncio.to_thread(verifier.equivalent, "1024", "2^{10}")
+            assert same and _pool_workers(others) not in ([], [replacement])
+
+    asyncio.run(go())
+
+
+@needs_math_verify
+def test_a_comparison_math_verify_cannot_finish_counts_as_different() -> None:
+    others = frozenset(_pool_workers())
+
+    async def go() -> None:
+        with MathVerifier(backend="math_verify", timeout_s=1) as verifier:
+            await verifier.start()
+            (worker,) = _pool_workers(others)
+            started = time.perf_counter()
+            assert not await verifier.equivalent_async(*SLOW_PAIR)
+            # math-verify's own alarms ended it (a second per verify, both ways): the worker
+            # stays.
+            assert 1.0 <= time.perf_counter() - started < 20
+            assert _pool_workers(others) == [worker]
+
+    asyncio.run(go())
+
+
+@needs_math_verify
+def test_a_worker_stuck_past_its_limit_is_killed_and_replaced() -> None:
+    others = frozenset(_pool_workers())
+
+    async def go() -> None:
+        with MathVerifier(backend="math_verify", timeout_s=5, stuck_after_s=1.0) as verifier:
+            await verifier.start()
+            (worker,) = _pool_workers(others)
+            started = time.perf_counter()
+            assert not await verifier.equivalent_async(*SLOW_PAIR)
+            assert time.perf_counter() - started < 5  # not math-verify's 5 s alarms
+            assert worker not in _pool_workers(others)  # killed
+            await verifier.start()  # a new worker, warm: what follows is the candidate's time
+            scores = await verifier.score(HALF, candidates(f"\\boxed{{{SLOW_PAIR[0]}}}"))
+            assert scores[0].verdict is False and "no answer within 1 s" in scores[0].reason
+
+    asyncio.run(go())
+
+
+@needs_math_verify
+def test_references_are_read_as_latex(math_verifier: MathVerifier) -> None:
+    # Read bare, "2^{10}" would be its first number, 2, and equal to "2^{3}" and to "\\boxed{2}".
+    assert not math_verifier.equivalent("2^{10}", "2^{3}")
+    assert math_verifier.equivalent("2^{10}", "1024")
+    assert math_verifier.equivalent("3\\sqrt{2}", "\\sqrt{18}")
+    power = Problem(id="power", prompt="What is 2^10?", answer="2^{10}")
+    verdicts = [s.verdict for s in score(math_verifier, power, ["\\boxed{2}", "\\boxed{1024}"])]
+    assert verdicts == [False, True]
 
 
 def test_fallback_normaliser_needs_no_dependency() -> None:

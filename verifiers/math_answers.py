@@ -8,6 +8,9 @@ references parsed). Without math-verify (or with ``backend="normalise"``) it fal
 
 Both are also :class:`~ttscale.strategies.extract.AnswerEquivalence` objects: ``equivalent(a, b)``
 lets majority voting merge answer groups that mean the same (``"\\frac{1}{2}"`` and ``"0.5"``).
+The math verifier's ``equivalent`` blocks its caller while a worker compares (the strategies call
+it from a thread); async code awaits ``equivalent_async(a, b)``. A worker that dies is replaced
+and the call tried once more.
 
 :class:`ExactMatchVerifier` compares the extracted, normalised answer with the normalised
 reference: the default for datasets with an ``answer`` field.
@@ -21,9 +24,11 @@ import functools
 import importlib.util
 import logging
 import multiprocessing
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ttscale.errors import ConfigError, DataError, VerifierError
 from ttscale.registry import build_config
@@ -41,6 +46,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MathBackend = Literal["auto", "math_verify", "normalise"]
 
@@ -71,9 +78,10 @@ def _math_verify() -> Any:
 @functools.lru_cache(maxsize=256)
 def _parse_reference(reference: str, timeout_s: int) -> list[Any]:
     parse = _math_verify().parse
-    # A bare reference ("\frac{1}{2}", "x+1") may parse to nothing; math delimiters or a box
-    # usually fix that, and they are tried in order of least change.
-    for text in (reference, f"${reference}$", f"\\boxed{{{reference}}}"):
+    # A reference is read as LaTeX first: bare, math-verify reads only plain numbers and
+    # expressions, and takes "2^{10}" or "3\sqrt{2}" for their first number and "x+1" for
+    # nothing. Bare comes second (plain text that is not LaTeX), then a box.
+    for text in (f"${reference}$", reference, f"\\boxed{{{reference}}}"):
         parsed = parse(text, parsing_timeout=timeout_s)
         if parsed:
             return list(parsed)
@@ -119,6 +127,10 @@ def _warm_up() -> None:
     _math_verify()  # imports sympy once per worker, not on the first call
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
 # -- the verifiers -------------------------------------------------------------------------------
 
 
@@ -127,14 +139,17 @@ class MathConfig:
     """Settings of a :class:`MathVerifier`.
 
     ``timeout_s`` bounds math-verify's parse and verify of one answer (whole seconds, as its
-    alarms take); a batch that takes longer than ``timeout_s`` per candidate plus slack is given
-    up and the pool replaced. ``extractor`` is used by the fallback normaliser only.
+    alarms take). A call whose worker gives no answer within ``stuck_after_s`` is given up and
+    the pool replaced (an alarm cannot interrupt C code); by default that is what math-verify's
+    own timeouts add up to for the call, plus 30 s for starting a worker and importing sympy.
+    ``extractor`` is used by the fallback normaliser only.
     """
 
     backend: MathBackend = "auto"
     workers: int = 1
     timeout_s: int = 5
     extractor: str = "auto"
+    stuck_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "math_verify", "normalise"):
@@ -145,6 +160,8 @@ class MathConfig:
             )
         if self.workers < 1 or self.timeout_s < 1:
             raise ConfigError("workers and timeout_s must be >= 1")
+        if self.stuck_after_s is not None and self.stuck_after_s <= 0:
+            raise ConfigError(f"stuck_after_s must be > 0, got {self.stuck_after_s}")
         get_extractor(self.extractor)
 
 
@@ -167,6 +184,7 @@ class MathVerifier:
             log.info("math-verify is not installed; MathVerifier compares normalised answers")
         self._extractor: Extractor = get_extractor(config.extractor)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._warned_blocking = False
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -199,6 +217,57 @@ class MathVerifier:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _limit(self, calls: int) -> float:
+        """Seconds before a call making ``calls`` math-verify calls is presumed stuck."""
+        if self.config.stuck_after_s is not None:
+            return self.config.stuck_after_s
+        return self.config.timeout_s * calls + 30
+
+    async def _in_pool(self, function: Callable[..., T], *args: Any, limit: float) -> T:
+        """``function(*args)`` in a worker, off the event loop.
+
+        A pool broken by a dead worker (killed, or crashed on an earlier input) is replaced and
+        the call tried once more; a worker stuck past ``limit`` is killed and its pool replaced,
+        and :class:`_Stuck` raised.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            try:
+                pending = loop.run_in_executor(self._executor(), function, *args)
+                return await asyncio.wait_for(pending, timeout=limit)
+            except asyncio.TimeoutError:
+                self._discard_pool()
+                raise _Stuck(limit) from None
+            except BrokenProcessPool as exc:
+                self._discard_pool()
+                if attempt == 2:
+                    raise VerifierError(f"math-verify's worker process died: {exc}") from exc
+                log.warning("math-verify's worker process died (%s); starting a new one", exc)
+        raise AssertionError("unreachable")
+
+    def _in_pool_blocking(self, function: Callable[..., T], *args: Any, limit: float) -> T:
+        """:meth:`_in_pool` for a caller on a plain thread: blocks it while a worker answers."""
+        for attempt in (1, 2):
+            try:
+                return self._executor().submit(function, *args).result(timeout=limit)
+            except concurrent.futures.TimeoutError:
+                self._discard_pool()
+                raise _Stuck(limit) from None
+            except BrokenProcessPool as exc:
+                self._discard_pool()
+                if attempt == 2:
+                    raise VerifierError(f"math-verify's worker process died: {exc}") from exc
+                log.warning("math-verify's worker process died (%s); starting a new one", exc)
+        raise AssertionError("unreachable")
+
+    async def start(self) -> None:
+        """Start the worker pool and wait until a worker has imported math-verify.
+
+        Optional: the first call does it otherwise. Nothing to do for the normalising backend.
+        """
+        if self.backend == "math_verify":
+            await self._in_pool(_ready, limit=max(self._limit(1), 120.0))
+
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         if problem.answer is None:
             raise DataError(f"problem {problem.id!r} has no reference answer", field="answer")
@@ -207,20 +276,17 @@ class MathVerifier:
         if self.backend == "normalise":
             return [self._score_normalised(problem.answer, c.text) for c in candidates]
         texts = [candidate.text for candidate in candidates]
-        future = self._executor().submit(
-            _verify_batch, problem.answer, texts, self.config.timeout_s
-        )
-        # The first call also starts a worker and imports sympy in it: a few seconds of slack.
-        limit = self.config.timeout_s * (2 * len(texts) + 1) + 30
         try:
-            results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=limit)
-        except asyncio.TimeoutError:
-            self._discard_pool()
-            reason = f"math-verify gave no answer within {limit} s"
+            results = await self._in_pool(
+                _verify_batch,
+                problem.answer,
+                texts,
+                self.config.timeout_s,
+                limit=self._limit(2 * len(texts) + 1),
+            )
+        except _Stuck as stuck:
+            reason = f"math-verify gave no answer within {stuck.limit:g} s"
             return [Score(0.0, verdict=False, reason=reason) for _ in candidates]
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            self._discard_pool()
-            raise VerifierError(f"math-verify's worker process died: {exc}") from exc
         return [
             Score(
                 1.0 if correct else 0.0,
@@ -244,17 +310,57 @@ class MathVerifier:
         return Score(1.0 if correct else 0.0, verdict=correct, reason=reason, details=details)
 
     def equivalent(self, a: str, b: str) -> bool:
-        """Whether two answers mean the same (majority voting merges their groups)."""
+        """Whether two answers mean the same (majority voting merges their groups).
+
+        Blocks until a worker answers: call it from a thread (the strategies do), or await
+        :meth:`equivalent_async` on an event loop. A comparison that times out, in math-verify
+        or stuck in its worker, counts as "not the same".
+        """
         if normalised_equal(reference_key(a), reference_key(b)):
             return True  # cheap and certain: no need to ask sympy
         if self.backend == "normalise":
             return False
-        future = self._executor().submit(_equivalent, a, b, self.config.timeout_s)
+        if _on_event_loop() and not self._warned_blocking:
+            self._warned_blocking = True
+            log.warning(
+                "MathVerifier.equivalent() blocks the event loop it was called on while a worker "
+                "compares; await equivalent_async() there instead"
+            )
         try:
-            return future.result(timeout=self.config.timeout_s * 4 + 30)
-        except concurrent.futures.TimeoutError:
-            self._discard_pool()
+            return self._in_pool_blocking(
+                _equivalent, a, b, self.config.timeout_s, limit=self._limit(4)
+            )
+        except _Stuck:
             return False
+
+    async def equivalent_async(self, a: str, b: str) -> bool:
+        """:meth:`equivalent` for async code: the comparison runs in a worker, the loop runs on."""
+        if normalised_equal(reference_key(a), reference_key(b)):
+            return True
+        if self.backend == "normalise":
+            return False
+        try:
+            return await self._in_pool(
+                _equivalent, a, b, self.config.timeout_s, limit=self._limit(4)
+            )
+        except _Stuck:
+            return False
+
+
+class _Stuck(Exception):
+    """A worker gave no answer in time; it was killed and its pool replaced."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        super().__init__(f"no answer within {limit:g} s")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
