@@ -562,3 +562,26 @@ def test_records_are_checked_when_the_run_file_is_gone(tmp_path: Path) -> None:
         changed = run_cli(*base[:-2])
     assert changed.returncode == 2
     assert "weighted: False (recorded) vs None (now)" in " ".join(changed.stderr.split())
+
+
+def two_answers_world(request: ScriptRequest) -> str:
+    """Of every 4 samples: two say a wrong X, one the right answer, one another wrong Y. With
+    n = 8, X leads (4 votes) and the right answer beats Y on the tie (it comes first)."""
+    right = int(QUESTIONS[request.prompt.split()[-1].rstrip("?")])
+    return f"The answer is {[right + 1, right + 1, right, right + 2][request.index % 4]}."
+
+
+def test_k_answers_count_as_solved_when_any_is_right(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "k2.jsonl"
+    with LoopbackServer(answers=two_answers_world) as server:
+        done = run_cli(*solve_args(dataset, out, server, "-n", "8", "--k", "2"))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for record in records:
+        right = QUESTIONS[record["id"]]
+        assert [s["answer"] for s in record["selected"]] == [str(int(right) + 1), right]
+        assert [s["correct"] for s in record["selected"]] == [False, True]
+        assert record["correct"] is True and record["correct_first"] is False
+    printed = " ".join(done.stdout.split())
+    assert "pass@2 of its selection 1.000 (6/6), first answer 0.000" in printed

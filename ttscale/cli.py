@@ -362,9 +362,17 @@ def _print_summary(summary: Any, plot: bool) -> None:
     out_console = Console()
     out_console.print(table)
     usage = summary.usage
+    solved = sum(bool(r["correct"]) for r in records)
+    if summary.k > 1:
+        # k answers per problem: solved when any is right; the first answer alone is top-1.
+        accuracy = (
+            f"strategy pass@{summary.k} of its selection {summary.accuracy:.3f} "
+            f"({solved}/{len(records)}), first answer {summary.accuracy_first:.3f}"
+        )
+    else:
+        accuracy = f"strategy accuracy {summary.accuracy:.3f} ({solved}/{len(records)})"
     out_console.print(
-        f"strategy accuracy {summary.accuracy:.3f} ({sum(r['correct'] for r in records)}/"
-        f"{len(records)}); this run: {usage.samples} samples, {usage.requests} requests, "
+        f"{accuracy}; this run: {usage.samples} samples, {usage.requests} requests, "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
         f"${usage.cost:.4f}, {summary.wall_time_s:.1f} s"
         + (f"; {summary.skipped} problems resumed from the output" if summary.skipped else "")

@@ -589,7 +589,10 @@ def _record(
         "reference": problem.answer,
         "samples": samples,
         "selected": selected,
-        "correct": bool(selected) and all(s["correct"] for s in selected[:1]),
+        # With k answers selected the problem counts as solved when any of them is right (pass@k
+        # of the selection); the first answer's correctness is kept apart.
+        "correct": any(s["correct"] for s in selected),
+        "correct_first": bool(selected) and bool(selected[0]["correct"]),
         "n": len(samples),
         "num_correct": sum(1 for s in samples if s["correct"]),
         "usage": usage_data,
@@ -654,7 +657,19 @@ class SolveSummary:
 
     @property
     def accuracy(self) -> float:
+        """The share of problems solved by the selection: pass@k of the k answers selected."""
         return sum(1 for r in self.records if r["correct"]) / max(len(self.records), 1)
+
+    @property
+    def accuracy_first(self) -> float:
+        """The share of problems whose first selected answer is right (top-1)."""
+        solved = sum(1 for r in self.records if r.get("correct_first", r["correct"]))
+        return solved / max(len(self.records), 1)
+
+    @property
+    def k(self) -> int:
+        """The most answers a record selected."""
+        return max((len(r.get("selected", ())) for r in self.records), default=1)
 
 
 def _default_grader(problems: Sequence[Problem], config: SolveConfig) -> Verifier:
