@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ import pytest
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler
 from ttscale.samplers.pool import (
+    SLOWER,
     EndpointsDown,
     EndpointState,
     PoolConfig,
@@ -116,6 +118,37 @@ def test_pick_endpoint_takes_the_fewest_outstanding_healthy_endpoint_with_room()
     assert pick_endpoint([state("a", 1, outstanding=1), state("b", healthy=False)]) is None
 
 
+def test_a_markedly_slower_endpoint_loses_ties_but_not_on_fewer_outstanding() -> None:
+    fast, slow = state("fast", requests=9, latency=0.1), state("slow", requests=1, latency=0.5)
+    assert pick_endpoint([fast, slow]) == 0  # idle: the fast one, though it has more requests
+    assert pick_endpoint([dataclasses.replace(fast, outstanding=1), slow]) == 1  # fewer in flight
+    # Within SLOWER times the fastest, latency does not count: fewer requests wins.
+    close = state("close", requests=1, latency=0.1 * SLOWER)
+    assert pick_endpoint([fast, close]) == 1
+    # Unknown latency is not held against an endpoint, and a down one sets no pace.
+    assert pick_endpoint([fast, state("new", requests=1)]) == 1
+    down = state("down", healthy=False, latency=0.01)
+    assert pick_endpoint([down, fast, slow]) == 1
+
+
+def test_chunk_times_move_a_smoothed_latency() -> None:
+    finished = chunk_finished(
+        chunk_dispatched(state("a")), samples=1, failed=False, now=0, threshold=1, cooldown=1,
+        seconds=2.0,
+    )  # fmt: skip
+    assert finished.latency == 2.0
+    again = chunk_finished(
+        chunk_dispatched(finished), samples=1, failed=False, now=0, threshold=1, cooldown=1,
+        seconds=1.0,
+    )  # fmt: skip
+    assert again.latency == pytest.approx(0.7 * 2.0 + 0.3 * 1.0)
+    failed = chunk_finished(
+        chunk_dispatched(again), samples=0, failed=True, now=0, threshold=1, cooldown=1,
+        seconds=9.0,
+    )  # fmt: skip
+    assert failed.latency == again.latency  # a failure says nothing of the endpoint's pace
+
+
 def test_dispatching_fills_endpoints_evenly_and_a_small_one_least() -> None:
     states = [state("a", 4), state("b", 4), state("c", 1)]
     chosen = []
@@ -184,6 +217,7 @@ def test_config_checks_and_accepts_a_comma_separated_list() -> None:
 
 
 def test_load_spreads_across_endpoints_and_a_smaller_bound_gets_less() -> None:
+    # Equal latencies: this checks the concurrency bounds; routing by latency is checked next.
     with servers({"latency": 0.05}, {"latency": 0.05}, {"latency": 0.05}) as pool_servers:
         a, b, c = pool_servers
         pool = make_pool(
@@ -210,6 +244,36 @@ def test_load_spreads_across_endpoints_and_a_smaller_bound_gets_less() -> None:
         assert [s.requests for s in pool.stats] == counts
         assert all(s.outstanding == 0 and s.healthy and s.failures == 0 for s in pool.stats)
         assert_usage_matches(Usage.total([batch.usage for batch in batches]), pool_servers)
+
+
+def test_a_slow_endpoint_gets_few_requests_and_the_fast_ones_the_rest() -> None:
+    # Eight clients, each drawing one sample at a time; bounds far above what is in flight, so
+    # only the routing decides. Round-robin would send a third of the requests to the slow
+    # server; least-outstanding sends one there only while it has fewer in flight than the
+    # others (and, once it is known to be slow, not when all are idle).
+    clients, rounds = 8, 10
+    with servers({"latency": 0.01}, {"latency": 0.01}, {"latency": 1.0}) as pool_servers:
+        a, b, slow = pool_servers
+        pool = make_pool([s.base_url for s in pool_servers], max_n=1, concurrency=64)
+
+        async def client(number: int) -> list[SampleBatch]:
+            return [await pool.sample(f"c{number}", 1, start_index=i) for i in range(rounds)]
+
+        async def draw() -> list[list[SampleBatch]]:
+            async with pool:
+                return list(await asyncio.gather(*(client(number) for number in range(clients))))
+
+        batches = run(draw())
+        total = clients * rounds
+        counts = [server.request_count for server in pool_servers]
+        assert sum(counts) == total
+        assert slow.request_count <= 0.15 * total, counts  # round-robin: a third
+        assert a.request_count >= 0.4 * total and b.request_count >= 0.4 * total, counts
+        assert [s.requests for s in pool.stats] == counts
+        fast, slowest = pool.stats[0].latency, pool.stats[2].latency
+        assert fast is not None and slowest is not None and slowest > 0.9 > 10 * fast
+        flat = [batch for per_client in batches for batch in per_client]
+        assert_usage_matches(Usage.total([batch.usage for batch in flat]), pool_servers)
 
 
 def test_an_endpoint_failing_mid_run_loses_no_sample_and_counts_none_twice() -> None:

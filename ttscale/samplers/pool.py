@@ -11,7 +11,11 @@ What it guarantees:
   ``OpenAISampler`` would split it, so a sample's seed (derived from the base seed and the index
   of its chunk's first sample) does not depend on which endpoint drew it, nor on how many there are.
 - Each chunk goes to the healthy endpoint with the fewest outstanding chunks, never past an
-  endpoint's own concurrency bound (ties go to the endpoint with more room, then fewer requests).
+  endpoint's own concurrency bound. Ties go first to an endpoint that is not markedly slower
+  (smoothed chunk time over ``SLOWER`` times the fastest endpoint's), then to the one with more
+  room, then to the one with fewer requests: a slow endpoint keeps getting work while it has
+  fewer chunks in flight than the others, but not when the pool is idle, where the request count
+  alone would send every lone request to it for being the one that finished the fewest.
 - When an endpoint fails (a ``SamplerError`` or any other error short of a bad request), the
   samples it did deliver (the error's ``partial``) are kept, the endpoint counts a failure (and
   after ``failure_threshold`` failures in a row is taken out for ``cooldown`` seconds), and only
@@ -57,6 +61,7 @@ from ttscale.seeds import random_base_seed
 from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
+    "SLOWER",
     "EndpointState",
     "EndpointsDown",
     "PoolConfig",
@@ -81,6 +86,10 @@ NMode = Literal["auto", "always", "never"]
 
 # Answers that any endpoint would give to the same request: failing over cannot help.
 _REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+
+SLOWER = 2.0
+"""An endpoint whose smoothed chunk time is over this many times the fastest's loses ties."""
+_LATENCY_WEIGHT = 0.3  # of the newest chunk time in an endpoint's moving average
 
 
 class EndpointsDown(SamplerError):
@@ -193,6 +202,8 @@ class EndpointState:
     ``outstanding`` counts chunks in flight, ``requests`` chunks sent, ``samples`` samples
     received, ``failures`` chunks that failed through the endpoint's fault. A down endpoint
     (``healthy`` false) is not used before ``down_until`` (``time.monotonic()``) and a probe.
+    ``latency`` is the moving average of the seconds its delivered chunks took (None before the
+    first).
     """
 
     name: str
@@ -206,6 +217,7 @@ class EndpointState:
     down_until: float = 0.0
     probing: bool = False
     probes: int = 0
+    latency: float | None = None
 
 
 def split_runs(indices: Iterable[int], max_n: int) -> list[tuple[int, int]]:
@@ -227,7 +239,11 @@ def split_runs(indices: Iterable[int], max_n: int) -> list[tuple[int, int]]:
 
 
 def pick_endpoint(states: Sequence[EndpointState]) -> int | None:
-    """The endpoint for the next chunk: healthy, below its bound, fewest outstanding; or None."""
+    """The endpoint for the next chunk: healthy, below its bound, fewest outstanding; or None.
+
+    Ties go to an endpoint not markedly slower than the fastest (see :data:`SLOWER`), then to more
+    room, then to fewer requests sent, then to the first.
+    """
     open_ = [
         position
         for position, state in enumerate(states)
@@ -235,10 +251,19 @@ def pick_endpoint(states: Sequence[EndpointState]) -> int | None:
     ]
     if not open_:
         return None
+    known = [state.latency for state in states if state.latency is not None and state.healthy]
+    fastest = min(known) if known else None
+
+    def slower(state: EndpointState) -> bool:
+        return (
+            fastest is not None and state.latency is not None and state.latency > SLOWER * fastest
+        )
+
     return min(
         open_,
         key=lambda position: (
             states[position].outstanding,
+            slower(states[position]),
             states[position].outstanding / states[position].concurrency,
             states[position].requests,
             position,
@@ -260,15 +285,25 @@ def chunk_finished(
     now: float,
     threshold: int,
     cooldown: float,
+    seconds: float | None = None,
 ) -> EndpointState:
-    """A chunk came back with ``samples`` samples; ``failed`` when it failed by the endpoint."""
+    """A chunk came back with ``samples`` samples after ``seconds``; ``failed`` when it failed
+    by the endpoint. A delivered chunk's time moves the endpoint's smoothed latency."""
     outstanding = max(state.outstanding - 1, 0)
     if not failed:
+        latency = state.latency
+        if seconds is not None:
+            latency = (
+                seconds
+                if latency is None
+                else (1 - _LATENCY_WEIGHT) * latency + _LATENCY_WEIGHT * seconds
+            )
         return dataclasses.replace(
             state,
             outstanding=outstanding,
             samples=state.samples + samples,
             consecutive_failures=0,
+            latency=latency,
         )
     consecutive = state.consecutive_failures + 1
     down = not state.healthy or consecutive >= threshold
@@ -697,8 +732,9 @@ class PoolSampler:
         self._states[position] = chunk_dispatched(self._states[position])
         sampler = self._members[position].sampler
         task = asyncio.create_task(self._chunk(sampler, prompt, params, run))
+        sent = time.monotonic()
         # The slot is freed by a done callback: it runs even for a task cancelled before it began.
-        task.add_done_callback(lambda done: self._chunk_done(position, done))
+        task.add_done_callback(lambda done: self._chunk_done(position, done, sent))
         return task
 
     @staticmethod
@@ -715,20 +751,22 @@ class PoolSampler:
                 partial = SampleBatch((), Usage(failed_requests=1))
             return _Outcome(partial, exc, endpoint_failure=not _is_request_error(exc))
 
-    def _chunk_done(self, position: int, task: asyncio.Task[_Outcome]) -> None:
+    def _chunk_done(self, position: int, task: asyncio.Task[_Outcome], sent: float) -> None:
         state = self._states[position]
         if task.cancelled() or task.exception() is not None:
             self._states[position] = chunk_released(state)
         else:
             outcome = task.result()
             failed = outcome.endpoint_failure
+            now = time.monotonic()
             self._states[position] = chunk_finished(
                 state,
                 samples=len(outcome.batch.candidates) if outcome.batch is not None else 0,
                 failed=failed,
-                now=time.monotonic(),
+                now=now,
                 threshold=self.config.failure_threshold,
                 cooldown=self.config.cooldown,
+                seconds=None if outcome.error is not None else now - sent,
             )
             if failed and state.healthy and not self._states[position].healthy:
                 log.warning(
