@@ -292,7 +292,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-# -- request settings that name a server ----------------------------------------------------------
+# -- request settings that name a server ---------------------------------------------------------
 
 # Settings keys that would point the proxy's own requests (or its keys) at a place of the client's
 # choosing: a graph spec's models, a served reward model, any sampler options nested in them.
