@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,8 @@ import pytest
 
 from ttscale.errors import DataError
 from ttscale.estimators import pass_at_k
-from ttscale.report import fit_report, read_results, render_table
+from ttscale.report import fit_report, held_out_fit_k, read_results, render_table
+from ttscale.testing import LoopbackServer, ScriptRequest
 from ttscale.types import Usage
 
 pytest.importorskip("scipy")
@@ -142,8 +147,12 @@ def test_strategy_filter_and_repeated_problems(tmp_path: Path) -> None:
         record("c", [False, True] * 10, strategy="vote"),
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", records)
-    with pytest.raises(DataError) as repeated:
+    with pytest.raises(DataError, match=r"several strategies \(best_of_n, vote\)") as mixed:
         fit_report(path, None)
+    assert (mixed.value.line, mixed.value.field) == (3, "strategy")
+    repeated_path = write_jsonl(tmp_path / "repeated.jsonl", [*records[:2], records[0]])
+    with pytest.raises(DataError) as repeated:
+        fit_report(repeated_path, None)
     assert (repeated.value.line, repeated.value.field) == (3, "id")
     report = fit_report(path, None, strategy="vote", n_resamples=10, plot=False)
     assert report.problems == 3
@@ -205,3 +214,149 @@ def test_bad_lines_name_file_line_and_field(tmp_path: Path, change: str, field: 
     assert error.value.line == 3  # blank lines still count
     assert error.value.field == field
     assert str(path) in str(error.value)
+
+
+def test_held_out_fit_uses_a_tenth_or_half_of_the_samples() -> None:
+    assert held_out_fit_k(60) == 6
+    assert held_out_fit_k(8) == 4
+    assert held_out_fit_k(6) == 3
+    assert held_out_fit_k(5) is None
+
+
+# -- the real commands on a results file a loopback run wrote -----------------------------------
+
+QUESTIONS = {f"q{i}": str(10 + i * 3) for i in range(6)}
+
+
+def graded_world(request: ScriptRequest) -> str:
+    """Problem i is right at i + 1 of every 8 sample indices, so difficulty varies; wrong answers
+    split between two values, so votes are not unanimous. A judge (same server) rates right 9,
+    wrong 3."""
+    text = request.prompt
+    if text.startswith("Rate how good"):
+        asked = re.search(r"What is (q\d+)\?", text)
+        said = re.search(r"Response:\nThe answer is (\d+)\.", text)
+        assert asked is not None and said is not None
+        return "Score: 9" if said.group(1) == QUESTIONS[asked.group(1)] else "Score: 3"
+    qid = text.split()[-1].rstrip("?")
+    right = int(QUESTIONS[qid])
+    if request.index % 8 <= int(qid[1:]):
+        return f"The answer is {right}."
+    return f"The answer is {right + 1 + request.index % 2}."
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # A wide terminal, so that rich prints each header on one line.
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(
+        [sys.executable, "-m", "ttscale.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def loopback_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A majority run (n = 8) and a best-of-N run with the judge (scores stored, n = 6)."""
+    folder = tmp_path_factory.mktemp("runs")
+    dataset = folder / "data.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps({"id": q, "prompt": f"What is {q}?", "answer": a}) + "\n"
+            for q, a in QUESTIONS.items()
+        )
+    )
+    paths = {"majority": folder / "majority.jsonl", "best_of_n": folder / "judged.jsonl"}
+    with LoopbackServer(answers=graded_world) as server:
+        common = ("--base-url", server.base_url, "--model", "loopback", "--no-plot")
+        done = cli("solve", str(dataset), "--out", str(paths["majority"]), "-n", "8", *common)
+        assert done.returncode == 0, done.stderr
+        done = cli(
+            "solve", str(dataset), "--out", str(paths["best_of_n"]), "-n", "6",
+            "--strategy", "best_of_n", "--verifier", "judge", *common,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    return paths
+
+
+def table_rows(stdout: str) -> tuple[list[str], dict[int, dict[str, str]]]:
+    """The header and the rows (by k) of the rich table ``ttscale fit`` prints."""
+    lines = [line for line in stdout.splitlines() if "│" in line or "┃" in line]
+    header = [cell.strip() for cell in lines[0].strip("┃ ").split("┃")]
+    rows = {}
+    for line in lines[1:]:
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        rows[int(cells[0])] = dict(zip(header, cells, strict=True))
+    return header, rows
+
+
+def test_fit_command_shows_every_strategys_offline_accuracy(
+    loopback_results: dict[str, Path], tmp_path: Path
+) -> None:
+    path = loopback_results["majority"]
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    out_dir = tmp_path / "fit"
+    done = cli("fit", str(path), "--out-dir", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    header, rows = table_rows(done.stdout)
+    for column in ("k", "coverage", "fit", "majority acc", "adaptive acc", "ahead_by_k acc"):
+        assert column in header
+    assert "best_of_n acc" not in header  # no verifier scores in a majority run
+    assert "need every sample's verifier score" in " ".join(done.stderr.split())
+    assert sorted(rows)[:8] == list(range(1, 9))
+    # At k = 1 every strategy takes the first sample of the same random orders: one value, an
+    # estimate (100 orders) of the exact coverage at 1.
+    first = {rows[1][c] for c in ("majority acc", "adaptive acc", "ahead_by_k acc")}
+    assert len(first) == 1
+    assert float(first.pop()) == pytest.approx(float(rows[1]["coverage"]), abs=0.1)
+    # At k = n majority voting over all samples is what the online run selected.
+    online = sum(r["correct"] for r in records) / len(records)
+    assert float(rows[8]["majority acc"]) == pytest.approx(online, abs=5e-5)
+    assert 0 < online < 1
+
+    png = out_dir / "coverage.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+    saved = json.loads((out_dir / "fit.json").read_text())
+    assert {"majority acc", "adaptive acc", "ahead_by_k acc"} <= set(saved["columns"])
+    by_k = {row["k"]: row for row in saved["rows"]}
+    assert by_k[8]["majority acc"] == pytest.approx(online)
+    assert by_k[1]["adaptive acc"] == pytest.approx(by_k[1]["majority acc"])
+    errors = saved["fit_error"]
+    assert errors["in_sample"]["power"]["mean"] >= 0
+    held = errors["held_out"]
+    assert held["fit_k"] == 4 and held["ks"] == [5, 8]  # scored only at k it was not fitted on
+    assert "held-out (fitted on 4 samples, scored at k 5..8)" in " ".join(done.stdout.split())
+
+
+def test_report_command_with_scores_and_a_strategy_filter(
+    loopback_results: dict[str, Path], tmp_path: Path
+) -> None:
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        loopback_results["majority"].read_text() + loopback_results["best_of_n"].read_text()
+    )
+    refused = cli("report", str(mixed), "--out-dir", str(tmp_path / "x"))
+    assert refused.returncode == 2
+    message = " ".join(refused.stderr.split())
+    assert "several strategies (best_of_n, majority)" in message and "--strategy" in message
+
+    out_dir = tmp_path / "judged-fit"
+    done = cli("report", str(mixed), "--strategy", "best_of_n", "--out-dir", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    header, rows = table_rows(done.stdout)
+    scored = ("best_of_n acc", "weighted_majority acc", "best_of_majority acc")
+    for column in ("majority acc", "adaptive acc", "ahead_by_k acc", *scored):
+        assert column in header
+    # The judge rates every right answer above every wrong one: best-of-N at k is coverage at k.
+    for k, row in rows.items():
+        if row["coverage"] != "-":
+            assert row["best_of_n acc"] == row["coverage"], k
+    judged = [json.loads(line) for line in loopback_results["best_of_n"].read_text().splitlines()]
+    saved = json.loads((out_dir / "fit.json").read_text())
+    assert saved["strategy"] == "best_of_n" and saved["problems"] == len(judged)
+    assert saved["fit_error"]["held_out"]["fit_k"] == 3
+    assert (out_dir / "coverage.png").stat().st_size > 10_000

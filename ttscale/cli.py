@@ -385,9 +385,9 @@ def _print_summary(summary: Any, plot: bool) -> None:
         )
     if plot and len(records) >= 2:
         try:
-            from ttscale.report import fit_report, render_table
+            from ttscale.report import fit_report, offline_columns, render_table
 
-            extra = _offline_accuracy(records)
+            extra, _ = offline_columns(records)
             report = fit_report(
                 summary.out, summary.out.parent / (summary.out.stem + "-fit"), extra_columns=extra
             )
@@ -398,20 +398,6 @@ def _print_summary(summary: Any, plot: bool) -> None:
         out_console.print(render_table(report, columns=columns))
         if report.plot_path is not None:
             out_console.print(f"plot: {report.plot_path}")
-
-
-def _offline_accuracy(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
-    """Majority voting's expected accuracy at every k, from the stored samples (offline)."""
-    from ttscale.strategies.offline import evaluate
-
-    smallest = min(int(r["n"]) for r in records)
-    answers = [[s["answer"] for s in r["samples"][:smallest]] for r in records]
-    correct = [[bool(s["correct"]) for s in r["samples"][:smallest]] for r in records]
-    result = evaluate(answers, correct, strategies=["majority"], subsets=100, seed=0)
-    return {
-        f"{name} acc": {int(k): float(v) for k, v in zip(result.ks, values, strict=True)}
-        for name, values in result.accuracy.items()
-    }
 
 
 @app.command()
@@ -425,21 +411,32 @@ def fit(
         Optional[float],  # noqa: UP045
         typer.Option(help="Coverage to reach: prints the k and cost predicted."),
     ] = None,
+    strategy: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only this strategy's records (a file may hold several)."),
+    ] = None,
 ) -> None:
-    """Fit coverage-vs-samples laws to a results file; print the table, write PNG and JSON."""
-    from ttscale.report import fit_report, render_table
-    from ttscale.solve import read_finished
+    """Fit coverage-vs-samples laws to a results file; print the table, write PNG and JSON.
+
+    The table also shows each strategy's accuracy at every k, evaluated offline from the stored
+    samples (majority, adaptive, ahead-by-k; best-of-N and the weighted ones when samples carry
+    verifier scores), and the law's fit error both in-sample and on held-out k.
+    """
+    from ttscale.report import fit_report, offline_columns, read_results, render_table
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
-        records = list(read_finished(results).values())
-        extra = _offline_accuracy(records) if records else None
-        report = fit_report(results, directory, target_coverage=target, extra_columns=extra)
+        read_results(results)  # every line checked, with its place named, before anything else
+        records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        extra, offline_notes = offline_columns(records, strategy=strategy)
+        report = fit_report(
+            results, directory, strategy=strategy, target_coverage=target, extra_columns=extra
+        )
     except TTScaleError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     Console().print(render_table(report))
-    for note in report.notes:
+    for note in [*report.notes, *offline_notes]:
         console.print(note)
     console.print(f"wrote {report.json_path} and {report.plot_path}")
 

@@ -46,15 +46,27 @@ __all__ = [
     "FitReport",
     "ProblemRecord",
     "fit_report",
+    "held_out_fit_k",
+    "offline_columns",
     "read_results",
     "render_table",
 ]
 
 log = logging.getLogger(__name__)
 
-# The held-out comparison fits on the first tenth of the samples and needs three k to fit on.
+# The held-out comparison fits on a tenth of the samples (half, for small runs) and needs three k
+# to fit on and at least one above them to score.
 _HELD_OUT_FRACTION = 0.1
-_MIN_HELD_OUT_SAMPLES = 30
+_MIN_FIT_K = 3
+
+
+def held_out_fit_k(max_k: int) -> int | None:
+    """How many samples per problem the held-out fit uses: a tenth of ``max_k``, or half when a
+    tenth is under three; None when even half leaves fewer than three k to fit (pure)."""
+    for fit_k in (int(max_k * _HELD_OUT_FRACTION), max_k // 2):
+        if _MIN_FIT_K <= fit_k < max_k:
+            return fit_k
+    return None
 
 
 @dataclass(frozen=True)
@@ -204,11 +216,33 @@ class FitReport:
                 ),
                 "band": self.band.to_dict() if self.band else None,
                 "held_out": self.held_out.to_dict() if self.held_out else None,
+                "fit_error": self.fit_errors(),
                 "target": self.target.to_dict() if self.target else None,
                 "notes": list(self.notes),
             }
         )
         return data
+
+    def fit_errors(self) -> dict[str, Any]:
+        """Both laws' errors: in-sample (fitted and scored at the same k) and held-out."""
+        held = self.held_out
+        return {
+            "in_sample": {
+                "power": self.power_error.to_dict() if self.power_error else None,
+                "beta": self.beta_error.to_dict() if self.beta_error else None,
+                "ks": [1, self.max_k],
+            },
+            "held_out": (
+                {
+                    "power": held.power_error.to_dict(),
+                    "beta": held.beta_error.to_dict(),
+                    "fit_k": held.fit_k,
+                    "ks": [int(held.held_out_ks[0]), int(held.held_out_ks[-1])],
+                }
+                if held is not None
+                else None
+            ),
+        }
 
 
 def _json_safe(value: Any) -> Any:
@@ -225,6 +259,17 @@ def _json_safe(value: Any) -> Any:
 
 
 def _select(records: list[ProblemRecord], strategy: str | None, path: str) -> list[ProblemRecord]:
+    if strategy is None:
+        found = sorted({r.strategy for r in records})
+        if len(found) > 1:
+            second = next(r for r in records if r.strategy != records[0].strategy)
+            raise DataError(
+                f"the file holds records of several strategies ({', '.join(found)}); pick one "
+                "with --strategy",
+                path=path,
+                line=second.line,
+                field="strategy",
+            )
     chosen = [r for r in records if strategy is None or r.strategy == strategy]
     if not chosen:
         found = sorted({r.strategy for r in records})
@@ -323,10 +368,20 @@ def fit_report(
             seed=seed,
         )
 
+    # The fit error above is in-sample (the law was fitted at those k). The held-out error fits
+    # both laws on a random fit_k-subset of each problem's samples and scores them at k > fit_k.
     held_out = None
-    if power is not None and max_k >= _MIN_HELD_OUT_SAMPLES:
+    fit_k = held_out_fit_k(max_k)
+    if power is not None and fit_k is None:
+        notes.append(
+            f"{max_k} samples per problem are too few to fit on some k and score on others "
+            "(a held-out error needs 6); the fit error is in-sample"
+        )
+    elif power is not None and fit_k is not None:
         try:
-            held_out = compare_held_out(n, c, fit_fraction=_HELD_OUT_FRACTION, seed=seed)
+            # compare_held_out fits on int(fraction * max_k) samples: aim at fit_k's middle.
+            fraction = (fit_k + 0.5) / max_k
+            held_out = compare_held_out(n, c, fit_fraction=fraction, seed=seed)
         except ConfigError as exc:  # a subset with nothing solved has no law
             notes.append(f"held-out comparison skipped: {exc}")
 
@@ -483,8 +538,78 @@ def render_table(report: FitReport, columns: Sequence[str] | None = None) -> Tab
     for row in report.rows:
         table.add_row(*(_cell(column, row.get(column)) for column in chosen))
     if report.power is not None and report.power_error is not None:
-        table.caption = (
-            f"power law a={report.power.a:.4g} b={report.power.b:.4g}, "
-            f"fit error {report.power_error.mean:.4f} ± {report.power_error.sd:.4f}"
+        caption = (
+            f"power law a={report.power.a:.4g} b={report.power.b:.4g}; fit error in-sample "
+            f"(k 1..{report.max_k}) {report.power_error.mean:.4f} ± {report.power_error.sd:.4f}"
         )
+        held = report.held_out
+        if held is not None:
+            caption += (
+                f", held-out (fitted on {held.fit_k} samples, scored at k "
+                f"{int(held.held_out_ks[0])}..{int(held.held_out_ks[-1])}) "
+                f"{held.power_error.mean:.4f} ± {held.power_error.sd:.4f}"
+            )
+        table.caption = caption
     return table
+
+
+# -- strategies' accuracy from the stored samples --------------------------------------------------
+
+# Strategies offline evaluation runs from answers and correctness alone (the score-based ones join
+# when every sample has a verifier score).
+_WITHOUT_SCORES = ("majority", "adaptive", "ahead_by_k")
+
+
+def offline_columns(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    strategy: str | None = None,
+    subsets: int = 100,
+    seed: int = 0,
+) -> tuple[dict[str, dict[int, float]], list[str]]:
+    """Each strategy's expected accuracy at every k from the records' stored samples.
+
+    Columns are named ``"<strategy> acc"`` and map k to accuracy (top-1, averaged over random
+    k-subsets: :func:`ttscale.strategies.offline.evaluate`). Majority, adaptive and ahead-by-k
+    need only answers and correctness; best-of-N, weighted majority and best-of-majority join when
+    every sample has a verifier score. ``strategy`` keeps the records of that strategy. Returns
+    the columns and notes on what was left out.
+    """
+    from ttscale.strategies.offline import evaluate  # installed with the package
+
+    chosen = [r for r in records if strategy is None or r.get("strategy") == strategy]
+    if not chosen:
+        return {}, []
+    smallest = min(len(r["samples"]) for r in chosen)
+    if smallest < 1:
+        return {}, ["a problem has no samples: no offline accuracy"]
+    samples = [r["samples"][:smallest] for r in chosen]
+    answers = [[s.get("answer") for s in row] for row in samples]
+    correct = [[s.get("correct") is True for s in row] for row in samples]
+    raw_scores = [[s.get("score") for s in row] for row in samples]
+    names = list(_WITHOUT_SCORES)
+    notes: list[str] = []
+    scores = None
+    scored = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for row in raw_scores
+        for v in row
+    )
+    if scored:
+        scores = [[float(v) for v in row] for row in raw_scores]
+        names += ["best_of_n", "best_of_majority"]
+        if all(v >= 0 for row in scores for v in row):
+            names.insert(names.index("best_of_majority"), "weighted_majority")
+        else:
+            notes.append("weighted majority left out: it needs verifier scores >= 0")
+    else:
+        notes.append(
+            "best-of-N, weighted majority and best-of-majority need every sample's verifier "
+            "score; these records have none"
+        )
+    result = evaluate(answers, correct, scores, strategies=names, subsets=subsets, seed=seed)
+    columns = {
+        f"{name} acc": {int(k): float(v) for k, v in zip(result.ks, values, strict=True)}
+        for name, values in result.accuracy.items()
+    }
+    return columns, notes
