@@ -493,7 +493,7 @@ def serve(
         import uvicorn
 
         from ttscale.proxy import ProxyConfig, create_app, load_presets, parse_preset_option
-        from ttscale.scaling import RequestLimits, ScaleSettings
+        from ttscale.scaling import RequestLimits
     except ImportError as exc:
         console.print(f"[red]error:[/red] ttscale serve needs the [server] extra: {exc}")
         raise typer.Exit(code=2) from exc
@@ -523,7 +523,7 @@ def serve(
                 api_key=os.environ.get(api_key_env),
                 proxy_key=proxy_key,
                 presets=table,
-                default=ScaleSettings(strategy=default_strategy),
+                default=_default_settings(default_strategy),
                 limits=RequestLimits(max_samples=max_samples, max_tokens=max_tokens),
                 max_body_bytes=max_body_bytes,
                 max_concurrent_requests=max_concurrent_requests,
@@ -541,6 +541,20 @@ def serve(
     except TTScaleError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
+
+
+def _default_settings(strategy: str | None) -> Any:
+    """The server's default settings for ``--default-strategy``: a registered name, or a graph
+    spec file (.json/.yaml), which runs as the ``graph`` strategy with that spec, as in solve."""
+    from ttscale.scaling import ScaleSettings
+
+    if strategy is None or not strategy.endswith((".json", ".yaml", ".yml")):
+        return ScaleSettings(strategy=strategy)
+    from ttscale.strategies.graphs import load_graph
+
+    path = Path(strategy).absolute()  # the server's working directory may change; the file not
+    load_graph(path)  # a missing or bad spec fails now, naming the file, not on the first request
+    return ScaleSettings(strategy="graph", options={"spec": str(path)})
 
 
 app.command(name="report")(fit)
