@@ -2,8 +2,10 @@
 
 Qwen2.5-Coder-0.5B-Instruct on llama.cpp's llama-server (CPU), started by ttscale. For each dataset
 it prints coverage pass@k, each strategy's accuracy at every k (offline, from the same samples,
-averaged over random k-subsets), the coverage-law fit, and the server's aggregate tokens/s during
-the run beside its single-stream speed measured in the same run. Writes JSON and a PNG.
+averaged over random k-subsets: majority, adaptive and ahead_by_k, with the samples the early
+stoppers drew, and the score-based ones when samples carry scores), the coverage-law fit, and the
+server's aggregate tokens/s during the run beside its single-stream speed measured in the same
+run. Writes JSON and a PNG.
 
     python benchmarks/real_model.py [--problems 20] [--samples 16] [--out benchmarks/out]
 
@@ -49,7 +51,13 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
     coverage = coverage_curve(ns, cs, ks)
     answers = [[s["answer"] for s in r["samples"][:n]] for r in records]
     correct = [[bool(s["correct"]) for s in r["samples"][:n]] for r in records]
-    offline = evaluate(answers, correct, strategies=["pass_at_k", "majority"], subsets=200, seed=0)
+    raw_scores = [[s.get("score") for s in r["samples"][:n]] for r in records]
+    # Every strategy offline evaluation runs from these samples: without verifier scores pass@k,
+    # majority, adaptive and ahead_by_k; with a score on every sample the score-based ones too.
+    scored = all(isinstance(v, int | float) for row in raw_scores for v in row)
+    offline = evaluate(
+        answers, correct, raw_scores if scored else None, strategies=None, subsets=200, seed=0
+    )
     fit = fit_power_law(ks, coverage) if coverage[-1] > 0 and coverage[0] < 1 else None
     tokens = sum(r["usage"]["completion_tokens"] for r in records)
     return {
@@ -58,6 +66,12 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
         "ks": ks.tolist(),
         "coverage": coverage.tolist(),
         "accuracy": {name: values.tolist() for name, values in offline.accuracy.items()},
+        # Mean samples drawn at each cap k: below k for the strategies that stop early.
+        "samples_used": {
+            name: values.tolist()
+            for name, values in offline.samples_used.items()
+            if not np.array_equal(values, ks)
+        },
         "power_law": None
         if fit is None
         else {
@@ -140,9 +154,15 @@ async def main() -> None:
                 f"aggregate {data['aggregate_tokens_per_s']:.1f} tokens/s "
                 f"({data['aggregate_tokens_per_s'] / single:.2f}x single-stream)"
             )
-            print(f"{'k':>4}{'coverage':>10}" + "".join(f"{s:>12}" for s in data["accuracy"]))
+            used = data["samples_used"]
+            print(
+                f"{'k':>4}{'coverage':>10}"
+                + "".join(f"{s:>18}" for s in data["accuracy"])
+                + "".join(f"{s + ' used':>18}" for s in used)
+            )
             for position, k in enumerate(data["ks"]):
-                row = "".join(f"{values[position]:>12.3f}" for values in data["accuracy"].values())
+                row = "".join(f"{values[position]:>18.3f}" for values in data["accuracy"].values())
+                row += "".join(f"{values[position]:>18.2f}" for values in used.values())
                 print(f"{k:>4}{data['coverage'][position]:>10.3f}{row}")
             if data["power_law"]:
                 fit = data["power_law"]
