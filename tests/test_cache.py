@@ -368,3 +368,23 @@ def test_describe_matches_the_module_function(server: LoopbackServer, tmp_path: 
     assert cached.describe("q") == draw_description(
         "q", model="loopback", params=sampler.config.params, base_seed=SEED, api="chat"
     )
+
+
+def test_a_partial_override_is_keyed_with_the_samplers_own_settings(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    # Strategies pass overrides that set only what they change; the sampler keeps the rest, and
+    # so must the key: two samplers that differ in max_tokens never share a sample.
+    override = SamplingParams(temperature=0.5)
+    short = CachedSampler(make_sampler(server, max_tokens=2), tmp_path)
+    long = CachedSampler(make_sampler(server, max_tokens=50), tmp_path)
+    cut = draw(short, "q", 1, params=override)
+    whole = draw(long, "q", 1, params=override)
+    assert server.request_count == 2  # the second was not answered with the first's sample
+    bodies = [r.body for r in server.records if r.body]
+    assert [(b["max_tokens"], b["temperature"]) for b in bodies] == [(2, 0.5), (50, 0.5)]
+    assert cut.candidates[0].completion_tokens == 2 < whole.candidates[0].completion_tokens
+    # The override and its merged settings are one key: spelling it out is a hit.
+    draw(short, "q", 1, params=SamplingParams(seed=SEED, temperature=0.5, max_tokens=2))
+    assert server.request_count == 2 and short.hits == 1
+    assert short.key("q", override) == short.key("q", SamplingParams(temperature=0.5, max_tokens=2))

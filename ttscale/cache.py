@@ -40,6 +40,7 @@ from typing import Any
 
 from ttscale.errors import ConfigError, DataError, SamplerError
 from ttscale.protocols import Sampler, check_draw
+from ttscale.samplers.openai_sampler import merge_params
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
@@ -362,11 +363,12 @@ class CachedSampler:
     """A Sampler that answers from a :class:`SampleCache` and draws only what it lacks.
 
     ``model`` (default: the inner sampler's ``config.model``) and ``api`` (default: its
-    ``config.endpoint`` or ``config.api``) go into the key. The sampling settings of a call that
-    passes none are the inner sampler's defaults (its ``params`` or ``config.params``), and the base
-    seed is the call's ``params.seed`` or else the inner sampler's ``base_seed``: the same settings
-    the inner sampler would draw with. A sampler with neither a seed nor a ``base_seed`` is keyed
-    with no seed: its cached samples are then reused by any later run.
+    ``config.endpoint`` or ``config.api``) go into the key. The sampling settings are the inner
+    sampler's defaults (its ``params`` or ``config.params``) with the call's ``params`` over them
+    field by field, and the base seed is the call's ``params.seed`` or else the inner sampler's
+    ``base_seed``: the same settings the inner sampler would draw with. A sampler with neither a
+    seed nor a ``base_seed`` is keyed with no seed: its cached samples are then reused by any
+    later run.
 
     Use it on one event loop at a time (the cache itself may be shared more widely).
     """
@@ -419,7 +421,9 @@ class CachedSampler:
 
     def describe(self, prompt: Prompt, params: SamplingParams | None = None) -> dict[str, Any]:
         """What the samples of ``prompt`` drawn with ``params`` are keyed by."""
-        resolved = params if params is not None else self._defaults()
+        # A call's params override the sampler's own field by field (what they leave None, the
+        # sampler keeps): the key is of what the inner sampler will draw with.
+        resolved = merge_params(self._defaults(), params)
         base_seed = resolved.seed
         if base_seed is None:
             inner = getattr(self.sampler, "base_seed", None)
