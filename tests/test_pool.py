@@ -15,6 +15,7 @@ import pytest
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler
+from ttscale.samplers.openai_sampler import OpenAISampler
 from ttscale.samplers.pool import (
     SLOWER,
     EndpointsDown,
@@ -628,3 +629,27 @@ def test_solve_runs_a_two_model_graph_over_comma_separated_servers(tmp_path: Pat
     assert record["n"] == 3 and record["usage"]["samples"] == 3
     assert record["usage"]["completion_tokens"] == sum(d["completion_tokens"] for d in served)
     assert sum(d["requests"] for d in served) == 3
+
+
+def test_a_partial_override_is_completed_by_the_pools_settings_on_every_endpoint() -> None:
+    with servers({}, {}) as (a, b):
+        # A ready-made endpoint with settings of its own, and a URL the pool makes a sampler for.
+        own = OpenAISampler(
+            model="loopback",
+            base_url=a.base_url,
+            api_key="test",
+            max_retries=0,
+            params=SamplingParams(seed=SEED, max_tokens=50, temperature=1.0),
+        )
+        pool = make_pool([own, b.base_url], max_n=1, params=SamplingParams(seed=SEED, max_tokens=3))
+
+        async def draw() -> SampleBatch:
+            async with own, pool:
+                return await pool.sample("q", 4, SamplingParams(temperature=0.5))
+
+        batch = run(draw())
+        bodies = [r.body for server in (a, b) for r in server.records if r.body]
+        assert a.request_count > 0 and b.request_count > 0
+        assert {(body["max_tokens"], body["temperature"]) for body in bodies} == {(3, 0.5)}
+        assert [c.seed for c in batch.candidates] == [derive_seed(SEED, i) for i in range(4)]
+        assert all(c.completion_tokens == 3 for c in batch.candidates)  # cut at the pool's 3

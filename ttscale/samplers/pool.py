@@ -56,7 +56,7 @@ import httpx2
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler, check_draw, with_model
 from ttscale.registry import build_config
-from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig, merge_params
 from ttscale.seeds import random_base_seed
 from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
@@ -137,8 +137,9 @@ class PoolConfig:
     ``max_failovers`` bounds how many times one call re-sends chunks before giving up.
 
     The remaining settings (``api`` is ``OpenAISamplerConfig.endpoint``) configure the
-    ``OpenAISampler`` built for each URL. ``params`` are the default sampling settings of a call
-    that passes none, and replace those of ready-made endpoint samplers, so that every endpoint
+    ``OpenAISampler`` built for each URL. ``params`` are the pool's sampling settings: a call's
+    params override them field by field (what the call leaves None, the pool's settings fill),
+    and the result goes to every endpoint, ready-made samplers included, so that every endpoint
     draws with the same settings and the same base seed.
     """
 
@@ -634,9 +635,9 @@ class PoolSampler:
     ) -> SampleBatch:
         """Draw samples ``start_index .. start_index + n - 1`` of ``prompt`` over the pool."""
         check_draw(n, start_index)
-        params = params if params is not None else self.params
-        if params.seed is None:
-            params = params.replace(seed=self.base_seed)
+        # A call's params override the pool's field by field (its seed is the base seed), so
+        # every endpoint, ready-made samplers included, draws with the same complete settings.
+        params = merge_params(self.params, params)
         self._ensure_health_loop()
         started = time.perf_counter()
         received: dict[int, Candidate] = {}
