@@ -262,6 +262,7 @@ def test_custom_plugin_found_by_entry_points(loopback: LoopbackServer, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the example's own bound is 600 s, for a loaded machine
 def test_majority_on_the_embedded_model() -> None:
     done = run_example(
         "majority_embedded.py",

@@ -19,7 +19,9 @@ import pytest
 
 from ttscale.local_model import MODEL_SIZE, LocalModelServer, assemble_model
 
-pytestmark = pytest.mark.slow
+# The subprocesses below are bounded by their own timeouts (up to 600 s, for a loaded machine);
+# pytest's default of 300 s would cut them short first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def pid_alive(pid: int) -> bool:
@@ -109,3 +111,81 @@ def test_context_manager_stops_the_server() -> None:
         assert pid is not None
         assert pid_alive(pid)
     assert not pid_alive(pid)
+
+
+def llama_servers_of(owner_pid: int) -> list[int]:
+    """The llama-server processes whose parent is `owner_pid` (read from /proc, Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        # The command name in field 2 may hold spaces, so split after its closing parenthesis.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == owner_pid and command.endswith(b"llama-server"):
+            found.append(int(entry.name))
+    return found
+
+
+def start_solve_and_wait_for_server(
+    tmp_path: Path, *extra: str
+) -> tuple[subprocess.Popen[str], int]:
+    solve = subprocess.Popen(
+        [
+            *(
+                sys.executable,
+                "-m",
+                "ttscale.cli",
+                "solve",
+                "arithmetic",
+                "--limit",
+                "12",
+                "-n",
+                "8",
+            ),
+            *("--max-tokens", "256", "--out", str(tmp_path / "o.jsonl"), "--no-plot", *extra),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        servers = llama_servers_of(solve.pid)
+        if servers:
+            return solve, servers[0]
+        assert solve.poll() is None, solve.communicate()[1][-3000:]
+        time.sleep(0.1)
+    solve.kill()
+    raise AssertionError("ttscale solve started no llama-server within 120 s")
+
+
+def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
+    solve, server_pid = start_solve_and_wait_for_server(tmp_path)
+    time.sleep(3)  # let it start sampling, so Ctrl-C lands mid-run
+    solve.send_signal(signal.SIGINT)
+    _, stderr = solve.communicate(timeout=60)
+    assert solve.returncode != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
+    deadline = time.monotonic() + 20
+    while pid_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(server_pid), "llama-server outlived a Ctrl-C of ttscale solve"
+
+
+def test_an_error_mid_run_stops_the_server(tmp_path: Path) -> None:
+    # The results file becomes a directory once the server is up: writing the first record fails.
+    out = tmp_path / "o.jsonl"
+    solve, server_pid = start_solve_and_wait_for_server(tmp_path)
+    out.unlink(missing_ok=True)
+    out.mkdir()
+    solve.communicate(timeout=600)
+    assert solve.returncode != 0
+    deadline = time.monotonic() + 20
+    while pid_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(server_pid), "llama-server outlived a failed ttscale solve"
