@@ -102,3 +102,37 @@ def test_a_missing_or_broken_spec_file_fails_at_start(
     assert failed.returncode == 2
     message = " ".join(failed.stderr.split())
     assert "broken.json" in message and "colour" in message
+
+
+def test_a_request_naming_another_strategy_does_not_inherit_the_default_specs_options(
+    upstream: LoopbackServer, tmp_path: Path
+) -> None:
+    spec = multi_model_vote(["small", "large", "large"]).save(tmp_path / "vote.json")
+    process, base = serve(
+        "--base-url", upstream.base_url, "--model", "small", "--default-strategy", str(spec)
+    )
+    try:
+        response = httpx2.post(
+            base + "/v1/chat/completions",
+            json={
+                "model": "large",
+                "messages": [{"role": "user", "content": "What is 6 * 7?"}],
+                "ttscale": {"strategy": "majority", "samples": 3},
+            },
+            timeout=60,
+        )
+        # The default's graph runs as before for a request that names no strategy.
+        default = httpx2.post(
+            base + "/v1/chat/completions",
+            json={"model": "small", "messages": [{"role": "user", "content": "What is 6 * 7?"}]},
+            timeout=60,
+        )
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert response.status_code == 200, response.text
+    meta = response.json()["ttscale"]
+    assert meta["strategy"] == "majority" and meta["samples_used"] == 3
+    assert meta["votes"] == {"42": 3}  # all drawn from the request's model, not the spec's
+    assert default.status_code == 200, default.text
+    assert default.json()["ttscale"]["strategy"] == "graph"

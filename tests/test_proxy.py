@@ -710,6 +710,26 @@ def test_presets_file_and_command_line_presets(tmp_path: Path) -> None:
     assert name == "maj4" and settings.samples == 4 and settings.options == {"weighted": True}
 
 
+def test_settings_over_keeps_options_with_their_strategy() -> None:
+    graph = ScaleSettings(strategy="graph", samples=3, options={"spec": "/srv/vote.json"})
+    # Another strategy brings only its own options; what is not an option still layers.
+    other = ScaleSettings(strategy="majority", options={"weighted": True}).over(graph)
+    assert other.strategy == "majority" and other.options == {"weighted": True}
+    assert other.samples == 3
+    # The same strategy, or none named, refines the layer below.
+    same = ScaleSettings(strategy="graph", options={"budget_units": 2}).over(graph)
+    assert same.options == {"spec": "/srv/vote.json", "budget_units": 2}
+    unnamed = ScaleSettings(options={"budget_units": 2}).over(graph)
+    assert unnamed.strategy == "graph" and unnamed.options == same.options
+    # Options said without a strategy apply to whichever strategy runs.
+    loose = ScaleSettings(options={"alpha": 0.01})
+    assert ScaleSettings(strategy="adaptive").over(loose).options == {"alpha": 0.01}
+    # Verifier options behave alike.
+    judged = ScaleSettings(verifier="judge", verifier_options={"mode": "yes_no"})
+    assert ScaleSettings(verifier="math").over(judged).verifier_options == {}
+    assert ScaleSettings(verifier="judge").over(judged).verifier_options == {"mode": "yes_no"}
+
+
 def test_request_limits_reject_bad_caps() -> None:
     with pytest.raises(ValueError, match="max_samples"):
         RequestLimits(max_samples=0)

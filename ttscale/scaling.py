@@ -148,8 +148,17 @@ class ScaleSettings:
         return self == ScaleSettings()
 
     def over(self, base: ScaleSettings) -> ScaleSettings:
-        """These settings, with what they leave unsaid taken from ``base``."""
+        """These settings, with what they leave unsaid taken from ``base``.
+
+        Options belong to their strategy, as verifier options to their verifier: settings that
+        name another strategy than ``base`` bring only their own options (a request asking for
+        ``majority`` over a default graph must not inherit the graph's ``spec``). Options said
+        where no strategy is named apply to whichever strategy runs, so they are merged.
+        """
         same_verifier = self.verifier is None or self.verifier == base.verifier
+        same_strategy = (
+            self.strategy is None or base.strategy is None or self.strategy == base.strategy
+        )
         return ScaleSettings(
             strategy=self.strategy if self.strategy is not None else base.strategy,
             samples=self.samples if self.samples is not None else base.samples,
@@ -162,7 +171,7 @@ class ScaleSettings:
                 else self.verifier_options
             ),
             budget={**base.budget, **self.budget},
-            options={**base.options, **self.options},
+            options={**base.options, **self.options} if same_strategy else self.options,
             model=self.model if self.model is not None else base.model,
         )
 
