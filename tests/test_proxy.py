@@ -285,6 +285,79 @@ def test_budget_stops_drawing_and_keeps_what_was_paid_for(proxy: BackgroundProxy
     assert response.choices[0].message.content
 
 
+def test_a_tokens_budget_refuses_the_judges_calls(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    # The samples' one request goes out with nothing spent; it spends past the limit, so every
+    # judge call after it is refused, and the server sees none of them.
+    response = client(proxy).chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        extra_body={
+            "ttscale": {
+                "strategy": "best_of_n",
+                "samples": 4,
+                "verifier": "judge",
+                "budget": {"tokens": 1},
+            }
+        },
+    )
+    info = meta(response)
+    judged = [r for r in upstream.records if r.body and "Rate how good" in json.dumps(r.body)]
+    assert judged == []
+    served = upstream.delivered_usage()
+    assert served["requests"] == 1 and served["samples"] == 4
+    assert info["usage"]["verifier"]["requests"] == 0
+    assert (
+        info["budget"]["spent"]["total_tokens"]
+        == served["prompt_tokens"] + served["completion_tokens"]
+    )
+    assert response.usage is not None
+    assert response.usage.total_tokens == info["budget"]["spent"]["total_tokens"]
+    assert response.choices[0].message.content in VOTES
+    # Without the limit the same request judges all four.
+    upstream.reset_log()
+    judged_in_full = client(proxy).chat.completions.create(
+        model="loopback",
+        messages=messages(),
+        extra_body={"ttscale": {"strategy": "best_of_n", "samples": 4, "verifier": "judge"}},
+    )
+    assert meta(judged_in_full)["usage"]["verifier"]["requests"] == 4
+
+
+def test_samplers_share_the_upstream_client_and_what_it_learnt_of_n() -> None:
+    with LoopbackServer(answers=respond, n_support="reject") as upstream:
+        running = start(upstream)
+        try:
+            api = client(running)
+            for model in ("first", "second"):
+                api.chat.completions.create(
+                    model=model,
+                    messages=messages(),
+                    extra_body={"ttscale": {"strategy": "majority", "samples": 4}},
+                )
+            asked_n = [
+                (r.body["model"], r.status) for r in upstream.records if r.body and "n" in r.body
+            ]
+            singles = [r.body["model"] for r in upstream.records if r.body and "n" not in r.body]
+            upstream.reset_log()
+            # A pass-through, then a one-sample scaled request: one after the other, the second
+            # reuses the kept-alive connection of the first when both go through one client.
+            api.chat.completions.create(model="third", messages=messages())
+            api.chat.completions.create(
+                model="third",
+                messages=messages(),
+                extra_body={"ttscale": {"strategy": "majority", "samples": 1}},
+            )
+            connections = {r.connection for r in upstream.records if r.body}
+        finally:
+            running.stop()
+    # Only the first model paid for learning that n > 1 is rejected; the second drew singles.
+    assert asked_n == [("first", 400)]
+    assert sorted(singles) == ["first"] * 4 + ["second"] * 4
+    assert len(connections) == 1
+
+
 def bad(param: str, **fields: Any) -> tuple[dict[str, Any], str]:
     return {"model": "maj8", "messages": messages(), **fields}, param
 

@@ -370,17 +370,21 @@ class Proxy:
         key = (model, chat)
         sampler = self._samplers.get(key)
         if sampler is None:
+            # On the proxy's own upstream client: every model and API shares its connection
+            # pool (with pass-through requests too) and what one sampler learnt of the
+            # endpoint's n (OpenAISampler keeps that memory per client), so a model asked for
+            # the first time does not pay for a rejected n > 1 again.
             sampler = self._samplers[key] = OpenAISampler(
                 OpenAISamplerConfig(
                     model=model,
                     base_url=self.config.base_url,
-                    api_key=self.config.api_key,
                     api_key_env=None,
                     endpoint="chat" if chat else "completions",
                     concurrency=self.config.upstream_concurrency,
                     max_retries=self.config.max_retries,
                     timeout=self.config.timeout_s,
-                )
+                ),
+                client=self.upstream,
             )
         return sampler
 
