@@ -136,3 +136,33 @@ def test_a_request_naming_another_strategy_does_not_inherit_the_default_specs_op
     assert meta["votes"] == {"42": 3}  # all drawn from the request's model, not the spec's
     assert default.status_code == 200, default.text
     assert default.json()["ttscale"]["strategy"] == "graph"
+
+
+def test_allow_request_endpoints_lets_a_request_name_a_server(upstream: LoopbackServer) -> None:
+    with LoopbackServer(answers=answer) as elsewhere:
+        spec = {
+            "nodes": [{"id": "answer", "model": "big"}],
+            "models": {"big": {"name": "large", "base_url": elsewhere.base_url}},
+        }
+        body = {
+            "model": "small",
+            "messages": [{"role": "user", "content": "What is 6 * 7?"}],
+            "ttscale": {"strategy": "graph", "spec": spec},
+        }
+        replies = {}
+        for flags in ((), ("--allow-request-endpoints",)):
+            process, base = serve("--base-url", upstream.base_url, "--model", "small", *flags)
+            try:
+                replies[flags] = httpx2.post(base + "/v1/chat/completions", json=body, timeout=60)
+            finally:
+                process.terminate()
+                process.communicate(timeout=30)
+            if not flags:
+                assert elsewhere.request_count == 0
+    refused, allowed = replies[()], replies[("--allow-request-endpoints",)]
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "ttscale.spec.models.big.base_url"
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["choices"][0]["message"]["content"] == "large: the answer is \\boxed{42}"
+    assert elsewhere.delivered_usage()["samples"] == 1
+    assert upstream.request_count == 0

@@ -487,6 +487,13 @@ def serve(
     allow_code_execution: Annotated[
         bool, typer.Option(help="Let the unit_tests verifier run model-written code.")
     ] = False,
+    allow_request_endpoints: Annotated[
+        bool,
+        typer.Option(
+            help="Let requests name servers and keys in their settings (a graph spec's "
+            "models.X.base_url); the proxy then sends requests wherever a client points it."
+        ),
+    ] = False,
 ) -> None:
     """An OpenAI-compatible proxy that answers with a strategy (extra [server])."""
     try:
@@ -529,6 +536,7 @@ def serve(
                 max_concurrent_requests=max_concurrent_requests,
                 upstream_concurrency=concurrency,
                 allow_code_execution=allow_code_execution,
+                allow_request_endpoints=allow_request_endpoints,
                 count_with_logprobs=counting,
             )
             console.print(
