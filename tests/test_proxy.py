@@ -632,7 +632,8 @@ def check_stream_metrics(metrics: str, mode: str) -> None:
 
 def test_scaled_streams_hold_their_slot_until_they_end() -> None:
     with LoopbackServer(answers=respond, faults=SLOW_UPSTREAM) as slow:
-        running = start(slow, max_concurrent_requests=2)
+        # The draws of the streams left hang for ten minutes: closing waits for them only briefly.
+        running = start(slow, max_concurrent_requests=2, drain_timeout_s=0.2)
         try:
             metrics = streams_hold_their_slots(running, None)
         finally:
@@ -647,7 +648,7 @@ def test_pass_through_streams_hold_their_slot_until_they_end() -> None:
         # The upstream is a second proxy scaling "maj8": its stream stays open, sending comments,
         # while it samples, as a slow model streams its tokens. The front proxy has no presets
         # and passes every request through.
-        inner = start(slow)
+        inner = start(slow, drain_timeout_s=0.2)
         front = BackgroundProxy(
             ProxyConfig(base_url=inner.base_url, max_concurrent_requests=2)
         ).start()
@@ -659,6 +660,64 @@ def test_pass_through_streams_hold_their_slot_until_they_end() -> None:
             inner.stop()
         assert slow.delivered_usage()["samples"] == 8
     check_stream_metrics(metrics, "passthrough")
+
+
+def metric(metrics: str, name: str) -> int:
+    return int(metrics.split(f"\n{name} ", 1)[1].split()[0])
+
+
+def test_a_stream_its_client_left_counts_its_draws_when_they_end() -> None:
+    with LoopbackServer(answers=respond, latency=1.0) as slow:
+        running = start(slow)
+        try:
+            url = running.base_url + "/chat/completions"
+            body = {"model": "judge4", "messages": messages(), "stream": True}
+            with httpx2.Client(timeout=30) as http, contextlib.ExitStack() as stack:
+                own, lines = open_stream(stack, http, url, body)
+                deadline = time.monotonic() + 30
+                while slow.request_count < 1:  # the samples' draw is at the upstream
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                own.close()  # the client leaves before the draw has come back
+                del lines
+            wait_in_flight(running, 0)
+            assert slow.delivered_usage()["samples"] == 0  # nothing has come back yet
+        finally:
+            # Stopping waits for the draw in flight rather than cutting it off.
+            running.stop()
+        metrics = running.proxy.metrics
+        served = slow.delivered_usage()
+    # The draw came back after the client had gone; no judge call followed it.
+    assert served["requests"] == 1 and served["samples"] == 4
+    assert metrics.samples == served["samples"]
+    assert metrics.tokens == {
+        "prompt": served["prompt_tokens"],
+        "completion": served["completion_tokens"],
+    }
+
+
+def test_a_failed_request_counts_what_it_spent() -> None:
+    # 20 samples are two requests (16 and 4 choices, at once); the first to arrive fails, the
+    # other's samples arrive: a 502, and what arrived is in the metrics.
+    with LoopbackServer(
+        answers=respond, faults=(Fault("server_error", on_requests=frozenset({0})),)
+    ) as failing:
+        running = start(failing, max_retries=0)
+        try:
+            response = httpx2.post(
+                running.base_url + "/chat/completions",
+                json={"model": "loopback", "messages": messages(), "ttscale": {"samples": 20}},
+                timeout=30,
+            )
+            text = httpx2.get(root(running) + "/metrics", timeout=30).text
+        finally:
+            running.stop()
+        served = failing.delivered_usage()
+    assert response.status_code == 502, response.text
+    assert served["requests"] == 1 and served["samples"] in (4, 16)
+    assert metric(text, "ttscale_samples_total") == served["samples"]
+    assert metric(text, 'ttscale_tokens_total{kind="prompt"}') == served["prompt_tokens"]
+    assert metric(text, 'ttscale_tokens_total{kind="completion"}') == served["completion_tokens"]
 
 
 def test_models_health_and_metrics(proxy: BackgroundProxy) -> None:

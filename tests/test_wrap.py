@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -259,6 +260,52 @@ def test_wrapped_client_defaults_objects_and_a_shared_budget(upstream: LoopbackS
     assert second.model_extra["ttscale"]["samples_used"] == 2  # the budget spans calls
     with pytest.raises(BudgetExhausted):
         client.chat.completions.create(model="loopback", messages=messages())
+
+
+def test_a_shared_budget_spans_every_models_calls(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(
+        openai.OpenAI(base_url=upstream.base_url, api_key="k"),
+        strategy="majority",
+        samples=4,
+        budget=max_samples(6),
+    )
+    first = client.chat.completions.create(model="first", messages=messages())
+    second = client.chat.completions.create(model="second", messages=messages())
+    client.close()
+    assert first.model_extra["ttscale"]["samples_used"] == 4
+    assert second.model_extra["ttscale"]["samples_used"] == 2  # what the first model left
+    assert upstream.delivered_usage()["samples"] == 6
+
+
+def wait_for_a_request(server: LoopbackServer) -> None:
+    deadline = time.monotonic() + 30
+    while server.request_count < 1:
+        assert time.monotonic() < deadline, "no request reached the server"
+        time.sleep(0.01)
+
+
+def test_closing_waits_for_the_draws_of_a_cancelled_call() -> None:
+    async def main(server: LoopbackServer) -> None:
+        client = ttscale.wrap(
+            openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0),
+            strategy="majority",
+            samples=4,
+        )
+        call = asyncio.create_task(
+            client.chat.completions.create(model="loopback", messages=messages())
+        )
+        await asyncio.to_thread(wait_for_a_request, server)  # the draw is at the server
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # The call is gone, its request is not: closing waits for it rather than cutting it off.
+        await client.close()
+
+    with LoopbackServer(answers=respond, latency=0.5) as slow:
+        asyncio.run(main(slow))
+        records = [r for r in slow.records if r.body]
+    assert len(records) == 1
+    assert records[0].delivered and records[0].choices == 4
 
 
 def test_wrapped_async_client_and_streaming(upstream: LoopbackServer) -> None:

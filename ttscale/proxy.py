@@ -43,6 +43,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
+from ttscale.budget import Spend
 from ttscale.errors import ConfigError, DataError, RequestError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
@@ -51,6 +52,7 @@ from ttscale.scaling import (
     RequestLimits,
     ScaledAnswer,
     ScaleSettings,
+    UnfinishedDraws,
     build_verifier,
     parse_request,
     parse_settings,
@@ -92,6 +94,8 @@ class ProxyConfig:
     ``allow_request_endpoints`` lets requests name servers and keys in their settings (a graph
     spec's ``models.X.base_url``, a served reward model's ``base_url``); off, they get a 400, as
     the proxy would otherwise send its requests, and any key, wherever a client pointed it.
+    ``drain_timeout_s`` bounds how long closing waits for draws that requests left in flight (a
+    client hung up mid-sampling) to end and be counted, before the upstream client is closed.
     """
 
     base_url: str
@@ -111,10 +115,13 @@ class ProxyConfig:
     count_with_logprobs: bool = False
     max_retries: int = 2
     timeout_s: float = 600.0
+    drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.base_url:
             raise ConfigError("the proxy needs an upstream base URL")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         for name in ("max_body_bytes", "max_concurrent_requests", "upstream_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -360,8 +367,20 @@ class Proxy:
         )
         self._samplers: dict[tuple[str, bool], OpenAISampler] = {}
         self._proxy_key = config.proxy_key.encode() if config.proxy_key else None
+        # Requests that ended without an answer (hung up, failed) still spent what their draws
+        # cost, those in flight included: the metrics count it once they have ended.
+        self.unfinished = UnfinishedDraws(on_spent=self._count_spend)
 
     async def aclose(self) -> None:
+        # Closing the client under draws still in flight would fail them uncounted, though the
+        # upstream bills them; a stuck upstream may hold shutdown only so long.
+        if not await self.unfinished.drain(self.config.drain_timeout_s):
+            log.warning(
+                "closing with draws of %d ended request(s) still in flight after %.3g s; "
+                "their usage is not in the metrics",
+                len(self.unfinished),
+                self.config.drain_timeout_s,
+            )
         for sampler in self._samplers.values():
             await sampler.aclose()
         await self.upstream.close()
@@ -510,7 +529,7 @@ class Proxy:
                 headers={"Cache-Control": "no-cache"},
             )
         try:
-            answer = await run_scaled(plan, sampler)
+            answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
         except RequestError as exc:
             return "scaled", _error(exc.status, str(exc), param=exc.param)
         except (SamplerError, ConfigError) as exc:
@@ -531,10 +550,13 @@ class Proxy:
         usage = answer.usage
         self.metrics.spend(usage.samples, usage.prompt_tokens, usage.completion_tokens)
 
+    def _count_spend(self, spent: Spend) -> None:
+        self.metrics.spend(spent.samples, spent.prompt_tokens, spent.completion_tokens)
+
     async def _stream_scaled(
         self, plan: Any, sampler: OpenAISampler, model: str
     ) -> AsyncGenerator[bytes, None]:
-        task = asyncio.create_task(run_scaled(plan, sampler))
+        task = asyncio.create_task(run_scaled(plan, sampler, unfinished=self.unfinished))
         try:
             # SSE comments keep idle-timeout proxies and clients from dropping the connection
             # while the samples are drawn; clients ignore them.

@@ -25,6 +25,7 @@ Everything here is plain logic over plain data except :func:`run_scaled`, which 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -38,6 +39,7 @@ from typing import Any
 
 from ttscale.budget import (
     BudgetedSampler,
+    Spend,
     StopCondition,
     max_completion_tokens,
     max_cost,
@@ -68,6 +70,7 @@ __all__ = [
     "ScaleSettings",
     "ScaledAnswer",
     "ScaledPlan",
+    "UnfinishedDraws",
     "build_strategy",
     "build_verifier",
     "parse_request",
@@ -668,11 +671,54 @@ class RequestBudgetSampler:
         return RequestBudgetSampler(self.sampler, model)
 
 
-async def run_scaled(plan: ScaledPlan, sampler: Sampler) -> ScaledAnswer:
+class UnfinishedDraws:
+    """The budgets of requests that ended without an answer, until their draws are counted.
+
+    A request cancelled part way (its client hung up, the server is stopping) or failed may leave
+    draws at the upstream, which bills them whether or not anyone reads the answers; its budget
+    counts them when they end (:meth:`BudgetedSampler.drain`). :func:`run_scaled` hands such a
+    request's budget here; once its draws have ended, ``on_spent`` gets everything the request
+    spent. A server or client keeps one of these and awaits :meth:`drain` before closing the
+    sampler under those draws or reading its totals.
+    """
+
+    def __init__(self, on_spent: Callable[[Spend], None] | None = None) -> None:
+        self.on_spent = on_spent
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._settling)
+
+    def add(self, budget: BudgetedSampler) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(budget))
+        self._settling.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, budget: BudgetedSampler) -> None:
+        await budget.drain()
+        if self.on_spent is not None:
+            self.on_spent(budget.spent)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every handed-over request's draws have been counted; False on timeout."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while self._settling:
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(set(self._settling), timeout=left)
+        return True
+
+
+async def run_scaled(
+    plan: ScaledPlan, sampler: Sampler, *, unfinished: UnfinishedDraws | None = None
+) -> ScaledAnswer:
     """Run ``plan``, drawing through ``sampler`` within the request's budget.
 
     Everything made here (the verifier meter, the budget) belongs to this call alone, so
-    concurrent requests share only the sampler: its connection pool and its bounds.
+    concurrent requests share only the sampler: its connection pool and its bounds. A run that
+    ends without an answer (cancelled, failed) hands its budget to ``unfinished``, which counts
+    the draws it left in flight when they end.
     """
     settings = plan.settings
     meter = MeteredVerifier(plan.verifier) if plan.verifier is not None else None
@@ -688,9 +734,15 @@ async def run_scaled(plan: ScaledPlan, sampler: Sampler) -> ScaledAnswer:
     token = _REQUEST_BUDGET.set(budgeted)
     try:
         result = await plan.strategy.run(problem, budgeted, meter)
-    except ConfigError as exc:
-        # A strategy that cannot work with what it was given (best_of_n without a verifier).
-        raise RequestError(f"strategy {plan.strategy_name!r}: {exc}", param="ttscale") from exc
+        # Draws the strategy itself gave up on are paid for too: the totals wait for them.
+        await budgeted.drain()
+    except BaseException as exc:
+        if unfinished is not None:
+            unfinished.add(budgeted)
+        if isinstance(exc, ConfigError):
+            # A strategy that cannot work with what it was given (best_of_n without a verifier).
+            raise RequestError(f"strategy {plan.strategy_name!r}: {exc}", param="ttscale") from exc
+        raise
     finally:
         _REQUEST_BUDGET.reset(token)
     budget = budgeted.to_dict()

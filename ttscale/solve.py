@@ -859,6 +859,8 @@ async def solve(
         spent = Usage.total([Usage.from_dict(r["usage"]) for r in finished.values()])
         tracker.record(SampleBatch((), spent.replace(wall_time_s=0.0)))
     cut_short: list[str] = []
+    # Every problem's budgets, drained before the sampler and the journal close (see below).
+    budgets: list[BudgetedSampler] = []
 
     async def run_one(problem: Problem) -> None:
         nonlocal replayed
@@ -868,14 +870,11 @@ async def solve(
             views = [JournalledSampler(drawer, journal, problem.id)]
             # Replays sit under the budget: a resumed problem's journalled samples count against
             # its limits as they did when they were drawn.
-            draws: Sampler = _RunWatch(
-                BudgetedSampler(
-                    views[0], tracker=tracker, limit=run_limit, per_problem=problem_limit
-                ).for_problem(problem.id),
-                run_limit,
-                tracker,
-                cut,
+            budget = BudgetedSampler(
+                views[0], tracker=tracker, limit=run_limit, per_problem=problem_limit
             )
+            budgets.append(budget)
+            draws: Sampler = _RunWatch(budget.for_problem(problem.id), run_limit, tracker, cut)
             inner = InstructedSampler(draws, CODE_INSTRUCTION) if is_code else draws
             meter: MeteredVerifier | None = None
             if build_verifier is not None:
@@ -883,6 +882,7 @@ async def solve(
                 # A verifier's calls count toward the problem but only the run's limit refuses
                 # them: scoring samples already paid for finishes the problem.
                 asks = BudgetedSampler(views[1], tracker=tracker, limit=run_limit)
+                budgets.append(asks)
                 meter = MeteredVerifier(
                     build_verifier(_RunWatch(asks.for_problem(problem.id), run_limit, tracker, cut))
                 )
@@ -937,6 +937,12 @@ async def solve(
                 with contextlib.suppress(BaseException):
                     await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+            finally:
+                # Draws of cancelled problems still run, and the server bills them: wait until
+                # they are counted and journalled (a rerun replays them) before the sampler and
+                # the journal close under them.
+                for problem_budget in budgets:
+                    await problem_budget.drain()
     finally:
         journal.close()
         if cache is not None:

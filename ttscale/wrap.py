@@ -56,6 +56,7 @@ from ttscale.scaling import (
     RequestLimits,
     ScaledAnswer,
     ScaledPlan,
+    UnfinishedDraws,
     budget_condition,
     parse_request,
     parse_settings,
@@ -386,7 +387,11 @@ class _Scaler:
         # (a number here would be sent as every such call's max_tokens).
         self.limits = limits or RequestLimits(max_samples=1 << 20, max_tokens=None, max_k=1 << 20)
         self._samplers: dict[str, Sampler] = {}
+        # The shared budget's first sampler; other models draw through its twins, under the same
+        # tracker, so the budget spans every model's calls.
         self._budgeted: BudgetedSampler | None = None
+        # Calls that ended without an answer (cancelled, failed) with draws still in flight.
+        self.unfinished = UnfinishedDraws()
 
     @property
     def always(self) -> bool:
@@ -400,9 +405,23 @@ class _Scaler:
                 OpenAISamplerConfig(model=model, api_key_env=None), client=self.async_client
             )
             if self.shared_budget is not None:
-                sampler = BudgetedSampler(sampler, limit=self.shared_budget)
+                if self._budgeted is None:
+                    sampler = self._budgeted = BudgetedSampler(sampler, limit=self.shared_budget)
+                else:
+                    sampler = self._budgeted.with_model(model)
             self._samplers[model] = sampler
         return sampler
+
+    async def aclose(self) -> None:
+        """Close the client once the draws of cancelled calls have ended and been counted.
+
+        Closing it under them would fail requests the server bills anyway; they end by the
+        client's own timeout at the latest.
+        """
+        await self.unfinished.drain()
+        if self._budgeted is not None:
+            await self._budgeted.drain()
+        await self.async_client.close()
 
     @staticmethod
     def body(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -449,7 +468,7 @@ class _Scaler:
 
     async def create(self, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
         plan, sampler = self.plan(self.body(kwargs))
-        answer = await run_scaled(plan, sampler)
+        answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
         return _as_openai(answer, plan.request)
 
 
@@ -539,7 +558,7 @@ class ScaledOpenAI:
         return iter(reply) if isinstance(reply, list) else reply
 
     def close(self) -> None:
-        self._portal.call(self._scaler.async_client.close)
+        self._portal.call(self._scaler.aclose)
         self._client.close()
 
     def __enter__(self) -> ScaledOpenAI:
@@ -567,7 +586,7 @@ class ScaledAsyncOpenAI:
         return _AsyncChunks(reply) if isinstance(reply, list) else reply
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._scaler.aclose()  # the scaler's client is this client
 
     async def __aenter__(self) -> ScaledAsyncOpenAI:
         return self
