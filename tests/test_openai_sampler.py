@@ -23,6 +23,7 @@ from ttscale import (
     UpstreamError,
     Usage,
 )
+from ttscale.budget import BudgetedSampler
 from ttscale.portal import default_portal
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
@@ -382,6 +383,75 @@ def test_a_failed_draw_carries_the_samples_it_paid_for() -> None:
         assert [c.index for c in partial.candidates] == [0, 2, 3]
         assert_matches_server(partial.usage, server)
         assert partial.usage.failed_requests == 1
+
+
+# Six single-sample requests at once: the first two to arrive are answered at once, the other four
+# held for ten minutes, so a cancellation always comes with two answers in and four in flight.
+HELD = (Fault("slow", on_requests=frozenset({2, 3, 4, 5}), delay=600.0),)
+
+
+async def two_answers_in(server: LoopbackServer) -> None:
+    def wait() -> None:
+        deadline = time.monotonic() + 30
+        while server.delivered_usage()["samples"] < 2:
+            assert time.monotonic() < deadline, "the first answers did not arrive"
+            time.sleep(0.01)
+        time.sleep(0.3)  # sent is not yet read: give the client time to take them in
+
+    await asyncio.to_thread(wait)
+
+
+def test_a_cancelled_draw_carries_the_samples_that_arrived() -> None:
+    caught: list[BaseException] = []
+
+    async def main(sampler: OpenAISampler, server: LoopbackServer) -> None:
+        async def sample() -> SampleBatch:
+            try:
+                return await sampler.sample("q", 6)
+            except asyncio.CancelledError as exc:
+                caught.append(exc)
+                raise
+
+        async with sampler:
+            task = asyncio.create_task(sample())
+            await two_answers_in(server)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    with LoopbackServer(answers=numbered, faults=HELD) as server:
+        sampler = make_sampler(server, n_mode="never", concurrency=6)
+        asyncio.run(main(sampler, server))
+        partial = getattr(caught[0], "partial", None)
+        assert isinstance(partial, SampleBatch)
+        assert len(partial.candidates) == 2
+        assert_matches_server(partial.usage, server)
+
+
+def test_a_budget_counts_a_draw_the_stopping_loop_cancels_part_way() -> None:
+    # The caller gives up first (the budget lets the draw run on, as its requests are out), then
+    # the loop stops and cancels the draw itself, as asyncio.run does with the tasks left.
+    async def main(sampler: OpenAISampler, server: LoopbackServer) -> BudgetedSampler:
+        budget = BudgetedSampler(sampler)
+        async with sampler:
+            caller = asyncio.create_task(budget.sample("q", 6))
+            await two_answers_in(server)
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert left  # the draw, still running
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+        return budget
+
+    with LoopbackServer(answers=numbered, faults=HELD) as server:
+        sampler = make_sampler(server, n_mode="never", concurrency=6)
+        budget = asyncio.run(main(sampler, server))
+        spent = budget.spent
+        assert spent.samples == 2 and spent.pending_samples == 0
+        assert_matches_server(spent.usage, server)
 
 
 def test_unreachable_server_is_an_upstream_error() -> None:

@@ -23,7 +23,8 @@ How a limit ends a draw (the same every time):
   limit is crossed completes and is counted in full: those limits may be overshot by the draws in
   flight, never by a draw sent after.
 - A draw that fails with a :class:`~ttscale.errors.SamplerError` has the samples of its ``partial``
-  batch counted before the error is re-raised.
+  batch counted before the error is re-raised; so does a draw cancelled itself (the loop
+  stopping) whose ``CancelledError`` carries a ``partial`` batch (OpenAISampler's does).
 - A draw whose caller is cancelled is not: its requests are out, and the server bills them
   whether or not anyone reads the answers. The caller gets its ``CancelledError`` at once, the
   draw runs on and is counted when it ends, and its samples stay reserved until then, so the
@@ -699,8 +700,9 @@ class BudgetedSampler:
                 allowed,
             )
         self.tracker.start_draw(problem_id, allowed)
+        arrived: list[SampleBatch] = []  # what the draw had received if it is itself cancelled
         inner = asyncio.ensure_future(
-            self.sampler.sample(prompt, allowed, params, start_index=start_index)
+            self._sample(arrived, prompt, allowed, params, start_index=start_index)
         )
         try:
             await asyncio.shield(inner)
@@ -709,13 +711,15 @@ class BudgetedSampler:
                 # The caller gave up; the requests it sent did not, and the server bills them.
                 # They finish in the background and are counted then (see drain()).
                 self._abandoned.add(inner)
-                inner.add_done_callback(functools.partial(self._settle, problem_id, allowed))
+                inner.add_done_callback(
+                    functools.partial(self._settle, problem_id, allowed, arrived)
+                )
                 raise
-            self._count(problem_id, allowed, inner)
+            self._count(problem_id, allowed, inner, arrived)
             raise
         except Exception:
             pass  # the draw failed: counted and raised below
-        priced = self._count(problem_id, allowed, inner)
+        priced = self._count(problem_id, allowed, inner, arrived)
         if inner.cancelled():
             raise asyncio.CancelledError
         failure = inner.exception()
@@ -724,16 +728,39 @@ class BudgetedSampler:
         assert priced is not None  # a batch was delivered
         return priced
 
+    async def _sample(
+        self,
+        arrived: list[SampleBatch],
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None,
+        *,
+        start_index: int,
+    ) -> SampleBatch:
+        try:
+            return await self.sampler.sample(prompt, n, params, start_index=start_index)
+        except asyncio.CancelledError as exc:
+            # A cancelled future keeps no exception to read later: keep what the sampler said
+            # had arrived before the cancellation, for _count.
+            partial = getattr(exc, "partial", None)
+            if isinstance(partial, SampleBatch):
+                arrived.append(partial)
+            raise
+
     async def drain(self) -> None:
         """Wait until the draws whose callers were cancelled have finished and been counted."""
         while self._abandoned:
             await asyncio.wait(set(self._abandoned))
 
     def _settle(
-        self, problem_id: str | None, allowed: int, inner: asyncio.Future[SampleBatch]
+        self,
+        problem_id: str | None,
+        allowed: int,
+        arrived: list[SampleBatch],
+        inner: asyncio.Future[SampleBatch],
     ) -> None:
         self._abandoned.discard(inner)
-        priced = self._count(problem_id, allowed, inner)
+        priced = self._count(problem_id, allowed, inner, arrived)
         if priced is not None:
             log.info(
                 "a cancelled draw%s finished and was counted: %d samples, %d tokens",
@@ -743,17 +770,22 @@ class BudgetedSampler:
             )
 
     def _count(
-        self, problem_id: str | None, allowed: int, inner: asyncio.Future[SampleBatch]
+        self,
+        problem_id: str | None,
+        allowed: int,
+        inner: asyncio.Future[SampleBatch],
+        arrived: list[SampleBatch],
     ) -> SampleBatch | None:
         """Release a finished draw's reservation and count what it delivered; the batch priced.
 
         A draw that failed with a :class:`SamplerError` delivered its ``partial`` batch, which is
-        counted and put back on the error priced. One cancelled itself delivered nothing known.
+        counted and put back on the error priced. One cancelled itself delivered what its
+        cancellation carried (``arrived``), or nothing known.
         """
         delivered: SampleBatch | None = None
         failure = None if inner.cancelled() else inner.exception()
         if inner.cancelled():
-            pass
+            delivered = arrived[0] if arrived else None
         elif failure is None:
             delivered = inner.result()
         elif isinstance(failure, SamplerError) and isinstance(failure.partial, SampleBatch):

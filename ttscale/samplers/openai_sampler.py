@@ -23,7 +23,8 @@ What it guarantees:
 - Usage is what the server reported: prompt tokens per request, completion tokens per sample (exact
   where the request had one choice or logprobs came back; apportioned otherwise, with the request's
   total kept exact).
-- When a draw fails part way, the error carries the samples already received (``partial``).
+- When a draw fails part way, the error carries the samples already received (``partial``); so
+  does the ``CancelledError`` of a draw cancelled part way.
 """
 
 from __future__ import annotations
@@ -270,6 +271,11 @@ class OpenAISampler:
                 raise
             if isinstance(exc, Exception):
                 raise SamplerError(f"sampling failed: {exc}", partial=partial) from exc
+            if isinstance(exc, asyncio.CancelledError):
+                # Cancelled part way (its caller gave up, the loop is stopping): what arrived is
+                # paid for, so the cancellation carries it as a failure's SamplerError does, for
+                # whoever counts (BudgetedSampler). Requests cut off in flight delivered nothing.
+                setattr(exc, "partial", partial)  # noqa: B010  # CancelledError declares none
             raise
         return self._batch(draw, time.perf_counter() - started)
 
