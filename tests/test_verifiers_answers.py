@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,6 +164,49 @@ def test_a_worker_stuck_past_its_limit_is_killed_and_replaced() -> None:
             assert scores[0].verdict is False and "no answer within 1 s" in scores[0].reason
 
     asyncio.run(go())
+
+
+@needs_math_verify
+def test_scoring_and_comparing_at_once_start_one_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[concurrent.futures.ProcessPoolExecutor] = []
+
+    class SlowToStart(concurrent.futures.ProcessPoolExecutor):
+        # Starting a pool takes a while here, so both callers are inside _executor() together.
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(0.2)
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", SlowToStart)
+    together = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def scoring() -> None:  # the verifier on the event loop
+        together.wait()
+        results["scores"] = score(verifier, HALF, ["\\boxed{0.5}", "\\boxed{0.6}"])
+
+    def comparing() -> None:  # a strategy's comparison thread
+        together.wait()
+        results["same"] = verifier.equivalent("2^{10}", "1024")
+
+    with MathVerifier(backend="math_verify", workers=1) as verifier:
+        threads = [threading.Thread(target=scoring), threading.Thread(target=comparing)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert len(started) == 1
+    assert [s.verdict for s in results["scores"]] == [True, False]
+    assert results["same"] is True
+
+
+def test_a_caller_that_saw_an_old_pool_fail_keeps_the_new_one() -> None:
+    with MathVerifier(backend="math_verify", workers=1) as verifier:
+        old = verifier._executor()
+        verifier._discard_pool(old)  # the first caller to see it broken replaces it
+        new = verifier._executor()
+        verifier._discard_pool(old)  # a second caller saw the same old pool fail
+        assert new is not old and verifier._executor() is new
 
 
 @needs_math_verify

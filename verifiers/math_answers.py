@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -184,30 +185,40 @@ class MathVerifier:
             log.info("math-verify is not installed; MathVerifier compares normalised answers")
         self._extractor: Extractor = get_extractor(config.extractor)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        # score() on the loop and equivalent() on a strategy's comparison thread reach the pool
+        # at once: without the lock both could start a pool (one of them never shut down), or
+        # one caller replace the pool the other has just started.
+        self._pool_lock = threading.Lock()
         self._warned_blocking = False
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn, not fork: the caller's process may have threads (an event loop, a client).
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.config.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm_up,
-            )
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                # spawn, not fork: the caller's process may have threads (an event loop, a
+                # client).
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.config.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_warm_up,
+                )
+            return self._pool
 
-    def _discard_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
+    def _discard_pool(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Stop ``pool`` (broken, or with a worker stuck); forget it if it is still the current
+        one. A caller that saw an old pool fail must not discard the new one another started."""
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
         # A worker stuck in a parse that ignored its alarm would otherwise live on.
-        for process in list(getattr(pool, "_processes", {}).values()):
+        # (None once the pool is shut down: a second caller may discard the same broken pool.)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the worker processes (they are started again when needed)."""
-        pool, self._pool = self._pool, None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -232,14 +243,15 @@ class MathVerifier:
         """
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
+            pool = self._executor()
             try:
-                pending = loop.run_in_executor(self._executor(), function, *args)
+                pending = loop.run_in_executor(pool, function, *args)
                 return await asyncio.wait_for(pending, timeout=limit)
             except asyncio.TimeoutError:
-                self._discard_pool()
+                self._discard_pool(pool)
                 raise _Stuck(limit) from None
             except BrokenProcessPool as exc:
-                self._discard_pool()
+                self._discard_pool(pool)
                 if attempt == 2:
                     raise VerifierError(f"math-verify's worker process died: {exc}") from exc
                 log.warning("math-verify's worker process died (%s); starting a new one", exc)
@@ -248,13 +260,14 @@ class MathVerifier:
     def _in_pool_blocking(self, function: Callable[..., T], *args: Any, limit: float) -> T:
         """:meth:`_in_pool` for a caller on a plain thread: blocks it while a worker answers."""
         for attempt in (1, 2):
+            pool = self._executor()
             try:
-                return self._executor().submit(function, *args).result(timeout=limit)
+                return pool.submit(function, *args).result(timeout=limit)
             except concurrent.futures.TimeoutError:
-                self._discard_pool()
+                self._discard_pool(pool)
                 raise _Stuck(limit) from None
             except BrokenProcessPool as exc:
-                self._discard_pool()
+                self._discard_pool(pool)
                 if attempt == 2:
                     raise VerifierError(f"math-verify's worker process died: {exc}") from exc
                 log.warning("math-verify's worker process died (%s); starting a new one", exc)
