@@ -494,8 +494,35 @@ def test_malformed_json_oversized_body_and_unknown_path(upstream: LoopbackServer
         assert chunked.status_code == 413
         ok = httpx2.post(url, json={"model": "maj8", "messages": messages()}, timeout=30)
         assert ok.status_code == 200
+        # Unknown paths and methods get errors in OpenAI's shape too.
+        nowhere = httpx2.post(running.base_url + "/embeddings", json={}, timeout=30)
+        assert nowhere.status_code == 404
+        assert "/v1/embeddings" in nowhere.json()["error"]["message"]
+        wrong_method = httpx2.get(url, timeout=30)
+        assert wrong_method.status_code == 405
+        assert "GET" in wrong_method.json()["error"]["message"]
     finally:
         running.stop()
+
+
+def test_pass_through_relays_upstream_errors_as_sent() -> None:
+    # The proxy does not retry a pass-through the upstream answered: the client sees the 429 or
+    # 500 (and its own client's retries decide), and the upstream is asked once.
+    faults = (Fault("rate_limit", on_requests=frozenset({0}), retry_after=7.0),)
+    with LoopbackServer(answers=respond, faults=faults) as limited:
+        running = start(limited)
+        try:
+            url = running.base_url + "/chat/completions"
+            refused = httpx2.post(url, json={"model": "loopback", "messages": messages()})
+            answered = httpx2.post(url, json={"model": "loopback", "messages": messages()})
+        finally:
+            running.stop()
+        asked = [r for r in limited.records if r.body]
+    assert refused.status_code == 429
+    assert "injected by the loopback server" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == "7"  # for the client's own retries
+    assert answered.status_code == 200
+    assert [r.status for r in asked] == [429, 200]
 
 
 def test_proxy_key_and_the_upstream_key_never_echoed(
@@ -655,6 +682,11 @@ def test_pass_through_streams_hold_their_slot_until_they_end() -> None:
         try:
             metrics = streams_hold_their_slots(front, inner)
             wait_in_flight(inner, 0)
+            # Every relayed stream, finished or left, gave its upstream connection pool back.
+            deadline = time.monotonic() + 30
+            while any(front.proxy._pool_in_flight):
+                assert time.monotonic() < deadline, front.proxy._pool_in_flight
+                time.sleep(0.02)
         finally:
             front.stop()
             inner.stop()

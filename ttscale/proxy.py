@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -34,9 +36,10 @@ from typing import Any
 import anyio
 import httpx2
 import openai
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.requests import ClientDisconnect
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,9 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EMPTY_PRESETS: Mapping[str, ScaleSettings] = MappingProxyType({})
-# openai's switch for handing back the unread HTTP response: the proxy relays its bytes as they
-# arrive instead of parsing and re-encoding them.
-_RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -359,12 +359,40 @@ class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.upstream = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key or "not-needed",
-            max_retries=config.max_retries,
-            timeout=config.timeout_s,
-        )
+        # The upstream clients, shared by everything sent upstream: the samplers' requests (on
+        # the openai clients) and pass-through requests (sent on their connection pools
+        # directly). Several, as OpenAISampler makes them for itself: httpcore's pool looks at
+        # every one of its connections on each request, so one pool for 64 requests in flight
+        # costs more CPU per request than all the rest of a pass-through.
+        shards = max(1, math.ceil(config.upstream_concurrency / 8))
+        self._pools = [
+            openai.DefaultAsyncHttpxClient(timeout=httpx2.Timeout(config.timeout_s, connect=5.0))
+            for _ in range(shards)
+        ]
+        self._clients = [
+            openai.AsyncOpenAI(
+                base_url=config.base_url,
+                api_key=config.api_key or "not-needed",
+                max_retries=config.max_retries,
+                timeout=config.timeout_s,
+                http_client=pool,
+            )
+            for pool in self._pools
+        ]
+        self._pool_in_flight = [0] * shards
+        self.upstream = self._clients[0]
+        base = str(self.upstream.base_url).rstrip("/")
+        self._urls = {
+            True: httpx2.URL(base + "/chat/completions"),
+            False: httpx2.URL(base + "/completions"),
+        }
+        # Identity: a relayed stream's bytes go to the client as they came, so they must not be
+        # compressed (and decoding a whole answer costs CPU for nothing).
+        self._upstream_headers = {
+            "Authorization": f"Bearer {config.api_key or 'not-needed'}",
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+        }
         self._samplers: dict[tuple[str, bool], OpenAISampler] = {}
         self._proxy_key = config.proxy_key.encode() if config.proxy_key else None
         # Requests that ended without an answer (hung up, failed) still spent what their draws
@@ -383,14 +411,17 @@ class Proxy:
             )
         for sampler in self._samplers.values():
             await sampler.aclose()
-        await self.upstream.close()
+        for client in self._clients:
+            await client.close()
+        for pool in self._pools:
+            await pool.aclose()
 
     def sampler(self, model: str, chat: bool) -> OpenAISampler:
         key = (model, chat)
         sampler = self._samplers.get(key)
         if sampler is None:
-            # On the proxy's own upstream client: every model and API shares its connection
-            # pool (with pass-through requests too) and what one sampler learnt of the
+            # On the proxy's own upstream clients: every model and API shares their connection
+            # pools (with pass-through requests too) and what one sampler learnt of the
             # endpoint's n (OpenAISampler keeps that memory per client), so a model asked for
             # the first time does not pay for a rejected n > 1 again.
             sampler = self._samplers[key] = OpenAISampler(
@@ -403,7 +434,7 @@ class Proxy:
                     max_retries=self.config.max_retries,
                     timeout=self.config.timeout_s,
                 ),
-                client=self.upstream,
+                client=self._clients,
             )
         return sampler
 
@@ -585,36 +616,64 @@ class Proxy:
                     await task
 
     async def _pass_through(self, body: dict[str, Any], raw: bytes, chat: bool) -> Response:
-        path = "/chat/completions" if chat else "/completions"
+        # The client's bytes go upstream as they came, on the upstream clients' connection pools
+        # but around the openai client's request building (options, headers, URL, JSON
+        # encoding), which costs more CPU than the rest of a pass-through together. The
+        # upstream's answer, errors included, comes back as it was sent (the client's own
+        # retries see a 429 or a 5xx); only a connection that could not be made is retried.
+        shard = min(range(len(self._pools)), key=self._pool_in_flight.__getitem__)
+        self._pool_in_flight[shard] += 1
+        handed_over = False
         try:
-            upstream = await self.upstream.post(
-                path,
-                cast_to=httpx2.Response,
-                body=body,
-                options={"headers": _RAW_STREAM},
-            )
-        except openai.APIStatusError as exc:
-            # The upstream's own error, relayed as it sent it.
-            return Response(
-                exc.response.content,
-                status_code=exc.response.status_code,
-                media_type=exc.response.headers.get("content-type", "application/json"),
-            )
-        except openai.APIConnectionError as exc:
-            log.warning("upstream unreachable: %s", exc)
-            return _error(502, f"could not reach the upstream model server: {exc}")
-        media_type = upstream.headers.get("content-type", "application/json")
-        if body.get("stream"):
-            return _HeldStream(
-                _relay(upstream),
-                status_code=upstream.status_code,
-                media_type=media_type,
-                cleanup=upstream.aclose,
-            )
-        content = await upstream.aread()
+            upstream = await self._send_upstream(shard, chat, raw)
+            if isinstance(upstream, JSONResponse):
+                return upstream
+            headers = _relayed_headers(upstream.headers)
+            if body.get("stream") and upstream.status_code < 400:
+                handed_over = True  # the stream's end gives the pool back
+                return _HeldStream(
+                    _relay(upstream),
+                    status_code=upstream.status_code,
+                    headers=headers,
+                    cleanup=functools.partial(self._end_relay, shard, upstream),
+                )
+            try:
+                content = await upstream.aread()
+            except httpx2.TransportError as exc:
+                log.warning("upstream failed: %s", exc)
+                return _error(502, f"the upstream model server failed: {exc}")
+            finally:
+                await upstream.aclose()
+        finally:
+            if not handed_over:
+                self._pool_in_flight[shard] -= 1
+        if upstream.status_code < 400:
+            self._count_passthrough(content)
+        return Response(content, status_code=upstream.status_code, headers=headers)
+
+    async def _end_relay(self, shard: int, upstream: httpx2.Response) -> None:
+        self._pool_in_flight[shard] -= 1
         await upstream.aclose()
-        self._count_passthrough(content)
-        return Response(content, status_code=upstream.status_code, media_type=media_type)
+
+    async def _send_upstream(
+        self, shard: int, chat: bool, raw: bytes
+    ) -> httpx2.Response | JSONResponse:
+        request = httpx2.Request(
+            "POST", self._urls[chat], headers=self._upstream_headers, content=raw
+        )
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                return await self._pools[shard].send(request, stream=True)
+            except httpx2.ConnectError as exc:
+                # Nothing reached the upstream: safe to try again, as the openai client would.
+                if attempt == self.config.max_retries:
+                    log.warning("upstream unreachable: %s", exc)
+                    return _error(502, f"could not reach the upstream model server: {exc}")
+                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+            except httpx2.TransportError as exc:
+                log.warning("upstream failed: %s", exc)
+                return _error(502, f"the upstream model server failed: {exc}")
+        raise AssertionError("unreachable")
 
     def _count_passthrough(self, content: bytes) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -737,6 +796,32 @@ class _HeldStream(StreamingResponse):
                         await self._cleanup()
 
 
+# Headers that describe one hop, or the body as the proxy sends it again, not the answer.
+_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
+
+
+def _relayed_headers(headers: httpx2.Headers) -> dict[str, str]:
+    """The upstream's headers a relayed answer keeps (content type, retry-after, request ids)."""
+    kept = {name: value for name, value in headers.items() if name not in _HOP_HEADERS}
+    kept.setdefault("content-type", "application/json")
+    return kept
+
+
 async def _relay(upstream: httpx2.Response) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in upstream.aiter_raw():
@@ -749,40 +834,53 @@ def _with_counting_logprobs(request: ChatRequest) -> ChatRequest:
     return dataclasses.replace(request, params=request.params.replace(logprobs=0))
 
 
-def create_app(config: ProxyConfig) -> FastAPI:
-    """The proxy as an ASGI app (run it with uvicorn, or ``ttscale serve``)."""
+def create_app(config: ProxyConfig) -> Starlette:
+    """The proxy as an ASGI app (run it with uvicorn, or ``ttscale serve``); the
+    :class:`Proxy` is ``app.state.proxy``."""
     proxy = Proxy(config)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         await proxy.aclose()
 
-    app = FastAPI(title="ttscale proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.proxy = proxy
-
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await proxy.generate(request, chat=True)
 
-    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await proxy.generate(request, chat=False)
 
-    @app.get("/v1/models")
     async def models(request: Request) -> Response:
         return await proxy.models(request)
 
-    @app.get("/health")
-    async def health() -> Response:
+    async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "in_flight": proxy.metrics.in_flight})
 
-    @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         if not proxy.authorised(request):
             return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
         return Response(proxy.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # Unknown paths and methods get an error in OpenAI's shape too, not the framework's.
+        status = getattr(exc, "status_code", 404)
+        what = "path" if status == 404 else f"method {request.method} for"
+        return _error(status, f"no such endpoint: {what} {request.url.path}")
+
+    # A plain Starlette app: FastAPI's request handling (dependency solving, its middlewares)
+    # cost a tenth of a pass-through's CPU, and nothing here uses what it adds.
+    app = Starlette(
+        exception_handlers={404: no_route, 405: no_route},
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.proxy = proxy
     return app
 
 

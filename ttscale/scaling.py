@@ -50,7 +50,7 @@ from ttscale.budget import (
 )
 from ttscale.errors import ConfigError, RequestError, TTScaleError, UnknownNameError
 from ttscale.protocols import Sampler, Strategy, Verifier, with_model
-from ttscale.registry import create, load
+from ttscale.registry import load
 from ttscale.types import (
     Candidate,
     Problem,
@@ -450,6 +450,21 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
 # -- building the parts --------------------------------------------------------------------------
 
 
+# What registry.load found, by kind and name. Reading the entry points costs milliseconds of CPU
+# (every installed distribution's metadata), which a server would pay on every request. A name
+# once found keeps its object (its module stays imported anyway); an unknown name is looked up
+# again each time, so a plugin installed while the server runs is still found.
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def _load(kind: str, name: str) -> Any:
+    key = (kind, name)
+    found = _LOADED.get(key)
+    if found is None:
+        found = _LOADED[key] = load(kind, name)
+    return found
+
+
 def build_strategy(
     name: str, samples: int, k: int, params: SamplingParams, options: Mapping[str, Any]
 ) -> Strategy:
@@ -460,11 +475,14 @@ def build_strategy(
             f"ttscale.{reserved[0]} is set by the request itself", param=f"ttscale.{reserved[0]}"
         )
     try:
-        strategy: Strategy = create(
-            "strategy", name, samples=samples, k=k, params=params, **options
-        )
+        factory = _load("strategy", name)
+        strategy: Strategy = factory(samples=samples, k=k, params=params, **options)
     except UnknownNameError as exc:
         raise RequestError(str(exc), param="ttscale.strategy") from exc
+    except TypeError as exc:
+        raise RequestError(
+            f"strategy {name!r} cannot be built with {sorted(options)}: {exc}", param="ttscale"
+        ) from exc
     except ConfigError as exc:
         unknown = getattr(exc, "unknown_options", None)
         if unknown:
@@ -485,7 +503,7 @@ def build_verifier(
     upstream through ``sampler``, so its tokens land in the same usage.
     """
     try:
-        factory = load("verifier", name)
+        factory = _load("verifier", name)
     except UnknownNameError as exc:
         raise RequestError(str(exc), param="ttscale.verifier") from exc
     except ConfigError as exc:

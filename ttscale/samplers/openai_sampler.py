@@ -169,9 +169,12 @@ class OpenAISampler:
         self,
         config: OpenAISamplerConfig | None = None,
         *,
-        client: openai.AsyncOpenAI | None = None,
+        client: openai.AsyncOpenAI | Sequence[openai.AsyncOpenAI] | None = None,
         **options: Any,
     ) -> None:
+        """``client``: the ``openai`` client(s) to draw through instead of the sampler's own (the
+        caller closes them); several of one server share the requests as the sampler's own
+        shards do, and the first keys what is learnt of the endpoint's ``n``."""
         if config is None:
             config = build_config(OpenAISamplerConfig, options, "OpenAISampler")
         elif options:
@@ -183,9 +186,14 @@ class OpenAISampler:
         # clients with smaller pools (each still the openai client with its own retries and
         # pooling) keep that cost flat as the concurrency bound grows.
         shards = config.client_shards or max(1, math.ceil(config.concurrency / 8))
-        self._clients: list[openai.AsyncOpenAI] = (
-            [client] if client is not None else [self._make_client(config) for _ in range(shards)]
-        )
+        if client is None:
+            self._clients = [self._make_client(config) for _ in range(shards)]
+        elif isinstance(client, openai.AsyncOpenAI):
+            self._clients = [client]
+        else:
+            self._clients = list(client)
+            if not self._clients:
+                raise ConfigError("OpenAISampler(client=...) got an empty list of clients")
         self._in_flight = [0] * len(self._clients)
         base = config.params.seed
         self.base_seed = base if base is not None else random_base_seed()
@@ -195,7 +203,7 @@ class OpenAISampler:
         # the memory this sampler shares with its twins and the other samplers on its client.
         self._n_fixed: bool | None = {"auto": None, "always": True, "never": False}[config.n_mode]
         if client is not None:
-            self._memory = _MEMORY_BY_CLIENT.setdefault(client, _EndpointMemory())
+            self._memory = _MEMORY_BY_CLIENT.setdefault(self._clients[0], _EndpointMemory())
         else:
             self._memory = _EndpointMemory()
         self._endpoint_key = (str(self._clients[0].base_url), config.endpoint)
