@@ -152,7 +152,7 @@ def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
 
 @app.command()
 def solve(
-    dataset: Annotated[str, typer.Argument(help="A JSONL file, or: arithmetic, humaneval.")],
+    dataset: Annotated[str, typer.Argument(help="A JSONL file, or: arithmetic, humaneval, gsm8k.")],
     out: Annotated[Path, typer.Option("--out", help="Results JSONL (resumed if it exists).")],
     strategy: Annotated[
         str, typer.Option(help="A registered strategy, or a graph spec file (.json/.yaml).")
@@ -206,6 +206,14 @@ def solve(
         typer.Option("--option", "-o", help="Strategy option KEY=VALUE (repeatable)."),
     ] = None,
     plot: Annotated[bool, typer.Option(help="Fit coverage laws and write a PNG.")] = True,
+    logprobs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=0,
+            max=20,
+            help="Token logprobs with this many top alternatives, kept in the sample journal.",
+        ),
+    ] = None,
     cache: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Sample cache directory (SQLite): reruns never pay twice."),
@@ -285,6 +293,7 @@ def solve(
             budget=parse_budget(budget) if budget else {},
             run_budget=parse_budget(run_budget, "--run-budget") if run_budget else {},
             price=parse_price(price) if price else None,
+            logprobs=logprobs,
         )
         total = len(load_dataset(dataset, limit=limit))
         with contextlib.ExitStack() as stack:
@@ -294,7 +303,8 @@ def solve(
                 local = stack.enter_context(LocalModelServer())
                 server_url, server_model = local.base_url, local.model
                 # llama.cpp under-reports tokens for n > 1; logprobs count them exactly.
-                config = dataclasses.replace(config, logprobs=0)
+                if config.logprobs is None:
+                    config = dataclasses.replace(config, logprobs=0)
             columns = (
                 TextColumn("[bold]solve"),
                 BarColumn(),

