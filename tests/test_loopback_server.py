@@ -21,11 +21,15 @@ import pytest
 
 from ttscale.errors import ConfigError, TTScaleError
 from ttscale.testing.server import (
+    CONFIDENT,
+    UNCONFIDENT,
     Fault,
     LoopbackServer,
     RequestRecord,
+    ScriptedAnswer,
     ScriptRequest,
     ServerConfig,
+    TokenProfile,
     count_tokens,
 )
 
@@ -305,6 +309,94 @@ def test_streamed_chat_through_the_openai_client_with_usage(server: LoopbackServ
     assert last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (5, 10)
     assert server.delivered_usage()["completion_tokens"] == 10
+
+
+# -- scripted confidence and paced streams --------------------------------------------------
+
+PROFILED = ScriptedAnswer("one two three four five six", (CONFIDENT, CONFIDENT, UNCONFIDENT))
+
+
+def test_scripted_profiles_set_every_tokens_logprobs() -> None:
+    with LoopbackServer(answers={"q": PROFILED}) as server:
+        response = client_for(server).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "q"}], logprobs=True, top_logprobs=4
+        )
+    content = response.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 6
+    # Tokens past the profile's end repeat its last entry.
+    levels = [CONFIDENT, CONFIDENT, UNCONFIDENT, UNCONFIDENT, UNCONFIDENT, UNCONFIDENT]
+    for entry, level in zip(content, levels, strict=True):
+        assert entry.logprob == level.logprob
+        values = [alternative.logprob for alternative in entry.top_logprobs]
+        assert values == pytest.approx([level.logprob - rank * level.gap for rank in range(4)])
+    # Control: a plain answer keeps the made-up logprobs, alternatives 1 apart (not 5).
+    with LoopbackServer(answers={"q": "one two"}) as server:
+        plain = client_for(server).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "q"}], logprobs=True, top_logprobs=2
+        )
+    first = plain.choices[0].logprobs.content[0]  # type: ignore[union-attr]
+    assert first.top_logprobs[1].logprob == pytest.approx(first.logprob - 1.0)
+    with pytest.raises(ConfigError):
+        TokenProfile(logprob=0.5, gap=1.0)
+    with pytest.raises(ConfigError):
+        ServerConfig(answers={"q": [PROFILED, 3]})  # type: ignore[list-item]
+
+
+def wait_for_records(server: LoopbackServer, count: int, timeout: float = 10.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while len(server.records) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.records
+
+
+def test_a_paced_stream_read_to_the_end_is_logged_whole() -> None:
+    with LoopbackServer(answers={"q": PROFILED}, token_interval=0.01) as server:
+        stream = client_for(server).chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "q"}],
+            stream=True,
+            logprobs=True,
+            top_logprobs=2,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        [record] = wait_for_records(server, 1)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == PROFILED.text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert (record.streamed_tokens, record.client_closed, record.delivered) == (6, False, True)
+    assert record.completion_tokens == 6
+
+
+@pytest.mark.parametrize("read", [1, 3])
+def test_a_paced_stream_closed_by_the_client_is_logged_where_it_was_closed(read: int) -> None:
+    # Tokens 0.2 s apart: the client closes long before the next one is due.
+    with LoopbackServer(answers={"q": PROFILED}, token_interval=0.2) as server:
+        stream = client_for(server).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "q"}], stream=True
+        )
+        seen = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                seen += 1
+                if seen == read:
+                    break
+        stream.close()
+        [record] = wait_for_records(server, 1)
+    assert record.client_closed and not record.delivered
+    assert record.streamed_tokens == read
+    # The server stops generating when the client goes: it spent what it had written.
+    assert record.completion_tokens == read
+    assert server.generated_usage()["completion_tokens"] == read
+
+
+def test_unpaced_streams_are_written_at_once_and_logged_as_before(server: LoopbackServer) -> None:
+    stream = client_for(server).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "q"}], stream=True
+    )
+    list(stream)
+    [record] = server.records
+    assert record.streamed_tokens is None and not record.client_closed
 
 
 def test_streamed_completions_are_chunked_server_sent_events(server: LoopbackServer) -> None:

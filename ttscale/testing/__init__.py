@@ -1,28 +1,36 @@
 """Test helpers shipped with ttscale.
 
 - :class:`LoopbackServer`: a real OpenAI-compatible HTTP server on 127.0.0.1 with scripted answers,
-  latency, ``n`` on or off, streaming, fault injection and a request log. ``python -m
-  ttscale.testing`` runs it in its own process.
+  latency, ``n`` on or off, streaming (paced, with scripted token confidence), fault injection and
+  a request log. ``python -m ttscale.testing`` runs it in its own process.
 - :class:`ScriptedSampler`: an in-process fake sampler for tests about what happens after sampling.
 """
 
 from ttscale.testing.fakes import ScriptedSampler, prompt_text
 from ttscale.testing.server import (
+    CONFIDENT,
+    UNCONFIDENT,
     Fault,
     LoopbackServer,
     RequestRecord,
+    ScriptedAnswer,
     ScriptRequest,
     ServerConfig,
+    TokenProfile,
     count_tokens,
 )
 
 __all__ = [
+    "CONFIDENT",
+    "UNCONFIDENT",
     "Fault",
     "LoopbackServer",
     "RequestRecord",
     "ScriptRequest",
+    "ScriptedAnswer",
     "ScriptedSampler",
     "ServerConfig",
+    "TokenProfile",
     "count_tokens",
     "prompt_text",
 ]

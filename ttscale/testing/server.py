@@ -5,7 +5,11 @@
 tests exercise the same HTTP path as production: connection pooling, retries, timeouts, streaming.
 Answers are scripted (a table or a function), token counts are deterministic
 (:func:`count_tokens`), and faults (rate limits, server errors, connection resets, slow or
-malformed answers) can be injected by request ordinal. Every request is logged as a
+malformed answers) can be injected by request ordinal. Answers may carry a confidence profile
+(:class:`ScriptedAnswer`, :data:`CONFIDENT`, :data:`UNCONFIDENT`) that sets the logprobs and top
+alternatives of every token, and streams may be paced (``token_interval``) so that a client can
+close one part way; the log then says how many tokens were written before it did. Every request
+is logged as a
 :class:`RequestRecord`, so a test can compare what a client believes it spent with what the server
 generated and delivered.
 
@@ -42,13 +46,17 @@ from typing import Any, Literal, cast
 from ttscale.errors import ConfigError, TTScaleError
 
 __all__ = [
+    "CONFIDENT",
+    "UNCONFIDENT",
     "Fault",
     "FaultKind",
     "LoopbackServer",
     "RequestRecord",
     "Responder",
     "ScriptRequest",
+    "ScriptedAnswer",
     "ServerConfig",
+    "TokenProfile",
     "count_tokens",
 ]
 
@@ -117,8 +125,51 @@ class ScriptRequest:
     body: Mapping[str, Any]
 
 
-Responder = Callable[[ScriptRequest], str]
-"""A function that writes one sample's answer."""
+@dataclass(frozen=True)
+class TokenProfile:
+    """How sure the scripted model is at one token position.
+
+    The chosen token gets ``logprob``; its alternatives follow it, each ``gap`` below the one
+    before (alternative r at ``logprob - r * gap``). With the top k asked for, DeepConf's token
+    confidence is therefore exactly ``-logprob + gap * (k - 1) / 2``.
+    """
+
+    logprob: float
+    gap: float
+
+    def __post_init__(self) -> None:
+        if self.logprob > 0:
+            raise ConfigError(f"a logprob must be <= 0, got {self.logprob}")
+        if self.gap < 0:
+            raise ConfigError(f"gap must be >= 0, got {self.gap}")
+
+
+CONFIDENT = TokenProfile(logprob=-0.01, gap=5.0)
+"""A peaked distribution: the chosen token near certain, its alternatives far below."""
+UNCONFIDENT = TokenProfile(logprob=-1.5, gap=0.25)
+"""A flat distribution: the alternatives nearly as likely as the chosen token."""
+
+
+@dataclass(frozen=True)
+class ScriptedAnswer:
+    """An answer with the logprobs it is written with: token i uses ``profile[i]``, and tokens past
+    the end of the profile repeat its last entry (one entry: every token alike)."""
+
+    text: str
+    profile: tuple[TokenProfile, ...] = (CONFIDENT,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.profile, TokenProfile):
+            object.__setattr__(self, "profile", (self.profile,))
+        object.__setattr__(self, "profile", tuple(self.profile))
+        if not self.profile or not all(isinstance(p, TokenProfile) for p in self.profile):
+            raise ConfigError("a ScriptedAnswer's profile needs at least one TokenProfile")
+
+
+Answer = str | ScriptedAnswer
+
+Responder = Callable[[ScriptRequest], Answer]
+"""A function that writes one sample's answer (text, or text with its confidence profile)."""
 
 
 @dataclass(frozen=True)
@@ -167,15 +218,20 @@ class ServerConfig:
     """How a :class:`LoopbackServer` answers.
 
     ``answers`` maps a prompt to a fixed answer or to a list of answers cycled by sample index, or
-    is a :data:`Responder` function; prompts it does not cover get ``default_answer``. ``latency``
-    is added to every generation request without blocking others. ``n_support`` says what a request
+    is a :data:`Responder` function; prompts it does not cover get ``default_answer``. An answer is
+    text (its logprobs made up, all fairly confident) or a :class:`ScriptedAnswer` with a
+    confidence profile. ``latency`` is added to every generation request without blocking others.
+    ``token_interval`` paces streams: each token is written that many seconds after the one before
+    (0: a stream is written at once), as a model generates them, so a client can close a stream
+    part way and the log records how many tokens it was sent. ``n_support`` says what a request
     with ``n > 1`` gets: ``yes`` its choices (at most ``max_choices`` when set), ``reject`` a 400
     naming ``n``, ``ignore`` one choice. ``port`` 0 takes a free port.
     """
 
-    answers: Mapping[str, str | Sequence[str]] | Responder | None = None
+    answers: Mapping[str, Answer | Sequence[Answer]] | Responder | None = None
     default_answer: str = "The answer is 42."
     latency: float = 0.0
+    token_interval: float = 0.0
     n_support: Literal["yes", "reject", "ignore"] = "yes"
     max_choices: int | None = None
     faults: tuple[Fault, ...] = ()
@@ -186,20 +242,23 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.answers, Mapping):
             for prompt, script in self.answers.items():
-                if isinstance(script, str):
+                if isinstance(script, str | ScriptedAnswer):
                     continue
                 if (
                     not isinstance(script, Sequence)
                     or not script
-                    or not all(isinstance(answer, str) for answer in script)
+                    or not all(isinstance(answer, str | ScriptedAnswer) for answer in script)
                 ):
                     raise ConfigError(
-                        f"answers[{prompt!r}] must be a string or a non-empty list of strings"
+                        f"answers[{prompt!r}] must be an answer or a non-empty list of answers "
+                        "(strings or ScriptedAnswer)"
                     )
         elif self.answers is not None and not callable(self.answers):
             raise ConfigError("answers must be a mapping, a function or None")
         if self.latency < 0:
             raise ConfigError(f"latency must be >= 0, got {self.latency}")
+        if self.token_interval < 0:
+            raise ConfigError(f"token_interval must be >= 0, got {self.token_interval}")
         if self.n_support not in _N_SUPPORT:
             raise ConfigError(f"n_support must be one of {', '.join(_N_SUPPORT)}")
         if self.max_choices is not None and self.max_choices < 1:
@@ -221,6 +280,10 @@ class RequestRecord:
     produced choices (and spent the tokens), ``delivered`` that the whole response reached a still
     connected client in a form it could parse. ``connection`` numbers TCP connections, so that
     keep-alive shows. Times are ``time.monotonic()``.
+
+    For a paced stream (``token_interval`` > 0), ``streamed_tokens`` counts the tokens written
+    before the stream ended, and ``client_closed`` says the client closed it part way; the server
+    then stops generating, as model servers do, so ``completion_tokens`` is what it had written.
     """
 
     ordinal: int
@@ -237,6 +300,8 @@ class RequestRecord:
     finished_at: float
     generated: bool = False
     connection: int = 0
+    streamed_tokens: int | None = None
+    client_closed: bool = False
 
 
 # -- generation ---------------------------------------------------------------------------------
@@ -285,11 +350,17 @@ class _Choice:
     text: str
     finish_reason: str
     tokens: int
+    profile: tuple[TokenProfile, ...] = ()  # empty: the made-up cycle of fairly sure tokens
 
     @property
     def pieces(self) -> tuple[str, ...]:
         # Only streams and logprobs need the pieces, so they are cut on demand.
         return _token_pieces(self.text)
+
+    def level(self, position: int) -> TokenProfile:
+        if self.profile:
+            return self.profile[min(position, len(self.profile) - 1)]
+        return TokenProfile(_LOGPROB_CYCLE[position % len(_LOGPROB_CYCLE)], 1.0)
 
 
 def _optional_int(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
@@ -399,8 +470,12 @@ def _read_generation(body: Mapping[str, Any], chat: bool, default_model: str) ->
     )
 
 
-def _finish_choice(text: str, max_tokens: int | None, stops: tuple[str, ...]) -> _Choice:
+def _finish_choice(answer: Answer, max_tokens: int | None, stops: tuple[str, ...]) -> _Choice:
     """The answer as a model would return it under ``stop`` and ``max_tokens``, and why it ended."""
+    if isinstance(answer, ScriptedAnswer):
+        choice = _finish_choice(answer.text, max_tokens, stops)
+        return dataclasses.replace(choice, profile=answer.profile)
+    text = answer
     if stops:
         cuts = [found for found in (text.find(stop) for stop in stops) if found >= 0]
         if cuts:
@@ -428,29 +503,32 @@ def _token_pieces(text: str) -> tuple[str, ...]:
     return tuple(pieces)
 
 
-def _alternatives(piece: str, position: int, top: int) -> list[tuple[str, float]]:
+def _alternatives(piece: str, level: TokenProfile, top: int) -> list[tuple[str, float]]:
     """The ``top`` most likely tokens at a position, chosen token first."""
-    logprob = _LOGPROB_CYCLE[position % len(_LOGPROB_CYCLE)]
-    ranked = [(piece, logprob)]
+    ranked = [(piece, level.logprob)]
     for rank, token in enumerate(_ALTERNATIVE_TOKENS[: max(top - 1, 0)], start=1):
-        ranked.append((token, round(logprob - rank, 4)))
+        ranked.append((token, round(level.logprob - rank * level.gap, 4)))
     return ranked[:top]
 
 
-def _chat_logprob(piece: str, position: int, top: int) -> dict[str, Any]:
+def _chat_logprob(piece: str, level: TokenProfile, top: int) -> dict[str, Any]:
     return {
         "token": piece,
-        "logprob": _LOGPROB_CYCLE[position % len(_LOGPROB_CYCLE)],
+        "logprob": level.logprob,
         "bytes": list(piece.encode()),
         "top_logprobs": [
             {"token": token, "logprob": logprob, "bytes": list(token.encode())}
-            for token, logprob in _alternatives(piece, position, top)
+            for token, logprob in _alternatives(piece, level, top)
         ],
     }
 
 
 def _completion_logprobs(
-    pieces: Sequence[str], top: int, first_position: int = 0, first_offset: int = 0
+    choice: _Choice,
+    pieces: Sequence[str],
+    top: int,
+    first_position: int = 0,
+    first_offset: int = 0,
 ) -> dict[str, Any]:
     offsets = []
     offset = first_offset
@@ -460,9 +538,10 @@ def _completion_logprobs(
     positions = range(first_position, first_position + len(pieces))
     return {
         "tokens": list(pieces),
-        "token_logprobs": [_LOGPROB_CYCLE[p % len(_LOGPROB_CYCLE)] for p in positions],
+        "token_logprobs": [choice.level(p).logprob for p in positions],
         "top_logprobs": [
-            dict(_alternatives(piece, p, top)) for piece, p in zip(pieces, positions, strict=True)
+            dict(_alternatives(piece, choice.level(p), top))
+            for piece, p in zip(pieces, positions, strict=True)
         ],
         "text_offset": offsets,
     }
@@ -491,7 +570,7 @@ def _whole_response(
             if generation.logprobs is not None:
                 logprobs = {
                     "content": [
-                        _chat_logprob(piece, position, generation.logprobs)
+                        _chat_logprob(piece, choice.level(position), generation.logprobs)
                         for position, piece in enumerate(choice.pieces)
                     ]
                 }
@@ -505,7 +584,7 @@ def _whole_response(
             )
         else:
             if generation.logprobs is not None:
-                logprobs = _completion_logprobs(choice.pieces, generation.logprobs)
+                logprobs = _completion_logprobs(choice, choice.pieces, generation.logprobs)
             rendered.append(
                 {
                     "index": index,
@@ -526,8 +605,12 @@ def _whole_response(
 
 def _stream_events(
     generation: _Generation, choices: Sequence[_Choice], serial: int, created: int
-) -> list[str]:
-    """The server-sent events of a streamed answer: one per token per choice, then the ends."""
+) -> list[tuple[str, int]]:
+    """The server-sent events of a streamed answer: one per token per choice, then the ends.
+
+    Each event comes with the number of tokens it carries (1 for a token's event, else 0), for
+    pacing and for counting what a client was sent before it closed the stream.
+    """
     chat = generation.chat
     header: dict[str, Any] = {
         "id": f"chatcmpl-loopback{serial}" if chat else f"cmpl-loopback{serial}",
@@ -538,10 +621,10 @@ def _stream_events(
     if generation.include_usage:
         header["usage"] = None  # as OpenAI does: null on every chunk but the last
     top = generation.logprobs
-    events = []
+    events: list[tuple[str, int]] = []
 
-    def event(choice: dict[str, Any]) -> None:
-        events.append(_dumps({**header, "choices": [choice]}))
+    def event(choice: dict[str, Any], tokens: int = 0) -> None:
+        events.append((_dumps({**header, "choices": [choice]}), tokens))
 
     for index, choice in enumerate(choices):
         if chat:
@@ -557,22 +640,26 @@ def _stream_events(
         pieces = choice.pieces
         for position, piece in enumerate(pieces):
             if chat:
-                logprobs = (
-                    None if top is None else {"content": [_chat_logprob(piece, position, top)]}
-                )
+                level = choice.level(position)
+                logprobs = None if top is None else {"content": [_chat_logprob(piece, level, top)]}
                 event(
                     {
                         "index": index,
                         "delta": {"content": piece},
                         "logprobs": logprobs,
                         "finish_reason": None,
-                    }
+                    },
+                    1,
                 )
             else:
                 logprobs = (
-                    None if top is None else _completion_logprobs([piece], top, position, offset)
+                    None
+                    if top is None
+                    else _completion_logprobs(choice, [piece], top, position, offset)
                 )
-                event({"index": index, "text": piece, "logprobs": logprobs, "finish_reason": None})
+                event(
+                    {"index": index, "text": piece, "logprobs": logprobs, "finish_reason": None}, 1
+                )
             offset += len(piece)
         # Whitespace-only text has no tokens to carry it; send it with the finish so none is lost.
         rest = "" if pieces else choice.text
@@ -583,8 +670,9 @@ def _stream_events(
             ending = {"index": index, "text": rest, "logprobs": None}
         event({**ending, "finish_reason": choice.finish_reason})
     if generation.include_usage:
-        events.append(_dumps({**header, "choices": [], "usage": _usage(generation, choices)}))
-    events.append("[DONE]")
+        usage = _usage(generation, choices)
+        events.append((_dumps({**header, "choices": [], "usage": usage}), 0))
+    events.append(("[DONE]", 0))
     return events
 
 
@@ -633,13 +721,18 @@ def _error_response(error: _RequestError, headers: str = "") -> _Response:
     return _json_response(error.status, payload, headers)
 
 
+def _event_chunk(event: str) -> bytes:
+    data = f"data: {event}\n\n".encode()
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
 def _event_stream(events: Sequence[str], chunked: bool) -> _Response:
     if chunked:
-        parts = []
-        for event in events:
-            data = f"data: {event}\n\n".encode()
-            parts.append(b"%x\r\n%b\r\n" % (len(data), data))
-        parts.append(b"0\r\n\r\n")
+        parts = [_event_chunk(event) for event in events]
+        parts.append(_LAST_CHUNK)
         return _Response(200, b"".join(parts), "text/event-stream", chunked=True)
     # HTTP/1.0 has no chunked encoding: the stream ends with the connection instead.
     body = "".join(f"data: {event}\n\n" for event in events).encode()
@@ -729,6 +822,85 @@ class _Exchange:
     choices: Sequence[_Choice] = ()
     prompt_tokens: int = 0
     generated: bool = False
+    paced: tuple[tuple[str, int], ...] | None = None  # a paced stream's events, after its head
+
+
+class _PacedStream:
+    """A streamed answer written an event at a time, a token every ``interval`` seconds.
+
+    It is logged when it ends: after its last token (just before the end of the stream goes out,
+    so a client that read to the end finds it in the log), or as soon as the client is seen to
+    have closed its end, with the tokens written until then.
+    """
+
+    def __init__(
+        self,
+        server: LoopbackServer,
+        connection: _Connection,
+        exchange: _Exchange,
+        interval: float,
+    ) -> None:
+        assert exchange.paced is not None
+        self.server = server
+        self.connection = connection
+        self.exchange = exchange
+        self.interval = interval
+        self.events = exchange.paced
+        self.position = 0
+        self.tokens = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    def start(self) -> None:
+        self.connection.paced = self
+        self.connection.send(self.exchange.response.encode(self.exchange.request.keep_alive))
+        self._next()
+
+    def _next(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if not self.connection.writable():
+            self.client_gone()
+            return
+        # Everything up to and including the next token's event goes out now; the token after
+        # it waits one interval, as a model's next token would.
+        wrote_token = False
+        while True:
+            event, tokens = self.events[self.position]
+            if tokens and wrote_token:
+                self.timer = self.server._call_later(self.interval, self._next)
+                return
+            if self.position == len(self.events) - 1:
+                self._end(client_closed=False)
+                self.connection.send(_event_chunk(event) + _LAST_CHUNK)
+                self.connection.finished_response(self.exchange.request.keep_alive)
+                return
+            self.connection.send(_event_chunk(event))
+            self.position += 1
+            self.tokens += tokens
+            wrote_token = wrote_token or tokens > 0
+
+    def client_gone(self) -> None:
+        if not self.done:
+            self._end(client_closed=True)
+
+    def _end(self, *, client_closed: bool) -> None:
+        self.done = True
+        self.connection.paced = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        exchange = self.exchange
+        tokens = self.tokens if client_closed else sum(c.tokens for c in exchange.choices)
+        self.server._log_exchange(
+            self.connection,
+            exchange,
+            delivered=not client_closed,
+            completion_tokens=tokens,
+            streamed_tokens=self.tokens,
+            client_closed=client_closed,
+        )
 
 
 class _Connection(asyncio.Protocol):
@@ -744,6 +916,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.gone = False  # the client closed or reset its end, or the server is shutting down
         self.pending: tuple[asyncio.TimerHandle, _Exchange] | None = None
+        self.paced: _PacedStream | None = None  # a paced stream being written
         self._buffer = bytearray()
         self._head: _Head | None = None
         self._busy = False  # a request is being answered; bytes after it wait in the buffer
@@ -758,11 +931,19 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
         self.server._connections.discard(self)
+        self._stream_abandoned()
 
     def eof_received(self) -> bool:
         # A client that closes its end (on a timeout, say) no longer wants any answer.
         self.gone = True
+        self._stream_abandoned()
         return False  # and the transport closes ours
+
+    def _stream_abandoned(self) -> None:
+        # Logged the moment the client goes, not at the next token: a test reading the log right
+        # after closing its stream finds the stopping point there.
+        if self.paced is not None:
+            self.paced.client_gone()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -783,6 +964,20 @@ class _Connection(asyncio.Protocol):
         transport.write(response.encode(keep_alive))
         if not keep_alive or response.until_close:
             transport.close()  # after the buffered response is flushed
+
+    def send(self, data: bytes) -> None:
+        """Write raw bytes (a paced stream's head or events) if the client is still there."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def finished_response(self, keep_alive: bool) -> None:
+        """A paced stream's last bytes are out: close, or go on to the next request."""
+        if not keep_alive:
+            if self.transport is not None:
+                self.transport.close()
+        elif self.writable():
+            self.answered()
 
     def answered(self) -> None:
         """The current request has had its answer: go on to the next, if it already arrived."""
@@ -814,6 +1009,7 @@ class _Connection(asyncio.Protocol):
             timer, exchange = self.pending
             timer.cancel()
             self.server._complete(self, exchange)
+        self._stream_abandoned()
         if self.transport is not None:
             self.transport.abort()
 
@@ -881,13 +1077,13 @@ class _Connection(asyncio.Protocol):
 # -- the server ---------------------------------------------------------------------------------
 
 
-def _table_responder(table: Mapping[str, str | Sequence[str]], default: str) -> Responder:
-    scripts = {
-        prompt: (script,) if isinstance(script, str) else tuple(script)
+def _table_responder(table: Mapping[str, Answer | Sequence[Answer]], default: str) -> Responder:
+    scripts: dict[str, tuple[Answer, ...]] = {
+        prompt: (script,) if isinstance(script, str | ScriptedAnswer) else tuple(script)
         for prompt, script in table.items()
     }
 
-    def respond(request: ScriptRequest) -> str:
+    def respond(request: ScriptRequest) -> Answer:
         script = scripts.get(request.prompt)
         if script is None:
             return default
@@ -1254,7 +1450,9 @@ class LoopbackServer:
             logger.exception("the loopback server's responder failed")
             error = _RequestError(500, f"the responder failed: {exc!r}", error_type="server_error")
             return _Exchange(request, ordinal, body, kind, _error_response(error))
-        response = self._render(generation, choices, kind == "malformed_json", request.version)
+        response, paced = self._render(
+            generation, choices, kind == "malformed_json", request.version
+        )
         return _Exchange(
             request,
             ordinal,
@@ -1264,6 +1462,7 @@ class LoopbackServer:
             choices=choices,
             prompt_tokens=generation.prompt_tokens,
             generated=True,
+            paced=paced,
         )
 
     def _complete(self, connection: _Connection, exchange: _Exchange) -> None:
@@ -1274,31 +1473,58 @@ class LoopbackServer:
         connection.pending = None
         request, response = exchange.request, exchange.response
         sent = exchange.fault != "reset" and connection.writable()
-        record = RequestRecord(
-            ordinal=exchange.ordinal,
-            path=request.path,
-            method=request.method,
-            body=exchange.body,
-            status=response.status,
-            fault=exchange.fault,
-            choices=len(exchange.choices),
-            prompt_tokens=exchange.prompt_tokens,
-            completion_tokens=sum(choice.tokens for choice in exchange.choices),
+        if sent and exchange.paced is not None:
+            _PacedStream(self, connection, exchange, self.config.token_interval).start()
+            return
+        self._log_exchange(
+            connection,
+            exchange,
             delivered=sent and exchange.fault != "malformed_json",
-            started_at=request.started_at,
-            finished_at=time.monotonic(),
-            generated=exchange.generated,
-            connection=connection.serial,
+            completion_tokens=sum(choice.tokens for choice in exchange.choices),
         )
-        with self._lock:
-            self._in_flight -= 1
-            self._records.append(record)
         if exchange.fault == "reset":
             connection.reset()
         elif sent:
             connection.write(response, request.keep_alive)
             if request.keep_alive and not response.until_close:
                 connection.answered()
+
+    def _log_exchange(
+        self,
+        connection: _Connection,
+        exchange: _Exchange,
+        *,
+        delivered: bool,
+        completion_tokens: int,
+        streamed_tokens: int | None = None,
+        client_closed: bool = False,
+    ) -> None:
+        request = exchange.request
+        record = RequestRecord(
+            ordinal=exchange.ordinal,
+            path=request.path,
+            method=request.method,
+            body=exchange.body,
+            status=exchange.response.status,
+            fault=exchange.fault,
+            choices=len(exchange.choices),
+            prompt_tokens=exchange.prompt_tokens,
+            completion_tokens=completion_tokens,
+            delivered=delivered,
+            started_at=request.started_at,
+            finished_at=time.monotonic(),
+            generated=exchange.generated,
+            connection=connection.serial,
+            streamed_tokens=streamed_tokens,
+            client_closed=client_closed,
+        )
+        with self._lock:
+            self._in_flight -= 1
+            self._records.append(record)
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        assert self._loop is not None  # serve() set it before accepting connections
+        return self._loop.call_later(delay, callback)
 
     def _read_generation(self, body: Mapping[str, Any], chat: bool) -> _Generation:
         generation = _read_generation(body, chat, self.config.model)
@@ -1329,24 +1555,31 @@ class LoopbackServer:
                     body=read_only_body,
                 )
                 answer = self._responder(script)
-                if not isinstance(answer, str):
-                    raise TypeError(f"a responder must return str, got {type(answer).__name__}")
+                if not isinstance(answer, str | ScriptedAnswer):
+                    raise TypeError(
+                        "a responder must return str or ScriptedAnswer, got "
+                        f"{type(answer).__name__}"
+                    )
                 choices.append(_finish_choice(answer, generation.max_tokens, generation.stops))
         return choices
 
     def _render(
         self, generation: _Generation, choices: Sequence[_Choice], malformed: bool, version: str
-    ) -> _Response:
+    ) -> tuple[_Response, tuple[tuple[str, int], ...] | None]:
+        """The response, and for a paced stream the events still to write after its head."""
         serial = next(self._response_serials)
         created = int(time.time())
         if generation.stream:
             events = _stream_events(generation, choices, serial, created)
+            chunked = version != "HTTP/1.0"
             if malformed:
-                first = events[0]
-                events = [first[: max(1, len(first) // 2)], "[DONE]"]
-            return _event_stream(events, chunked=version != "HTTP/1.0")
+                first = events[0][0]
+                return _event_stream([first[: max(1, len(first) // 2)], "[DONE]"], chunked), None
+            if self.config.token_interval > 0 and chunked:
+                return _Response(200, b"", "text/event-stream", chunked=True), tuple(events)
+            return _event_stream([event for event, _ in events], chunked), None
         body = _dumps(_whole_response(generation, choices, serial, created)).encode()
         if malformed:
             # Cut mid-object: a 200 that no JSON parser accepts, like a proxy that dropped bytes.
             body = body[: max(1, len(body) // 2)]
-        return _Response(200, body)
+        return _Response(200, body), None
