@@ -12,12 +12,12 @@ import concurrent.futures
 import functools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
-from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
+from ttscale.protocols import Sampler, TokenWatcher, Verifier, as_sampler, as_verifier
 from ttscale.registry import build_config
 from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
 from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
@@ -120,8 +120,13 @@ class ProblemRun:
         """False once a budget has refused a draw: the run then selects from what it has."""
         return self.budget_stop is None
 
-    async def draw(self, count: int) -> list[Candidate]:
+    async def draw(
+        self, count: int, watcher: Callable[[int], TokenWatcher] | None = None
+    ) -> list[Candidate]:
         """Draw the next ``count`` samples; returns the new candidates in index order.
+
+        With ``watcher`` the samples are streamed and each is stopped where its watcher says
+        (the sampler must be able to: :func:`~ttscale.protocols.can_watch`).
 
         A budget that refuses the draw after some samples were drawn ends the drawing, not the
         run: the samples already paid for are kept and :attr:`can_draw` turns false. A refusal
@@ -132,7 +137,7 @@ class ProblemRun:
         self.next_index += count
         try:
             batch: SampleBatch = await draw(
-                self.sampler, self.problem.input, self.policy, start, count
+                self.sampler, self.problem.input, self.policy, start, count, watcher
             )
         except BudgetExhausted as exc:
             if not self.candidates:

@@ -21,10 +21,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
-from ttscale.protocols import Sampler
+from ttscale.protocols import Sampler, TokenWatcher
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
@@ -166,8 +166,12 @@ async def draw(
     policy: SamplingPolicy,
     start_index: int,
     count: int,
+    watcher: Callable[[int], TokenWatcher] | None = None,
 ) -> SampleBatch:
     """Draw samples ``start_index .. start_index + count - 1``, one sampler call per params run.
+
+    With ``watcher`` the calls are the sampler's ``sample_watched`` (streamed samples, each
+    stopped where its watcher says; see :func:`~ttscale.protocols.can_watch`).
 
     The calls run concurrently; the merged batch's wall time is that of the whole draw (concurrent
     calls' wall times are not summed). If a call fails, the samples the others (and the failed
@@ -177,10 +181,17 @@ async def draw(
         return SampleBatch((), Usage())
     calls = plan_calls(policy, start_index, count)
     started = time.perf_counter()
-    outcomes = await asyncio.gather(
-        *(sampler.sample(prompt, n, params, start_index=start) for params, start, n in calls),
-        return_exceptions=True,
-    )
+    if watcher is None:
+        calls_made = [
+            sampler.sample(prompt, n, params, start_index=start) for params, start, n in calls
+        ]
+    else:
+        streaming: Any = sampler  # can_watch() was checked by the strategy that passed a watcher
+        calls_made = [
+            streaming.sample_watched(prompt, n, params, start_index=start, watcher=watcher)
+            for params, start, n in calls
+        ]
+    outcomes = await asyncio.gather(*calls_made, return_exceptions=True)
     elapsed = time.perf_counter() - started
     delivered = [outcome for outcome in outcomes if isinstance(outcome, SampleBatch)]
     failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]

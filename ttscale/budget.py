@@ -31,6 +31,11 @@ How a limit ends a draw (the same every time):
   tracker never counts less than the server delivered. :meth:`BudgetedSampler.drain` waits for
   such draws (before reading final totals, or closing the sampler under them).
 
+A sampler that streams samples and stops them early (``sample_watched``, see
+:func:`~ttscale.protocols.can_watch`) is offered the same way through the budget: such a draw is
+checked, reserved and counted like any other, with the tokens that arrived before each stream
+was closed.
+
 All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
 one budget without locks. The budget is not thread-safe.
 """
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
-from ttscale.protocols import Sampler, with_model
+from ttscale.protocols import Sampler, TokenWatcher, can_watch, with_model
 from ttscale.types import Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
@@ -643,6 +648,23 @@ class BudgetedSampler:
     ) -> SampleBatch:
         return await self.draw(None, prompt, n, params, start_index=start_index)
 
+    @property
+    def watches(self) -> bool:
+        """Whether the inner sampler streams samples that watchers stop early."""
+        return can_watch(self.sampler)
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        """The inner sampler's ``sample_watched`` within the limits, counted for the run."""
+        return await self.draw(None, prompt, n, params, start_index=start_index, watcher=watcher)
+
     def _scopes(self, problem_id: str | None) -> list[tuple[Scope, StopCondition, Spend]]:
         scopes: list[tuple[Scope, StopCondition, Spend]] = []
         if self.limit is not None:
@@ -680,10 +702,18 @@ class BudgetedSampler:
         params: SamplingParams | None = None,
         *,
         start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher] | None = None,
     ) -> SampleBatch:
-        """Draw ``n`` samples for ``problem_id`` (None: the run only) within the limits."""
+        """Draw ``n`` samples for ``problem_id`` (None: the run only) within the limits.
+
+        With ``watcher`` the inner sampler streams them and stops each where its watcher says.
+        """
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
+        if watcher is not None and not can_watch(self.sampler):
+            raise ConfigError(
+                f"{type(self.sampler).__name__} cannot stream samples to stop them early"
+            )
         # From here to start_draw nothing awaits, so the check and the reservation are atomic with
         # respect to other draws on the loop.
         refusal = self._refusal(problem_id, n)
@@ -702,7 +732,7 @@ class BudgetedSampler:
         self.tracker.start_draw(problem_id, allowed)
         arrived: list[SampleBatch] = []  # what the draw had received if it is itself cancelled
         inner = asyncio.ensure_future(
-            self._sample(arrived, prompt, allowed, params, start_index=start_index)
+            self._sample(arrived, prompt, allowed, params, start_index=start_index, watcher=watcher)
         )
         try:
             await asyncio.shield(inner)
@@ -736,8 +766,14 @@ class BudgetedSampler:
         params: SamplingParams | None,
         *,
         start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None = None,
     ) -> SampleBatch:
         try:
+            if watcher is not None:
+                batch: SampleBatch = await self.sampler.sample_watched(  # type: ignore[attr-defined]
+                    prompt, n, params, start_index=start_index, watcher=watcher
+                )
+                return batch
             return await self.sampler.sample(prompt, n, params, start_index=start_index)
         except asyncio.CancelledError as exc:
             # A cancelled future keeps no exception to read later: keep what the sampler said
@@ -823,3 +859,20 @@ class ProblemSampler:
         start_index: int = 0,
     ) -> SampleBatch:
         return await self.budget.draw(self.problem_id, prompt, n, params, start_index=start_index)
+
+    @property
+    def watches(self) -> bool:
+        return self.budget.watches
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        return await self.budget.draw(
+            self.problem_id, prompt, n, params, start_index=start_index, watcher=watcher
+        )

@@ -3,6 +3,10 @@
 Each is a small Protocol. A plain function is accepted wherever a protocol is (as tenacity takes a
 plain callable for its stop and wait policies): :func:`as_sampler`, :func:`as_strategy` and
 :func:`as_verifier` adapt a function, sync or async, to the protocol.
+
+A sampler may also offer two optional abilities, found by :func:`with_model` and
+:func:`can_watch`: asking another model, and streaming samples that a :class:`TokenWatcher` stops
+early (``sample_watched``, which the OpenAI sampler and the budget offer).
 """
 
 from __future__ import annotations
@@ -12,15 +16,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ttscale.errors import ConfigError, VerifierError
-from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Score
+from ttscale.types import (
+    Candidate,
+    Problem,
+    Prompt,
+    Result,
+    SampleBatch,
+    SamplingParams,
+    Score,
+    TokenLogprob,
+)
 
 __all__ = [
+    "EARLY_STOP",
     "Sampler",
     "Strategy",
+    "TokenWatcher",
     "Verifier",
     "as_sampler",
     "as_strategy",
     "as_verifier",
+    "can_watch",
     "check_draw",
     "with_model",
 ]
@@ -58,6 +74,28 @@ class Strategy(Protocol):
     async def run(
         self, problem: Problem, sampler: Sampler, verifier: Verifier | None = None
     ) -> Result: ...
+
+
+EARLY_STOP = "early_stop"
+"""The ``finish_reason`` of a sample whose stream was closed because its watcher said stop."""
+
+
+class TokenWatcher(Protocol):
+    """Reads one streamed sample token by token; :meth:`feed` returns True to stop it there."""
+
+    def feed(self, token: TokenLogprob) -> bool: ...
+
+
+def can_watch(sampler: object) -> bool:
+    """Whether ``sampler`` can stream samples and stop each where its watcher says.
+
+    Such a sampler has ``sample_watched(prompt, n, params, *, start_index, watcher)``, where
+    ``watcher(index)`` makes each sample's :class:`TokenWatcher`, and a true ``watches``;
+    wrappers (the budget) pass both through, so theirs is true only when the sampler's is.
+    """
+    return callable(getattr(sampler, "sample_watched", None)) and bool(
+        getattr(sampler, "watches", False)
+    )
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -25,20 +25,29 @@ What it guarantees:
   total kept exact).
 - When a draw fails part way, the error carries the samples already received (``partial``); so
   does the ``CancelledError`` of a draw cancelled part way.
+- :meth:`OpenAISampler.sample_watched` streams each sample (one request each) and closes its
+  stream as soon as the sample's watcher says so (DeepConf's online stop); the server stops
+  generating when the connection closes. Such a sample is kept with ``finish_reason``
+  ``"early_stop"`` and the tokens that arrived, counted exactly from their logprobs. A stream closed
+  before the server reported usage has the prompt tokens last reported for the same prompt by this
+  sampler (0 if none was), since servers report usage only at a stream's end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
 import re
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,7 +55,7 @@ import openai
 from aiolimiter import AsyncLimiter
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
-from ttscale.protocols import check_draw
+from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw
 from ttscale.registry import build_config
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
@@ -59,7 +68,7 @@ from ttscale.types import (
     Usage,
 )
 
-__all__ = ["OpenAISampler", "OpenAISamplerConfig", "merge_params"]
+__all__ = ["EARLY_STOP", "OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,8 @@ NMode = Literal["auto", "always", "never"]
 # until the server answers, and a limiter has to decide before it asks.
 _CHARS_PER_TOKEN_ESTIMATE = 4
 _DEFAULT_COMPLETION_ESTIMATE = 256
+# Prompts whose token count a stream closed before its usage can borrow (see sample_watched).
+_PROMPT_MEMORY = 1024
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,8 @@ class OpenAISampler:
         self._request_limiter: AsyncLimiter | None = None
         self._token_limiter: AsyncLimiter | None = None
         self._warned_counts = False
+        # Prompt tokens by prompt, learnt from answers that reported usage; shared with twins.
+        self._prompt_tokens: OrderedDict[str, int] = OrderedDict()
 
     @staticmethod
     def _make_client(config: OpenAISamplerConfig) -> openai.AsyncOpenAI:
@@ -273,18 +286,61 @@ class OpenAISampler:
         try:
             await self._fill(draw, request_input, params, _Slot(start_index, n))
         except BaseException as exc:
-            partial = self._batch(draw, time.perf_counter() - started)
-            if isinstance(exc, SamplerError):
-                exc.partial = partial
-                raise
-            if isinstance(exc, Exception):
-                raise SamplerError(f"sampling failed: {exc}", partial=partial) from exc
-            if isinstance(exc, asyncio.CancelledError):
-                # Cancelled part way (its caller gave up, the loop is stopping): what arrived is
-                # paid for, so the cancellation carries it as a failure's SamplerError does, for
-                # whoever counts (BudgetedSampler). Requests cut off in flight delivered nothing.
-                setattr(exc, "partial", partial)  # noqa: B010  # CancelledError declares none
-            raise
+            self._raise_with_partial(exc, self._batch(draw, time.perf_counter() - started))
+        return self._batch(draw, time.perf_counter() - started)
+
+    @staticmethod
+    def _raise_with_partial(exc: BaseException, partial: SampleBatch) -> None:
+        if isinstance(exc, SamplerError):
+            exc.partial = partial
+            raise exc
+        if isinstance(exc, Exception):
+            raise SamplerError(f"sampling failed: {exc}", partial=partial) from exc
+        if isinstance(exc, asyncio.CancelledError):
+            # Cancelled part way (its caller gave up, the loop is stopping): what arrived is
+            # paid for, so the cancellation carries it as a failure's SamplerError does, for
+            # whoever counts (BudgetedSampler). Requests cut off in flight delivered nothing.
+            setattr(exc, "partial", partial)  # noqa: B010  # CancelledError declares none
+        raise exc
+
+    @property
+    def watches(self) -> bool:
+        """This sampler can stream samples and stop them early (:meth:`sample_watched`)."""
+        return True
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        """Draw samples ``start_index .. start_index + n - 1``, each streamed in its own request.
+
+        ``watcher(index)`` gives each sample a fresh :class:`~ttscale.protocols.TokenWatcher`;
+        its stream is closed at the first token the watcher stops at. The watcher sees tokens
+        only when the server streams logprobs, so ``params`` should ask for them.
+        """
+        check_draw(n, start_index)
+        params = merge_params(self.config.params, params)
+        request_input = self._request_input(prompt)
+        draw = _Draw()
+        started = time.perf_counter()
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    self._stream(draw, request_input, params, index, watcher(index))
+                    for index in range(start_index, start_index + n)
+                ),
+                return_exceptions=True,
+            )
+            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
+                raise failure
+        except BaseException as exc:
+            self._raise_with_partial(exc, self._batch(draw, time.perf_counter() - started))
         return self._batch(draw, time.perf_counter() - started)
 
     def _batch(self, draw: _Draw, wall_time: float) -> SampleBatch:
@@ -380,6 +436,22 @@ class OpenAISampler:
         completion = params.max_tokens or _DEFAULT_COMPLETION_ESTIMATE
         return len(text) / _CHARS_PER_TOKEN_ESTIMATE + completion * count
 
+    async def _admit(
+        self, request_input: str | list[dict[str, Any]], params: SamplingParams, count: int
+    ) -> asyncio.Semaphore:
+        """Wait for the rate limiters; returns the concurrency bound to hold while asking."""
+        semaphore = self._loop_primitives()
+        if self._request_limiter is not None:
+            await self._request_limiter.acquire()
+        if self._token_limiter is not None:
+            # A request larger than a whole minute's allowance still has to go out, alone.
+            amount = min(
+                self._token_estimate(request_input, params, count),
+                self.config.tokens_per_minute or 0.0,
+            )
+            await self._token_limiter.acquire(amount)
+        return semaphore
+
     async def _request(
         self,
         draw: _Draw,
@@ -388,16 +460,7 @@ class OpenAISampler:
         slot: _Slot,
     ) -> list[int]:
         """Send one request for ``slot``; record what came back; return the indices not filled."""
-        semaphore = self._loop_primitives()
-        if self._request_limiter is not None:
-            await self._request_limiter.acquire()
-        if self._token_limiter is not None:
-            # A request larger than a whole minute's allowance still has to go out, alone.
-            amount = min(
-                self._token_estimate(request_input, params, slot.count),
-                self.config.tokens_per_minute or 0.0,
-            )
-            await self._token_limiter.acquire(amount)
+        semaphore = await self._admit(request_input, params, slot.count)
         # A draw's own base seed (a request's ``seed``) wins over the sampler's.
         base = params.seed if params.seed is not None else self.base_seed
         seed = derive_seed(base, slot.start)
@@ -422,7 +485,119 @@ class OpenAISampler:
                 log.warning("unreadable response from the model server: %s", exc)
                 raise _UnreadableResponse(str(exc)) from exc
             latency = time.perf_counter() - started
+        self._learn_prompt(request_input, response)
         return self._record(draw, response, params, slot, seed, latency)
+
+    # -- one streamed sample ------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        draw: _Draw,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        index: int,
+        watcher: TokenWatcher,
+    ) -> None:
+        """Stream sample ``index``, closing the stream at the token ``watcher`` stops at."""
+        semaphore = await self._admit(request_input, params, 1)
+        base = params.seed if params.seed is not None else self.base_seed
+        seed = derive_seed(base, index)
+        body = self._body(request_input, params, 1, seed)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        reading = _StreamRead()
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                stream = await self._clients[0].post(
+                    self._path,
+                    cast_to=object,
+                    body=body,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[object],
+                )
+            except openai.APIStatusError as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                raise _upstream(exc) from exc
+            except openai.APIConnectionError as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                raise UpstreamError(f"could not reach the model server: {exc}") from exc
+            try:
+                async for chunk in stream:
+                    if reading.take(chunk, self.config.endpoint, watcher):
+                        break
+            except asyncio.CancelledError:
+                reading.finish_reason = "cancelled"
+                raise
+            except Exception as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                reading.finish_reason = "error"
+                raise UpstreamError(f"the model server's stream broke off: {exc}") from exc
+            finally:
+                # Closing the response closes its connection (it was not read to the end), which
+                # is how a server learns to stop generating. Whatever arrived is paid for, so it
+                # is recorded however the stream ended.
+                with contextlib.suppress(Exception):
+                    await stream.close()
+                self._record_stream(draw, reading, request_input, params, index, seed, started)
+
+    def _record_stream(
+        self,
+        draw: _Draw,
+        reading: _StreamRead,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        index: int,
+        seed: int,
+        started: float,
+    ) -> None:
+        tokens = len(reading.tokens)
+        usage = reading.usage
+        if usage is not None:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self._remember_prompt(request_input, prompt_tokens)
+        else:
+            prompt_tokens = self._prompt_tokens.get(_prompt_key(request_input), 0)
+        if usage is not None and not reading.tokens:
+            completion = int(usage.get("completion_tokens") or 0)
+        else:
+            # The logprobs count every token that arrived; a closed stream has no usage at all.
+            completion = tokens
+        if reading.finish_reason in ("error", "cancelled") and not reading.tokens:
+            return  # nothing arrived: nothing to keep
+        pricing = self.config.pricing
+        draw.candidates[index] = Candidate(
+            text="".join(reading.pieces),
+            index=index,
+            finish_reason=reading.finish_reason,
+            completion_tokens=completion,
+            tokens_exact=usage is not None or bool(reading.tokens),
+            seed=seed,
+            model=reading.model or self.config.model,
+            latency_s=time.perf_counter() - started,
+            temperature=params.temperature,
+            logprobs=tuple(reading.tokens) if reading.tokens else None,
+            request_id=reading.request_id,
+        )
+        draw.usage = draw.usage + Usage(
+            requests=1,
+            samples=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            cost=pricing.cost(prompt_tokens, completion) if pricing else 0.0,
+        )
+
+    def _learn_prompt(self, request_input: str | list[dict[str, Any]], response: object) -> None:
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if isinstance(usage, dict) and usage.get("prompt_tokens"):
+            self._remember_prompt(request_input, int(usage["prompt_tokens"]))
+
+    def _remember_prompt(self, request_input: str | list[dict[str, Any]], tokens: int) -> None:
+        key = _prompt_key(request_input)
+        self._prompt_tokens[key] = tokens
+        self._prompt_tokens.move_to_end(key)
+        while len(self._prompt_tokens) > _PROMPT_MEMORY:
+            self._prompt_tokens.popitem(last=False)
 
     async def _create(
         self,
@@ -431,6 +606,29 @@ class OpenAISampler:
         count: int,
         seed: int,
     ) -> object:
+        body = self._body(request_input, params, count, seed)
+        # The client's generic post keeps its retries, backoff, auth and connection pool, and
+        # skips the typed-params transform and the pydantic response models, which cost more CPU
+        # per request than everything else here (see benchmarks/sampler_throughput.py). The body
+        # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
+        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[shard] += 1
+        try:
+            return await self._clients[shard].post(self._path, cast_to=object, body=body)
+        finally:
+            self._in_flight[shard] -= 1
+
+    @property
+    def _path(self) -> str:
+        return "/chat/completions" if self.config.endpoint == "chat" else "/completions"
+
+    def _body(
+        self,
+        request_input: str | list[dict[str, Any]],
+        params: SamplingParams,
+        count: int,
+        seed: int,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.config.model, "seed": seed}
         if count > 1:
             body["n"] = count
@@ -453,17 +651,7 @@ class OpenAISampler:
             if params.logprobs is not None:
                 body["logprobs"] = params.logprobs
         body.update(params.extra_body)
-        # The client's generic post keeps its retries, backoff, auth and connection pool, and
-        # skips the typed-params transform and the pydantic response models, which cost more CPU
-        # per request than everything else here (see benchmarks/sampler_throughput.py). The body
-        # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
-        path = "/chat/completions" if self.config.endpoint == "chat" else "/completions"
-        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[shard] += 1
-        try:
-            return await self._clients[shard].post(path, cast_to=object, body=body)
-        finally:
-            self._in_flight[shard] -= 1
+        return body
 
     def _learn_n(self, supported: bool, why: str) -> None:
         if self.n_supported is not supported:
@@ -555,6 +743,54 @@ class OpenAISampler:
         if slot.count > 1 and self.config.n_mode == "auto":
             self._learn_n(not missing, f"returned {len(kept)} of {slot.count} choices")
         return missing
+
+
+@dataclass
+class _StreamRead:
+    """What one streamed sample has delivered so far."""
+
+    pieces: list[str] = field(default_factory=list)
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    request_id: str | None = None
+
+    def take(self, chunk: object, endpoint: Endpoint, watcher: TokenWatcher) -> bool:
+        """Read one chunk; True once the watcher stopped the sample (the stream is to close)."""
+        if not isinstance(chunk, dict):
+            return False
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        self.model = self.model or (str(chunk["model"]) if chunk.get("model") else None)
+        self.request_id = self.request_id or (str(chunk["id"]) if chunk.get("id") else None)
+        stop = False
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if endpoint == "chat":
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else None
+            else:
+                piece = choice.get("text")
+            if isinstance(piece, str):
+                self.pieces.append(piece)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            for token in _choice_logprobs(choice, endpoint) or ():
+                self.tokens.append(token)
+                # Every token of the chunk is read (it arrived and is paid for); the stream
+                # closes after the chunk in which the watcher stopped.
+                stop = watcher.feed(token) or stop
+        if stop and self.finish_reason is None:
+            self.finish_reason = EARLY_STOP
+        return stop and self.finish_reason == EARLY_STOP
+
+
+def _prompt_key(request_input: str | list[dict[str, Any]]) -> str:
+    if isinstance(request_input, str):
+        return request_input
+    return json.dumps(request_input, sort_keys=True, default=str)
 
 
 def merge_params(defaults: SamplingParams, override: SamplingParams | None) -> SamplingParams:

@@ -223,7 +223,8 @@ class ServerConfig:
     confidence profile. ``latency`` is added to every generation request without blocking others.
     ``token_interval`` paces streams: each token is written that many seconds after the one before
     (0: a stream is written at once), as a model generates them, so a client can close a stream
-    part way and the log records how many tokens it was sent. ``n_support`` says what a request
+    part way and the log records how many tokens it was sent. ``logprobs`` False makes a server
+    that ignores requests for logprobs, as some do. ``n_support`` says what a request
     with ``n > 1`` gets: ``yes`` its choices (at most ``max_choices`` when set), ``reject`` a 400
     naming ``n``, ``ignore`` one choice. ``port`` 0 takes a free port.
     """
@@ -232,6 +233,7 @@ class ServerConfig:
     default_answer: str = "The answer is 42."
     latency: float = 0.0
     token_interval: float = 0.0
+    logprobs: bool = True
     n_support: Literal["yes", "reject", "ignore"] = "yes"
     max_choices: int | None = None
     faults: tuple[Fault, ...] = ()
@@ -1528,6 +1530,8 @@ class LoopbackServer:
 
     def _read_generation(self, body: Mapping[str, Any], chat: bool) -> _Generation:
         generation = _read_generation(body, chat, self.config.model)
+        if not self.config.logprobs:
+            generation = dataclasses.replace(generation, logprobs=None)
         if generation.n > 1 and self.config.n_support == "reject":
             raise _RequestError(
                 400, "this server does not support n > 1", param="n", code="unsupported_value"
