@@ -1,28 +1,48 @@
-"""Unit-test verifier for model-written Python.
+"""Unit-test verifier for model-written Python, with verdicts the code cannot forge.
+
+Each candidate runs in a sandboxed process of its own that never sees the tests; the tests run in
+a trusted harness process and call the candidate across a channel that carries plain data only
+(:mod:`ttscale.verifiers.sandbox`). So no ``__eq__`` of the candidate's runs in the tests, no
+frame, file or pipe of the harness is in its reach, and a candidate that exits early, kills
+itself or sends garbage gets ``error``, never ``pass``.
 
 Test formats (``problem.tests``; detected, or named by ``test_format`` or
 ``problem.metadata["test_format"]``):
 
-- ``humaneval``: ``prompt + completion``, then the tests (which define ``check``), then
-  ``check(entry_point)``. A completion that defines the entry point itself (a chat model's whole
-  function) is appended after the prompt, so the prompt's imports still apply.
+- ``humaneval``: the tests define ``check(candidate)``; the candidate's code is the prompt plus
+  the completion (a completion that defines the entry point itself, a chat model's whole
+  function, comes after the prompt, so the prompt's imports still apply). The prompt also runs
+  in the harness, for helpers the tests use.
 - ``asserts``: assert statements (MBPP style; a list in ``problem.metadata["test_list"]`` works
-  too) run after the solution, in order.
-- ``pytest``: a pytest file; the solution is saved as ``solution.py`` (or
-  ``problem.metadata["module"]``) next to it, for the tests to import.
+  too); every function, class and plain value the code defines is in their scope.
+- ``pytest``: a pytest file that imports the candidate's module (``solution``, or
+  ``problem.metadata["module"]``); the module's functions and classes are forwarded.
+- ``stdio``: programs reading stdin and writing stdout (CodeContests, LiveCodeBench): the tests
+  are a JSON list of ``{"input": ..., "output": ...}`` (or ``problem.metadata["test_cases"]``,
+  or the lists ``metadata["inputs"]`` and ``metadata["outputs"]``); outputs are compared by
+  :func:`~ttscale.verifiers.sandbox.child.harness.outputs_match` (tokens per line, decimals
+  within ``float_tolerance``).
 
-Code in a fenced block is taken from the block. Each candidate runs in its own sandboxed
-subprocess (:mod:`ttscale.verifiers.sandbox`), concurrently up to ``concurrency``. Running
-model-written code needs ``allow_code_execution=True`` or ``TTSCALE_ALLOW_CODE_EXECUTION=1``.
+Values crossing between the tests and the candidate are plain data: None, bool, int, float,
+str, bytes, list, tuple, dict, set, frozenset. A function returning anything else is an
+``error`` naming the type; objects made by calling a class stay with the candidate and are
+used through handles (methods, attributes, ``len``, indexing, iteration, ``str``), which compare
+by identity. Arguments are copies: a test that expects the candidate to change its argument in
+place cannot see that change.
 
-Verdicts (``score.details["outcome"]``): ``pass``, ``fail`` (a test's check failed), ``timeout``,
-``error`` (the code could not run to a verdict: syntax error, crash, a limit or a guard hit);
-``verdict`` is true only for ``pass``; ``reason`` says why.
+Code in a fenced block is taken from the block. Running model-written code needs
+``allow_code_execution=True`` or ``TTSCALE_ALLOW_CODE_EXECUTION=1``.
+
+Verdicts (``score.details["outcome"]``): ``pass``, ``fail`` (a test's check failed),
+``timeout`` (wall clock or CPU limit), ``error`` (the code could not run to a verdict);
+``verdict`` is true only for ``pass``; ``details["cause"]`` names what decided it and
+``reason`` says it in words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -35,14 +55,14 @@ from ttscale.types import Candidate, Problem, Score
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.sandbox import (
     Backend,
-    RunMode,
+    RunResult,
+    Sandbox,
     SandboxConfig,
     check_code_execution_allowed,
-    run_untrusted,
 )
 
 __all__ = [
-    "ProgramPlan",
+    "CheckPlan",
     "TestFormat",
     "UnitTestConfig",
     "UnitTestVerifier",
@@ -53,10 +73,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TestFormat = Literal["auto", "humaneval", "asserts", "pytest"]
-_FORMATS = ("auto", "humaneval", "asserts", "pytest")
+TestFormat = Literal["auto", "humaneval", "asserts", "pytest", "stdio"]
+_FORMATS = ("auto", "humaneval", "asserts", "pytest", "stdio")
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
-_PROGRAM = "program.py"
 
 
 @dataclass(frozen=True)
@@ -72,11 +91,15 @@ class UnitTestConfig:
     max_file_bytes: int = 16 * 1024 * 1024
     max_open_files: int = 256
     max_output_bytes: int = 64 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    tmpfs_bytes: int = 64 * 1024 * 1024
     guard: bool = True
     namespaces: bool = True
-    backend: Backend = "subprocess"
+    backend: Backend = "auto"
     python: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    readonly_paths: tuple[str, ...] = ()
+    float_tolerance: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.test_format not in _FORMATS:
@@ -93,6 +116,9 @@ class UnitTestConfig:
             "max_file_bytes": self.max_file_bytes,
             "max_open_files": self.max_open_files,
             "max_output_bytes": self.max_output_bytes,
+            "max_message_bytes": self.max_message_bytes,
+            "tmpfs_bytes": self.tmpfs_bytes,
+            "readonly_paths": tuple(self.readonly_paths),
             "guard": self.guard,
             "namespaces": self.namespaces,
             "backend": self.backend,
@@ -104,12 +130,11 @@ class UnitTestConfig:
 
 
 @dataclass(frozen=True)
-class ProgramPlan:
-    """The files of one run, which of them to run, and how."""
+class CheckPlan:
+    """One check: what the candidate's process loads, and what the harness runs against it."""
 
-    files: Mapping[str, str]
-    entry: str
-    mode: RunMode
+    solution: Mapping[str, Any]
+    harness: Mapping[str, Any]
 
 
 def candidate_code(text: str) -> str:
@@ -130,6 +155,25 @@ def _is_assert_list(tests: str) -> bool:
     )
 
 
+def _stdio_cases(value: Any) -> list[dict[str, str]] | None:
+    """``value`` as a list of stdin/stdout cases, or None if it is not one (pure)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(
+        isinstance(case, dict)
+        and isinstance(case.get("input"), str)
+        and isinstance(case.get("output"), str)
+        for case in value
+    ):
+        return None
+    return [{"input": case["input"], "output": case["output"]} for case in value]
+
+
 def detect_test_format(tests: str, entry_point: str | None) -> TestFormat:
     """Which format ``tests`` is in (pure). ``def check(`` with an entry point means HumanEval."""
     if re.search(r"^def check\(", tests, re.MULTILINE) and entry_point:
@@ -138,9 +182,11 @@ def detect_test_format(tests: str, entry_point: str | None) -> TestFormat:
         return "pytest"
     if _is_assert_list(tests):
         return "asserts"
+    if _stdio_cases(tests) is not None:
+        return "stdio"
     raise DataError(
-        "cannot tell the tests' format (expected a HumanEval check(), assert statements or "
-        "pytest test functions); set test_format",
+        "cannot tell the tests' format (expected a HumanEval check(), assert statements, "
+        "pytest test functions or a JSON list of input/output cases); set test_format",
         field="tests",
     )
 
@@ -148,16 +194,38 @@ def detect_test_format(tests: str, entry_point: str | None) -> TestFormat:
 def _tests_of(problem: Problem) -> str:
     if problem.tests:
         return problem.tests
-    test_list = problem.metadata.get("test_list")
+    metadata = problem.metadata
+    test_list = metadata.get("test_list")
     if isinstance(test_list, Sequence) and not isinstance(test_list, str) and test_list:
         return "\n".join(str(test) for test in test_list)
+    cases = metadata.get("test_cases")
+    if cases is None and isinstance(metadata.get("inputs"), list):
+        outputs = metadata.get("outputs")
+        if not isinstance(outputs, list) or len(outputs) != len(metadata["inputs"]):
+            raise DataError(
+                f"problem {problem.id!r}: 'inputs' and 'outputs' must be lists of one length",
+                field="metadata.outputs",
+            )
+        cases = [{"input": i, "output": o} for i, o in zip(metadata["inputs"], outputs)]
+    if cases is not None:
+        if _stdio_cases(cases) is None:
+            raise DataError(
+                f"problem {problem.id!r}: test cases must be a non-empty list of "
+                "{'input': str, 'output': str}",
+                field="metadata.test_cases",
+            )
+        return json.dumps(cases)
     raise DataError(f"problem {problem.id!r} has no tests", field="tests")
 
 
 def build_program(
-    problem: Problem, completion: str, test_format: TestFormat = "auto"
-) -> ProgramPlan:
-    """The files that test ``completion`` against ``problem``'s tests (pure)."""
+    problem: Problem,
+    completion: str,
+    test_format: TestFormat = "auto",
+    *,
+    float_tolerance: float = 1e-6,
+) -> CheckPlan:
+    """What the candidate's process loads and what the harness runs, for one check (pure)."""
     tests = _tests_of(problem)
     chosen = problem.metadata.get("test_format", test_format)
     if chosen == "auto":
@@ -172,15 +240,28 @@ def build_program(
         defines_entry = re.search(rf"^def {re.escape(problem.entry_point)}\(", code, re.MULTILINE)
         # A continuation completes the prompt's function; a whole function replaces its stub.
         body = f"{prompt}\n{code}" if defines_entry else prompt + code
-        program = f"{body}\n\n{tests}\n\ncheck({problem.entry_point})\n"
-        return ProgramPlan({_PROGRAM: program}, _PROGRAM, "script")
+        harness = {
+            "format": "humaneval",
+            "prompt": prompt,
+            "tests": tests,
+            "entry_point": problem.entry_point,
+        }
+        return CheckPlan({"code": body, "format": "functions"}, harness)
     if chosen == "asserts":
-        return ProgramPlan({_PROGRAM: f"{code}\n\n{tests}\n"}, _PROGRAM, "script")
+        return CheckPlan(
+            {"code": code, "format": "functions"}, {"format": "asserts", "tests": tests}
+        )
+    if chosen == "stdio":
+        cases = _stdio_cases(tests)
+        if cases is None:
+            raise DataError(f"problem {problem.id!r}: no input/output cases", field="tests")
+        harness = {"format": "stdio", "cases": cases, "tolerance": float_tolerance}
+        return CheckPlan({"code": code, "format": "stdio"}, harness)
     module = str(problem.metadata.get("module", "solution"))
     if not module.isidentifier():
         raise DataError(f"module name {module!r} is not an identifier", field="metadata.module")
-    files = {f"{module}.py": code, f"test_{module}.py": tests}
-    return ProgramPlan(files, f"test_{module}.py", "pytest")
+    solution = {"code": code, "format": "functions", "module": module}
+    return CheckPlan(solution, {"format": "pytest", "tests": tests, "module": module})
 
 
 class UnitTestVerifier:
@@ -192,29 +273,59 @@ class UnitTestVerifier:
         elif options:
             raise ConfigError("pass either a config or keyword options to UnitTestVerifier")
         self.config = config
-        self._sandbox = config.sandbox()
+        self._sandbox_config = config.sandbox()
+        self._sandbox: Sandbox | None = None
         self._bound = LoopBound(config.concurrency)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The warm sandbox every check of this verifier runs in (started at the first)."""
+        if self._sandbox is None:
+            self._sandbox = Sandbox(self._sandbox_config)
+        return self._sandbox
+
+    def close(self) -> None:
+        """Stop the sandbox's fork servers (they also end with this process)."""
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         check_code_execution_allowed(self.config.allow_code_execution, "UnitTestVerifier")
-        plans: list[ProgramPlan | DataError] = []
+        plans: list[CheckPlan | DataError] = []
         for candidate in candidates:
             try:
-                plans.append(build_program(problem, candidate.text, self.config.test_format))
+                plans.append(
+                    build_program(
+                        problem,
+                        candidate.text,
+                        self.config.test_format,
+                        float_tolerance=self.config.float_tolerance,
+                    )
+                )
             except DataError as exc:
                 plans.append(exc)
         return list(await asyncio.gather(*(self._run(plan) for plan in plans)))
 
-    async def _run(self, plan: ProgramPlan | DataError) -> Score:
+    async def _run(self, plan: CheckPlan | DataError) -> Score:
         if isinstance(plan, DataError):
-            return Score(0.0, verdict=False, reason=str(plan), details={"outcome": "error"})
+            return Score(
+                0.0,
+                verdict=False,
+                reason=str(plan),
+                details={"outcome": "error", "cause": "tests"},
+            )
         async with self._bound.semaphore():
-            result = await run_untrusted(plan.files, plan.entry, self._sandbox, mode=plan.mode)
+            result = await self.sandbox.run(dict(plan.solution), dict(plan.harness))
         log.debug("unit tests: %s in %.3f s: %s", result.outcome, result.duration_s, result.reason)
-        passed = result.outcome == "pass"
-        return Score(
-            1.0 if passed else 0.0,
-            verdict=passed,
-            reason=f"{result.outcome}: {result.reason}",
-            details=result.to_details(),
-        )
+        return _score(result)
+
+
+def _score(result: RunResult) -> Score:
+    passed = result.outcome == "pass"
+    return Score(
+        1.0 if passed else 0.0,
+        verdict=passed,
+        reason=f"{result.outcome}: {result.reason}",
+        details=result.to_details(),
+    )

@@ -57,8 +57,8 @@ class BankSet:
 
 
 SETS = (
-    BankSet("humaneval", samples=16, chunk=8, grader=None, code=True),
     BankSet("gsm8k", samples=32, chunk=4, grader="math", code=False),
+    BankSet("humaneval", samples=16, chunk=8, grader=None, code=True),
 )
 
 

@@ -1,0 +1,187 @@
+"""The strict value codec and message framing between the trusted harness and the solution.
+
+Only plain data crosses: ``None``, ``bool``, ``int``, ``float`` (``nan`` and the infinities
+included), ``str``, ``bytes``, ``list``, ``tuple``, ``dict``, ``set`` and ``frozenset``, nested.
+Decoding builds exactly those built-in types, so no method the solution defines (``__eq__``,
+``__hash__``, ``__repr__``, ...) can ever run on the harness's side. Anything else is a
+:class:`CodecError` naming the type.
+
+The wire form is JSON: scalars as themselves, every container and the special values as a
+one-key object (``{"L": [...]}`` a list, ``{"T": ...}`` a tuple, ``{"S": ...}`` a set,
+``{"F": ...}`` a frozenset, ``{"D": [[key, value], ...]}`` a dict, ``{"B": "base64"}`` bytes,
+``{"f": "nan"}`` a special float). A message is that JSON, UTF-8, after a 4-byte big-endian
+length, and is refused beyond ``max_bytes``.
+
+Stdlib only: this module runs in the sandbox's processes, which import nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from typing import Any
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_MESSAGE_BYTES",
+    "CodecError",
+    "decode_value",
+    "encode_value",
+    "read_message",
+    "write_message",
+]
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 400
+
+_SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_SEQUENCES = {"L": list, "T": tuple, "S": set, "F": frozenset}
+
+
+class CodecError(ValueError):
+    """A value or message that may not cross between the harness and the solution."""
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    module = getattr(kind, "__module__", "")
+    name = getattr(kind, "__qualname__", "?")
+    return name if module in ("builtins", "") else f"{module}.{name}"
+
+
+def _plain_scalar(value: Any, lenient: bool) -> Any:
+    """A scalar of an exact plain type, or (lenient) what a subclass or numpy scalar stands for."""
+    if not lenient:
+        raise CodecError(f"a value of type {_type_name(value)} cannot cross (plain data only)")
+    # Lenient is for the solution's side only: its own values of subclasses (an IntEnum, a str
+    # subclass) and numpy scalars travel as the plain value they hold. What the harness gets is
+    # still a built-in.
+    for base in (int, float, str, bytes):
+        if isinstance(value, base):
+            return base(value)
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return item()
+    raise CodecError(f"a value of type {_type_name(value)} cannot cross (plain data only)")
+
+
+def encode_value(value: Any, *, lenient: bool = False, depth: int = 0) -> Any:
+    """``value`` as its JSON-ready wire form; :class:`CodecError` for anything not plain."""
+    if depth > MAX_DEPTH:
+        raise CodecError(f"values nested deeper than {MAX_DEPTH} cannot cross")
+    kind = type(value)
+    if value is None or kind in (bool, str):
+        return value
+    if kind is int:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return {"f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if kind is bytes:
+        return {"B": base64.b64encode(value).decode("ascii")}
+    for tag, sequence in _SEQUENCES.items():
+        if kind is sequence:
+            return {tag: [encode_value(item, lenient=lenient, depth=depth + 1) for item in value]}
+    if kind is dict:
+        return {
+            "D": [
+                [
+                    encode_value(key, lenient=lenient, depth=depth + 1),
+                    encode_value(item, lenient=lenient, depth=depth + 1),
+                ]
+                for key, item in value.items()
+            ]
+        }
+    if lenient:
+        for base in (list, tuple, set, frozenset, dict):
+            if isinstance(value, base):
+                return encode_value(base(value), lenient=True, depth=depth)
+    return encode_value(_plain_scalar(value, lenient), depth=depth)
+
+
+def decode_value(tree: Any, *, depth: int = 0) -> Any:
+    """The plain value a wire form stands for, built from built-in types only."""
+    if depth > MAX_DEPTH:
+        raise CodecError(f"values nested deeper than {MAX_DEPTH} cannot cross")
+    if tree is None or type(tree) in (bool, str, int, float):
+        return tree
+    if type(tree) is not dict or len(tree) != 1:
+        raise CodecError(f"malformed value on the wire ({type(tree).__name__})")
+    ((tag, body),) = tree.items()
+    if tag in _SEQUENCES and type(body) is list:
+        items = [decode_value(item, depth=depth + 1) for item in body]
+        try:
+            return _SEQUENCES[tag](items)
+        except TypeError as exc:  # an unhashable member of a set
+            raise CodecError(f"a set member cannot be hashed: {exc}") from exc
+    if tag == "D" and type(body) is list:
+        return _decode_dict(body, depth)
+    if tag == "B" and type(body) is str:
+        try:
+            return base64.b64decode(body.encode("ascii"), validate=True)
+        except ValueError as exc:
+            raise CodecError("malformed bytes on the wire") from exc
+    if tag == "f" and body in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[body]
+    raise CodecError(f"malformed value on the wire (tag {tag!r})")
+
+
+def _decode_dict(pairs: list[Any], depth: int) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    for pair in pairs:
+        if type(pair) is not list or len(pair) != 2:
+            raise CodecError("malformed dict entry on the wire")
+        key = decode_value(pair[0], depth=depth + 1)
+        try:
+            result[key] = decode_value(pair[1], depth=depth + 1)
+        except TypeError as exc:
+            raise CodecError(f"a dict key cannot be hashed: {exc}") from exc
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise CodecError(f"bare {name} on the wire (special floats travel tagged)")
+
+
+def parse_message(data: bytes) -> dict[str, Any]:
+    """A message's JSON object, strictly: no bare NaN, no other top level than an object."""
+    try:
+        message = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"a message that is not JSON ({type(exc).__name__})") from exc
+    except ValueError as exc:  # int conversion limits and the like
+        raise CodecError(f"a message that cannot be read: {exc}") from exc
+    if type(message) is not dict:
+        raise CodecError("a message must be a JSON object")
+    return message
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the other side closed the channel")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(fd: int, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """The next framed message on ``fd`` (blocking); ``EOFError`` when the peer has gone."""
+    size = int.from_bytes(_read_exactly(fd, 4), "big")
+    if size > max_bytes:
+        raise CodecError(f"a message of {size} bytes is over the limit of {max_bytes}")
+    return parse_message(_read_exactly(fd, size))
+
+
+def write_message(fd: int, message: dict[str, Any]) -> None:
+    """Frame and send ``message`` (its values already in wire form) on ``fd``."""
+    data = json.dumps(message, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

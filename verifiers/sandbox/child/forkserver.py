@@ -1,0 +1,209 @@
+"""The warm processes that fork one child per run, and what those children do.
+
+``python -I [-S] -c "...; main()" ROLE FD``: a fork server of ``ROLE`` (``solution`` or
+``harness``) reads requests on the unix socket ``FD``, each one message of JSON with file
+descriptors attached, and forks a child for it. It has imported what its children need once, so
+a run costs a fork rather than an interpreter's start. The solution's server never sees tests;
+the harness's never runs model-written code.
+
+A solution job (descriptors: channel, status, stdout, stderr, spec) forks three deep: the child
+enters new namespaces (:mod:`.confine`), its child is the first process of the new PID
+namespace, which builds the file view and forks the worker that loads the solution and serves
+the harness (:mod:`.solution`). When the worker ends, that first process writes its wait status
+and CPU time to the status pipe and exits, and the kernel ends whatever the worker left in the
+namespace. A harness job (descriptors: channel, report, spec) runs the tests
+(:mod:`.harness`) and writes the verdict to the report pipe. Each child first writes its pid on
+its pipe, so that the verifier can kill its process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+from . import confine
+
+__all__ = ["main"]
+
+_PRELOAD = (
+    "bisect collections copy datetime decimal fractions functools hashlib heapq itertools json "
+    "math operator random re statistics string typing"
+)
+
+
+def _read_spec(fd: int) -> dict[str, Any]:
+    with os.fdopen(fd, "rb") as handle:
+        spec: dict[str, Any] = json.loads(handle.read().decode("utf-8"))
+    return spec
+
+
+def _close_others(keep: list[int]) -> None:
+    top = 3
+    for fd in sorted(keep):
+        if fd > top:
+            os.closerange(top, fd)
+        top = max(top, fd + 1)
+    os.closerange(top, 65536)
+
+
+def _line(fd: int, data: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(data) + "\n").encode())
+
+
+def _worker(
+    spec: dict[str, Any], channel: int, out: int, err: int, isolation: dict[str, Any]
+) -> None:
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        os.close(fd)
+    confine.limit(spec["limits"])
+    become_nobody = os.geteuid() == 0 and not isolation.get("namespaces")
+    isolation.update(confine.drop_privileges(become_nobody))
+    from . import guard, solution
+
+    if spec.get("guard", True):
+        guard.install(os.getcwd())
+    solution.serve(channel, spec)
+
+
+def _first_process(
+    spec: dict[str, Any], fds: dict[str, int], isolation: dict[str, Any], base: str
+) -> None:
+    """PID 1 of the run's namespace (or the run's supervisor without namespaces)."""
+    confine.set_parent_death_signal(signal.SIGKILL)
+    workdir = None
+    if isolation.get("namespaces"):
+        isolation["pid_namespace"] = os.readlink("/proc/self/ns/pid")
+        try:
+            shown, hidden = confine.readonly_paths(list(spec.get("readonly_paths", [])))
+            has_proc = confine.build_root(base, shown, hidden, int(spec["tmpfs_bytes"]))
+            isolation["private_root"] = True
+            isolation["proc"] = "private" if has_proc else "none"
+        except OSError as exc:
+            isolation["private_root_error"] = str(exc)
+    if not isolation.get("private_root"):
+        workdir = tempfile.mkdtemp(prefix="ttscale-run-")
+        if os.geteuid() == 0:
+            try:
+                os.chown(workdir, confine.NOBODY, confine.NOBODY)
+            except OSError:
+                pass  # nobody is not mapped here (a user namespace of bubblewrap's)
+        os.chdir(workdir)
+    confine.make_undumpable()
+    worker = os.fork()
+    if worker == 0:
+        os.close(fds["status"])
+        _worker(spec, fds["channel"], fds["stdout"], fds["stderr"], isolation)
+        os._exit(0)
+    for name in ("channel", "stdout", "stderr"):
+        os.close(fds[name])
+    _, status, usage = os.wait4(worker, 0)
+    _line(
+        fds["status"],
+        {
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 4),
+            "max_rss_kb": usage.ru_maxrss,
+            "isolation": isolation,
+        },
+    )
+    if workdir is not None:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def solution_job(fds: list[int], base: str) -> None:
+    channel, status, out, err, spec_fd = fds
+    _line(status, {"pid": os.getpid()})
+    spec = _read_spec(spec_fd)
+    _close_others([channel, status, out, err])
+    isolation: dict[str, Any] = {"namespaces": False}
+    if spec.get("namespaces", True):
+        try:
+            confine.enter_namespaces()
+            isolation["namespaces"] = True
+        except OSError as exc:
+            isolation["namespaces_error"] = str(exc)
+    first = os.fork()
+    if first == 0:
+        named = {"channel": channel, "status": status, "stdout": out, "stderr": err}
+        try:
+            _first_process(spec, named, isolation, base)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+    for fd in (channel, out, err, status):
+        os.close(fd)
+    os.waitpid(first, 0)
+
+
+def harness_job(fds: list[int]) -> None:
+    channel, report, spec_fd = fds
+    _line(report, {"pid": os.getpid()})
+    spec = _read_spec(spec_fd)
+    _close_others([channel, report])
+    confine.limit(spec["limits"])
+    os.chdir(tempfile.mkdtemp(prefix="ttscale-harness-"))
+    from . import harness
+
+    _line(report, harness.run(spec, channel))
+
+
+def _preload(role: str) -> None:
+    for name in _PRELOAD.split():
+        __import__(name)
+    from . import guard, harness, solution  # noqa: F401 - imported once, for every fork
+
+    if role == "harness":
+        try:
+            import pytest  # noqa: F401
+        except ImportError:
+            pass
+
+
+def main() -> None:
+    role, control_fd = sys.argv[1], int(sys.argv[2])
+    control = socket.socket(fileno=control_fd)
+    confine.set_parent_death_signal(signal.SIGKILL)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our children
+    _preload(role)
+    base = tempfile.mkdtemp(prefix="ttscale-root-")
+    try:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(control, 4096, 8)
+            except OSError:
+                return
+            if not data:
+                return  # the verifier has gone
+            child = os.fork()
+            if child == 0:
+                control.close()
+                os.setsid()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                confine.set_parent_death_signal(signal.SIGKILL)
+                try:
+                    if role == "solution":
+                        solution_job(fds, base)
+                    else:
+                        harness_job(fds)
+                except BaseException:
+                    traceback.print_exc()  # to the server's stderr (a log, or nowhere)
+                finally:
+                    os._exit(0)
+            for fd in fds:
+                os.close(fd)
+    finally:
+        os.rmdir(base)

@@ -1,0 +1,435 @@
+"""The trusted side of a run: the tests, the comparisons and the verdict.
+
+The harness holds the problem's tests and never shows them to the solution, which runs in another
+process (:mod:`.solution`) behind a channel. The entry point the tests call is a proxy: a call
+crosses the channel as plain data and its result comes back through the strict codec, so every
+``==``, ``hash`` and ``repr`` the tests do runs on built-in values. Objects of the solution (an
+instance of a class under test) stay there; the harness holds handles whose methods and
+attributes are forwarded the same way and which compare by identity only.
+
+Formats (``spec["format"]``):
+
+- ``humaneval``: the prompt (trusted: the dataset's) runs here, for its helpers; the entry point
+  is the proxy; the tests define ``check``, called with it.
+- ``asserts``: every name the solution defines is bound (functions and classes as proxies, plain
+  values as values), then the assert statements run.
+- ``pytest``: the solution is the module the test file imports (a remote module whose functions
+  and classes are proxies); pytest runs here, on the test file in a private directory.
+- ``stdio``: each case's ``input`` is the program's standard input; its output is compared with
+  ``output`` by :func:`outputs_match`.
+
+A fault of the solution's side (its process died, a malformed reply, a value that cannot cross,
+``exit``) raises :class:`SolutionFault`, which tests cannot swallow for good: it is remembered,
+and a run that saw one is an ``error`` whatever the tests did afterwards.
+"""
+
+from __future__ import annotations
+
+import builtins
+import linecache
+import math
+import os
+import sys
+import tempfile
+import traceback
+import types
+from typing import Any
+
+from . import codec
+
+__all__ = ["Link", "SolutionFault", "outputs_match", "run"]
+
+# Exceptions of the solution that the tests may meet as themselves (pytest.raises(ValueError)).
+# StopIteration is not among them: raised inside map() it would end the iteration early and let
+# a test over an empty remainder pass.
+_NOT_AS_THEMSELVES = frozenset({"StopIteration", "StopAsyncIteration"})
+
+
+class SolutionFault(BaseException):
+    """The solution's side failed in a way that decides the run: ``cause`` says how."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.message = message
+
+
+class RemoteError(Exception):
+    """An exception the solution raised, of a type the harness does not rebuild."""
+
+
+def _remote_exception(kind: str, message: str) -> BaseException:
+    found = getattr(builtins, kind, None)
+    if (
+        isinstance(found, type)
+        and issubclass(found, Exception)
+        and kind not in _NOT_AS_THEMSELVES
+        and type(message) is str
+    ):
+        try:
+            return found(message)
+        except Exception:
+            pass
+    return RemoteError(f"{kind}: {message}")
+
+
+class Link:
+    """The harness's end of the channel: requests, replies, and the fault that ends a run."""
+
+    def __init__(self, fd: int, max_bytes: int) -> None:
+        self.fd = fd
+        self.max_bytes = max_bytes
+        self.fault: SolutionFault | None = None
+        self.blocked: list[str] = []
+        self.calls = 0
+
+    def fail(self, cause: str, message: str) -> SolutionFault:
+        if self.fault is None:
+            self.fault = SolutionFault(cause, message)
+        return self.fault
+
+    def receive(self) -> dict[str, Any]:
+        try:
+            reply = codec.read_message(self.fd, self.max_bytes)
+        except EOFError as exc:
+            raise self.fail("died", "the solution's process ended") from exc
+        except (codec.CodecError, OSError) as exc:
+            raise self.fail(
+                "protocol", f"the solution's side sent an unreadable reply ({exc})"
+            ) from exc
+        found = reply.get("blocked")
+        if type(found) is list:
+            self.blocked.extend(str(item)[:300] for item in found[:20] if type(item) is str)
+        return reply
+
+    def request(self, message: dict[str, Any], *, handles: bool) -> Any:
+        if self.fault is not None:
+            raise self.fault
+        self.calls += 1
+        try:
+            codec.write_message(self.fd, message)
+        except OSError as exc:
+            raise self.fail("died", "the solution's process ended") from exc
+        return self.result(self.receive(), handles=handles)
+
+    def result(self, reply: dict[str, Any], *, handles: bool) -> Any:
+        if "value" in reply:
+            try:
+                return codec.decode_value(reply["value"])
+            except codec.CodecError as exc:
+                raise self.fail(
+                    "protocol", f"the solution's side sent a malformed value ({exc})"
+                ) from exc
+        if "handle" in reply and handles and type(reply["handle"]) is int:
+            return RemoteObject(self, reply["handle"], str(reply.get("type", "?"))[:100])
+        raised = reply.get("raise")
+        if type(raised) is dict and type(raised.get("type")) is str:
+            kind, message = raised["type"][:100], raised.get("message", "")
+            if kind == "MemoryError":
+                raise self.fail("memory", "the solution ran out of memory (MemoryError)")
+            raise _remote_exception(kind, message if type(message) is str else "")
+        if "exit" in reply:
+            raise self.fail("exit", f"the solution called exit({str(reply['exit'])[:50]})")
+        if "unsupported" in reply or "handle" in reply:
+            kind = str(reply.get("unsupported", reply.get("type", "?")))[:100]
+            raise self.fail(
+                "unsupported_type",
+                f"the solution returned a value of type {kind}, which cannot be compared "
+                "(plain data only: None, bool, int, float, str, bytes, list, tuple, dict, set)",
+            )
+        raise self.fail("protocol", "the solution's side sent a reply of no known kind")
+
+    def encode(self, value: Any) -> Any:
+        try:
+            return codec.encode_value(value)
+        except codec.CodecError as exc:
+            raise self.fail("unsupported_argument", f"the tests passed {exc}") from exc
+
+
+class RemoteFunction:
+    """A function of the solution: calls cross the channel; results must be plain data."""
+
+    def __init__(self, link: Link, name: str, *, makes_objects: bool = False) -> None:
+        self._link = link
+        self.__name__ = self.__qualname__ = name
+        self._makes_objects = makes_objects
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._link.request(
+            {
+                "op": "call",
+                "target": {"name": self.__name__},
+                "args": [self._link.encode(a) for a in args],
+                "kwargs": {str(k): self._link.encode(v) for k, v in kwargs.items()},
+            },
+            handles=self._makes_objects,
+        )
+
+    def __repr__(self) -> str:
+        return f"<solution function {self.__name__}>"
+
+
+class RemoteObject:
+    """An object that stays in the solution's process; compares and hashes by identity only."""
+
+    def __init__(self, link: Link, handle: int, kind: str) -> None:
+        object.__setattr__(self, "_link", link)
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "_kind", kind)
+
+    def _ask(self, op: str, arg: Any = None, *, handles: bool = False) -> Any:
+        link: Link = object.__getattribute__(self, "_link")
+        message = {
+            "op": op,
+            "handle": object.__getattribute__(self, "_handle"),
+            "arg": link.encode(arg),
+        }
+        return link.request(message, handles=handles)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._ask("getattr", name, handles=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        link: Link = object.__getattribute__(self, "_link")
+        return link.request(
+            {
+                "op": "call",
+                "target": {"handle": object.__getattribute__(self, "_handle")},
+                "args": [link.encode(a) for a in args],
+                "kwargs": {str(k): link.encode(v) for k, v in kwargs.items()},
+            },
+            handles=True,
+        )
+
+    def __len__(self) -> int:
+        value = self._ask("len")
+        if type(value) is not int:
+            raise TypeError("len() of a solution object gave no int")
+        return value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._ask("getitem", key, handles=True)
+
+    def __contains__(self, item: Any) -> bool:
+        return bool(self._ask("contains", item) is True)
+
+    def __iter__(self) -> Any:
+        return iter(self._ask("iter"))
+
+    def __str__(self) -> str:
+        return str(self._ask("str"))
+
+    def __repr__(self) -> str:
+        return f"<solution object {object.__getattribute__(self, '_kind')}>"
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+def bind(link: Link, names: dict[str, Any]) -> dict[str, Any]:
+    """The solution's exports as the tests see them: proxies and plain values."""
+    bound: dict[str, Any] = {}
+    for name, description in names.items():
+        if type(name) is not str or type(description) is not dict:
+            raise link.fail("protocol", "the solution's side described its names wrongly")
+        kind = description.get("kind")
+        if kind in ("function", "class"):
+            bound[name] = RemoteFunction(link, name, makes_objects=kind == "class")
+        elif kind == "value":
+            bound[name] = link.result({"value": description.get("value")}, handles=False)
+    return bound
+
+
+def _describe_assertion(exc: AssertionError, source: str) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == source]
+    message = str(exc)
+    where = ""
+    if frames:
+        where = f" at line {frames[-1].lineno}: {(frames[-1].line or '').strip()}"
+    return f"assertion failed{where}" + (f" ({message[:300]})" if message else "")
+
+
+def _compile(source: str, name: str) -> Any:
+    """Compile trusted source under ``name``, with its lines kept for tracebacks."""
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    return compile(source, name, "exec")
+
+
+def _run_humaneval(spec: dict[str, Any], bound: dict[str, Any], link: Link) -> None:
+    entry = spec["entry_point"]
+    if entry not in bound or not isinstance(bound[entry], RemoteFunction):
+        raise link.fail("load", f"the solution defines no function named {entry!r}")
+    scope: dict[str, Any] = {"__name__": "__tests__"}
+    try:
+        exec(_compile(spec.get("prompt") or "", "<prompt>"), scope)
+    except Exception:
+        scope = {"__name__": "__tests__"}  # a prompt that is no program adds no helpers
+    scope[entry] = bound[entry]
+    exec(_compile(spec["tests"], "<tests>"), scope)
+    scope["check"](bound[entry])
+
+
+def _run_asserts(spec: dict[str, Any], bound: dict[str, Any]) -> None:
+    scope: dict[str, Any] = {"__name__": "__tests__", **bound}
+    exec(_compile(spec["tests"], "<tests>"), scope)
+
+
+class _PytestCollect:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.passed and report.when == "call":
+            self.passed += 1
+        elif report.failed:
+            self.failed.append(f"{report.nodeid}: {report.longreprtext[-300:]}")
+
+
+def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
+    import pytest
+
+    module_name = spec.get("module", "solution")
+    module = types.ModuleType(module_name)
+    module.__dict__.update(bound)
+    sys.modules[module_name] = module
+    folder = tempfile.mkdtemp(prefix="ttscale-tests-")
+    path = os.path.join(folder, f"test_{module_name}.py")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(spec["tests"])
+    collect = _PytestCollect()
+    options = [path, "-q", "-p", "no:cacheprovider", "--basetemp", os.path.join(folder, "tmp")]
+    code = pytest.main(options, plugins=[collect])
+    counts = f"{collect.passed} passed, {len(collect.failed)} failed"
+    if code == 0:
+        return {"outcome": "pass", "reason": f"pytest: {counts}"}
+    if code == 1:
+        first = collect.failed[0] if collect.failed else ""
+        return {
+            "outcome": "fail",
+            "reason": f"pytest: {counts}; first: {first}",
+            "cause": "assertion",
+        }
+    if code == 5:
+        return {"outcome": "error", "reason": "pytest collected no tests", "cause": "tests"}
+    return {
+        "outcome": "error",
+        "reason": f"pytest exited with {int(code)} ({counts})",
+        "cause": "tests",
+    }
+
+
+def _numbers(expected: str, got: str, tolerance: float) -> bool:
+    try:
+        want, have = float(expected), float(got)
+    except ValueError:
+        return False
+    if not (math.isfinite(want) and math.isfinite(have)):
+        return False
+    return abs(want - have) <= tolerance * max(1.0, abs(want))
+
+
+def outputs_match(expected: str, got: str, tolerance: float = 1e-6) -> tuple[bool, str]:
+    """Whether a program's output is the expected one, and where not (pure).
+
+    Lines are compared after trailing whitespace, and trailing empty lines, are dropped; within
+    a line, whitespace-separated tokens must be equal, except that a token of the expected
+    output written as a decimal (``0.5``, ``1e-3``) matches a number within ``tolerance``
+    (absolute, or relative beyond 1).
+    """
+    want = [line.split() for line in expected.rstrip().splitlines()]
+    have = [line.split() for line in got.rstrip().splitlines()]
+    for number, (line_want, line_have) in enumerate(zip(want, have), start=1):
+        if len(line_want) != len(line_have):
+            return (
+                False,
+                f"line {number}: expected {' '.join(line_want)[:200]!r}, got {' '.join(line_have)[:200]!r}",
+            )
+        for token_want, token_have in zip(line_want, line_have):
+            decimal = (
+                any(mark in token_want for mark in ".eE") and token_want.lstrip("-+")[:1].isdigit()
+            )
+            if token_want != token_have and not (
+                decimal and _numbers(token_want, token_have, tolerance)
+            ):
+                return (
+                    False,
+                    f"line {number}: expected {token_want[:100]!r}, got {token_have[:100]!r}",
+                )
+    if len(want) != len(have):
+        return False, f"expected {len(want)} lines of output, got {len(have)}"
+    return True, ""
+
+
+def _run_stdio(spec: dict[str, Any], link: Link) -> dict[str, str] | None:
+    for number, case in enumerate(spec["cases"], start=1):
+        output = link.request({"op": "stdio", "input": case["input"]}, handles=False)
+        if type(output) is not str:
+            raise link.fail("protocol", "the solution's side sent no text as the output")
+        same, where = outputs_match(case["output"], output, spec.get("tolerance", 1e-6))
+        if not same:
+            return {"outcome": "fail", "reason": f"case {number}: {where}", "cause": "output"}
+    return None
+
+
+def _verdict(spec: dict[str, Any], link: Link) -> dict[str, str]:
+    hello = link.receive()
+    if hello.get("ready") is not True:
+        raised = hello.get("raise") if type(hello.get("raise")) is dict else {}
+        if "exit" in hello:
+            raise link.fail(
+                "exit", f"the solution called exit({str(hello['exit'])[:50]}) while loading"
+            )
+        what = f"{str(raised.get('type', '?'))[:100]}: {str(raised.get('message', ''))[:300]}"
+        if raised.get("type") == "MemoryError":
+            raise link.fail("memory", "the solution ran out of memory (MemoryError) while loading")
+        raise link.fail("load", f"the solution failed to load: {what}")
+    names = hello.get("names")
+    bound = bind(link, names if type(names) is dict else {})
+    kind = spec["format"]
+    if kind == "humaneval":
+        _run_humaneval(spec, bound, link)
+    elif kind == "asserts":
+        _run_asserts(spec, bound)
+    elif kind == "pytest":
+        return _run_pytest(spec, bound)
+    elif kind == "stdio":
+        failed = _run_stdio(spec, link)
+        if failed is not None:
+            return failed
+        return {"outcome": "pass", "reason": f"all {len(spec['cases'])} cases matched"}
+    else:
+        raise ValueError(f"unknown test format {kind!r}")
+    return {"outcome": "pass", "reason": "every test passed"}
+
+
+def run(spec: dict[str, Any], channel: int) -> dict[str, Any]:
+    """Run the tests of ``spec`` against the solution behind ``channel``; the report."""
+    link = Link(channel, int(spec.get("max_message_bytes", codec.MAX_MESSAGE_BYTES)))
+    try:
+        verdict = _verdict(spec, link)
+    except SolutionFault as fault:
+        verdict = {"outcome": "error", "reason": fault.message, "cause": fault.cause}
+    except AssertionError as exc:
+        verdict = {
+            "outcome": "fail",
+            "reason": _describe_assertion(exc, "<tests>"),
+            "cause": "assertion",
+        }
+    except RemoteError as exc:
+        verdict = {"outcome": "error", "reason": f"the solution raised {exc}", "cause": "exception"}
+    except Exception as exc:
+        verdict = {
+            "outcome": "error",
+            "reason": f"{type(exc).__name__}: {str(exc)[:300]}",
+            "cause": "exception",
+        }
+    if link.fault is not None and verdict.get("cause") != link.fault.cause:
+        # The tests caught the fault and carried on: the fault decides all the same.
+        verdict = {"outcome": "error", "reason": link.fault.message, "cause": link.fault.cause}
+    verdict.setdefault("cause", None)
+    verdict["blocked"] = link.blocked[:50]
+    verdict["calls"] = link.calls
+    return verdict
