@@ -2,39 +2,66 @@
 
 Input per problem: the N stored samples' answers (int ids or strings; a negative id or ``None``
 means no answer could be extracted), whether each is correct, and optionally each one's verifier
-score. Output: for every budget k <= N and every strategy, the accuracy of the strategy's top-1
-selection averaged over problems and over random k-subsets of the samples, never over "the first k".
+score. Output (:class:`OfflineResult`): for every budget k <= N and every strategy, the accuracy of
+the strategy's top-1 selection per problem and averaged over problems, with standard errors.
+
+What "accuracy at k" means: the strategy run online on k samples drawn in a uniformly random order
+from the N stored ones. Online, ties go to the sample drawn first (lowest sample index), so over
+random orders a tie is broken uniformly at random, never by the position a sample was *stored* at.
 
 - ``pass_at_k`` (coverage: any of the k correct) and ``best_of_n`` have closed forms and are exact:
-  pass@k = 1 - C(N - c, k) / C(N, k); best-of-N sorts the samples by (score desc, index asc), a
-  total order, so the subset's best is the sample of rank r with probability
-  C(N - 1 - r, k - 1) / C(N, k), and the expectation is one matrix product for all k.
-- The voting strategies are averaged over ``subsets`` random orders of the samples: the first k of a
-  uniformly random order is a uniformly random k-subset, so one pass over an order gives a subset
-  for every k. The same orders serve every problem (the samples of one problem are exchangeable,
-  so sharing orders between problems leaves each problem's estimate unbiased). The pass keeps
-  running vote counts for all (problem, order) lanes at once in numpy, and updates each lane's
-  winner in O(1) per sample: within a step only one answer's key changes, and only for the better.
+  pass@k = 1 - C(N - c, k) / C(N, k). For best-of-N, group the samples into blocks of equal score
+  (NaN ranks with -inf, last); the subset's best block is the block B with probability
+  (C(N - above(B), k) - C(N - above(B) - |B|, k)) / C(N, k), and within it the first drawn, a
+  uniform pick, is correct with probability (correct in B) / |B|. Giving every sample of a block
+  the block's share of correct samples and weighting rank r by C(N - 1 - r, k - 1) / C(N, k) is
+  that sum, so the expectation is one matrix product for all k.
+- The voting strategies are averaged over ``subsets`` random orders per problem: the first k of a
+  uniformly random order is a uniformly random k-subset in random order, so one pass over an order
+  gives a draw for every k. Problem p's order s is ``relabel_p`` after ``shared_s``: every lane is
+  a uniform permutation, a problem's orders are independent, and any two lanes of different
+  problems are independent (given the shared order, two independent relabelings are independent
+  uniform permutations), so the lanes are pairwise independent and the Monte Carlo error of the
+  mean over problems is that of fully independent orders. Drawing 500 x 100 full permutations
+  instead would cost more than the whole scan. Ties go to the earliest position in the order.
+- The pass keeps running vote counts for all (order, problem) lanes at once in numpy, and updates
+  each lane's winner in O(1) per sample: within a step only one answer's key changes, and only for
+  the better.
 - ``adaptive`` and ``ahead_by_k`` run their stopping rule along each order; budget k is their cap,
   and :attr:`OfflineResult.samples_used` holds the mean samples they drew.
 
+Uncertainty: ``per_problem[name]`` (P, K) holds each problem's value (its exact expectation, or the
+mean over its orders). ``se`` is the standard error of the mean over problems, sd(values, ddof=1) /
+sqrt(P): the problems are a sample of the task (Madaan et al. 2024, "Quantifying Variance in
+Evaluation Benchmarks") and the sample variance of noisy per-problem values holds both the spread
+between problems and the Monte Carlo error of the orders, so one figure covers both. ``mc_se`` is
+the Monte Carlo part alone, sqrt(sum_p v_p (1 - v_p) / (S - 1)) / P for S orders (the lane outcomes
+are 0 or 1). :meth:`OfflineResult.ci` is a seeded percentile bootstrap over problems
+(:func:`ttscale.estimators.bootstrap_ci`).
+
+``orders`` (an (S, N) array of permutations) replays those orders instead, e.g. the order the
+samples were drawn in: then *every* strategy, pass@k and best-of-N included, runs along each order
+(pass@k: any correct in the prefix; best-of-N: the prefix's best score, ties to the earliest), and
+``method`` is ``"replay"``; at k = N with the identity order each result is the online one.
+
 Strategies are given by their online configs (:class:`MajorityConfig` and so on), so the same
 settings drive both; options about drawing (``samples``, ``params``, ``extractor``) do not apply
-here. Ties break exactly as online (by lowest sample index), so at k = N the order-free strategies
-give exactly the online result on all N samples.
+here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ttscale.errors import ConfigError, DataError
+from ttscale.estimators import bootstrap_ci
 from ttscale.strategies.adaptive import AdaptiveConfig
 from ttscale.strategies.ahead_by_k import AheadByKConfig
 from ttscale.strategies.base import StrategyConfig
@@ -51,11 +78,15 @@ __all__ = [
     "encode_answers",
     "evaluate",
     "pass_at_k_curve",
+    "per_problem_best_of_n",
+    "per_problem_pass_at_k_curve",
+    "tie_shares",
 ]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+Method = Literal["expected", "replay"]
 
 _NEVER = np.iinfo(np.int32).max  # "never stops" in the Beta rule's table
 # Lanes times distinct answers per chunk: bounds the memory of the per-answer state arrays.
@@ -85,21 +116,68 @@ _NEEDS_SCORES = (BestOfNConfig, BestOfMajorityConfig)
 
 @dataclass(frozen=True)
 class OfflineResult:
-    """Accuracy (and mean samples drawn) per budget, one array aligned with ``ks`` per strategy."""
+    """Accuracy per budget, per problem and with standard errors; arrays aligned with ``ks``.
+
+    ``accuracy[name]`` and ``samples_used[name]`` are (K,) means over problems;
+    ``per_problem[name]`` and ``per_problem_samples[name]`` are (P, K), rows in input order;
+    ``se`` and ``mc_se`` are (K,) (see the module docstring). ``method`` is ``"expected"``
+    (random orders and closed forms) or ``"replay"`` (the orders given).
+    """
 
     ks: IntArray
     accuracy: Mapping[str, FloatArray]
     samples_used: Mapping[str, FloatArray]
     problems: int
     subsets: int
+    per_problem: Mapping[str, FloatArray] = field(default_factory=dict)
+    per_problem_samples: Mapping[str, FloatArray] = field(default_factory=dict)
+    se: Mapping[str, FloatArray] = field(default_factory=dict)
+    mc_se: Mapping[str, FloatArray] = field(default_factory=dict)
+    method: Method = "expected"
     notes: Mapping[str, str] = field(default_factory=dict)
 
-    def at(self, name: str, k: int) -> float:
-        """The accuracy of ``name`` at budget ``k``."""
+    def _where(self, k: int) -> int:
         where = np.flatnonzero(self.ks == k)
         if where.size == 0:
             raise ConfigError(f"budget {k} was not evaluated; ks run {self.ks[0]}..{self.ks[-1]}")
-        return float(self.accuracy[name][where[0]])
+        return int(where[0])
+
+    def at(self, name: str, k: int) -> float:
+        """The accuracy of ``name`` at budget ``k``."""
+        return float(self.accuracy[name][self._where(k)])
+
+    def se_at(self, name: str, k: int) -> float:
+        """The standard error of :meth:`at` (problems and Monte Carlo together)."""
+        return float(self.se[name][self._where(k)])
+
+    def ci(
+        self, name: str, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+    ) -> tuple[FloatArray, FloatArray]:
+        """Percentile bootstrap interval over problems at every k: ``(low, high)``, seeded."""
+        return bootstrap_ci(
+            self.per_problem[name], n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
+
+
+def standard_errors(per_problem: FloatArray, lanes: int) -> tuple[FloatArray, FloatArray]:
+    """``(se, mc_se)`` per column of (P, K) per-problem values from ``lanes`` 0/1 draws each.
+
+    ``lanes`` 0 means the values are exact (no Monte Carlo part); with one lane the Monte Carlo
+    spread is unknown, and with one problem the spread between problems: those are NaN.
+    """
+    values = np.asarray(per_problem, dtype=np.float64)
+    count = values.shape[0]
+    if count > 1:
+        se = values.std(axis=0, ddof=1) / math.sqrt(count)
+    else:
+        se = np.full(values.shape[1], np.nan)
+    if lanes == 0:
+        mc = np.zeros(values.shape[1])
+    elif lanes == 1:
+        mc = np.full(values.shape[1], np.nan)  # one draw per problem: no spread to measure
+    else:
+        mc = np.sqrt((values * (1.0 - values)).sum(axis=0) / (lanes - 1)) / count
+    return np.asarray(se, dtype=np.float64), np.asarray(mc, dtype=np.float64)
 
 
 # -- input -------------------------------------------------------------------------------------
@@ -176,46 +254,111 @@ def _log_comb(log_fact: FloatArray, n: IntArray, m: IntArray) -> FloatArray:
     return np.where(valid, out, -np.inf)
 
 
+def _budgets(ks: npt.ArrayLike, n: int) -> IntArray:
+    budgets = np.atleast_1d(np.asarray(ks, dtype=np.int64))
+    if budgets.ndim != 1 or budgets.size == 0 or budgets.min() < 1 or budgets.max() > n:
+        raise ConfigError(f"ks must be budgets in 1..{n} (the samples per problem), got {ks!r}")
+    return budgets
+
+
+def per_problem_pass_at_k_curve(
+    correct_counts: npt.ArrayLike, n: int, ks: npt.ArrayLike
+) -> FloatArray:
+    """Unbiased pass@k of each problem with ``correct_counts`` correct of ``n``: (P, K)."""
+    counts = np.atleast_1d(np.asarray(correct_counts, dtype=np.int64))
+    if counts.size and (counts.min() < 0 or counts.max() > n):
+        raise ConfigError(f"correct counts must lie in 0..{n}, got {counts.min()}..{counts.max()}")
+    budgets = _budgets(ks, n)
+    log_fact = _log_factorials(n)
+    wrong = (n - counts)[:, None]
+    k = budgets[None, :]
+    fail = np.exp(_log_comb(log_fact, wrong, k) - _log_comb(log_fact, np.full_like(k, n), k))
+    return np.asarray(1.0 - fail, dtype=np.float64)
+
+
 def pass_at_k_curve(correct_counts: npt.ArrayLike, n: int, ks: npt.ArrayLike) -> FloatArray:
     """Mean unbiased pass@k over problems with ``correct_counts`` correct of ``n``, per k."""
-    counts = np.asarray(correct_counts, dtype=np.int64)
-    budgets = np.asarray(ks, dtype=np.int64)
-    log_fact = _log_factorials(n)
-    wrong = (n - counts)[None, :]
-    k = budgets[:, None]
-    fail = np.exp(_log_comb(log_fact, wrong, k) - _log_comb(log_fact, np.full_like(k, n), k))
-    result: FloatArray = (1.0 - fail).mean(axis=1)
+    result: FloatArray = per_problem_pass_at_k_curve(correct_counts, n, ks).mean(axis=0)
     return result
+
+
+def _rank_weights(n: int, budgets: IntArray) -> FloatArray:
+    """(K, N): the probability that rank r is the best of a random k-subset of N ranked items."""
+    ranks = np.arange(n, dtype=np.int64)[None, :]
+    column = budgets[:, None]
+    log_fact = _log_factorials(n)
+    return np.exp(
+        _log_comb(log_fact, n - 1 - ranks, column - 1)
+        - _log_comb(log_fact, np.full_like(column, n), column)
+    )
 
 
 def best_of_n_curve(correct_by_rank: npt.ArrayLike, ks: npt.ArrayLike) -> FloatArray:
     """Mean best-of-k accuracy; ``correct_by_rank[p, r]``: is problem p's rank-r sample correct.
 
-    Rank 0 is the best sample by (score desc, index asc). The best of a random k-subset has rank r
-    with probability C(N - 1 - r, k - 1) / C(N, k).
+    Rank 0 is the best sample. The best of a random k-subset has rank r with probability
+    C(N - 1 - r, k - 1) / C(N, k). Entries may be fractions: :func:`tie_shares` gives every
+    member of a block of equal scores the block's share of correct samples, which makes the
+    result exact for tied scores broken at random.
     """
     table = np.asarray(correct_by_rank, dtype=np.float64)
-    n = table.shape[1]
-    budgets = np.asarray(ks, dtype=np.int64)[:, None]
-    ranks = np.arange(n, dtype=np.int64)[None, :]
-    log_fact = _log_factorials(n)
-    weights = np.exp(
-        _log_comb(log_fact, n - 1 - ranks, budgets - 1)
-        - _log_comb(log_fact, np.full_like(budgets, n), budgets)
-    )
+    weights = _rank_weights(table.shape[1], _budgets(ks, table.shape[1]))
     result: FloatArray = (weights @ table.T).mean(axis=1)
     return result
 
 
-def _ranks(scores: FloatArray) -> IntArray:
-    """Per problem row: each sample's rank by (score desc, index asc); NaN scores rank last."""
-    keyed = np.where(np.isnan(scores), -np.inf, scores)
-    order = np.argsort(-keyed, axis=1, kind="stable")  # stable: equal scores keep index order
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
-    return ranks
+def _keyed(scores: FloatArray) -> FloatArray:
+    # NaN must not poison a sort: a sample the verifier could not score ranks with -inf, last.
+    return np.where(np.isnan(scores), -np.inf, scores)
 
 
+def tie_shares(correct: npt.ArrayLike, scores: npt.ArrayLike) -> FloatArray:
+    """(P, N) in rank order (best score first): each sample's block's share of correct samples.
+
+    A block is the samples of one problem with equal scores (NaN equal to -inf).
+    """
+    right = np.atleast_2d(np.asarray(correct, dtype=np.float64))
+    keyed = _keyed(np.atleast_2d(np.asarray(scores, dtype=np.float64)))
+    if right.shape != keyed.shape:
+        raise DataError(f"correct has shape {right.shape} but scores {keyed.shape}")
+    problems, n = keyed.shape
+    order = np.argsort(-keyed, axis=1, kind="stable")
+    ranked = np.take_along_axis(keyed, order, axis=1)
+    starts = np.ones((problems, n), dtype=np.int64)
+    starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    block = np.cumsum(starts, axis=1) - 1 + (np.arange(problems) * n)[:, None]
+    flat = block.ravel()
+    sums = np.bincount(flat, weights=np.take_along_axis(right, order, axis=1).ravel())
+    sizes = np.bincount(flat)
+    shares: FloatArray = (sums[flat] / sizes[flat]).reshape(problems, n)
+    return shares
+
+
+def per_problem_best_of_n(
+    correct: npt.ArrayLike, scores: npt.ArrayLike, ks: npt.ArrayLike
+) -> FloatArray:
+    """Exact best-of-k accuracy of each problem, ties broken at random: (P, K)."""
+    shares = tie_shares(correct, scores)
+    weights = _rank_weights(shares.shape[1], _budgets(ks, shares.shape[1]))
+    return np.asarray((weights @ shares.T).T, dtype=np.float64)
+
+
+def _score_levels(scores: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Per problem row: each sample's dense score level (0 lowest) and the score of each level."""
+    keyed = _keyed(scores)
+    order = np.argsort(keyed, axis=1, kind="stable")
+    ranked = np.take_along_axis(keyed, order, axis=1)
+    steps = np.zeros(keyed.shape, dtype=np.int64)
+    steps[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    dense = np.cumsum(steps, axis=1)
+    levels = np.empty_like(dense)
+    np.put_along_axis(levels, order, dense, axis=1)
+    by_level = np.full(keyed.shape, -np.inf)
+    np.put_along_axis(by_level, dense, ranked, axis=1)  # repeated levels write equal scores
+    return levels, by_level
+
+
+@functools.lru_cache(maxsize=16)
 def _beta_min_top(n: int, threshold: float) -> IntArray:
     """For b = 0..n: the fewest top votes a with P(p > 1/2 | Beta(a+1, b+1)) >= threshold.
 
@@ -245,93 +388,137 @@ def _beta_min_top(n: int, threshold: float) -> IntArray:
 class _Chunk:
     """Problems scanned together, laid out for :func:`_scan`.
 
-    ``answers``, ``correct``, ``ranks`` and ``scores`` are (N, P), transposed so that one step's
+    ``answers``, ``correct``, ``levels`` and ``scores`` are (N, P), transposed so that one step's
     samples are whole rows. ``answers`` are dense ids 0..D-1, with D (``distinct``) standing for
-    "no answer"; ``ranks`` give each sample's rank by (score desc, index asc); ``score_by_rank``
-    (P, N) is each problem's scores in rank order.
+    "no answer"; ``levels`` are each sample's dense score level (0 lowest); ``score_by_level``
+    (P, N) is the score of each level.
     """
 
     answers: IntArray
     correct: BoolArray
     scores: FloatArray | None
-    ranks: IntArray | None
-    score_by_rank: FloatArray | None
+    levels: IntArray | None
+    score_by_level: FloatArray | None
     distinct: int
 
 
 @dataclass
 class _Stopping:
-    """A sequential strategy's lanes: which still draw, and sums over the lanes that stopped."""
+    """A sequential strategy's lanes: which still draw, and per-problem sums over stopped lanes."""
 
     live: BoolArray
     live_bit: npt.NDArray[np.unsignedinteger[Any]]  # the first-member bit where live, else 0
-    live_count: int
-    stopped_right: int = 0
-    stopped_samples: int = 0
+    live_total: int
+    live_count: IntArray
+    stopped_right: IntArray
+    stopped_samples: IntArray
+
+
+@dataclass
+class _Layout:
+    """Bit fields of a group's key: ``count | first | best`` (see :func:`_scan`)."""
+
+    bits: int
+    best_width: int
+    count_shift: int
+    key_type: type[np.unsignedinteger[Any]]
+    tie_positions: bool
+
+    @classmethod
+    def for_samples(cls, n: int, need_best: bool, tie_positions: bool) -> _Layout:
+        """Field widths for N samples; ``tie_positions``: the best field breaks equal scores by
+        position (needed only where a problem has equal scores on right and wrong samples)."""
+        bits = max(1, int(n).bit_length())
+        best_width = 0
+        if need_best:  # a level, maybe a position, and a correct bit
+            best_width = (2 * bits if tie_positions else bits) + 1
+        count_shift = best_width + bits + 1  # first: a position and a correct bit
+        if count_shift + bits > 64:
+            raise ConfigError(f"offline evaluation handles up to {2**15 - 1} samples per problem")
+        wide = count_shift + bits > 32
+        return cls(bits, best_width, count_shift, np.uint64 if wide else np.uint32, tie_positions)
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def first_bit(self) -> int:
+        """Whether the group's first-drawn member is correct."""
+        return 1 << self.best_width
 
 
 def _scan(
     chunk: _Chunk,
     orders: IntArray,
-    specs: Mapping[str, StrategyConfig],
+    specs: Mapping[str, OfflineSpec],
     wanted: BoolArray,
-    totals: dict[str, FloatArray],
-    used: dict[str, FloatArray],
-) -> None:
-    """Add each strategy's correct-count (summed over lanes) at every wanted step to ``totals``.
+) -> tuple[dict[str, IntArray], dict[str, IntArray]]:
+    """Each strategy's correct lanes per problem at every wanted step: (N, P) counts over orders.
 
+    Also returns, for the sequential strategies, the samples their lanes drew (summed likewise).
     A lane is one (order, problem) pair; lanes are laid out (S, P). The vote state of every answer
     of every lane lives in flat arrays indexed by ``answer * lanes + lane``: answer-major, so the
     few popular answers' rows stay in cache. A group's key packs three fields into one unsigned
-    integer, ``count | first | best``: ``first`` is ``(mask - first index) << 1`` plus whether that
-    sample is correct, ``best`` the same for the group's best-ranked member. One integer comparison
-    is "more votes, then lower first index" (first indices differ between groups, so ``best`` never
-    decides), and whether a lane's pick is correct is a bit of a key: no gather at scoring time.
-    The answerless row stays zero (its samples carry no bits), so it can never lead. Every update
-    is branch-free (maxima and arithmetic blends), since masked copies with unpredictable masks
-    cost several times as much at this size.
+    integer, ``count | first | best``: ``first`` is ``(mask - position of its first-drawn member)
+    << 1`` plus whether that member is correct; ``best`` the same for its best member by (score
+    level, earliest position), with the level on top. One integer comparison is "more votes, then
+    drawn first" (first positions differ between groups, so ``best`` never decides), and whether a
+    lane's pick is correct is a bit of a key: no gather at scoring time. Every lane takes its
+    sample at the same position in a step, so the position bits are one scalar per step. The
+    answerless row has count 0 and no correct bits, so it can never lead a lane that has an
+    answer. Every update is branch-free (maxima and arithmetic blends), since masked copies with
+    unpredictable masks cost several times as much at this size.
     """
     n, problems = chunk.answers.shape
     subsets = orders.shape[0]
     none = chunk.distinct
     shape = (subsets, problems)
     lanes = subsets * problems
-    bits = max(1, int(n).bit_length())
-    field = bits + 1  # first and best: a position and a correct bit
-    count_shift = 2 * field
-    if count_shift + bits > 64:
-        raise ConfigError(f"offline evaluation handles up to {2**20 - 1} samples per problem")
-    key_type: type[np.unsignedinteger[Any]] = np.uint32 if count_shift + bits <= 32 else np.uint64
-    mask = (1 << bits) - 1
-    field_mask = (1 << field) - 1
-    count_mask = mask << field  # the count field in keys shifted right by ``field``
-    first_bit = 1 << field  # is the group's first member correct; bit 0: its best member
 
     weighted = [name for name, c in specs.items() if isinstance(c, MajorityConfig) and c.weighted]
     boms = {name: c for name, c in specs.items() if isinstance(c, BestOfMajorityConfig)}
     adaptives = {name: c for name, c in specs.items() if isinstance(c, AdaptiveConfig)}
     aheads = {name: c for name, c in specs.items() if isinstance(c, AheadByKConfig)}
-    need_best = bool(weighted or boms)
+    bests = [name for name, c in specs.items() if isinstance(c, BestOfNConfig)]
+    coverages = [name for name, c in specs.items() if isinstance(c, PassAtK)]
+    need_best = bool(weighted or boms or bests)
     means = any(c.group_score == "mean" for c in boms.values())
     need_weight = bool(weighted) or means
     need_second = bool(aheads) or any(c.rule == "beta" for c in adaptives.values())
     need_runs = any(c.rule == "esc" for c in adaptives.values())
-    if need_best and (chunk.ranks is None or chunk.scores is None):
-        raise ConfigError("weighted majority and best_of_majority need scores")
+    if need_best and (chunk.levels is None or chunk.scores is None):
+        raise ConfigError("best-of-N, weighted majority and best_of_majority need scores")
 
-    # Per sample, (N, P): its bits in its group's key (zero for answerless samples).
+    layout = _Layout.for_samples(n, need_best, need_best and _mixed_ties(chunk))
+    key_type = layout.key_type
+    mask, bits, best_width, count_shift = (
+        layout.mask,
+        layout.bits,
+        layout.best_width,
+        layout.count_shift,
+    )
+    field_mask = (1 << best_width) - 1
+    count_mask = mask << (bits + 1)  # the count field in keys shifted right by ``best_width``
+    first_bit = layout.first_bit
+
+    # Per sample, (N, P): its bits in its group's key, positions left out (zero if answerless).
     valid = chunk.answers < none
-    index = np.arange(n, dtype=np.int64)[:, None]
-    first_field = ((mask - index) << 1) | chunk.correct
-    best_field = (
-        ((mask - chunk.ranks) << 1) | chunk.correct
-        if chunk.ranks is not None
-        else np.zeros_like(first_field)
+    level_shift = bits + 1 if layout.tie_positions else 1
+    best_static = (
+        (chunk.levels << level_shift) | chunk.correct
+        if chunk.levels is not None
+        else np.zeros_like(chunk.answers)
     )
-    word = np.where(valid, (1 << count_shift) | (first_field << field) | best_field, 0).astype(
-        key_type
-    )
-    best_any = best_field.astype(key_type)  # answerless samples too: groups of one for BoM
+    first_static = (valid & chunk.correct).astype(np.int64) << best_width
+    word = np.where(
+        valid, (1 << count_shift) | first_static | (best_static if need_best else 0), 0
+    ).astype(key_type)
+    best_any = best_static.astype(key_type)  # answerless samples too: groups of one for BoM
+    positions = mask - np.arange(n, dtype=np.int64)
+    best_position = (positions << 1) if layout.tie_positions else np.zeros_like(positions)
+    step_bits = ((positions << (best_width + 1)) | best_position).astype(key_type)
+    best_position = best_position.astype(key_type)
     slot_base = chunk.answers * lanes + np.arange(problems, dtype=np.int64)[None, :]
     lane_offset = (np.arange(subsets, dtype=np.int64) * problems)[:, None]
 
@@ -350,11 +537,16 @@ def _scan(
     lone = np.zeros(shape, dtype=key_type) if means else None  # best answerless sample
     bom_best = {name: np.zeros(shape, dtype=key_type) for name in boms}
     bom_threshold = dict.fromkeys(boms, 0)
+    best_seen = np.zeros(shape, dtype=key_type) if bests else None
+    covered = np.zeros(shape, dtype=bool) if coverages else None
     stopping = {
         name: _Stopping(
             live=np.ones(shape, dtype=bool),
             live_bit=np.full(shape, first_bit, dtype=key_type),
-            live_count=lanes,
+            live_total=lanes,
+            live_count=np.full(problems, subsets, dtype=np.int64),
+            stopped_right=np.zeros(problems, dtype=np.int64),
+            stopped_samples=np.zeros(problems, dtype=np.int64),
         )
         for name in [*adaptives, *aheads]
     }
@@ -366,6 +558,8 @@ def _scan(
     run_length = np.zeros(shape, dtype=key_type)
     previous = np.full(shape, -1, dtype=np.int64)
     lane_problem_offset = np.tile(np.arange(problems, dtype=np.int64) * n, subsets)
+    totals = {name: np.zeros((n, problems), dtype=np.int64) for name in specs}
+    drawn = {name: np.zeros((n, problems), dtype=np.int64) for name in stopping}
 
     def surviving_best(threshold: int, mean_scores: bool) -> npt.NDArray[Any]:
         """Every lane's winning best field from scratch (on a threshold change, or for mean)."""
@@ -377,14 +571,14 @@ def _scan(
             # Only called with threshold > 1: answerless groups of one do not survive.
             winner: npt.NDArray[Any] = np.where(survives, best, 0).max(axis=0, initial=0)
             return winner.reshape(shape).astype(key_type)
-        assert weight is not None and lone is not None and chunk.score_by_rank is not None
+        assert weight is not None and lone is not None and chunk.score_by_level is not None
         sums = weight.reshape(none + 1, lanes)[:none]
         mean = np.where(survives, sums / np.maximum(count, 1), -np.inf)
         lone_best = lone.ravel() if threshold <= 1 else np.zeros(lanes, dtype=key_type)
         lone_known = lone_best > 0
-        lone_rank = (mask - (lone_best >> 1).astype(np.int64)) * lone_known
+        lone_level = (lone_best >> level_shift).astype(np.int64)
         lone_score = np.where(
-            lone_known, np.take(chunk.score_by_rank, lane_problem_offset + lone_rank), -np.inf
+            lone_known, np.take(chunk.score_by_level, lane_problem_offset + lone_level), -np.inf
         )
         top = np.maximum(mean.max(axis=0, initial=-np.inf), lone_score)
         # Ties on the mean go to the group whose best member ranks first.
@@ -400,9 +594,13 @@ def _scan(
         if fresh:
             state.live ^= stops
             np.multiply(state.live, key_type(first_bit), out=state.live_bit)
-            state.stopped_right += int(np.count_nonzero(lead[stops] & first_bit))
-            state.stopped_samples += fresh * taken
-            state.live_count -= fresh
+            right = (lead & key_type(first_bit)) != 0
+            right &= stops
+            state.stopped_right += _per_problem(right)
+            per_problem = _per_problem(stops)
+            state.stopped_samples += per_problem * taken
+            state.live_count -= per_problem
+            state.live_total -= fresh
 
     for step in range(n):
         taken = step + 1  # samples in the prefix
@@ -410,16 +608,18 @@ def _scan(
         slot = slot_base[columns]  # (S, P): whole rows, a cheap gather
         slot += lane_offset
         arriving = word[columns]
+        arriving += step_bits[step]
         old = keys.take(slot)
         # One more vote, and the field-wise maxima of first and best: (count + 1, first) against
-        # (count + 1, the arriving sample's first) in one maximum.
-        upper = old >> field
-        arriving_upper = arriving >> field
+        # (count + 1, the arriving sample's first) in one maximum; an existing group's first is
+        # always the earlier.
+        upper = old >> best_width
+        arriving_upper = arriving >> best_width
         joined = upper & count_mask
         joined += arriving_upper
         upper += arriving_upper & count_mask
         np.maximum(upper, joined, out=upper)
-        key = upper << field
+        key = upper << best_width
         if need_best:
             low = old & field_mask
             np.maximum(low, arriving & field_mask, out=low)
@@ -448,8 +648,17 @@ def _scan(
                 change = key - lead_weight_key  # modular: the blend below is exact
                 change *= better
                 lead_weight_key += change
+        # The arriving sample's own best field, answerless or not (its group of one).
+        alone = best_any[:0]
+        if lone is not None or best_seen is not None or boms:
+            alone = best_any[columns]
+            alone += best_position[step]
         if lone is not None:
-            np.maximum(lone, best_any[columns] * (arriving == 0), out=lone)
+            np.maximum(lone, alone * ((arriving >> count_shift) == 0), out=lone)
+        if best_seen is not None:
+            np.maximum(best_seen, alone, out=best_seen)
+        if covered is not None:
+            covered |= chunk.correct[columns]
         for name, bom_config in boms.items():
             threshold = survival_threshold(taken, bom_config.alpha, bom_config.min_count)
             state = bom_best[name]
@@ -458,7 +667,7 @@ def _scan(
             elif threshold <= 1:
                 # Every group survives (and has since the start: the threshold never falls), so
                 # the arriving sample competes on its own rank, answerless or not.
-                np.maximum(state, best_any[columns], out=state)
+                np.maximum(state, alone, out=state)
             elif threshold != bom_threshold[name]:
                 bom_best[name] = surviving_best(threshold, mean_scores=False)
             else:
@@ -470,10 +679,10 @@ def _scan(
         if need_runs:
             run_length *= slot == previous
             run_length += 1
-            run_length *= arriving > 0
+            run_length *= arriving >> count_shift  # an answerless sample breaks the run
             previous = slot
         for name, adaptive_config in adaptives.items():
-            if taken % adaptive_config.batch_size != 0 or stopping[name].live_count == 0:
+            if taken % adaptive_config.batch_size != 0 or stopping[name].live_total == 0:
                 continue
             if adaptive_config.rule == "beta":
                 stops = (lead >> count_shift) >= beta_tables[name][second >> count_shift]
@@ -481,41 +690,86 @@ def _scan(
                 stops = run_length >= adaptive_config.batch_size
             settle(stopping[name], stops, taken)
         for name, ahead_config in aheads.items():
-            if stopping[name].live_count == 0:
+            if stopping[name].live_total == 0:
                 continue
             lead_by = lead >> count_shift
             lead_by -= second >> count_shift
             settle(stopping[name], lead_by >= ahead_config.margin, taken)
 
-        if not wanted[step]:
-            continue
-        majority_right = None
-        for name, config in specs.items():
-            if isinstance(config, MajorityConfig) and not config.weighted:
-                if majority_right is None:
-                    majority_right = int(np.count_nonzero(lead & first_bit))
-                totals[name][step] += majority_right
-            elif isinstance(config, MajorityConfig):
-                assert lead_weight_key is not None
-                totals[name][step] += np.count_nonzero(lead_weight_key & 1)
-            elif isinstance(config, BestOfMajorityConfig):
-                chosen = bom_best[name]
-                empty = chosen == 0
-                if empty.any():  # no group survives: the mode's best member
-                    chosen = np.where(empty, lead & field_mask, chosen)
-                totals[name][step] += np.count_nonzero(chosen & 1)
-            elif isinstance(config, AdaptiveConfig | AheadByKConfig):
-                lanes_of = stopping[name]
-                right = lanes_of.stopped_right
-                if lanes_of.live_count:
-                    right += int(np.count_nonzero(lead & lanes_of.live_bit))
-                totals[name][step] += right
-                used[name][step] += lanes_of.stopped_samples + lanes_of.live_count * taken
+        if wanted[step]:
+            _tally(step, specs, totals, lead, first_bit, lead_weight_key, bom_best, field_mask)
+            for name in coverages:
+                assert covered is not None
+                totals[name][step] = _per_problem(covered)
+            for name in bests:
+                assert best_seen is not None
+                totals[name][step] = _per_problem((best_seen & 1) != 0)
+            for name, lanes_of in stopping.items():
+                right = lanes_of.stopped_right.copy()
+                if lanes_of.live_total:
+                    right += _per_problem((lead & lanes_of.live_bit) != 0)
+                totals[name][step] = right
+                drawn[name][step] = lanes_of.stopped_samples + lanes_of.live_count * taken
+    return totals, drawn
 
 
-def _random_orders(subsets: int, n: int, seed: int) -> IntArray:
-    rng = np.random.default_rng(seed)
+def _per_problem(hits: BoolArray) -> IntArray:
+    """Lanes set per problem of (S, P) flags; summing bytes is ~3x faster than count_nonzero."""
+    counts: IntArray = hits.view(np.uint8).sum(axis=0, dtype=np.int64)
+    return counts
+
+
+def _mixed_ties(chunk: _Chunk) -> bool:
+    """Whether some problem has a right and a wrong sample of equal score: only then does the
+    order between equal scores change a pick's correctness."""
+    assert chunk.levels is not None
+    n, problems = chunk.levels.shape
+    block = (chunk.levels + np.arange(problems)[None, :] * n).ravel()
+    sizes = np.bincount(block, minlength=n * problems)
+    right = np.bincount(block, weights=chunk.correct.ravel(), minlength=n * problems)
+    return bool(((right > 0) & (right < sizes)).any())
+
+
+def _tally(
+    step: int,
+    specs: Mapping[str, OfflineSpec],
+    totals: dict[str, IntArray],
+    lead: npt.NDArray[Any],
+    first_bit: int,
+    lead_weight_key: npt.NDArray[Any] | None,
+    bom_best: Mapping[str, npt.NDArray[Any]],
+    field_mask: int,
+) -> None:
+    """Per problem, the lanes whose pick is correct now, for the fixed-sample voting strategies."""
+    majority_right = None
+    for name, config in specs.items():
+        if isinstance(config, MajorityConfig) and not config.weighted:
+            if majority_right is None:
+                majority_right = _per_problem((lead & first_bit) != 0)
+            totals[name][step] = majority_right
+        elif isinstance(config, MajorityConfig):
+            assert lead_weight_key is not None
+            totals[name][step] = _per_problem((lead_weight_key & 1) != 0)
+        elif isinstance(config, BestOfMajorityConfig):
+            chosen = bom_best[name]
+            empty = chosen == 0
+            if empty.any():  # no group survives: the mode's best member
+                chosen = np.where(empty, lead & field_mask, chosen)
+            totals[name][step] = _per_problem((chosen & 1) != 0)
+
+
+def _random_orders(rng: np.random.Generator, subsets: int, n: int) -> IntArray:
     return np.argsort(rng.random((subsets, n)), axis=1).astype(np.int64)
+
+
+def _check_orders(orders: IntArray, n: int) -> None:
+    if orders.ndim != 2 or orders.shape[1] != n:
+        raise ConfigError(f"orders must have shape (subsets, {n}), got {orders.shape}")
+    if not (np.sort(orders, axis=1) == np.arange(n)[None, :]).all():
+        raise ConfigError("every row of orders must be a permutation of 0..N-1")
+
+
+Problem = tuple[IntArray, BoolArray, FloatArray | None]
 
 
 def evaluate(
@@ -535,46 +789,70 @@ def evaluate(
     1-D arrays of any lengths; budgets then run up to the shortest). ``strategies`` maps names to
     configs (or lists names of :data:`DEFAULT_STRATEGIES`); by default every default strategy that
     the data allows (score-based ones need scores). ``ks`` defaults to every k from 1 to N.
-    ``subsets`` random orders (seeded by ``seed``) are averaged; ``orders`` (an (S, N) array of
-    permutations) replaces them, e.g. to replay the order the samples were drawn in.
+    ``subsets`` random orders per problem (seeded by ``seed``) are averaged. ``orders`` (an
+    (S, N) array of permutations) replays those orders for every strategy instead (the module
+    docstring says what each mode computes).
     """
     problems = _as_problem_arrays(answers, correct, scores)
     has_scores = scores is not None
     specs = _resolve_specs(strategies, has_scores)
     shortest = min(p[0].size for p in problems)
-    budgets = np.arange(1, shortest + 1) if ks is None else np.asarray(ks, dtype=np.int64)
-    if budgets.ndim != 1 or budgets.size == 0 or budgets.min() < 1 or budgets.max() > shortest:
-        raise ConfigError(f"ks must be budgets in 1..{shortest}, got {budgets!r}")
+    budgets = np.arange(1, shortest + 1) if ks is None else _budgets(ks, shortest)
     if subsets < 1:
         raise ConfigError(f"subsets must be >= 1, got {subsets}")
+    replay = orders is not None
+    chosen_orders = np.asarray(orders, dtype=np.int64) if replay else None
+    by_length: dict[int, list[int]] = {}
+    for number, problem in enumerate(problems):
+        by_length.setdefault(problem[0].size, []).append(number)
 
-    accuracy = {name: np.zeros(budgets.size) for name in specs}
-    samples_used = {name: np.zeros(budgets.size) for name in specs}
-    by_length: dict[int, list[tuple[IntArray, BoolArray, FloatArray | None]]] = {}
-    for problem in problems:
-        by_length.setdefault(problem[0].size, []).append(problem)
-    chosen_orders = None if orders is None else np.asarray(orders, dtype=np.int64)
-
-    for n, group in by_length.items():
-        share = len(group) / len(problems)
-        group_orders = (
-            chosen_orders if chosen_orders is not None else _random_orders(subsets, n, seed)
-        )
-        if group_orders.ndim != 2 or group_orders.shape[1] != n:
-            raise ConfigError(f"orders must have shape (subsets, {n}), got {group_orders.shape}")
-        if not (np.sort(group_orders, axis=1) == np.arange(n)[None, :]).all():
-            raise ConfigError("every row of orders must be a permutation of 0..N-1")
-        part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders)
+    rng = np.random.default_rng(seed)
+    per_problem = {name: np.zeros((len(problems), budgets.size)) for name in specs}
+    per_samples = {name: np.tile(budgets.astype(np.float64), (len(problems), 1)) for name in specs}
+    for n in sorted(by_length):
+        members = by_length[n]
+        group = [problems[number] for number in members]
+        if chosen_orders is not None:
+            group_orders = chosen_orders
+            _check_orders(group_orders, n)
+        else:
+            group = _relabel(group, rng)
+            group_orders = _random_orders(rng, subsets, n)
+        part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay)
         for name in specs:
-            accuracy[name] += share * part_acc[name]
-            samples_used[name] += share * part_used[name]
+            per_problem[name][members] = part_acc[name]
+            per_samples[name][members] = part_used[name]
+
+    lanes = int(chosen_orders.shape[0]) if chosen_orders is not None else subsets
+    errors = {
+        name: standard_errors(per_problem[name], 0 if replay or _closed_form(spec) else lanes)
+        for name, spec in specs.items()
+    }
     return OfflineResult(
         ks=budgets,
-        accuracy=accuracy,
-        samples_used=samples_used,
+        accuracy={name: values.mean(axis=0) for name, values in per_problem.items()},
+        samples_used={name: values.mean(axis=0) for name, values in per_samples.items()},
         problems=len(problems),
-        subsets=int(chosen_orders.shape[0]) if chosen_orders is not None else subsets,
+        subsets=lanes,
+        per_problem=per_problem,
+        per_problem_samples=per_samples,
+        se={name: pair[0] for name, pair in errors.items()},
+        mc_se={name: pair[1] for name, pair in errors.items()},
+        method="replay" if replay else "expected",
     )
+
+
+def _closed_form(spec: OfflineSpec) -> bool:
+    return isinstance(spec, PassAtK | BestOfNConfig)
+
+
+def _relabel(group: list[Problem], rng: np.random.Generator) -> list[Problem]:
+    """Each problem's samples in a random stored order (its orders' ``relabel_p``)."""
+    orders = rng.permuted(np.tile(np.arange(group[0][0].size), (len(group), 1)), axis=1)
+    return [
+        (answers[order], right[order], graded[order] if graded is not None else None)
+        for (answers, right, graded), order in zip(group, orders, strict=True)
+    ]
 
 
 def _resolve_specs(
@@ -617,16 +895,17 @@ def _needs_scores(spec: OfflineSpec) -> bool:
 
 
 def _evaluate_group(
-    group: list[tuple[IntArray, BoolArray, FloatArray | None]],
+    group: list[Problem],
     specs: Mapping[str, OfflineSpec],
     budgets: IntArray,
     orders: IntArray,
+    replay: bool,
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
+    """Per-problem accuracy and samples drawn, (P, K), of problems with one sample count."""
     n = group[0][0].size
     answers = np.stack([p[0] for p in group])
     correct = np.stack([p[1] for p in group])
     scores = np.stack([p[2] for p in group]) if group[0][2] is not None else None  # type: ignore[misc]
-    ranks = _ranks(scores) if scores is not None else None
     sums_scores = any(
         (isinstance(spec, MajorityConfig) and spec.weighted)
         or (isinstance(spec, BestOfMajorityConfig) and spec.group_score == "mean")
@@ -637,16 +916,14 @@ def _evaluate_group(
         raise DataError("weighted majority and mean group scores need finite scores >= 0 offline")
     steps = budgets - 1
     accuracy: dict[str, FloatArray] = {}
-    used: dict[str, FloatArray] = {}
-    scanned: dict[str, StrategyConfig] = {}
+    used = {name: np.tile(budgets.astype(np.float64), (len(group), 1)) for name in specs}
+    scanned: dict[str, OfflineSpec] = {}
     for name, spec in specs.items():
-        used[name] = budgets.astype(np.float64)
-        if isinstance(spec, PassAtK):
-            accuracy[name] = pass_at_k_curve(correct.sum(axis=1), n, budgets)
-        elif isinstance(spec, BestOfNConfig):
-            assert ranks is not None
-            by_rank = np.take_along_axis(correct, np.argsort(ranks, axis=1), axis=1)
-            accuracy[name] = best_of_n_curve(by_rank, budgets)
+        if isinstance(spec, PassAtK) and not replay:
+            accuracy[name] = per_problem_pass_at_k_curve(correct.sum(axis=1), n, budgets)
+        elif isinstance(spec, BestOfNConfig) and not replay:
+            assert scores is not None
+            accuracy[name] = per_problem_best_of_n(correct, scores, budgets)
         else:
             scanned[name] = spec
     if not scanned:
@@ -654,47 +931,50 @@ def _evaluate_group(
 
     wanted = np.zeros(n, dtype=bool)
     wanted[steps] = True
+    levels = _score_levels(scores) if scores is not None else None
+    totals = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
+    drawn = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
+    # Scanning chunks on threads was measured slower on two cores: the per-step numpy calls are
+    # too small for the GIL releases to pay, and the chunks compete for the cache.
+    for start, stop in _chunk_bounds(answers, orders.shape[0]):
+        chunk = _make_chunk(answers, correct, scores, levels, start, stop)
+        part_totals, part_drawn = _scan(chunk, orders, scanned, wanted)
+        for name in scanned:
+            totals[name][:, start:stop] = part_totals[name]
+            if name in part_drawn:
+                drawn[name][:, start:stop] = part_drawn[name]
+    lanes = orders.shape[0]
+    for name, spec in scanned.items():
+        accuracy[name] = totals[name][steps].T / lanes
+        if isinstance(spec, AdaptiveConfig | AheadByKConfig):
+            used[name] = drawn[name][steps].T / lanes
+    return accuracy, used
+
+
+def _chunk_bounds(answers: IntArray, lanes_per_problem: int) -> list[tuple[int, int]]:
+    """Runs of problems whose per-answer state stays within the memory budget together."""
     distinct_per_problem = answers.max(axis=1) + 1
-    lanes_per_problem = orders.shape[0]
-    chunks: list[_Chunk] = []
+    bounds = []
     start = 0
-    while start < len(group):
-        # Grow the chunk while its per-answer state stays within the memory budget.
+    while start < len(answers):
         stop = start + 1
         width = int(distinct_per_problem[start]) + 1
-        while stop < len(group):
+        while stop < len(answers):
             wider = max(width, int(distinct_per_problem[stop]) + 1)
             if (stop + 1 - start) * lanes_per_problem * wider > _STATE_BUDGET:
                 break
             width = wider
             stop += 1
-        chunks.append(_make_chunk(answers, correct, scores, ranks, start, stop))
+        bounds.append((start, stop))
         start = stop
-
-    def scan(chunk: _Chunk) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
-        totals = {name: np.zeros(n) for name in scanned}
-        drawn = {name: np.zeros(n) for name in scanned}
-        _scan(chunk, orders, scanned, wanted, totals, drawn)
-        return totals, drawn
-
-    # Scanning chunks on threads was measured slower on two cores: the per-step numpy calls are
-    # too small for the GIL releases to pay, and the chunks compete for the cache.
-    parts = [scan(chunk) for chunk in chunks]
-    totals = {name: sum((part[0][name] for part in parts), np.zeros(n)) for name in scanned}
-    drawn = {name: sum((part[1][name] for part in parts), np.zeros(n)) for name in scanned}
-    lanes = len(group) * lanes_per_problem
-    for name, spec in scanned.items():
-        accuracy[name] = totals[name][steps] / lanes
-        if isinstance(spec, AdaptiveConfig | AheadByKConfig):
-            used[name] = drawn[name][steps] / lanes
-    return accuracy, used
+    return bounds
 
 
 def _make_chunk(
     answers: IntArray,
     correct: BoolArray,
     scores: FloatArray | None,
-    ranks: IntArray | None,
+    levels: tuple[IntArray, FloatArray] | None,
     start: int,
     stop: int,
 ) -> _Chunk:
@@ -702,17 +982,11 @@ def _make_chunk(
     chunk_answers = answers[start:stop]
     distinct = int(chunk_answers.max()) + 1 if chunk_answers.size else 0
     dense = np.where(chunk_answers < 0, distinct, chunk_answers)
-    chunk_ranks = ranks[start:stop] if ranks is not None else None
-    rank_order = np.argsort(chunk_ranks, axis=1) if chunk_ranks is not None else None
     return _Chunk(
         answers=np.ascontiguousarray(dense.T),
         correct=np.ascontiguousarray(correct[start:stop].T),
         scores=np.ascontiguousarray(scores[start:stop].T) if scores is not None else None,
-        ranks=np.ascontiguousarray(chunk_ranks.T) if chunk_ranks is not None else None,
-        score_by_rank=(
-            np.take_along_axis(scores[start:stop], rank_order, axis=1)
-            if scores is not None and rank_order is not None
-            else None
-        ),
+        levels=np.ascontiguousarray(levels[0][start:stop].T) if levels is not None else None,
+        score_by_level=levels[1][start:stop] if levels is not None else None,
         distinct=max(distinct, 0),
     )

@@ -33,6 +33,8 @@ from ttscale.strategies.offline import (
     encode_answers,
     evaluate,
     pass_at_k_curve,
+    per_problem_best_of_n,
+    tie_shares,
 )
 from ttscale.strategies.selection import (
     best_member,
@@ -65,7 +67,7 @@ def labels(row: Sequence[int]) -> list[str | None]:
 
 
 def online_pick(
-    name: str, answers: list[str | None], scores: list[float], idx: list[int]
+    name: str, answers: list[str | None], scores: list[float], idx: Sequence[int]
 ) -> int | None:
     config = FIXED[name]
     if isinstance(config, BestOfNConfig):
@@ -94,6 +96,27 @@ def test_closed_forms() -> None:
     curve = best_of_n_curve([[False, True, False, False]], [1, 2, 3, 4])
     expected = [math.comb(2, k - 1) / math.comb(4, k) for k in range(1, 5)]
     assert np.allclose(curve, expected)
+    with pytest.raises(ConfigError, match=r"1\.\.5"):
+        pass_at_k_curve([3], 5, [6])  # was NaN, silently
+    with pytest.raises(ConfigError, match=r"0\.\.5"):
+        pass_at_k_curve([6], 5, [1])
+
+
+def test_tied_best_of_n_is_a_random_tie_break() -> None:
+    """Equal scores, only sample 0 correct: whichever tied sample is drawn first wins, so 1/10."""
+    correct = np.zeros((1, 10), dtype=bool)
+    correct[0, 0] = True
+    result = evaluate([list(range(10))], correct, np.ones((1, 10)), ["best_of_n"])
+    assert np.allclose(result.accuracy["best_of_n"], 0.1, rtol=0, atol=1e-15)
+    # Scores 3, 2, 2, 1 with the two 2s one right, one wrong, the others wrong: at k the best block
+    # is the 2s when 3 is left out and a 2 is in, and then a fair coin: by hand over C(4, k).
+    hand = [(2 / 4) / 2, (3 / 6) / 2, (1 / 4) / 2, 0.0]
+    tied = per_problem_best_of_n([[False, True, False, False]], [[3, 2, 2, 1]], [1, 2, 3, 4])
+    assert np.allclose(tied[0], hand)
+    # NaN ranks with -inf: last, and tied with it.
+    assert np.allclose(
+        tie_shares([[True, False, False]], [[np.nan, -np.inf, 0.0]]), [[0, 0.5, 0.5]]
+    )
 
 
 def test_encode_answers() -> None:
@@ -103,49 +126,204 @@ def test_encode_answers() -> None:
         encode_answers([[1, 2]])
 
 
-def test_every_strategy_matches_brute_force_over_all_orders() -> None:
-    """With every order of N samples, offline is the exact expectation over k-subsets."""
+def brute_force(
+    answers: np.ndarray, correct: np.ndarray, scores: np.ndarray, name: str
+) -> list[float]:
+    """Mean over problems and all N! draw orders of the online pick's correctness at each k.
+
+    Online, sample indices are the draw order, so the k drawn are listed in order with indices
+    0..k-1 and every tie goes to the one drawn first.
+    """
+    problems, n = answers.shape
+    curve = []
+    for k in range(1, n + 1):
+        hits = []
+        for p in range(problems):
+            for order in itertools.permutations(range(n)):
+                idx = list(order[:k])
+                if name == "coverage":
+                    hits.append(bool(correct[p, idx].any()))
+                    continue
+                drawn = list(range(k))
+                pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), drawn)
+                hits.append(pick is not None and bool(correct[p, idx][pick]))
+        curve.append(float(np.mean(hits)))
+    return curve
+
+
+def sequential_brute_force(
+    answers: np.ndarray, correct: np.ndarray, config: AdaptiveConfig | AheadByKConfig
+) -> tuple[list[float], list[float]]:
+    """The stopping rules run along every order, with the cap at each k: accuracy and samples."""
+    problems, n = answers.shape
+    accuracy, samples = [], []
+    for cap in range(1, n + 1):
+        hits, drawn = [], []
+        for p in range(problems):
+            for order in itertools.permutations(range(n)):
+                seen = labels(answers[p, list(order)])
+                used = cap
+                if isinstance(config, AheadByKConfig):
+                    found = first_to_ahead_by_k(seen[:cap], config.margin)
+                    used = found[1] if found else cap
+                else:
+                    for end in range(config.batch_size, cap + 1, config.batch_size):
+                        batch = seen[end - config.batch_size : end]
+                        if should_stop(seen[:end], batch, config):
+                            used = end
+                            break
+                groups = select_majority(seen[:used])
+                pick = best_member(groups[0].members, None, range(used)) if groups else None
+                hits.append(pick is not None and bool(correct[p, order[pick]]))
+                drawn.append(used)
+        accuracy.append(float(np.mean(hits)))
+        samples.append(float(np.mean(drawn)))
+    return accuracy, samples
+
+
+@pytest.mark.parametrize("distinct_scores", [False, True])
+def test_every_strategy_matches_brute_force_over_all_orders(distinct_scores: bool) -> None:
+    """Replaying all N! orders is the exact expectation; random orders estimate it within error.
+
+    Tied scores take the layout that breaks equal scores by position; distinct ones the narrow.
+    """
     rng = np.random.default_rng(3)
     problems, n = 6, 5
     answers = rng.integers(-1, 3, size=(problems, n))
     correct = answers == 0
-    scores = rng.integers(0, 4, size=(problems, n)) / 4  # ties on purpose
+    scores = (
+        rng.permuted(np.tile(np.arange(n) / n, (problems, 1)), axis=1)
+        if distinct_scores
+        else rng.integers(0, 4, size=(problems, n)) / 4  # ties on purpose
+    )
     orders = np.array(list(itertools.permutations(range(n))))
-    result = evaluate(answers, correct, scores, {**FIXED, **SEQUENTIAL}, orders=orders)
+    specs = {**FIXED, **SEQUENTIAL, "coverage": PassAtK()}
+    replayed = evaluate(answers, correct, scores, specs, orders=orders)
+    sampled = evaluate(answers, correct, scores, specs, subsets=400, seed=1)
+    assert replayed.method == "replay" and sampled.method == "expected"
 
-    for name in FIXED:
-        for k in range(1, n + 1):
-            hits = []
-            for p in range(problems):
-                for subset in itertools.combinations(range(n), k):
-                    idx = list(subset)
-                    pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), idx)
-                    hits.append(pick is not None and bool(correct[p, idx][pick]))
-            assert result.at(name, k) == pytest.approx(np.mean(hits)), (name, k)
-
+    for name in [*FIXED, "coverage"]:
+        exact = brute_force(answers, correct, scores, name)
+        assert replayed.accuracy[name] == pytest.approx(exact, abs=1e-12), name
+        error = sampled.mc_se[name]
+        if name in ("bon", "coverage"):  # closed forms: exact, no Monte Carlo error
+            assert sampled.accuracy[name] == pytest.approx(exact, abs=1e-12), name
+            assert not error.any()
+        else:
+            assert np.all(np.abs(sampled.accuracy[name] - exact) <= 4 * error + 1e-12), name
     for name, config in SEQUENTIAL.items():
-        for cap in range(1, n + 1):
-            hits, drawn = [], []
-            for p in range(problems):
-                for order in orders:
-                    seen = labels(answers[p, order])
-                    used = cap
-                    if isinstance(config, AheadByKConfig):
-                        found = first_to_ahead_by_k(seen[:cap], config.margin)
-                        used = found[1] if found else cap
-                    else:
-                        for end in range(config.batch_size, cap + 1, config.batch_size):
-                            batch = seen[end - config.batch_size : end]
-                            if should_stop(seen[:end], batch, config):
-                                used = end
-                                break
-                    idx = [int(i) for i in order[:used]]
-                    groups = select_majority(seen[:used], indices=idx)
-                    pick = best_member(groups[0].members, None, idx) if groups else None
-                    hits.append(pick is not None and bool(correct[p, idx][pick]))
-                    drawn.append(used)
-            assert result.at(name, cap) == pytest.approx(np.mean(hits)), (name, cap)
-            assert result.samples_used[name][cap - 1] == pytest.approx(np.mean(drawn))
+        assert isinstance(config, AdaptiveConfig | AheadByKConfig)
+        exact, samples = sequential_brute_force(answers, correct, config)
+        assert replayed.accuracy[name] == pytest.approx(exact, abs=1e-12), name
+        assert replayed.samples_used[name] == pytest.approx(samples, abs=1e-12), name
+        assert np.all(np.abs(sampled.accuracy[name] - exact) <= 4 * sampled.mc_se[name] + 1e-12)
+
+
+def test_ties_are_broken_by_draw_order_not_by_storage() -> None:
+    """The issue's example: five 0s (right) and five 1s; every vote tie is a fair coin: 0.5."""
+    stored = np.array([[0] * 5 + [1] * 5])
+    for answers in (stored, stored[:, ::-1]):
+        result = evaluate(answers, answers == 0, None, ["majority"], subsets=4000, seed=0)
+        gap = np.abs(result.accuracy["majority"] - 0.5)
+        assert np.all(gap <= 4 * result.mc_se["majority"]), result.accuracy["majority"]
+        assert result.mc_se["majority"].max() < 0.009  # tight enough to refuse 0.775 or 0.225
+    small = np.array([[0, 0, 1, 1]])
+    exact = evaluate(
+        small, small == 0, None, ["majority"], orders=list(itertools.permutations(range(4)))
+    )
+    assert np.array_equal(exact.accuracy["majority"], np.full(4, 0.5))
+
+
+def test_any_stored_order_gives_the_same_curves() -> None:
+    """Storing each problem's samples in another order changes no curve: exactly for the closed
+    forms and for replays of all orders, within the Monte Carlo error otherwise."""
+    rng = np.random.default_rng(11)
+    problems, n = 40, 7
+    answers = rng.integers(-1, 3, size=(problems, n))
+    answers[:, 0] = 0  # a greedy sample first, as HedgedSampling stores it
+    correct = answers == 0
+    scores = rng.integers(0, 3, size=(problems, n)) / 2
+    shuffle = rng.permuted(np.tile(np.arange(n), (problems, 1)), axis=1)
+
+    def permuted(table: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(table, shuffle, axis=1)
+
+    base = evaluate(answers, correct, scores, subsets=300, seed=5)
+    moved = evaluate(permuted(answers), permuted(correct), permuted(scores), subsets=300, seed=5)
+    for name in base.accuracy:
+        if name in ("pass_at_k", "best_of_n"):
+            assert np.allclose(moved.accuracy[name], base.accuracy[name], atol=1e-12), name
+            assert np.allclose(moved.per_problem[name], base.per_problem[name], atol=1e-12)
+        else:
+            bound = 4 * np.hypot(base.mc_se[name], moved.mc_se[name])
+            assert np.all(np.abs(moved.accuracy[name] - base.accuracy[name]) <= bound + 1e-12)
+    every = np.array(list(itertools.permutations(range(n))))
+    few = slice(0, 6)
+    exact = evaluate(answers[few], correct[few], scores[few], orders=every)
+    exact_moved = evaluate(
+        permuted(answers)[few], permuted(correct)[few], permuted(scores)[few], orders=every
+    )
+    for name in exact.accuracy:
+        assert np.allclose(exact_moved.accuracy[name], exact.accuracy[name], atol=1e-12), name
+
+
+def test_per_problem_orders_make_the_monte_carlo_error_small_and_honest() -> None:
+    """Hedged data (the right greedy sample at index 0): across seeds the spread of majority@2 is
+    what mc_se says, while shared orders (every problem drawing index 0 at once) spread wider."""
+    rng = np.random.default_rng(2)
+    problems, n = 200, 16
+    answers = rng.integers(1, 4, size=(problems, n))
+    answers[:, 0] = 0
+    answers[rng.random((problems, n)) < 0.25] = 0
+    correct = answers == 0
+    runs = [
+        evaluate(answers, correct, None, ["majority"], ks=[2], subsets=20, seed=s)
+        for s in range(30)
+    ]
+    values = np.array([r.at("majority", 2) for r in runs])
+    reported = np.mean([r.mc_se["majority"][0] for r in runs])
+    assert 0.5 * reported < values.std(ddof=1) < 1.6 * reported
+    shared = []
+    for seed in range(30):
+        orders = np.argsort(np.random.default_rng(seed).random((20, n)), axis=1)
+        shared.append(
+            evaluate(answers, correct, None, ["majority"], ks=[2], orders=orders).at("majority", 2)
+        )
+    assert np.std(shared, ddof=1) > 3 * values.std(ddof=1)
+
+
+def test_standard_errors_and_intervals_from_the_per_problem_values() -> None:
+    rng = np.random.default_rng(4)
+    answers = rng.integers(0, 3, size=(30, 9))
+    correct = answers == 0
+    scores = rng.random((30, 9))
+    result = evaluate(answers, correct, scores, subsets=7, seed=3)
+    for name, values in result.per_problem.items():
+        assert values.shape == (30, 9)
+        assert np.allclose(values.mean(axis=0), result.accuracy[name])
+        # Independent of the library: the sample sd over problems, and the binomial lane error.
+        spread = np.sqrt(((values - values.mean(axis=0)) ** 2).sum(axis=0) / 29)
+        assert np.allclose(result.se[name], spread / math.sqrt(30))
+        lanes = 0 if name in ("pass_at_k", "best_of_n") else 7
+        expected_mc = (
+            np.sqrt((values * (1 - values)).sum(axis=0) / (lanes - 1)) / 30 if lanes else 0.0
+        )
+        assert np.allclose(result.mc_se[name], expected_mc)
+        if lanes:  # a problem's value is a count of its 7 lanes
+            assert np.allclose(values * 7, np.round(values * 7))
+        low, high = result.ci(name, confidence=0.9, n_resamples=500, seed=8)
+        index = np.random.default_rng(8).integers(0, 30, size=(500, 30))
+        means = values[index].mean(axis=1)
+        assert np.allclose(low, np.quantile(means, 0.05, axis=0))
+        assert np.allclose(high, np.quantile(means, 0.95, axis=0))
+    assert result.se_at("majority", 3) == result.se["majority"][2]
+    one = evaluate(answers[:1], correct[:1], None, ["majority"], subsets=1)
+    assert np.isnan(one.se["majority"]).all() and np.isnan(one.mc_se["majority"]).all()
+    # Samples drawn: every lane's count, per problem, for the stopping rules.
+    assert np.allclose(result.per_problem_samples["majority"], np.arange(1, 10)[None, :])
+    assert np.allclose(
+        result.per_problem_samples["adaptive"].mean(axis=0), result.samples_used["adaptive"]
+    )
 
 
 class StoredScores:
@@ -183,8 +361,9 @@ def test_offline_at_k_equal_n_is_the_online_result_on_all_samples(
         "bom": BestOfMajority(samples=n, extractor="boxed", alpha=0.34),
         "bom_mean": BestOfMajority(samples=n, extractor="boxed", min_count=2, group_score="mean"),
     }
+    # The identity order replays the draw: the k = N pick is the online one, ties and all.
     offline = evaluate(
-        [answers], [correct], [scores], {name: FIXED[name] for name in online}, subsets=3, ks=[n]
+        [answers], [correct], [scores], {name: FIXED[name] for name in online}, orders=[range(n)]
     )
     for name, strategy in online.items():
         result = asyncio.run(strategy.run(Problem(id="p", prompt="q"), sampler, verifier))
@@ -254,21 +433,6 @@ def test_defaults_budgets_and_errors() -> None:
     assert np.array_equal(named.accuracy["coverage"], result.accuracy["pass_at_k"])
 
 
-def test_random_orders_estimate_the_exact_expectation() -> None:
-    rng = np.random.default_rng(1)
-    answers = rng.integers(0, 3, size=(50, 8))
-    correct = answers == 0
-    exact = evaluate(
-        answers,
-        correct,
-        None,
-        ["majority"],
-        orders=np.array(list(itertools.permutations(range(8))))[::7],
-    )
-    sampled = evaluate(answers, correct, None, ["majority"], subsets=400, seed=2)
-    assert np.allclose(exact.accuracy["majority"], sampled.accuracy["majority"], atol=0.03)
-
-
 def test_wide_keys_beyond_1023_samples_match_the_online_picks() -> None:
     """N > 1023 needs 64-bit keys; each order's prefixes still give the online picks."""
     rng = np.random.default_rng(7)
@@ -278,7 +442,7 @@ def test_wide_keys_beyond_1023_samples_match_the_online_picks() -> None:
     scores = rng.integers(0, 5, size=(2, n)) / 4
     orders = np.stack([np.arange(n), rng.permutation(n)])
     ks = [1, 2, 9, 400, n]
-    for name in [name for name in FIXED if name != "bon"]:  # best-of-N is a closed form
+    for name in FIXED:
         for order in orders:
             result = evaluate(
                 answers, correct, scores, {name: FIXED[name]}, ks=ks, orders=order[None, :]
@@ -286,7 +450,8 @@ def test_wide_keys_beyond_1023_samples_match_the_online_picks() -> None:
             for k in ks:
                 hits = []
                 for p in range(2):
-                    idx = sorted(int(i) for i in order[:k])
-                    pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), idx)
+                    idx = [int(i) for i in order[:k]]
+                    drawn = list(range(k))  # the draw order: ties go to the earliest drawn
+                    pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), drawn)
                     hits.append(pick is not None and bool(correct[p, idx][pick]))
                 assert result.at(name, k) == pytest.approx(np.mean(hits)), (name, k)
