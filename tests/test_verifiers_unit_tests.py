@@ -1,29 +1,23 @@
-"""UnitTestVerifier and its sandbox: formats, opt-in, the attack suite, and real HumanEval data."""
+"""UnitTestVerifier: formats, verdicts and their labels, the codec, and real HumanEval data.
+
+The attacks on the sandbox are in ``test_sandbox_attacks.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
+import math
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ttscale.errors import ConfigError, SandboxRefused
+from ttscale.errors import ConfigError, DataError, SandboxRefused
 from ttscale.registry import create
 from ttscale.types import Candidate, Problem, Score
-from ttscale.verifiers import sandbox
-from ttscale.verifiers.sandbox import ALLOW_ENV_VAR, bwrap_available
+from ttscale.verifiers.sandbox import ALLOW_ENV_VAR, SandboxConfig, bwrap_available, interpret
+from ttscale.verifiers.sandbox.child import codec
+from ttscale.verifiers.sandbox.child.harness import outputs_match
 from ttscale.verifiers.unit_tests import (
     UnitTestVerifier,
     build_program,
@@ -31,7 +25,6 @@ from ttscale.verifiers.unit_tests import (
     detect_test_format,
 )
 
-ATTACK_TIMEOUT_S = 1.5
 BACKENDS = [
     "subprocess",
     pytest.param(
@@ -42,9 +35,12 @@ BACKENDS = [
 
 
 def run_one(verifier: UnitTestVerifier, problem: Problem, text: str) -> Score:
-    async def go() -> Score:
-        (score,) = await verifier.score(problem, [Candidate(text=text, index=0)])
-        return score
+    return run_many(verifier, problem, [text])[0]
+
+
+def run_many(verifier: UnitTestVerifier, problem: Problem, texts: list[str]) -> list[Score]:
+    async def go() -> list[Score]:
+        return await verifier.score(problem, [Candidate(text=t, index=i) for i, t in enumerate(texts)])
 
     return asyncio.run(go())
 
@@ -52,6 +48,122 @@ def run_one(verifier: UnitTestVerifier, problem: Problem, text: str) -> Score:
 ASSERT_PROBLEM = Problem(
     id="add", prompt="Write add(a, b).", tests="assert add(1, 2) == 3\nassert add(2, 2) == 4\n"
 )
+
+
+@pytest.fixture(scope="module")
+def verifier() -> UnitTestVerifier:
+    return UnitTestVerifier(allow_code_execution=True, timeout_s=5.0)
+
+
+# -- the codec (pure) ---------------------------------------------------------------------------
+
+
+PLAIN = [
+    None,
+    True,
+    0,
+    -(10**40),
+    1.5,
+    -0.0,
+    "tëxt\udc80",
+    b"\x00\xff",
+    [1, [2, (3,)]],
+    (1, "a"),
+    {1, 2},
+    frozenset({(1, 2)}),
+    {"a": [1], 2: {3: 4}, (1, 2): frozenset()},
+    [],
+    {},
+]
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=repr)
+def test_plain_values_cross_exactly(value: object) -> None:
+    wire = json.loads(json.dumps(codec.encode_value(value)))
+    back = codec.decode_value(wire)
+    assert back == value and type(back) is type(value)
+    if isinstance(value, list) and value:
+        assert type(back[1][1]) is tuple
+
+
+def test_special_floats_cross_and_bare_ones_are_refused() -> None:
+    for value in (math.inf, -math.inf):
+        assert codec.decode_value(codec.encode_value(value)) == value
+    assert math.isnan(codec.decode_value(codec.encode_value(math.nan)))
+    with pytest.raises(codec.CodecError, match="special floats"):
+        codec.parse_message(b'{"value": NaN}')
+
+
+def test_anything_else_is_refused_by_name() -> None:
+    class AlwaysEqual:
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    with pytest.raises(codec.CodecError, match="AlwaysEqual"):
+        codec.encode_value(AlwaysEqual())
+    with pytest.raises(codec.CodecError, match="type test_verifiers_unit_tests.S "):  # not str
+        codec.encode_value(type("S", (str,), {})("x"))
+    # The solution's side is lenient: a subclass crosses as the plain value it holds.
+    sneaky = type("S", (str,), {"__eq__": lambda self, other: True, "__hash__": str.__hash__})
+    assert type(codec.encode_value(sneaky("x"), lenient=True)) is str
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        [1, 2],  # bare arrays are not values
+        {"L": [1], "T": [2]},
+        {"X": 1},
+        {"S": [{"L": []}]},  # an unhashable set member
+        {"D": [[{"L": []}, 1]]},  # an unhashable key
+        {"D": [[1]]},
+        {"B": "not base64!"},
+        {"f": "NaNs"},
+    ],
+    ids=repr,
+)
+def test_malformed_wire_is_refused(wire: object) -> None:
+    with pytest.raises(codec.CodecError):
+        codec.decode_value(wire)
+
+
+def test_depth_and_size_limits() -> None:
+    deep: list[object] = []
+    for _ in range(codec.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(codec.CodecError, match="deeper"):
+        codec.encode_value(deep)
+    nested: object = 1
+    for _ in range(codec.MAX_DEPTH + 5):
+        nested = {"L": [nested]}
+    with pytest.raises(codec.CodecError, match="deeper"):
+        codec.decode_value(nested)
+    with pytest.raises(codec.CodecError, match="not JSON"):
+        codec.parse_message(b"[" * 100_000)
+
+
+# -- stdout comparison (pure) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expected", "got", "same"),
+    [
+        ("1 2\n3\n", "1 2\n3", True),
+        ("1 2\n3\n", "1  2   \n3\n\n\n", True),  # runs of spaces and trailing blank lines
+        ("1 2\n3\n", "1 2 3\n", False),  # line structure counts
+        ("0.5\n", "0.5000001\n", True),
+        ("0.5\n", "0.51\n", False),
+        ("3\n", "3.0\n", False),  # an integer is compared as written
+        ("1e-3\n", "0.001\n", True),
+        ("YES\n", "yes\n", False),
+        ("1000000.0\n", "1000000.5\n", True),  # relative beyond 1
+        ("nan\n", "nan\n", True),  # equal as text
+        ("0.5\n", "nan\n", False),
+        ("a\n", "", False),
+    ],
+)
+def test_outputs_match(expected: str, got: str, same: bool) -> None:
+    assert outputs_match(expected, got)[0] is same
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -65,6 +177,9 @@ def test_formats_are_detected() -> None:
     assert detect_test_format("from solution import f\n\ndef test_f():\n    pass\n", None) == (
         "pytest"
     )
+    assert detect_test_format('[{"input": "1", "output": "2"}]', None) == "stdio"
+    with pytest.raises(DataError, match="format"):
+        detect_test_format("print('hello')", None)
 
 
 def test_fenced_code_is_taken_from_the_block() -> None:
@@ -72,57 +187,172 @@ def test_fenced_code_is_taken_from_the_block() -> None:
     assert candidate_code(text) == "def f():\n    return 1\n"
 
 
-def test_a_whole_function_replaces_the_humaneval_stub() -> None:
+def test_the_candidate_never_gets_the_tests() -> None:
+    problem = Problem(
+        id="he",
+        prompt='def f(xs):\n    """Sum."""\n',
+        tests="def check(candidate):\n    assert candidate([1, 2]) == 3  # SECRET\n",
+        entry_point="f",
+    )
+    plan = build_program(problem, "    return sum(xs)\n")
+    assert "SECRET" not in json.dumps(dict(plan.solution))
+    assert "SECRET" in plan.harness["tests"]
+    assert plan.solution["code"] == 'def f(xs):\n    """Sum."""\n    return sum(xs)\n'
+
+
+def test_a_whole_function_replaces_the_humaneval_stub(verifier: UnitTestVerifier) -> None:
     problem = Problem(
         id="he",
         prompt='from typing import List\n\ndef f(xs: List[int]) -> int:\n    """Sum."""\n',
         tests="def check(candidate):\n    assert candidate([1, 2]) == 3\n",
         entry_point="f",
     )
-    plan = build_program(problem, "```python\ndef f(xs):\n    return sum(xs)\n```")
-    assert plan.files["program.py"].endswith("check(f)\n")
-    verifier = UnitTestVerifier(allow_code_execution=True)
     assert run_one(verifier, problem, "```python\ndef f(xs):\n    return sum(xs)\n```").verdict
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_verdicts_pass_fail_error_timeout(backend: str) -> None:
+def test_verdicts_and_their_causes(backend: str) -> None:
     verifier = UnitTestVerifier(allow_code_execution=True, backend=backend, timeout_s=1.5)
     candidates = [
         "def add(a, b):\n    return a + b\n",
         "def add(a, b):\n    return a - b\n",
         "def add(a, b) return a + b\n",
         "def add(a, b):\n    while True:\n        pass\n",
+        "def add(a, b):\n    raise ValueError('no')\n",
+        "def add(a, b):\n    return object()\n",
+        "import sys\ndef add(a, b):\n    sys.exit(0)\n",
     ]
-
-    async def go() -> list[Score]:
-        return await verifier.score(
-            ASSERT_PROBLEM, [Candidate(text=c, index=i) for i, c in enumerate(candidates)]
-        )
-
-    scores = asyncio.run(go())
-    assert [s.details["outcome"] for s in scores] == ["pass", "fail", "error", "timeout"]
-    assert [s.verdict for s in scores] == [True, False, False, False]
-    assert [s.value for s in scores] == [1.0, 0.0, 0.0, 0.0]
+    scores = run_many(verifier, ASSERT_PROBLEM, candidates)
+    outcomes = [(s.details["outcome"], s.details["cause"]) for s in scores]
+    assert outcomes == [
+        ("pass", None),
+        ("fail", "assertion"),
+        ("error", "load"),
+        ("timeout", "wall_clock"),
+        ("error", "exception"),
+        ("error", "unsupported_type"),
+        ("error", "exit"),
+    ]
+    assert [s.verdict for s in scores] == [True] + [False] * 6
     assert "add(1, 2) == 3" in scores[1].reason
     assert "SyntaxError" in scores[2].reason
+    assert "ValueError: no" in scores[4].reason
+    assert "type object" in scores[5].reason
+    assert scores[0].details["backend"] == backend
 
 
-def test_pytest_style_file() -> None:
+def test_exceptions_of_the_solution_reach_the_tests_as_themselves(
+    verifier: UnitTestVerifier,
+) -> None:
+    problem = Problem(
+        id="raises",
+        prompt="p",
+        metadata={"test_format": "asserts"},
+        tests=(
+            "try:\n    parse('x')\nexcept ValueError as exc:\n    assert 'bad' in str(exc)\n"
+            "else:\n    raise AssertionError('no error')\n"
+            "assert parse('3') == 3\n"
+        ),
+    )
+    good = "def parse(s):\n    if not s.isdigit():\n        raise ValueError('bad input')\n    return int(s)\n"
+    assert run_one(verifier, problem, good).verdict
+
+
+def test_stop_iteration_cannot_cut_a_test_short(verifier: UnitTestVerifier) -> None:
+    """Raised inside map(), a StopIteration would end the iteration: all([]) is True."""
+    problem = Problem(id="all", prompt="p", tests="assert all(map(lambda x: ok(x) == x, [1, 2, 3]))\n")
+    assert run_one(verifier, problem, "def ok(x):\n    return x\n").verdict
+    cheat = run_one(verifier, problem, "def ok(x):\n    raise StopIteration\n")
+    assert cheat.details["outcome"] == "error" and "StopIteration" in cheat.reason
+
+
+def test_a_fault_the_tests_swallow_still_decides(verifier: UnitTestVerifier) -> None:
+    problem = Problem(
+        id="swallow",
+        prompt="p",
+        metadata={"test_format": "asserts"},
+        tests="for x in range(3):\n    try:\n        f(x)\n    except BaseException:\n        pass\n",
+    )
+    assert run_one(verifier, problem, "def f(x):\n    return x\n").verdict
+    died = run_one(verifier, problem, "import os\ndef f(x):\n    os._exit(0)\n")
+    assert died.details["outcome"] == "error" and died.details["cause"] == "died"
+
+
+def test_pytest_style_file(verifier: UnitTestVerifier) -> None:
+    pytest.importorskip("pytest")
     problem = Problem(
         id="py",
         prompt="Write double(x).",
         tests=(
-            "from solution import double\n\n"
+            "import pytest\nfrom solution import double\n\n"
             "def test_small():\n    assert double(2) == 4\n\n"
-            "def test_negative():\n    assert double(-3) == -6\n"
+            "def test_negative():\n    assert double(-3) == -6\n\n"
+            "def test_type():\n    with pytest.raises(TypeError):\n        double(None)\n"
         ),
     )
-    verifier = UnitTestVerifier(allow_code_execution=True)
     good = run_one(verifier, problem, "def double(x):\n    return 2 * x\n")
     bad = run_one(verifier, problem, "def double(x):\n    return x + 2\n")
-    assert good.verdict is True and "2 passed" in good.reason
-    assert bad.details["outcome"] == "fail" and "1 passed, 1 failed" in bad.reason
+    assert good.verdict is True and "3 passed" in good.reason
+    assert bad.details["outcome"] == "fail" and "2 passed, 1 failed" in bad.reason
+
+
+def test_a_class_under_test_is_used_through_handles(verifier: UnitTestVerifier) -> None:
+    problem = Problem(
+        id="stack",
+        prompt="p",
+        metadata={"test_format": "asserts"},
+        tests=(
+            "s = Stack()\ns.push(1)\ns.push(2)\nassert len(s) == 2\nassert s.pop() == 2\n"
+            "assert s.items == [1]\nassert list(s) == [1]\nassert 1 in s\nassert s[0] == 1\n"
+            "assert str(s) == 'Stack([1])'\nassert s == s and s != Stack()\n"
+        ),
+    )
+    good = (
+        "class Stack:\n    def __init__(self):\n        self.items = []\n"
+        "    def push(self, x):\n        self.items.append(x)\n"
+        "    def pop(self):\n        return self.items.pop()\n"
+        "    def __len__(self):\n        return len(self.items)\n"
+        "    def __iter__(self):\n        return iter(self.items)\n"
+        "    def __getitem__(self, i):\n        return self.items[i]\n"
+        "    def __str__(self):\n        return f'Stack({self.items})'\n"
+        "    def __eq__(self, other):\n        return True\n"
+    )
+    score = run_one(verifier, problem, good)
+    assert score.verdict, score.reason
+    # Its __eq__ says everything is equal; the handle compares by identity, so s != Stack().
+    assert score.details["calls"] > 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stdio_programs(backend: str) -> None:
+    verifier = UnitTestVerifier(allow_code_execution=True, backend=backend, timeout_s=5.0)
+    cases = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6\n"}]
+    problem = Problem(id="sum", prompt="p", tests=json.dumps(cases))
+    programs = [
+        "a, b = map(int, input().split())\nprint(a + b)\n",
+        "import sys\na, b = map(int, sys.stdin.read().split())\nsys.stdout.write(f'{a+b}\\n')\n",
+        "a, b = map(int, open(0).read().split())\nprint(a + b)\nexit(0)\n",
+        "import os\na, b = map(int, os.read(0, 100).split())\nos.write(1, b'%d\\n' % (a + b))\n",
+        "a, b = map(int, input().split())\nprint(a - b)\n",
+        "a, b = map(int, input().split())\nprint(a + b)\nexit(3)\n",
+    ]
+    scores = run_many(verifier, problem, programs)
+    assert [s.details["outcome"] for s in scores] == ["pass"] * 4 + ["fail", "error"]
+    assert "case 1" in scores[4].reason and "expected '3', got '-1'" in scores[4].reason
+    assert scores[5].details["cause"] == "exit"
+
+
+def test_stdio_cases_from_metadata(verifier: UnitTestVerifier) -> None:
+    problem = Problem(
+        id="echo",
+        prompt="p",
+        answer="",
+        metadata={"inputs": ["a\n", "b\n"], "outputs": ["a\n", "b\n"]},
+    )
+    assert run_one(verifier, problem, "print(input())\n").verdict
+    broken = Problem(id="x", prompt="p", answer="", metadata={"inputs": ["a"], "outputs": []})
+    score = run_one(verifier, broken, "print(input())\n")
+    assert score.details["cause"] == "tests" and "one length" in score.reason
 
 
 def test_code_execution_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,391 +364,49 @@ def test_code_execution_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch
 
 
 def test_registry_builds_it_and_rejects_unknown_options() -> None:
-    verifier = create("verifier", "unit_tests", allow_code_execution=True)
-    assert isinstance(verifier, UnitTestVerifier) and verifier.config.allow_code_execution
+    built = create("verifier", "unit_tests", allow_code_execution=True)
+    assert isinstance(built, UnitTestVerifier) and built.config.allow_code_execution
     with pytest.raises(ConfigError, match="unknown option"):
         UnitTestVerifier(allow_code_exec=True)
+    with pytest.raises(ConfigError, match="absolute"):
+        UnitTestVerifier(readonly_paths=("relative/path",))
 
 
-def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant; one ending as another starts does not overlap."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    peak = current = 0
-    for _, step in events:  # at equal times -1 sorts before +1
-        current += step
-        peak = max(peak, current)
-    return peak
+# -- labels (pure) ------------------------------------------------------------------------------
 
 
-def test_peak_overlap_counts_only_simultaneous_runs() -> None:
-    assert _peak_overlap([(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]) == 1
-    assert _peak_overlap([(0.0, 2.0), (0.5, 1.0), (0.9, 3.0), (2.5, 4.0)]) == 3
-
-
-def test_concurrent_runs_never_exceed_the_bound() -> None:
-    """Each run prints when it started and ended; the peak overlap is the bound, never more.
-
-    Two calls of score() at once share the bound, so 2 x 5 candidates still run 2 at a time.
-    """
-    bound = 2
-    verifier = UnitTestVerifier(allow_code_execution=True, concurrency=bound, timeout_s=30.0)
-    program = (
-        "import time\nstart = time.time()\ntime.sleep(0.4)\n"
-        "print('SPAN', repr(start), repr(time.time()))\n"
-        "def add(a, b):\n    return a + b\n"
-    )
-
-    async def go() -> list[list[Score]]:
-        candidates = [Candidate(text=program, index=i) for i in range(5)]
-        return list(
-            await asyncio.gather(
-                verifier.score(ASSERT_PROBLEM, candidates),
-                verifier.score(ASSERT_PROBLEM, candidates),
-            )
-        )
-
-    scores = [score for batch in asyncio.run(go()) for score in batch]
-    assert all(s.verdict for s in scores), [s.reason for s in scores]
-    spans = []
-    for score in scores:
-        _, start, end = score.details["stdout"].split()
-        spans.append((float(start), float(end)))
-    assert len(spans) == 10
-    # Exactly the bound: fewer would mean the runs were serialised, more that it leaked.
-    assert _peak_overlap(spans) == bound
-
-
-# -- the attack suite ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[int, list[object]]]:
-    """A TCP listener on 127.0.0.1 that records every connection it accepts."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, address = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            accepted.append(address)
-            connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join(timeout=2)
-    server.close()
-
-
-def attack(
-    backend: str,
-    code: str,
-    slack: float = 3.0,
-    timeout_s: float = ATTACK_TIMEOUT_S,
-    **options: object,
-) -> tuple[Score, float]:
-    verifier = UnitTestVerifier(
-        allow_code_execution=True, backend=backend, timeout_s=timeout_s, **options
-    )
-    problem = Problem(id="attack", prompt="p", tests="assert True\n")
-    started = time.perf_counter()
-    score = run_one(verifier, problem, code)
-    elapsed = time.perf_counter() - started
-    # Bounded time: the timeout plus the kill and the interpreter's start.
-    assert elapsed < timeout_s + slack
-    return score, elapsed
+CONFIG = SandboxConfig(timeout_s=2.0)
 
 
 @pytest.mark.parametrize(
-    "guard",
-    [True, pytest.param(False, marks=pytest.mark.slow)],
-    ids=["guard", "limits-only"],
+    ("report", "status", "timed_out", "expected"),
+    [
+        (None, None, True, ("timeout", "wall_clock")),
+        (None, {"signal": 24, "cpu_s": 3.0}, True, ("timeout", "cpu_limit")),
+        ({"outcome": "error", "cause": "died"}, {"signal": 24, "cpu_s": 3.0}, False, ("timeout", "cpu_limit")),
+        ({"outcome": "error", "cause": "died"}, {"signal": 9, "cpu_s": 2.9}, False, ("timeout", "cpu_limit")),
+        # A SIGKILL long before the CPU limit is a signal, not the limit.
+        ({"outcome": "error", "cause": "died"}, {"signal": 9, "cpu_s": 0.13}, False, ("error", "signal")),
+        ({"outcome": "error", "cause": "died"}, {"exit_code": 0, "cpu_s": 0.1}, False, ("error", "died")),
+        ({"outcome": "error", "cause": "memory"}, {"exit_code": 0}, False, ("error", "memory")),
+        ({"outcome": "error", "cause": "exception", "blocked": ["network access"]}, None, False, ("error", "guard")),
+        ({"outcome": "pass", "cause": None, "blocked": ["x"]}, {"signal": 9, "cpu_s": 0.1}, False, ("pass", None)),
+        ({"outcome": "fail", "cause": "assertion"}, {"exit_code": 0}, False, ("fail", "assertion")),
+        (None, {"exit_code": 0}, False, ("error", "harness")),
+        ({"outcome": "maybe"}, None, False, ("error", "harness")),
+    ],
 )
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fork_bomb_is_contained(backend: str, guard: bool) -> None:
-    code = "import os\nwhile True:\n    os.fork()\n"
-    # Without the guard, and as root (exempt from RLIMIT_NPROC), thousands of processes may
-    # need to exit after the group kill: allow for that.
-    slack = 3.0 if guard else 20.0
-    score, _ = attack(backend, code, guard=guard, max_processes=16, slack=slack)
-    assert score.verdict is False
-    assert score.details["outcome"] in ("error", "timeout")
-    if guard:
-        assert "starting a process" in score.reason
-    # Nothing of it is left behind once the verdict is in.
-    assert _survivors(score.details["workdir"]) == []
-
-
-def _survivors(workdir: str) -> list[int]:
-    """Processes still running in, or started for, the run's directory (by cwd or cmdline).
-
-    Every process of a run has it in its command line (the bootstrap's spec file lives there) and
-    starts with it as its working directory, which stays visible after the run removed it.
-    """
-    assert "ttscale-run-" in workdir
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue  # it ended while we looked, or is not ours to see
-        if workdir.encode() in command or cwd.startswith(workdir):
-            found.append(int(entry))
-    return found
-
-
-def _daemon(keep_output: bool = False) -> str:
-    """A program that leaves a process behind, out of its process group (and its output)."""
-    detach = "" if keep_output else "        os.dup2(os.open('/dev/null', os.O_WRONLY), 1)\n"
-    detach += "" if keep_output else "        os.dup2(1, 2)\n"
-    return (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()  # out of the process group the verifier kills\n"
-        "    if os.fork() == 0:\n"
-        f"{detach}"
-        "        time.sleep(60)\n"
-        "    os._exit(0)\n"
-        "time.sleep(0.3)  # the daemon is up before the run ends\n"
-    )
-
-
-DAEMON = _daemon()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_daemon_does_not_outlive_its_run(backend: str) -> None:
-    score, _ = attack(backend, DAEMON, guard=False)
-    assert score.details["outcome"] == "pass", score.reason
-    if backend == "subprocess":
-        assert score.details["namespaces"] and score.details["proc_private"]
-    assert _survivors(score.details["workdir"]) == []
-
-
-@pytest.mark.parametrize("keep_output", [False, True], ids=["detached", "holding-stdout"])
-def test_without_namespaces_a_daemon_survives_which_the_check_sees(
-    keep_output: bool, monkeypatch: pytest.MonkeyPatch
+def test_interpret_labels_every_ending(
+    report: dict[str, object] | None,
+    status: dict[str, object] | None,
+    timed_out: bool,
+    expected: tuple[str, str | None],
 ) -> None:
-    """The check above can fail: a plain process group does not hold a setsid daemon.
-
-    One that keeps the run's stdout delays the verdict by the drain grace only, and the pipes are
-    let go (no transport outlives the loop, which pytest would report as unraisable).
-    """
-    monkeypatch.setattr(sandbox, "_DRAIN_GRACE_S", 1.0)
-    score, _ = attack("subprocess", _daemon(keep_output), guard=False, namespaces=False)
-    assert score.details["outcome"] == "pass" and not score.details["namespaces"]
-    survivors = _survivors(score.details["workdir"])
-    try:
-        assert len(survivors) == 1
-    finally:
-        for pid in survivors:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_memory_bomb_is_contained(backend: str) -> None:
-    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n"
-    # A timeout long enough that only the memory limit can end it, even on a loaded machine.
-    score, _ = attack(backend, code, timeout_s=10.0, memory_bytes=512 * 1024 * 1024)
-    assert score.details["outcome"] == "error" and "MemoryError" in score.reason
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_infinite_loop_times_out(backend: str) -> None:
-    score, elapsed = attack(backend, "while True:\n    pass\n")
-    assert score.details["outcome"] == "timeout" and elapsed >= ATTACK_TIMEOUT_S
-
-
-def test_sleeping_forever_times_out() -> None:
-    score, _ = attack("subprocess", "import time\ntime.sleep(10**6)\n")
-    assert score.details["outcome"] == "timeout"
-
-
-@pytest.mark.parametrize("guard", [True, False], ids=["guard", "limits-only"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_network_connection_is_blocked(
-    backend: str, guard: bool, listener: tuple[int, list[object]]
-) -> None:
-    port, accepted = listener
-    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).close()\n"
-    if backend == "subprocess" and not guard:
-        pytest.skip("without the guard or a network namespace a plain subprocess can connect")
-    score, _ = attack(backend, code, guard=guard)
-    assert score.verdict is False
-    time.sleep(0.2)
-    assert accepted == []
-    if guard:
-        assert "network access" in score.reason
-    else:
-        assert "ConnectionRefusedError" in score.reason  # bwrap's empty network namespace
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_writing_outside_its_directory_is_blocked(backend: str, tmp_path: Path) -> None:
-    target = tmp_path / "pwned.txt"
-    score, _ = attack(backend, f"open({str(target)!r}, 'w').write('x')\n")
-    assert score.details["outcome"] == "error"
-    assert not target.exists()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_our_environment_does_not_reach_the_code(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    secret = "sk-test-must-not-leak-0123456789"
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
-    code = f"import os\nprint('FOUND', [k for k, v in os.environ.items() if {secret!r} in v])\n"
-    score, _ = attack(backend, code)
-    assert score.details["outcome"] == "pass", score.reason
-    assert "FOUND []" in score.details["stdout"]
-
-
-# Run in a verifier process of its own: /proc/PID/environ shows the environment a process started
-# with (what setenv adds later is not there), and a key is typically exported before the verifier
-# starts. The key is on its command line too, as with `--api-key`.
-_VERIFIER_SCRIPT = """
-import asyncio, json, sys
-from ttscale.types import Candidate, Problem
-from ttscale.verifiers.unit_tests import UnitTestVerifier
-
-options = json.loads(sys.argv[1])
-code = sys.stdin.read()
-verifier = UnitTestVerifier(allow_code_execution=True, timeout_s=20.0, **options)
-
-async def main():
-    problem = Problem(id="secrets", prompt="p", tests="assert True\\n")
-    (score,) = await verifier.score(problem, [Candidate(text=code, index=0)])
-    return score
-
-score = asyncio.run(main())
-print(json.dumps({"pid": __import__("os").getpid(), "details": dict(score.details)}))
-"""
-
-_SECRET = "sk-test-must-not-leak-9876543210"
-_STEAL_SECRETS = f"""
-import os
-found, seen = [], 0
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
-    seen += 1
-    for part in ("environ", "cmdline"):
-        try:
-            with open("/proc/%s/%s" % (pid, part), "rb") as handle:
-                if {_SECRET!r}.encode() in handle.read():
-                    found.append("%s/%s" % (pid, part))
-        except OSError:
-            pass
-print("FOUND", found, "SEEN", seen)
-"""
-
-
-def _verifier_with_a_secret(options: dict[str, object]) -> dict[str, Any]:
-    """Run the theft in a verifier process that holds the secret in its environment and argv.
-
-    As root, that process runs without capabilities: a capability-less process of the same uid
-    is what an unprivileged user's verifier is, and the hardest case (with full capabilities the
-    kernel already refuses a capability-less reader).
-    """
-    command = [sys.executable, "-c", _VERIFIER_SCRIPT, json.dumps(options), _SECRET]
-    # bwrap cannot map uid 0 without CAP_SETFCAP, so it runs as itself: root with capabilities
-    # (its PID namespace does not depend on them).
-    if os.geteuid() == 0 and options.get("backend") != "bwrap":
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv is needed to run the verifier without capabilities as root")
-        drop = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"]
-        command = [setpriv, *drop, *command]
-    completed = subprocess.run(
-        command,
-        input=_STEAL_SECRETS,
-        env={**os.environ, "OPENAI_API_KEY": _SECRET, ALLOW_ENV_VAR: "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    result: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
-    return result
-
-
-@pytest.mark.parametrize("guard", [True, False], ids=["guard", "limits-only"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_our_secrets_in_proc_do_not_reach_the_code(backend: str, guard: bool) -> None:
-    result = _verifier_with_a_secret({"backend": backend, "guard": guard})
-    details = result["details"]
-    assert details["outcome"] == "pass", details
-    assert "FOUND []" in details["stdout"], details["stdout"]
-    if not guard:
-        # In its own PID namespace the code sees its own processes only (bootstrap and child
-        # under bwrap's init; itself alone in ours).
-        assert int(details["stdout"].split()[-1]) <= 3, details["stdout"]
-
-
-def test_without_namespaces_the_secret_is_in_reach() -> None:
-    """The test above can fail: unguarded and without namespaces, /proc gives the secret away."""
-    result = _verifier_with_a_secret({"guard": False, "namespaces": False})
-    details = result["details"]
-    assert not details["namespaces"]
-    pid = result["pid"]
-    assert f"'{pid}/environ'" in details["stdout"] and f"'{pid}/cmdline'" in details["stdout"]
-
-
-@pytest.mark.parametrize("guard", [True, False], ids=["guard", "limits-only"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_killing_its_parent_leaves_us_alive(backend: str, guard: bool) -> None:
-    code = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)\n"
-    score, _ = attack(backend, code, guard=guard)
-    if guard:
-        assert score.details["outcome"] == "error"
-        assert "signalling another process" in score.reason
-    elif backend == "subprocess":
-        # In its PID namespace the parent is outside (getppid() is 0), and kill(0) signals the
-        # process group: the bootstrap took the signal, not us.
-        assert score.details["outcome"] == "error" and "supervisor" in score.reason
-    else:
-        # Under bwrap the parent is the namespace's PID 1, which the kernel shields from SIGKILL
-        # sent from inside: the code sleeps on until the timeout.
-        assert score.details["outcome"] == "timeout"
-    # Still here, and the verifier still works.
-    assert run_one(
-        UnitTestVerifier(allow_code_execution=True), ASSERT_PROBLEM, "def add(a, b): return a+b"
-    ).verdict
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_flooding_stdout_is_capped(backend: str) -> None:
-    code = "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\n"
-    # Writing 200 MB takes about 2 s on a loaded machine: the timeout must not be what ends it.
-    score, _ = attack(backend, code, timeout_s=15.0, max_output_bytes=10_000)
-    assert score.details["outcome"] == "pass"
-    assert len(score.details["stdout"]) == 10_000
-    assert score.details["stdout_bytes"] == 200_000_000
-    assert score.details["output_truncated"] and "truncated" in score.reason
-
-
-def test_endless_flood_times_out_with_capped_output() -> None:
-    score, _ = attack("subprocess", "while True:\n    print('y' * 10000)\n", max_output_bytes=1000)
-    assert score.details["outcome"] == "timeout"
-    assert len(score.details["stdout"]) == 1000
-
-
-def test_exiting_early_with_success_is_not_a_pass() -> None:
-    score, _ = attack("subprocess", "import os\nos._exit(0)\n")
-    assert score.details["outcome"] == "error" and "before its tests finished" in score.reason
+    outcome, cause, reason = interpret(report, status, timed_out, CONFIG)
+    assert (outcome, cause) == expected
+    assert reason
+    if cause == "signal":
+        assert "SIGKILL" in reason and "CPU limit" not in reason
 
 
 # -- real data: HumanEval -----------------------------------------------------------------------
@@ -542,10 +430,7 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail() -> None:
             )
         )
         broken = await asyncio.gather(
-            *(
-                verifier.score(p, [Candidate(text="    return None\n", index=0)])
-                for p in problems[:20]
-            )
+            *(verifier.score(p, [Candidate(text="    return None\n", index=0)]) for p in problems)
         )
         return [s for (s,) in good], [s for (s,) in broken]
 
@@ -554,5 +439,5 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail() -> None:
     elapsed = time.perf_counter() - started
     failures = [(p.id, s.reason) for p, s in zip(problems, good, strict=True) if not s.verdict]
     assert failures == []
-    assert not any(s.verdict for s in broken)
-    assert elapsed < 60, f"164 + 20 HumanEval runs took {elapsed:.1f} s"
+    assert [p.id for p, s in zip(problems, broken, strict=True) if s.verdict] == []
+    assert elapsed < 120, f"2 x 164 HumanEval runs took {elapsed:.1f} s"

@@ -142,6 +142,15 @@ class ForkServer:
                             f"the sandbox's {self.role} fork server failed"
                         ) from exc
 
+    def kill(self, pid: int | None) -> None:
+        """Kill the process group of our child ``pid`` (a pid as the server sees it)."""
+        if pid is None:
+            return
+        with self._lock:
+            if self._control is not None:
+                with contextlib.suppress(OSError):
+                    self._control.send(b"k%d" % pid)
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
@@ -214,12 +223,6 @@ def _lines(raw: bytes) -> list[dict[str, Any]]:
         if isinstance(value, dict):
             found.append(value)
     return found
-
-
-def _kill_group(pid: int | None) -> None:
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -331,13 +334,14 @@ class Sandbox:
         try:
             timed_out = not await report.wait(config.timeout_s)
             if timed_out:
-                _kill_group(report.pid())
+                self._harnesses.kill(report.pid())
+                self._solutions.kill(status.pid())
             # The solution's side ends once the harness has closed the channel (or been killed).
             if not await status.wait(_KILL_WAIT_S if timed_out else _STATUS_GRACE_S):
-                _kill_group(status.pid())
+                self._solutions.kill(status.pid())
                 await status.wait(_KILL_WAIT_S)
-            _kill_group(status.pid())
-            _kill_group(report.pid())
+            self._solutions.kill(status.pid())
+            self._harnesses.kill(report.pid())
             for reader in (stdout, stderr):
                 if not await reader.wait(_KILL_WAIT_S):
                     log.warning("a sandbox run's output is held open by a process that escaped it")
@@ -431,7 +435,7 @@ def interpret(
         return "error", "harness", "the harness ended without a verdict (are the tests too heavy?)"
     outcome: RunOutcome = report["outcome"]
     cause = report.get("cause")
-    reason = str(report.get("reason", ""))
+    reason = str(report.get("reason") or f"{outcome} ({cause or 'no cause given'})")
     if outcome == "pass":
         blocked = report.get("blocked") or []
         if blocked:

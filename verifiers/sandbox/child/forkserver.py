@@ -1,8 +1,9 @@
 """The warm processes that fork one child per run, and what those children do.
 
 ``python -I [-S] -c "...; main()" ROLE FD``: a fork server of ``ROLE`` (``solution`` or
-``harness``) reads requests on the unix socket ``FD``, each one message of JSON with file
-descriptors attached, and forks a child for it. It has imported what its children need once, so
+``harness``) reads requests on the unix socket ``FD``: ``r`` with file descriptors attached
+forks a child for a run; ``k PID`` kills a child's process group (the pids are the server's:
+under bubblewrap the verifier's differ). It has imported what its children need once, so
 a run costs a fork rather than an interpreter's start. The solution's server never sees tests;
 the harness's never runs model-written code.
 
@@ -18,6 +19,7 @@ its pipe, so that the verifier can kill its process group.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import signal
@@ -164,6 +166,12 @@ def harness_job(fds: list[int]) -> None:
 def _preload(role: str) -> None:
     for name in _PRELOAD.split():
         __import__(name)
+    if "exit" not in vars(builtins):
+        # Started with -S, the interpreter lacks what site adds; programs call exit() and quit().
+        import _sitebuiltins
+
+        builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")  # type: ignore[attr-defined]
+        builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")  # type: ignore[attr-defined]
     from . import guard, harness, solution  # noqa: F401 - imported once, for every fork
 
     if role == "harness":
@@ -188,6 +196,16 @@ def main() -> None:
                 return
             if not data:
                 return  # the verifier has gone
+            if data[:1] == b"k":
+                # Kill a child's process group: asked of us because pids are ours (under
+                # bubblewrap the verifier sees other numbers).
+                for fd in fds:
+                    os.close(fd)
+                try:
+                    os.killpg(int(data[1:]), signal.SIGKILL)
+                except (ValueError, OSError):
+                    pass
+                continue
             child = os.fork()
             if child == 0:
                 control.close()
