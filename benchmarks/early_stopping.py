@@ -113,6 +113,17 @@ def paired_difference(
     return 100 * float(diff.mean()), 100 * error, 100 * float(low), 100 * float(high)
 
 
+def judge(low: float, high: float, share: float) -> str:
+    """The accuracy target judged on the 95% CI of the paired difference (points), not on its
+    point estimate: met when the whole interval is within the allowed loss, missed when all of it
+    is beyond, undecided when it straddles the bound (more problems would tell)."""
+    if share > TARGET_SHARE or high < -TARGET_POINTS:
+        return "missed"
+    if low >= -TARGET_POINTS:
+        return "met"
+    return "undecided (CI straddles the bound)"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     table, is_easy = distributions(
         args.problems, args.seed, args.easy_share, tuple(args.easy), tuple(args.hard)
@@ -135,8 +146,8 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(
         f"target: within {TARGET_POINTS:.0f} point of majority@16 with <= "
-        f"{100 * TARGET_SHARE:.0f}% of its samples; differences are paired, +- one standard "
-        "error, [bootstrap 95% CI]"
+        f"{100 * TARGET_SHARE:.0f}% of its samples, judged on the bootstrap 95% CI of the paired "
+        "difference (+- is one standard error)"
     )
     rng = np.random.default_rng(args.seed + 1)
     with LoopbackServer(answers=responder(table, args.seed), latency=0.002) as server:
@@ -155,11 +166,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 continue
             share = samples / baseline[1]
             diff, error, low, high = paired_difference(right, baseline[0], rng)
-            met = diff >= -TARGET_POINTS and share <= TARGET_SHARE
+            verdict = judge(low, high, share)
             print(
                 f"{line}, {100 * share:5.1f}% of majority@16)  {diff:+5.1f} +- {error:3.1f} "
-                f"points [{low:+5.1f}, {high:+5.1f}]  target {'met' if met else 'missed'}  "
-                f"{elapsed:4.1f} s"
+                f"points [{low:+5.1f}, {high:+5.1f}]  target {verdict}  {elapsed:4.1f} s"
             )
         modal = np.mean([max(range(4), key=lambda i: table[p][i]) == 0 for p in prompts])
         print(f"{'(majority with infinitely many samples)':>46}: accuracy {100 * modal:5.1f}%")

@@ -9,6 +9,13 @@ after every batch and never asks for more than the next batch, so it stops payin
 Defaults follow the papers: the Beta rule at 0.95 with at most 40 samples, drawn one at a time
 (Aggarwal et al. 2023; a batch of b can overshoot the stopping point by up to b - 1 samples), and
 ESC's window of 5 (Li et al. 2024). Larger batches trade samples for fewer round trips.
+
+What ESC answers when it stops at a unanimous window (``answer``): ``"majority"`` (the default)
+votes over every sample drawn; ``"window"`` answers with the window's answer, as the ESC authors'
+code does. The default stays the vote because the samples before the window are paid for and carry
+information: the two differ only when an earlier answer has at least as many votes as the
+window's (e.g. A A B | A A C | B B B), and the vote keeps results of earlier versions. Without a
+unanimous window both vote over everything drawn.
 """
 
 from __future__ import annotations
@@ -19,13 +26,20 @@ from typing import Any, Literal
 from ttscale.errors import ConfigError
 from ttscale.protocols import Sampler, Verifier
 from ttscale.strategies.base import ProblemRun, StrategyConfig, resolve_config, votes_summary
-from ttscale.strategies.selection import best_member, group_answers, select_majority, vote_counts
+from ttscale.strategies.selection import (
+    AnswerGroup,
+    best_member,
+    group_answers,
+    select_majority,
+    vote_counts,
+)
 from ttscale.strategies.stopping import beta_rule_stops, unanimous
 from ttscale.types import Problem, Result
 
-__all__ = ["ESC_WINDOW", "Adaptive", "AdaptiveConfig", "StopRule"]
+__all__ = ["ESC_WINDOW", "Adaptive", "AdaptiveConfig", "EscAnswer", "StopRule", "window_first"]
 
 StopRule = Literal["beta", "esc"]
+EscAnswer = Literal["majority", "window"]
 ESC_WINDOW = 5
 """ESC's window (Li et al. 2024): the default ``batch_size`` of the ``"esc"`` rule."""
 
@@ -35,13 +49,14 @@ class AdaptiveConfig(StrategyConfig):
     """Options of :class:`Adaptive`. ``samples`` (default 40, as in the paper) is the cap.
 
     ``batch_size`` 0 (the default) means the rule's paper setting: 1 for ``"beta"``, a window of 5
-    for ``"esc"``.
+    for ``"esc"``. ``answer`` is what ESC answers at a unanimous window (see the module).
     """
 
     samples: int = 40
     rule: StopRule = "beta"
     threshold: float = 0.95
     batch_size: int = 0
+    answer: EscAnswer = "majority"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +68,8 @@ class AdaptiveConfig(StrategyConfig):
             raise ConfigError(
                 f"batch_size must be >= 1 (or 0 for the rule's default), got {self.batch_size!r}"
             )
+        if self.answer not in ("majority", "window"):
+            raise ConfigError(f"answer must be 'majority' or 'window', got {self.answer!r}")
         if self.batch_size == 0:
             object.__setattr__(self, "batch_size", ESC_WINDOW if self.rule == "esc" else 1)
 
@@ -99,4 +116,15 @@ class Adaptive:
         groups = select_majority(
             run.answers, config.k, indices=indices, equivalence=config.equivalence
         )
+        if reason == "unanimous_window" and config.answer == "window":
+            groups = window_first(groups, everything, len(run.answers) - 1)
         return run.result([best_member(group.members, None, indices) for group in groups])
+
+
+def window_first(
+    groups: list[AnswerGroup], everything: list[AnswerGroup], last: int
+) -> list[AnswerGroup]:
+    """The selection with the group of position ``last`` (the unanimous window's) first (pure)."""
+    chosen = next(group for group in everything if last in group.members)
+    rest = [group for group in groups if group.members != chosen.members]
+    return [chosen, *rest][: len(groups)]

@@ -588,13 +588,14 @@ def _scan(
         tied = np.where(lone_known & (lone_score == top), np.maximum(tied, lone_best), tied)
         return tied.reshape(shape).astype(key_type)
 
-    def settle(state: _Stopping, stops: BoolArray, taken: int) -> None:
+    def settle(state: _Stopping, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
+        """Stop the live lanes in ``stops``, each answering with its group key in ``picks``."""
         stops &= state.live
         fresh = int(np.count_nonzero(stops))
         if fresh:
             state.live ^= stops
             np.multiply(state.live, key_type(first_bit), out=state.live_bit)
-            right = (lead & key_type(first_bit)) != 0
+            right = (picks & key_type(first_bit)) != 0
             right &= stops
             state.stopped_right += _per_problem(right)
             per_problem = _per_problem(stops)
@@ -684,17 +685,20 @@ def _scan(
         for name, adaptive_config in adaptives.items():
             if taken % adaptive_config.batch_size != 0 or stopping[name].live_total == 0:
                 continue
+            picks = lead
             if adaptive_config.rule == "beta":
                 stops = (lead >> count_shift) >= beta_tables[name][second >> count_shift]
             else:
                 stops = run_length >= adaptive_config.batch_size
-            settle(stopping[name], stops, taken)
+                if adaptive_config.answer == "window":
+                    picks = key  # the group the unanimous window, this sample's, voted for
+            settle(stopping[name], stops, taken, picks)
         for name, ahead_config in aheads.items():
             if stopping[name].live_total == 0:
                 continue
             lead_by = lead >> count_shift
             lead_by -= second >> count_shift
-            settle(stopping[name], lead_by >= ahead_config.margin, taken)
+            settle(stopping[name], lead_by >= ahead_config.margin, taken, lead)
 
         if wanted[step]:
             _tally(step, specs, totals, lead, first_bit, lead_weight_key, bom_best, field_mask)

@@ -26,7 +26,7 @@ from ttscale.strategies import (
     Majority,
     MajorityConfig,
 )
-from ttscale.strategies.adaptive import should_stop
+from ttscale.strategies.adaptive import should_stop, window_first
 from ttscale.strategies.offline import (
     PassAtK,
     best_of_n_curve,
@@ -38,6 +38,7 @@ from ttscale.strategies.offline import (
 )
 from ttscale.strategies.selection import (
     best_member,
+    group_answers,
     select_best_of_majority,
     select_best_of_n,
     select_majority,
@@ -58,6 +59,7 @@ FIXED = {
 SEQUENTIAL = {
     "beta": AdaptiveConfig(threshold=0.7, batch_size=2),
     "esc": AdaptiveConfig(rule="esc", batch_size=2),
+    "esc_window": AdaptiveConfig(rule="esc", batch_size=2, answer="window"),
     "ahead": AheadByKConfig(margin=2),
 }
 
@@ -163,6 +165,7 @@ def sequential_brute_force(
             for order in itertools.permutations(range(n)):
                 seen = labels(answers[p, list(order)])
                 used = cap
+                window = False
                 if isinstance(config, AheadByKConfig):
                     found = first_to_ahead_by_k(seen[:cap], config.margin)
                     used = found[1] if found else cap
@@ -171,8 +174,11 @@ def sequential_brute_force(
                         batch = seen[end - config.batch_size : end]
                         if should_stop(seen[:end], batch, config):
                             used = end
+                            window = config.rule == "esc" and config.answer == "window"
                             break
                 groups = select_majority(seen[:used])
+                if window:
+                    groups = window_first(groups, group_answers(seen[:used]), used - 1)
                 pick = best_member(groups[0].members, None, range(used)) if groups else None
                 hits.append(pick is not None and bool(correct[p, order[pick]]))
                 drawn.append(used)
@@ -383,6 +389,7 @@ def test_sequential_strategies_replay_the_drawn_order() -> None:
         configs = {
             "beta": AdaptiveConfig(batch_size=3, threshold=0.8),
             "esc": AdaptiveConfig(rule="esc", batch_size=2),
+            "esc_window": AdaptiveConfig(rule="esc", batch_size=3, answer="window"),
             "ahead": AheadByKConfig(margin=2),
         }
         offline = evaluate([answers], [correct], None, configs, orders=[list(range(n))])
@@ -455,3 +462,30 @@ def test_wide_keys_beyond_1023_samples_match_the_online_picks() -> None:
                     pick = online_pick(name, labels(answers[p, idx]), list(scores[p, idx]), drawn)
                     hits.append(pick is not None and bool(correct[p, idx][pick]))
                 assert result.at(name, k) == pytest.approx(np.mean(hits)), (name, k)
+
+
+def test_esc_window_answer_is_the_unanimous_windows() -> None:
+    """A A B | A A C | B B B: the vote over all nine ties A and B 4-4 (A drawn first), the window
+    says B; online and offline replay agree on both, and they differ."""
+    stored = ["A", "A", "B", "A", "A", "C", "B", "B", "B"]
+    texts = [f"\\boxed{{{a}}}" for a in stored]
+    correct = [a == "B" for a in stored]
+    configs = {
+        "vote": AdaptiveConfig(rule="esc", batch_size=3, samples=9, extractor="boxed"),
+        "window": AdaptiveConfig(
+            rule="esc", batch_size=3, samples=9, extractor="boxed", answer="window"
+        ),
+    }
+    offline = evaluate([stored], [correct], None, configs, orders=[range(9)])
+    picks = {}
+    for name, config in configs.items():
+        result = asyncio.run(
+            Adaptive(config).run(
+                Problem(id="p", prompt="q"), ScriptedSampler({"q": texts})
+            )
+        )
+        picks[name] = str(result.answers[0]).upper()  # the extractor normalises case
+        assert offline.at(name, 9) == float(picks[name] == "B"), name
+    assert picks == {"vote": "A", "window": "B"}
+    with pytest.raises(ConfigError, match="answer"):
+        AdaptiveConfig(rule="esc", answer="last")

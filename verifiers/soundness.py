@@ -88,7 +88,7 @@ def estimate_soundness(
     for index, (weak_row, strong_row) in enumerate(zip(weak, strong, strict=True)):
         if len(weak_row) != len(strong_row):
             raise ConfigError(f"problem {index}: {len(weak_row)} weak and {len(strong_row)} strong")
-        if not weak_row:
+        if len(weak_row) == 0:  # not ``not weak_row``: a numpy row has no truth value
             raise ConfigError(f"problem {index} has no candidates")
         w = np.asarray(weak_row, dtype=bool)
         s = np.asarray(strong_row, dtype=bool)
