@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Callable, Sequence
 
+import httpx2
+import openai
 import pytest
 
+import ttscale
 from ttscale import OpenAISampler, Problem
 from ttscale.budget import BudgetedSampler
 from ttscale.confidence import GroupConfidenceWatch, MissingLogprobs, stop_position
 from ttscale.errors import ConfigError
 from ttscale.protocols import EARLY_STOP, as_sampler, can_watch
+from ttscale.proxy import BackgroundProxy, ProxyConfig
 from ttscale.registry import create
 from ttscale.strategies.deepconf import (
     DeepConf,
@@ -24,6 +29,7 @@ from ttscale.strategies.deepconf import (
     simulate_online,
     vote_share,
 )
+from ttscale.strategies.extract import get_extractor
 from ttscale.testing.server import (
     CONFIDENT,
     UNCONFIDENT,
@@ -224,8 +230,6 @@ def test_without_streaming_the_rule_applies_after_the_fact_with_the_same_vote() 
 
 
 def _answers(result: Result) -> list[str | None]:
-    from ttscale.strategies.extract import get_extractor
-
     extract = get_extractor("auto")
     return [extract(c.text) for c in result.candidates]
 
@@ -243,8 +247,6 @@ def test_replay_matches_the_live_streamed_run_token_for_token() -> None:
 
 
 async def _draw_whole(server: LoopbackServer, n: int) -> list[tuple[object, str | None]]:
-    from ttscale.strategies.extract import get_extractor
-
     extract = get_extractor("auto")
     async with OpenAISampler(model="m", base_url=server.base_url, api_key="x") as sampler:
         batch = await sampler.sample(PROMPT, n, SamplingParams(logprobs=TOP))
@@ -323,3 +325,59 @@ def test_a_closed_stream_borrows_the_prompt_tokens_reported_for_its_prompt() -> 
     assert whole.usage.prompt_tokens > 0
     assert watched.usage.prompt_tokens == whole.usage.prompt_tokens
     assert served["prompt_tokens"] == 2 * whole.usage.prompt_tokens
+
+
+# -- through the proxy and a wrapped client ----------------------------------------------------
+
+DEEPCONF_REQUEST = {"strategy": "deepconf", "samples": 8, "window": 2, "batch_size": 4}
+
+
+def test_the_proxy_streams_keep_alives_while_deepconf_draws_and_stops_streams_early() -> None:
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=0.05) as upstream:
+        proxy = BackgroundProxy(
+            ProxyConfig(base_url=upstream.base_url, model="loopback", keep_alive_s=0.05)
+        ).start()
+        try:
+            with httpx2.stream(
+                "POST",
+                proxy.base_url + "/chat/completions",
+                json={
+                    "model": "loopback",
+                    "messages": [{"role": "user", "content": PROMPT}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "ttscale": DEEPCONF_REQUEST,
+                },
+                timeout=60,
+            ) as response:
+                assert response.status_code == 200
+                lines = [line for line in response.iter_lines() if line]
+        finally:
+            proxy.stop()
+        records = upstream.records
+        generated = upstream.generated_usage()
+    assert any(line == ": keep-alive" for line in lines)
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    text = "".join(c["delta"].get("content") or "" for k in chunks for c in k["choices"])
+    assert "\\boxed{7}" in text
+    assert chunks[-1]["ttscale"]["samples_used"] == 8
+    # Four streams closed early, and the usage the client got is what the upstream generated.
+    assert sum(r.client_closed for r in records) == 4
+    assert chunks[-1]["usage"]["completion_tokens"] == generated["completion_tokens"]
+
+
+def test_a_wrapped_client_takes_strategy_deepconf_by_name() -> None:
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=0.02) as upstream:
+        client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
+        try:
+            answer = client.chat.completions.create(
+                model="loopback",
+                messages=[{"role": "user", "content": PROMPT}],
+                extra_body={"ttscale": DEEPCONF_REQUEST},
+            )
+        finally:
+            client.close()
+        records = upstream.records
+    assert "\\boxed{7}" in (answer.choices[0].message.content or "")
+    assert answer.model_extra is not None and answer.model_extra["ttscale"]["samples_used"] == 8
+    assert sum(r.client_closed for r in records) == 4
