@@ -22,12 +22,15 @@ The rules are plain functions over plain data (:func:`keep_most_confident`,
 :func:`online_threshold`, :func:`vote_share`, :func:`simulate_online`, :func:`simulate_offline`),
 so the stored samples of any run evaluate both modes, by samples and by tokens, without drawing:
 the token stream a stored trace holds says exactly where online stopping would have cut it.
+:func:`evaluate_deepconf` averages those replays over random draw orders, per problem, with
+standard errors across problems.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,8 +55,10 @@ from ttscale.types import Candidate, Problem, Result, SamplingParams, Score
 __all__ = [
     "DeepConf",
     "DeepConfConfig",
+    "OfflineEvaluation",
     "OnlineOutcome",
     "StoredTrace",
+    "evaluate_deepconf",
     "keep_most_confident",
     "online_threshold",
     "simulate_offline",
@@ -263,6 +268,75 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
         threshold=threshold,
         reason=reason,
     )
+
+
+@dataclass(frozen=True)
+class OfflineEvaluation:
+    """DeepConf's expected accuracy, samples and completion tokens per problem, over draw orders.
+
+    Each row holds one problem's mean over the orders; ``accuracy``, ``samples`` and ``tokens``
+    are means over problems with their standard errors across problems (``*_se``).
+    """
+
+    per_problem_accuracy: tuple[float, ...]
+    per_problem_samples: tuple[float, ...]
+    per_problem_tokens: tuple[float, ...]
+
+    @staticmethod
+    def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+        count = len(values)
+        mean = sum(values) / count
+        if count < 2:
+            return mean, 0.0
+        variance = sum((v - mean) ** 2 for v in values) / (count - 1)
+        return mean, math.sqrt(variance / count)
+
+    @property
+    def accuracy(self) -> tuple[float, float]:
+        return self._mean_se(self.per_problem_accuracy)
+
+    @property
+    def samples(self) -> tuple[float, float]:
+        return self._mean_se(self.per_problem_samples)
+
+    @property
+    def tokens(self) -> tuple[float, float]:
+        return self._mean_se(self.per_problem_tokens)
+
+
+def evaluate_deepconf(
+    problems: Sequence[Sequence[StoredTrace]],
+    correct: Sequence[Callable[[str | None], bool]],
+    config: DeepConfConfig,
+    *,
+    orders: int = 20,
+    seed: int = 0,
+) -> OfflineEvaluation:
+    """DeepConf in ``config.mode`` replayed over stored traces, by samples and by tokens.
+
+    A problem's stored traces are drawn in ``orders`` random orders (the same seeded orders for
+    every config, so two configs compare paired); each order replays the first ``config.samples``
+    of them, the online mode stopping and cutting traces exactly as a live run would. A problem
+    needs at least ``config.samples`` stored traces; ``correct[i]`` grades problem i's answers.
+    """
+    if len(problems) != len(correct):
+        raise ConfigError(f"{len(correct)} graders for {len(problems)} problems")
+    if orders < 1:
+        raise ConfigError(f"orders must be >= 1, got {orders}")
+    replay = simulate_online if config.mode == "online" else simulate_offline
+    rng = random.Random(seed)
+    accuracy, samples, tokens = [], [], []
+    for traces, grade in zip(problems, correct, strict=True):
+        if len(traces) < config.samples:
+            raise ConfigError(f"a problem has {len(traces)} traces, fewer than {config.samples}")
+        outcomes = []
+        for _ in range(orders):
+            order = rng.sample(range(len(traces)), config.samples)
+            outcomes.append(replay([traces[i] for i in order], config))
+        accuracy.append(sum(grade(o.answer) for o in outcomes) / orders)
+        samples.append(sum(o.samples for o in outcomes) / orders)
+        tokens.append(sum(o.tokens for o in outcomes) / orders)
+    return OfflineEvaluation(tuple(accuracy), tuple(samples), tuple(tokens))
 
 
 def _trace_score(name: str, confidences: Sequence[float], settings: ConfidenceSettings) -> float:

@@ -23,6 +23,7 @@ from ttscale.strategies.deepconf import (
     DeepConf,
     DeepConfConfig,
     StoredTrace,
+    evaluate_deepconf,
     keep_most_confident,
     online_threshold,
     simulate_offline,
@@ -116,6 +117,23 @@ def test_simulate_offline_filters_then_weighs() -> None:
     assert simulate_offline(traces, filtered).answer == "2"
     assert simulate_offline(traces, filtered).voters == 1
     assert simulate_offline(traces, filtered).tokens == 16
+
+
+def test_evaluate_deepconf_averages_replays_over_draw_orders() -> None:
+    # Two of three traces: any pair holding the sure A (4 of 6 orders) elects A, the pair of
+    # unsure Bs elects B; so the expected accuracy is 2/3.
+    traces = [trace("A", [9.0] * 3), trace("B", [1.0] * 3), trace("B", [1.0] * 3)]
+    config = DeepConfConfig(samples=2, warmup=1, mode="offline", eta=1.0, window=2)
+    result = evaluate_deepconf([traces], [lambda a: a == "A"], config, orders=3000)
+    assert result.per_problem_accuracy[0] == pytest.approx(2 / 3, abs=0.03)
+    assert result.tokens == (6.0, 0.0) and result.samples == (2.0, 0.0)
+    # Online: unanimous problems stop after the warm-up, by samples and by tokens.
+    online = DeepConfConfig(samples=3, warmup=2, window=2, batch_size=1)
+    same = [trace("7", [9.0] * 4)] * 3
+    both = evaluate_deepconf([same, same], [lambda a: a == "7"] * 2, online, orders=5)
+    assert both.accuracy == (1.0, 0.0) and both.samples == (2.0, 0.0) and both.tokens[0] == 8.0
+    with pytest.raises(ConfigError, match="fewer than"):
+        evaluate_deepconf([same[:1]], [lambda a: True], online)
 
 
 def test_config_checks_its_options() -> None:
