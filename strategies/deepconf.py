@@ -425,8 +425,10 @@ class DeepConf:
             if _consensus(*self._votes(run, threshold), config):
                 reason = "consensus"
                 break
-            if run.next_index >= config.samples or not run.can_draw:
-                reason = reason if run.can_draw else "budget"
+            if not run.can_draw:
+                reason = "budget"
+                break
+            if run.next_index >= config.samples:
                 break
             count = min(config.batch_size, config.samples - run.next_index)
             watcher = self._watcher(threshold) if streamed else None

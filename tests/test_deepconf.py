@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import httpx2
@@ -35,6 +36,7 @@ from ttscale.testing.server import (
     CONFIDENT,
     UNCONFIDENT,
     LoopbackServer,
+    RequestRecord,
     ScriptedAnswer,
     ScriptRequest,
     TokenProfile,
@@ -42,6 +44,27 @@ from ttscale.testing.server import (
 from ttscale.types import Prompt, Result, SampleBatch, SamplingParams
 
 TOP = 20  # the strategy's default top_logprobs, which the loopback server honours
+# Seconds between streamed tokens where a test compares the server's count with the client's: a
+# client that closes within this time of reading the stopping token is sent nothing more.
+PACE = 0.2
+
+
+def logged(server: LoopbackServer, timeout: float = 10.0) -> list[RequestRecord]:
+    """The server's records once every generation request is in the log.
+
+    A stream the client closed is logged when the server sees the close, a moment after the
+    client has moved on.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in server.records if r.ordinal >= 0]
+        if len(records) >= server.request_count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.01)
+
+
+def usage_of(records: Sequence[RequestRecord]) -> int:
+    return sum(r.completion_tokens for r in records if r.generated)
 
 
 def confidence_of(level: TokenProfile, k: int = TOP) -> float:
@@ -187,10 +210,10 @@ WARM = [SURE_7, SURE_7, SURE_9, SURE_7]  # 7 leads 3 to 1: short of a 0.95 conse
 
 
 def test_online_streams_stop_exactly_where_the_group_confidence_crosses() -> None:
-    server = LoopbackServer(answers=script(WARM, FADING), token_interval=0.05)
+    server = LoopbackServer(answers=script(WARM, FADING), token_interval=PACE)
     with server:
         result, budget = run(server, ONLINE)
-        records = server.records
+        records = logged(server)
     threshold = confidence_of(CONFIDENT)  # every warm-up token alike: every percentile is it
     expected_cut = stop_position(FADING_CONFS, 2, threshold)
     assert expected_cut == 4  # (47.51 + 3.875) / 2 < 47.51 at the fourth token
@@ -202,7 +225,7 @@ def test_online_streams_stop_exactly_where_the_group_confidence_crosses() -> Non
     assert all(c.finish_reason == EARLY_STOP for c in late)
     assert all(len(c.logprobs or ()) == expected_cut for c in late)
     # What the budget counted is what the server generated, stopped streams included.
-    assert budget.spent.completion_tokens == server.generated_usage()["completion_tokens"]
+    assert budget.spent.completion_tokens == usage_of(records)
     assert budget.spent.samples == 8
     # The stopped traces (all 9s) do not vote; the warm-up's 7 wins.
     assert result.answers == ("7",)
@@ -213,7 +236,7 @@ def test_online_streams_stop_exactly_where_the_group_confidence_crosses() -> Non
 def test_online_stops_drawing_at_consensus_after_the_warm_up() -> None:
     with LoopbackServer(answers=script([SURE_7] * 4, FADING), token_interval=0.05) as server:
         result, _ = run(server, ONLINE)
-        records = server.records
+        records = logged(server)
     assert len(result.candidates) == 4 and result.answers == ("7",)
     assert all(r.streamed_tokens is None for r in records)  # nothing was streamed
     assert [e for e in result.trace if e.step == "stop"][-1].data["reason"] == "consensus"
@@ -232,7 +255,7 @@ def test_without_streaming_the_rule_applies_after_the_fact_with_the_same_vote() 
 
     with LoopbackServer(answers=script(WARM, FADING)) as server:
         result, budget = run(server, ONLINE, plain)
-        generated = server.generated_usage()["completion_tokens"]
+        generated = usage_of(logged(server))
     assert not can_watch(plain(budget)) and can_watch(budget)
     assert result.answers == ("7",)
     assert next(e for e in result.trace if e.step == "threshold").data["streamed"] is False
@@ -312,9 +335,9 @@ def test_sample_watched_counts_what_arrived_before_the_close() -> None:
                 watcher=lambda index: GroupConfidenceWatch(2, confidence_of(CONFIDENT)),
             )
 
-    with LoopbackServer(answers={PROMPT: FADING}, token_interval=0.05) as server:
+    with LoopbackServer(answers={PROMPT: FADING}, token_interval=PACE) as server:
         batch = asyncio.run(go(server))
-        records = server.records
+        records = logged(server)
     assert [c.finish_reason for c in batch.candidates] == [EARLY_STOP, EARLY_STOP]
     assert [c.completion_tokens for c in batch.candidates] == [4, 4]
     assert batch.usage.completion_tokens == sum(r.completion_tokens for r in records) == 8
@@ -339,10 +362,10 @@ def test_a_closed_stream_borrows_the_prompt_tokens_reported_for_its_prompt() -> 
 
     with LoopbackServer(answers={PROMPT: FADING}, token_interval=0.02) as server:
         whole, watched = asyncio.run(go(server))
-        served = server.generated_usage()
+        served = logged(server)
     assert whole.usage.prompt_tokens > 0
     assert watched.usage.prompt_tokens == whole.usage.prompt_tokens
-    assert served["prompt_tokens"] == 2 * whole.usage.prompt_tokens
+    assert sum(r.prompt_tokens for r in served) == 2 * whole.usage.prompt_tokens
 
 
 # -- through the proxy and a wrapped client ----------------------------------------------------
@@ -351,7 +374,7 @@ DEEPCONF_REQUEST = {"strategy": "deepconf", "samples": 8, "window": 2, "batch_si
 
 
 def test_the_proxy_streams_keep_alives_while_deepconf_draws_and_stops_streams_early() -> None:
-    with LoopbackServer(answers=script(WARM, FADING), token_interval=0.05) as upstream:
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=PACE) as upstream:
         proxy = BackgroundProxy(
             ProxyConfig(base_url=upstream.base_url, model="loopback", keep_alive_s=0.05)
         ).start()
@@ -372,8 +395,8 @@ def test_the_proxy_streams_keep_alives_while_deepconf_draws_and_stops_streams_ea
                 lines = [line for line in response.iter_lines() if line]
         finally:
             proxy.stop()
-        records = upstream.records
-        generated = upstream.generated_usage()
+        records = logged(upstream)
+        generated = usage_of(records)
     assert any(line == ": keep-alive" for line in lines)
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     text = "".join(c["delta"].get("content") or "" for k in chunks for c in k["choices"])
@@ -381,7 +404,7 @@ def test_the_proxy_streams_keep_alives_while_deepconf_draws_and_stops_streams_ea
     assert chunks[-1]["ttscale"]["samples_used"] == 8
     # Four streams closed early, and the usage the client got is what the upstream generated.
     assert sum(r.client_closed for r in records) == 4
-    assert chunks[-1]["usage"]["completion_tokens"] == generated["completion_tokens"]
+    assert chunks[-1]["usage"]["completion_tokens"] == generated
 
 
 def test_a_wrapped_client_takes_strategy_deepconf_by_name() -> None:
@@ -395,7 +418,7 @@ def test_a_wrapped_client_takes_strategy_deepconf_by_name() -> None:
             )
         finally:
             client.close()
-        records = upstream.records
+        records = logged(upstream)
     assert "\\boxed{7}" in (answer.choices[0].message.content or "")
     assert answer.model_extra is not None and answer.model_extra["ttscale"]["samples_used"] == 8
     assert sum(r.client_closed for r in records) == 4

@@ -503,43 +503,62 @@ class OpenAISampler:
         base = params.seed if params.seed is not None else self.base_seed
         seed = derive_seed(base, index)
         body = self._body(request_input, params, 1, seed)
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        body.update(stream=True, stream_options={"include_usage": True})
         reading = _StreamRead()
+        shard = self._least_busy()
         async with semaphore:
             started = time.perf_counter()
+            self._in_flight[shard] += 1  # a stream holds its connection until it is closed
             try:
-                stream = await self._clients[0].post(
-                    self._path,
-                    cast_to=object,
-                    body=body,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[object],
-                )
-            except openai.APIStatusError as exc:
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                raise _upstream(exc) from exc
-            except openai.APIConnectionError as exc:
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                raise UpstreamError(f"could not reach the model server: {exc}") from exc
-            try:
-                async for chunk in stream:
-                    if reading.take(chunk, self.config.endpoint, watcher):
-                        break
-            except asyncio.CancelledError:
-                reading.finish_reason = "cancelled"
-                raise
-            except Exception as exc:
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                reading.finish_reason = "error"
-                raise UpstreamError(f"the model server's stream broke off: {exc}") from exc
+                stream = await self._open_stream(draw, shard, body)
+                try:
+                    await self._read_stream(draw, stream, reading, watcher)
+                finally:
+                    # Closing the response closes its connection (it was not read to the end),
+                    # which is how a server learns to stop generating. Whatever arrived is paid
+                    # for, so it is recorded however the stream ended.
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+                    self._record_stream(draw, reading, request_input, params, index, seed, started)
             finally:
-                # Closing the response closes its connection (it was not read to the end), which
-                # is how a server learns to stop generating. Whatever arrived is paid for, so it
-                # is recorded however the stream ended.
-                with contextlib.suppress(Exception):
-                    await stream.close()
-                self._record_stream(draw, reading, request_input, params, index, seed, started)
+                self._in_flight[shard] -= 1
+
+    async def _open_stream(
+        self, draw: _Draw, shard: int, body: dict[str, Any]
+    ) -> openai.AsyncStream[object]:
+        try:
+            return await self._clients[shard].post(
+                self._path,
+                cast_to=object,
+                body=body,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
+        except openai.APIStatusError as exc:
+            draw.usage = draw.usage + Usage(failed_requests=1)
+            raise _upstream(exc) from exc
+        except openai.APIConnectionError as exc:
+            draw.usage = draw.usage + Usage(failed_requests=1)
+            raise UpstreamError(f"could not reach the model server: {exc}") from exc
+
+    async def _read_stream(
+        self,
+        draw: _Draw,
+        stream: openai.AsyncStream[object],
+        reading: _StreamRead,
+        watcher: TokenWatcher,
+    ) -> None:
+        try:
+            async for chunk in stream:
+                if reading.take(chunk, self.config.endpoint, watcher):
+                    return
+        except asyncio.CancelledError:
+            reading.finish_reason = "cancelled"
+            raise
+        except Exception as exc:
+            draw.usage = draw.usage + Usage(failed_requests=1)
+            reading.finish_reason = "error"
+            raise UpstreamError(f"the model server's stream broke off: {exc}") from exc
 
     def _record_stream(
         self,
@@ -611,12 +630,15 @@ class OpenAISampler:
         # skips the typed-params transform and the pydantic response models, which cost more CPU
         # per request than everything else here (see benchmarks/sampler_throughput.py). The body
         # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
-        shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        shard = self._least_busy()
         self._in_flight[shard] += 1
         try:
             return await self._clients[shard].post(self._path, cast_to=object, body=body)
         finally:
             self._in_flight[shard] -= 1
+
+    def _least_busy(self) -> int:
+        return min(range(len(self._clients)), key=self._in_flight.__getitem__)
 
     @property
     def _path(self) -> str:
