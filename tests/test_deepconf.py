@@ -422,3 +422,25 @@ def test_a_wrapped_client_takes_strategy_deepconf_by_name() -> None:
     assert "\\boxed{7}" in (answer.choices[0].message.content or "")
     assert answer.model_extra is not None and answer.model_extra["ttscale"]["samples_used"] == 8
     assert sum(r.client_closed for r in records) == 4
+
+
+def test_the_confidence_verifier_through_the_proxy_needs_logprobs_asked_for() -> None:
+    unsure_9 = ScriptedAnswer("\\boxed{9}", (UNCONFIDENT,))
+    answers = script([unsure_9, SURE_7, unsure_9, unsure_9], unsure_9)
+    request = {
+        "model": "loopback",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "ttscale": {"strategy": "best_of_n", "samples": 4, "verifier": "confidence"},
+    }
+    with LoopbackServer(answers=answers) as upstream:
+        proxy = BackgroundProxy(ProxyConfig(base_url=upstream.base_url, model="loopback")).start()
+        try:
+            refused = httpx2.post(proxy.base_url + "/chat/completions", json=request, timeout=30)
+            upstream.reset_log()  # the script's sample indices start again
+            asked = {**request, "logprobs": True, "top_logprobs": 5}
+            served = httpx2.post(proxy.base_url + "/chat/completions", json=asked, timeout=30)
+        finally:
+            proxy.stop()
+    assert refused.status_code == 400 and "top_logprobs" in refused.json()["error"]["message"]
+    assert served.status_code == 200
+    assert served.json()["choices"][0]["message"]["content"] == SURE_7.text
