@@ -26,9 +26,15 @@ model's answers are 30-250 tokens, so a trace has several windows and one odd to
 decide one) and eta 90% (DeepConf-high: the paper's setting that keeps accuracy; DeepConf-low
 trades accuracy for tokens). The replay grid shows what other choices would have given.
 
+Any ``ttscale solve --logprobs K`` run can be replayed the same way, without drawing: ``--replay
+RUN.jsonl.samples.jsonl --datasets NAME`` reads the run's sample journal and prints majority@16
+and DeepConf offline and online (expected accuracy, samples and tokens over 50 draw orders of the
+stored samples, with standard errors across problems).
+
     nice .venv/bin/python benchmarks/confidence.py --limit 10            # both sets, 10 each
     nice .venv/bin/python benchmarks/confidence.py --datasets arithmetic --limit 20
     .venv/bin/python benchmarks/confidence.py --base-url http://127.0.0.1:8080/v1 --model m
+    .venv/bin/python benchmarks/confidence.py --replay out.jsonl.samples.jsonl --datasets gsm8k
 
 Writes ``benchmarks/out/confidence.json`` (every figure printed, and per-problem rows).
 """
@@ -56,12 +62,13 @@ from ttscale.strategies.deepconf import (
     DeepConf,
     DeepConfConfig,
     StoredTrace,
+    evaluate_deepconf,
     simulate_offline,
     simulate_online,
 )
 from ttscale.strategies.extract import get_extractor
 from ttscale.strategies.selection import select_majority
-from ttscale.types import Candidate
+from ttscale.types import Candidate, TokenLogprob
 from ttscale.verifiers.math_answers import normalised_equal
 
 SAMPLES = 16
@@ -204,6 +211,74 @@ def report(dataset: str, summary: dict[str, Any]) -> None:
     )
 
 
+def journal_traces(path: Path) -> dict[str, list[StoredTrace]]:
+    """Every problem's stored traces from a ``ttscale solve`` sample journal (with logprobs)."""
+    extract = get_extractor("auto")
+    traces: dict[str, dict[int, StoredTrace]] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        data = entry["candidate"]
+        if not data.get("logprobs"):
+            continue
+        tokens = tuple(
+            TokenLogprob(t["token"], t["logprob"], tuple((a, lp) for a, lp in t["top"]))
+            for t in data["logprobs"]
+        )
+        candidate = Candidate(
+            text=data["text"],
+            index=data["index"],
+            completion_tokens=data.get("completion_tokens", 0),
+            logprobs=tokens,
+        )
+        trace = StoredTrace.of(candidate, extract(candidate.text))
+        traces.setdefault(entry["problem"], {})[candidate.index] = trace
+    return {problem: [t[i] for i in sorted(t)] for problem, t in traces.items()}
+
+
+def replay(path: Path, dataset: str, orders: int = 50) -> None:
+    """Majority@16 and DeepConf replayed over a solve run's stored samples."""
+    references = {p.id: p.answer for p in load_dataset(dataset)}
+    stored = {k: v for k, v in journal_traces(path).items() if len(v) >= SAMPLES}
+    problems = sorted(stored)
+    traces = [stored[p] for p in problems]
+    graders = [lambda a, ref=references[p]: normalised_equal(a, ref) for p in problems]
+    configs = {
+        "majority@16 (offline, eta 100%, unweighted)": None,
+        "deepconf-offline eta=10%": offline_config(0.1),
+        "deepconf-offline eta=90%": offline_config(0.9),
+        **{
+            f"deepconf-online w={w} eta={e:.0%}": online_config(w, e)
+            for w in REPLAY_WINDOWS
+            for e in REPLAY_ETAS
+        },
+    }
+    print(
+        f"\nreplay of {path}: {len(problems)} problems with >= {SAMPLES} samples, {orders} orders"
+    )
+    base_tokens = None
+    for name, config in configs.items():
+        if config is None:
+            result = evaluate_majority(traces, graders, orders)
+        else:
+            result = evaluate_deepconf(traces, graders, config, orders=orders)
+        (acc, acc_se), (n, _), (tok, _) = result.accuracy, result.samples, result.tokens
+        base_tokens = base_tokens or tok
+        print(
+            f"{name:<46} accuracy {acc:.3f} +- {acc_se:.3f}  samples {n:5.1f}  "
+            f"tokens {tok:7.1f}  saving {1 - tok / base_tokens:6.1%}"
+        )
+
+
+def evaluate_majority(
+    traces: Sequence[Sequence[StoredTrace]], graders: Sequence[Any], orders: int
+) -> Any:
+    """Plain majority@16 over the same seeded orders evaluate_deepconf draws."""
+    # DeepConf offline keeping every trace with equal weights is majority: give every token the
+    # same confidence, and the weighted vote counts heads.
+    flat = [[StoredTrace(t.answer, (1.0,), t.tokens) for t in problem] for problem in traces]
+    return evaluate_deepconf(flat, graders, offline_config(1.0), orders=orders)
+
+
 @contextlib.contextmanager
 def model_server(base_url: str | None, model: str | None) -> Iterator[tuple[str, str]]:
     if base_url is not None:
@@ -251,7 +326,12 @@ async def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="summarise the rows a (stopped) run kept"
     )
+    parser.add_argument("--replay", type=Path, help="a ttscale solve sample journal to replay")
     args = parser.parse_args()
+    if args.replay is not None:
+        for dataset in args.datasets:
+            replay(args.replay, dataset)
+        return
     rows_file = args.out.with_suffix(".rows.jsonl")
     if args.report_only:
         kept: dict[str, list[ProblemRow]] = {}
