@@ -14,7 +14,7 @@ import pytest
 
 import ttscale
 from ttscale import OpenAISampler, Problem
-from ttscale.budget import BudgetedSampler
+from ttscale.budget import BudgetedSampler, max_samples
 from ttscale.confidence import GroupConfidenceWatch, MissingLogprobs, stop_position
 from ttscale.errors import ConfigError
 from ttscale.protocols import EARLY_STOP, as_sampler, can_watch
@@ -444,3 +444,25 @@ def test_the_confidence_verifier_through_the_proxy_needs_logprobs_asked_for() ->
     assert refused.status_code == 400 and "top_logprobs" in refused.json()["error"]["message"]
     assert served.status_code == 200
     assert served.json()["choices"][0]["message"]["content"] == SURE_7.text
+
+
+def test_streamed_draws_meet_the_budget_like_any_other() -> None:
+    async def go(server: LoopbackServer) -> tuple[Result, BudgetedSampler]:
+        async with OpenAISampler(model="m", base_url=server.base_url, api_key="x") as sampler:
+            budget = BudgetedSampler(sampler, per_problem=max_samples(6))
+            view = budget.for_problem("p")
+            result = await DeepConf(ONLINE).run(Problem(id="p", prompt=PROMPT), view)
+            return result, budget
+
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=PACE) as server:
+        result, budget = asyncio.run(go(server))
+        records = logged(server)
+    # The second batch of four is trimmed to the two samples the budget leaves, streamed.
+    assert len(result.candidates) == 6 and budget.spent.samples == 6
+    assert sum(r.streamed_tokens is not None for r in records) == 2
+    assert budget.spent.completion_tokens == usage_of(records)
+    # A sampler that cannot stream is refused a watched draw before anything is reserved.
+    plain = BudgetedSampler(as_sampler(lambda prompt, n, params, start_index=0: None))
+    with pytest.raises(ConfigError, match="cannot stream"):
+        asyncio.run(plain.sample_watched(PROMPT, 1, watcher=lambda i: GroupConfidenceWatch(2, 1.0)))
+    assert plain.spent.draws == 0 and plain.spent.pending_samples == 0
