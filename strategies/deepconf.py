@@ -60,6 +60,7 @@ __all__ = [
     "StoredTrace",
     "evaluate_deepconf",
     "keep_most_confident",
+    "lowest_group",
     "online_threshold",
     "simulate_offline",
     "simulate_online",
@@ -106,7 +107,7 @@ class DeepConfConfig(StrategyConfig):
             )
         if self.window < 1 or self.top_logprobs < 1:
             raise ConfigError("window and top_logprobs must be >= 1")
-        if not 1 <= self.warmup <= self.samples:
+        if self.warmup < 1 or (self.mode == "online" and self.warmup > self.samples):
             raise ConfigError(f"warmup must be in 1..samples ({self.samples}), got {self.warmup}")
         if self.batch_size < 1 or self.min_votes < 1:
             raise ConfigError("batch_size and min_votes must be >= 1")
@@ -138,10 +139,24 @@ def keep_most_confident(
     return ranked[:keep]
 
 
-def online_threshold(lowest_groups: Sequence[float], eta: float) -> float:
+def online_threshold(lowest_groups: Sequence[float | None], eta: float) -> float:
     """DeepConf's stopping threshold: the ``100 * (1 - eta)``-th percentile of the warm-up's
-    lowest group confidences (linear interpolation, as numpy's percentile)."""
-    return percentile(lowest_groups, 100 * (1 - eta))
+    lowest group confidences (linear interpolation, as numpy's percentile).
+
+    ``None`` (an empty completion, nothing to measure) is left out; with nothing left the
+    threshold stops nothing.
+    """
+    measured = [value for value in lowest_groups if value is not None]
+    return percentile(measured, 100 * (1 - eta)) if measured else -math.inf
+
+
+def lowest_group(confidences: Sequence[float], window: int) -> float | None:
+    """A trace's lowest group confidence; ``None`` for an empty completion."""
+    return min(group_confidences(confidences, window)) if confidences else None
+
+
+def _votes_with(answer: str | None, low: float | None, threshold: float) -> bool:
+    return answer is not None and low is not None and low >= threshold
 
 
 def vote_share(answers: Sequence[str | None], weights: Sequence[float]) -> tuple[float, int]:
@@ -182,9 +197,11 @@ class StoredTrace:
 
     @classmethod
     def of(cls, candidate: Candidate, answer: str | None, top_k: int | None = None) -> StoredTrace:
+        """The trace of a candidate drawn with top logprobs (an empty completion has none)."""
+        empty = candidate.logprobs == ()
         return cls(
             answer,
-            tuple(token_confidences(candidate, top_k)),
+            () if empty else tuple(token_confidences(candidate, top_k)),
             candidate.completion_tokens or len(candidate.logprobs or ()),
         )
 
@@ -231,10 +248,13 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
         raise ConfigError(f"need at least warmup={config.warmup} stored traces, got {len(traces)}")
     window = config.window
     warm = traces[: config.warmup]
-    lowest = [min(group_confidences(t.confidences, window)) for t in warm]
+    lowest = [lowest_group(t.confidences, window) for t in warm]
     threshold = online_threshold(lowest, config.eta)
-    answers = [t.answer if low >= threshold else None for t, low in zip(warm, lowest, strict=True)]
-    weights = list(lowest)
+    answers = [
+        t.answer if _votes_with(t.answer, low, threshold) else None
+        for t, low in zip(warm, lowest, strict=True)
+    ]
+    weights = [low or 0.0 for low in lowest]
     tokens = sum(t.tokens for t in warm)
     drawn, stopped = config.warmup, 0
     reason = "max_samples"
@@ -254,9 +274,9 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
                 weights.append(0.0)
                 continue
             tokens += trace.tokens
-            low = min(group_confidences(trace.confidences, window))
-            answers.append(trace.answer if low >= threshold else None)
-            weights.append(low)
+            low = lowest_group(trace.confidences, window)
+            answers.append(trace.answer if _votes_with(trace.answer, low, threshold) else None)
+            weights.append(low or 0.0)
         drawn += len(batch)
     answer = _weighted_winner(answers, weights, range(len(answers)))
     return OnlineOutcome(
@@ -340,7 +360,12 @@ def evaluate_deepconf(
 
 
 def _trace_score(name: str, confidences: Sequence[float], settings: ConfidenceSettings) -> float:
-    """A trace score from stored token confidences (the group-based ones need no logprobs)."""
+    """A trace score from stored token confidences (the group-based ones need no logprobs).
+
+    An empty completion scores 0, the least confidence a trace can have (C_i >= 0).
+    """
+    if not confidences:
+        return 0.0
     if name == "mean":
         return sum(confidences) / len(confidences)
     groups = group_confidences(confidences, settings.window)
@@ -400,7 +425,10 @@ class DeepConf:
     async def _offline(self, run: ProblemRun) -> Result:
         config = self.config
         await run.draw(config.samples)
-        values = [measure(config.score, c, config.settings) for c in run.candidates]
+        values = [
+            0.0 if c.logprobs == () else measure(config.score, c, config.settings)
+            for c in run.candidates
+        ]
         kept = set(keep_most_confident(values, config.eta, run.indices))
         answers = [a if p in kept else None for p, a in enumerate(run.answers)]
         run.event("filter", kept=len(kept), eta=config.eta, score=config.score)
@@ -442,14 +470,16 @@ class DeepConf:
         window = self.config.window
         return lambda index: GroupConfidenceWatch(window, threshold)
 
-    def _lowest(self, candidate: Candidate) -> float:
-        return min(group_confidences(token_confidences(candidate), self.config.window))
+    def _lowest(self, candidate: Candidate) -> float | None:
+        if candidate.logprobs == ():
+            return None  # an empty completion: nothing to measure, and nothing to vote with
+        return lowest_group(token_confidences(candidate), self.config.window)
 
     def _stopped(self, candidate: Candidate, threshold: float) -> bool:
         """Stopped live (its stream closed early), or, drawn whole, where the rule would have."""
         if candidate.finish_reason == EARLY_STOP:
             return True
-        if candidate.index < self.config.warmup:
+        if candidate.index < self.config.warmup or candidate.logprobs == ():
             return False
         confidences = token_confidences(candidate)
         return stop_position(confidences, self.config.window, threshold) is not None
@@ -460,9 +490,9 @@ class DeepConf:
         weights: list[float] = []
         for candidate, answer in zip(run.candidates, run.answers, strict=True):
             low = self._lowest(candidate)
-            votes = not self._stopped(candidate, threshold) and low >= threshold
+            votes = not self._stopped(candidate, threshold) and _votes_with(answer, low, threshold)
             answers.append(answer if votes else None)
-            weights.append(low if votes else 0.0)
+            weights.append(low if votes and low is not None else 0.0)
         return answers, weights
 
     def _select(self, run: ProblemRun, answers: list[str | None], weights: list[float]) -> Result:

@@ -466,3 +466,17 @@ def test_streamed_draws_meet_the_budget_like_any_other() -> None:
     with pytest.raises(ConfigError, match="cannot stream"):
         asyncio.run(plain.sample_watched(PROMPT, 1, watcher=lambda i: GroupConfidenceWatch(2, 1.0)))
     assert plain.spent.draws == 0 and plain.spent.pending_samples == 0
+
+
+def test_an_empty_completion_neither_votes_nor_breaks_the_run() -> None:
+    empty = trace(None, [])
+    online = DeepConfConfig(samples=4, warmup=2, window=2, batch_size=2)
+    outcome = simulate_online([empty, trace("7", HIGH), empty, trace("7", HIGH)], online)
+    assert outcome.answer == "7" and outcome.voters == 2
+    offline = DeepConfConfig(samples=3, mode="offline", eta=1.0, window=2)
+    assert simulate_offline([empty, trace("7", HIGH), empty], offline).answer == "7"
+    # All empty: no threshold to stop anything, and nobody votes.
+    assert online_threshold([None, None], 0.9) == -math.inf
+    with LoopbackServer(answers=script([ScriptedAnswer(""), SURE_7, SURE_7, SURE_7], SURE_7)) as s:
+        result, _ = run(s, ONLINE)
+    assert result.answers == ("7",)
