@@ -430,17 +430,23 @@ def fit(
 
     The table also shows each strategy's accuracy at every k, evaluated offline from the stored
     samples (majority, adaptive, ahead-by-k; best-of-N and the weighted ones when samples carry
-    verifier scores), and the law's fit error both in-sample and on held-out k.
+    verifier scores), each value with its 90% bootstrap interval over problems, and the law's
+    fit error both in-sample and on held-out k.
     """
-    from ttscale.report import fit_report, offline_columns, read_results, render_table
+    from ttscale.report import fit_report, offline_bands, read_results, render_table
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
         read_results(results)  # every line checked, with its place named, before anything else
         records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        extra, offline_notes = offline_columns(records, strategy=strategy)
+        extra, bands, offline_notes = offline_bands(records, strategy=strategy)
         report = fit_report(
-            results, directory, strategy=strategy, target_coverage=target, extra_columns=extra
+            results,
+            directory,
+            strategy=strategy,
+            target_coverage=target,
+            extra_columns=extra,
+            extra_bands=bands,
         )
     except TTScaleError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -449,6 +455,58 @@ def fit(
     for note in [*report.notes, *offline_notes]:
         console.print(note)
     console.print(f"wrote {report.json_path} and {report.plot_path}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Results JSONL of side a (`ttscale solve --out`).")],
+    b: Annotated[Path, typer.Argument(help="Results JSONL of side b (may be the same file).")],
+    strategy: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="Offline strategy to compare (majority, adaptive, ...): once for both sides, "
+            "or twice, a's then b's."
+        ),
+    ] = None,
+    k: Annotated[
+        Optional[list[int]],  # noqa: UP045
+        typer.Option("--k", help="Budgets to compare (repeat; default 12 log-spaced)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the orders, bootstrap and flips.")] = 0,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Also write the comparison as JSON here."),
+    ] = None,
+) -> None:
+    """Paired comparison over the problems both files hold: a - b at each k with a 95% CI and a
+    p-value, and at equal mean tokens spent, which side is ahead."""
+    from ttscale.compare import compare_runs, render
+
+    try:
+        comparison = compare_runs(a, b, strategies=strategy or ["majority"], ks=k, seed=seed)
+    except TTScaleError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    out_console = Console()
+    out_console.print(f"a = {comparison.a}, b = {comparison.b}: {comparison.problems} problems")
+    rows = render(comparison)
+    for view, title in (("k", "at budget k"), ("tokens", "at equal mean tokens per problem")):
+        chosen = [row for row in rows if row["view"] == view]
+        if not chosen:
+            out_console.print(f"{title}: the two curves share no range of tokens")
+            continue
+        header = [name for name in chosen[0] if name != "view"]
+        header[0] = "k" if view == "k" else "tokens"
+        table = Table(*header, title=f"a - b {title}")
+        for row in chosen:
+            table.add_row(*(value for name, value in row.items() if name != "view"))
+        out_console.print(table)
+    out_console.print(f"p-values: {comparison.p_value_method}; CIs: bootstrap over problems")
+    for note in comparison.notes:
+        console.print(note)
+    if out is not None:
+        out.write_text(json.dumps(comparison.to_dict(), indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {out}")
 
 
 @app.command()
