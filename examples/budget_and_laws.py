@@ -25,7 +25,7 @@ from ttscale import OpenAISampler, Problem, SamplingParams
 from ttscale.budget import BudgetedSampler, BudgetLimitReached, max_samples, max_tokens
 from ttscale.datasets import load_dataset
 from ttscale.estimators import coverage_curve, log_spaced_ks, pass_at_k
-from ttscale.laws import extrapolation_band, fit_power_law
+from ttscale.laws import bootstrap_fits, extrapolation_band, fit_power_law, law_intervals
 from ttscale.local_model import LocalModelServer
 from ttscale.registry import create
 from ttscale.strategies import Majority
@@ -65,11 +65,16 @@ def fit_and_plot(n: list[int], c: list[int], out: Path) -> None:
     print(f"pass@1={pass_at_k(n, c, 1):.3f} pass@{ks[-1]}={coverage[-1]:.3f}")
     law = fit_power_law(ks, coverage)
     far = 10 * int(ks[-1])
-    print(f"fit: a={law.a:.4f} (sd {law.a_sd:.4f}) b={law.b:.4f} (sd {law.b_sd:.4f})")
+    # Intervals and band are bootstrap over problems: how much they rest on these few problems.
+    fits = bootstrap_fits(n, c, fit_ks=ks, n_resamples=100)
+    spans = law_intervals(fits).intervals
+    print(
+        f"fit: a={law.a:.4f} [90% bootstrap {spans['a'][0]:.4f}, {spans['a'][1]:.4f}] "
+        f"b={law.b:.4f} [{spans['b'][0]:.4f}, {spans['b'][1]:.4f}]"
+    )
     print(f"predicted coverage at {far} samples (10x): {law.predict(far)[0]:.3f}")
-    # The band is bootstrap over problems: how much the prediction rests on these few problems.
     grid = np.unique(np.geomspace(1, far, 30).astype(int))
-    band = extrapolation_band(n, c, grid, fit_ks=ks, n_resamples=100)
+    band = extrapolation_band(n, c, grid, fit_ks=ks, fits=fits)
     figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
     axes.fill_between(grid, band.low, band.high, alpha=0.2, label=f"{band.confidence:.0%} band")
     axes.plot(grid, law.predict(grid), label=f"exp({law.a:.2f} k^{law.b:.2f})")

@@ -117,3 +117,66 @@ def test_bootstrap_over_a_matrix_gives_one_interval_per_column() -> None:
     assert low.shape == high.shape == (4,)
     assert np.all(low <= values.mean(axis=0))
     assert np.all(values.mean(axis=0) <= high)
+
+
+def reference_bootstrap(
+    values: list[float], n_resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """The documented procedure written out plainly: the same draws, a hand-written quantile."""
+    index = np.random.default_rng(seed).integers(0, len(values), size=(n_resamples, len(values)))
+    means = sorted(sum(values[int(i)] for i in row) / len(values) for row in index)
+
+    def quantile(q: float) -> float:
+        position = (len(means) - 1) * q  # numpy's default: linear between order statistics
+        below = math.floor(position)
+        above = min(below + 1, len(means) - 1)
+        return means[below] + (position - below) * (means[above] - means[below])
+
+    tail = (1 - confidence) / 2
+    return quantile(tail), quantile(1 - tail)
+
+
+@pytest.mark.parametrize(("confidence", "seed"), [(0.9, 0), (0.95, 4), (0.5, 9)])
+def test_bootstrap_is_exactly_the_documented_procedure(confidence: float, seed: int) -> None:
+    values = [0.0, 0.25, 1.0, 0.5, 0.75, 0.0, 1.0, 0.125, 0.5, 0.9]
+    low, high = bootstrap_ci(values, n_resamples=301, confidence=confidence, seed=seed)
+    assert (float(low), float(high)) == pytest.approx(
+        reference_bootstrap(values, 301, confidence, seed), abs=1e-12
+    )
+    # Per column of a matrix, the same as each column alone.
+    table = np.stack([values, values[::-1]], axis=1)
+    lows, highs = bootstrap_ci(table, n_resamples=301, confidence=confidence, seed=seed)
+    assert lows[0] == pytest.approx(float(low)) and highs[0] == pytest.approx(float(high))
+    assert (lows[1], highs[1]) == pytest.approx(
+        reference_bootstrap(values[::-1], 301, confidence, seed), abs=1e-12
+    )
+
+
+def test_bootstrap_of_one_success_in_ten_is_zero_to_three_tenths() -> None:
+    """Exactly: a resample's mean is Binomial(10, 0.1) / 10, whose 2.5% and 97.5% points are 0
+    and 0.3 (P(<= 2) = 0.930, P(<= 3) = 0.987), so every problem must be resampled."""
+    values = [1.0] + [0.0] * 9
+    cdf = np.cumsum([math.comb(10, j) * 0.1**j * 0.9 ** (10 - j) for j in range(11)])
+    assert cdf[2] < 0.975 < cdf[3] and cdf[0] > 0.025
+    low, high = bootstrap_ci(values, n_resamples=4000, confidence=0.95, seed=2)
+    assert (float(low), float(high)) == (0.0, 0.3)
+
+
+def test_bootstrap_statistic_and_errors() -> None:
+    values = np.arange(6, dtype=float)
+    low, high = bootstrap_ci(
+        values, statistic=lambda r: np.median(r, axis=1), n_resamples=200, seed=1
+    )
+    index = np.random.default_rng(1).integers(0, 6, size=(200, 6))
+    medians = np.median(values[index], axis=1)
+    assert (float(low), float(high)) == pytest.approx(
+        (np.quantile(medians, 0.025), np.quantile(medians, 0.975))
+    )
+    with pytest.raises(ConfigError, match="at least one problem"):
+        bootstrap_ci([])
+    with pytest.raises(ConfigError, match="confidence"):
+        bootstrap_ci([1.0], confidence=1.0)
+    with pytest.raises(ConfigError, match="n_resamples"):
+        bootstrap_ci([1.0], n_resamples=0)
+    # One resample and one problem: the interval is that problem's value.
+    assert bootstrap_ci([0.5], n_resamples=1) == (0.5, 0.5)

@@ -14,6 +14,9 @@ from ttscale.estimators import FloatArray, coverage_curve, log_spaced_ks
 from ttscale.laws import (
     BetaFit,
     PowerLawFit,
+    beta_binomial_log_likelihood,
+    bom_theoretical_alpha,
+    bootstrap_fits,
     compare_held_out,
     expected_reward_under_weak_verifier,
     extrapolation_band,
@@ -21,6 +24,8 @@ from ttscale.laws import (
     fit_error,
     fit_power_law,
     k_for_coverage,
+    law_intervals,
+    llmonk_fit_error,
     maker_expected_cost,
     maker_expected_votes,
     maker_k_min,
@@ -175,7 +180,7 @@ def test_k_for_coverage_agrees_with_the_closed_form_and_prices_it() -> None:
     for target in (0.5, 0.829, 0.9, 0.98):
         k = k_for_coverage(law, target)
         assert k == math.ceil(law.k_for(target))
-        assert k is not None
+        assert type(k) is int
         assert law.predict([k])[0] >= target
         assert k == 1 or law.predict([k - 1])[0] < target
     plan = plan_for_coverage(
@@ -289,3 +294,130 @@ def test_k_opt_is_finite_and_shrinks_as_false_positives_cost_more() -> None:
     assert all(later <= earlier for earlier, later in itertools.pairwise(k_opts))
     assert k_opts[-1] < 50
     assert k_opts[-1] < k_opts[1]
+
+
+# -- exact references for the fits' numbers ----------------------------------------------------
+
+
+def test_beta_binomial_likelihood_and_gradient_against_independent_references() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    n = np.array([10, 10, 7, 20, 5])
+    c = np.array([0, 3, 7, 11, 1])
+    for alpha, beta in [(0.4, 1.7), (2.5, 0.3), (1.0, 1.0)]:
+        value, gradient = beta_binomial_log_likelihood(alpha, beta, n, c)
+        # scipy's beta-binomial pmf includes log C(n, c); the likelihood here leaves it out.
+        log_choose = sum(math.log(math.comb(int(a), int(b))) for a, b in zip(n, c, strict=True))
+        expected = float(stats.betabinom.logpmf(c, n, alpha, beta).sum()) - log_choose
+        assert value == pytest.approx(expected, rel=1e-12)
+        step = 1e-6
+        numeric = [
+            (
+                beta_binomial_log_likelihood(alpha + step, beta, n, c)[0]
+                - beta_binomial_log_likelihood(alpha - step, beta, n, c)[0]
+            )
+            / (2 * step),
+            (
+                beta_binomial_log_likelihood(alpha, beta + step, n, c)[0]
+                - beta_binomial_log_likelihood(alpha, beta - step, n, c)[0]
+            )
+            / (2 * step),
+        ]
+        assert gradient == pytest.approx(numeric, rel=1e-6, abs=1e-7)
+
+
+def test_beta_fit_is_the_maximum_and_reports_its_likelihood() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    counts = beta_counts(0.8, 0.6, seed=3)[:200]
+    fit = fit_beta(SAMPLES, counts)
+    total = float(stats.betabinom.logpmf(counts, SAMPLES, fit.alpha, fit.beta).sum())
+    assert fit.log_likelihood == pytest.approx(total, rel=1e-10)
+    for da, db in [(1.01, 1), (0.99, 1), (1, 1.01), (1, 0.99)]:
+        nearby = float(stats.betabinom.logpmf(counts, SAMPLES, fit.alpha * da, fit.beta * db).sum())
+        assert nearby < total
+    # At an interior maximum the gradient vanishes (relative to the likelihood's size).
+    _, gradient = beta_binomial_log_likelihood(fit.alpha, fit.beta, SAMPLES, counts)
+    assert np.all(np.abs(gradient * [fit.alpha, fit.beta]) < 1e-3 * abs(total) / 200)
+
+
+def test_power_law_refuses_curves_without_a_law() -> None:
+    ks = [1, 2, 4, 8]
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        fit_power_law(ks, [0.0, 0.0, 0.0, 0.0])  # was a = -22
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        fit_power_law(ks, [1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        fit_power_law(ks, [0.1, 0.2, 1.2, 0.5])
+    with pytest.raises(ConfigError, match="three or more"):
+        fit_power_law([1, 2], [0.1, 0.2])
+    # Control: zeros beside points inside (0, 1) still fit.
+    fit = fit_power_law(ks, [0.0, 0.2, 0.3, 0.4])
+    assert fit.a < 0 and fit.b < 0
+
+
+def test_parameter_intervals_are_the_percentiles_of_documented_refits() -> None:
+    counts = beta_counts(0.3, 1.5, seed=6)[:300]
+    ks = log_spaced_ks(SAMPLES, 12)
+    fits = bootstrap_fits(SAMPLES, counts, fit_ks=ks, n_resamples=30, seed=4)
+    assert len(fits) == 30
+    # Independently: the same draws, coverage from scratch, the fit per resample.
+    rng = np.random.default_rng(4)
+    a_values = []
+    for _ in range(30):
+        rows = rng.integers(0, counts.size, size=counts.size)
+        a_values.append(fit_power_law(ks, coverage_curve(SAMPLES, counts[rows], ks)).a)
+    intervals = law_intervals(fits, confidence=0.8)
+    assert intervals.intervals["a"] == pytest.approx(
+        (np.quantile(a_values, 0.1), np.quantile(a_values, 0.9)), rel=1e-6
+    )
+    assert intervals.resamples_used == 30 and intervals.confidence == 0.8
+    beta_fits = bootstrap_fits(SAMPLES, counts, model="beta", n_resamples=5, seed=0)
+    assert set(law_intervals(beta_fits).intervals) == {"alpha", "beta"}
+    with pytest.raises(ConfigError):
+        law_intervals([])
+
+
+def test_bootstrap_intervals_match_the_spread_that_curve_fit_understates() -> None:
+    """Across data sets drawn from one truth, the spread of a is what the bootstrap interval says;
+    curve_fit's covariance (the old a_sd) is several times too small."""
+    ks = log_spaced_ks(SAMPLES, 20)
+    estimates, widths, covariance_sds = [], [], []
+    for seed in range(12):
+        counts = beta_counts(0.3, 1.5, seed=100 + seed)[:300]
+        observed = coverage_curve(SAMPLES, counts, ks)
+        estimates.append(fit_power_law(ks, observed).a)
+        fits = bootstrap_fits(SAMPLES, counts, fit_ks=ks, n_resamples=40, seed=seed)
+        low, high = law_intervals(fits, confidence=0.9).intervals["a"]
+        widths.append((high - low) / (2 * 1.645))  # a 90% interval spans 2 x 1.645 sd
+        law = lambda k, a, b: np.exp(a * k**b)  # noqa: E731
+        _, covariance = scipy_optimize.curve_fit(
+            law, ks, observed, p0=(-1.0, -0.5), bounds=([-np.inf, -np.inf], [0, 0])
+        )
+        covariance_sds.append(math.sqrt(covariance[0, 0]))
+    spread = float(np.std(estimates, ddof=1))
+    assert 0.5 < np.mean(widths) / spread < 2.0
+    assert np.mean(covariance_sds) < spread / 4
+
+
+def test_llmonk_fit_error_is_over_a_hundred_log_spaced_k() -> None:
+    counts = beta_counts(0.8, 0.6, seed=1)
+    fit = fit_power_law(
+        log_spaced_ks(SAMPLES, 40), coverage_curve(SAMPLES, counts, log_spaced_ks(SAMPLES, 40))
+    )
+    hundred = log_spaced_ks(SAMPLES, 100)
+    assert hundred.size == 100
+    gaps = np.abs(coverage_curve(SAMPLES, counts, hundred) - fit.predict(hundred))
+    error = llmonk_fit_error(fit, SAMPLES, counts)
+    assert (error.mean, error.sd, error.max) == pytest.approx((gaps.mean(), gaps.std(), gaps.max()))
+    assert llmonk_fit_error(fit, SAMPLES, counts, num=40) == fit_error(
+        coverage_curve(SAMPLES, counts, log_spaced_ks(SAMPLES, 40)),
+        fit.predict(log_spaced_ks(SAMPLES, 40)),
+    )
+
+
+def test_bom_theoretical_alpha() -> None:
+    assert bom_theoretical_alpha(1.0) == 0.75
+    assert bom_theoretical_alpha(100.0) == pytest.approx(0.0075)
+    assert bom_theoretical_alpha(250.0) == pytest.approx(0.003)  # the paper's hand-tuned low end
+    for bad in (0.5, 0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="C\\*"):
+            bom_theoretical_alpha(bad)

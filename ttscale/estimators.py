@@ -144,9 +144,11 @@ def bootstrap_ci(
     """Percentile bootstrap interval over problems.
 
     ``per_problem`` has one row per problem (shape ``(P,)`` or ``(P, K)``, e.g. pass@k at K values
-    of k). Problems are resampled with replacement; ``statistic`` maps a resampled ``(R, P, ...)``
-    array to ``(R, ...)`` and defaults to the mean over problems. Returns ``(low, high)`` with the
-    shape of one statistic. The generator is seeded, so the interval is reproducible.
+    of k). Resample r takes the rows ``default_rng(seed).integers(0, P, size=(R, P))[r]`` (with
+    replacement); ``statistic`` maps the resampled ``(R, P, ...)`` array to ``(R, ...)`` and
+    defaults to the mean over problems. The interval is numpy's default (linear) quantiles at
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` of the R statistics. Returns ``(low,
+    high)`` with the shape of one statistic; the same seed gives the same interval.
     """
     values = np.asarray(per_problem, dtype=np.float64)
     if values.ndim == 0 or values.shape[0] == 0:
@@ -156,9 +158,17 @@ def bootstrap_ci(
     if n_resamples < 1:
         raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, values.shape[0], size=(n_resamples, values.shape[0]))
-    resampled = values[index]
-    stats = statistic(resampled) if statistic is not None else resampled.mean(axis=1)
+    problems = values.shape[0]
+    index = rng.integers(0, problems, size=(n_resamples, problems))
+    if statistic is not None:
+        stats = statistic(values[index])
+    else:
+        # The mean of a resample is its rows' counts times the values: (R, P) @ (P, ...), without
+        # the (R, P, K) copy, which is gigabytes at a thousand problems and a thousand k.
+        rows = (np.arange(n_resamples)[:, None] * problems + index).ravel()
+        counts = np.bincount(rows, minlength=n_resamples * problems).reshape(n_resamples, -1)
+        flat = values.reshape(problems, -1)
+        stats = (counts @ flat / problems).reshape((n_resamples, *values.shape[1:]))
     tail = (1.0 - confidence) / 2.0
     low = np.quantile(stats, tail, axis=0)
     high = np.quantile(stats, 1.0 - tail, axis=0)

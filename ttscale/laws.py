@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, Protocol
@@ -45,7 +45,11 @@ __all__ = [
     "ExtrapolationBand",
     "FitError",
     "HeldOutComparison",
+    "LawIntervals",
     "PowerLawFit",
+    "beta_binomial_log_likelihood",
+    "bom_theoretical_alpha",
+    "bootstrap_fits",
     "compare_held_out",
     "expected_reward_under_weak_verifier",
     "extrapolation_band",
@@ -53,6 +57,8 @@ __all__ = [
     "fit_error",
     "fit_power_law",
     "k_for_coverage",
+    "law_intervals",
+    "llmonk_fit_error",
     "maker_expected_cost",
     "maker_expected_votes",
     "maker_k_min",
@@ -94,12 +100,16 @@ class CoverageModel(Protocol):
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """``c(k) = exp(a * k**b)``; ``a_sd`` and ``b_sd`` are the fit's standard errors."""
+    """``c(k) = exp(a * k**b)``.
+
+    No standard errors ride along: ``curve_fit``'s covariance treats the 40 points of one coverage
+    curve as independent, which they are not (every k reuses the same problems), and understated
+    the spread of ``a`` across data sets about 13x. :func:`law_intervals` gives bootstrap
+    intervals over problems instead.
+    """
 
     a: float
     b: float
-    a_sd: float = float("nan")
-    b_sd: float = float("nan")
 
     def predict(self, ks: npt.ArrayLike) -> FloatArray:
         return np.exp(self.a * _as_ks(ks) ** self.b)
@@ -138,6 +148,11 @@ def fit_power_law(ks: npt.ArrayLike, coverage: npt.ArrayLike) -> PowerLawFit:
         raise ConfigError(f"{k_values.size} values of k but {observed.size} coverages")
     if k_values.size < 3:
         raise ConfigError("fitting a power law needs coverage at three or more k")
+    if np.any(~np.isfinite(observed)) or np.any(observed < 0) or np.any(observed > 1):
+        raise ConfigError("coverage must be a fraction in [0, 1] at every k")
+    if not np.any((observed > 0) & (observed < 1)):
+        # All 0 has no law (a = -inf), all 1 none either (a = 0, any b): refuse, do not invent.
+        raise ConfigError("the power law needs coverage strictly between 0 and 1 at some k")
 
     def law(k: FloatArray, a: float, b: float) -> FloatArray:
         return np.exp(a * k**b)
@@ -150,8 +165,8 @@ def fit_power_law(ks: npt.ArrayLike, coverage: npt.ArrayLike) -> PowerLawFit:
         )
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"the power law did not fit this coverage curve: {exc}") from exc
-    errors = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-    return PowerLawFit(float(params[0]), float(params[1]), float(errors[0]), float(errors[1]))
+    del covariance  # see PowerLawFit: its standard errors are not to be trusted
+    return PowerLawFit(float(params[0]), float(params[1]))
 
 
 # -- the Beta model of per-problem success rates -------------------------------------------------
@@ -189,7 +204,6 @@ def fit_beta(n: npt.ArrayLike, c: npt.ArrayLike) -> BetaFit:
     gradient, starting from the method of moments.
     """
     optimize = _scipy("optimize")
-    special = _scipy("special")
     n_arr = np.atleast_1d(np.asarray(n, dtype=np.float64))
     c_arr = np.atleast_1d(np.asarray(c, dtype=np.float64))
     if n_arr.size == 1 and c_arr.size > 1:
@@ -198,16 +212,12 @@ def fit_beta(n: npt.ArrayLike, c: npt.ArrayLike) -> BetaFit:
         raise ConfigError("fitting a Beta needs counts of two or more problems, n and c alike")
     if np.any(c_arr < 0) or np.any(c_arr > n_arr) or np.any(n_arr < 1):
         raise ConfigError("every problem needs n >= 1 and 0 <= c <= n")
-    failures = n_arr - c_arr
 
     def negative_log_likelihood(log_params: FloatArray) -> tuple[float, FloatArray]:
         alpha, beta = np.exp(log_params)
-        value = special.betaln(c_arr + alpha, failures + beta) - special.betaln(alpha, beta)
-        common = special.digamma(n_arr + alpha + beta) - special.digamma(alpha + beta)
-        d_alpha = special.digamma(c_arr + alpha) - special.digamma(alpha) - common
-        d_beta = special.digamma(failures + beta) - special.digamma(beta) - common
-        gradient = np.array([d_alpha.sum() * alpha, d_beta.sum() * beta])
-        return -float(value.sum()), -gradient
+        value, gradient = beta_binomial_log_likelihood(alpha, beta, n_arr, c_arr)
+        # The optimiser works in log parameters: d/d(log x) = x d/dx.
+        return -value, -gradient * np.array([alpha, beta])
 
     start = np.log(_beta_moments(c_arr / n_arr))
     # Bounds keep the optimiser out of regions where the Beta is a point mass in all but name.
@@ -220,6 +230,22 @@ def fit_beta(n: npt.ArrayLike, c: npt.ArrayLike) -> BetaFit:
     alpha, beta = np.exp(result.x)
     log_binomial = _log_choose(n_arr, c_arr)
     return BetaFit(float(alpha), float(beta), float(log_binomial.sum() - result.fun))
+
+
+def beta_binomial_log_likelihood(
+    alpha: float, beta: float, n: npt.ArrayLike, c: npt.ArrayLike
+) -> tuple[float, FloatArray]:
+    """Sum over problems of log B(c + alpha, n - c + beta) - log B(alpha, beta), and its gradient
+    in (alpha, beta): the beta-binomial log-likelihood without the constant binomial terms."""
+    special = _scipy("special")
+    n_arr = np.asarray(n, dtype=np.float64)
+    c_arr = np.asarray(c, dtype=np.float64)
+    failures = n_arr - c_arr
+    value = special.betaln(c_arr + alpha, failures + beta) - special.betaln(alpha, beta)
+    common = special.digamma(n_arr + alpha + beta) - special.digamma(alpha + beta)
+    d_alpha = special.digamma(c_arr + alpha) - special.digamma(alpha) - common
+    d_beta = special.digamma(failures + beta) - special.digamma(beta) - common
+    return float(value.sum()), np.array([d_alpha.sum(), d_beta.sum()], dtype=np.float64)
 
 
 def _log_choose(n: FloatArray, c: FloatArray) -> FloatArray:
@@ -353,6 +379,66 @@ def _fit_model(
     raise ConfigError(f"unknown coverage model {model!r}; choose 'power' or 'beta'")
 
 
+def _as_counts(n: npt.ArrayLike, c: npt.ArrayLike) -> tuple[IntArray, IntArray]:
+    n_arr = np.atleast_1d(np.asarray(n, dtype=np.int64))
+    c_arr = np.atleast_1d(np.asarray(c, dtype=np.int64))
+    if n_arr.size == 1 and c_arr.size > 1:
+        n_arr = np.full_like(c_arr, n_arr[0])
+    return n_arr, c_arr
+
+
+def bootstrap_fits(
+    n: npt.ArrayLike,
+    c: npt.ArrayLike,
+    *,
+    model: ModelName = "power",
+    fit_ks: Sequence[int] | IntArray | None = None,
+    n_resamples: int = 200,
+    seed: int = 0,
+) -> list[CoverageModel]:
+    """The model refitted to ``n_resamples`` resamples of the problems (with replacement).
+
+    Resample r takes the problems ``default_rng(seed).integers(0, P, size=P)`` (the r-th such
+    draw). A degenerate resample (say, nothing solved) has no fit and is left out, so the list
+    may be shorter; none fitted is an error.
+    """
+    n_arr, c_arr = _as_counts(n, c)
+    if n_resamples < 1:
+        raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
+    chosen_fit_ks = (
+        np.asarray(fit_ks, dtype=np.int64)
+        if fit_ks is not None
+        else log_spaced_ks(int(n_arr.min()), 40)
+    )
+    # Per-problem pass@k is computed once; a resample's coverage is then a mean of its rows.
+    per_problem = (
+        np.stack([per_problem_pass_at_k(n_arr, c_arr, int(k)) for k in chosen_fit_ks], axis=1)
+        if model == "power"
+        else None
+    )
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(n_resamples):
+        rows = rng.integers(0, n_arr.size, size=n_arr.size)
+        curve = per_problem[rows].mean(axis=0) if per_problem is not None else None
+        try:
+            fits.append(_fit_model(model, n_arr[rows], c_arr[rows], chosen_fit_ks, curve))
+        except ConfigError:
+            continue  # a degenerate resample (e.g. all problems unsolved) has no fit
+    if not fits:
+        raise ConfigError("no bootstrap resample could be fitted")
+    if len(fits) < n_resamples:
+        log.info("%d of %d resamples could not be fitted", n_resamples - len(fits), n_resamples)
+    return fits
+
+
+def _percentiles(values: FloatArray, confidence: float) -> tuple[FloatArray, FloatArray]:
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2
+    return np.quantile(values, tail, axis=0), np.quantile(values, 1 - tail, axis=0)
+
+
 def extrapolation_band(
     n: npt.ArrayLike,
     c: npt.ArrayLike,
@@ -363,17 +449,16 @@ def extrapolation_band(
     n_resamples: int = 200,
     confidence: float = 0.9,
     seed: int = 0,
+    fits: Sequence[CoverageModel] | None = None,
 ) -> ExtrapolationBand:
     """Predict coverage at ``ks`` (often beyond the samples drawn) with a bootstrap band.
 
     The model is fitted to all problems for the centre line, then refitted to ``n_resamples``
-    resamples of the problems (with replacement, seeded); the band is the percentile interval of
-    those predictions. It shows sampling error over problems, not whether the law holds out there.
+    resamples of the problems (:func:`bootstrap_fits`, seeded, or the ``fits`` given); the band
+    is the percentile interval of those predictions. It shows sampling error over problems, not
+    whether the law holds out there.
     """
-    n_arr = np.atleast_1d(np.asarray(n, dtype=np.int64))
-    c_arr = np.atleast_1d(np.asarray(c, dtype=np.int64))
-    if n_arr.size == 1 and c_arr.size > 1:
-        n_arr = np.full_like(c_arr, n_arr[0])
+    n_arr, c_arr = _as_counts(n, c)
     target_ks = np.asarray(ks, dtype=np.int64)
     chosen_fit_ks = (
         np.asarray(fit_ks, dtype=np.int64)
@@ -381,38 +466,60 @@ def extrapolation_band(
         else log_spaced_ks(int(n_arr.min()), 40)
     )
     center = _fit_model(model, n_arr, c_arr, chosen_fit_ks, None).predict(target_ks)
-    # Per-problem pass@k is computed once; a resample's coverage is then a mean of its rows.
-    per_problem = (
-        np.stack([per_problem_pass_at_k(n_arr, c_arr, int(k)) for k in chosen_fit_ks], axis=1)
-        if model == "power"
-        else None
-    )
-    rng = np.random.default_rng(seed)
-    predictions = []
-    for _ in range(n_resamples):
-        rows = rng.integers(0, n_arr.size, size=n_arr.size)
-        curve = per_problem[rows].mean(axis=0) if per_problem is not None else None
-        try:
-            fitted = _fit_model(model, n_arr[rows], c_arr[rows], chosen_fit_ks, curve)
-        except ConfigError:
-            continue  # a degenerate resample (e.g. all problems unsolved) has no fit
-        predictions.append(fitted.predict(target_ks))
-    if not predictions:
-        raise ConfigError("no bootstrap resample could be fitted")
-    if len(predictions) < n_resamples:
-        log.info(
-            "%d of %d resamples could not be fitted", n_resamples - len(predictions), n_resamples
+    if fits is None:
+        fits = bootstrap_fits(
+            n_arr, c_arr, model=model, fit_ks=chosen_fit_ks, n_resamples=n_resamples, seed=seed
         )
-    stacked = np.stack(predictions)
-    tail = (1 - confidence) / 2
+    low, high = _percentiles(np.stack([fit.predict(target_ks) for fit in fits]), confidence)
     return ExtrapolationBand(
         ks=target_ks,
         center=center,
-        low=np.quantile(stacked, tail, axis=0),
-        high=np.quantile(stacked, 1 - tail, axis=0),
+        low=low,
+        high=high,
         confidence=confidence,
-        resamples_used=len(predictions),
+        resamples_used=len(fits),
     )
+
+
+@dataclass(frozen=True)
+class LawIntervals:
+    """Bootstrap percentile intervals of a law's parameters over problems: name -> (low, high)."""
+
+    intervals: Mapping[str, tuple[float, float]]
+    confidence: float
+    resamples_used: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intervals": {name: list(pair) for name, pair in self.intervals.items()},
+            "confidence": self.confidence,
+            "resamples_used": self.resamples_used,
+            "method": "percentile bootstrap over problems",
+        }
+
+
+def law_intervals(fits: Sequence[CoverageModel], confidence: float = 0.9) -> LawIntervals:
+    """Intervals of each parameter (``a`` and ``b``, or ``alpha`` and ``beta``) across refits."""
+    if not fits:
+        raise ConfigError("intervals need at least one fitted resample")
+    names = ("a", "b") if isinstance(fits[0], PowerLawFit) else ("alpha", "beta")
+    table = np.array([[float(getattr(fit, name)) for name in names] for fit in fits])
+    low, high = _percentiles(table, confidence)
+    return LawIntervals(
+        {name: (float(low[i]), float(high[i])) for i, name in enumerate(names)},
+        confidence,
+        len(fits),
+    )
+
+
+def llmonk_fit_error(
+    model: CoverageModel, n: npt.ArrayLike, c: npt.ArrayLike, *, num: int = 100
+) -> FitError:
+    """Fit error as Large Language Monkeys measure it: |coverage - fit| over ``num`` (100)
+    log-spaced k in 1..min(n), whatever k the law was fitted on."""
+    n_arr, c_arr = _as_counts(n, c)
+    ks = log_spaced_ks(int(n_arr.min()), num)
+    return fit_error(coverage_curve(n_arr, c_arr, ks), model.predict(ks))
 
 
 @dataclass(frozen=True)
@@ -491,6 +598,23 @@ def compare_held_out(
         power_error=fit_error(observed, power.predict(held_out)),
         beta_error=fit_error(observed, beta.predict(held_out)),
     )
+
+
+# -- Best-of-Majority's frequency threshold ----------------------------------------------------
+
+
+def bom_theoretical_alpha(coverage_coefficient: float) -> float:
+    """Best-of-Majority's alpha from its analysis (Di et al. 2025): 3 / (4 C*).
+
+    C* = 1 / pi_ref(y*) is the coverage coefficient, the inverse of the probability the model
+    gives the best answer, so C* >= 1. The paper tunes alpha by hand in experiments
+    (0.003..0.015); this is the value its theorem uses.
+    """
+    if not math.isfinite(coverage_coefficient) or coverage_coefficient < 1:
+        raise ConfigError(
+            f"the coverage coefficient C* = 1/pi_ref(y*) is >= 1, got {coverage_coefficient}"
+        )
+    return 3.0 / (4.0 * coverage_coefficient)
 
 
 # -- MAKER: first-to-ahead-by-k voting ---------------------------------------------------------

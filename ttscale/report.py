@@ -25,29 +25,36 @@ import numpy as np
 from rich.table import Table
 
 from ttscale.errors import ConfigError, DataError
-from ttscale.estimators import coverage_curve, log_spaced_ks
+from ttscale.estimators import bootstrap_ci, log_spaced_ks, per_problem_pass_at_k
 from ttscale.laws import (
     BetaFit,
     CoveragePlan,
     ExtrapolationBand,
     FitError,
     HeldOutComparison,
+    LawIntervals,
     PowerLawFit,
+    bootstrap_fits,
     compare_held_out,
     extrapolation_band,
     fit_beta,
     fit_error,
     fit_power_law,
+    law_intervals,
+    llmonk_fit_error,
     plan_for_coverage,
 )
 from ttscale.types import Usage
 
 __all__ = [
+    "Band",
     "FitReport",
     "ProblemRecord",
     "fit_report",
     "held_out_fit_k",
+    "offline_bands",
     "offline_columns",
+    "offline_result",
     "read_results",
     "render_table",
 ]
@@ -67,6 +74,27 @@ def held_out_fit_k(max_k: int) -> int | None:
         if _MIN_FIT_K <= fit_k < max_k:
             return fit_k
     return None
+
+
+Band = tuple[float, float, float]
+"""A value's standard error and its bootstrap interval over problems: ``(se, low, high)``."""
+
+
+def curve_bands(
+    per_problem: np.ndarray, *, confidence: float, n_resamples: int, seed: int
+) -> list[Band]:
+    """Per column of (P, K) per-problem values: the standard error of the mean over problems
+    (sd with ddof 1 over sqrt P; NaN for one problem) and the seeded percentile bootstrap interval
+    (:func:`ttscale.estimators.bootstrap_ci`)."""
+    values = np.asarray(per_problem, dtype=np.float64)
+    count = values.shape[0]
+    se = (
+        values.std(axis=0, ddof=1) / math.sqrt(count)
+        if count > 1
+        else np.full(values.shape[1], np.nan)
+    )
+    low, high = bootstrap_ci(values, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return [(float(a), float(b), float(c)) for a, b, c in zip(se, low, high, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -162,9 +190,11 @@ def read_results(path: str | Path) -> list[ProblemRecord]:
 class FitReport:
     """Everything ``ttscale fit`` found; ``rows`` is the table, one dict per k.
 
-    Row keys: ``k``, ``coverage`` (None past the data), ``fit`` (power law), ``fit_low`` and
-    ``fit_high`` (its bootstrap band), ``beta_fit``, ``tokens`` and ``cost`` (for k samples of every
-    problem, at the run's average spend per sample), then any extra columns.
+    Row keys: ``k``, ``coverage`` (None past the data) with ``coverage_se``, ``coverage_low`` and
+    ``coverage_high`` (its standard error and bootstrap interval over problems), ``fit`` (power
+    law), ``fit_low`` and ``fit_high`` (its bootstrap band), ``beta_fit``, ``tokens`` and ``cost``
+    (for k samples of every problem, at the run's average spend per sample), then any extra
+    columns, each with ``<name> se``, ``<name> low`` and ``<name> high`` when it has a band.
     """
 
     source: str
@@ -180,6 +210,10 @@ class FitReport:
     held_out: HeldOutComparison | None
     target: CoveragePlan | None
     columns: tuple[str, ...]
+    power_intervals: LawIntervals | None = None
+    beta_intervals: LawIntervals | None = None
+    llmonk_errors: tuple[FitError | None, FitError | None] = (None, None)
+    confidence: float = 0.9
     json_path: Path | None = None
     plot_path: Path | None = None
     notes: tuple[str, ...] = field(default=())
@@ -197,8 +231,9 @@ class FitReport:
                     {
                         "a": self.power.a,
                         "b": self.power.b,
-                        "a_sd": self.power.a_sd,
-                        "b_sd": self.power.b_sd,
+                        "intervals": (
+                            self.power_intervals.to_dict() if self.power_intervals else None
+                        ),
                         "error": self.power_error.to_dict() if self.power_error else None,
                     }
                     if self.power
@@ -209,12 +244,24 @@ class FitReport:
                         "alpha": self.beta.alpha,
                         "beta": self.beta.beta,
                         "log_likelihood": self.beta.log_likelihood,
+                        "intervals": (
+                            self.beta_intervals.to_dict() if self.beta_intervals else None
+                        ),
                         "error": self.beta_error.to_dict() if self.beta_error else None,
                     }
                     if self.beta
                     else None
                 ),
                 "band": self.band.to_dict() if self.band else None,
+                "bands": {
+                    "confidence": self.confidence,
+                    "method": (
+                        "per k: standard error of the mean over problems (sd ddof=1 / sqrt(P); "
+                        "a strategy's per-problem values average its random orders, so the "
+                        "Monte Carlo error is inside) and a seeded percentile bootstrap over "
+                        "problems"
+                    ),
+                },
                 "held_out": self.held_out.to_dict() if self.held_out else None,
                 "fit_error": self.fit_errors(),
                 "target": self.target.to_dict() if self.target else None,
@@ -226,11 +273,18 @@ class FitReport:
     def fit_errors(self) -> dict[str, Any]:
         """Both laws' errors: in-sample (fitted and scored at the same k) and held-out."""
         held = self.held_out
+        power_llmonk, beta_llmonk = self.llmonk_errors
         return {
             "in_sample": {
                 "power": self.power_error.to_dict() if self.power_error else None,
                 "beta": self.beta_error.to_dict() if self.beta_error else None,
                 "ks": [1, self.max_k],
+            },
+            "llmonk": {
+                "power": power_llmonk.to_dict() if power_llmonk else None,
+                "beta": beta_llmonk.to_dict() if beta_llmonk else None,
+                "ks": [1, self.max_k],
+                "protocol": "mean and sd of |coverage - fit| over 100 log-spaced k (or every k)",
             },
             "held_out": (
                 {
@@ -305,6 +359,7 @@ def fit_report(
     confidence: float = 0.9,
     seed: int = 0,
     extra_columns: Mapping[str, Mapping[int, float]] | None = None,
+    extra_bands: Mapping[str, Mapping[int, Band]] | None = None,
     plot: bool = True,
 ) -> FitReport:
     """Fit coverage laws to a results file; write ``fit.json`` and ``coverage.png`` to ``out_dir``.
@@ -313,7 +368,10 @@ def fit_report(
     the power law's prediction is extended to ``extrapolate_factor`` times that with a bootstrap
     band over problems (``n_resamples``, ``confidence``, ``seed``). ``target_coverage`` adds the k
     reaching it and its predicted cost. ``extra_columns`` maps a column name to values by k (e.g.
-    a strategy's accuracy at k from an offline evaluator); they join the table, JSON and plot.
+    a strategy's accuracy at k from an offline evaluator); they join the table, JSON and plot, with
+    their ``extra_bands`` (se, low, high) by k when given (:func:`offline_bands`). Coverage gets
+    its standard error and a ``confidence`` bootstrap interval over problems at every k, and the
+    laws' parameters bootstrap intervals (the same ``n_resamples`` refits as the band).
     ``out_dir`` None writes nothing.
     """
     source = str(results_path)
@@ -336,7 +394,11 @@ def fit_report(
         notes.append(f"problems drew {max_k}..{int(n.max())} samples; coverage stops at {max_k}")
 
     ks = log_spaced_ks(max_k, num_ks)
-    observed = coverage_curve(n, c, ks)
+    per_problem = np.stack([per_problem_pass_at_k(n, c, int(k)) for k in ks], axis=1)
+    observed = per_problem.mean(axis=0)
+    coverage_bands = curve_bands(
+        per_problem, confidence=confidence, n_resamples=max(n_resamples, 1000), seed=seed
+    )
     far_end = round(max_k * extrapolate_factor)
     far_ks = (
         log_spaced_ks(far_end, max(num_ks // 4, 2), min_k=max_k + 1)
@@ -348,6 +410,8 @@ def fit_report(
     power = beta = None
     power_error = beta_error = None
     band = None
+    power_intervals = beta_intervals = None
+    llmonk_errors: tuple[FitError | None, FitError | None] = (None, None)
     if len(ks) < 3:
         notes.append("fewer than three k: no law fitted")
     elif np.all(c == 0) or np.all(c == n):
@@ -357,16 +421,14 @@ def fit_report(
         power_error = fit_error(observed, power.predict(ks))
         beta = fit_beta(n, c)
         beta_error = fit_error(observed, beta.predict(ks))
+        llmonk_errors = (llmonk_fit_error(power, n, c), llmonk_fit_error(beta, n, c))
+        refits = bootstrap_fits(n, c, model="power", fit_ks=ks, n_resamples=n_resamples, seed=seed)
+        power_intervals = law_intervals(refits, confidence)
         band = extrapolation_band(
-            n,
-            c,
-            all_ks,
-            model="power",
-            fit_ks=ks,
-            n_resamples=n_resamples,
-            confidence=confidence,
-            seed=seed,
+            n, c, all_ks, model="power", fit_ks=ks, confidence=confidence, fits=refits
         )
+        beta_refits = bootstrap_fits(n, c, model="beta", n_resamples=n_resamples, seed=seed)
+        beta_intervals = law_intervals(beta_refits, confidence)
 
     # The fit error above is in-sample (the law was fitted at those k). The held-out error fits
     # both laws on a random fit_k-subset of each problem's samples and scores them at k > fit_k.
@@ -399,6 +461,7 @@ def fit_report(
         )
 
     extras = dict(extra_columns or {})
+    bands = dict(extra_bands or {})
     columns: tuple[str, ...] = (
         "k",
         "coverage",
@@ -412,9 +475,13 @@ def fit_report(
     columns += tuple(name for name in extras if name not in columns)
     rows = []
     for position, k in enumerate(all_ks):
+        measured = position < len(ks)
         row: dict[str, Any] = {
             "k": int(k),
-            "coverage": float(observed[position]) if position < len(ks) else None,
+            "coverage": float(observed[position]) if measured else None,
+            "coverage_se": coverage_bands[position][0] if measured else None,
+            "coverage_low": coverage_bands[position][1] if measured else None,
+            "coverage_high": coverage_bands[position][2] if measured else None,
             "fit": float(power.predict([k])[0]) if power else None,
             "fit_low": float(band.low[position]) if band else None,
             "fit_high": float(band.high[position]) if band else None,
@@ -425,6 +492,10 @@ def fit_report(
         for name, values in extras.items():
             value = values.get(int(k))
             row[name] = float(value) if value is not None else None
+            if name in bands:
+                spread = bands[name].get(int(k))
+                for part, number in zip(("se", "low", "high"), spread or (None,) * 3, strict=True):
+                    row[f"{name} {part}"] = float(number) if number is not None else None
         rows.append(row)
 
     report = FitReport(
@@ -442,6 +513,10 @@ def fit_report(
         target=target,
         columns=columns,
         notes=tuple(notes),
+        power_intervals=power_intervals,
+        beta_intervals=beta_intervals,
+        llmonk_errors=llmonk_errors,
+        confidence=confidence,
     )
     if out_dir is None:
         return report
@@ -478,6 +553,13 @@ def _plot(report: FitReport, extras: Mapping[str, Mapping[int, float]], path: Pa
         markersize=3,
         label="coverage (unbiased pass@k)",
     )
+    axes.fill_between(
+        [row["k"] for row in measured],
+        [row["coverage_low"] for row in measured],
+        [row["coverage_high"] for row in measured],
+        alpha=0.15,
+        label=f"coverage {report.confidence:.0%} CI (bootstrap over problems)",
+    )
     if report.power is not None:
         dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
         axes.plot(
@@ -505,7 +587,16 @@ def _plot(report: FitReport, extras: Mapping[str, Mapping[int, float]], path: Pa
     for name, values in extras.items():
         points = sorted(values.items())
         if points:
-            axes.plot([k for k, _ in points], [v for _, v in points], ".-", label=name)
+            (line,) = axes.plot([k for k, _ in points], [v for _, v in points], ".-", label=name)
+            banded = [row for row in report.rows if row.get(f"{name} low") is not None]
+            if banded:  # the strategy's CI in its own colour
+                axes.fill_between(
+                    [row["k"] for row in banded],
+                    [row[f"{name} low"] for row in banded],
+                    [row[f"{name} high"] for row in banded],
+                    color=line.get_color(),
+                    alpha=0.12,
+                )
     axes.axvline(report.max_k, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xscale("log")
     axes.set_xlabel("samples per problem (k)")
@@ -519,7 +610,8 @@ def _plot(report: FitReport, extras: Mapping[str, Mapping[int, float]], path: Pa
     figure.savefig(path)
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, row: Mapping[str, Any]) -> str:
+    value = row.get(column)
     if value is None:
         return "-"
     if column == "k":
@@ -528,20 +620,35 @@ def _cell(column: str, value: Any) -> str:
         return f"{value:,.0f}"
     if column == "cost":
         return f"${value:,.4f}"
+    low = row.get("coverage_low" if column == "coverage" else f"{column} low")
+    high = row.get("coverage_high" if column == "coverage" else f"{column} high")
+    if low is not None and high is not None:
+        return f"{value:.4f} [{low:.3f}, {high:.3f}]"
     return f"{value:.4f}"
 
 
 def render_table(report: FitReport, columns: Sequence[str] | None = None) -> Table:
     """The report's table as a ``rich`` Table (rows past the data show the fit only)."""
     chosen = list(columns) if columns is not None else list(report.columns)
-    table = Table(*chosen, title=f"coverage of {report.problems} problems ({report.source})")
+    table = Table(
+        *chosen,
+        title=f"coverage of {report.problems} problems ({report.source}); "
+        f"[{report.confidence:.0%} CI, bootstrap over problems]",
+    )
     for row in report.rows:
-        table.add_row(*(_cell(column, row.get(column)) for column in chosen))
+        table.add_row(*(_cell(column, row) for column in chosen))
     if report.power is not None and report.power_error is not None:
+        spans = report.power_intervals.intervals if report.power_intervals else None
+        a_span = f" [{spans['a'][0]:.4g}, {spans['a'][1]:.4g}]" if spans else ""
+        b_span = f" [{spans['b'][0]:.4g}, {spans['b'][1]:.4g}]" if spans else ""
         caption = (
-            f"power law a={report.power.a:.4g} b={report.power.b:.4g}; fit error in-sample "
-            f"(k 1..{report.max_k}) {report.power_error.mean:.4f} ± {report.power_error.sd:.4f}"
+            f"power law a={report.power.a:.4g}{a_span} b={report.power.b:.4g}{b_span}; fit error "
+            f"in-sample (k 1..{report.max_k}) {report.power_error.mean:.4f} ± "
+            f"{report.power_error.sd:.4f}"
         )
+        llmonk = report.llmonk_errors[0]
+        if llmonk is not None:
+            caption += f", over 100 log-spaced k {llmonk.mean:.4f} ± {llmonk.sd:.4f}"
         held = report.held_out
         if held is not None:
             caption += (
@@ -575,14 +682,58 @@ def offline_columns(
     every sample has a verifier score. ``strategy`` keeps the records of that strategy. Returns
     the columns and notes on what was left out.
     """
+    result, notes = offline_result(records, strategy=strategy, subsets=subsets, seed=seed)
+    if result is None:
+        return {}, notes
+    columns = {
+        f"{name} acc": {int(k): float(v) for k, v in zip(result.ks, values, strict=True)}
+        for name, values in result.accuracy.items()
+    }
+    return columns, notes
+
+
+def offline_bands(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    strategy: str | None = None,
+    subsets: int = 100,
+    seed: int = 0,
+    confidence: float = 0.9,
+    n_resamples: int = 1000,
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, Band]], list[str]]:
+    """:func:`offline_columns` with each column's (se, low, high) by k (:func:`curve_bands`)."""
+    result, notes = offline_result(records, strategy=strategy, subsets=subsets, seed=seed)
+    if result is None:
+        return {}, {}, notes
+    columns: dict[str, dict[int, float]] = {}
+    bands: dict[str, dict[int, Band]] = {}
+    for name, values in result.accuracy.items():
+        ks = [int(k) for k in result.ks]
+        columns[f"{name} acc"] = dict(zip(ks, map(float, values), strict=True))
+        spread = curve_bands(
+            result.per_problem[name], confidence=confidence, n_resamples=n_resamples, seed=seed
+        )
+        bands[f"{name} acc"] = dict(zip(ks, spread, strict=True))
+    return columns, bands, notes
+
+
+def offline_result(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    strategy: str | None = None,
+    subsets: int = 100,
+    seed: int = 0,
+) -> tuple[Any, list[str]]:
+    """The :class:`~ttscale.strategies.offline.OfflineResult` of the records' samples (None when
+    there are none) and notes on the strategies left out; rows follow the records' order."""
     from ttscale.strategies.offline import evaluate  # installed with the package
 
     chosen = [r for r in records if strategy is None or r.get("strategy") == strategy]
     if not chosen:
-        return {}, []
+        return None, []
     smallest = min(len(r["samples"]) for r in chosen)
     if smallest < 1:
-        return {}, ["a problem has no samples: no offline accuracy"]
+        return None, ["a problem has no samples: no offline accuracy"]
     samples = [r["samples"][:smallest] for r in chosen]
     answers = [[s.get("answer") for s in row] for row in samples]
     correct = [[s.get("correct") is True for s in row] for row in samples]
@@ -608,8 +759,4 @@ def offline_columns(
             "score; these records have none"
         )
     result = evaluate(answers, correct, scores, strategies=names, subsets=subsets, seed=seed)
-    columns = {
-        f"{name} acc": {int(k): float(v) for k, v in zip(result.ks, values, strict=True)}
-        for name, values in result.accuracy.items()
-    }
-    return columns, notes
+    return result, notes
