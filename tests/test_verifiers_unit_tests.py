@@ -40,7 +40,9 @@ def run_one(verifier: UnitTestVerifier, problem: Problem, text: str) -> Score:
 
 def run_many(verifier: UnitTestVerifier, problem: Problem, texts: list[str]) -> list[Score]:
     async def go() -> list[Score]:
-        return await verifier.score(problem, [Candidate(text=t, index=i) for i, t in enumerate(texts)])
+        return await verifier.score(
+            problem, [Candidate(text=t, index=i) for i, t in enumerate(texts)]
+        )
 
     return asyncio.run(go())
 
@@ -101,7 +103,7 @@ def test_anything_else_is_refused_by_name() -> None:
 
     with pytest.raises(codec.CodecError, match="AlwaysEqual"):
         codec.encode_value(AlwaysEqual())
-    with pytest.raises(codec.CodecError, match="type test_verifiers_unit_tests.S "):  # not str
+    with pytest.raises(codec.CodecError, match=r"type test_verifiers_unit_tests\.S "):  # not str
         codec.encode_value(type("S", (str,), {})("x"))
     # The solution's side is lenient: a subclass crosses as the plain value it holds.
     sneaky = type("S", (str,), {"__eq__": lambda self, other: True, "__hash__": str.__hash__})
@@ -254,13 +256,18 @@ def test_exceptions_of_the_solution_reach_the_tests_as_themselves(
             "assert parse('3') == 3\n"
         ),
     )
-    good = "def parse(s):\n    if not s.isdigit():\n        raise ValueError('bad input')\n    return int(s)\n"
+    good = (
+        "def parse(s):\n    if not s.isdigit():\n        raise ValueError('bad input')\n"
+        "    return int(s)\n"
+    )
     assert run_one(verifier, problem, good).verdict
 
 
 def test_stop_iteration_cannot_cut_a_test_short(verifier: UnitTestVerifier) -> None:
     """Raised inside map(), a StopIteration would end the iteration: all([]) is True."""
-    problem = Problem(id="all", prompt="p", tests="assert all(map(lambda x: ok(x) == x, [1, 2, 3]))\n")
+    problem = Problem(
+        id="all", prompt="p", tests="assert all(map(lambda x: ok(x) == x, [1, 2, 3]))\n"
+    )
     assert run_one(verifier, problem, "def ok(x):\n    return x\n").verdict
     cheat = run_one(verifier, problem, "def ok(x):\n    raise StopIteration\n")
     assert cheat.details["outcome"] == "error" and "StopIteration" in cheat.reason
@@ -271,7 +278,7 @@ def test_a_fault_the_tests_swallow_still_decides(verifier: UnitTestVerifier) -> 
         id="swallow",
         prompt="p",
         metadata={"test_format": "asserts"},
-        tests="for x in range(3):\n    try:\n        f(x)\n    except BaseException:\n        pass\n",
+        tests="for x in range(3):\n    try:\n        f(x)\n    except BaseException:\n        pass\n",  # noqa: E501
     )
     assert run_one(verifier, problem, "def f(x):\n    return x\n").verdict
     died = run_one(verifier, problem, "import os\ndef f(x):\n    os._exit(0)\n")
@@ -383,14 +390,44 @@ CONFIG = SandboxConfig(timeout_s=2.0)
     [
         (None, None, True, ("timeout", "wall_clock")),
         (None, {"signal": 24, "cpu_s": 3.0}, True, ("timeout", "cpu_limit")),
-        ({"outcome": "error", "cause": "died"}, {"signal": 24, "cpu_s": 3.0}, False, ("timeout", "cpu_limit")),
-        ({"outcome": "error", "cause": "died"}, {"signal": 9, "cpu_s": 2.9}, False, ("timeout", "cpu_limit")),
+        (
+            {"outcome": "error", "cause": "died"},
+            {"signal": 24, "cpu_s": 3.0},
+            False,
+            ("timeout", "cpu_limit"),
+        ),
+        (
+            {"outcome": "error", "cause": "died"},
+            {"signal": 9, "cpu_s": 2.9},
+            False,
+            ("timeout", "cpu_limit"),
+        ),
         # A SIGKILL long before the CPU limit is a signal, not the limit.
-        ({"outcome": "error", "cause": "died"}, {"signal": 9, "cpu_s": 0.13}, False, ("error", "signal")),
-        ({"outcome": "error", "cause": "died"}, {"exit_code": 0, "cpu_s": 0.1}, False, ("error", "died")),
+        (
+            {"outcome": "error", "cause": "died"},
+            {"signal": 9, "cpu_s": 0.13},
+            False,
+            ("error", "signal"),
+        ),
+        (
+            {"outcome": "error", "cause": "died"},
+            {"exit_code": 0, "cpu_s": 0.1},
+            False,
+            ("error", "died"),
+        ),
         ({"outcome": "error", "cause": "memory"}, {"exit_code": 0}, False, ("error", "memory")),
-        ({"outcome": "error", "cause": "exception", "blocked": ["network access"]}, None, False, ("error", "guard")),
-        ({"outcome": "pass", "cause": None, "blocked": ["x"]}, {"signal": 9, "cpu_s": 0.1}, False, ("pass", None)),
+        (
+            {"outcome": "error", "cause": "exception", "blocked": ["network access"]},
+            None,
+            False,
+            ("error", "guard"),
+        ),
+        (
+            {"outcome": "pass", "cause": None, "blocked": ["x"]},
+            {"signal": 9, "cpu_s": 0.1},
+            False,
+            ("pass", None),
+        ),
         ({"outcome": "fail", "cause": "assertion"}, {"exit_code": 0}, False, ("fail", "assertion")),
         (None, {"exit_code": 0}, False, ("error", "harness")),
         ({"outcome": "maybe"}, None, False, ("error", "harness")),

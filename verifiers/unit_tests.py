@@ -206,7 +206,9 @@ def _tests_of(problem: Problem) -> str:
                 f"problem {problem.id!r}: 'inputs' and 'outputs' must be lists of one length",
                 field="metadata.outputs",
             )
-        cases = [{"input": i, "output": o} for i, o in zip(metadata["inputs"], outputs)]
+        cases = [
+            {"input": i, "output": o} for i, o in zip(metadata["inputs"], outputs, strict=True)
+        ]
     if cases is not None:
         if _stdio_cases(cases) is None:
             raise DataError(
@@ -240,13 +242,15 @@ def build_program(
         defines_entry = re.search(rf"^def {re.escape(problem.entry_point)}\(", code, re.MULTILINE)
         # A continuation completes the prompt's function; a whole function replaces its stub.
         body = f"{prompt}\n{code}" if defines_entry else prompt + code
-        harness = {
-            "format": "humaneval",
-            "prompt": prompt,
-            "tests": tests,
-            "entry_point": problem.entry_point,
-        }
-        return CheckPlan({"code": body, "format": "functions"}, harness)
+        return CheckPlan(
+            {"code": body, "format": "functions"},
+            {
+                "format": "humaneval",
+                "prompt": prompt,
+                "tests": tests,
+                "entry_point": problem.entry_point,
+            },
+        )
     if chosen == "asserts":
         return CheckPlan(
             {"code": code, "format": "functions"}, {"format": "asserts", "tests": tests}
@@ -255,8 +259,10 @@ def build_program(
         cases = _stdio_cases(tests)
         if cases is None:
             raise DataError(f"problem {problem.id!r}: no input/output cases", field="tests")
-        harness = {"format": "stdio", "cases": cases, "tolerance": float_tolerance}
-        return CheckPlan({"code": code, "format": "stdio"}, harness)
+        return CheckPlan(
+            {"code": code, "format": "stdio"},
+            {"format": "stdio", "cases": cases, "tolerance": float_tolerance},
+        )
     module = str(problem.metadata.get("module", "solution"))
     if not module.isidentifier():
         raise DataError(f"module name {module!r} is not an identifier", field="metadata.module")

@@ -5,7 +5,7 @@ Two processes per run, from two warm fork servers:
 - the **solution's process** loads the model-written code and answers calls. It runs in new
   user, mount, PID, network, IPC and UTS namespaces, in a file view of only what the interpreter
   needs (read-only ``/usr``, ``/lib*`` and the standard library; private size-capped tmpfs
-  ``/work``, ``/tmp`` and ``/dev/shm``; its own ``/proc``; no ``/etc``, home, project or
+  ``/sandbox``, ``/tmp`` and ``/dev/shm``; its own ``/proc``; no ``/etc``, home, project or
   ``site-packages``), with resource limits, no capabilities, ``no_new_privs``, and the audit
   hook of :mod:`.child.guard` as a second line. It never sees the tests, the expected values or
   the verdict's channel;

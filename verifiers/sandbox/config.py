@@ -46,7 +46,7 @@ class SandboxConfig:
     (``cpu_limit_s``) so that a busy loop dies even if the wall-clock kill were missed.
     ``memory_bytes`` limits the address space of each side. ``max_processes`` is how many more
     processes the run's user may start (``RLIMIT_NPROC``, which root is exempt from).
-    ``tmpfs_bytes`` caps each private tmpfs (``/work``, ``/tmp``, ``/dev/shm``).
+    ``tmpfs_bytes`` caps each private tmpfs (``/sandbox``, ``/tmp``, ``/dev/shm``).
     ``readonly_paths`` are host folders the solution may read besides the standard library
     (a ``site-packages`` for solutions that import packages). ``backend`` ``auto`` is bubblewrap
     when ``bwrap`` is on the PATH. ``namespaces`` off runs the solution without its own
@@ -132,7 +132,8 @@ class RunResult:
     ``outcome`` is the verdict (``pass``, ``fail``, ``timeout``, ``error``); ``cause`` says
     what decided it: ``assertion``/``output`` (a test failed), ``exception``, ``load``,
     ``wall_clock``, ``cpu_limit``, ``memory``, ``signal``, ``exit``, ``died``, ``guard``,
-    ``unsupported_type``, ``unsupported_argument``, ``protocol``, ``tests``, ``harness``; None
+    ``unsupported_type``, ``unsupported_argument``, ``protocol``, ``tests``, ``harness``,
+    ``sandbox`` (the isolation could not be set up: nothing ran); None
     for a pass. ``blocked`` lists what the guard refused; ``isolation`` what held.
     """
 
@@ -182,7 +183,7 @@ def scrubbed_environment(extra: Mapping[str, str] | None = None) -> dict[str, st
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "HOME": "/work",
+        "HOME": "/sandbox",
         "TMPDIR": "/tmp",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",

@@ -36,6 +36,7 @@ __all__ = ["Sandbox", "count_processes_of_user", "interpret"]
 
 log = logging.getLogger(__name__)
 
+NOBODY = 65534
 _CHILD_ROOT = str(Path(__file__).resolve().parent)
 _LAUNCH = "import sys; sys.path.insert(0, {root!r}); from child.forkserver import main; main()"
 # After the verdict, how long the solution's side has to end and report its status.
@@ -79,7 +80,11 @@ def _bwrap_command(inner: list[str]) -> list[str]:
         "--proc", "/proc",
         "--tmpfs", "/tmp",
         *keep,
-        "--unshare-all",
+        # Every namespace but a user namespace: as root, the server inside stays the host's
+        # root (with only the capabilities to change ids), so that each run can become nobody
+        # before it makes its own namespaces (child.forkserver).
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        *(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if os.geteuid() == 0 else []),
         "--die-with-parent",
         "--new-session",
         "--",
@@ -213,6 +218,11 @@ class _PipeReader:
         return pid if isinstance(pid, int) and pid > 1 else None
 
 
+def _second(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The line after the pid line: the verdict, or the solution's status."""
+    return lines[1] if len(lines) > 1 else None
+
+
 def _lines(raw: bytes) -> list[dict[str, Any]]:
     found = []
     for line in raw.decode("utf-8", "replace").splitlines():
@@ -267,7 +277,9 @@ class Sandbox:
         """Processes of our user now (RLIMIT_NPROC counts them all), refreshed each second."""
         now = time.monotonic()
         if now - self._counted_at > 1.0:
-            self._count, self._counted_at = count_processes_of_user(os.getuid()), now
+            # As root, the code runs as nobody (see child.confine): count nobody's processes.
+            user = NOBODY if os.geteuid() == 0 else os.getuid()
+            self._count, self._counted_at = count_processes_of_user(user), now
         return self._count
 
     def close(self) -> None:
@@ -302,7 +314,6 @@ class Sandbox:
 
     async def run(self, solution: dict[str, Any], harness: dict[str, Any]) -> RunResult:
         """One check: ``solution`` (code, format, module) against ``harness`` (the tests)."""
-        config = self.config
         started = time.monotonic()
         pipes = _Pipes.open()
         ours, theirs = socket.socketpair()
@@ -359,8 +370,8 @@ class Sandbox:
         timed_out: bool,
         started: float,
     ) -> RunResult:
-        verdict = (report.lines()[1:] or [None])[0]
-        ended = (status.lines()[1:] or [None])[0]
+        verdict = _second(report.lines())
+        ended = _second(status.lines())
         outcome, cause, reason = interpret(verdict, ended, timed_out, self.config)
         truncated = stdout.total > len(stdout.kept) or stderr.total > len(stderr.kept)
         return RunResult(
@@ -422,6 +433,8 @@ def interpret(
     The verdict is the harness's; the solution's status only names why its side ended, where that
     is what ended the run. Pure.
     """
+    if status and status.get("sandbox_error"):
+        return "error", "sandbox", f"the sandbox could not be set up: {status['sandbox_error']}"
     by_status = _from_status(status, config) if status else None
     if timed_out:
         if by_status is not None and by_status[1] == "cpu_limit":

@@ -8,7 +8,7 @@ The steps, in the order the solution's job takes them (:mod:`.forkserver`):
 2. In the first process of the new PID namespace, :func:`build_root` mounts a fresh tmpfs root
    holding read-only binds of only what the interpreter needs (``/usr``, the ``/lib`` folders,
    the standard library, without its ``site-packages``), a private ``/proc``, a minimal ``/dev``,
-   and private tmpfs ``/tmp``, ``/dev/shm`` and ``/work`` (the run's directory, size-capped),
+   and private tmpfs ``/tmp``, ``/dev/shm`` and ``/sandbox`` (the run's directory, size-capped),
    then pivots into it. Home folders, the project, ``/etc`` and every other host path are not
    there; nothing written survives the namespace.
 3. :func:`limit` sets the resource limits, :func:`drop_privileges` drops every capability (and,
@@ -79,18 +79,65 @@ def set_parent_death_signal(number: int) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
 
 
-def enter_namespaces() -> None:
-    """New user, mount, PID, network, IPC and UTS namespaces, mapping only our own ids."""
+def enter_namespaces() -> bool:
+    """New user, mount, PID, network, IPC and UTS namespaces; whether ``nobody`` is mapped.
+
+    Root inside is us outside. As root, a helper left in the parent namespace also maps
+    ``nobody`` (only the parent namespace's privilege can map a second id), so that the
+    solution's process can then become an unprivileged user to the host: file permissions and
+    ``RLIMIT_NPROC`` bind it, as they do not bind root. Without root, the one id we map is
+    already unprivileged.
+    """
     uid, gid = os.geteuid(), os.getegid()
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
-    _check(_libc.unshare(flags), "unshare")
-    for name, text in (
-        ("setgroups", "deny"),
-        ("uid_map", f"{uid} {uid} 1"),
-        ("gid_map", f"{gid} {gid} 1"),
-    ):
+    helper = _map_helper() if uid == 0 else None
+    try:
+        _check(_libc.unshare(flags), "unshare")
+    except OSError:
+        if helper is not None:
+            _finish_helper(helper, go=False)
+        raise
+    if helper is not None and _finish_helper(helper, go=True):
+        return True
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
+    return False
+
+
+def _map_helper() -> tuple[int, int, int]:
+    """A child, still outside, that writes our id maps once we have unshared."""
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_write)
+        os.close(done_read)
+        ok = b"0"
+        if os.read(go_read, 1) == b"1":
+            try:
+                for name in ("uid_map", "gid_map"):
+                    with open(f"/proc/{parent}/{name}", "w") as handle:
+                        handle.write(f"0 0 1\n{NOBODY} {NOBODY} 1\n")
+                ok = b"1"
+            except OSError:
+                pass
+        os.write(done_write, ok)
+        os._exit(0)
+    os.close(go_read)
+    os.close(done_write)
+    return pid, go_write, done_read
+
+
+def _finish_helper(helper: tuple[int, int, int], *, go: bool) -> bool:
+    pid, go_write, done_read = helper
+    os.write(go_write, b"1" if go else b"0")
+    mapped = os.read(done_read, 1) == b"1"
+    for fd in (go_write, done_read):
+        os.close(fd)
+    os.waitpid(pid, 0)
+    return mapped and go
 
 
 def readonly_paths(extra: list[str]) -> tuple[list[str], list[str]]:
@@ -134,7 +181,7 @@ def _tmpfs(target: str, size: int, mode: str = "1777") -> None:
 
 
 def build_root(base: str, shown: list[str], hidden: list[str], tmpfs_bytes: int) -> bool:
-    """Mount the solution's file view at ``base`` and pivot into it; cwd is then ``/work``.
+    """Mount the solution's file view at ``base`` and pivot into it; cwd is then ``/sandbox``.
 
     Whether the view has a ``/proc`` (its own, showing only the run's processes).
 
@@ -142,11 +189,14 @@ def build_root(base: str, shown: list[str], hidden: list[str], tmpfs_bytes: int)
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    # The private tmpfs first, so that a read-only path under /tmp (a venv there) shows on top.
+    for path in ("/dev/shm", "/tmp", "/sandbox"):
+        _tmpfs(base + path, tmpfs_bytes)
     for path in shown:
         _bind_readonly(path, base + path)
     for path in hidden:
         _mount("tmpfs", base + path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=755")
-    os.makedirs(base + "/proc")
+    os.makedirs(base + "/proc", exist_ok=True)
     try:
         _mount("proc", base + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         has_proc = True
@@ -154,7 +204,7 @@ def build_root(base: str, shown: list[str], hidden: list[str], tmpfs_bytes: int)
         # The kernel refuses a new procfs where the current one is partly covered (inside
         # bubblewrap); then the solution has no /proc at all, which hides even more.
         has_proc = False
-    os.makedirs(base + "/dev")
+    os.makedirs(base + "/dev", exist_ok=True)
     for device in _DEVICES:
         open(f"{base}/dev/{device}", "a").close()
         _mount(f"/dev/{device}", f"{base}/dev/{device}", None, MS_BIND)
@@ -165,8 +215,6 @@ def build_root(base: str, shown: list[str], hidden: list[str], tmpfs_bytes: int)
         ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(target, f"{base}/dev/{name}")
-    for path in ("/dev/shm", "/tmp", "/work"):
-        _tmpfs(base + path, tmpfs_bytes)
     os.chdir(base)
     syscall = _PIVOT_ROOT.get(platform.machine())
     if syscall is None:
@@ -175,7 +223,7 @@ def build_root(base: str, shown: list[str], hidden: list[str], tmpfs_bytes: int)
     _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
     os.chdir("/")
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    os.chdir("/work")
+    os.chdir("/sandbox")
     return has_proc
 
 
@@ -191,7 +239,11 @@ def limit(limits: dict[str, list[int]]) -> list[str]:
 
 
 def drop_privileges(become_nobody: bool) -> dict[str, Any]:
-    """Drop every capability, set ``no_new_privs``, and (``become_nobody``) switch to nobody."""
+    """Drop every capability, set ``no_new_privs``, and (``become_nobody``) switch to nobody.
+
+    Inside our namespaces, nobody is only there to become when :func:`enter_namespaces` mapped
+    it; outside them, as the host's root, it always is.
+    """
     done: dict[str, Any] = {}
     if become_nobody:
         try:

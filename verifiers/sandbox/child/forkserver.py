@@ -20,6 +20,7 @@ its pipe, so that the verifier can kill its process group.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import signal
@@ -68,13 +69,21 @@ def _worker(
     for fd in (null, out, err):
         os.close(fd)
     confine.limit(spec["limits"])
-    become_nobody = os.geteuid() == 0 and not isolation.get("namespaces")
+    namespaces = bool(isolation.get("namespaces"))
+    become_nobody = os.geteuid() == 0 and (isolation.get("nobody_mapped") or not namespaces)
     isolation.update(confine.drop_privileges(become_nobody))
     from . import guard, solution
 
+    # Started with -S, the server has no site-packages; folders the run was given are added.
+    sys.path.extend(spec.get("readonly_paths", []))
     if spec.get("guard", True):
         guard.install(os.getcwd())
-    solution.serve(channel, spec)
+    try:
+        solution.serve(channel, spec)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
 
 
 def _first_process(
@@ -88,17 +97,21 @@ def _first_process(
         try:
             shown, hidden = confine.readonly_paths(list(spec.get("readonly_paths", [])))
             has_proc = confine.build_root(base, shown, hidden, int(spec["tmpfs_bytes"]))
-            isolation["private_root"] = True
-            isolation["proc"] = "private" if has_proc else "none"
         except OSError as exc:
-            isolation["private_root_error"] = str(exc)
-    if not isolation.get("private_root"):
+            # Namespaces held but the file view did not: never run the code half-confined.
+            _line(
+                fds["status"],
+                {"sandbox_error": f"the file view failed: {exc}", "isolation": isolation},
+            )
+            return
+        isolation["private_root"] = True
+        isolation["proc"] = "private" if has_proc else "none"
+    else:
         workdir = tempfile.mkdtemp(prefix="ttscale-run-")
         if os.geteuid() == 0:
-            try:
+            # (nobody may not be mapped here: a user namespace of bubblewrap's)
+            with contextlib.suppress(OSError):
                 os.chown(workdir, confine.NOBODY, confine.NOBODY)
-            except OSError:
-                pass  # nobody is not mapped here (a user namespace of bubblewrap's)
         os.chdir(workdir)
     confine.make_undumpable()
     worker = os.fork()
@@ -126,19 +139,35 @@ def _first_process(
 
 
 def solution_job(fds: list[int], base: str) -> None:
+    """Namespaces, then the run's first process; we end once it (and its namespace) has.
+
+    SIGTERM (what the server sends to end a run) kills the first process; the kernel then ends
+    the rest of its PID namespace, and only when that is empty does our wait return and the
+    status pipe close: so its end tells the verifier that nothing of the run is left.
+    """
     channel, status, out, err, spec_fd = fds
+    first = 0
+
+    def end_the_run(number: int, frame: object) -> None:
+        if first:
+            os.kill(first, signal.SIGKILL)
+        else:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, end_the_run)
     _line(status, {"pid": os.getpid()})
     spec = _read_spec(spec_fd)
     _close_others([channel, status, out, err])
     isolation: dict[str, Any] = {"namespaces": False}
     if spec.get("namespaces", True):
         try:
-            confine.enter_namespaces()
+            isolation["nobody_mapped"] = confine.enter_namespaces()
             isolation["namespaces"] = True
         except OSError as exc:
             isolation["namespaces_error"] = str(exc)
     first = os.fork()
     if first == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         named = {"channel": channel, "status": status, "stdout": out, "stderr": err}
         try:
             _first_process(spec, named, isolation, base)
@@ -146,9 +175,10 @@ def solution_job(fds: list[int], base: str) -> None:
             traceback.print_exc()
         finally:
             os._exit(0)
-    for fd in (channel, out, err, status):
+    for fd in (channel, out, err):
         os.close(fd)
     os.waitpid(first, 0)
+    os.close(status)
 
 
 def harness_job(fds: list[int]) -> None:
@@ -170,15 +200,13 @@ def _preload(role: str) -> None:
         # Started with -S, the interpreter lacks what site adds; programs call exit() and quit().
         import _sitebuiltins
 
-        builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")  # type: ignore[attr-defined]
-        builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")  # type: ignore[attr-defined]
+        builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+        builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     from . import guard, harness, solution  # noqa: F401 - imported once, for every fork
 
     if role == "harness":
-        try:
+        with contextlib.suppress(ImportError):
             import pytest  # noqa: F401
-        except ImportError:
-            pass
 
 
 def main() -> None:
@@ -197,12 +225,15 @@ def main() -> None:
             if not data:
                 return  # the verifier has gone
             if data[:1] == b"k":
-                # Kill a child's process group: asked of us because pids are ours (under
-                # bubblewrap the verifier sees other numbers).
+                # End a child's run: asked of us because pids are ours (under bubblewrap the
+                # verifier sees other numbers). A solution's child ends its namespace itself.
                 for fd in fds:
                     os.close(fd)
                 try:
-                    os.killpg(int(data[1:]), signal.SIGKILL)
+                    if role == "solution":
+                        os.kill(int(data[1:]), signal.SIGTERM)
+                    else:
+                        os.killpg(int(data[1:]), signal.SIGKILL)
                 except (ValueError, OSError):
                     pass
                 continue

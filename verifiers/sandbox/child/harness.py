@@ -341,13 +341,14 @@ def outputs_match(expected: str, got: str, tolerance: float = 1e-6) -> tuple[boo
     """
     want = [line.split() for line in expected.rstrip().splitlines()]
     have = [line.split() for line in got.rstrip().splitlines()]
-    for number, (line_want, line_have) in enumerate(zip(want, have), start=1):
+    for number, (line_want, line_have) in enumerate(zip(want, have, strict=False), start=1):
         if len(line_want) != len(line_have):
             return (
                 False,
-                f"line {number}: expected {' '.join(line_want)[:200]!r}, got {' '.join(line_have)[:200]!r}",
+                f"line {number}: expected {' '.join(line_want)[:200]!r}, "
+                f"got {' '.join(line_have)[:200]!r}",
             )
-        for token_want, token_have in zip(line_want, line_have):
+        for token_want, token_have in zip(line_want, line_have, strict=True):
             decimal = (
                 any(mark in token_want for mark in ".eE") and token_want.lstrip("-+")[:1].isdigit()
             )
@@ -374,10 +375,11 @@ def _run_stdio(spec: dict[str, Any], link: Link) -> dict[str, str] | None:
     return None
 
 
-def _verdict(spec: dict[str, Any], link: Link) -> dict[str, str]:
+def _verdict(spec: dict[str, Any], link: Link) -> dict[str, Any]:
     hello = link.receive()
     if hello.get("ready") is not True:
-        raised = hello.get("raise") if type(hello.get("raise")) is dict else {}
+        found = hello.get("raise")
+        raised: dict[str, Any] = found if type(found) is dict else {}
         if "exit" in hello:
             raise link.fail(
                 "exit", f"the solution called exit({str(hello['exit'])[:50]}) while loading"
@@ -408,6 +410,7 @@ def _verdict(spec: dict[str, Any], link: Link) -> dict[str, str]:
 def run(spec: dict[str, Any], channel: int) -> dict[str, Any]:
     """Run the tests of ``spec`` against the solution behind ``channel``; the report."""
     link = Link(channel, int(spec.get("max_message_bytes", codec.MAX_MESSAGE_BYTES)))
+    verdict: dict[str, Any]
     try:
         verdict = _verdict(spec, link)
     except SolutionFault as fault:

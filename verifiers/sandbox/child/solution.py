@@ -21,7 +21,7 @@ last one.
 from __future__ import annotations
 
 import builtins
-import io
+import contextlib
 import os
 import sys
 from typing import Any
@@ -161,6 +161,9 @@ def run_program(code: Any, text: str) -> str:
 
 
 def _send(channel: int, reply: dict[str, Any]) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()  # what the code printed so far, before its process may be killed
     reply["blocked"] = guard.blocked[:]
     del guard.blocked[:]
     try:
