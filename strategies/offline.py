@@ -415,6 +415,36 @@ class _Stopping:
 
 
 @dataclass
+class _LevelIndex:
+    """Each problem's samples grouped by score level, and each sample's position in each order:
+    what resolving a tie between best members by draw order needs."""
+
+    keys: IntArray  # (P * N,) ascending: problem * (N + 1) + level
+    members: IntArray  # (P * N,) the sample of each key
+    position: IntArray  # (S, N) where each sample is drawn in each order
+    width: int
+
+    @classmethod
+    def of(cls, chunk: _Chunk, orders: IntArray) -> _LevelIndex:
+        assert chunk.levels is not None
+        n, problems = chunk.levels.shape
+        by_level = np.argsort(chunk.levels, axis=0, kind="stable")
+        levels = np.take_along_axis(chunk.levels, by_level, axis=0)
+        keys = (levels + np.arange(problems)[None, :] * (n + 1)).T.ravel()
+        return cls(keys, by_level.T.ravel(), np.argsort(orders, axis=1), n + 1)
+
+    def samples(self, problem: IntArray, level: IntArray) -> tuple[IntArray, BoolArray]:
+        """(m, B) samples of each problem at each level, padded, and which are real."""
+        wanted = problem * self.width + level
+        start = np.searchsorted(self.keys, wanted, side="left")
+        stop = np.searchsorted(self.keys, wanted, side="right")
+        span = np.arange(int((stop - start).max(initial=1)))[None, :]
+        present = span < (stop - start)[:, None]
+        picked = np.minimum(start[:, None] + span, self.keys.size - 1)
+        return self.members[picked], present
+
+
+@dataclass
 class _Layout:
     """Bit fields of a group's key: ``count | first | best`` (see :func:`_scan`)."""
 
@@ -422,21 +452,17 @@ class _Layout:
     best_width: int
     count_shift: int
     key_type: type[np.unsignedinteger[Any]]
-    tie_positions: bool
 
     @classmethod
-    def for_samples(cls, n: int, need_best: bool, tie_positions: bool) -> _Layout:
-        """Field widths for N samples; ``tie_positions``: the best field breaks equal scores by
-        position (needed only where a problem has equal scores on right and wrong samples)."""
+    def for_samples(cls, n: int, need_best: bool) -> _Layout:
+        """Field widths for N samples: 32 bits up to 1023 samples, else 64."""
         bits = max(1, int(n).bit_length())
-        best_width = 0
-        if need_best:  # a level, maybe a position, and a correct bit
-            best_width = (2 * bits if tie_positions else bits) + 1
+        best_width = bits + 1 if need_best else 0  # a level + 1 (<= N) and a correct bit
         count_shift = best_width + bits + 1  # first: a position and a correct bit
         if count_shift + bits > 64:
-            raise ConfigError(f"offline evaluation handles up to {2**15 - 1} samples per problem")
+            raise ConfigError(f"offline evaluation handles up to {2**20 - 1} samples per problem")
         wide = count_shift + bits > 32
-        return cls(bits, best_width, count_shift, np.uint64 if wide else np.uint32, tie_positions)
+        return cls(bits, best_width, count_shift, np.uint64 if wide else np.uint32)
 
     @property
     def mask(self) -> int:
@@ -490,7 +516,10 @@ def _scan(
     if need_best and (chunk.levels is None or chunk.scores is None):
         raise ConfigError("best-of-N, weighted majority and best_of_majority need scores")
 
-    layout = _Layout.for_samples(n, need_best, need_best and _mixed_ties(chunk))
+    layout = _Layout.for_samples(n, need_best)
+    # Where no problem has a right and a wrong sample of equal score, equal best levels never
+    # differ in correctness, so no tie between groups' best members needs its draw order.
+    ties = need_best and _mixed_ties(chunk)
     key_type = layout.key_type
     mask, bits, best_width, count_shift = (
         layout.mask,
@@ -504,9 +533,8 @@ def _scan(
 
     # Per sample, (N, P): its bits in its group's key, positions left out (zero if answerless).
     valid = chunk.answers < none
-    level_shift = bits + 1 if layout.tie_positions else 1
     best_static = (
-        (chunk.levels << level_shift) | chunk.correct
+        ((chunk.levels + 1) << 1) | chunk.correct
         if chunk.levels is not None
         else np.zeros_like(chunk.answers)
     )
@@ -516,9 +544,7 @@ def _scan(
     ).astype(key_type)
     best_any = best_static.astype(key_type)  # answerless samples too: groups of one for BoM
     positions = mask - np.arange(n, dtype=np.int64)
-    best_position = (positions << 1) if layout.tie_positions else np.zeros_like(positions)
-    step_bits = ((positions << (best_width + 1)) | best_position).astype(key_type)
-    best_position = best_position.astype(key_type)
+    step_bits = (positions << (best_width + 1)).astype(key_type)
     slot_base = chunk.answers * lanes + np.arange(problems, dtype=np.int64)[None, :]
     lane_offset = (np.arange(subsets, dtype=np.int64) * problems)[:, None]
 
@@ -561,7 +587,53 @@ def _scan(
     totals = {name: np.zeros((n, problems), dtype=np.int64) for name in specs}
     drawn = {name: np.zeros((n, problems), dtype=np.int64) for name in stopping}
 
-    def surviving_best(threshold: int, mean_scores: bool) -> npt.NDArray[Any]:
+    by_level = _LevelIndex.of(chunk, orders) if ties else None
+
+    def earliest(
+        chosen: IntArray, level: npt.NDArray[Any], taken: int, allowed: Any
+    ) -> npt.NDArray[Any]:
+        """For lanes ``chosen`` (flat) whose best candidates tie at ``level`` (level + 1) with
+        right and wrong members: the best field of the earliest-drawn sample at that level that
+        ``allowed(answers, lanes, samples, problems)`` admits. Rare, and only the samples of that
+        level are looked at, so it is exact at little cost."""
+        assert by_level is not None
+        problem = chosen % problems
+        samples, present = by_level.samples(problem, level.astype(np.int64) - 1)
+        column = problem[:, None]
+        drawn_at = by_level.position[(chosen // problems)[:, None], samples]
+        fits = present & (drawn_at < taken)
+        fits &= allowed(chunk.answers[samples, column], chosen[:, None], samples, column)
+        first = np.where(fits, drawn_at, n).argmin(axis=1)
+        right = chunk.correct[samples[np.arange(chosen.size), first], problem]
+        return ((level.astype(np.int64) << 1) | right).astype(key_type)
+
+    def counted(threshold: int) -> Any:
+        def allowed(said: IntArray, lane: IntArray, _: IntArray, __: IntArray) -> BoolArray:
+            count = keys[np.minimum(said, none) * lanes + lane] >> count_shift
+            return (said < none) & (count >= threshold)
+
+        return allowed
+
+    def settled(
+        winner: npt.NDArray[Any],
+        candidates: npt.NDArray[Any],
+        taken: int,
+        allowed: Any,
+    ) -> npt.NDArray[Any]:
+        """``winner`` (the max of ``candidates``, (G, lanes) best fields or 0), with the lanes
+        whose top level holds right and wrong candidates resolved by draw order."""
+        if not ties:
+            return winner
+        level = winner >> 1
+        at_top = (candidates >> 1 == level[None, :]) & (candidates > 0)
+        wrong = (at_top & ((candidates & 1) == 0)).any(axis=0)
+        mixed = np.flatnonzero(wrong & ((winner & 1) == 1))
+        if mixed.size:
+            winner = winner.copy()
+            winner[mixed] = earliest(mixed, level[mixed], taken, allowed)
+        return winner
+
+    def surviving_best(threshold: int, mean_scores: bool, taken: int) -> npt.NDArray[Any]:
         """Every lane's winning best field from scratch (on a threshold change, or for mean)."""
         grid = keys.reshape(none + 1, lanes)[:none]
         count = grid >> count_shift
@@ -569,24 +641,42 @@ def _scan(
         best = grid & field_mask
         if not mean_scores:
             # Only called with threshold > 1: answerless groups of one do not survive.
-            winner: npt.NDArray[Any] = np.where(survives, best, 0).max(axis=0, initial=0)
+            candidates = np.where(survives, best, 0)
+            winner = candidates.max(axis=0, initial=0)
+            winner = settled(winner, candidates, taken, counted(threshold))
             return winner.reshape(shape).astype(key_type)
         assert weight is not None and lone is not None and chunk.score_by_level is not None
+        assert chunk.scores is not None
         sums = weight.reshape(none + 1, lanes)[:none]
         mean = np.where(survives, sums / np.maximum(count, 1), -np.inf)
         lone_best = lone.ravel() if threshold <= 1 else np.zeros(lanes, dtype=key_type)
         lone_known = lone_best > 0
-        lone_level = (lone_best >> level_shift).astype(np.int64)
+        lone_level = (lone_best >> 1).astype(np.int64) - 1
         lone_score = np.where(
-            lone_known, np.take(chunk.score_by_level, lane_problem_offset + lone_level), -np.inf
+            lone_known,
+            np.take(chunk.score_by_level, lane_problem_offset + np.maximum(lone_level, 0)),
+            -np.inf,
         )
         top = np.maximum(mean.max(axis=0, initial=-np.inf), lone_score)
         # Ties on the mean go to the group whose best member ranks first.
-        tied: npt.NDArray[Any] = np.where(survives & (mean == top[None, :]), best, 0).max(
-            axis=0, initial=0
-        )
-        tied = np.where(lone_known & (lone_score == top), np.maximum(tied, lone_best), tied)
-        return tied.reshape(shape).astype(key_type)
+        candidates = np.where(survives & (mean == top[None, :]), best, 0)
+        lone_in = np.where(lone_known & (lone_score == top), lone_best, 0)
+        candidates = np.vstack([candidates, lone_in[None, :]])
+        scores_of = chunk.scores
+
+        def allowed(
+            said: IntArray, lane: IntArray, sample: IntArray, column: IntArray
+        ) -> BoolArray:
+            slot_of = np.minimum(said, none) * lanes + lane
+            group_count = keys[slot_of] >> count_shift
+            group_mean = weight[slot_of] / np.maximum(group_count, 1)  # type: ignore[index]
+            in_group = (said < none) & (group_count >= max(threshold, 1))
+            in_group &= group_mean == top[lane]
+            alone_ok = (said == none) & lone_known[lane] & (scores_of[sample, column] == top[lane])
+            return in_group | alone_ok
+
+        winner = settled(candidates.max(axis=0, initial=0), candidates, taken, allowed)
+        return winner.reshape(shape).astype(key_type)
 
     def settle(state: _Stopping, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
         """Stop the live lanes in ``stops``, each answering with its group key in ``picks``."""
@@ -622,8 +712,12 @@ def _scan(
         np.maximum(upper, joined, out=upper)
         key = upper << best_width
         if need_best:
+            # The group's best member: a strictly higher level replaces it; an equal one keeps
+            # the earlier-drawn member (so its field needs no position).
             low = old & field_mask
-            np.maximum(low, arriving & field_mask, out=low)
+            arrived = arriving & field_mask
+            arrived *= arrived > (low | 1)
+            np.maximum(low, arrived, out=low)
             key |= low
         keys[slot] = key
         if need_second:
@@ -653,28 +747,38 @@ def _scan(
         alone = best_any[:0]
         if lone is not None or best_seen is not None or boms:
             alone = best_any[columns]
-            alone += best_position[step]
         if lone is not None:
-            np.maximum(lone, alone * ((arriving >> count_shift) == 0), out=lone)
+            _keep_earlier(lone, alone * ((arriving >> count_shift) == 0))
         if best_seen is not None:
-            np.maximum(best_seen, alone, out=best_seen)
+            _keep_earlier(best_seen, alone)
         if covered is not None:
             covered |= chunk.correct[columns]
         for name, bom_config in boms.items():
             threshold = survival_threshold(taken, bom_config.alpha, bom_config.min_count)
             state = bom_best[name]
             if bom_config.group_score == "mean":
-                bom_best[name] = surviving_best(threshold, mean_scores=True)
+                bom_best[name] = surviving_best(threshold, True, taken)
             elif threshold <= 1:
                 # Every group survives (and has since the start: the threshold never falls), so
                 # the arriving sample competes on its own rank, answerless or not.
-                np.maximum(state, alone, out=state)
+                _keep_earlier(state, alone)
             elif threshold != bom_threshold[name]:
-                bom_best[name] = surviving_best(threshold, mean_scores=False)
+                bom_best[name] = surviving_best(threshold, False, taken)
             else:
+                votes = key >> count_shift
                 joins = key & field_mask
-                joins *= (key >> count_shift) >= threshold
-                np.maximum(state, joins, out=state)
+                joins *= votes >= threshold
+                if ties:
+                    # A group surviving from now on may hold, at the state's level, a member
+                    # drawn before the state's: only the draw order can tell.
+                    clash = votes == threshold
+                    clash &= (joins >> 1) == (state >> 1)
+                    clash &= ((joins ^ state) & 1) == 1
+                    mixed = np.flatnonzero(clash)
+                    if mixed.size:
+                        flat = state.reshape(-1)
+                        flat[mixed] = earliest(mixed, flat[mixed] >> 1, taken, counted(threshold))
+                _keep_earlier(state, joins)
             bom_threshold[name] = threshold
 
         if need_runs:
@@ -721,6 +825,12 @@ def _per_problem(hits: BoolArray) -> IntArray:
     """Lanes set per problem of (S, P) flags; summing bytes is ~3x faster than count_nonzero."""
     counts: IntArray = hits.view(np.uint8).sum(axis=0, dtype=np.int64)
     return counts
+
+
+def _keep_earlier(state: npt.NDArray[Any], arriving: npt.NDArray[Any]) -> None:
+    """``state`` takes ``arriving`` best fields only at a strictly higher level (in place)."""
+    arriving = arriving * (arriving > (state | 1))
+    np.maximum(state, arriving, out=state)
 
 
 def _mixed_ties(chunk: _Chunk) -> bool:

@@ -489,3 +489,41 @@ def test_esc_window_answer_is_the_unanimous_windows() -> None:
     assert picks == {"vote": "A", "window": "B"}
     with pytest.raises(ConfigError, match="answer"):
         AdaptiveConfig(rule="esc", answer="last")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BestOfMajorityConfig(alpha=0.25),  # the threshold rises at k = 5 and 9
+        BestOfMajorityConfig(min_count=2),  # groups join as they reach two votes
+        BestOfMajorityConfig(min_count=2, group_score="mean"),
+        BestOfMajorityConfig(group_score="mean"),
+        MajorityConfig(weighted=True),
+    ],
+)
+def test_equal_scores_on_right_and_wrong_samples_follow_the_draw_order(
+    config: BestOfMajorityConfig | MajorityConfig,
+) -> None:
+    """Scores 0, 1/2 and 1 on right and wrong samples alike: whichever best member was drawn
+    first must win, so each replayed order's picks are the online ones at every k."""
+    rng = np.random.default_rng(12)
+    problems, n = 8, 12
+    answers = rng.integers(-1, 4, size=(problems, n))
+    correct = answers <= 0
+    scores = rng.integers(0, 3, size=(problems, n)) / 2
+    orders = np.stack([rng.permutation(n) for _ in range(40)])
+    result = evaluate(answers, correct, scores, {"s": config}, orders=orders)
+    name = "probe"
+    FIXED[name] = config
+    try:
+        for k in range(1, n + 1):
+            hits = []
+            for p in range(problems):
+                for order in orders:
+                    idx = [int(i) for i in order[:k]]
+                    said, graded = labels(answers[p, idx]), list(scores[p, idx])
+                    pick = online_pick(name, said, graded, list(range(k)))
+                    hits.append(pick is not None and bool(correct[p, idx][pick]))
+            assert result.at("s", k) == pytest.approx(np.mean(hits), abs=1e-12), k
+    finally:
+        del FIXED[name]
