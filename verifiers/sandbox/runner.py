@@ -272,6 +272,16 @@ class Sandbox:
         self._solutions = ForkServer("solution", self.config, self.backend)
         self._harnesses = ForkServer("harness", self.config, self.backend)
         self._count, self._counted_at = 0, -1e9
+        self._warned = False
+
+    def _warn_weaker(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "model-written code runs without its own namespaces here (%s): host files are "
+                "readable and a process can outlive its run; see ttscale.verifiers.sandbox",
+                why,
+            )
 
     def _process_count(self) -> int:
         """Processes of our user now (RLIMIT_NPROC counts them all), refreshed each second."""
@@ -373,6 +383,9 @@ class Sandbox:
         verdict = _second(report.lines())
         ended = _second(status.lines())
         outcome, cause, reason = interpret(verdict, ended, timed_out, self.config)
+        isolation = dict(ended.get("isolation", {})) if ended else {}
+        if self.config.namespaces and ended and not isolation.get("namespaces"):
+            self._warn_weaker(str(isolation.get("namespaces_error", "unknown")))
         truncated = stdout.total > len(stdout.kept) or stderr.total > len(stderr.kept)
         return RunResult(
             outcome=outcome,
@@ -387,7 +400,7 @@ class Sandbox:
             blocked=tuple(map(str, verdict.get("blocked", ()))) if verdict else (),
             backend=self.backend,
             details={
-                "isolation": dict(ended.get("isolation", {})) if ended else {},
+                "isolation": isolation,
                 "calls": verdict.get("calls") if verdict else None,
                 "solution_exit": (
                     {key: ended.get(key) for key in ("exit_code", "signal", "cpu_s")}
