@@ -214,6 +214,10 @@ def solve(
             help="Token logprobs with this many top alternatives, kept in the sample journal.",
         ),
     ] = None,
+    request_timeout: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds a request may take before the client retries it."),
+    ] = 600.0,
     cache: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Sample cache directory (SQLite): reruns never pay twice."),
@@ -294,6 +298,7 @@ def solve(
             run_budget=parse_budget(run_budget, "--run-budget") if run_budget else {},
             price=parse_price(price) if price else None,
             logprobs=logprobs,
+            request_timeout_s=request_timeout,
         )
         total = len(load_dataset(dataset, limit=limit))
         with contextlib.ExitStack() as stack:

@@ -95,7 +95,9 @@ class SolveConfig:
     ``logprobs`` (0 for the chosen token only) makes per-sample token counts exact; the embedded
     model needs it, since llama.cpp reports one choice's tokens for a request with ``n > 1``. With
     ``logprobs`` >= 1 that many top alternatives per token are asked for and kept in the sample
-    journal, for confidence measures and the sample bank.
+    journal, for confidence measures and the sample bank. ``request_timeout_s`` bounds each
+    request (the client retries after it): raise it for a slow server, such as a CPU shared with
+    other work, where a timed-out request is paid for twice.
     """
 
     dataset: str
@@ -123,11 +125,14 @@ class SolveConfig:
     budget: Mapping[str, float] = field(default_factory=dict)
     run_budget: Mapping[str, float] = field(default_factory=dict)
     price: tuple[float, float] | None = None
+    request_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("samples", "k", "concurrency", "problem_concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"request timeout must be > 0 s, got {self.request_timeout_s}")
         if self.k > self.samples:
             raise ConfigError(f"k ({self.k}) cannot exceed the samples drawn ({self.samples})")
         if self.output_format not in ("ttscale", "human-eval"):
@@ -828,6 +833,7 @@ async def solve(
             api_key=os.environ.get(config.api_key_env),
             api_key_env=None,
             params=SamplingParams(seed=config.seed),
+            timeout=config.request_timeout_s,
         )
     else:
         sampler = OpenAISampler(
@@ -838,6 +844,7 @@ async def solve(
                 api_key_env=None,
                 concurrency=config.concurrency,
                 params=SamplingParams(seed=config.seed),
+                timeout=config.request_timeout_s,
             )
         )
     if build_verifier is not None:

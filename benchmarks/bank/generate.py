@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ttscale.datasets import load_dataset
+from ttscale.errors import TTScaleError
 from ttscale.local_model import LocalModelServer
 from ttscale.solve import SolveConfig, solve
 
@@ -57,8 +58,8 @@ class BankSet:
 
 
 SETS = (
-    BankSet("gsm8k", samples=32, chunk=4, grader="math", code=False),
     BankSet("humaneval", samples=16, chunk=8, grader=None, code=True),
+    BankSet("gsm8k", samples=32, chunk=4, grader="math", code=False),
 )
 
 
@@ -90,6 +91,9 @@ def config_for(bank_set: BankSet, out: Path) -> SolveConfig:
         problem_concurrency=4,
         allow_code_execution=bank_set.code,
         logprobs=TOP_LOGPROBS,
+        # Under nice on a shared CPU a request can take many minutes; one that times out is
+        # drawn again, so wait rather than pay twice.
+        request_timeout_s=3600.0,
     )
 
 
@@ -199,9 +203,16 @@ async def generate(server: LocalModelServer) -> None:
         out = work_out(bank_set, number)
         restore(out)
         started = time.monotonic()
-        summary = await solve(
-            config_for(bank_set, out), base_url=server.base_url, model=server.model, only=ids
-        )
+        try:
+            summary = await solve(
+                config_for(bank_set, out), base_url=server.base_url, model=server.model, only=ids
+            )
+        except TTScaleError as exc:
+            # What arrived is journalled; the next pass over the chunks resumes it.
+            log.warning(
+                "%s chunk %d stopped (%s); going on with the next", bank_set.name, number, exc
+            )
+            continue
         tokens = summary.usage.completion_tokens
         log.info(
             "%s chunk %d: %d problems, %d completion tokens in %.0f s (%.1f tokens/s)",
@@ -235,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("the bank is complete")
         return 0
     with LocalModelServer() as server:
-        asyncio.run(generate(server))
+        while status():
+            asyncio.run(generate(server))
     return 0
 
 
