@@ -537,13 +537,28 @@ _ENVIRON = (
 )
 
 
+# A verifier in a process of its own, holding a key in its real environment and on its command
+# line (as with --api-key), as a user's would: os.environ changes made by a test are not in
+# /proc/PID/environ, so the test process itself would prove nothing.
+_VERIFIER_WITH_A_SECRET = """
+import asyncio, json, os, sys
+from ttscale.types import Candidate, Problem
+from ttscale.verifiers.unit_tests import UnitTestVerifier
+
+verifier = UnitTestVerifier(allow_code_execution=True, backend=sys.argv[1], guard=False)
+problem = Problem(id="secrets", prompt="p", tests="assert True\\n")
+scores = []
+for code in json.loads(sys.stdin.read()).values():
+    code = code.replace("VERIFIER_PID", str(os.getpid()))
+    (score,) = asyncio.run(verifier.score(problem, [Candidate(text=code, index=0)]))
+    scores.append(dict(score.details))
+print(json.dumps(scores))
+"""
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_our_environment_and_proc_do_not_reach_the_code(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_our_environment_and_proc_do_not_reach_the_code(backend: str) -> None:
     secret = f"sk-test-must-not-leak-{uuid.uuid4().hex}"
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
-    _verifiers.clear()  # fresh fork servers, started with the secret in our environment
     scan = (
         "import os\nfound = []\n"
         "for key, value in os.environ.items():\n"
@@ -557,12 +572,20 @@ def test_our_environment_and_proc_do_not_reach_the_code(
         "            pass\n"
         "print('FOUND', found)\n"
     )
-    score = sandboxed(backend, scan, guard=False)
-    assert score.details["outcome"] == "pass", score.reason
-    assert "FOUND []" in score.details["stdout"]
-    reach = sandboxed(backend, _ENVIRON.format(pid=os.getpid(), secret=secret), guard=False)
-    assert "ENVIRON" not in reach.details["stdout"] and reach.details["outcome"] == "error"
-    _verifiers.clear()
+    codes = {"scan": scan, "dir_fd": _ENVIRON.format(pid="VERIFIER_PID", secret=secret)}
+    completed = subprocess.run(
+        [sys.executable, "-c", _VERIFIER_WITH_A_SECRET, backend, secret],
+        input=json.dumps(codes),
+        env={**os.environ, "OPENAI_API_KEY": secret},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    scanned, reached = json.loads(completed.stdout.splitlines()[-1])
+    assert scanned["outcome"] == "pass" and "FOUND []" in scanned["stdout"], scanned
+    assert reached["outcome"] == "error" and "ENVIRON" not in reached["stdout"], reached
 
 
 def test_control_our_proc_entry_is_in_reach_of_a_plain_process(
@@ -653,6 +676,24 @@ def test_nothing_outlives_its_run(backend: str) -> None:
         isolation = score.details["isolation"]
         assert isolation.get("namespaces") and isolation.get("private_root"), isolation
         assert _in_namespace(isolation["pid_namespace"]) == []
+
+
+def test_control_the_namespace_check_finds_a_live_process() -> None:
+    """The check above can fail: a process alive in a PID namespace is found in it."""
+    child = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        namespace = own = os.readlink("/proc/self/ns/pid")
+        while namespace == own and time.monotonic() < deadline:
+            time.sleep(0.05)
+            children = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+            if children:
+                namespace = os.readlink(f"/proc/{children[0]}/ns/pid")
+        assert namespace != own
+        assert len(_in_namespace(namespace)) == 1
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback runs the code as nobody only as root")

@@ -362,6 +362,23 @@ def test_stdio_cases_from_metadata(verifier: UnitTestVerifier) -> None:
     assert score.details["cause"] == "tests" and "one length" in score.reason
 
 
+def test_verifiers_of_one_setting_share_warm_servers() -> None:
+    """A proxy builds a verifier per request: the fork servers must start once, not each time."""
+    first = UnitTestVerifier(allow_code_execution=True, timeout_s=7.0)
+    second = UnitTestVerifier(allow_code_execution=True, timeout_s=7.0)
+    other = UnitTestVerifier(allow_code_execution=True, timeout_s=8.0)
+    assert first.sandbox is second.sandbox and other.sandbox is not first.sandbox
+    good = "def add(a, b):\n    return a + b\n"
+    assert run_one(first, ASSERT_PROBLEM, good).verdict
+    servers = first.sandbox.server_pids
+    assert None not in servers
+    assert run_one(second, ASSERT_PROBLEM, good).verdict
+    assert second.sandbox.server_pids == servers
+    first.close()  # stops the shared servers; the next check starts new ones
+    assert run_one(second, ASSERT_PROBLEM, good).verdict
+    assert second.sandbox.server_pids != servers
+
+
 def test_code_execution_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ALLOW_ENV_VAR, raising=False)
     with pytest.raises(SandboxRefused, match="allow_code_execution=True"):

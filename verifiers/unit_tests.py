@@ -285,13 +285,14 @@ class UnitTestVerifier:
 
     @property
     def sandbox(self) -> Sandbox:
-        """The warm sandbox every check of this verifier runs in (started at the first)."""
+        """The warm sandbox the checks run in, shared by every verifier of the same settings."""
         if self._sandbox is None:
-            self._sandbox = Sandbox(self._sandbox_config)
+            self._sandbox = Sandbox.shared(self._sandbox_config)
         return self._sandbox
 
     def close(self) -> None:
-        """Stop the sandbox's fork servers (they also end with this process)."""
+        """Stop the sandbox's fork servers now (they also end with this process; a later check
+        starts them again)."""
         if self._sandbox is not None:
             self._sandbox.close()
             self._sandbox = None

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ttscale.errors import VerifierError
 from ttscale.verifiers.sandbox.config import (
@@ -264,7 +264,24 @@ class _Pipes:
 
 
 class Sandbox:
-    """Runs checks: a solution's process and a harness's process per run, from warm servers."""
+    """Runs checks: a solution's process and a harness's process per run, from warm servers.
+
+    :meth:`shared` gives every caller with the same settings one sandbox for the life of the
+    process (a proxy building a verifier per request, say), so that the servers start once.
+    """
+
+    _shared: ClassVar[dict[str, Sandbox]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def shared(cls, config: SandboxConfig) -> Sandbox:
+        """The process's sandbox for ``config`` (made at the first call)."""
+        key = repr(sorted((k, repr(v)) for k, v in vars(config).items()))
+        with cls._shared_lock:
+            found = cls._shared.get(key)
+            if found is None:
+                found = cls._shared[key] = cls(config)
+            return found
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
@@ -273,6 +290,11 @@ class Sandbox:
         self._harnesses = ForkServer("harness", self.config, self.backend)
         self._count, self._counted_at = 0, -1e9
         self._warned = False
+
+    @property
+    def server_pids(self) -> tuple[int | None, int | None]:
+        """The pids of the solutions' and the harnesses' fork servers (None: not running)."""
+        return self._solutions.pid, self._harnesses.pid
 
     def _warn_weaker(self, why: str) -> None:
         if not self._warned:
