@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import hashlib
 import json
 import logging
 import shutil
@@ -33,7 +34,7 @@ import numpy as np
 
 from ttscale.datasets import load_dataset
 from ttscale.errors import TTScaleError
-from ttscale.local_model import LocalModelServer
+from ttscale.local_model import LLAMA_CPP_PYTHON_VERSION, LocalModelServer, assemble_model
 from ttscale.solve import SolveConfig, solve
 
 log = logging.getLogger("bank")
@@ -187,6 +188,51 @@ def pack(bank_set: BankSet, number: int) -> None:
     log.info("packed %s (%d samples)", text_path.relative_to(BANK), len(rows))
 
 
+def write_manifest(server: LocalModelServer) -> None:
+    """What the bank holds and how it was drawn: model file hash, llama.cpp, settings, counts."""
+    path = BANK / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    model = assemble_model()
+    if manifest.get("model", {}).get("bytes") != model.stat().st_size:
+        digest = hashlib.sha256()
+        with model.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        manifest["model"] = {
+            "name": server.model,
+            "file": model.name,
+            "bytes": model.stat().st_size,
+            "sha256": digest.hexdigest(),
+        }
+    manifest["server"] = f"llama.cpp llama-server from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
+    manifest["settings"] = {
+        "temperature": TEMPERATURE,
+        "max_tokens": MAX_TOKENS,
+        "seed": SEED,
+        "top_logprobs": TOP_LOGPROBS,
+        "runner": "ttscale solve (strategy majority: every sample drawn)",
+    }
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    manifest.setdefault("dates", {}).setdefault("first", today)
+    manifest["dates"]["last"] = today
+    manifest["sets"] = {}
+    for bank_set in SETS:
+        parts = sorted((BANK / bank_set.name).glob("part-*.npz"))
+        samples = tokens = 0
+        for part in parts:
+            offsets = np.load(part)["offsets"]
+            samples += len(offsets) - 1
+            tokens += int(offsets[-1])
+        manifest["sets"][bank_set.name] = {
+            "problems_planned": sum(len(ids) for ids in chunk_ids(bank_set)),
+            "samples_per_problem": bank_set.samples,
+            "parts": len(parts),
+            "samples": samples,
+            "completion_tokens": tokens,
+        }
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def status() -> list[tuple[BankSet, int, list[str]]]:
     """The chunks not packed yet, in drawing order."""
     left = []
@@ -224,6 +270,7 @@ async def generate(server: LocalModelServer) -> None:
             tokens / max(time.monotonic() - started, 1e-9),
         )
         pack(bank_set, number)
+        write_manifest(server)
 
 
 def main(argv: list[str] | None = None) -> int:
