@@ -260,6 +260,37 @@ def test_forgeries_do_not_pass(backend: str, name: str) -> None:
     )
 
 
+MALFORMED = {
+    "huge-int": b'{"value":' + b"1" * 5000 + b"}",
+    "deep-nesting": b'{"value":' + b'{"L":[' * 5000 + b"]}" * 5000 + b"}",
+    "bad-utf8": b'{"value":"\xff\xfe"}',
+    "bare-nan": b'{"value":NaN}',
+    "unknown-tag": b'{"value":{"Q":[1]}}',
+    "oversized": b"",  # a length over the limit, no body
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_replies_are_protocol_errors(name: str) -> None:
+    """The solution writes its own frame on its channel in place of an answer."""
+    body = MALFORMED[name]
+    size = (1 << 31) if name == "oversized" else len(body)
+    code = (
+        "import os, stat\n"
+        "def has_close_elements(numbers, threshold):\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+        f"                os.write(fd, {size.to_bytes(4, 'big') + body!r})\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    import time\n"
+        "    time.sleep(30)\n"
+    )
+    score = sandboxed("subprocess", code, _humaneval_0())
+    assert (score.details["outcome"], score.details["cause"]) == ("error", "protocol"), score.reason
+
+
 @pytest.mark.parametrize("name", sorted(FORGERIES))
 def test_control_each_forgery_passes_a_naive_harness(name: str) -> None:
     problem = _humaneval_0()

@@ -285,8 +285,9 @@ def test_a_fault_the_tests_swallow_still_decides(verifier: UnitTestVerifier) -> 
     assert died.details["outcome"] == "error" and died.details["cause"] == "died"
 
 
-def test_pytest_style_file(verifier: UnitTestVerifier) -> None:
-    pytest.importorskip("pytest")
+def test_pytest_style_file() -> None:
+    # pytest's own start in the harness takes a second or more on a loaded machine.
+    verifier = UnitTestVerifier(allow_code_execution=True, timeout_s=60.0)
     problem = Problem(
         id="py",
         prompt="Write double(x).",

@@ -41,6 +41,8 @@ _CHILD_ROOT = str(Path(__file__).resolve().parent)
 _LAUNCH = "import sys; sys.path.insert(0, {root!r}); from child.forkserver import main; main()"
 # After the verdict, how long the solution's side has to end and report its status.
 _STATUS_GRACE_S = 2.0
+# After any other verdict, how long the solution's side has to quit before it is killed.
+_QUIT_GRACE_S = 0.5
 # How long a killed side has to let go of its pipes; beyond it the verifier stops reading them.
 _KILL_WAIT_S = 5.0
 _READ_CHUNK = 65536
@@ -376,11 +378,17 @@ class Sandbox:
         readers = (report, status, stdout, stderr)
         try:
             timed_out = not await report.wait(config.timeout_s)
+            verdict = _second(report.lines())
             if timed_out:
                 self._harnesses.kill(report.pid())
+            if timed_out:
                 self._solutions.kill(status.pid())
-            # The solution's side ends once the harness has closed the channel (or been killed).
-            if not await status.wait(_KILL_WAIT_S if timed_out else _STATUS_GRACE_S):
+            # The solution's side ends once the harness has closed the channel (at once, for an
+            # honest one), and its status pipe closes only when nothing of the run is left. A
+            # side that died by itself is waited for longer: how it ended names the cause.
+            died = (verdict or {}).get("cause") == "died"
+            grace = _KILL_WAIT_S if timed_out else (_STATUS_GRACE_S if died else _QUIT_GRACE_S)
+            if not await status.wait(grace):
                 self._solutions.kill(status.pid())
                 await status.wait(_KILL_WAIT_S)
             self._solutions.kill(status.pid())
