@@ -215,10 +215,13 @@ def run_one(mutant: Mutant, source: str, timeout: float) -> Outcome:
         (tree / _installed_path(mutant.module)).write_text(source)
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-        command += ["-p", "no:randomly", *TESTS[mutant.module]]
+        command += ["-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT)]
+        command += [str(ROOT / test) for test in TESTS[mutant.module]]
+        # The copy is the working directory: ``python -m`` puts it first on sys.path, where the
+        # repository's own package would otherwise shadow the mutant.
         try:
             done = subprocess.run(
-                command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+                command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout
             )
         except subprocess.TimeoutExpired:
             return Outcome(mutant, True, "timeout", time.monotonic() - started)
