@@ -440,8 +440,8 @@ class _LevelIndex:
         stop = np.searchsorted(self.keys, wanted, side="right")
         span = np.arange(int((stop - start).max(initial=1)))[None, :]
         present = span < (stop - start)[:, None]
-        picked = np.minimum(start[:, None] + span, self.keys.size - 1)
-        return self.members[picked], present
+        picked = np.take(self.members, start[:, None] + span, mode="clip")  # padding: any
+        return picked, present
 
 
 @dataclass

@@ -101,7 +101,9 @@ def test_closed_forms() -> None:
     with pytest.raises(ConfigError, match=r"1\.\.5"):
         pass_at_k_curve([3], 5, [6])  # was NaN, silently
     with pytest.raises(ConfigError, match=r"0\.\.5"):
-        pass_at_k_curve([6], 5, [1])
+        pass_at_k_curve([0, 6], 5, [1])
+    with pytest.raises(ConfigError, match=r"0\.\.5"):
+        pass_at_k_curve([-1, 2], 5, [1])
 
 
 def test_tied_best_of_n_is_a_random_tie_break() -> None:
@@ -480,9 +482,7 @@ def test_esc_window_answer_is_the_unanimous_windows() -> None:
     picks = {}
     for name, config in configs.items():
         result = asyncio.run(
-            Adaptive(config).run(
-                Problem(id="p", prompt="q"), ScriptedSampler({"q": texts})
-            )
+            Adaptive(config).run(Problem(id="p", prompt="q"), ScriptedSampler({"q": texts}))
         )
         picks[name] = str(result.answers[0]).upper()  # the extractor normalises case
         assert offline.at(name, 9) == float(picks[name] == "B"), name
@@ -527,3 +527,21 @@ def test_equal_scores_on_right_and_wrong_samples_follow_the_draw_order(
             assert result.at("s", k) == pytest.approx(np.mean(hits), abs=1e-12), k
     finally:
         del FIXED[name]
+
+
+def test_the_beta_rule_stops_exactly_at_its_threshold_offline_as_online() -> None:
+    """One vote gives P(p > 1/2) = 3/4 exactly: at threshold 0.75 the rule stops after it."""
+    answers = [["a", "b", "b", "a"]]
+    correct = [[True, False, False, True]]
+    at = {"at": AdaptiveConfig(threshold=0.75), "above": AdaptiveConfig(threshold=0.76)}
+    result = evaluate(answers, correct, None, at, orders=[range(4)])
+    assert result.samples_used["at"].tolist() == [1, 1, 1, 1]
+    assert result.samples_used["above"].tolist() == [1, 2, 3, 4]
+    for name, config in at.items():
+        online = asyncio.run(
+            Adaptive(AdaptiveConfig(**{**config.__dict__, "samples": 4, "extractor": "boxed"})).run(
+                Problem(id="p", prompt="q"),
+                ScriptedSampler({"q": [f"\\boxed{{{a}}}" for a in answers[0]]}),
+            )
+        )
+        assert online.usage.samples == result.samples_used[name][-1], name
