@@ -429,6 +429,10 @@ def test_defaults_budgets_and_errors() -> None:
     assert ragged.ks[-1] == 20
     with pytest.raises(ConfigError, match="ks"):
         evaluate(answers, correct, ks=[31])
+    with pytest.raises(ConfigError, match="ks"):
+        evaluate(answers, correct, ks=[0, 5])  # the smallest k alone is out of range
+    with pytest.raises(ConfigError, match="ks"):
+        evaluate(answers, correct, ks=[5, 31])
     with pytest.raises(ConfigError, match="needs scores"):
         evaluate(answers, correct, None, {"bon": BestOfNConfig()})
     with pytest.raises(ConfigError, match="top-1"):
