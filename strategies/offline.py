@@ -605,12 +605,14 @@ def _scan(
         fits &= allowed(chunk.answers[samples, column], chosen[:, None], samples, column)
         first = np.where(fits, drawn_at, n).argmin(axis=1)
         right = chunk.correct[samples[np.arange(chosen.size), first], problem]
-        return ((level.astype(np.int64) << 1) | right).astype(key_type)
+        fields: npt.NDArray[Any] = ((level.astype(np.int64) << 1) | right).astype(key_type)
+        return fields
 
     def counted(threshold: int) -> Any:
         def allowed(said: IntArray, lane: IntArray, _: IntArray, __: IntArray) -> BoolArray:
             count = keys[np.minimum(said, none) * lanes + lane] >> count_shift
-            return (said < none) & (count >= threshold)
+            fits: BoolArray = (said < none) & (count >= threshold)
+            return fits
 
         return allowed
 
@@ -669,11 +671,13 @@ def _scan(
         ) -> BoolArray:
             slot_of = np.minimum(said, none) * lanes + lane
             group_count = keys[slot_of] >> count_shift
-            group_mean = weight[slot_of] / np.maximum(group_count, 1)  # type: ignore[index]
+            assert weight is not None
+            group_mean = weight[slot_of] / np.maximum(group_count, 1)
             in_group = (said < none) & (group_count >= max(threshold, 1))
             in_group &= group_mean == top[lane]
             alone_ok = (said == none) & lone_known[lane] & (scores_of[sample, column] == top[lane])
-            return in_group | alone_ok
+            fits: BoolArray = in_group | alone_ok
+            return fits
 
         winner = settled(candidates.max(axis=0, initial=0), candidates, taken, allowed)
         return winner.reshape(shape).astype(key_type)

@@ -421,3 +421,14 @@ def test_bom_theoretical_alpha() -> None:
     for bad in (0.5, 0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ConfigError, match="C\\*"):
             bom_theoretical_alpha(bad)
+
+
+def test_free_false_positives_are_allowed_and_costly_ones_bounded() -> None:
+    # V_FP = 0 (a false positive costs nothing) is the boundary of the allowed range: with c = 0.2
+    # and f = 0.3, E[R(k)] = (1 - 0.5^k) * 0.2 / 0.5 by hand.
+    rewards = expected_reward_under_weak_verifier([0.2], [0.3], 0.0, 3)
+    assert rewards.tolist() == pytest.approx([0.0, 0.2, 0.3, 0.35])
+    with pytest.raises(ConfigError, match="false_positive_value"):
+        expected_reward_under_weak_verifier([0.2], [0.3], 0.1, 3)
+    with pytest.raises(ConfigError, match="max_k"):
+        expected_reward_under_weak_verifier([0.2], [0.3], 0.0, -1)
