@@ -374,6 +374,9 @@ def test_parameter_intervals_are_the_percentiles_of_documented_refits() -> None:
     assert set(law_intervals(beta_fits).intervals) == {"alpha", "beta"}
     with pytest.raises(ConfigError):
         law_intervals([])
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="confidence"):
+            law_intervals(fits, confidence=bad)
 
 
 def test_bootstrap_intervals_match_the_spread_that_curve_fit_understates() -> None:
