@@ -435,3 +435,12 @@ def test_free_false_positives_are_allowed_and_costly_ones_bounded() -> None:
         expected_reward_under_weak_verifier([0.2], [0.3], 0.1, 3)
     with pytest.raises(ConfigError, match="max_k"):
         expected_reward_under_weak_verifier([0.2], [0.3], 0.0, -1)
+
+
+def test_beta_fit_refuses_mismatched_or_single_problem_counts() -> None:
+    with pytest.raises(ConfigError, match="two or more problems"):
+        fit_beta([10, 10, 10], [1, 2])  # shapes differ, though there are several
+    with pytest.raises(ConfigError, match="two or more problems"):
+        fit_beta([10], [3])  # one problem: no spread to fit
+    with pytest.raises(ConfigError, match="0 <= c <= n"):
+        fit_beta([10, 10], [11, 2])
