@@ -151,3 +151,23 @@ def test_best_of_majority_at_its_threshold() -> None:
         select_best_of_majority(answers, scores[:2])
     with pytest.raises(ConfigError, match="k must be"):
         select_best_of_majority(answers, scores, 0)
+
+
+class SameNumber:
+    """Answers are equivalent when they are the same number (1 and 1.0)."""
+
+    def equivalent(self, a: str, b: str) -> bool:
+        return float(a) == float(b)
+
+
+def test_a_merged_group_is_named_after_its_commonest_then_first_drawn_answer() -> None:
+    # 1.0 and 1 both twice: the tie goes to the one whose *first* sample came first (1.0 at 0),
+    # not to the one whose last sample came first (1 at 2).
+    (group,) = group_answers(["1.0", "1", "1", "1.0"], equivalence=SameNumber())
+    assert group.answer == "1.0" and group.members == (0, 1, 2, 3) and group.first_index == 0
+    (group,) = group_answers(
+        ["1.0", "1", "1", "1.0"], indices=[3, 2, 1, 0], equivalence=SameNumber()
+    )
+    assert group.answer == "1.0"  # by index: 1.0 has index 0 (and 3), 1 has 1 and 2
+    (group,) = group_answers(["1", "1.0", "1.0"], equivalence=SameNumber())
+    assert group.answer == "1.0"  # more samples first
