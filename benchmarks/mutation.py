@@ -177,11 +177,17 @@ class _Apply(ast.NodeTransformer):
         return node
 
 
-def mutants(module: str) -> list[tuple[Mutant, str]]:
+def mutants(module: str, sample: int | None = None, seed: int = 0) -> list[tuple[Mutant, str]]:
+    """The module's mutants (a seeded sample of ``sample`` when it has more), with their source."""
     source = (ROOT / module).read_text()
     tree = ast.parse(source)
+    points = _points(tree)
+    numbers = list(range(len(points)))
+    if sample is not None and len(points) > sample:
+        numbers = sorted(random.Random(f"{seed}|{module}").sample(numbers, sample))
     found = []
-    for number, (node, change, how) in enumerate(_points(tree)):
+    for number in numbers:
+        node, change, how = points[number]
         copied = copy.deepcopy(tree)
         # deepcopy keeps the walk order, so the n-th point of the copy is the same node.
         target = _points(copied)[number][0]
@@ -245,13 +251,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     modules = args.module or sorted(TESTS)
-    work = []
-    for module in modules:
-        found = mutants(module)
-        if args.sample is not None and len(found) > args.sample:
-            chosen = random.Random(f"{args.seed}|{module}").sample(range(len(found)), args.sample)
-            found = [found[i] for i in sorted(chosen)]
-        work += found
+    work = [item for module in modules for item in mutants(module, args.sample, args.seed)]
     if args.only:
         wanted = {int(v) for v in args.only.split(",")}
         work = [item for item in work if item[0].number in wanted]
@@ -261,6 +261,8 @@ def main() -> None:
         return
     print(f"{len(work)} mutants over {', '.join(modules)}", flush=True)
     outcomes = []
+    # Interleave the modules, so a run cut short still covers each of them.
+    work.sort(key=lambda item: (item[0].number % 7, item[0].module, item[0].number))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, m, source, args.timeout) for m, source in work]
         for future in concurrent.futures.as_completed(futures):
