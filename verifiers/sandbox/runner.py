@@ -393,9 +393,9 @@ class Sandbox:
                 await status.wait(_KILL_WAIT_S)
             self._solutions.kill(status.pid())
             self._harnesses.kill(report.pid())
-            for reader in (stdout, stderr):
-                if not await reader.wait(_KILL_WAIT_S):
-                    log.warning("a sandbox run's output is held open by a process that escaped it")
+            closed = await asyncio.gather(stdout.wait(_KILL_WAIT_S), stderr.wait(_KILL_WAIT_S))
+            if not all(closed):
+                log.warning("a sandbox run's output is held open by a process that escaped it")
         finally:
             for reader in readers:
                 reader.stop()
