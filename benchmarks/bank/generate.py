@@ -139,6 +139,9 @@ def pack(bank_set: BankSet, number: int) -> None:
     """Turn a finished chunk's records and journal into the part's two files."""
     out = work_out(bank_set, number)
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
+    # Records are written as problems finish; the part keeps the dataset's order.
+    order = {problem_id: position for position, problem_id in enumerate(chunk_ids(bank_set)[number])}
+    records.sort(key=lambda record: order[record["id"]])
     logprobs = _journal_logprobs(out)
     rows: list[dict[str, Any]] = []
     chosen: list[np.ndarray] = []
