@@ -140,7 +140,8 @@ def pack(bank_set: BankSet, number: int) -> None:
     out = work_out(bank_set, number)
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
     # Records are written as problems finish; the part keeps the dataset's order.
-    order = {problem_id: position for position, problem_id in enumerate(chunk_ids(bank_set)[number])}
+    ids = chunk_ids(bank_set)[number]
+    order = {problem_id: position for position, problem_id in enumerate(ids)}
     records.sort(key=lambda record: order[record["id"]])
     logprobs = _journal_logprobs(out)
     rows: list[dict[str, Any]] = []
