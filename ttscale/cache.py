@@ -7,7 +7,8 @@ sample's index. The first part is hashed into a *draw key* (:func:`draw_key`); a
 ``(draw key, index)``. Two runs that ask for the same sample get the same one, whichever
 strategy, process or day asked; change any of those settings and nothing matches.
 
-:class:`CachedSampler` puts the cache in front of any Sampler:
+:class:`CachedSampler` is the :class:`~ttscale.store.StoredSampler` over this store (the run's
+journal is the other, :class:`~ttscale.store.SampleJournal`):
 
 - It looks up every index of a call, asks the inner sampler only for the runs of indices it lacks
   (with their own ``start_index``, so seeds are those the inner sampler would have used anyway),
@@ -18,13 +19,13 @@ strategy, process or day asked; change any of those settings and nothing matches
 - Concurrent calls on one event loop never draw the same sample twice: a call waits for samples
   another call is drawing, and draws them itself only if that call did not get them.
 
-The database runs in WAL mode and commits once per batch received, so a crashed (even SIGKILLed)
-process loses at most the batch in flight; several processes may share a cache directory.
+The database runs in WAL mode and commits once per response received (each response's samples
+as they arrive), so a crashed (even SIGKILLed) process loses at most the responses in flight;
+several processes may share a cache directory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -34,14 +35,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ttscale.errors import ConfigError, DataError, SamplerError
-from ttscale.protocols import Sampler, check_draw
+from ttscale.errors import ConfigError, DataError
+from ttscale.protocols import Sampler
 from ttscale.samplers.openai_sampler import merge_params
-from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
+from ttscale.store import StoredSample, StoredSampler, usage_shares
+from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
     "CachedSample",
@@ -159,63 +160,11 @@ def _hash(description: Mapping[str, Any]) -> str:
 
 def candidate_from_dict(data: Mapping[str, Any]) -> Candidate:
     """The inverse of :meth:`Candidate.to_dict`; unknown keys are ignored."""
-    names = {f.name for f in dataclasses.fields(Candidate)}
-    values = {key: value for key, value in data.items() if key in names}
-    logprobs = values.get("logprobs")
-    if logprobs is not None:
-        values["logprobs"] = tuple(
-            TokenLogprob(
-                token=str(item["token"]),
-                logprob=float(item["logprob"]),
-                top=tuple((str(token), float(value)) for token, value in item.get("top") or ()),
-            )
-            for item in logprobs
-        )
-    return Candidate(**values)
+    return Candidate.from_dict(data)
 
 
-def usage_shares(batch: SampleBatch) -> list[Usage]:
-    """Each candidate's share of a batch's usage; the shares add up to the batch's usage.
-
-    Whole-number fields are split as evenly as they go (the first candidates take the remainder);
-    completion tokens are the candidates' own counts where those add up to the batch's total;
-    cost follows the tokens. Wall time is not shared: a sample from the cache takes none.
-    """
-    count = len(batch.candidates)
-    if count == 0:
-        return []
-    total = batch.usage
-
-    def split(amount: int) -> list[int]:
-        share, rest = divmod(amount, count)
-        return [share + (1 if position < rest else 0) for position in range(count)]
-
-    own = [candidate.completion_tokens for candidate in batch.candidates]
-    completion = own if sum(own) == total.completion_tokens else split(total.completion_tokens)
-    prompt = split(total.prompt_tokens)
-    requests = split(total.requests)
-    failed = split(total.failed_requests)
-    tokens = [p + c for p, c in zip(prompt, completion, strict=True)]
-    all_tokens = sum(tokens)
-    return [
-        Usage(
-            requests=requests[position],
-            samples=1,
-            prompt_tokens=prompt[position],
-            completion_tokens=completion[position],
-            cost=total.cost * (tokens[position] / all_tokens if all_tokens else 1 / count),
-            failed_requests=failed[position],
-        )
-        for position in range(count)
-    ]
-
-
-@dataclass(frozen=True)
-class CachedSample:
-    """A sample from the cache and its share of what drawing it cost."""
-
-    candidate: Candidate
-    usage: Usage
+CachedSample = StoredSample
+"""A sample from the cache and its share of what drawing it cost (a :class:`StoredSample`)."""
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -267,7 +216,7 @@ class SampleCache:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
-    def get(self, key: str, indices: Iterable[int]) -> dict[int, CachedSample]:
+    def get(self, key: str, indices: Iterable[int]) -> dict[int, StoredSample]:
         """The cached samples of draw ``key`` among ``indices``; a missing index is a miss."""
         wanted = set(indices)
         if not wanted:
@@ -282,8 +231,8 @@ class SampleCache:
             if index not in wanted:
                 continue
             try:
-                found[index] = CachedSample(
-                    candidate_from_dict(json.loads(candidate)), Usage.from_dict(json.loads(usage))
+                found[index] = StoredSample(
+                    Candidate.from_dict(json.loads(candidate)), Usage.from_dict(json.loads(usage))
                 )
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning(
@@ -292,21 +241,31 @@ class SampleCache:
         return found
 
     def put(
-        self, key: str, batch: SampleBatch, *, description: Mapping[str, Any] | None = None
+        self,
+        key: str,
+        samples: SampleBatch | Sequence[StoredSample],
+        *,
+        description: Mapping[str, Any] | None = None,
     ) -> int:
-        """Store a batch's candidates under draw ``key``, in one transaction; returns how many."""
-        if not batch.candidates:
+        """Store samples (or a batch's candidates with their :func:`usage_shares`) under draw
+        ``key``, in one transaction; returns how many were new."""
+        if isinstance(samples, SampleBatch):
+            samples = [
+                StoredSample(candidate, share)
+                for candidate, share in zip(samples.candidates, usage_shares(samples), strict=True)
+            ]
+        if not samples:
             return 0
         now = time.time()
         rows = [
             (
                 key,
-                candidate.index,
-                json.dumps(candidate.to_dict(), ensure_ascii=False),
-                json.dumps(dataclasses.asdict(share)),
+                sample.candidate.index,
+                json.dumps(sample.candidate.to_dict(), ensure_ascii=False),
+                json.dumps(dataclasses.asdict(sample.usage)),
                 now,
             )
-            for candidate, share in zip(batch.candidates, usage_shares(batch), strict=True)
+            for sample in samples
         ]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -328,6 +287,9 @@ class SampleCache:
                 raise
         return max(stored, 0)
 
+    def check_writable(self) -> None:
+        """Never raises: a sample the cache cannot store is still returned (and logged)."""
+
     def describe(self, key: str) -> dict[str, Any] | None:
         """The description a draw key was made from, where it was stored with its samples."""
         with self._lock:
@@ -348,18 +310,37 @@ class SampleCache:
 # -- the sampler ---------------------------------------------------------------------------------
 
 
-def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted indices as runs of consecutive indices ``(start, count)``."""
-    runs: list[tuple[int, int]] = []
-    for index in sorted(indices):
-        if runs and runs[-1][0] + runs[-1][1] == index:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-    return runs
+class _Cache:
+    """The cache as the stored sampler's store: a write that fails is logged, not raised."""
+
+    def __init__(self, cache: SampleCache) -> None:
+        self.cache = cache
+
+    def get(self, key: str, indices: Iterable[int]) -> dict[int, StoredSample]:
+        return self.cache.get(key, indices)
+
+    def put(
+        self,
+        key: str,
+        samples: Sequence[StoredSample],
+        *,
+        description: Mapping[str, Any] | None = None,
+    ) -> int:
+        try:
+            return self.cache.put(key, samples, description=description)
+        except sqlite3.Error as exc:
+            # The samples are still returned; only a later run pays for them again.
+            log.warning("sample cache: could not store %d sample(s): %s", len(samples), exc)
+            return 0
+
+    def check_writable(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.cache.close()
 
 
-class CachedSampler:
+class CachedSampler(StoredSampler):
     """A Sampler that answers from a :class:`SampleCache` and draws only what it lacks.
 
     ``model`` (default: the inner sampler's ``config.model``) and ``api`` (default: its
@@ -368,7 +349,8 @@ class CachedSampler:
     field by field, and the base seed is the call's ``params.seed`` or else the inner sampler's
     ``base_seed``: the same settings the inner sampler would draw with. A sampler with neither a
     seed nor a ``base_seed`` is keyed with no seed: its cached samples are then reused by any
-    later run.
+    later run. The usage it reports is what it drew: cache hits cost nothing; ``hits``,
+    ``misses`` and ``saved`` (what the hits cost when they were drawn) count the rest.
 
     Use it on one event loop at a time (the cache itself may be shared more widely).
     """
@@ -381,9 +363,9 @@ class CachedSampler:
         model: str | None = None,
         api: str | None = None,
     ) -> None:
-        self.sampler = sampler
         self._owns_cache = not isinstance(cache, SampleCache)
         self.cache = cache if isinstance(cache, SampleCache) else SampleCache(cache)
+        super().__init__(sampler, _Cache(self.cache))
         config = getattr(sampler, "config", None)
         model = model if model is not None else getattr(config, "model", None)
         if not isinstance(model, str) or not model:
@@ -399,12 +381,11 @@ class CachedSampler:
                     api = value
                     break
         self.api = api
-        self.hits = 0
-        self.misses = 0
-        self.saved = Usage()
-        self.drawn = Usage()
-        # Samples being drawn by a call now, so that a concurrent call waits instead of paying.
-        self._pending: dict[tuple[str, int], asyncio.Future[None]] = {}
+
+    @property
+    def watches(self) -> bool:
+        """False: a streamed sample may be stopped early, which a cached one must not be."""
+        return False
 
     def with_model(self, model: str) -> CachedSampler:
         """The inner sampler asking ``model``, cached in the same store under that model."""
@@ -435,6 +416,12 @@ class CachedSampler:
     def key(self, prompt: Prompt, params: SamplingParams | None = None) -> str:
         return _hash(self.describe(prompt, params))
 
+    def keyed(
+        self, prompt: Prompt, params: SamplingParams | None, *, watched: bool
+    ) -> tuple[str, Mapping[str, Any] | None]:
+        description = self.describe(prompt, params)
+        return _hash(description), description
+
     async def aclose(self) -> None:
         """Close the cache if this sampler opened it; the inner sampler is the caller's."""
         if self._owns_cache:
@@ -445,123 +432,3 @@ class CachedSampler:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    async def sample(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-    ) -> SampleBatch:
-        """Samples ``start_index .. start_index + n - 1``: cached ones, then drawn ones."""
-        check_draw(n, start_index)
-        description = self.describe(prompt, params)
-        key = _hash(description)
-        started = time.perf_counter()
-        found: dict[int, Candidate] = {}
-        usage = Usage()
-        drew = False
-        remaining = list(range(start_index, start_index + n))
-        while remaining:
-            for index, hit in self.cache.get(key, remaining).items():
-                found[index] = hit.candidate
-                self.hits += 1
-                self.saved = self.saved + hit.usage
-            rest = [index for index in remaining if index not in found]
-            if not rest:
-                break
-            waiting = [self._pending[(key, i)] for i in rest if (key, i) in self._pending]
-            to_draw = [index for index in rest if (key, index) not in self._pending]
-            if to_draw:
-                drew = True
-            error, drawn = await self._draw_and_wait(
-                prompt, params, key, description, to_draw, waiting, found
-            )
-            usage = usage + drawn
-            short = [index for index in to_draw if index not in found]
-            if error is None and short:
-                error = SamplerError(
-                    f"{type(self.sampler).__name__} returned no sample for {len(short)} of the "
-                    f"{len(to_draw)} indices asked for (first {short[0]})"
-                )
-            if error is not None:
-                partial = SampleBatch(
-                    tuple(found[index] for index in sorted(found)),
-                    usage.replace(wall_time_s=time.perf_counter() - started),
-                )
-                if isinstance(error, SamplerError):
-                    error.partial = partial
-                    raise error
-                raise SamplerError(f"sampling failed: {error}", partial=partial) from error
-            # What another call was drawing is in the cache now, unless that call failed to get
-            # it: then this call draws it in the next round.
-            remaining = [index for index in rest if index not in found]
-        if drew:
-            usage = usage.replace(wall_time_s=time.perf_counter() - started)
-        return SampleBatch(tuple(found[index] for index in sorted(found)), usage)
-
-    async def _draw_and_wait(
-        self,
-        prompt: Prompt,
-        params: SamplingParams | None,
-        key: str,
-        description: Mapping[str, Any],
-        to_draw: Sequence[int],
-        waiting: Sequence[asyncio.Future[None]],
-        found: dict[int, Candidate],
-    ) -> tuple[BaseException | None, Usage]:
-        loop = asyncio.get_running_loop()
-        owned = {index: loop.create_future() for index in to_draw}
-        for index, future in owned.items():
-            self._pending[(key, index)] = future
-        self.misses += len(to_draw)
-        try:
-            runs = _runs(to_draw)
-            draws = [
-                self.sampler.sample(prompt, count, params, start_index=start)
-                for start, count in runs
-            ]
-            # asyncio.wait, unlike awaiting them, never cancels the futures of other calls.
-            waited = asyncio.wait(waiting) if waiting else asyncio.sleep(0)
-            outcomes = await asyncio.gather(*draws, waited, return_exceptions=True)
-            error: BaseException | None = None
-            usage = Usage()
-            for (start, count), outcome in zip(runs, outcomes[: len(runs)], strict=True):
-                batch: SampleBatch | None
-                if isinstance(outcome, SampleBatch):
-                    batch = outcome
-                else:
-                    assert isinstance(outcome, BaseException)
-                    error = error or outcome
-                    partial = getattr(outcome, "partial", None)
-                    batch = partial if isinstance(partial, SampleBatch) else None
-                if batch is None:
-                    continue
-                kept: dict[int, Candidate] = {}
-                for candidate in batch.candidates:
-                    if start <= candidate.index < start + count and candidate.index not in found:
-                        kept.setdefault(candidate.index, candidate)
-                usage = usage + batch.usage.replace(wall_time_s=0.0)
-                self.drawn = self.drawn + batch.usage.replace(wall_time_s=0.0)
-                self._store(key, description, SampleBatch(tuple(kept.values()), batch.usage))
-                found.update(kept)
-            waited_outcome = outcomes[len(runs)]
-            if isinstance(waited_outcome, BaseException) and error is None:
-                error = waited_outcome
-            return error, usage
-        finally:
-            for index, future in owned.items():
-                if self._pending.get((key, index)) is future:
-                    del self._pending[(key, index)]
-                if not future.done():
-                    future.set_result(None)
-
-    def _store(self, key: str, description: Mapping[str, Any], batch: SampleBatch) -> None:
-        try:
-            self.cache.put(key, batch, description=description)
-        except sqlite3.Error as exc:
-            # The samples are still returned; only a later run pays for them again.
-            log.warning(
-                "sample cache: could not store %d sample(s): %s", len(batch.candidates), exc
-            )

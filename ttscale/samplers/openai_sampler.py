@@ -55,7 +55,7 @@ import openai
 from aiolimiter import AsyncLimiter
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
-from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw
+from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw, deliver
 from ttscale.registry import build_config
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
@@ -598,13 +598,15 @@ class OpenAISampler:
             logprobs=tuple(reading.tokens) if reading.tokens else None,
             request_id=reading.request_id,
         )
-        draw.usage = draw.usage + Usage(
+        arrived = Usage(
             requests=1,
             samples=1,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
             cost=pricing.cost(prompt_tokens, completion) if pricing else 0.0,
         )
+        draw.usage = draw.usage + arrived
+        deliver(SampleBatch((draw.candidates[index],), arrived))
 
     def _learn_prompt(self, request_input: str | list[dict[str, Any]], response: object) -> None:
         usage = response.get("usage") if isinstance(response, dict) else None
@@ -754,12 +756,19 @@ class OpenAISampler:
                 request_id=str(request_id) if request_id is not None else None,
             )
         pricing = self.config.pricing
-        draw.usage = draw.usage + Usage(
+        arrived = Usage(
             requests=1,
             samples=len(kept),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_total,
             cost=pricing.cost(prompt_tokens, completion_total) if pricing else 0.0,
+        )
+        draw.usage = draw.usage + arrived
+        # Each response's samples, to a store that keeps them as they arrive (ttscale.store).
+        deliver(
+            SampleBatch(
+                tuple(draw.candidates[slot.start + int(c.get("index", 0))] for c in kept), arrived
+            )
         )
         missing = [slot.start + i for i in range(slot.count) if i not in by_index]
         if slot.count > 1 and self.config.n_mode == "auto":
