@@ -637,9 +637,8 @@ class SampleJournal:
         data = line.encode("utf-8")
         before = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(27, "short write: the file cannot grow")
+            while data:  # a short write is retried, which raises what stopped it
+                data = data[os.write(self._fd, data) :]
         except OSError as exc:
             self.unwritten += 1
             with contextlib.suppress(OSError):

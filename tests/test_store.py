@@ -1,0 +1,240 @@
+"""The sample store's crash safety: per-sample journalling under SIGKILL, torn tails, a full disk.
+
+Each guard has a control: the same test with the guard taken out (in the subprocess, by patching
+the one function that provides it) shows that the test notices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ttscale import store
+from ttscale.store import SampleJournal, journal_key
+from ttscale.testing import LoopbackServer, ScriptRequest
+from ttscale.testing.server import Fault
+from ttscale.types import Candidate, SampleBatch, Usage
+
+PROBLEMS = 6
+SAMPLES = 8
+
+# Run the CLI in a subprocess, optionally with one guard patched out first.
+_RUNNER = """
+import sys
+patch = sys.argv.pop(1)
+if patch == "no-arrivals":
+    import ttscale.samplers.openai_sampler as sampler
+    sampler.deliver = lambda batch: None
+elif patch == "no-stop":
+    import ttscale.store as store
+    store.SampleJournal.check_writable = lambda self: None
+from ttscale.cli import main
+sys.argv[0] = "ttscale"
+main()
+"""
+
+
+def write_dataset(path: Path, problems: int = PROBLEMS) -> Path:
+    lines = [
+        json.dumps({"id": f"q{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i)})
+        for i in range(problems)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def right(request: ScriptRequest) -> str:
+    number = int(request.prompt.split()[2])
+    return f"The answer is {2 * number}."
+
+
+def command(dataset: Path, out: Path, server: LoopbackServer, patch: str = "none") -> list[str]:
+    return [
+        sys.executable, "-c", _RUNNER, patch, "solve", str(dataset), "--out", str(out),
+        "--base-url", server.base_url, "--model", "loopback", "-n", str(SAMPLES),
+        "--concurrency", "3", "--no-plot",
+    ]  # fmt: skip
+
+
+def journalled(out: Path) -> int:
+    journal = out.with_name(out.name + ".samples.jsonl")
+    return len(journal.read_text().splitlines()) if journal.exists() else 0
+
+
+def wait_for(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- SIGKILL mid-run ---------------------------------------------------------------------------
+
+
+def killed_run(tmp_path: Path, patch: str) -> tuple[int, int, int, int]:
+    """SIGKILL a real `ttscale solve` at concurrency 3 while one request hangs: what the server
+    delivered, what was journalled, and what the resumed run bought and used."""
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "results.jsonl"
+    # One sample per request (n rejected), so a draw call of 8 samples is 8 requests; request 12
+    # hangs, so its problem's draw call never returns while its other samples have arrived.
+    hang = Fault("slow", on_requests=frozenset({12}), delay=60.0)
+    with LoopbackServer(answers=right, n_support="reject", faults=(hang,)) as server:
+        victim = subprocess.Popen(
+            command(dataset, out, server, patch),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # Everything but the hanging sample gets delivered; then give the client time to
+            # journal what it received (it needs none when it journals on arrival).
+            everything = PROBLEMS * SAMPLES - 1
+            assert wait_for(lambda: server.delivered_usage()["samples"] >= everything, 60)
+            wait_for(lambda: journalled(out) >= everything, 10)
+        finally:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+        delivered = server.delivered_usage()["samples"]
+        kept = journalled(out)
+        resumed = subprocess.run(
+            command(dataset, out, server), capture_output=True, text=True, timeout=120
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        bought_again = server.delivered_usage()["samples"] - delivered
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(f"q{i}" for i in range(PROBLEMS))
+    used = sum(r["n"] for r in records)
+    return delivered, kept, bought_again, used
+
+
+def test_sigkill_at_concurrency_3_journals_every_delivered_sample(tmp_path: Path) -> None:
+    delivered, kept, bought_again, used = killed_run(tmp_path, "none")
+    assert delivered == kept == PROBLEMS * SAMPLES - 1
+    assert bought_again == used - kept == 1  # the resumed run re-buys none: only the lost one
+
+
+def test_control_journalling_per_draw_call_loses_delivered_samples(tmp_path: Path) -> None:
+    # Without per-response arrivals the journal is written when a draw call returns: the
+    # hanging request's problem journals none of the 7 samples it was delivered.
+    delivered, kept, bought_again, used = killed_run(tmp_path, "no-arrivals")
+    assert kept == delivered - (SAMPLES - 1)
+    assert bought_again == used - kept == SAMPLES
+
+
+# -- a torn last line --------------------------------------------------------------------------
+
+
+def sample(index: int) -> SampleBatch:
+    candidate = Candidate(text=f"answer {index}", index=index, completion_tokens=2)
+    return SampleBatch((candidate,), Usage(samples=1, prompt_tokens=5, completion_tokens=2))
+
+
+def test_a_torn_last_line_is_repaired_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = SampleJournal(path)
+    journal.record("p", "k", sample(0))
+    journal.close()
+    with path.open("a") as handle:
+        handle.write('{"problem": "p", "params": "k", "prompt_to')  # killed mid-write
+    again = SampleJournal(path)
+    again.record("p", "k", sample(1))
+    again.close()
+    assert path.read_text().endswith("\n")
+    reread = SampleJournal(path)
+    assert set(reread.get(journal_key("p", "k"), range(3))) == {0, 1}
+    reread.close()
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = SampleJournal(path)
+    journal.record("p", "k", sample(0))
+    journal.close()
+    path.write_text(path.read_text().rstrip("\n"))
+    again = SampleJournal(path)
+    again.record("p", "k", sample(1))
+    again.close()
+    assert len(path.read_text().splitlines()) == 2
+    assert set(SampleJournal(path).get(journal_key("p", "k"), range(3))) == {0, 1}
+
+
+def test_control_without_repair_the_next_entry_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "repair_tail", lambda path: False)
+    path = tmp_path / "j.jsonl"
+    journal = SampleJournal(path)
+    journal.record("p", "k", sample(0))
+    journal.close()
+    with path.open("a") as handle:
+        handle.write('{"problem": "p", "params": "k", "prompt_to')
+    again = SampleJournal(path)
+    again.record("p", "k", sample(1))
+    again.close()
+    assert set(SampleJournal(path).get(journal_key("p", "k"), range(3))) == {0}  # glued, lost
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def full_disk_run(tmp_path: Path, patch: str) -> tuple[subprocess.CompletedProcess[str], int, int]:
+    """A run whose files may not grow past 24 KB (RLIMIT_FSIZE), then a rerun without the limit:
+    the first run's result, the samples it was delivered and what the rerun bought again."""
+    problems = 40
+    dataset = write_dataset(tmp_path / "data.jsonl", problems)
+    out = tmp_path / "results.jsonl"
+    limit = 24 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with LoopbackServer(answers=right) as server:
+        full = subprocess.run(
+            command(dataset, out, server, patch),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=small_files,  # only sets a resource limit
+        )
+        delivered = server.delivered_usage()["samples"]
+        kept = journalled(out)
+        rerun = subprocess.run(command(dataset, out, server), capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        bought_again = server.delivered_usage()["samples"] - delivered
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == problems
+    # Nothing journalled is bought again.
+    assert bought_again == sum(r["n"] for r in records) - kept
+    return full, delivered, kept
+
+
+def test_a_full_disk_stops_the_run_with_one_clear_message(tmp_path: Path) -> None:
+    full, delivered, kept = full_disk_run(tmp_path, "none")
+    said = " ".join((full.stdout + full.stderr).split())
+    assert full.returncode == 2, said
+    assert "Traceback" not in said
+    assert said.count("error:") == 1
+    assert re.search(r"cannot write the (sample journal|results file) \S*results\.jsonl", said)
+    found = re.search(r"Kept: (\d+) samples in results\.jsonl\.samples\.jsonl", said)
+    assert found is not None and int(found.group(1)) == kept
+    lost = re.search(r"; (\d+) that arrived after the failure", said)
+    unwritten = int(lost.group(1)) if lost else 0
+    assert delivered == kept + unwritten  # every sample delivered is accounted for
+    # Drawing stopped at the failure: at most what was in flight then (3 requests of 8).
+    assert unwritten <= 3 * SAMPLES
+
+
+def test_control_a_run_that_keeps_drawing_after_the_failure_is_caught(tmp_path: Path) -> None:
+    _full, delivered, kept = full_disk_run(tmp_path, "no-stop")
+    assert delivered - kept > 3 * SAMPLES  # what the test above bounds
