@@ -9,6 +9,13 @@ written into a private copy of the package (laid out as installed, first on PYTH
 working tree is never touched) and the module's tests run against it with ``-x``; a failure or a
 timeout kills it. Prints one line per mutant and a summary; ``--json`` writes every result.
 
+Before any mutant, each module's tests run once unmutated in the same kind of copy: they must
+pass (else every mutant would look killed), and their time sets the per-mutant timeout
+(``--timeout-factor`` x that run + 30 s; a mutant that makes the tests hang is killed by it).
+Mutants known to be equivalent (the program computes the same thing) are listed with the reason
+in ``benchmarks/mutation_equivalent.json``, keyed by module, the mutated source line and the
+change; the summary leaves them out of the score: killed / (run - equivalent).
+
     .venv/bin/python benchmarks/mutation.py [--module ttscale/laws.py ...] [--jobs 2]
         [--json out.json]
         [--sample 100 --seed 0]   # a seeded sample per module when a module has more
@@ -33,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 
 TESTS = {
     "ttscale/estimators.py": ["tests/test_estimators.py", "tests/test_laws.py"],
@@ -83,6 +91,7 @@ class Mutant:
     number: int
     line: int
     change: str
+    source_line: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,8 +201,20 @@ def mutants(module: str, sample: int | None = None, seed: int = 0) -> list[tuple
         # deepcopy keeps the walk order, so the n-th point of the copy is the same node.
         target = _points(copied)[number][0]
         mutated = ast.unparse(ast.fix_missing_locations(_Apply(target, how).visit(copied)))
-        found.append((Mutant(module, number, getattr(node, "lineno", 0), change), mutated))
+        line = getattr(node, "lineno", 0)
+        text = source.splitlines()[line - 1].strip() if line else ""
+        found.append((Mutant(module, number, line, change, text), mutated))
     return found
+
+
+def equivalent_reasons(path: Path = EQUIVALENT) -> dict[tuple[str, str, str], str]:
+    """(module, stripped source line, change) -> why the mutant computes the same thing."""
+    if not path.exists():
+        return {}
+    return {
+        (entry["module"], entry["source_line"], entry["change"]): entry["why"]
+        for entry in json.loads(path.read_text())
+    }
 
 
 def _installed_layout(into: Path) -> Path:
@@ -213,12 +234,14 @@ def _installed_path(module: str) -> str:
     return module
 
 
-def run_one(mutant: Mutant, source: str, timeout: float) -> Outcome:
+def run_one(mutant: Mutant, source: str | None, timeout: float) -> Outcome:
+    """Run the module's tests against the mutant (``source`` None: the module unmutated)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mutant-") as folder:
         tree = Path(folder)
         _installed_layout(tree)
-        (tree / _installed_path(mutant.module)).write_text(source)
+        if source is not None:
+            (tree / _installed_path(mutant.module)).write_text(source)
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
         command += ["-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT)]
@@ -241,7 +264,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=sorted(TESTS))
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=3.0,
+        help="a mutant's tests may take this many times the unmutated run, plus 30 s",
+    )
     parser.add_argument("--only", help="comma-separated mutant numbers (one module)")
     parser.add_argument(
         "--sample", type=int, help="at most this many mutants per module, a seeded random sample"
@@ -260,11 +288,13 @@ def main() -> None:
             print(f"{mutant.module}#{mutant.number} line {mutant.line}: {mutant.change}")
         return
     print(f"{len(work)} mutants over {', '.join(modules)}", flush=True)
+    timeouts = _baseline_timeouts(sorted({m.module for m, _ in work}), args.jobs)
+    timeouts = {module: args.timeout_factor * took + 30.0 for module, took in timeouts.items()}
     outcomes = []
     # Interleave the modules, so a run cut short still covers each of them.
     work.sort(key=lambda item: (item[0].number % 7, item[0].module, item[0].number))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, m, source, args.timeout) for m, source in work]
+        futures = [pool.submit(run_one, m, source, timeouts[m.module]) for m, source in work]
         for future in concurrent.futures.as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)
@@ -274,12 +304,48 @@ def main() -> None:
                 f"line {m.line}: {m.change} ({outcome.how}, {outcome.seconds:.0f} s)",
                 flush=True,
             )
+    _summarise(outcomes, modules, equivalent_reasons())
+    if args.json:
+        args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
+
+
+def _baseline_timeouts(modules: list[str], jobs: int) -> dict[str, float]:
+    """Each module's tests once, unmutated: they must pass; returns how long each took."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = list(pool.map(lambda m: run_one(Mutant(m, -1, 0, "none"), None, 3600.0), modules))
+    for outcome in runs:
+        if outcome.killed:
+            sys.exit(f"{outcome.mutant.module}: its tests fail unmutated ({outcome.how})")
+        print(
+            f"baseline {outcome.mutant.module}: tests pass in {outcome.seconds:.0f} s", flush=True
+        )
+    return {outcome.mutant.module: outcome.seconds for outcome in runs}
+
+
+def _summarise(
+    outcomes: list[Outcome], modules: list[str], reasons: dict[tuple[str, str, str], str]
+) -> None:
+    totals = [0, 0, 0]
     for module in modules:
         mine = [o for o in outcomes if o.mutant.module == module]
         killed = sum(o.killed for o in mine)
-        print(f"{module}: {killed}/{len(mine)} killed")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
+        same = [o for o in mine if not o.killed and _key(o.mutant) in reasons]
+        for outcome in same:
+            m = outcome.mutant
+            print(f"  equivalent {module}#{m.number} line {m.line}: {reasons[_key(m)]}")
+        print(f"{module}: {killed}/{len(mine)} killed, {len(same)} survivors equivalent")
+        totals = [totals[0] + len(mine), totals[1] + killed, totals[2] + len(same)]
+    run, killed, same = totals
+    if run > same:
+        print(
+            f"all: {run} run, {killed} killed, {same} equivalent, {run - killed - same} "
+            f"other survivors: {killed}/{run - same} = {100 * killed / (run - same):.1f}% "
+            "of non-equivalent mutants killed"
+        )
+
+
+def _key(mutant: Mutant) -> tuple[str, str, str]:
+    return (mutant.module, mutant.source_line, mutant.change)
 
 
 if __name__ == "__main__":

@@ -402,16 +402,97 @@ class _Chunk:
     distinct: int
 
 
+_SPARSE_AT = 16
+"""A sequential strategy looks at its live lanes by list once at most 1/16 of them still draw."""
+
+
 @dataclass
 class _Stopping:
-    """A sequential strategy's lanes: which still draw, and per-problem sums over stopped lanes."""
+    """A sequential strategy's lanes: which still draw, and per-problem sums over stopped lanes.
+
+    While many lanes draw, ``live`` (S, P) flags them and ``live_bit`` is the first-member bit
+    where live, else 0. Once few are left, ``sparse`` lists them (flat lane numbers) and the rules
+    read those lanes only (:meth:`view`): most lanes of a stopping rule stop within a few samples.
+    """
 
     live: BoolArray
-    live_bit: npt.NDArray[np.unsignedinteger[Any]]  # the first-member bit where live, else 0
+    live_bit: npt.NDArray[Any]
     live_total: int
     live_count: IntArray
     stopped_right: IntArray
     stopped_samples: IntArray
+    first_bit: int
+    sparse: IntArray | None = None
+
+    @classmethod
+    def start(cls, shape: tuple[int, int], key_type: Any, first_bit: int) -> _Stopping:
+        subsets, problems = shape
+        return cls(
+            live=np.ones(shape, dtype=bool),
+            live_bit=np.full(shape, first_bit, dtype=key_type),
+            live_total=subsets * problems,
+            live_count=np.full(problems, subsets, dtype=np.int64),
+            stopped_right=np.zeros(problems, dtype=np.int64),
+            stopped_samples=np.zeros(problems, dtype=np.int64),
+            first_bit=first_bit,
+        )
+
+    @property
+    def problems(self) -> int:
+        return int(self.live.shape[1])
+
+    def view(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``values`` (S, P) at the lanes still drawing: all lanes while dense, else the list."""
+        return values if self.sparse is None else values.reshape(-1)[self.sparse]
+
+    def settle(self, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
+        """Stop the lanes in ``stops`` (shaped as :meth:`view`), each answering with its group
+        key in ``picks`` (likewise)."""
+        if self.sparse is not None:
+            self._settle_listed(stops, taken, picks)
+            return
+        stops &= self.live
+        fresh = int(np.count_nonzero(stops))
+        if not fresh:
+            return
+        self.live ^= stops
+        np.multiply(self.live, self.live_bit.dtype.type(self.first_bit), out=self.live_bit)
+        right = (picks & self.first_bit) != 0
+        right &= stops
+        self.stopped_right += _per_problem(right)
+        per_problem = _per_problem(stops)
+        self.stopped_samples += per_problem * taken
+        self.live_count -= per_problem
+        self.live_total -= fresh
+        if self.live_total * _SPARSE_AT <= self.live.size:
+            self.sparse = np.flatnonzero(self.live)
+
+    def _settle_listed(self, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
+        assert self.sparse is not None
+        fresh = int(np.count_nonzero(stops))
+        if not fresh:
+            return
+        problem = self.sparse[stops] % self.problems
+        right = (picks[stops] & self.first_bit) != 0
+        self.stopped_right += np.bincount(problem[right], minlength=self.problems)
+        per_problem = np.bincount(problem, minlength=self.problems)
+        self.stopped_samples += per_problem * taken
+        self.live_count -= per_problem
+        self.live_total -= fresh
+        self.sparse = self.sparse[~stops]
+
+    def right_now(self, lead: npt.NDArray[Any], scratch: npt.NDArray[Any]) -> IntArray:
+        """Per problem, the lanes answering right now: stopped ones, and live ones by ``lead``."""
+        right: IntArray = self.stopped_right.copy()
+        if self.live_total == 0:
+            return right
+        if self.sparse is None:
+            np.bitwise_and(lead, self.live_bit, out=scratch)
+            right += _count_bits(scratch, self.first_bit)
+        else:
+            hits = (lead.reshape(-1)[self.sparse] & self.first_bit) != 0
+            right += np.bincount(self.sparse[hits] % self.problems, minlength=self.problems)
+        return right
 
 
 @dataclass
@@ -521,14 +602,8 @@ def _scan(
     # differ in correctness, so no tie between groups' best members needs its draw order.
     ties = need_best and _mixed_ties(chunk)
     key_type = layout.key_type
-    mask, bits, best_width, count_shift = (
-        layout.mask,
-        layout.bits,
-        layout.best_width,
-        layout.count_shift,
-    )
+    mask, best_width, count_shift = layout.mask, layout.best_width, layout.count_shift
     field_mask = (1 << best_width) - 1
-    count_mask = mask << (bits + 1)  # the count field in keys shifted right by ``best_width``
     first_bit = layout.first_bit
 
     # Per sample, (N, P): its bits in its group's key, positions left out (zero if answerless).
@@ -565,17 +640,7 @@ def _scan(
     bom_threshold = dict.fromkeys(boms, 0)
     best_seen = np.zeros(shape, dtype=key_type) if bests else None
     covered = np.zeros(shape, dtype=bool) if coverages else None
-    stopping = {
-        name: _Stopping(
-            live=np.ones(shape, dtype=bool),
-            live_bit=np.full(shape, first_bit, dtype=key_type),
-            live_total=lanes,
-            live_count=np.full(problems, subsets, dtype=np.int64),
-            stopped_right=np.zeros(problems, dtype=np.int64),
-            stopped_samples=np.zeros(problems, dtype=np.int64),
-        )
-        for name in [*adaptives, *aheads]
-    }
+    stopping = {name: _Stopping.start(shape, key_type, first_bit) for name in [*adaptives, *aheads]}
     beta_tables = {
         name: _beta_min_top(n, c.threshold).astype(key_type)
         for name, c in adaptives.items()
@@ -682,47 +747,30 @@ def _scan(
         winner = settled(candidates.max(axis=0, initial=0), candidates, taken, allowed)
         return winner.reshape(shape).astype(key_type)
 
-    def settle(state: _Stopping, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
-        """Stop the live lanes in ``stops``, each answering with its group key in ``picks``."""
-        stops &= state.live
-        fresh = int(np.count_nonzero(stops))
-        if fresh:
-            state.live ^= stops
-            np.multiply(state.live, key_type(first_bit), out=state.live_bit)
-            right = (picks & key_type(first_bit)) != 0
-            right &= stops
-            state.stopped_right += _per_problem(right)
-            per_problem = _per_problem(stops)
-            state.stopped_samples += per_problem * taken
-            state.live_count -= per_problem
-            state.live_total -= fresh
-
+    scratch = np.empty(shape, dtype=key_type)  # the tally's masked keys, reused every step
+    count_one = key_type(1 << count_shift)
     for step in range(n):
         taken = step + 1  # samples in the prefix
         columns = orders[:, step]  # the sample each order takes now, shared by all problems
-        slot = slot_base[columns]  # (S, P): whole rows, a cheap gather
+        slot = np.take(slot_base, columns, axis=0)  # (S, P): whole rows, a cheap gather
         slot += lane_offset
-        arriving = word[columns]
+        arriving = np.take(word, columns, axis=0)
         arriving += step_bits[step]
         old = keys.take(slot)
-        # One more vote, and the field-wise maxima of first and best: (count + 1, first) against
-        # (count + 1, the arriving sample's first) in one maximum; an existing group's first is
-        # always the earlier.
-        upper = old >> best_width
-        arriving_upper = arriving >> best_width
-        joined = upper & count_mask
-        joined += arriving_upper
-        upper += arriving_upper & count_mask
-        np.maximum(upper, joined, out=upper)
-        key = upper << best_width
+        # One more vote, and the best member: a strictly higher level replaces it, an equal one
+        # keeps the earlier-drawn member (so its field needs no position). Then the arriving
+        # sample's own key wins only where the group was empty: an existing group has more votes,
+        # or (the answerless row, no votes) an earlier first member.
+        key = arriving & count_one
+        key += old
         if need_best:
-            # The group's best member: a strictly higher level replaces it; an equal one keeps
-            # the earlier-drawn member (so its field needs no position).
             low = old & field_mask
             arrived = arriving & field_mask
-            arrived *= arrived > (low | 1)
-            np.maximum(low, arrived, out=low)
-            key |= low
+            change = arrived - low  # modular: added back only where it is a rise
+            low |= 1
+            change *= arrived > low
+            key += change
+        np.maximum(key, arriving, out=key)
         keys[slot] = key
         if need_second:
             # A group other than the leader: the runner-up becomes the lesser of it and the
@@ -736,7 +784,7 @@ def _scan(
             assert vote_weight is not None and lead_weight is not None
             assert lead_weight_key is not None
             mine = weight.take(slot)
-            mine += vote_weight[columns]
+            mine += np.take(vote_weight, columns, axis=0)
             weight[slot] = mine
             if weighted:
                 better = mine > lead_weight
@@ -750,13 +798,13 @@ def _scan(
         # The arriving sample's own best field, answerless or not (its group of one).
         alone = best_any[:0]
         if lone is not None or best_seen is not None or boms:
-            alone = best_any[columns]
+            alone = np.take(best_any, columns, axis=0)
         if lone is not None:
             _keep_earlier(lone, alone * ((arriving >> count_shift) == 0))
         if best_seen is not None:
             _keep_earlier(best_seen, alone)
         if covered is not None:
-            covered |= chunk.correct[columns]
+            covered |= np.take(chunk.correct, columns, axis=0)
         for name, bom_config in boms.items():
             threshold = survival_threshold(taken, bom_config.alpha, bom_config.min_count)
             state = bom_best[name]
@@ -774,13 +822,15 @@ def _scan(
                 joins *= votes >= threshold
                 if ties:
                     # A group surviving from now on may hold, at the state's level, a member
-                    # drawn before the state's: only the draw order can tell.
-                    clash = votes == threshold
-                    clash &= (joins >> 1) == (state >> 1)
-                    clash &= ((joins ^ state) & 1) == 1
-                    mixed = np.flatnonzero(clash)
+                    # drawn before the state's: only the draw order can tell. Few lanes have
+                    # a group at exactly the threshold, so only those are looked at.
+                    at = np.flatnonzero(votes == threshold)
+                    flat = state.reshape(-1)
+                    joined, held = joins.reshape(-1)[at], flat[at]
+                    clash = (joined >> 1) == (held >> 1)
+                    clash &= ((joined ^ held) & 1) == 1
+                    mixed = at[clash]
                     if mixed.size:
-                        flat = state.reshape(-1)
                         flat[mixed] = earliest(mixed, flat[mixed] >> 1, taken, counted(threshold))
                 _keep_earlier(state, joins)
             bom_threshold[name] = threshold
@@ -791,43 +841,56 @@ def _scan(
             run_length *= arriving >> count_shift  # an answerless sample breaks the run
             previous = slot
         for name, adaptive_config in adaptives.items():
-            if taken % adaptive_config.batch_size != 0 or stopping[name].live_total == 0:
+            lanes_of = stopping[name]
+            if taken % adaptive_config.batch_size != 0 or lanes_of.live_total == 0:
                 continue
-            picks = lead
+            picks = lanes_of.view(lead)
             if adaptive_config.rule == "beta":
-                stops = (lead >> count_shift) >= beta_tables[name][second >> count_shift]
+                seconds = lanes_of.view(second) >> count_shift
+                stops = (picks >> count_shift) >= np.take(beta_tables[name], seconds)
             else:
-                stops = run_length >= adaptive_config.batch_size
+                stops = lanes_of.view(run_length) >= adaptive_config.batch_size
                 if adaptive_config.answer == "window":
-                    picks = key  # the group the unanimous window, this sample's, voted for
-            settle(stopping[name], stops, taken, picks)
+                    picks = lanes_of.view(key)  # the group the unanimous window voted for
+            lanes_of.settle(stops, taken, picks)
         for name, ahead_config in aheads.items():
-            if stopping[name].live_total == 0:
+            lanes_of = stopping[name]
+            if lanes_of.live_total == 0:
                 continue
-            lead_by = lead >> count_shift
-            lead_by -= second >> count_shift
-            settle(stopping[name], lead_by >= ahead_config.margin, taken, lead)
+            picks = lanes_of.view(lead)
+            lead_by = picks >> count_shift
+            lead_by -= lanes_of.view(second) >> count_shift
+            lanes_of.settle(lead_by >= ahead_config.margin, taken, picks)
 
         if wanted[step]:
-            _tally(step, specs, totals, lead, first_bit, lead_weight_key, bom_best, field_mask)
+            _tally(step, specs, totals, lead, layout, lead_weight_key, bom_best, scratch)
             for name in coverages:
                 assert covered is not None
                 totals[name][step] = _per_problem(covered)
             for name in bests:
                 assert best_seen is not None
-                totals[name][step] = _per_problem((best_seen & 1) != 0)
+                np.bitwise_and(best_seen, 1, out=scratch)
+                totals[name][step] = _count_bits(scratch, 1)
             for name, lanes_of in stopping.items():
-                right = lanes_of.stopped_right.copy()
-                if lanes_of.live_total:
-                    right += _per_problem((lead & lanes_of.live_bit) != 0)
-                totals[name][step] = right
+                totals[name][step] = lanes_of.right_now(lead, scratch)
                 drawn[name][step] = lanes_of.stopped_samples + lanes_of.live_count * taken
     return totals, drawn
 
 
 def _per_problem(hits: BoolArray) -> IntArray:
-    """Lanes set per problem of (S, P) flags; summing bytes is ~3x faster than count_nonzero."""
-    counts: IntArray = hits.view(np.uint8).sum(axis=0, dtype=np.int64)
+    """Lanes set per problem of (S, P) flags. Summing bytes into a narrow type is several times
+    faster than count_nonzero or a sum that widens each byte to 64 bits."""
+    narrow = np.uint16 if hits.shape[0] < 2**16 else np.int64
+    counts: IntArray = hits.view(np.uint8).sum(axis=0, dtype=narrow).astype(np.int64)
+    return counts
+
+
+def _count_bits(masked: npt.NDArray[Any], bit: int) -> IntArray:
+    """Lanes per problem of (S, P) keys masked to one bit ``bit`` (each 0 or ``bit``), summed in
+    the keys' own type where it cannot overflow (a widening sum costs several times as much)."""
+    fits = masked.shape[0] * bit < 2 ** (8 * masked.dtype.itemsize)
+    total = masked.sum(axis=0, dtype=masked.dtype if fits else np.uint64)
+    counts: IntArray = (total // bit).astype(np.int64)
     return counts
 
 
@@ -853,27 +916,32 @@ def _tally(
     specs: Mapping[str, OfflineSpec],
     totals: dict[str, IntArray],
     lead: npt.NDArray[Any],
-    first_bit: int,
+    layout: _Layout,
     lead_weight_key: npt.NDArray[Any] | None,
     bom_best: Mapping[str, npt.NDArray[Any]],
-    field_mask: int,
+    scratch: npt.NDArray[Any],
 ) -> None:
-    """Per problem, the lanes whose pick is correct now, for the fixed-sample voting strategies."""
+    """Per problem, the lanes whose pick is correct now, for the fixed-sample voting strategies.
+
+    ``scratch`` (S, P) takes each strategy's masked keys in turn (one pass, no new array)."""
     majority_right = None
     for name, config in specs.items():
         if isinstance(config, MajorityConfig) and not config.weighted:
             if majority_right is None:
-                majority_right = _per_problem((lead & first_bit) != 0)
+                np.bitwise_and(lead, layout.first_bit, out=scratch)
+                majority_right = _count_bits(scratch, layout.first_bit)
             totals[name][step] = majority_right
         elif isinstance(config, MajorityConfig):
             assert lead_weight_key is not None
-            totals[name][step] = _per_problem((lead_weight_key & 1) != 0)
+            np.bitwise_and(lead_weight_key, 1, out=scratch)
+            totals[name][step] = _count_bits(scratch, 1)
         elif isinstance(config, BestOfMajorityConfig):
             chosen = bom_best[name]
             empty = chosen == 0
             if empty.any():  # no group survives: the mode's best member
-                chosen = np.where(empty, lead & field_mask, chosen)
-            totals[name][step] = _per_problem((chosen & 1) != 0)
+                chosen = np.where(empty, lead & ((1 << layout.best_width) - 1), chosen)
+            np.bitwise_and(chosen, 1, out=scratch)
+            totals[name][step] = _count_bits(scratch, 1)
 
 
 def _random_orders(rng: np.random.Generator, subsets: int, n: int) -> IntArray:
