@@ -10,12 +10,14 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -34,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)  # an error line must stay whole
+_SUMMARY_CONFIDENCE = 0.9  # the summary's intervals, as ttscale fit's
 
 
 def _version_callback(value: bool) -> None:
@@ -132,22 +135,40 @@ def _parse_options(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
     return options
 
 
-def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    from ttscale.estimators import pass_at_k
+def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float, Any]]:
+    """Coverage (unbiased pass@k) at k = 1, 2, 4, ... up to the fewest samples of a problem, each
+    with its band ``(se, low, high)``: the sd over problems / sqrt(P) and the 90% percentile
+    bootstrap over problems (seed 0), as ``ttscale fit`` gives."""
+    from ttscale.estimators import per_problem_pass_at_k
+    from ttscale.report import curve_bands
 
     if not records:
         return []
     smallest = min(int(r["n"]) for r in records)
     ns = [int(r["n"]) for r in records]
     cs = [int(r["num_correct"]) for r in records]
-    rows = []
+    ks = []
     k = 1
     while k <= smallest:
-        rows.append((k, pass_at_k(ns, cs, k)))
+        ks.append(k)
         k *= 2
-    if rows and rows[-1][0] != smallest:
-        rows.append((smallest, pass_at_k(ns, cs, smallest)))
-    return rows
+    if ks and ks[-1] != smallest:
+        ks.append(smallest)
+    if not ks:
+        return []
+    values = np.stack([per_problem_pass_at_k(ns, cs, k) for k in ks], axis=1)
+    bands = curve_bands(values, confidence=_SUMMARY_CONFIDENCE, n_resamples=1000, seed=0)
+    return [
+        (k, float(value), band)
+        for k, value, band in zip(ks, values.mean(axis=0), bands, strict=True)
+    ]
+
+
+def _band_text(value: float, band: Any) -> str:
+    """``0.733 ± 0.081 [0.600, 0.867]``: a value, its standard error and its interval."""
+    se, low, high = band
+    spread = "" if math.isnan(se) else f" ± {se:.3f}"
+    return f"{value:.3f}{spread} [{low:.3f}, {high:.3f}]"
 
 
 @app.command()
@@ -371,21 +392,28 @@ def portal_call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _print_summary(summary: Any, plot: bool) -> None:
     records = summary.records
-    table = Table("k", "coverage pass@k", title=f"{len(records)} problems, {summary.model}")
-    for k_value, coverage in _coverage_rows(records):
-        table.add_row(str(k_value), f"{coverage:.3f}")
+    table = Table(
+        "k",
+        "coverage pass@k ± se [90% CI]",
+        title=f"{len(records)} problems, {summary.model}",
+        caption="se: sd over problems / sqrt(P); CI: percentile bootstrap over problems",
+    )
+    for k_value, coverage, band in _coverage_rows(records):
+        table.add_row(str(k_value), _band_text(coverage, band))
     out_console = Console()
     out_console.print(table)
     usage = summary.usage
-    solved = sum(bool(r["correct"]) for r in records)
+    chosen = [bool(r["correct"]) for r in records]
     if summary.k > 1:
         # k answers per problem: solved when any is right; the first answer alone is top-1.
+        firsts = [bool(r.get("correct_first", r["correct"])) for r in records]
         accuracy = (
-            f"strategy pass@{summary.k} of its selection {summary.accuracy:.3f} "
-            f"({solved}/{len(records)}), first answer {summary.accuracy_first:.3f}"
+            f"strategy pass@{summary.k} of its selection {_solved_text(chosen)}, first answer "
+            f"{_solved_text(firsts)}; ± se [90% CI]: selection {_spread_text(chosen)}, first "
+            f"answer {_spread_text(firsts)}"
         )
     else:
-        accuracy = f"strategy accuracy {summary.accuracy:.3f} ({solved}/{len(records)})"
+        accuracy = f"strategy accuracy {_solved_text(chosen)} {_spread_text(chosen)}"
     out_console.print(
         f"{accuracy}; this run: {usage.samples} samples, {usage.requests} requests, "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
@@ -400,11 +428,14 @@ def _print_summary(summary: Any, plot: bool) -> None:
         )
     if plot and len(records) >= 2:
         try:
-            from ttscale.report import fit_report, offline_columns, render_table
+            from ttscale.report import fit_report, offline_bands, render_table, sample_rows
 
-            extra, _ = offline_columns(records)
+            extra, bands, _ = offline_bands(sample_rows(summary.out))
             report = fit_report(
-                summary.out, summary.out.parent / (summary.out.stem + "-fit"), extra_columns=extra
+                summary.out,
+                summary.out.parent / (summary.out.stem + "-fit"),
+                extra_columns=extra,
+                extra_bands=bands,
             )
         except TTScaleError as exc:
             console.print(f"[yellow]no law fit:[/yellow] {exc}")
@@ -413,6 +444,24 @@ def _print_summary(summary: Any, plot: bool) -> None:
         out_console.print(render_table(report, columns=columns))
         if report.plot_path is not None:
             out_console.print(f"plot: {report.plot_path}")
+
+
+def _solved_text(solved: list[bool]) -> str:
+    """``0.833 (5/6)``: the share of problems solved."""
+    return f"{sum(solved) / len(solved):.3f} ({sum(solved)}/{len(solved)})"
+
+
+def _spread_text(solved: list[bool]) -> str:
+    """``± 0.167 [0.500, 1.000]``: the standard error of the share solved and its 90% percentile
+    bootstrap interval over problems (seed 0), as ``ttscale fit`` gives its values."""
+    from ttscale.report import curve_bands
+
+    values = np.asarray(solved, dtype=np.float64)[:, None]
+    ((se, low, high),) = curve_bands(
+        values, confidence=_SUMMARY_CONFIDENCE, n_resamples=1000, seed=0
+    )
+    spread = "" if math.isnan(se) else f"± {se:.3f} "
+    return f"{spread}[{low:.3f}, {high:.3f}]"
 
 
 @app.command()
@@ -438,13 +487,12 @@ def fit(
     verifier scores), each value with its 90% bootstrap interval over problems, and the law's
     fit error both in-sample and on held-out k.
     """
-    from ttscale.report import fit_report, offline_bands, read_results, render_table
+    from ttscale.report import fit_report, offline_bands, read_results, render_table, sample_rows
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
         read_results(results)  # every line checked, with its place named, before anything else
-        records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        extra, bands, offline_notes = offline_bands(records, strategy=strategy)
+        extra, bands, offline_notes = offline_bands(sample_rows(results), strategy=strategy)
         report = fit_report(
             results,
             directory,

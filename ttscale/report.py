@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,13 @@ __all__ = [
     "ProblemRecord",
     "fit_report",
     "held_out_fit_k",
+    "iter_results",
     "offline_bands",
     "offline_columns",
     "offline_result",
     "read_results",
     "render_table",
+    "sample_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,22 +170,54 @@ def _parse_record(raw: Any, path: str, line: int) -> ProblemRecord:
 
 
 def read_results(path: str | Path) -> list[ProblemRecord]:
-    """Read and check a results JSONL file; blank lines are skipped."""
+    """Read and check a results JSONL file, line by line; blank lines are skipped. What is kept
+    of a record is small (counts and usage), so memory does not follow the file's size."""
+    return list(iter_results(path))
+
+
+def iter_results(path: str | Path) -> Iterator[ProblemRecord]:
+    """:func:`read_results` as a stream."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        handle = source.open(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"cannot read results: {exc}", path=str(source)) from exc
-    records = []
-    for number, content in enumerate(text.splitlines(), start=1):
-        if not content.strip():
-            continue
-        try:
-            raw = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not JSON: {exc.msg}", path=str(source), line=number) from exc
-        records.append(_parse_record(raw, str(source), number))
-    return records
+    with handle:
+        for number, content in enumerate(handle, start=1):
+            if not content.strip():
+                continue
+            try:
+                raw = json.loads(content)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not JSON: {exc.msg}", path=str(source), line=number) from exc
+            yield _parse_record(raw, str(source), number)
+
+
+def sample_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results file as much as offline evaluation reads of them (``strategy``
+    and each sample's ``answer``, ``correct`` and ``score``), streamed from the file; repeated
+    answers share one string. For files too large to hold whole records of in memory."""
+    answers: dict[str, str] = {}
+    rows = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for content in handle:
+            if not content.strip():
+                continue
+            record = json.loads(content)
+            samples = [
+                {
+                    "answer": _shared(answers, sample.get("answer")),
+                    "correct": sample.get("correct"),
+                    "score": sample.get("score"),
+                }
+                for sample in record.get("samples") or ()
+            ]
+            rows.append({"strategy": record.get("strategy"), "samples": samples})
+    return rows
+
+
+def _shared(seen: dict[str, str], answer: Any) -> Any:
+    return seen.setdefault(answer, answer) if isinstance(answer, str) else answer
 
 
 @dataclass(frozen=True)
