@@ -428,9 +428,9 @@ def _print_summary(summary: Any, plot: bool) -> None:
         )
     if plot and len(records) >= 2:
         try:
-            from ttscale.report import fit_report, offline_bands, render_table
+            from ttscale.report import fit_report, offline_bands, render_table, sample_rows
 
-            extra, bands, _ = offline_bands(records)
+            extra, bands, _ = offline_bands(sample_rows(summary.out))
             report = fit_report(
                 summary.out,
                 summary.out.parent / (summary.out.stem + "-fit"),
@@ -487,13 +487,12 @@ def fit(
     verifier scores), each value with its 90% bootstrap interval over problems, and the law's
     fit error both in-sample and on held-out k.
     """
-    from ttscale.report import fit_report, offline_bands, read_results, render_table
+    from ttscale.report import fit_report, offline_bands, read_results, render_table, sample_rows
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
         read_results(results)  # every line checked, with its place named, before anything else
-        records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        extra, bands, offline_notes = offline_bands(records, strategy=strategy)
+        extra, bands, offline_notes = offline_bands(sample_rows(results), strategy=strategy)
         report = fit_report(
             results,
             directory,
