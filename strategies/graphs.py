@@ -121,6 +121,25 @@ class ModelSpec:
             raise ConfigError(f"a model's cost must be >= 0, got {self.cost}")
 
 
+def _check_node_fields(node: NodeSpec) -> None:
+    """A node's optional fields are of their types (specs come from JSON written by anyone)."""
+    for name in ("model", "template"):
+        if getattr(node, name) is not None and not isinstance(getattr(node, name), str):
+            raise ConfigError(f"node {node.id!r}: {name} must be a string", param=name)
+    temperature = node.temperature
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+    ):
+        raise ConfigError(f"node {node.id!r}: temperature must be a number", param="temperature")
+    tokens = node.max_tokens
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
+    ):
+        raise ConfigError(
+            f"node {node.id!r}: max_tokens must be an integer >= 1", param="max_tokens"
+        )
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One node: a role, a model (a key of the graph's models; None: the default sampler), a
@@ -143,6 +162,7 @@ class NodeSpec:
             raise ConfigError("a node needs a non-empty string id")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ConfigError(f"node {self.id!r}: samples must be an integer >= 1")
+        _check_node_fields(self)
 
     @property
     def calls_model(self) -> bool:
@@ -632,6 +652,14 @@ class GraphConfig(StrategyConfig):
         super().__post_init__()
         if self.spec is None:
             raise ConfigError("the graph strategy needs a spec")
+        if not isinstance(self.samplers, Mapping) or not all(
+            callable(getattr(sampler, "sample", None)) for sampler in self.samplers.values()
+        ):
+            raise ConfigError("samplers must map model names to samplers", param="samplers")
+        if self.limit is not None and not callable(self.limit):
+            raise ConfigError("limit must be a stop condition", param="limit")
+        if not isinstance(self.graph_options, Mapping):
+            raise ConfigError("graph_options must be an object", param="graph_options")
         object.__setattr__(self, "spec", as_graph(self.spec, self.graph_options))
 
 
@@ -656,6 +684,16 @@ class GraphStrategy:
     def __init__(self, config: GraphConfig | None = None, **options: Any) -> None:
         self.config = resolve_config(GraphConfig, config, options, "graph")
         self.spec: GraphSpec = self.config.spec
+
+    @staticmethod
+    def check_request(options: Mapping[str, Any]) -> None:
+        """Refuse what a remote request may not ask for: a spec read from the server's files."""
+        spec = options.get("spec")
+        if isinstance(spec, str | Path) and str(spec) not in BUILTIN_GRAPHS:
+            raise ConfigError(
+                "a graph spec in a request must be an inline object; name spec files in presets",
+                param="spec",
+            )
 
     def sampler_factory(self, default: Sampler) -> Callable[[str | None], Sampler]:
         made: dict[str | None, Sampler] = {}

@@ -684,8 +684,8 @@ def test_pass_through_streams_hold_their_slot_until_they_end() -> None:
             wait_in_flight(inner, 0)
             # Every relayed stream, finished or left, gave its upstream connection pool back.
             deadline = time.monotonic() + 30
-            while any(front.proxy._pool_in_flight):
-                assert time.monotonic() < deadline, front.proxy._pool_in_flight
+            while any(front.proxy.upstream_clients.in_flight):
+                assert time.monotonic() < deadline, front.proxy.upstream_clients.in_flight
                 time.sleep(0.02)
         finally:
             front.stop()

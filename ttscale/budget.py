@@ -36,6 +36,15 @@ A sampler that streams samples and stops them early (``sample_watched``, see
 checked, reserved and counted like any other, with the tokens that arrived before each stream
 was closed.
 
+A server's caps (:class:`DrawCaps`: total samples, and ``max_tokens`` of every sample) are
+enforced here too, on every draw whatever the strategy asked for: a draw's ``max_tokens`` above
+the cap (or unset) is sent as the cap, and samples beyond the cap are trimmed or refused like a
+sample limit's. No strategy can get past them, as every draw goes through this choke point.
+
+Budget mappings (``{"samples": 64, "tokens": 20000}``, from a request, a preset, a command line)
+are read in one place, :func:`parse_limits`, and turned into a condition by
+:func:`budget_condition`.
+
 All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
 one budget without locks. The budget is not thread-safe.
 """
@@ -45,24 +54,40 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler, TokenWatcher, can_watch, with_model
+from ttscale.spend import (
+    Account,
+    DrawCaps,
+    FlopsModel,
+    FlopsTable,
+    PricingTable,
+    Spend,
+    by_model,
+    whole_number,
+)
 from ttscale.types import Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
+    "BUDGET_LIMITS",
+    "WHOLE_LIMITS",
     "BudgetLimitReached",
     "BudgetTracker",
     "BudgetedSampler",
     "Condition",
+    "DrawCaps",
     "FlopsModel",
     "ProblemSampler",
     "Spend",
     "StopCondition",
+    "budget_condition",
     "max_completion_tokens",
     "max_cost",
     "max_flops",
@@ -70,186 +95,13 @@ __all__ = [
     "max_samples",
     "max_time",
     "max_tokens",
+    "parse_limits",
     "stop_when",
 ]
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["run", "problem"]
-
-
-# -- what was spent --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spend:
-    """A snapshot of what a run or one problem has spent.
-
-    ``pending_samples`` are samples of draws still in flight: reserved against sample limits, not
-    yet delivered (and so not in ``samples``). ``wall_time_s`` runs from the scope's first draw.
-    """
-
-    requests: int = 0
-    samples: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    flops: float = 0.0
-    wall_time_s: float = 0.0
-    failed_requests: int = 0
-    draws: int = 0
-    pending_samples: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def usage(self) -> Usage:
-        return Usage(
-            requests=self.requests,
-            samples=self.samples,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cost=self.cost,
-            wall_time_s=self.wall_time_s,
-            failed_requests=self.failed_requests,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "samples": self.samples,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "cost": self.cost,
-            "flops": self.flops,
-            "wall_time_s": self.wall_time_s,
-            "failed_requests": self.failed_requests,
-            "draws": self.draws,
-            "pending_samples": self.pending_samples,
-        }
-
-
-@dataclass(frozen=True)
-class FlopsModel:
-    """Estimated FLOPs of a dense transformer, from its size as the user gives it.
-
-    A token at position t (t tokens before it) costs ``2 * (parameters + 2 * n_layers * d_model *
-    t)``: two FLOPs per weight, plus attention over the t earlier tokens (Kaplan et al. 2020; the
-    formula of Large Language Monkeys with the context taken per token instead of at its maximum).
-    Summed exactly over positions:
-
-    - a request's prompt of P tokens is processed once (prefill), whatever its number of choices:
-      ``2 N P + 2 L d P (P - 1)``;
-    - each sample's D completion tokens are decoded after the prompt:
-      ``2 N D + 2 L d D (2 P + D - 1)``.
-
-    With ``n_layers = 0`` (unknown) only the ``2 N`` per token term is counted. Prefix caching
-    across requests is not modelled.
-    """
-
-    parameters: float
-    n_layers: int = 0
-    d_model: int = 0
-
-    def __post_init__(self) -> None:
-        if self.parameters <= 0:
-            raise ConfigError(f"parameters must be > 0, got {self.parameters}")
-        if self.n_layers < 0 or self.d_model < 0:
-            raise ConfigError("n_layers and d_model must be >= 0")
-
-    @property
-    def _attention(self) -> float:
-        return 2.0 * self.n_layers * self.d_model
-
-    def prefill(self, prompt_tokens: float) -> float:
-        p = prompt_tokens
-        return 2.0 * self.parameters * p + self._attention * p * (p - 1) if p > 0 else 0.0
-
-    def decode(self, prompt_tokens: float, completion_tokens: float) -> float:
-        p, d = prompt_tokens, completion_tokens
-        return 2.0 * self.parameters * d + self._attention * d * (2 * p + d - 1) if d > 0 else 0.0
-
-    def batch_flops(self, batch: SampleBatch) -> float:
-        """FLOPs of a batch: one prefill per request, one decode per sample.
-
-        A batch reports its prompt tokens summed over requests; all requests of a batch carry the
-        same prompt, so each request's prompt is the mean.
-        """
-        requests = batch.usage.requests
-        if requests <= 0:
-            return 0.0
-        prompt = batch.usage.prompt_tokens / requests
-        total = requests * self.prefill(prompt)
-        return total + sum(self.decode(prompt, c.completion_tokens) for c in batch.candidates)
-
-
-PricingTable = Pricing | Mapping[str, Pricing]
-FlopsTable = FlopsModel | Mapping[str, FlopsModel]
-
-
-def _by_model(table: Mapping[str, Any], model: str) -> Any:
-    """Exact model name, else the longest key the name starts with, else the "*" default.
-
-    Servers often answer with a dated name ("gpt-4o-mini-2024-07-18") for the one asked for.
-    """
-    if model in table:
-        return table[model]
-    prefixes = [key for key in table if key != "*" and model.startswith(key)]
-    if prefixes:
-        return table[max(prefixes, key=len)]
-    return table.get("*")
-
-
-@dataclass
-class _Account:
-    """Mutable running totals of one scope; only the tracker touches it."""
-
-    requests: int = 0
-    samples: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    flops: float = 0.0
-    failed_requests: int = 0
-    draws: int = 0
-    pending_samples: int = 0
-    in_flight: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def add(self, usage: Usage, flops: float) -> None:
-        self.requests += usage.requests
-        self.samples += usage.samples
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        self.cost += usage.cost
-        self.flops += flops
-        self.failed_requests += usage.failed_requests
-
-    def snapshot(self, now: float, *, live: bool) -> Spend:
-        # Live snapshots (for limits) count time to now; reports stop the clock at the last draw's
-        # end unless a draw is still in flight.
-        if self.started_at is None:
-            elapsed = 0.0
-        elif live or self.in_flight or self.finished_at is None:
-            elapsed = now - self.started_at
-        else:
-            elapsed = self.finished_at - self.started_at
-        return Spend(
-            requests=self.requests,
-            samples=self.samples,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cost=self.cost,
-            flops=self.flops,
-            wall_time_s=elapsed,
-            failed_requests=self.failed_requests,
-            draws=self.draws,
-            pending_samples=self.pending_samples,
-        )
 
 
 class BudgetTracker:
@@ -270,8 +122,8 @@ class BudgetTracker:
         self.pricing = pricing
         self.flops = flops
         self.clock = clock
-        self._run = _Account()
-        self._problems: dict[str, _Account] = {}
+        self._run = Account()
+        self._problems: dict[str, Account] = {}
         self._warned_models: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -341,12 +193,12 @@ class BudgetTracker:
         assert priced is not None  # a batch was given
         return priced
 
-    def _accounts(self, problem_id: str | None, *, create: bool) -> list[_Account]:
+    def _accounts(self, problem_id: str | None, *, create: bool) -> list[Account]:
         if problem_id is None:
             return [self._run]
         account = self._problems.get(problem_id)
         if account is None and create:
-            account = self._problems[problem_id] = _Account()
+            account = self._problems[problem_id] = Account()
         return [self._run] if account is None else [self._run, account]
 
     def _model(self, batch: SampleBatch) -> str:
@@ -356,9 +208,7 @@ class BudgetTracker:
         if self.pricing is None:
             return batch
         model = self._model(batch)
-        price = (
-            self.pricing if isinstance(self.pricing, Pricing) else _by_model(self.pricing, model)
-        )
+        price = self.pricing if isinstance(self.pricing, Pricing) else by_model(self.pricing, model)
         if price is None:
             if model not in self._warned_models:
                 self._warned_models.add(model)
@@ -371,7 +221,7 @@ class BudgetTracker:
         if self.flops is None:
             return 0.0
         table = self.flops
-        model = table if isinstance(table, FlopsModel) else _by_model(table, self._model(batch))
+        model = table if isinstance(table, FlopsModel) else by_model(table, self._model(batch))
         return model.batch_flops(batch) if model is not None else 0.0
 
 
@@ -532,6 +382,60 @@ def max_flops(flops: float) -> StopCondition:
     return _AtLeast("max_flops", flops, lambda s: s.flops)
 
 
+# -- budget mappings ---------------------------------------------------------------------------
+
+BUDGET_LIMITS: Mapping[str, Callable[[Any], StopCondition]] = MappingProxyType(
+    {
+        "samples": max_samples,
+        "requests": max_requests,
+        "tokens": max_tokens,
+        "completion_tokens": max_completion_tokens,
+        "cost": max_cost,
+        "seconds": max_time,
+    }
+)
+# Limits that count things, and so take whole numbers.
+WHOLE_LIMITS = frozenset({"samples", "requests", "tokens", "completion_tokens"})
+
+
+def parse_limits(raw: Any, where: str = "budget") -> dict[str, float]:
+    """A budget mapping checked: known limit names, whole numbers >= 1 for counts, finite numbers
+    > 0 for the rest (pure). Errors are :class:`ConfigError` naming ``where.key``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f'{where} must be an object such as {{"tokens": 20000}}, got {raw!r}', param=where
+        )
+    limits: dict[str, float] = {}
+    for key, limit in raw.items():
+        param = f"{where}.{key}"
+        if key not in BUDGET_LIMITS:
+            raise ConfigError(
+                f"unknown budget limit {key!r} in {where}; known: {', '.join(BUDGET_LIMITS)}",
+                param=param,
+            )
+        if key in WHOLE_LIMITS:
+            limits[key] = whole_number(limit, param)
+        elif (
+            isinstance(limit, bool)
+            or not isinstance(limit, int | float)
+            or not math.isfinite(limit)
+            or limit <= 0
+        ):
+            raise ConfigError(f"{param} must be a number > 0, got {limit!r}", param=param)
+        else:
+            limits[key] = float(limit)
+    return limits
+
+
+def budget_condition(limits: Mapping[str, float]) -> StopCondition | None:
+    """The stop condition a checked budget mapping means: any one of its limits stops."""
+    condition: StopCondition | None = None
+    for key, limit in limits.items():
+        one = BUDGET_LIMITS[key](int(limit) if key in WHOLE_LIMITS else limit)
+        condition = one if condition is None else condition | one
+    return condition
+
+
 # -- the choke point ---------------------------------------------------------------------------
 
 
@@ -575,8 +479,9 @@ class BudgetLimitReached(BudgetExhausted):
 class BudgetedSampler:
     """A :class:`Sampler` around another that counts every draw and enforces limits.
 
-    ``limit`` applies to the whole run and ``per_problem`` to each problem's own draws; see the
-    module docstring for how a limit ends a draw. Draw through :meth:`for_problem` so that draws
+    ``limit`` applies to the whole run and ``per_problem`` to each problem's own draws; ``caps``
+    are a server's caps on every draw (:class:`DrawCaps`); see the module docstring for how a
+    limit ends a draw. Draw through :meth:`for_problem` so that draws
     are counted for their problem; drawing through this object directly counts toward the run only
     and applies only the run's limit.
     """
@@ -591,12 +496,15 @@ class BudgetedSampler:
         flops: FlopsTable | None = None,
         tracker: BudgetTracker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        caps: DrawCaps | None = None,
     ) -> None:
         if tracker is not None and (pricing is not None or flops is not None):
             raise ConfigError("give pricing and flops to the tracker, or no tracker, not both")
         self.sampler = sampler
         self.limit = _as_condition(limit) if limit is not None else None
         self.per_problem = _as_condition(per_problem) if per_problem is not None else None
+        self.caps = caps if caps is not None else DrawCaps()
+        self._cap = max_samples(self.caps.samples) if self.caps.samples is not None else None
         self.tracker = (
             tracker
             if tracker is not None
@@ -621,7 +529,9 @@ class BudgetedSampler:
 
     def with_model(self, model: str) -> BudgetedSampler:
         """The inner sampler asking ``model``, under the same limits and the same tracker."""
-        twin = BudgetedSampler(with_model(self.sampler, model), tracker=self.tracker)
+        twin = BudgetedSampler(
+            with_model(self.sampler, model), tracker=self.tracker, caps=self.caps
+        )
         twin.limit, twin.per_problem = self.limit, self.per_problem
         twin._abandoned = self._abandoned
         return twin
@@ -636,6 +546,8 @@ class BudgetedSampler:
             "run": repr(self.limit) if self.limit is not None else None,
             "per_problem": repr(self.per_problem) if self.per_problem is not None else None,
         }
+        if self.caps != DrawCaps():
+            data["caps"] = self.caps.to_dict()
         return data
 
     async def sample(
@@ -667,6 +579,8 @@ class BudgetedSampler:
 
     def _scopes(self, problem_id: str | None) -> list[tuple[Scope, StopCondition, Spend]]:
         scopes: list[tuple[Scope, StopCondition, Spend]] = []
+        if self._cap is not None:
+            scopes.append(("run", self._cap, self.tracker.live(None)))
         if self.limit is not None:
             scopes.append(("run", self.limit, self.tracker.live(None)))
         if problem_id is not None and self.per_problem is not None:
@@ -721,6 +635,7 @@ class BudgetedSampler:
             raise refusal
         if n == 0:
             return SampleBatch((), Usage())
+        params = self.caps.params(params)
         allowed = self._allowed(problem_id, n)
         if allowed < n:
             log.info(

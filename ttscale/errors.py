@@ -4,11 +4,16 @@ Every error the library raises on purpose derives from :class:`TTScaleError`, so
 catch the whole family with one ``except``. Lower-level exceptions are chained with
 ``raise ... from exc``.
 
+A :class:`ConfigError` names the field it is about in ``param`` (``"ttscale.samples"``,
+``"messages[2].role"``) where one is known. Nothing here knows HTTP: the proxy alone maps these
+errors to statuses (every :class:`ConfigError` is the client's fault, a 4xx naming ``param``).
+
 ::
 
     TTScaleError
-    ├── ConfigError              bad settings or arguments given to a component
+    ├── ConfigError              bad settings or arguments given to a component; names the field
     │   ├── UnknownNameError     a registry lookup found no such sampler, strategy or verifier
+    │   ├── UnknownOptionError   a component was given options it does not have
     │   └── RequestError         an OpenAI-style request (proxy, wrapped client) is invalid
     ├── DataError                bad input data; names the file, line and field where known
     ├── SamplerError             a sampler could not deliver the samples it was asked for
@@ -33,6 +38,7 @@ __all__ = [
     "SandboxRefused",
     "TTScaleError",
     "UnknownNameError",
+    "UnknownOptionError",
     "UpstreamError",
     "VerifierError",
 ]
@@ -43,31 +49,46 @@ class TTScaleError(Exception):
 
 
 class ConfigError(TTScaleError, ValueError):
-    """A component was given settings or arguments it cannot work with."""
+    """A component was given settings or arguments it cannot work with.
+
+    ``param`` names the offending field where it is known, else None.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
 
 
 class UnknownNameError(ConfigError, LookupError):
     """A name was looked up in a registry (entry-point group) that does not hold it."""
 
-    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+    def __init__(self, kind: str, name: str, known: list[str], *, param: str | None = None) -> None:
         self.kind = kind
         self.name = name
         self.known = sorted(known)
         listing = ", ".join(self.known) if self.known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}")
+        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}", param=param)
+
+
+class UnknownOptionError(ConfigError):
+    """A component was given options it does not have; ``options`` lists them, sorted."""
+
+    def __init__(self, message: str, *, options: list[str], param: str | None = None) -> None:
+        self.options = sorted(options)
+        super().__init__(message, param=param if param is not None else self.options[0])
 
 
 class RequestError(ConfigError):
     """An OpenAI-style request to the proxy or a wrapped client cannot be served as asked.
 
-    ``param`` names the offending field (``"ttscale.samples"``, ``"messages[2].role"``) and
-    ``status`` is the HTTP status the proxy answers with (400 unless said otherwise).
+    ``param`` names the offending field (``"ttscale.samples"``, ``"messages[2].role"``).
+    ``status`` is set only where the request is well formed but cannot be served as asked (a
+    413-like size, a 404 for a route); otherwise the proxy answers 400.
     """
 
     def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
-        self.param = param
         self.status = status
-        super().__init__(message)
+        super().__init__(message, param=param)
 
 
 class DataError(TTScaleError, ValueError):

@@ -3,16 +3,19 @@
 The unmodified ``openai`` client talks to it. A request is scaled when it names a preset as its
 model, carries a ``ttscale`` body field or ``X-TTScale-*`` headers, or the server has a default
 strategy; any other request passes through to the upstream untouched, streaming included. The
-request settings are read as :mod:`ttscale.scaling` describes (body, then headers, then preset,
-then the server's default).
+request settings are resolved by :func:`ttscale.settings.resolve_settings` (body, then headers,
+then preset, then the server's default); the HTTP side (errors, metrics, streams) is
+:mod:`ttscale.serving`.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` (the
 presets and the upstream's models), ``GET /health`` and ``GET /metrics`` (Prometheus text).
 
 Security: an optional key for the proxy itself (``Authorization: Bearer``), separate from the
 upstream key, which is never echoed or logged; per-request caps on samples, answers and tokens
-(:class:`~ttscale.scaling.RequestLimits`); a body size limit (413); a limit on requests served at
-once, beyond which the proxy answers 429 at once rather than queueing.
+(:class:`~ttscale.settings.RequestLimits`), which every draw of a request meets at its budget
+whatever the strategy; a body size limit (413); a limit on requests served at once, beyond which
+the proxy answers 429 at once rather than queueing. Bad input is a 4xx naming the field, never a
+5xx; a client that hangs up is counted as 499 and its sampling stopped.
 """
 
 from __future__ import annotations
@@ -27,18 +30,17 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import anyio
 import httpx2
 import openai
 from fastapi import FastAPI
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 if sys.version_info >= (3, 11):
@@ -47,25 +49,37 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 from ttscale.budget import Spend
-from ttscale.errors import ConfigError, DataError, RequestError, SamplerError, UpstreamError
-from ttscale.protocols import Sampler
+from ttscale.errors import ConfigError, DataError, RequestError, TTScaleError
+from ttscale.registry import check_request
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
-from ttscale.scaling import (
-    ChatRequest,
+from ttscale.samplers.upstream import UpstreamClients
+from ttscale.scaling import ScaledPlan, UnfinishedDraws, plan_scaled, run_scaled
+from ttscale.serving import (
+    BodyTooLarge,
+    HeldStream,
+    Metrics,
+    Slot,
+    error_for,
+    error_response,
+    read_body,
+    relay,
+    relayed_headers,
+)
+from ttscale.settings import (
     RequestLimits,
-    ScaledAnswer,
     ScaleSettings,
-    UnfinishedDraws,
-    build_verifier,
-    parse_request,
     parse_settings,
-    plan_scaled,
-    run_scaled,
+    resolve_settings,
     settings_from_headers,
+)
+from ttscale.wire import (
+    ChatRequest,
+    ScaledAnswer,
+    decode_body,
+    parse_request,
     stream_chunks,
     to_response,
 )
-from ttscale.strategies.graphs import BUILTIN_GRAPHS
 
 __all__ = [
     "BackgroundProxy",
@@ -73,6 +87,7 @@ __all__ = [
     "Proxy",
     "ProxyConfig",
     "create_app",
+    "endpoint_key_path",
     "load_presets",
     "parse_preset_option",
 ]
@@ -80,7 +95,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EMPTY_PRESETS: Mapping[str, ScaleSettings] = MappingProxyType({})
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_UNAUTHORISED = "missing or wrong proxy API key (Authorization: Bearer ...)"
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,7 @@ def load_presets(path: Path) -> dict[str, ScaleSettings]:
     for name, settings in table.items():
         try:
             presets[name] = parse_settings(settings, f"presets.{name}", allow_model=True)
-        except RequestError as exc:
+        except ConfigError as exc:
             raise DataError(str(exc), path=str(path), field=exc.param) from exc
     return presets
 
@@ -176,127 +191,8 @@ def parse_preset_option(text: str) -> tuple[str, ScaleSettings]:
             raw[key.strip()] = value.strip()
     try:
         return name, parse_settings(raw, f"preset {name}", allow_model=True)
-    except RequestError as exc:
-        raise ConfigError(f"--preset {name}: {exc}") from exc
-
-
-# -- metrics -------------------------------------------------------------------------------------
-
-
-class Metrics:
-    """Counters and a latency histogram, rendered in the Prometheus text format."""
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.samples = 0
-        self.tokens = {"prompt": 0, "completion": 0}
-        self.rejected: dict[str, int] = {}
-        self.in_flight = 0
-        self.latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-
-    def observe(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
-        key = (endpoint, mode, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        self.latency_sum += seconds
-        for position, bound in enumerate(_LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.latency_counts[position] += 1
-                break
-        else:
-            self.latency_counts[-1] += 1
-
-    def spend(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
-        self.samples += samples
-        self.tokens["prompt"] += prompt_tokens
-        self.tokens["completion"] += completion_tokens
-
-    def render(self) -> str:
-        lines = [
-            "# HELP ttscale_requests_total Requests answered, by endpoint, mode and status.",
-            "# TYPE ttscale_requests_total counter",
-        ]
-        for (endpoint, mode, status), count in sorted(self.requests.items()):
-            lines.append(
-                f'ttscale_requests_total{{endpoint="{endpoint}",mode="{mode}",'
-                f'status="{status}"}} {count}'
-            )
-        lines += [
-            "# HELP ttscale_samples_total Samples drawn from the upstream for scaled requests.",
-            "# TYPE ttscale_samples_total counter",
-            f"ttscale_samples_total {self.samples}",
-            "# HELP ttscale_tokens_total Tokens the upstream reported, by kind.",
-            "# TYPE ttscale_tokens_total counter",
-        ]
-        for kind, count in self.tokens.items():
-            lines.append(f'ttscale_tokens_total{{kind="{kind}"}} {count}')
-        lines += [
-            "# HELP ttscale_rejected_total Requests refused before any work, by reason.",
-            "# TYPE ttscale_rejected_total counter",
-        ]
-        for reason, count in sorted(self.rejected.items()):
-            lines.append(f'ttscale_rejected_total{{reason="{reason}"}} {count}')
-        lines += [
-            "# HELP ttscale_in_flight Requests being served now.",
-            "# TYPE ttscale_in_flight gauge",
-            f"ttscale_in_flight {self.in_flight}",
-            "# HELP ttscale_request_latency_seconds Time to answer a request.",
-            "# TYPE ttscale_request_latency_seconds histogram",
-        ]
-        cumulative = 0
-        for bound, count in zip(_LATENCY_BUCKETS, self.latency_counts, strict=False):
-            cumulative += count
-            lines.append(f'ttscale_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-        total = cumulative + self.latency_counts[-1]
-        lines += [
-            f'ttscale_request_latency_seconds_bucket{{le="+Inf"}} {total}',
-            f"ttscale_request_latency_seconds_sum {self.latency_sum:.6f}",
-            f"ttscale_request_latency_seconds_count {total}",
-        ]
-        return "\n".join(lines) + "\n"
-
-
-# -- errors --------------------------------------------------------------------------------------
-
-
-def _error(
-    status: int, message: str, *, param: str | None = None, kind: str | None = None
-) -> JSONResponse:
-    """An error in OpenAI's format."""
-    default_kind = {
-        401: "authentication_error",
-        413: "invalid_request_error",
-        429: "rate_limit_exceeded",
-    }.get(status, "invalid_request_error" if status < 500 else "upstream_error")
-    return JSONResponse(
-        {
-            "error": {
-                "message": message,
-                "type": kind or default_kind,
-                "param": param,
-                "code": None,
-            }
-        },
-        status_code=status,
-    )
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    except ConfigError as exc:
+        raise ConfigError(f"--preset {name}: {exc}", param=exc.param) from exc
 
 
 # -- request settings that name a server ---------------------------------------------------------
@@ -349,6 +245,15 @@ def _refuse_endpoints(settings: ScaleSettings, *, header: bool) -> None:
 # -- the proxy -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Scaled:
+    """A scaled request, checked and planned: what answering it needs."""
+
+    plan: ScaledPlan
+    sampler: OpenAISampler
+    model: str
+
+
 class Proxy:
     """The proxy's state: upstream clients, samplers per upstream model, metrics.
 
@@ -359,28 +264,17 @@ class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        # The upstream clients, shared by everything sent upstream: the samplers' requests (on
-        # the openai clients) and pass-through requests (sent on their connection pools
-        # directly). Several, as OpenAISampler makes them for itself: httpcore's pool looks at
-        # every one of its connections on each request, so one pool for 64 requests in flight
-        # costs more CPU per request than all the rest of a pass-through.
-        shards = max(1, math.ceil(config.upstream_concurrency / 8))
-        self._pools = [
-            openai.DefaultAsyncHttpxClient(timeout=httpx2.Timeout(config.timeout_s, connect=5.0))
-            for _ in range(shards)
-        ]
-        self._clients = [
-            openai.AsyncOpenAI(
-                base_url=config.base_url,
-                api_key=config.api_key or "not-needed",
-                max_retries=config.max_retries,
-                timeout=config.timeout_s,
-                http_client=pool,
-            )
-            for pool in self._pools
-        ]
-        self._pool_in_flight = [0] * shards
-        self.upstream = self._clients[0]
+        # The upstream clients, shared by everything sent upstream: the samplers' requests and
+        # pass-through requests (sent on their connection pools directly), balanced together.
+        self.upstream_clients = UpstreamClients.create(
+            base_url=config.base_url,
+            api_key=config.api_key,
+            max_retries=config.max_retries,
+            timeout=config.timeout_s,
+            shards=max(1, math.ceil(config.upstream_concurrency / 8)),
+            with_pools=True,
+        )
+        self.upstream = self.upstream_clients.clients[0]
         base = str(self.upstream.base_url).rstrip("/")
         self._urls = {
             True: httpx2.URL(base + "/chat/completions"),
@@ -395,6 +289,8 @@ class Proxy:
         }
         self._samplers: dict[tuple[str, bool], OpenAISampler] = {}
         self._proxy_key = config.proxy_key.encode() if config.proxy_key else None
+        # What the server sets for any verifier that has it; a request may not.
+        self._server_options = {"allow_code_execution": config.allow_code_execution}
         # Requests that ended without an answer (hung up, failed) still spent what their draws
         # cost, those in flight included: the metrics count it once they have ended.
         self.unfinished = UnfinishedDraws(on_spent=self._count_spend)
@@ -411,10 +307,7 @@ class Proxy:
             )
         for sampler in self._samplers.values():
             await sampler.aclose()
-        for client in self._clients:
-            await client.close()
-        for pool in self._pools:
-            await pool.aclose()
+        await self.upstream_clients.aclose()
 
     def sampler(self, model: str, chat: bool) -> OpenAISampler:
         key = (model, chat)
@@ -434,7 +327,7 @@ class Proxy:
                     max_retries=self.config.max_retries,
                     timeout=self.config.timeout_s,
                 ),
-                client=self._clients,
+                client=self.upstream_clients,
             )
         return sampler
 
@@ -447,18 +340,6 @@ class Proxy:
             token.strip().encode(), self._proxy_key
         )
 
-    def verifier_factory(self, name: str, options: Mapping[str, Any], sampler: Sampler) -> Any:
-        options = dict(options)
-        if name == "unit_tests":
-            if options.pop("allow_code_execution", None) is not None:
-                raise RequestError(
-                    "allow_code_execution is the server's to set (ttscale serve "
-                    "--allow-code-execution), not a request's",
-                    param="ttscale.verifier",
-                )
-            options["allow_code_execution"] = self.config.allow_code_execution
-        return build_verifier(name, options, sampler=sampler)
-
     # -- generation endpoints ----------------------------------------------------------------
 
     async def generate(self, request: Request, chat: bool) -> Response:
@@ -467,18 +348,18 @@ class Proxy:
         metrics = self.metrics
         if not self.authorised(request):
             metrics.rejected["auth"] = metrics.rejected.get("auth", 0) + 1
-            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+            return error_response(401, _UNAUTHORISED)
         if metrics.in_flight >= self.config.max_concurrent_requests:
             metrics.rejected["busy"] = metrics.rejected.get("busy", 0) + 1
-            return _error(
+            return error_response(
                 429,
                 f"the proxy is serving {metrics.in_flight} requests, its limit; retry shortly",
             )
-        slot = _Slot(metrics, endpoint, started)
+        slot = Slot(metrics, endpoint, started)
         try:
             slot.mode, response = await self._generate(request, chat)
             slot.status = response.status_code
-            if isinstance(response, _HeldStream):
+            if isinstance(response, HeldStream):
                 # A stream's work runs after this returns, while the body is sent: the slot and
                 # the latency clock pass to the response, which releases them when it ends.
                 response.slot = slot
@@ -489,25 +370,20 @@ class Proxy:
 
     async def _generate(self, request: Request, chat: bool) -> tuple[str, Response]:
         try:
-            raw = await _read_body(request, self.config.max_body_bytes)
-        except _BodyTooLarge:
-            return "rejected", _error(
+            raw = await read_body(request, self.config.max_body_bytes)
+        except BodyTooLarge:
+            return "rejected", error_response(
                 413,
                 "the request body is over this server's limit of "
                 f"{self.config.max_body_bytes} bytes",
             )
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return "rejected", _error(400, f"the request body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return "rejected", _error(400, "the request body must be a JSON object")
-        try:
+            body = decode_body(raw)
             header_settings = settings_from_headers(request.headers)
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise RequestError("model must be a non-empty string", param="model")
-            preset = self.config.presets.get(model) if isinstance(model, str) else None
+            preset = self.config.presets.get(model)
             if (
                 preset is None
                 and "ttscale" not in body
@@ -515,67 +391,78 @@ class Proxy:
                 and self.config.default.strategy is None
             ):
                 return "passthrough", await self._pass_through(body, raw, chat)
-            parsed = parse_request(body, chat=chat, limits=self.config.limits)
-            for source, header in ((parsed.settings, False), (header_settings, True)):
-                spec = source.options.get("spec")
-                if isinstance(spec, str) and spec not in BUILTIN_GRAPHS:
-                    # A path would read the server's files; requests send specs inline.
-                    raise RequestError(
-                        "a graph spec in a request must be an inline object; name spec files "
-                        "in presets",
-                        param="ttscale.spec",
-                    )
-                if not self.config.allow_request_endpoints:
-                    _refuse_endpoints(source, header=header)
-            settings = parsed.settings.over(header_settings)
-            if preset is not None:
-                settings = settings.over(preset)
-            settings = settings.over(self.config.default)
-            upstream_model = settings.model or (
-                self.config.model if preset is not None else parsed.model
-            )
-            if upstream_model is None:
-                raise RequestError(
-                    f"preset {parsed.model!r} names no upstream model and the server has no "
-                    "--model",
-                    param="model",
-                )
-            if self.config.count_with_logprobs and parsed.params.logprobs is None:
-                parsed = _with_counting_logprobs(parsed)
-            sampler = self.sampler(upstream_model, chat)
-            plan = plan_scaled(
-                parsed,
-                settings,
-                sampler,
-                limits=self.config.limits,
-                default_strategy=self.config.default_strategy,
-                verifier_factory=self.verifier_factory,
-            )
-        except RequestError as exc:
-            return "rejected", _error(exc.status, str(exc), param=exc.param)
-        if parsed.stream:
-            return "scaled", _HeldStream(
-                self._stream_scaled(plan, sampler, parsed.model),
+            scaled = self._plan(body, chat, header_settings, preset)
+        except TTScaleError as exc:
+            return "rejected", error_for(exc)
+        if scaled.plan.request.stream:
+            return "scaled", HeldStream(
+                self._stream_scaled(scaled),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        try:
-            answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
-        except RequestError as exc:
-            return "scaled", _error(exc.status, str(exc), param=exc.param)
-        except (SamplerError, ConfigError) as exc:
-            return "scaled", self._failure(exc)
-        self._count(answer)
-        return "scaled", JSONResponse(to_response(answer, parsed.model))
+        return "scaled", await self._answer(request, scaled)
 
-    def _failure(self, exc: Exception) -> JSONResponse:
-        if isinstance(exc, UpstreamError):
-            log.warning("upstream failed: %s", exc)
-            return _error(502, f"the upstream model server failed: {exc}")
-        if isinstance(exc, SamplerError):
-            log.warning("sampling failed: %s", exc)
-            return _error(502, f"sampling failed: {exc}")
-        return _error(400, str(exc))
+    def _plan(
+        self,
+        body: Mapping[str, Any],
+        chat: bool,
+        header_settings: ScaleSettings,
+        preset: ScaleSettings | None,
+    ) -> _Scaled:
+        """Check a scaled request and build what answers it; nothing is drawn."""
+        parsed = parse_request(body, chat=chat, limits=self.config.limits)
+        settings = resolve_settings(parsed.settings, header_settings, preset, self.config.default)
+        strategy = settings.strategy or self.config.default_strategy
+        for source, where in ((parsed.settings, "ttscale"), (header_settings, "X-TTScale")):
+            check_request(strategy, source.options, where=where)
+            if not self.config.allow_request_endpoints:
+                _refuse_endpoints(source, header=where != "ttscale")
+        upstream_model = settings.model or (
+            self.config.model if preset is not None else parsed.model
+        )
+        if upstream_model is None:
+            raise RequestError(
+                f"preset {parsed.model!r} names no upstream model and the server has no --model",
+                param="model",
+            )
+        if self.config.count_with_logprobs and parsed.params.logprobs is None:
+            parsed = _with_counting_logprobs(parsed)
+        sampler = self.sampler(upstream_model, chat)
+        plan = plan_scaled(
+            parsed,
+            settings,
+            sampler,
+            limits=self.config.limits,
+            default_strategy=self.config.default_strategy,
+            server_options=self._server_options,
+        )
+        return _Scaled(plan, sampler, parsed.model)
+
+    async def _answer(self, request: Request, scaled: _Scaled) -> Response:
+        """Run a scaled request; a client that hangs up first stops it and is counted as 499."""
+        task = asyncio.create_task(
+            run_scaled(scaled.plan, scaled.sampler, unfinished=self.unfinished)
+        )
+        gone = asyncio.create_task(_hung_up(request))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not task.done():
+                # The client went away (or this handler was cancelled): stop drawing for it.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            return error_response(499, "the client closed the request before its answer")
+        failure = task.exception()
+        if failure is not None:
+            if not isinstance(failure, Exception):
+                raise failure
+            return error_for(failure)
+        answer = task.result()
+        self._count(answer)
+        return JSONResponse(to_response(answer, scaled.model))
 
     def _count(self, answer: ScaledAnswer) -> None:
         usage = answer.usage
@@ -584,10 +471,10 @@ class Proxy:
     def _count_spend(self, spent: Spend) -> None:
         self.metrics.spend(spent.samples, spent.prompt_tokens, spent.completion_tokens)
 
-    async def _stream_scaled(
-        self, plan: Any, sampler: OpenAISampler, model: str
-    ) -> AsyncGenerator[bytes, None]:
-        task = asyncio.create_task(run_scaled(plan, sampler, unfinished=self.unfinished))
+    async def _stream_scaled(self, scaled: _Scaled) -> AsyncGenerator[bytes, None]:
+        task = asyncio.create_task(
+            run_scaled(scaled.plan, scaled.sampler, unfinished=self.unfinished)
+        )
         try:
             # SSE comments keep idle-timeout proxies and clients from dropping the connection
             # while the samples are drawn; clients ignore them.
@@ -597,15 +484,16 @@ class Proxy:
                 if done:
                     break
                 yield b": keep-alive\n\n"
-            try:
-                answer = task.result()
-            except (RequestError, SamplerError, ConfigError) as exc:
-                failure = json.loads(bytes(self._failure(exc).body))
-                yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+            failure = task.exception()
+            if failure is not None:
+                if not isinstance(failure, Exception):
+                    raise failure
+                yield b"data: " + bytes(error_for(failure).body) + b"\n\n"
                 yield b"data: [DONE]\n\n"
                 return
+            answer = task.result()
             self._count(answer)
-            for chunk in stream_chunks(answer, model):
+            for chunk in stream_chunks(answer, scaled.model):
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
@@ -621,18 +509,18 @@ class Proxy:
         # encoding), which costs more CPU than the rest of a pass-through together. The
         # upstream's answer, errors included, comes back as it was sent (the client's own
         # retries see a 429 or a 5xx); only a connection that could not be made is retried.
-        shard = min(range(len(self._pools)), key=self._pool_in_flight.__getitem__)
-        self._pool_in_flight[shard] += 1
+        clients = self.upstream_clients
+        shard = clients.acquire()
         handed_over = False
         try:
             upstream = await self._send_upstream(shard, chat, raw)
             if isinstance(upstream, JSONResponse):
                 return upstream
-            headers = _relayed_headers(upstream.headers)
+            headers = relayed_headers(upstream.headers)
             if body.get("stream") and upstream.status_code < 400:
                 handed_over = True  # the stream's end gives the pool back
-                return _HeldStream(
-                    _relay(upstream),
+                return HeldStream(
+                    relay(upstream),
                     status_code=upstream.status_code,
                     headers=headers,
                     cleanup=functools.partial(self._end_relay, shard, upstream),
@@ -641,18 +529,18 @@ class Proxy:
                 content = await upstream.aread()
             except httpx2.TransportError as exc:
                 log.warning("upstream failed: %s", exc)
-                return _error(502, f"the upstream model server failed: {exc}")
+                return error_response(502, f"the upstream model server failed: {exc}")
             finally:
                 await upstream.aclose()
         finally:
             if not handed_over:
-                self._pool_in_flight[shard] -= 1
+                clients.release(shard)
         if upstream.status_code < 400:
             self._count_passthrough(content)
         return Response(content, status_code=upstream.status_code, headers=headers)
 
     async def _end_relay(self, shard: int, upstream: httpx2.Response) -> None:
-        self._pool_in_flight[shard] -= 1
+        self.upstream_clients.release(shard)
         await upstream.aclose()
 
     async def _send_upstream(
@@ -661,18 +549,19 @@ class Proxy:
         request = httpx2.Request(
             "POST", self._urls[chat], headers=self._upstream_headers, content=raw
         )
+        pool = self.upstream_clients.pools[shard]
         for attempt in range(self.config.max_retries + 1):
             try:
-                return await self._pools[shard].send(request, stream=True)
+                return await pool.send(request, stream=True)
             except httpx2.ConnectError as exc:
                 # Nothing reached the upstream: safe to try again, as the openai client would.
                 if attempt == self.config.max_retries:
                     log.warning("upstream unreachable: %s", exc)
-                    return _error(502, f"could not reach the upstream model server: {exc}")
+                    return error_response(502, f"could not reach the upstream model server: {exc}")
                 await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
             except httpx2.TransportError as exc:
                 log.warning("upstream failed: %s", exc)
-                return _error(502, f"the upstream model server failed: {exc}")
+                return error_response(502, f"the upstream model server failed: {exc}")
         raise AssertionError("unreachable")
 
     def _count_passthrough(self, content: bytes) -> None:
@@ -687,7 +576,7 @@ class Proxy:
 
     async def models(self, request: Request) -> Response:
         if not self.authorised(request):
-            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+            return error_response(401, _UNAUTHORISED)
         data: list[dict[str, Any]] = [
             {
                 "id": name,
@@ -708,126 +597,12 @@ class Proxy:
         return JSONResponse({"object": "list", "data": data})
 
 
-@dataclass
-class _Slot:
-    """One request's place among those served at once, and its latency clock.
-
-    Held from admission until the answer is sent: for a stream that is when the last byte went
-    out or the client hung up, not when the handler returned.
-    """
-
-    metrics: Metrics
-    endpoint: str
-    started: float
-    mode: str = "error"
-    status: int = 500
-    owner: object | None = None
-    released: bool = False
-
-    def __post_init__(self) -> None:
-        self.metrics.in_flight += 1
-
-    def release(self) -> None:
-        if self.released:
+async def _hung_up(request: Request) -> None:
+    """Return once the client has closed its connection (the body was read before)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
             return
-        self.released = True
-        self.metrics.in_flight -= 1
-        self.metrics.observe(
-            self.endpoint, self.mode, self.status, time.perf_counter() - self.started
-        )
-
-
-class _HeldStream(StreamingResponse):
-    """A streamed answer that holds its request's slot until the stream has ended.
-
-    Ending covers every way out: the last chunk sent, the client gone (Starlette stops sending),
-    or an error. The body iterator is closed then too, so that a scaled stream's sampling stops
-    and a relayed upstream response is closed even if sending never started. A stream the client
-    left before its end is counted with status 499 (nginx's "client closed request").
-    """
-
-    def __init__(
-        self,
-        content: AsyncGenerator[bytes, None],
-        *,
-        cleanup: Callable[[], Awaitable[None]] | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(self._until_the_end(content), **options)
-        self._content = content
-        self._cleanup = cleanup
-        self._slot: _Slot | None = None
-        self._ended = False
-
-    @property
-    def slot(self) -> _Slot | None:
-        return self._slot
-
-    @slot.setter
-    def slot(self, slot: _Slot) -> None:
-        slot.owner = self
-        self._slot = slot
-
-    async def _until_the_end(self, content: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-        async for chunk in content:
-            yield chunk
-        self._ended = True
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        # Starlette returns normally when the client hangs up; a failure while streaming raises.
-        hung_up = True
-        try:
-            await super().__call__(scope, receive, send)
-        except Exception as exc:
-            hung_up = isinstance(exc, ClientDisconnect | OSError)
-            raise
-        finally:
-            if self._slot is not None:
-                if not self._ended:
-                    self._slot.status = 499 if hung_up else 500
-                # First, and without awaiting: nothing below can keep the slot taken.
-                self._slot.release()
-            # Shielded: a cancelled request must still close what it opened.
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await self._content.aclose()
-                if self._cleanup is not None:
-                    with contextlib.suppress(Exception):
-                        await self._cleanup()
-
-
-# Headers that describe one hop, or the body as the proxy sends it again, not the answer.
-_HOP_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "date",
-        "server",
-    }
-)
-
-
-def _relayed_headers(headers: httpx2.Headers) -> dict[str, str]:
-    """The upstream's headers a relayed answer keeps (content type, retry-after, request ids)."""
-    kept = {name: value for name, value in headers.items() if name not in _HOP_HEADERS}
-    kept.setdefault("content-type", "application/json")
-    return kept
-
-
-async def _relay(upstream: httpx2.Response) -> AsyncGenerator[bytes, None]:
-    try:
-        async for chunk in upstream.aiter_raw():
-            yield chunk
-    finally:
-        await upstream.aclose()
 
 
 def _with_counting_logprobs(request: ChatRequest) -> ChatRequest:
@@ -858,20 +633,21 @@ def create_app(config: ProxyConfig) -> FastAPI:
 
     async def metrics(request: Request) -> Response:
         if not proxy.authorised(request):
-            return _error(401, "missing or wrong proxy API key (Authorization: Bearer ...)")
+            return error_response(401, _UNAUTHORISED)
         return Response(proxy.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def no_route(request: Request, exc: Exception) -> Response:
         # Unknown paths and methods get an error in OpenAI's shape too, not the framework's.
         status = getattr(exc, "status_code", 404)
         what = "path" if status == 404 else f"method {request.method} for"
-        return _error(status, f"no such endpoint: {what} {request.url.path}")
+        return error_response(status, f"no such endpoint: {what} {request.url.path}")
 
     # FastAPI serving plain Starlette routes: its per-route request handling (dependency solving,
     # body validation) cost a tenth of a pass-through's CPU, and these handlers validate the
     # OpenAI body themselves to name the failing field in OpenAI's error shape. No docs routes:
     # the proxy's surface is the OpenAI API and nothing else.
     app = FastAPI(
+        redirect_slashes=False,  # /v1/chat/completions/ is a 404 in OpenAI's shape, not a 307
         openapi_url=None,
         docs_url=None,
         redoc_url=None,

@@ -1,19 +1,43 @@
-"""Name lookup for samplers, strategies and verifiers through entry points.
+"""Name lookup and building of samplers, strategies and verifiers through entry points.
 
 Built-ins register in ``pyproject.toml`` exactly as a third-party plugin registers in its own, so
 ``ttscale.registry.create("strategy", "majority", ...)`` finds both the same way.
+:func:`build_strategy` and :func:`build_verifier` build them from settings (a request's, a run's),
+every failure a :class:`~ttscale.errors.ConfigError` naming the settings field at fault.
+
+One caching policy: a name once found keeps its object (its module stays imported anyway), so a
+server pays the entry-point scan (milliseconds of CPU over every installed distribution's
+metadata) once per name; an unknown name is looked up again each time, so a plugin installed
+while the process runs is still found.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ttscale.errors import ConfigError, UnknownNameError
+from ttscale.errors import ConfigError, TTScaleError, UnknownNameError, UnknownOptionError
 
-__all__ = ["GROUPS", "Kind", "available", "build_config", "create", "load"]
+if TYPE_CHECKING:
+    from ttscale.protocols import Sampler, Strategy, Verifier
+    from ttscale.types import SamplingParams
+
+__all__ = [
+    "GROUPS",
+    "Kind",
+    "available",
+    "build_config",
+    "build_strategy",
+    "build_verifier",
+    "check_request",
+    "create",
+    "load",
+    "takes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +82,26 @@ def available(kind: str) -> list[str]:
     return sorted(_entry_points(kind))
 
 
+# What load found, by kind and name (see the module docstring).
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
 def load(kind: str, name: str) -> Any:
     """The object (usually a class or factory) registered under ``name``."""
+    cached = _LOADED.get((kind, name))
+    if cached is not None:
+        return cached
     found = _entry_points(kind)
     if name not in found:
         raise UnknownNameError(kind, name, list(found))
     try:
-        return found[name].load()
+        loaded = found[name].load()
     except Exception as exc:  # a broken plugin must not look like a missing one
         raise ConfigError(
             f"{kind} {name!r} is registered as {found[name].value!r} but failed to load: {exc}"
         ) from exc
+    _LOADED[(kind, name)] = loaded
+    return loaded
 
 
 def create(kind: str, name: str, **options: Any) -> Any:
@@ -87,9 +120,139 @@ def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str
     names = {f.name for f in dataclasses.fields(config_type)}
     unknown = sorted(set(options) - names)
     if unknown:
-        error = ConfigError(
-            f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        raise UnknownOptionError(
+            f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}",
+            options=unknown,
         )
-        error.unknown_options = unknown  # type: ignore[attr-defined]  # for callers naming a field
-        raise error
     return config_type(**options)
+
+
+def takes(factory: Any, name: str) -> bool:
+    """Whether ``factory`` accepts a keyword argument ``name`` (False if it cannot be told)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _prefixed(exc: ConfigError, where: str) -> str:
+    """The settings field an error raised while building a component is about."""
+    if exc.param is None:
+        return where
+    return exc.param if exc.param.startswith(where) else f"{where}.{exc.param}"
+
+
+def build_strategy(
+    name: str,
+    samples: int,
+    k: int,
+    params: SamplingParams,
+    options: Mapping[str, Any],
+    *,
+    where: str = "ttscale",
+) -> Strategy:
+    """The registered strategy ``name`` built from settings ``options`` (under ``where``).
+
+    Every failure is a :class:`ConfigError` whose ``param`` is the settings field at fault.
+    """
+    reserved = sorted({"samples", "k", "params"} & set(options))
+    if reserved:
+        param = f"{where}.{reserved[0]}"
+        raise ConfigError(f"{param} is set by the request itself", param=param)
+    try:
+        factory = load("strategy", name)
+    except UnknownNameError as exc:
+        raise UnknownNameError(exc.kind, exc.name, exc.known, param=f"{where}.strategy") from exc
+    try:
+        strategy: Strategy = factory(samples=samples, k=k, params=params, **options)
+    except UnknownOptionError as exc:
+        keys = ", ".join(exc.options)
+        raise UnknownOptionError(
+            f"unknown {where} key(s) {keys} for strategy {name!r} ({exc})",
+            options=exc.options,
+            param=f"{where}.{exc.options[0]}",
+        ) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"strategy {name!r}: {exc}", param=_prefixed(exc, where)) from exc
+    except (TypeError, ValueError, KeyError) as exc:
+        # An option of the wrong type that the strategy's config did not check itself.
+        raise ConfigError(
+            f"strategy {name!r} cannot be built with {sorted(options)}: {exc}", param=where
+        ) from exc
+    return strategy
+
+
+def build_verifier(
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    sampler: Sampler | None = None,
+    where: str = "ttscale.verifier",
+    server_options: Mapping[str, Any] | None = None,
+) -> Verifier:
+    """The registered verifier ``name`` built with ``options``.
+
+    A verifier that takes a ``sampler`` (an LLM judge) and is given none asks ``sampler``, so its
+    tokens land in the same usage. ``server_options`` are the caller's own settings (a server's
+    ``allow_code_execution``), given to a verifier that has them and never taken from
+    ``options``. Every failure is a :class:`ConfigError` naming ``where``.
+    """
+    try:
+        factory = load("verifier", name)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), param=where) from exc
+    options = dict(options)
+    server = dict(server_options or {})
+    for key in sorted(set(server) & set(options)):
+        raise ConfigError(
+            f"{where}.{key} is the server's to set, not a request's", param=f"{where}.{key}"
+        )
+    if sampler is not None and "sampler" not in options and takes(factory, "sampler"):
+        options["sampler"] = sampler
+    try:
+        return _built(factory, options, server)
+    except ConfigError as exc:
+        raise ConfigError(f"verifier {name!r}: {exc}", param=where) from exc
+    except (TTScaleError, TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"verifier {name!r} cannot be built with {sorted(options)}: {exc}", param=where
+        ) from exc
+
+
+def _may_take(factory: Any, name: str) -> bool:
+    """Whether ``factory`` takes keyword ``name``, or any keyword (``**options``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _built(factory: Any, options: dict[str, Any], server: dict[str, Any]) -> Verifier:
+    # Server options go to the verifiers that have them: one taking any keyword that says it has
+    # not them is built again without them.
+    server = {key: value for key, value in server.items() if _may_take(factory, key)}
+    try:
+        verifier: Verifier = factory(**options, **server)
+    except UnknownOptionError as exc:
+        if not server or not set(exc.options) <= set(server):
+            raise
+        kept = {key: value for key, value in server.items() if key not in exc.options}
+        verifier = factory(**options, **kept)
+    return verifier
+
+
+def check_request(name: str, options: Mapping[str, Any], *, where: str = "ttscale") -> None:
+    """Let strategy ``name`` refuse options a remote request may not give (its
+    ``check_request``: a file on the server, say); an unknown name is left to the builder."""
+    try:
+        factory = load("strategy", name)
+    except ConfigError:
+        return
+    check = getattr(factory, "check_request", None)
+    if not callable(check):
+        return
+    try:
+        check(options)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), param=_prefixed(exc, where)) from exc

@@ -44,29 +44,22 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ttscale.budget import BudgetedSampler, Condition, StopCondition
-from ttscale.errors import ConfigError, RequestError
+from ttscale.budget import BudgetedSampler, Condition, StopCondition, budget_condition, parse_limits
+from ttscale.errors import ConfigError
 from ttscale.portal import Portal, default_portal
 from ttscale.protocols import Sampler, Strategy, Verifier, as_strategy, as_verifier
 from ttscale.registry import create
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
-from ttscale.scaling import (
-    BUDGET_LIMITS,
-    ChatRequest,
-    RequestLimits,
-    ScaledAnswer,
-    ScaledPlan,
-    UnfinishedDraws,
-    budget_condition,
-    parse_request,
-    parse_settings,
-    plan_scaled,
-    run_scaled,
-    stream_chunks,
-    to_response,
-)
+from ttscale.scaling import ScaledPlan, UnfinishedDraws, plan_scaled, run_scaled
 from ttscale.seeds import derive_seed, random_base_seed
+from ttscale.settings import (
+    RequestLimits,
+    parse_settings,
+    resolve_settings,
+    settings_from_headers,
+)
 from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Usage
+from ttscale.wire import ChatRequest, ScaledAnswer, parse_request, stream_chunks, to_response
 
 __all__ = ["Scaled", "ScaledAsyncOpenAI", "ScaledOpenAI", "scale", "wrap"]
 
@@ -331,12 +324,7 @@ def _parameters(function: Callable[..., Any]) -> Mapping[str, inspect.Parameter]
 def _budget(budget: Condition | Mapping[str, float] | None) -> StopCondition | Condition | None:
     if budget is None or not isinstance(budget, Mapping):
         return budget
-    unknown = sorted(set(budget) - set(BUDGET_LIMITS))
-    if unknown:
-        raise ConfigError(
-            f"unknown budget limit(s) {', '.join(unknown)}; known: {', '.join(BUDGET_LIMITS)}"
-        )
-    return budget_condition(budget)
+    return budget_condition(parse_limits(budget, "budget"))
 
 
 # -- wrap: an openai client ----------------------------------------------------------------------
@@ -375,10 +363,7 @@ class _Scaler:
             raw["k"] = k
         if budget_map:
             raw["budget"] = dict(budget_map)
-        try:
-            self.defaults = parse_settings(raw, "wrap()")
-        except RequestError as exc:
-            raise ConfigError(str(exc)) from exc
+        self.defaults = parse_settings(raw, "wrap()")
         # A budget given as a condition spans every call of the wrapped client.
         self.shared_budget = (
             budget if budget is not None and not isinstance(budget, Mapping) else None
@@ -435,11 +420,17 @@ class _Scaler:
 
     def wants_scaling(self, kwargs: Mapping[str, Any]) -> bool:
         extra = kwargs.get("extra_body") or {}
-        return self.always or "ttscale" in extra
+        headers = kwargs.get("extra_headers") or {}
+        named = any(str(name).lower().startswith("x-ttscale-") for name in headers)
+        return self.always or "ttscale" in extra or named
 
-    def plan(self, body: Mapping[str, Any]) -> tuple[ScaledPlan, Sampler]:
+    def plan(
+        self, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> tuple[ScaledPlan, Sampler]:
         request = parse_request(body, chat=True, limits=self.limits)
-        settings = request.settings.over(self.defaults)
+        settings = resolve_settings(
+            request.settings, settings_from_headers(headers or {}), default=self.defaults
+        )
         sampler = self.sampler(request.model)
         if self.strategy_object is not None and request.settings.strategy is None:
             plan = plan_scaled(request, settings, sampler, limits=self.limits)
@@ -467,7 +458,7 @@ class _Scaler:
         return plan, sampler
 
     async def create(self, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
-        plan, sampler = self.plan(self.body(kwargs))
+        plan, sampler = self.plan(self.body(kwargs), kwargs.get("extra_headers"))
         answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
         return _as_openai(answer, plan.request)
 

@@ -34,7 +34,7 @@ from ttscale.protocols import Sampler, as_sampler
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, SamplingParams, Score, TokenLogprob
 from ttscale.verifiers.base import LoopBound
-from ttscale.verifiers.reward_model import format_pair
+from ttscale.verifiers.reward_model import check_template, format_pair
 
 __all__ = [
     "JudgeConfig",
@@ -134,6 +134,8 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("pointwise", "yes_no"):
             raise ConfigError(f"judge mode must be pointwise or yes_no, got {self.mode!r}")
+        if self.template is not None:
+            check_template(self.template, ("prompt", "candidate", "reference"))
         if self.samples < 1 or self.concurrency < 1 or self.scale <= 0:
             raise ConfigError("samples and concurrency must be >= 1, scale > 0")
         if self.mode == "yes_no" and self.params.logprobs is None:

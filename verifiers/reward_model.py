@@ -76,6 +76,20 @@ RewardApi = Literal["classify", "pooling", "score"]
 _APIS = ("classify", "pooling", "score")
 
 
+def check_template(template: Any, fields: tuple[str, ...] = ("prompt", "candidate")) -> None:
+    """Raise a ConfigError naming ``template`` unless it formats with ``fields`` alone (pure)."""
+    try:
+        if not isinstance(template, str):
+            raise TypeError(f"a string, got {type(template).__name__}")
+        template.format(**dict.fromkeys(fields, ""))
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"template must be a string using only {', '.join('{' + f + '}' for f in fields)}: "
+            f"{type(exc).__name__} {exc}",
+            param="template",
+        ) from exc
+
+
 def format_pair(problem: Problem, candidate: Candidate, template: str) -> str:
     """The text a reward model reads for one candidate (pure)."""
     if problem.prompt is not None:

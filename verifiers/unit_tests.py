@@ -297,8 +297,12 @@ class UnitTestVerifier:
             self._sandbox.close()
             self._sandbox = None
 
-    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+    def preflight(self) -> None:
+        """Raise :class:`SandboxRefused` now if scoring would (code execution not allowed)."""
         check_code_execution_allowed(self.config.allow_code_execution, "UnitTestVerifier")
+
+    async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        self.preflight()
         plans: list[CheckPlan | DataError] = []
         for candidate in candidates:
             try:

@@ -57,6 +57,7 @@ from aiolimiter import AsyncLimiter
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw, deliver
 from ttscale.registry import build_config
+from ttscale.samplers.upstream import UpstreamClients
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
     Candidate,
@@ -67,6 +68,7 @@ from ttscale.types import (
     TokenLogprob,
     Usage,
 )
+from ttscale.wire import request_body
 
 __all__ = ["EARLY_STOP", "OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
@@ -180,32 +182,21 @@ class OpenAISampler:
         self,
         config: OpenAISamplerConfig | None = None,
         *,
-        client: openai.AsyncOpenAI | Sequence[openai.AsyncOpenAI] | None = None,
+        client: openai.AsyncOpenAI | Sequence[openai.AsyncOpenAI] | UpstreamClients | None = None,
         **options: Any,
     ) -> None:
         """``client``: the ``openai`` client(s) to draw through instead of the sampler's own (the
         caller closes them); several of one server share the requests as the sampler's own
-        shards do, and the first keys what is learnt of the endpoint's ``n``."""
+        shards do, and the first keys what is learnt of the endpoint's ``n``. Given as
+        :class:`UpstreamClients`, the requests in flight are counted with the caller's own."""
         if config is None:
             config = build_config(OpenAISamplerConfig, options, "OpenAISampler")
         elif options:
             raise ConfigError("pass either a config or keyword options to OpenAISampler, not both")
         self.config = config
         self._owns_client = client is None
-        # httpcore's pool looks at every one of its connections on each request, so one pool of
-        # 64 connections costs more CPU per request than the rest of a request together. Several
-        # clients with smaller pools (each still the openai client with its own retries and
-        # pooling) keep that cost flat as the concurrency bound grows.
-        shards = config.client_shards or max(1, math.ceil(config.concurrency / 8))
-        if client is None:
-            self._clients = [self._make_client(config) for _ in range(shards)]
-        elif isinstance(client, openai.AsyncOpenAI):
-            self._clients = [client]
-        else:
-            self._clients = list(client)
-            if not self._clients:
-                raise ConfigError("OpenAISampler(client=...) got an empty list of clients")
-        self._in_flight = [0] * len(self._clients)
+        self._upstream = self._upstream_clients(config, client)
+        self._clients = self._upstream.clients
         base = config.params.seed
         self.base_seed = base if base is not None else random_base_seed()
         if base is None:
@@ -227,15 +218,27 @@ class OpenAISampler:
         self._prompt_tokens: OrderedDict[str, int] = OrderedDict()
 
     @staticmethod
-    def _make_client(config: OpenAISamplerConfig) -> openai.AsyncOpenAI:
+    def _upstream_clients(
+        config: OpenAISamplerConfig,
+        client: openai.AsyncOpenAI | Sequence[openai.AsyncOpenAI] | UpstreamClients | None,
+    ) -> UpstreamClients:
+        if isinstance(client, UpstreamClients):
+            return client
+        if isinstance(client, openai.AsyncOpenAI):
+            return UpstreamClients([client], owned=False)
+        if client is not None:
+            if not client:
+                raise ConfigError("OpenAISampler(client=...) got an empty list of clients")
+            return UpstreamClients(client, owned=False)
         api_key = config.api_key
         if api_key is None and config.api_key_env:
             api_key = os.environ.get(config.api_key_env)
-        return openai.AsyncOpenAI(
+        return UpstreamClients.create(
             base_url=config.base_url,
-            api_key=api_key or "not-needed",
+            api_key=api_key,
             max_retries=config.max_retries,
             timeout=config.timeout,
+            shards=config.client_shards or max(1, math.ceil(config.concurrency / 8)),
         )
 
     def with_model(self, model: str) -> OpenAISampler:
@@ -255,8 +258,7 @@ class OpenAISampler:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            for client in self._clients:
-                await client.close()
+            await self._upstream.aclose()
 
     async def __aenter__(self) -> OpenAISampler:
         return self
@@ -505,10 +507,9 @@ class OpenAISampler:
         body = self._body(request_input, params, 1, seed)
         body.update(stream=True, stream_options={"include_usage": True})
         reading = _StreamRead()
-        shard = self._least_busy()
         async with semaphore:
             started = time.perf_counter()
-            self._in_flight[shard] += 1  # a stream holds its connection until it is closed
+            shard = self._upstream.acquire()  # a stream holds its connection until it is closed
             try:
                 stream = await self._open_stream(draw, shard, body)
                 try:
@@ -521,7 +522,7 @@ class OpenAISampler:
                         await stream.close()
                     self._record_stream(draw, reading, request_input, params, index, seed, started)
             finally:
-                self._in_flight[shard] -= 1
+                self._upstream.release(shard)
 
     async def _open_stream(
         self, draw: _Draw, shard: int, body: dict[str, Any]
@@ -632,15 +633,12 @@ class OpenAISampler:
         # skips the typed-params transform and the pydantic response models, which cost more CPU
         # per request than everything else here (see benchmarks/sampler_throughput.py). The body
         # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
-        shard = self._least_busy()
-        self._in_flight[shard] += 1
+        upstream = self._upstream
+        shard = upstream.acquire()
         try:
-            return await self._clients[shard].post(self._path, cast_to=object, body=body)
+            return await upstream.clients[shard].post(self._path, cast_to=object, body=body)
         finally:
-            self._in_flight[shard] -= 1
-
-    def _least_busy(self) -> int:
-        return min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            upstream.release(shard)
 
     @property
     def _path(self) -> str:
@@ -653,29 +651,14 @@ class OpenAISampler:
         count: int,
         seed: int,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.config.model, "seed": seed}
-        if count > 1:
-            body["n"] = count
-        if params.temperature is not None:
-            body["temperature"] = params.temperature
-        if params.top_p is not None:
-            body["top_p"] = params.top_p
-        if params.max_tokens is not None:
-            body["max_tokens"] = params.max_tokens
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if self.config.endpoint == "chat":
-            body["messages"] = request_input
-            if params.logprobs is not None:
-                body["logprobs"] = True
-                if params.logprobs > 0:
-                    body["top_logprobs"] = params.logprobs
-        else:
-            body["prompt"] = request_input
-            if params.logprobs is not None:
-                body["logprobs"] = params.logprobs
-        body.update(params.extra_body)
-        return body
+        return request_body(
+            self.config.model,
+            request_input,
+            params,
+            count,
+            seed,
+            chat=self.config.endpoint == "chat",
+        )
 
     def _learn_n(self, supported: bool, why: str) -> None:
         if self.n_supported is not supported:

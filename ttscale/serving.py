@@ -1,0 +1,334 @@
+"""The proxy's HTTP layer: errors in OpenAI's shape, metrics, bodies read, answers streamed.
+
+:func:`error_for` is the one place where an error becomes an HTTP status: every
+:class:`~ttscale.errors.ConfigError` (bad settings, a bad request) is the client's 400 naming its
+field; code execution refused is a 403; an upstream's own 4xx is relayed as that 4xx (but a 401
+or 403, which is about the proxy's key, is a 502); other sampling failures are 502s. Anything else
+is a bug, logged, and a 500 in the same shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from ttscale.errors import (
+    BudgetExhausted,
+    ConfigError,
+    RequestError,
+    SamplerError,
+    SandboxRefused,
+    UpstreamError,
+    VerifierError,
+)
+
+__all__ = [
+    "BodyTooLarge",
+    "HeldStream",
+    "Metrics",
+    "Slot",
+    "error_for",
+    "error_response",
+    "read_body",
+    "relay",
+    "relayed_headers",
+]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Counters and a latency histogram, rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.samples = 0
+        self.tokens = {"prompt": 0, "completion": 0}
+        self.rejected: dict[str, int] = {}
+        self.in_flight = 0
+        self.latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
+        key = (endpoint, mode, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_sum += seconds
+        for position, bound in enumerate(_LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_counts[position] += 1
+                break
+        else:
+            self.latency_counts[-1] += 1
+
+    def spend(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
+        self.samples += samples
+        self.tokens["prompt"] += prompt_tokens
+        self.tokens["completion"] += completion_tokens
+
+    def render(self) -> str:
+        lines = [
+            "# HELP ttscale_requests_total Requests answered, by endpoint, mode and status.",
+            "# TYPE ttscale_requests_total counter",
+        ]
+        for (endpoint, mode, status), count in sorted(self.requests.items()):
+            lines.append(
+                f'ttscale_requests_total{{endpoint="{endpoint}",mode="{mode}",'
+                f'status="{status}"}} {count}'
+            )
+        lines += [
+            "# HELP ttscale_samples_total Samples drawn from the upstream for scaled requests.",
+            "# TYPE ttscale_samples_total counter",
+            f"ttscale_samples_total {self.samples}",
+            "# HELP ttscale_tokens_total Tokens the upstream reported, by kind.",
+            "# TYPE ttscale_tokens_total counter",
+        ]
+        for kind, count in self.tokens.items():
+            lines.append(f'ttscale_tokens_total{{kind="{kind}"}} {count}')
+        lines += [
+            "# HELP ttscale_rejected_total Requests refused before any work, by reason.",
+            "# TYPE ttscale_rejected_total counter",
+        ]
+        for reason, count in sorted(self.rejected.items()):
+            lines.append(f'ttscale_rejected_total{{reason="{reason}"}} {count}')
+        lines += [
+            "# HELP ttscale_in_flight Requests being served now.",
+            "# TYPE ttscale_in_flight gauge",
+            f"ttscale_in_flight {self.in_flight}",
+            "# HELP ttscale_request_latency_seconds Time to answer a request.",
+            "# TYPE ttscale_request_latency_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip(_LATENCY_BUCKETS, self.latency_counts, strict=False):
+            cumulative += count
+            lines.append(f'ttscale_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+        total = cumulative + self.latency_counts[-1]
+        lines += [
+            f'ttscale_request_latency_seconds_bucket{{le="+Inf"}} {total}',
+            f"ttscale_request_latency_seconds_sum {self.latency_sum:.6f}",
+            f"ttscale_request_latency_seconds_count {total}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+_KINDS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    499: "client_closed_request",
+}
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, kind: str | None = None
+) -> JSONResponse:
+    """An error in OpenAI's format."""
+    default_kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "upstream_error")
+    return JSONResponse(
+        {
+            "error": {
+                "message": message,
+                "type": kind or default_kind,
+                "param": param,
+                "code": None,
+            }
+        },
+        status_code=status,
+    )
+
+
+def _upstream_status(exc: UpstreamError) -> int:
+    status = exc.status_code
+    # The upstream's own 4xx is the request's fault, but not a 401/403: that is the proxy's key.
+    if status is not None and 400 <= status < 500 and status not in (401, 403):
+        return status
+    return 502
+
+
+def error_for(exc: Exception) -> JSONResponse:
+    """The HTTP answer to an error raised while checking or answering a request."""
+    if isinstance(exc, RequestError):
+        return error_response(exc.status, str(exc), param=exc.param)
+    if isinstance(exc, ConfigError):
+        return error_response(400, str(exc), param=exc.param)
+    if isinstance(exc, SandboxRefused):
+        return error_response(
+            403,
+            f"{exc} (this server does not run model-written code: ttscale serve "
+            "--allow-code-execution)",
+            param="ttscale.verifier",
+        )
+    if isinstance(exc, BudgetExhausted):
+        return error_response(
+            400, f"the request's budget ended before an answer: {exc}", param="ttscale.budget"
+        )
+    if isinstance(exc, UpstreamError):
+        status = _upstream_status(exc)
+        log.warning("upstream failed: %s", exc)
+        if status < 500:
+            return error_response(status, f"the upstream model server refused: {exc}")
+        return error_response(502, f"the upstream model server failed: {exc}")
+    if isinstance(exc, SamplerError | VerifierError):
+        log.warning("sampling failed: %s", exc)
+        return error_response(502, f"sampling failed: {exc}")
+    log.error("unexpected error answering a request", exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- answers held until sent ---------------------------------------------------------------------
+
+
+@dataclass
+class Slot:
+    """One request's place among those served at once, and its latency clock.
+
+    Held from admission until the answer is sent: for a stream that is when the last byte went
+    out or the client hung up, not when the handler returned.
+    """
+
+    metrics: Metrics
+    endpoint: str
+    started: float
+    mode: str = "error"
+    status: int = 500
+    owner: object | None = None
+    released: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics.in_flight += 1
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.metrics.in_flight -= 1
+        self.metrics.observe(
+            self.endpoint, self.mode, self.status, time.perf_counter() - self.started
+        )
+
+
+class HeldStream(StreamingResponse):
+    """A streamed answer that holds its request's slot until the stream has ended.
+
+    Ending covers every way out: the last chunk sent, the client gone (Starlette stops sending),
+    or an error. The body iterator is closed then too, so that a scaled stream's sampling stops
+    and a relayed upstream response is closed even if sending never started. A stream the client
+    left before its end is counted with status 499 (nginx's "client closed request").
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(self._until_the_end(content), **options)
+        self._content = content
+        self._cleanup = cleanup
+        self._slot: Slot | None = None
+        self._ended = False
+
+    @property
+    def slot(self) -> Slot | None:
+        return self._slot
+
+    @slot.setter
+    def slot(self, slot: Slot) -> None:
+        slot.owner = self
+        self._slot = slot
+
+    async def _until_the_end(self, content: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        async for chunk in content:
+            yield chunk
+        self._ended = True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Starlette returns normally when the client hangs up; a failure while streaming raises.
+        hung_up = True
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            hung_up = isinstance(exc, ClientDisconnect | OSError)
+            raise
+        finally:
+            if self._slot is not None:
+                if not self._ended:
+                    self._slot.status = 499 if hung_up else 500
+                # First, and without awaiting: nothing below can keep the slot taken.
+                self._slot.release()
+            # Shielded: a cancelled request must still close what it opened.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await self._content.aclose()
+                if self._cleanup is not None:
+                    with contextlib.suppress(Exception):
+                        await self._cleanup()
+
+
+# Headers that describe one hop, or the body as the proxy sends it again, not the answer.
+HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
+
+
+def relayed_headers(headers: httpx2.Headers) -> dict[str, str]:
+    """The upstream's headers a relayed answer keeps (content type, retry-after, request ids)."""
+    kept = {name: value for name, value in headers.items() if name not in HOP_HEADERS}
+    kept.setdefault("content-type", "application/json")
+    return kept
+
+
+async def relay(upstream: httpx2.Response) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()

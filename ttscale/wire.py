@@ -1,0 +1,477 @@
+"""The OpenAI wire format: request bodies read and written, responses and stream chunks written.
+
+What the proxy, the wrapped client and :class:`~ttscale.samplers.openai_sampler.OpenAISampler`
+share: :func:`parse_request` reads a client's chat or completions body into a
+:class:`ChatRequest`, :func:`request_body` writes the body a sampler sends upstream, and
+:func:`to_response` / :func:`stream_chunks` write a scaled answer as OpenAI's ``chat.completion``
+(or ``text_completion``) object and stream. The answer's ``usage`` counts every token spent (all
+samples, every verifier call) and its top-level ``ttscale`` field carries the votes, scores,
+samples and budget used. Pure functions over plain data; errors are
+:class:`~ttscale.errors.RequestError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ttscale.errors import RequestError
+from ttscale.settings import RequestLimits, ScaleSettings, parse_settings, positive_int
+from ttscale.types import Candidate, Result, SamplingParams, Usage
+
+__all__ = [
+    "MAX_TOP_LOGPROBS",
+    "ChatRequest",
+    "ScaledAnswer",
+    "decode_body",
+    "metadata",
+    "parse_request",
+    "request_body",
+    "stream_chunks",
+    "to_response",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# OpenAI's bound on alternatives per token (chat top_logprobs, completions logprobs).
+MAX_TOP_LOGPROBS = 20
+
+# Request fields this module reads; every other field goes upstream unchanged (vLLM's top_k, ...).
+_CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "n",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "stream_options",
+        "ttscale",
+    }
+)
+_COMPLETION_FIELDS = (_CHAT_FIELDS - {"messages", "top_logprobs", "max_completion_tokens"}) | {
+    "prompt"
+}
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object; anything else (bad JSON, nesting too deep) a RequestError."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise RequestError("the request body is nested too deeply") from exc
+    except ValueError as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """An OpenAI chat or completions request, read and checked.
+
+    ``prompt`` is the messages (chat) or the text (completions); ``extra`` the fields sent upstream
+    unchanged; ``n`` the client's ``n`` when it gave one.
+    """
+
+    chat: bool
+    model: str
+    prompt: str | tuple[Mapping[str, Any], ...]
+    n: int | None
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    settings: ScaleSettings
+    logprobs: bool
+
+
+def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise RequestError(f"{name} must be a number in [{low}, {high}], got {value!r}", param=name)
+    return float(value)
+
+
+def _content(content: Any, param: str) -> None:
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise RequestError(f"{param} must be a string or a list of parts", param=param)
+    for position, part in enumerate(content):
+        where = f"{param}[{position}]"
+        if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+            raise RequestError(f"{where} must be an object with a 'type'", param=where)
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise RequestError(f"{where}.text must be a string", param=f"{where}.text")
+
+
+def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list) or not value:
+        raise RequestError("messages must be a non-empty list of messages", param="messages")
+    for position, message in enumerate(value):
+        param = f"messages[{position}]"
+        if not isinstance(message, Mapping):
+            raise RequestError(f"{param} must be an object", param=param)
+        if not isinstance(message.get("role"), str):
+            raise RequestError(f"{param}.role must be a string", param=f"{param}.role")
+        _content(message.get("content"), f"{param}.content")
+    return tuple(value)
+
+
+def _completion_prompt(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    raise RequestError(
+        "prompt must be one string (a strategy answers one prompt per request)", param="prompt"
+    )
+
+
+def _encodable(body: Mapping[str, Any]) -> None:
+    # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 body can carry upstream.
+    for key, value in body.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(
+                f"{key} holds text that is not valid Unicode (a lone surrogate)", param=str(key)
+            ) from exc
+
+
+def _max_tokens(body: Mapping[str, Any], chat: bool, limits: RequestLimits) -> int | None:
+    name = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    requested = body.get(name)
+    if requested is None:
+        return limits.max_tokens
+    requested = positive_int(requested, name)
+    if limits.max_tokens is not None and requested > limits.max_tokens:
+        raise RequestError(
+            f"{name} {requested} is over this server's cap of {limits.max_tokens}", param=name
+        )
+    return requested
+
+
+def _stop(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise RequestError("stop must be a string or a list of strings", param="stop")
+
+
+def _logprobs(body: Mapping[str, Any], chat: bool) -> tuple[bool, int | None]:
+    """Whether the client wants logprobs back, and the alternatives per token to ask for."""
+    value = body.get("logprobs")
+    if chat:
+        if value not in (None, True, False):
+            raise RequestError("logprobs must be a boolean", param="logprobs")
+        if not value:
+            return False, None
+        top = body.get("top_logprobs")
+        if top is None or top == 0:
+            return True, 0
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise RequestError(
+                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top!r}",
+                param="top_logprobs",
+            )
+        return True, top
+    if value is None:
+        return False, None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+        raise RequestError("logprobs must be an integer in [0, 20]", param="logprobs")
+    return True, value
+
+
+def _params(body: Mapping[str, Any], chat: bool, limits: RequestLimits) -> SamplingParams:
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError(f"seed must be an integer, got {seed!r}", param="seed")
+    known = _CHAT_FIELDS if chat else _COMPLETION_FIELDS
+    return SamplingParams(
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 1e-9, 1.0),
+        max_tokens=_max_tokens(body, chat, limits),
+        stop=_stop(body.get("stop")),
+        logprobs=_logprobs(body, chat)[1],
+        seed=seed,
+        extra_body={key: value for key, value in body.items() if key not in known},
+    )
+
+
+def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None) -> ChatRequest:
+    """Read an OpenAI request body; raises :class:`RequestError` naming the bad field."""
+    limits = limits or RequestLimits()
+    if not isinstance(body, Mapping):
+        raise RequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("model must be a non-empty string", param="model")
+    prompt: str | tuple[Mapping[str, Any], ...] = (
+        _messages(body.get("messages")) if chat else _completion_prompt(body.get("prompt"))
+    )
+    n = body.get("n")
+    if n is not None:
+        n = positive_int(n, "n")
+    params = _params(body, chat, limits)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("stream must be a boolean", param="stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, Mapping):
+        raise RequestError("stream_options must be an object", param="stream_options")
+    _encodable(body)
+    return ChatRequest(
+        chat=chat,
+        model=model,
+        prompt=prompt,
+        n=n,
+        params=params,
+        stream=stream,
+        include_usage=bool(stream_options.get("include_usage")),
+        settings=parse_settings(body.get("ttscale")),
+        logprobs=_logprobs(body, chat)[0],
+    )
+
+
+def request_body(
+    model: str,
+    request_input: str | list[dict[str, Any]],
+    params: SamplingParams,
+    count: int,
+    seed: int,
+    *,
+    chat: bool,
+) -> dict[str, Any]:
+    """The body a sampler sends upstream for ``count`` samples (the inverse of parse_request)."""
+    body: dict[str, Any] = {"model": model, "seed": seed}
+    if count > 1:
+        body["n"] = count
+    if params.temperature is not None:
+        body["temperature"] = params.temperature
+    if params.top_p is not None:
+        body["top_p"] = params.top_p
+    if params.max_tokens is not None:
+        body["max_tokens"] = params.max_tokens
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if chat:
+        body["messages"] = request_input
+        if params.logprobs is not None:
+            body["logprobs"] = True
+            if params.logprobs > 0:
+                body["top_logprobs"] = params.logprobs
+    else:
+        body["prompt"] = request_input
+        if params.logprobs is not None:
+            body["logprobs"] = params.logprobs
+    body.update(params.extra_body)
+    return body
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaledAnswer:
+    """A strategy's answer to one request, with everything needed to report it."""
+
+    request: ChatRequest
+    settings: ScaleSettings
+    strategy: str
+    samples: int
+    k: int
+    result: Result
+    verifier_usage: Usage
+    budget: Mapping[str, Any]
+    wall_time_s: float
+    id: str
+
+    @property
+    def usage(self) -> Usage:
+        """Every token spent: the samples and the verifier's calls."""
+        return self.result.usage + self.verifier_usage
+
+
+def _trace_step(result: Result, step: str) -> Mapping[str, Any]:
+    for event in reversed(result.trace):
+        if event.step == step:
+            return event.data
+    return _EMPTY
+
+
+def metadata(answer: ScaledAnswer) -> dict[str, Any]:
+    """The response's top-level ``ttscale`` field."""
+    result = answer.result
+    scores = [
+        {"index": c.index, "value": s.value, "verdict": s.verdict}
+        for c, s in zip(result.candidates, result.scores, strict=False)
+        if s is not None
+    ]
+    stop = dict(_trace_step(result, "stop"))
+    vote = dict(_trace_step(result, "vote"))
+    return {
+        "strategy": answer.strategy,
+        "samples_requested": answer.samples,
+        "samples_used": len(result.candidates),
+        "k": answer.k,
+        "answers": list(result.answers),
+        "selected": [c.index for c in result.selected],
+        "votes": vote.get("votes", {}),
+        "scores": scores,
+        "stop": stop.get("reason"),
+        "usage": {
+            "sampling": result.usage.to_dict(),
+            "verifier": answer.verifier_usage.to_dict(),
+        },
+        "budget": {
+            "limits": dict(answer.settings.budget),
+            "spent": answer.budget.get("run", {}),
+        },
+        "verifier": answer.settings.verifier,
+    }
+
+
+def _usage_field(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _chat_logprobs(candidate: Candidate) -> dict[str, Any] | None:
+    if candidate.logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.token.encode()),
+                "top_logprobs": [
+                    {"token": a, "logprob": p, "bytes": list(a.encode())} for a, p in t.top
+                ],
+            }
+            for t in candidate.logprobs
+        ]
+    }
+
+
+def _completion_logprobs(candidate: Candidate) -> dict[str, Any] | None:
+    if candidate.logprobs is None:
+        return None
+    return {
+        "tokens": [t.token for t in candidate.logprobs],
+        "token_logprobs": [t.logprob for t in candidate.logprobs],
+        "top_logprobs": [dict(t.top) for t in candidate.logprobs],
+        "text_offset": [],
+    }
+
+
+def _choice(answer: ScaledAnswer, position: int, candidate: Candidate) -> dict[str, Any]:
+    finish = candidate.finish_reason or "stop"
+    if answer.request.chat:
+        return {
+            "index": position,
+            "message": {"role": "assistant", "content": candidate.text},
+            "finish_reason": finish,
+            "logprobs": _chat_logprobs(candidate) if answer.request.logprobs else None,
+        }
+    return {
+        "index": position,
+        "text": candidate.text,
+        "finish_reason": finish,
+        "logprobs": _completion_logprobs(candidate) if answer.request.logprobs else None,
+    }
+
+
+def to_response(answer: ScaledAnswer, model: str) -> dict[str, Any]:
+    """The answer as an OpenAI ``chat.completion`` or ``text_completion`` object."""
+    chat = answer.request.chat
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + answer.id,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [_choice(answer, i, c) for i, c in enumerate(answer.result.selected)],
+        "usage": _usage_field(answer.usage),
+        "system_fingerprint": None,
+        "ttscale": metadata(answer),
+    }
+
+
+def _pieces(text: str, size: int = 48) -> list[str]:
+    # Content deltas of a few words each, split after whitespace so no word is cut in two.
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space + 1 if space > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def stream_chunks(answer: ScaledAnswer, model: str) -> list[dict[str, Any]]:
+    """The answer as the chunks of an OpenAI stream (without the ``[DONE]`` line).
+
+    Per selected answer: a role delta (chat), content deltas, a finish reason; then, when the
+    request's ``stream_options.include_usage`` asks, a chunk with empty choices and the usage. The
+    last chunk carries the ``ttscale`` field.
+    """
+    chat = answer.request.chat
+    base = {
+        "id": ("chatcmpl-" if chat else "cmpl-") + answer.id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+    }
+    chunks: list[dict[str, Any]] = []
+
+    def choice(
+        position: int, text: str | None, finish: str | None, role: bool = False
+    ) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            return {"index": position, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": position, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+    for position, candidate in enumerate(answer.result.selected):
+        if chat:
+            chunks.append({**base, "choices": [choice(position, "", None, role=True)]})
+        for piece in _pieces(candidate.text):
+            chunks.append({**base, "choices": [choice(position, piece, None)]})
+        finish = candidate.finish_reason or "stop"
+        chunks.append({**base, "choices": [choice(position, None, finish)]})
+    if answer.request.include_usage:
+        chunks.append({**base, "choices": [], "usage": _usage_field(answer.usage)})
+    if chunks:
+        chunks[-1] = {**chunks[-1], "ttscale": metadata(answer)}
+    return chunks
