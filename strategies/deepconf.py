@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from ttscale.confidence import (
     MEASURES,
     ConfidenceSettings,
@@ -42,6 +44,7 @@ from ttscale.confidence import (
     group_confidences,
     measure,
     percentile,
+    stop_means,
     stop_position,
     token_confidences,
 )
@@ -188,12 +191,39 @@ def _weighted_winner(
 class StoredTrace:
     """One stored sample as the simulations read it: its answer, token confidences and length.
 
-    ``tokens`` is the completion token count (what drawing it in full cost).
+    ``tokens`` is the completion token count (what drawing it in full cost). What the rules derive
+    from the confidences (lowest group, window means, trace scores) is computed once per trace and
+    setting and kept, since replays read each trace in many orders.
     """
 
     answer: str | None
     confidences: tuple[float, ...]
     tokens: int
+    _derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def lowest(self, window: int) -> float | None:
+        """:func:`lowest_group` of the trace."""
+        key = ("lowest", window)
+        if key not in self._derived:
+            self._derived[key] = lowest_group(self.confidences, window)
+        found: float | None = self._derived[key]
+        return found
+
+    def cut(self, window: int, threshold: float) -> int | None:
+        """:func:`~ttscale.confidence.stop_position` of the trace, from its window means."""
+        key = ("means", window)
+        if key not in self._derived:
+            self._derived[key] = np.asarray(stop_means(self.confidences, window))
+        below = np.flatnonzero(self._derived[key] < threshold)
+        return int(below[0]) + window if below.size else None
+
+    def score(self, name: str, settings: ConfidenceSettings) -> float:
+        """The trace score ``name`` from the stored confidences."""
+        key = ("score", name, settings)
+        if key not in self._derived:
+            self._derived[key] = _trace_score(name, self.confidences, settings)
+        found: float = self._derived[key]
+        return found
 
     @classmethod
     def of(cls, candidate: Candidate, answer: str | None, top_k: int | None = None) -> StoredTrace:
@@ -224,7 +254,7 @@ def simulate_offline(traces: Sequence[StoredTrace], config: DeepConfConfig) -> O
     """DeepConf offline over the first ``config.samples`` stored traces."""
     drawn = traces[: config.samples]
     settings = config.settings
-    scores = [_trace_score(config.score, t.confidences, settings) for t in drawn]
+    scores = [t.score(config.score, settings) for t in drawn]
     kept = set(keep_most_confident(scores, config.eta))
     answers = [t.answer if p in kept else None for p, t in enumerate(drawn)]
     answer = _weighted_winner(answers, scores, range(len(drawn)))
@@ -248,7 +278,7 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
         raise ConfigError(f"need at least warmup={config.warmup} stored traces, got {len(traces)}")
     window = config.window
     warm = traces[: config.warmup]
-    lowest = [lowest_group(t.confidences, window) for t in warm]
+    lowest = [t.lowest(window) for t in warm]
     threshold = online_threshold(lowest, config.eta)
     answers = [
         t.answer if _votes_with(t.answer, low, threshold) else None
@@ -266,7 +296,7 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
             break
         batch = traces[drawn : min(drawn + config.batch_size, config.samples, len(traces))]
         for trace in batch:
-            cut = stop_position(trace.confidences, window, threshold)
+            cut = trace.cut(window, threshold)
             if cut is not None:
                 stopped += 1
                 tokens += cut
@@ -274,7 +304,7 @@ def simulate_online(traces: Sequence[StoredTrace], config: DeepConfConfig) -> On
                 weights.append(0.0)
                 continue
             tokens += trace.tokens
-            low = lowest_group(trace.confidences, window)
+            low = trace.lowest(window)
             answers.append(trace.answer if _votes_with(trace.answer, low, threshold) else None)
             weights.append(low or 0.0)
         drawn += len(batch)

@@ -51,6 +51,7 @@ here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,12 @@ from ttscale.strategies.ahead_by_k import AheadByKConfig
 from ttscale.strategies.base import StrategyConfig
 from ttscale.strategies.best_of_majority import BestOfMajorityConfig
 from ttscale.strategies.best_of_n import BestOfNConfig
+from ttscale.strategies.deepconf import (
+    DeepConfConfig,
+    StoredTrace,
+    simulate_offline,
+    simulate_online,
+)
 from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.selection import survival_threshold
 
@@ -111,6 +118,17 @@ DEFAULT_STRATEGIES: Mapping[str, OfflineSpec] = {
 }
 """What :func:`evaluate` runs when no strategies are named (score-based ones need scores)."""
 
+TRACE_STRATEGIES: Mapping[str, OfflineSpec] = {
+    "deepconf": DeepConfConfig(mode="offline"),
+    "deepconf_online": DeepConfConfig(mode="online"),
+}
+"""Strategies that read each sample's token confidences: :func:`evaluate` runs them by name, or
+by default, when it is given ``traces``."""
+
+DEEPCONF_ORDERS = 20
+"""Random draw orders per problem for DeepConf: a Python replay per order and budget, so fewer
+than the vectorised scan's; its Monte Carlo error is in the standard errors like the others'."""
+
 _NEEDS_SCORES = (BestOfNConfig, BestOfMajorityConfig)
 
 
@@ -120,6 +138,8 @@ class OfflineResult:
 
     ``accuracy[name]`` and ``samples_used[name]`` are (K,) means over problems;
     ``per_problem[name]`` and ``per_problem_samples[name]`` are (P, K), rows in input order;
+    ``per_problem_tokens[name]`` (P, K) the completion tokens spent, for the strategies replayed
+    over token streams (DeepConf);
     ``se`` and ``mc_se`` are (K,) (see the module docstring). ``method`` is ``"expected"``
     (random orders and closed forms) or ``"replay"`` (the orders given).
     """
@@ -131,6 +151,7 @@ class OfflineResult:
     subsets: int
     per_problem: Mapping[str, FloatArray] = field(default_factory=dict)
     per_problem_samples: Mapping[str, FloatArray] = field(default_factory=dict)
+    per_problem_tokens: Mapping[str, FloatArray] = field(default_factory=dict)
     se: Mapping[str, FloatArray] = field(default_factory=dict)
     mc_se: Mapping[str, FloatArray] = field(default_factory=dict)
     method: Method = "expected"
@@ -968,6 +989,7 @@ def evaluate(
     subsets: int = 100,
     seed: int = 0,
     orders: npt.ArrayLike | None = None,
+    traces: Sequence[Sequence[StoredTrace]] | None = None,
 ) -> OfflineResult:
     """Expected top-1 accuracy of each strategy at each budget k, from stored samples.
 
@@ -978,10 +1000,21 @@ def evaluate(
     ``subsets`` random orders per problem (seeded by ``seed``) are averaged. ``orders`` (an
     (S, N) array of permutations) replays those orders for every strategy instead (the module
     docstring says what each mode computes).
+
+    ``traces`` (per problem, its samples' :class:`~ttscale.strategies.deepconf.StoredTrace` in
+    the order of ``answers``: token confidences and completion tokens) lets DeepConf run
+    (:data:`TRACE_STRATEGIES`; any :class:`DeepConfConfig` by name): at budget k, its cap of
+    ``samples``, over :data:`DEEPCONF_ORDERS` random orders per problem (or the ``orders``
+    given), with a warm-up of at most k; the answers voted on are those of ``answers``.
+    ``per_problem_tokens`` holds the completion tokens it spent (online: cut where its rule would
+    have closed the stream).
     """
     problems = _as_problem_arrays(answers, correct, scores)
     has_scores = scores is not None
-    specs = _resolve_specs(strategies, has_scores)
+    specs = _resolve_specs(strategies, has_scores, traces is not None)
+    streams = _check_traces(traces, problems) if traces is not None else None
+    confident = {name: s for name, s in specs.items() if isinstance(s, DeepConfConfig)}
+    specs = {name: s for name, s in specs.items() if name not in confident}
     shortest = min(p[0].size for p in problems)
     budgets = np.arange(1, shortest + 1) if ks is None else _budgets(ks, shortest)
     if subsets < 1:
@@ -1014,6 +1047,23 @@ def evaluate(
         name: standard_errors(per_problem[name], 0 if replay or _closed_form(spec) else lanes)
         for name, spec in specs.items()
     }
+    per_tokens: dict[str, FloatArray] = {}
+    if confident:
+        assert streams is not None
+        # Its own random stream, so the other curves stay as they are; one set of orders for
+        # every DeepConf config, so that two of them compare paired.
+        rng = np.random.default_rng((seed, 19))
+        drawn = [
+            list(chosen_orders)
+            if chosen_orders is not None
+            else [rng.permutation(answers.size) for _ in range(DEEPCONF_ORDERS)]
+            for answers, _, _ in problems
+        ]
+        for name, config in confident.items():
+            values = _deepconf_values(problems, streams, config, budgets, drawn)
+            per_problem[name], per_samples[name], per_tokens[name] = values
+            count = 0 if replay else DEEPCONF_ORDERS
+            errors[name] = standard_errors(per_problem[name], count)
     return OfflineResult(
         ks=budgets,
         accuracy={name: values.mean(axis=0) for name, values in per_problem.items()},
@@ -1022,6 +1072,7 @@ def evaluate(
         subsets=lanes,
         per_problem=per_problem,
         per_problem_samples=per_samples,
+        per_problem_tokens=per_tokens,
         se={name: pair[0] for name, pair in errors.items()},
         mc_se={name: pair[1] for name, pair in errors.items()},
         method="replay" if replay else "expected",
@@ -1042,21 +1093,19 @@ def _relabel(group: list[Problem], rng: np.random.Generator) -> list[Problem]:
 
 
 def _resolve_specs(
-    strategies: Mapping[str, OfflineSpec] | Sequence[str] | None, has_scores: bool
+    strategies: Mapping[str, OfflineSpec] | Sequence[str] | None,
+    has_scores: bool,
+    has_traces: bool = False,
 ) -> dict[str, OfflineSpec]:
     if strategies is None:
-        return {
-            name: spec
-            for name, spec in DEFAULT_STRATEGIES.items()
-            if has_scores or not _needs_scores(spec)
-        }
+        known = {**DEFAULT_STRATEGIES, **(TRACE_STRATEGIES if has_traces else {})}
+        return {name: spec for name, spec in known.items() if has_scores or not _needs_scores(spec)}
     if not isinstance(strategies, Mapping):
-        unknown = [name for name in strategies if name not in DEFAULT_STRATEGIES]
+        named = {**DEFAULT_STRATEGIES, **TRACE_STRATEGIES}
+        unknown = [name for name in strategies if name not in named]
         if unknown:
-            raise ConfigError(
-                f"strategies: unknown name(s) {unknown}; known: {', '.join(DEFAULT_STRATEGIES)}"
-            )
-        strategies = {name: DEFAULT_STRATEGIES[name] for name in strategies}
+            raise ConfigError(f"strategies: unknown name(s) {unknown}; known: {', '.join(named)}")
+        strategies = {name: named[name] for name in strategies}
     specs = dict(strategies)
     for name, spec in specs.items():
         if not isinstance(
@@ -1066,14 +1115,73 @@ def _resolve_specs(
             | MajorityConfig
             | BestOfMajorityConfig
             | AdaptiveConfig
-            | AheadByKConfig,
+            | AheadByKConfig
+            | DeepConfConfig,
         ):
             raise ConfigError(f"strategies: {name!r} has no offline evaluation ({spec!r})")
         if isinstance(spec, StrategyConfig) and spec.k != 1:
             raise ConfigError(f"strategies: {name!r} has k={spec.k}; offline scores top-1 only")
         if _needs_scores(spec) and not has_scores:
             raise ConfigError(f"strategies: {name!r} needs scores")
+        if isinstance(spec, DeepConfConfig) and not has_traces:
+            raise ConfigError(
+                f"strategies: {name!r} needs every sample's token logprobs (traces=; a run "
+                "drawn with ttscale solve --logprobs 20 keeps them)"
+            )
     return specs
+
+
+def _check_traces(
+    traces: Sequence[Sequence[StoredTrace]], problems: list[Problem]
+) -> list[list[StoredTrace]]:
+    """Each problem's traces, checked against its samples, carrying its answer ids (so that two
+    equal answers vote together however they were written)."""
+    if len(traces) != len(problems):
+        raise DataError(f"{len(problems)} problems of answers but {len(traces)} of traces")
+    checked = []
+    for number, (row, (answers, _, _)) in enumerate(zip(traces, problems, strict=True)):
+        if len(row) != answers.size:
+            raise DataError(f"problem {number}: {len(row)} traces for {answers.size} samples")
+        checked.append(
+            [
+                StoredTrace(str(answer) if answer >= 0 else None, trace.confidences, trace.tokens)
+                for trace, answer in zip(row, answers.tolist(), strict=True)
+            ]
+        )
+    return checked
+
+
+def _deepconf_values(
+    problems: list[Problem],
+    streams: list[list[StoredTrace]],
+    config: DeepConfConfig,
+    budgets: IntArray,
+    orders: list[list[IntArray]],
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """DeepConf's per-problem accuracy, samples and completion tokens at every budget: (P, K)
+    each, the mean over each problem's ``orders`` of a replay capped at k (see
+    :func:`evaluate`)."""
+    replay = simulate_online if config.mode == "online" else simulate_offline
+    capped = [
+        dataclasses.replace(config, samples=int(k), warmup=min(config.warmup, int(k)))
+        for k in budgets
+    ]
+    shape = (len(problems), budgets.size)
+    accuracy, samples, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    for number, ((answers, right, _), traces) in enumerate(zip(problems, streams, strict=True)):
+        drawn = orders[number]
+        _check_orders(np.asarray(drawn), answers.size)
+        good = {str(a) for a in answers[right & (answers >= 0)].tolist()}
+        for order in drawn:
+            ordered = [traces[i] for i in order.tolist()]
+            for column, cap in enumerate(capped):
+                outcome = replay(ordered[: cap.samples], cap)
+                accuracy[number, column] += outcome.answer in good
+                samples[number, column] += outcome.samples
+                tokens[number, column] += outcome.tokens
+        for values in (accuracy, samples, tokens):
+            values[number] /= len(drawn)
+    return accuracy, samples, tokens
 
 
 def _needs_scores(spec: OfflineSpec) -> bool:

@@ -484,15 +484,21 @@ def fit(
 
     The table also shows each strategy's accuracy at every k, evaluated offline from the stored
     samples (majority, adaptive, ahead-by-k; best-of-N and the weighted ones when samples carry
-    verifier scores), each value with its 90% bootstrap interval over problems, and the law's
+    verifier scores; DeepConf offline and online when the run kept token logprobs,
+    --logprobs 20), each value with its 90% bootstrap interval over problems, and the law's
     fit error both in-sample and on held-out k.
     """
+    from ttscale.compare import journal_traces
     from ttscale.report import fit_report, offline_bands, read_results, render_table, sample_rows
 
     directory = out_dir or results.parent / (results.stem + "-fit")
     try:
         read_results(results)  # every line checked, with its place named, before anything else
-        extra, bands, offline_notes = offline_bands(sample_rows(results), strategy=strategy)
+        traces, no_traces = journal_traces(results)
+        extra, bands, offline_notes = offline_bands(
+            sample_rows(results), strategy=strategy, traces=traces
+        )
+        offline_notes += [no_traces] if no_traces else []
         report = fit_report(
             results,
             directory,
@@ -517,8 +523,9 @@ def compare(
     strategy: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option(
-            help="Offline strategy to compare (majority, adaptive, ...): once for both sides, "
-            "or twice, a's then b's."
+            help="Offline strategy to compare (majority, adaptive, ..., deepconf and "
+            "deepconf_online from runs with --logprobs): once for both sides, or twice, a's then "
+            "b's."
         ),
     ] = None,
     k: Annotated[

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = [
     "compare_curves",
     "compare_runs",
     "equal_compute",
+    "journal_traces",
     "paired_differences",
     "sign_flip_p_values",
 ]
@@ -327,6 +328,60 @@ def _load(path: Path) -> list[dict[str, Any]]:
     return raw
 
 
+def journal_traces(
+    results: str | Path, records: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[list[list[Any]] | None, str]:
+    """Each record's samples as :class:`~ttscale.strategies.deepconf.StoredTrace` (token
+    confidences and completion tokens), from the run's sample journal ``<results>.samples.jsonl``
+    (a sample is its problem's journal entry of the same index and text), or None and why not:
+    DeepConf needs every sample's top token logprobs (``ttscale solve --logprobs 20``).
+    ``records`` default to every record of ``results``, in its order."""
+    from ttscale.confidence import MissingLogprobs
+    from ttscale.store import iter_journal
+    from ttscale.strategies.deepconf import StoredTrace
+
+    path = Path(results)
+    journal = path.with_name(path.name + ".samples.jsonl")
+    advice = "run ttscale solve with --logprobs 20 to keep every sample's top token logprobs"
+    if not journal.exists():
+        return None, f"deepconf left out: no sample journal {journal.name} ({advice})"
+    if records is None:
+        records = list(_trace_keys(path))
+    wanted = {str(r["id"]) for r in records}
+    found: dict[tuple[str, int, str], Any] = {}
+    for entry, _ in iter_journal(journal):
+        candidate = entry.candidate
+        if entry.problem in wanted and candidate.logprobs:
+            found[(entry.problem, candidate.index, candidate.text)] = candidate
+    traces = []
+    try:
+        for record in records:
+            row = []
+            for sample in record["samples"]:
+                key = (str(record["id"]), int(sample["index"]), str(sample.get("text", "")))
+                if key not in found:
+                    return (
+                        None,
+                        f"deepconf left out: a sample of {record['id']} has no logprobs ({advice})",
+                    )
+                row.append(StoredTrace.of(found[key], sample.get("answer")))
+            traces.append(row)
+    except MissingLogprobs as exc:
+        return None, f"deepconf left out: {exc} ({advice})"
+    return traces, ""
+
+
+def _trace_keys(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a results file as far as :func:`journal_traces` reads them, streamed."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                keep = ("index", "text", "answer")
+                samples = [{name: s.get(name) for name in keep} for s in record["samples"]]
+                yield {"id": record["id"], "samples": samples}
+
+
 def _side(
     label: str,
     records: list[dict[str, Any]],
@@ -334,24 +389,32 @@ def _side(
     ks: Sequence[int],
     subsets: int,
     seed: int,
+    traces: Sequence[Any] | None = None,
 ) -> CurveSide:
     from ttscale.report import offline_result
     from ttscale.types import Usage
 
-    result, _ = offline_result(records, subsets=subsets, seed=seed)
+    result, _ = offline_result(records, subsets=subsets, seed=seed, traces=traces)
     if result is None or strategy not in result.accuracy:
         known = ", ".join(result.accuracy) if result is not None else "none"
         raise ConfigError(f"{label}: no offline {strategy!r} from these samples (have: {known})")
     wanted = [int(np.flatnonzero(result.ks == k)[0]) for k in ks]
-    per_sample = np.array(
-        [Usage.from_dict(r["usage"]).total_tokens / max(len(r["samples"]), 1) for r in records]
-    )
+    usages = [Usage.from_dict(r["usage"]) for r in records]
+    counts = np.array([max(len(r["samples"]), 1) for r in records], dtype=np.float64)
     drawn = result.per_problem_samples[strategy][:, wanted]
+    if strategy in result.per_problem_tokens:
+        # Replayed over the token streams: prompt tokens per sample drawn, and the completion
+        # tokens the replay spent (an online stop pays only what was generated before it).
+        prompt = np.array([u.prompt_tokens for u in usages]) / counts
+        tokens = drawn * prompt[:, None] + result.per_problem_tokens[strategy][:, wanted]
+    else:
+        per_sample = np.array([u.total_tokens for u in usages]) / counts
+        tokens = drawn * per_sample[:, None]
     return CurveSide(
         label=label,
         ks=np.asarray(ks, dtype=np.int64),
         per_problem=result.per_problem[strategy][:, wanted],
-        tokens=drawn * per_sample[:, None],
+        tokens=tokens,
     )
 
 
@@ -387,8 +450,17 @@ def compare_runs(
     smallest = min(len(r["samples"]) for r in [*a_shared, *b_shared])
     chosen_ks = _budgets(ks, smallest)
     a_name, b_name = strategies[0], strategies[-1]
-    a_side = _side(f"{first.name}:{a_name}", a_shared, a_name, chosen_ks, subsets, seed)
-    b_side = _side(f"{second.name}:{b_name}", b_shared, b_name, chosen_ks, subsets, seed)
+    a_traces = b_traces = None
+    if a_name.startswith("deepconf"):
+        a_traces, why = journal_traces(first, a_shared)
+        if a_traces is None:
+            raise ConfigError(f"{first.name}: {why}")
+    if b_name.startswith("deepconf"):
+        b_traces, why = journal_traces(second, b_shared)
+        if b_traces is None:
+            raise ConfigError(f"{second.name}: {why}")
+    a_side = _side(f"{first.name}:{a_name}", a_shared, a_name, chosen_ks, subsets, seed, a_traces)
+    b_side = _side(f"{second.name}:{b_name}", b_shared, b_name, chosen_ks, subsets, seed, b_traces)
     return compare_curves(
         a_side,
         b_side,

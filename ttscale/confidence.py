@@ -273,6 +273,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def stop_means(confidences: Sequence[float], window: int) -> list[float]:
+    """The window means :func:`stop_position` compares, in order (computed as it computes them,
+    so that ``stop_position(c, w, t)`` is ``w`` plus the first index whose mean is below ``t``):
+    one per token from the ``window``-th on; none for a trace shorter than the window."""
+    if window < 1:
+        raise ConfigError(f"window must be >= 1, got {window}")
+    if len(confidences) < window:
+        return []
+    running = sum(confidences[:window])
+    means = [running / window]
+    for end in range(window, len(confidences)):
+        running += confidences[end]
+        running -= confidences[end - window]
+        means.append(running / window)
+    return means
+
+
 def stop_position(confidences: Sequence[float], window: int, threshold: float) -> int | None:
     """How many tokens a live trace reads before DeepConf's online rule stops it, or None.
 

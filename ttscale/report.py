@@ -734,9 +734,13 @@ def offline_bands(
     seed: int = 0,
     confidence: float = 0.9,
     n_resamples: int = 1000,
+    traces: Sequence[Any] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, Band]], list[str]]:
-    """:func:`offline_columns` with each column's (se, low, high) by k (:func:`curve_bands`)."""
-    result, notes = offline_result(records, strategy=strategy, subsets=subsets, seed=seed)
+    """:func:`offline_columns` with each column's (se, low, high) by k (:func:`curve_bands`);
+    ``traces`` as :func:`offline_result` takes them."""
+    result, notes = offline_result(
+        records, strategy=strategy, subsets=subsets, seed=seed, traces=traces
+    )
     if result is None:
         return {}, {}, notes
     columns: dict[str, dict[int, float]] = {}
@@ -757,12 +761,19 @@ def offline_result(
     strategy: str | None = None,
     subsets: int = 100,
     seed: int = 0,
+    traces: Sequence[Any] | None = None,
 ) -> tuple[Any, list[str]]:
     """The :class:`~ttscale.strategies.offline.OfflineResult` of the records' samples (None when
-    there are none) and notes on the strategies left out; rows follow the records' order."""
+    there are none) and notes on the strategies left out; rows follow the records' order.
+
+    ``traces`` (one row per record, its samples' stored token confidences:
+    :func:`ttscale.compare.journal_traces`) adds DeepConf, offline and online."""
     from ttscale.strategies.offline import evaluate  # installed with the package
 
-    chosen = [r for r in records if strategy is None or r.get("strategy") == strategy]
+    if traces is not None and len(traces) != len(records):
+        raise DataError(f"{len(traces)} rows of traces for {len(records)} records")
+    kept = [n for n, r in enumerate(records) if strategy is None or r.get("strategy") == strategy]
+    chosen = [records[n] for n in kept]
     if not chosen:
         return None, []
     smallest = min(len(r["samples"]) for r in chosen)
@@ -792,5 +803,28 @@ def offline_result(
             "best-of-N, weighted majority and best-of-majority need every sample's verifier "
             "score; these records have none"
         )
-    result = evaluate(answers, correct, scores, strategies=names, subsets=subsets, seed=seed)
+    streams = None
+    if traces is not None:
+        streams = [list(traces[n])[:smallest] for n in kept]
+        names += ["deepconf", "deepconf_online"]
+    result = evaluate(
+        answers, correct, scores, strategies=names, subsets=subsets, seed=seed, traces=streams
+    )
+    if streams is not None:
+        notes += _token_notes(result, streams)
     return result, notes
+
+
+def _token_notes(result: Any, streams: Sequence[Sequence[Any]]) -> list[str]:
+    """What each strategy replayed over the token streams spent, beside whole samples' cost."""
+    whole = float(np.mean([np.mean([t.tokens for t in row]) for row in streams]))
+    shown = [i for i, k in enumerate(result.ks) if k & (k - 1) == 0 or i == len(result.ks) - 1]
+    notes = [
+        "completion tokens per problem at k = "
+        + ", ".join(str(int(result.ks[i])) for i in shown)
+        + f": k whole samples {', '.join(f'{whole * result.ks[i]:,.0f}' for i in shown)}"
+    ]
+    for name, values in result.per_problem_tokens.items():
+        mean = values.mean(axis=0)
+        notes.append(f"  {name}: {', '.join(f'{mean[i]:,.0f}' for i in shown)}")
+    return notes
