@@ -1,0 +1,1178 @@
+"""Reproduce the seed papers' claims on the sample bank: a Markdown report with its figures.
+
+Reads whatever the bank holds (``ttscale.bank.load_bank_set``: packed parts and their verdicts;
+a problem counts once all its samples are packed and judged) and tests five claims with the
+project's own estimators (``ttscale.estimators``, ``ttscale.laws``, ``strategies.offline``,
+``strategies.deepconf``, ``verifiers.soundness``):
+
+- Large Language Monkeys: HumanEval coverage grows log-linearly in k and the exponentiated power
+  law fits it (their fit error: mean |coverage - fit| over 100 log-spaced k); fitted on k <= 4 it
+  extrapolates to 16; the Beta model beside it.
+- Best-of-Majority: BoM does not degrade as N grows while best-of-N does (the reward: the model's
+  confidence, DeepConf's bottom-10% group confidence over windows of 32 tokens); majority flat.
+- Adaptive-Consistency (the Beta rule) and ESC on GSM8K: samples saved against majority@16 at an
+  accuracy within majority@16's interval; DeepConf online: completion tokens saved.
+- Inference Scaling fLaws: the weak HumanEval tests (the first assert) as the verifier, against
+  the full tests: false-positive rate, the ceiling P(correct | passes weak), K_opt by the cost of
+  a false positive, and the expected reward of resampling measured on the bank.
+- MAKER: first-to-ahead-by-k votes per problem against k, and the k_min formula against the bank.
+
+Every interval is a seeded 95% percentile bootstrap over problems. A claim's verdict is one of
+``reproduced``, ``not reproduced``, ``not testable at 0.5B`` or ``insufficient data`` (fewer
+problems than ``--min-problems``); the criteria are printed beside each verdict.
+
+    python benchmarks/reproduce.py                      # -> benchmarks/results/reproduce/
+    python benchmarks/reproduce.py --bank DIR --out DIR --min-problems 3
+
+Writes ``report.md``, ``report.json`` (every number of the report) and ``*.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+
+from ttscale.bank import DEFAULT_ROOT, BankSet, load_bank_set
+from ttscale.errors import ConfigError, DataError
+from ttscale.estimators import (
+    bootstrap_ci,
+    coverage_curve,
+    log_spaced_ks,
+    per_problem_pass_at_k,
+)
+from ttscale.laws import (
+    compare_held_out,
+    fit_beta,
+    fit_error,
+    fit_power_law,
+    llmonk_fit_error,
+    maker_expected_votes,
+    maker_k_min,
+    maker_step_success,
+)
+from ttscale.strategies.adaptive import AdaptiveConfig
+from ttscale.strategies.ahead_by_k import AheadByKConfig
+from ttscale.strategies.base import StrategyConfig
+from ttscale.strategies.best_of_majority import BestOfMajorityConfig
+from ttscale.strategies.best_of_n import BestOfNConfig
+from ttscale.strategies.deepconf import DeepConfConfig, StoredTrace, evaluate_deepconf
+from ttscale.strategies.majority import MajorityConfig
+from ttscale.strategies.offline import PassAtK, evaluate
+from ttscale.verifiers.soundness import (
+    SoundnessEstimate,
+    estimate_soundness,
+    expected_rewards,
+    optimal_samples,
+)
+
+FloatArray = npt.NDArray[np.float64]
+
+OUT = Path(__file__).resolve().parent / "results" / "reproduce"
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+NOT_TESTABLE = "not testable at 0.5B"
+INSUFFICIENT = "insufficient data"
+
+SAMPLES = {"humaneval": 16, "gsm8k": 32}
+PLANNED = {"humaneval": 164, "gsm8k": 100}
+FIT_K = 4  # LLMonkeys' held-out test: fit on k <= 4, compare at 5..16
+FIT_TOLERANCE = 0.02  # power-law fit error (mean |coverage - fit|) that counts as a fit
+EXTRAPOLATION_TOLERANCE = 0.05  # held-out mean |coverage - fit| that counts as extrapolating
+MATERIAL_DROP = 0.01  # a drop below the peak must be at least this, and its interval below 0
+BOM_ALPHA = 0.1  # a group needs 10% of the votes (2 of 16) to survive
+CONFIDENCE_WINDOW = 32
+BOTTOM_FRACTION = 0.1
+ADAPTIVE_CAP = 16
+DEEPCONF = DeepConfConfig(samples=16, mode="online", eta=0.9, window=16, warmup=4, batch_size=4)
+FP_COSTS = (0.0, -0.25, -1.0, -4.0)
+MAX_K = 1000
+OVERSAMPLING_LOSS = 0.01  # what drawing MAX_K samples must lose against K_opt to count as harm
+MAKER_TARGET = 0.9
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard the report works: resamples, random orders, and the problems a verdict needs."""
+
+    resamples: int = 1000
+    fit_resamples: int = 100
+    subsets: int = 200
+    deepconf_orders: int = 20
+    min_problems: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Votes:
+    """One bank set as the claims read it: (P, N) arrays, answers as comparable keys.
+
+    ``answers[p][i]`` is the sample's answer key (GSM8K: the number, normalised; HumanEval: the
+    code with docstrings and comments stripped) or None when it has none; ``flagged`` marks the
+    samples MAKER's red flags discard (no answer, or cut off at the token limit).
+    """
+
+    name: str
+    problems: tuple[str, ...]
+    answers: tuple[tuple[str | None, ...], ...]
+    correct: npt.NDArray[np.bool_]
+    weak: npt.NDArray[np.bool_] | None
+    tokens: FloatArray
+    confidence: FloatArray
+    flagged: npt.NDArray[np.bool_]
+    traces: tuple[tuple[StoredTrace, ...], ...]
+    planned: int
+
+    @property
+    def size(self) -> int:
+        return len(self.problems)
+
+    @property
+    def samples(self) -> int:
+        return int(self.correct.shape[1])
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim on one set: its verdict, the lines the report prints, the numbers behind them."""
+
+    claim: str
+    dataset: str
+    verdict: str
+    headline: str
+    lines: tuple[str, ...] = ()
+    numbers: Mapping[str, Any] = field(default_factory=dict)
+    figure: str | None = None
+
+
+# -- reading the bank ----------------------------------------------------------------------------
+
+
+def number_key(answer: str | None) -> str | None:
+    """A GSM8K answer as a comparable key: numbers in one spelling ("18.0", "18", "1,8" -> "18")."""
+    if answer is None:
+        return None
+    text = answer.strip().replace(",", "").rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return text or None
+    return repr(int(value)) if value.is_integer() else repr(value)
+
+
+def code_key(answer: str | None) -> str | None:
+    """HumanEval code as a comparable key: parsed and unparsed without docstrings or comments."""
+    if answer is None or not answer.strip():
+        return None
+    try:
+        tree = ast.parse(answer)
+    except SyntaxError:
+        return answer.strip()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.unparse(tree)
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+
+
+def token_confidences(top: npt.NDArray[Any]) -> FloatArray:
+    """DeepConf's C_i per token: minus the mean logprob of the stored top alternatives."""
+    values = np.asarray(top, dtype=np.float64)
+    counts = np.sum(~np.isnan(values), axis=1)
+    totals = np.nansum(values, axis=1)
+    return np.where(counts > 0, -totals / np.maximum(counts, 1), 0.0)
+
+
+def bottom_confidence(confidences: FloatArray) -> float:
+    """The mean of the lowest 10% of group confidences (sliding windows of 32 tokens, at least
+    one group; a shorter trace is one group), as ``ttscale.confidence.bottom_confidence`` computes
+    it token by token; 0 for an empty trace."""
+    if confidences.size == 0:
+        return 0.0
+    window = CONFIDENCE_WINDOW
+    if confidences.size <= window:
+        return float(confidences.mean())
+    sums = np.cumsum(np.concatenate([[0.0], confidences]))
+    groups = np.sort((sums[window:] - sums[:-window]) / window)
+    count = max(1, math.floor(groups.size * BOTTOM_FRACTION))
+    return float(groups[:count].mean())
+
+
+def read_votes(name: str, root: Path | None) -> Votes | None:
+    """The set's complete, judged problems (their first N samples); None when nothing is packed."""
+    try:
+        bank = load_bank_set(name, root)
+    except DataError:
+        return None
+    samples = SAMPLES[name]
+    keep = [p for p in bank.problems if _complete(bank, p, samples)]
+    key = code_key if name == "humaneval" else number_key
+    rows = [bank.samples[p][:samples] for p in keep]
+    answers = tuple(tuple(key(s.answer) for s in row) for row in rows)
+    confidences = [[token_confidences(s.top) for s in row] for row in rows]
+    traces = tuple(
+        tuple(
+            StoredTrace(answer, tuple(values.tolist()), s.completion_tokens)
+            for answer, values, s in zip(keys, row_values, row, strict=True)
+        )
+        for keys, row_values, row in zip(answers, confidences, rows, strict=True)
+    )
+    weak = None
+    if rows and all(s.correct_weak is not None for row in rows for s in row):
+        weak = np.array([[bool(s.correct_weak) for s in row] for row in rows], dtype=bool)
+    width = (len(rows), samples)
+    return Votes(
+        name=name,
+        problems=tuple(keep),
+        answers=answers,
+        correct=np.array([[bool(s.correct) for s in row] for row in rows], dtype=bool).reshape(
+            width
+        ),
+        weak=weak,
+        tokens=np.array([[s.completion_tokens for s in row] for row in rows], float).reshape(width),
+        confidence=np.array([[bottom_confidence(v) for v in row] for row in confidences]).reshape(
+            width
+        ),
+        flagged=np.array(
+            [
+                [a is None or s.finish_reason == "length" for a, s in zip(keys, row, strict=True)]
+                for keys, row in zip(answers, rows, strict=True)
+            ],
+            dtype=bool,
+        ).reshape(width),
+        traces=traces,
+        planned=PLANNED[name],
+    )
+
+
+def _complete(bank: BankSet, problem: str, samples: int) -> bool:
+    row = bank.samples[problem]
+    return len(row) >= samples and all(s.correct is not None for s in row[:samples])
+
+
+# -- small statistics helpers --------------------------------------------------------------------
+
+
+def mean_ci(per_problem: npt.ArrayLike, settings: Settings) -> tuple[float, float, float]:
+    """Mean over problems and its bootstrap interval."""
+    values = np.asarray(per_problem, dtype=np.float64)
+    low, high = bootstrap_ci(values, n_resamples=settings.resamples, seed=settings.seed)
+    return float(values.mean()), float(low), float(high)
+
+
+def ratio_ci(
+    numerator: npt.ArrayLike, denominator: npt.ArrayLike, settings: Settings
+) -> tuple[float, float, float]:
+    """sum(numerator) / sum(denominator) over problems and its bootstrap interval."""
+    pairs = np.stack([np.asarray(numerator, float), np.asarray(denominator, float)], axis=1)
+
+    def ratio(resampled: FloatArray) -> FloatArray:
+        sums = resampled.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(sums[:, 0] / sums[:, 1], dtype=np.float64)
+
+    low, high = bootstrap_ci(
+        pairs, statistic=ratio, n_resamples=settings.resamples, seed=settings.seed
+    )
+    total = pairs.sum(axis=0)
+    value = total[0] / total[1] if total[1] else math.nan
+    return float(value), float(low), float(high)
+
+
+def loop_ci(
+    statistic: Callable[[npt.NDArray[np.int64], int], float], problems: int, settings: Settings
+) -> tuple[float, float]:
+    """Interval of a statistic refitted on ``fit_resamples`` resamples of the problems (seeded).
+
+    ``statistic(rows, r)`` gets resample r's problem rows; a resample it cannot fit returns nan
+    and is left out.
+    """
+    rng = np.random.default_rng(settings.seed)
+    values = []
+    for r in range(settings.fit_resamples):
+        rows = rng.integers(0, problems, size=problems)
+        values.append(statistic(rows, r))
+    return _quantiles(values)
+
+
+def fmt(
+    value: float, low: float | None = None, high: float | None = None, *, pct: bool = True
+) -> str:
+    """``value [low, high]`` as percentages (or plain numbers)."""
+
+    def one(x: float) -> str:
+        return f"{100 * x:.1f}%" if pct else f"{x:.3g}"
+
+    if low is None or high is None:
+        return one(value)
+    return f"{one(value)} [{one(low)}, {one(high)}]"
+
+
+def insufficient(claim: str, votes: Votes | None, name: str, settings: Settings) -> Finding:
+    have = votes.size if votes is not None else 0
+    need = settings.min_problems
+    return Finding(
+        claim,
+        name,
+        f"{INSUFFICIENT}: {have} problems so far, needs {need}",
+        f"{have} of {PLANNED[name]} problems in the bank; the claim needs {need}",
+        numbers={"problems": have, "needs": need},
+    )
+
+
+def _save(figure: Any, out: Path, name: str) -> str:
+    figure.tight_layout()
+    figure.savefig(out / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+# -- Large Language Monkeys ------------------------------------------------------------------------
+
+
+def monkeys(votes: Votes, settings: Settings, out: Path) -> Finding:
+    """Coverage against k: log-linear growth, the power law's fit and held-out extrapolation."""
+    samples = votes.samples
+    n = np.full(votes.size, samples)
+    c = votes.correct.sum(axis=1)
+    ks = np.arange(1, samples + 1)
+    per = np.stack([per_problem_pass_at_k(n, c, int(k)) for k in ks], axis=1)
+    coverage = per.mean(axis=0)
+    low, high = bootstrap_ci(per, n_resamples=settings.resamples, seed=settings.seed)
+    fit_ks = log_spaced_ks(samples, 40)
+    power = fit_power_law(fit_ks, coverage_curve(n, c, fit_ks))
+    beta = fit_beta(n, c)
+    power_error = llmonk_fit_error(power, n, c)
+    beta_error = llmonk_fit_error(beta, n, c)
+    fraction = (FIT_K + 0.5) / samples
+    held = compare_held_out(n, c, fit_fraction=fraction, seed=settings.seed)
+    slope, intercept = np.polyfit(np.log10(ks), coverage, 1)
+    residual = coverage - (slope * np.log10(ks) + intercept)
+    r2 = 1.0 - float((residual**2).sum() / ((coverage - coverage.mean()) ** 2).sum())
+
+    cis = _monkeys_intervals(n, c, ks, fit_ks, fraction, settings)
+    fits = power_error.mean <= FIT_TOLERANCE
+    extrapolates = held.power_error.mean <= EXTRAPOLATION_TOLERANCE
+    verdict = REPRODUCED if fits and extrapolates and slope > 0 else NOT_REPRODUCED
+    figure = _plot_monkeys(votes, ks, coverage, (low, high), power, beta, held, out)
+    numbers = {
+        "problems": votes.size,
+        "ks": ks.tolist(),
+        "coverage": coverage.tolist(),
+        "coverage_low": low.tolist(),
+        "coverage_high": high.tolist(),
+        "loglinear": {"slope_per_decade": float(slope), "r2": r2, "ci": cis["slope"]},
+        "power": {"a": power.a, "b": power.b, "fit_error": power_error.to_dict()},
+        "power_fit_error_ci": cis["fit"],
+        "beta": {"alpha": beta.alpha, "beta": beta.beta, "fit_error": beta_error.to_dict()},
+        "held_out": held.to_dict() | {"power_ci": cis["power"], "beta_ci": cis["beta"]},
+    }
+    lines = (
+        f"coverage@1 {fmt(coverage[0], low[0], high[0])}, coverage@{samples} "
+        f"{fmt(coverage[-1], low[-1], high[-1])} ({votes.size} problems x {samples} samples)",
+        f"log-linear: +{100 * slope:.1f} points per tenfold k "
+        f"[{100 * cis['slope'][0]:.1f}, {100 * cis['slope'][1]:.1f}], R^2 = {r2:.3f}",
+        f"exponentiated power law c(k) = exp({power.a:.3f} k^{power.b:.3f}): fit error "
+        f"{fmt(power_error.mean, *cis['fit'])} (sd {fmt(power_error.sd)}, max "
+        f"{fmt(power_error.max)}) over 100 log-spaced k; tolerance {fmt(FIT_TOLERANCE)}",
+        f"Beta model alpha = {beta.alpha:.3f}, beta = {beta.beta:.3f}: fit error "
+        f"{fmt(beta_error.mean)} (max {fmt(beta_error.max)})",
+        f"held out (fitted on a random {held.fit_k} of each problem's samples, scored at "
+        f"k = {held.held_out_ks[0]}..{held.held_out_ks[-1]}): power law "
+        f"{fmt(held.power_error.mean, *cis['power'])}, Beta "
+        f"{fmt(held.beta_error.mean, *cis['beta'])}; better: {held.better}; tolerance "
+        f"{fmt(EXTRAPOLATION_TOLERANCE)}",
+        f"criteria: power-law fit error <= {fmt(FIT_TOLERANCE)}, held-out error <= "
+        f"{fmt(EXTRAPOLATION_TOLERANCE)} and a rising log-linear slope",
+    )
+    headline = (
+        f"fit error {fmt(power_error.mean)}, held-out {held.fit_k}->{samples}: power "
+        f"{fmt(held.power_error.mean)}, Beta {fmt(held.beta_error.mean)}"
+    )
+    return Finding("Large Language Monkeys", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _monkeys_intervals(
+    n: npt.NDArray[Any],
+    c: npt.NDArray[Any],
+    ks: npt.NDArray[np.int64],
+    fit_ks: npt.NDArray[np.int64],
+    fraction: float,
+    settings: Settings,
+) -> dict[str, tuple[float, float]]:
+    """Intervals of the fit error, the slope and both held-out errors, each resample refitted.
+
+    Per-problem pass@k is computed once; a resample's coverage is the mean of its rows.
+    """
+    error_ks = log_spaced_ks(int(n[0]), 100)
+    table = {
+        name: np.stack([per_problem_pass_at_k(n, c, int(k)) for k in chosen], axis=1)
+        for name, chosen in (("fit", fit_ks), ("error", error_ks), ("all", ks))
+    }
+    rng = np.random.default_rng(settings.seed)
+    values: dict[str, list[float]] = {"fit": [], "slope": [], "power": [], "beta": []}
+    for r in range(settings.fit_resamples):
+        rows = rng.integers(0, c.size, size=c.size)
+        curve = table["all"][rows].mean(axis=0)
+        values["slope"].append(float(np.polyfit(np.log10(ks), curve, 1)[0]))
+        try:
+            law = fit_power_law(fit_ks, table["fit"][rows].mean(axis=0))
+            values["fit"].append(
+                fit_error(table["error"][rows].mean(axis=0), law.predict(error_ks)).mean
+            )
+            held = compare_held_out(n, c[rows], fit_fraction=fraction, seed=settings.seed + r)
+            values["power"].append(held.power_error.mean)
+            values["beta"].append(held.beta_error.mean)
+        except ConfigError:
+            continue  # a resample with nothing (or everything) solved has no law
+    return {name: _quantiles(found) for name, found in values.items()}
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float]:
+    finite = np.array([v for v in values if math.isfinite(v)])
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975))
+
+
+def _plot_monkeys(
+    votes: Votes,
+    ks: npt.NDArray[np.int64],
+    coverage: FloatArray,
+    band: tuple[FloatArray, FloatArray],
+    power: Any,
+    beta: Any,
+    held: Any,
+    out: Path,
+) -> str:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    axis.fill_between(ks, band[0], band[1], color="0.85", label="coverage, 95% CI")
+    axis.plot(ks, coverage, "ko", ms=4, label="coverage (unbiased pass@k)")
+    fine = np.geomspace(1, ks[-1], 200)
+    axis.plot(fine, power.predict(fine), "C0-", label="power law, fit on all k")
+    axis.plot(fine, beta.predict(fine), "C1-", label="Beta model, fit on all k")
+    axis.plot(fine, held.power.predict(fine), "C0--", label=f"power law, fit on k <= {held.fit_k}")
+    axis.plot(fine, held.beta.predict(fine), "C1--", label=f"Beta, fit on k <= {held.fit_k}")
+    axis.axvline(held.fit_k, color="0.5", lw=0.8, ls=":")
+    axis.set_xscale("log")
+    axis.set_xlabel("samples per problem k")
+    axis.set_ylabel("coverage")
+    axis.set_title(f"Large Language Monkeys on {votes.name} ({votes.size} problems)")
+    axis.legend(fontsize=7, loc="lower right")
+    return _save(figure, out, "monkeys.png")
+
+
+# -- Best-of-Majority ------------------------------------------------------------------------------
+
+
+def best_of_majority(votes: Votes, settings: Settings, out: Path) -> Finding:
+    """Accuracy against N of majority, best-of-N and BoM with the model's confidence as reward."""
+    strategies: dict[str, StrategyConfig | PassAtK] = {
+        "pass_at_k": PassAtK(),
+        "majority": MajorityConfig(),
+        "best_of_n": BestOfNConfig(),
+        "best_of_majority": BestOfMajorityConfig(alpha=BOM_ALPHA),
+    }
+    result = evaluate(
+        [list(row) for row in votes.answers],
+        votes.correct,
+        votes.confidence,
+        strategies,
+        subsets=settings.subsets,
+        seed=settings.seed,
+    )
+    top = votes.samples
+    numbers: dict[str, Any] = {"problems": votes.size, "ks": result.ks.tolist()}
+    degrades = {}
+    for name in ("majority", "best_of_n", "best_of_majority"):
+        per = result.per_problem[name]
+        curve = per.mean(axis=0)
+        peak = int(np.argmax(curve))
+        drop = mean_ci(per[:, -1] - per[:, peak], settings)
+        gain = mean_ci(per[:, -1] - per[:, 0], settings)
+        low, high = result.ci(name, n_resamples=settings.resamples, seed=settings.seed)
+        degrades[name] = drop[2] < 0 and drop[0] <= -MATERIAL_DROP
+        numbers[name] = {
+            "accuracy": curve.tolist(),
+            "low": low.tolist(),
+            "high": high.tolist(),
+            "peak_k": peak + 1,
+            "drop_from_peak": drop,
+            "gain_from_1": gain,
+            "degrades": degrades[name],
+        }
+    numbers["pass_at_k"] = {"accuracy": result.accuracy["pass_at_k"].tolist()}
+    bon, bom, maj = (numbers[n] for n in ("best_of_n", "best_of_majority", "majority"))
+    if degrades["best_of_n"] and not degrades["best_of_majority"]:
+        verdict = REPRODUCED
+    else:
+        verdict = NOT_REPRODUCED
+    flat = maj["gain_from_1"][1] <= 0 <= maj["gain_from_1"][2]
+
+    def row(label: str, entry: Mapping[str, Any]) -> str:
+        acc = entry["accuracy"]
+        drop = entry["drop_from_peak"]
+        return (
+            f"{label}: {fmt(acc[0])} at N = 1, peak {fmt(max(acc))} at N = {entry['peak_k']}, "
+            f"{fmt(acc[-1])} at N = {top}; N = {top} minus the peak {fmt(*drop)}"
+            f"{' (degrades)' if entry['degrades'] else ''}"
+        )
+
+    lines = (
+        row("best-of-N", bon),
+        row(f"Best-of-Majority (alpha = {BOM_ALPHA})", bom),
+        row("majority", maj)
+        + f"; N = {top} minus N = 1 {fmt(*maj['gain_from_1'])}"
+        + (" (flat)" if flat else ""),
+        f"coverage (pass@k, an oracle verifier) at N = {top}: "
+        f"{fmt(numbers['pass_at_k']['accuracy'][-1])}",
+        "reward: the model's bottom-10% group confidence (windows of 32 tokens), from the stored "
+        "top-5 logprobs; answers grouped "
+        + (
+            "by normalised code (docstrings and comments stripped)"
+            if votes.name == "humaneval"
+            else "by number"
+        ),
+        f"criteria: best-of-N degrades (accuracy at N = {top} at least {fmt(MATERIAL_DROP)} below "
+        "its peak, the interval below 0) and BoM does not",
+    )
+    headline = (
+        f"N = {top} minus peak: best-of-N {fmt(bon['drop_from_peak'][0])}, BoM "
+        f"{fmt(bom['drop_from_peak'][0])}, majority {fmt(maj['drop_from_peak'][0])}"
+    )
+    figure = _plot_curves(
+        votes,
+        result.ks,
+        {
+            "best-of-N (confidence)": numbers["best_of_n"],
+            f"Best-of-Majority (alpha {BOM_ALPHA})": numbers["best_of_majority"],
+            "majority": numbers["majority"],
+        },
+        numbers["pass_at_k"]["accuracy"],
+        out,
+        f"bom-{votes.name}.png",
+        f"Best-of-Majority on {votes.name} ({votes.size} problems)",
+    )
+    return Finding("Best-of-Majority", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _plot_curves(
+    votes: Votes,
+    ks: npt.NDArray[np.int64],
+    curves: Mapping[str, Mapping[str, Any]],
+    coverage: Sequence[float],
+    out: Path,
+    name: str,
+    title: str,
+) -> str:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for number, (label, entry) in enumerate(curves.items()):
+        colour = f"C{number}"
+        axis.plot(ks, entry["accuracy"], "-o", color=colour, ms=3, label=label)
+        axis.fill_between(ks, entry["low"], entry["high"], color=colour, alpha=0.12)
+    axis.plot(ks, coverage, "k:", label="pass@k (oracle)")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("samples N")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+    return _save(figure, out, name)
+
+
+# -- Adaptive-Consistency, ESC and DeepConf ----------------------------------------------------
+
+
+def adaptive(votes: Votes, settings: Settings, out: Path) -> list[Finding]:
+    """Samples (and tokens) the early-stopping rules save against majority@16."""
+    cap = ADAPTIVE_CAP
+    rules = {
+        "majority": MajorityConfig(),
+        "adaptive": AdaptiveConfig(samples=cap),
+        "esc": AdaptiveConfig(samples=cap, rule="esc"),
+    }
+    result = evaluate(
+        [list(row) for row in votes.answers],
+        votes.correct,
+        None,
+        rules,
+        ks=np.arange(1, cap + 1),
+        subsets=settings.subsets,
+        seed=settings.seed,
+    )
+    majority = result.per_problem["majority"][:, -1]
+    baseline = mean_ci(majority, settings)
+    numbers: dict[str, Any] = {
+        "problems": votes.size,
+        "majority_curve": result.accuracy["majority"].tolist(),
+        f"majority@{cap}": baseline,
+    }
+    findings = []
+    papers = {"adaptive": "Adaptive-Consistency", "esc": "ESC"}
+    for name, paper in papers.items():
+        accuracy = result.per_problem[name][:, -1]
+        used = result.per_problem_samples[name][:, -1]
+        saved = mean_ci(1.0 - used / cap, settings)
+        entry = {
+            "accuracy": mean_ci(accuracy, settings),
+            "samples": mean_ci(used, settings),
+            "saved": saved,
+            "difference": mean_ci(accuracy - majority, settings),
+        }
+        numbers[name] = entry
+        findings.append(_saving_finding(paper, votes, entry, baseline, "samples", cap))
+    numbers["deepconf"] = _deepconf(votes, settings)
+    findings.append(
+        _saving_finding("DeepConf", votes, numbers["deepconf"], baseline, "completion tokens", cap)
+    )
+    figure = _plot_adaptive(votes, result, numbers, out)
+    return [
+        Finding(f.claim, f.dataset, f.verdict, f.headline, f.lines, numbers, figure)
+        for f in findings
+    ]
+
+
+def _graders(votes: Votes) -> list[Callable[[str | None], bool]]:
+    """Per problem: is an answer one that a sample judged correct gave."""
+    graders: list[Callable[[str | None], bool]] = []
+    for answers, right in zip(votes.answers, votes.correct, strict=True):
+        good = {a for a, r in zip(answers, right, strict=True) if r and a is not None}
+        graders.append(good.__contains__)
+    return graders
+
+
+def _deepconf(votes: Votes, settings: Settings) -> dict[str, Any]:
+    evaluation = evaluate_deepconf(
+        list(votes.traces),
+        _graders(votes),
+        DEEPCONF,
+        orders=settings.deepconf_orders,
+        seed=settings.seed,
+    )
+    tokens = np.array(evaluation.per_problem_tokens)
+    majority_tokens = DEEPCONF.samples * votes.tokens.mean(axis=1)
+    kept = ratio_ci(tokens, majority_tokens, settings)
+    accuracy = np.array(evaluation.per_problem_accuracy)
+    return {
+        "accuracy": mean_ci(accuracy, settings),
+        "samples": mean_ci(evaluation.per_problem_samples, settings),
+        "tokens": float(tokens.mean()),
+        "majority_tokens": float(majority_tokens.mean()),
+        "saved": (1.0 - kept[0], 1.0 - kept[2], 1.0 - kept[1]),
+        "per_problem_tokens": tokens.tolist(),
+        "per_problem_accuracy": accuracy.tolist(),
+        "config": {"eta": DEEPCONF.eta, "window": DEEPCONF.window, "warmup": DEEPCONF.warmup},
+    }
+
+
+def _saving_finding(
+    paper: str,
+    votes: Votes,
+    entry: Mapping[str, Any],
+    baseline: tuple[float, float, float],
+    unit: str,
+    cap: int,
+) -> Finding:
+    accuracy = entry["accuracy"][0]
+    within = accuracy >= baseline[1]  # as good, or better: not below majority's interval
+    saves = entry["saved"][1] > 0
+    verdict = REPRODUCED if within and saves else NOT_REPRODUCED
+    lines = (
+        f"{unit} saved against majority@{cap}: {fmt(*entry['saved'])}",
+        f"accuracy {fmt(*entry['accuracy'])} against majority@{cap} {fmt(*baseline)}"
+        + (f"; paired difference {fmt(*entry['difference'])}" if "difference" in entry else ""),
+        f"criteria: {unit} saved (interval above 0) at an accuracy not below majority@{cap}'s "
+        "interval",
+    )
+    headline = (
+        f"saves {fmt(entry['saved'][0])} of the {unit}; accuracy {fmt(accuracy)} vs "
+        f"{fmt(baseline[0])}"
+    )
+    return Finding(paper, votes.name, verdict, headline, lines)
+
+
+def _plot_adaptive(votes: Votes, result: Any, numbers: Mapping[str, Any], out: Path) -> str:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    ks = result.ks
+    left.plot(ks, numbers["majority_curve"], "k-o", ms=3, label="majority@k")
+    for colour, name in (("C0", "adaptive"), ("C1", "esc")):
+        entry = numbers[name]
+        x, y = entry["samples"][0], entry["accuracy"][0]
+        left.errorbar(
+            [x],
+            [y],
+            yerr=[[y - entry["accuracy"][1]], [entry["accuracy"][2] - y]],
+            xerr=[[x - entry["samples"][1]], [entry["samples"][2] - x]],
+            fmt="s",
+            color=colour,
+            label=f"{name} (cap {ADAPTIVE_CAP})",
+        )
+    left.set_xlabel("mean samples per problem")
+    left.set_ylabel("accuracy")
+    left.legend(fontsize=7)
+    per_sample = votes.tokens.mean()
+    right.plot(ks * per_sample, numbers["majority_curve"], "k-o", ms=3, label="majority@k")
+    deep = numbers["deepconf"]
+    right.plot([deep["tokens"]], [deep["accuracy"][0]], "C2D", label="DeepConf online")
+    right.set_xlabel("mean completion tokens per problem")
+    right.legend(fontsize=7)
+    figure.suptitle(f"Early stopping on {votes.name} ({votes.size} problems)")
+    return _save(figure, out, f"adaptive-{votes.name}.png")
+
+
+# -- Inference Scaling fLaws -------------------------------------------------------------------
+
+
+def measured_rewards(
+    weak: npt.NDArray[np.bool_], correct: npt.NDArray[np.bool_], cost: float
+) -> FloatArray:
+    """Per problem and k = 1..N: expected reward of drawing k of the stored samples in a random
+    order and returning the first that passes the weak tests (abstaining if none does).
+
+    Some of k passes with the unbiased pass@k of the weak verdicts; the first that passes is a
+    uniform pick among the passing ones, correct with probability tp / w.
+    """
+    samples = weak.shape[1]
+    passing = weak.sum(axis=1)
+    true_positive = (weak & correct).sum(axis=1)
+    false_positive = passing - true_positive
+    value = np.where(
+        passing > 0, (true_positive + cost * false_positive) / np.maximum(passing, 1), 0.0
+    )
+    passes = np.stack(
+        [per_problem_pass_at_k(samples, passing, k) for k in range(1, samples + 1)], axis=1
+    )
+    return np.asarray(passes * value[:, None], dtype=np.float64)
+
+
+def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
+    """The weak tests as a verifier, measured against the full tests."""
+    if votes.weak is None:
+        raise DataError(f"{votes.name} has no weak-test verdicts", field="weak")
+    weak, correct = votes.weak, votes.correct
+    estimate = estimate_soundness(weak.tolist(), correct.tolist())
+    false_positive = (weak & ~correct).sum(axis=1)
+    wrong = (~correct).sum(axis=1)
+    rate = ratio_ci(false_positive, wrong, settings)
+    ceiling = ratio_ci((weak & correct).sum(axis=1), weak.sum(axis=1), settings)
+    samples = votes.samples
+    costs: dict[str, Any] = {}
+    for cost in FP_COSTS:
+        k_opt = optimal_samples(estimate, cost, MAX_K)
+
+        def refit(rows: npt.NDArray[np.int64], r: int, cost: float = cost) -> float:
+            return float(
+                optimal_samples(
+                    estimate_soundness(weak[rows].tolist(), correct[rows].tolist()), cost, MAX_K
+                )
+            )
+
+        within = int(np.argmax(_formula_rewards(estimate, cost, samples)[1:])) + 1
+        bank = measured_rewards(weak, correct, cost).mean(axis=0)
+        costs[str(cost)] = {
+            "k_opt": k_opt,
+            "k_opt_ci": loop_ci(refit, votes.size, settings),
+            "k_opt_within_bank": within,
+            "measured_k_opt_within_bank": int(np.argmax(bank)) + 1,
+            "measured_rewards": bank.tolist(),
+            "formula_rewards": _formula_rewards(estimate, cost, samples)[1:].tolist(),
+            "reward_at_k_opt": float(_formula_rewards(estimate, cost, max(k_opt, 1))[k_opt]),
+            "reward_at_max_k": float(_formula_rewards(estimate, cost, MAX_K)[-1]),
+        }
+    pass_n = float(per_problem_pass_at_k(samples, correct.sum(axis=1), samples).mean())
+    resample_n = costs["0.0"]["measured_rewards"][-1]
+    shrinks = all(
+        costs[str(a)]["k_opt"] >= costs[str(b)]["k_opt"] for a, b in itertools.pairwise(FP_COSTS)
+    )
+    hurts = any(
+        entry["reward_at_k_opt"] - entry["reward_at_max_k"] >= OVERSAMPLING_LOSS
+        for entry in costs.values()
+    )
+    if estimate.false_positives == 0:
+        verdict = NOT_TESTABLE
+    elif rate[1] > 0 and ceiling[2] < 1 and shrinks and hurts:
+        verdict = REPRODUCED
+    else:
+        verdict = NOT_REPRODUCED
+    numbers = {
+        "problems": votes.size,
+        "soundness": estimate.to_dict(),
+        "false_positive_rate": rate,
+        "ceiling": ceiling,
+        "costs": costs,
+        f"pass@{samples}": pass_n,
+        f"resample@{samples}": resample_n,
+    }
+    k_text = ", ".join(
+        f"V_FP = {cost:g}: {costs[str(cost)]['k_opt']} [{costs[str(cost)]['k_opt_ci'][0]:.0f}, "
+        f"{costs[str(cost)]['k_opt_ci'][1]:.0f}]"
+        for cost in FP_COSTS
+    )
+    lines = (
+        f"{estimate.candidates} samples: {estimate.weak_passes} pass the weak tests, "
+        f"{estimate.strong_passes} the full ones, {estimate.false_positives} pass only the weak",
+        f"false-positive rate P(passes weak | wrong) {fmt(*rate)}; ceiling "
+        f"P(correct | passes weak) {fmt(*ceiling)}",
+        f"K_opt (expected reward: +1 correct, V_FP a false positive, 0 abstaining; up to {MAX_K}): "
+        + k_text,
+        f"on the bank (k <= {samples}): resampling until the weak tests pass reaches "
+        f"{fmt(resample_n)} at k = {samples} against pass@{samples} {fmt(pass_n)}; the best k "
+        "within the bank by cost: "
+        + ", ".join(
+            f"{cost:g}: measured {costs[str(cost)]['measured_k_opt_within_bank']}, formula "
+            f"{costs[str(cost)]['k_opt_within_bank']}"
+            for cost in FP_COSTS
+        ),
+        "criteria: false positives exist (interval above 0), the ceiling is below 1 (interval), "
+        f"K_opt never grows as V_FP falls, and at some cost drawing {MAX_K} samples earns at "
+        f"least {fmt(OVERSAMPLING_LOSS)} less than K_opt (K_opt: the smallest k within 1e-12 of "
+        "the best reward)",
+    )
+    headline = (
+        f"FP rate {fmt(rate[0])}, ceiling {fmt(ceiling[0])}, K_opt "
+        + "/".join(str(costs[str(c)]["k_opt"]) for c in FP_COSTS)
+        + f" at V_FP {'/'.join(f'{c:g}' for c in FP_COSTS)}"
+    )
+    figure = _plot_flaws(votes, costs, estimate, out)
+    return Finding("Inference Scaling fLaws", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _formula_rewards(estimate: SoundnessEstimate, cost: float, max_k: int) -> FloatArray:
+    return np.array(expected_rewards(estimate, cost, max_k))
+
+
+def _plot_flaws(
+    votes: Votes, costs: Mapping[str, Any], estimate: SoundnessEstimate, out: Path
+) -> str:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    ks = np.arange(1, 201)
+    bank_ks = np.arange(1, votes.samples + 1)
+    for number, cost in enumerate(FP_COSTS):
+        colour = f"C{number}"
+        axis.plot(
+            ks,
+            _formula_rewards(estimate, cost, 200)[1:],
+            "-",
+            color=colour,
+            label=f"V_FP = {cost:g}",
+        )
+        axis.plot(bank_ks, costs[str(cost)]["measured_rewards"], "o", color=colour, ms=3)
+        k_opt = costs[str(cost)]["k_opt"]
+        if 1 <= k_opt <= 200:
+            axis.axvline(k_opt, color=colour, lw=0.7, ls=":")
+    axis.set_xscale("log")
+    axis.set_xlabel("samples k (resample until the weak tests pass)")
+    axis.set_ylabel("expected reward")
+    axis.set_title(f"fLaws on {votes.name}: lines the formula, dots the bank")
+    axis.legend(fontsize=7)
+    return _save(figure, out, "flaws.png")
+
+
+# -- MAKER -------------------------------------------------------------------------------------
+
+
+def vote_rates(votes: Votes) -> tuple[FloatArray, FloatArray]:
+    """Per problem: p, the share of valid votes for the right answer (its commonest correct
+    group), and the share of samples that are valid (not red-flagged)."""
+    rates, valid_rates = [], []
+    for answers, right, flags in zip(votes.answers, votes.correct, votes.flagged, strict=True):
+        valid = [a for a, f in zip(answers, flags, strict=True) if not f]
+        good = Counter(a for a, r, f in zip(answers, right, flags, strict=True) if r and not f)
+        best = good.most_common(1)[0][1] if good else 0
+        rates.append(best / len(valid) if valid else 0.0)
+        valid_rates.append(len(valid) / len(answers))
+    return np.array(rates), np.array(valid_rates)
+
+
+def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
+    """First-to-ahead-by-k: votes spent and success against k; k_min's prediction."""
+    rates, valid_rates = vote_rates(votes)
+    wrong_votes = (~votes.correct & ~votes.flagged).any(axis=1)
+    solvable = (rates > 0.5) & wrong_votes
+    if solvable.sum() < 2:
+        return Finding(
+            "MAKER",
+            votes.name,
+            NOT_TESTABLE,
+            f"the right answer holds a majority of the votes, with wrong votes against it, on "
+            f"{int(solvable.sum())} problems (2 needed)",
+            numbers={"problems": votes.size, "solvable": int(solvable.sum())},
+        )
+    p_mean = float(rates[solvable].mean())
+    steps = int(solvable.sum())
+    k_pred = maker_k_min(min(p_mean, 1 - 1e-9), MAKER_TARGET, steps)
+    margins = list(range(1, max(4, min(k_pred, votes.samples // 2)) + 1))
+    answers = [
+        [None if f else a for a, f in zip(row, flags, strict=True)]
+        for row, flags in zip(votes.answers, votes.flagged, strict=True)
+    ]
+    result = evaluate(
+        answers,
+        votes.correct,
+        None,
+        {f"ahead_{m}": AheadByKConfig(margin=m, samples=votes.samples) for m in margins},
+        ks=[votes.samples],
+        subsets=settings.subsets,
+        seed=settings.seed,
+    )
+    rows: list[dict[str, Any]] = []
+    for m in margins:
+        used = result.per_problem_samples[f"ahead_{m}"][solvable, 0]
+        success = result.per_problem[f"ahead_{m}"][solvable, 0]
+        p = np.minimum(rates[solvable], 1 - 1e-9)
+        predicted = np.array([maker_expected_votes(x, m) for x in p]) / valid_rates[solvable]
+        all_steps = float(np.prod(success))
+        rows.append(
+            {
+                "margin": m,
+                "votes": mean_ci(used, settings),
+                "predicted_votes": float(predicted.mean()),
+                "predicted_votes_capped": float(np.minimum(predicted, votes.samples).mean()),
+                "success": mean_ci(success, settings),
+                "predicted_success": float(np.mean([maker_step_success(x, m) for x in p])),
+                "all_steps": all_steps,
+            }
+        )
+    measured_k = next((r["margin"] for r in rows if r["all_steps"] >= MAKER_TARGET), None)
+    at_pred = next((r for r in rows if r["margin"] == k_pred), None)
+    rising = all(a["votes"][0] <= b["votes"][0] for a, b in itertools.pairwise(rows))
+    holds = at_pred is not None and at_pred["all_steps"] >= MAKER_TARGET
+    verdict = REPRODUCED if holds and rising else NOT_REPRODUCED
+    numbers = {
+        "problems": votes.size,
+        "solvable": steps,
+        "p_mean": p_mean,
+        "target": MAKER_TARGET,
+        "k_min_predicted": k_pred,
+        "k_min_measured": measured_k,
+        "margins": rows,
+    }
+    lines = (
+        f"{steps} of {votes.size} problems have p > 1/2 and some wrong vote (p: the right answer's "
+        f"share of the valid votes; mean {p_mean:.3f}); red flags: no answer, or cut off at the "
+        "token limit",
+        *(
+            f"k = {r['margin']}: votes {fmt(*r['votes'], pct=False)} (worst case "
+            f"{r['predicted_votes']:.2f}, capped at {votes.samples}: "
+            f"{r['predicted_votes_capped']:.2f}); success {fmt(*r['success'])} (predicted "
+            f"{fmt(r['predicted_success'])}); all {steps} right {fmt(r['all_steps'])}"
+            for r in rows
+        ),
+        f"k_min for all {steps} steps right with probability {MAKER_TARGET} at p = {p_mean:.3f}: "
+        f"predicted {k_pred}, measured "
+        + (str(measured_k) if measured_k is not None else f"none up to {margins[-1]}"),
+        f"criteria: at the predicted k_min all {steps} steps are right with probability >= "
+        f"{MAKER_TARGET} on the bank (votes capped at {votes.samples}), and votes rise with k",
+    )
+    headline = (
+        f"k_min predicted {k_pred}, measured {measured_k}; votes at k = 1..{margins[-1]}: "
+        + ", ".join(f"{r['votes'][0]:.1f}" for r in rows)
+    )
+    figure = _plot_maker(votes, rows, k_pred, out)
+    return Finding("MAKER", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _plot_maker(votes: Votes, rows: Sequence[Mapping[str, Any]], k_pred: int, out: Path) -> str:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    margins = [r["margin"] for r in rows]
+    means = np.array([r["votes"][0] for r in rows])
+    errors = np.array(
+        [[r["votes"][0] - r["votes"][1], r["votes"][2] - r["votes"][0]] for r in rows]
+    )
+    left.errorbar(margins, means, yerr=errors.T, fmt="ko-", ms=4, label="bank (capped)")
+    left.plot(margins, [r["predicted_votes"] for r in rows], "C0--", label="k(2p_sub-1)/(2p-1)")
+    left.axhline(votes.samples, color="0.5", lw=0.8, ls=":", label="cap")
+    left.set_xlabel("margin k")
+    left.set_ylabel("samples drawn per problem")
+    left.legend(fontsize=7)
+    right.plot(margins, [r["all_steps"] for r in rows], "ko-", ms=4, label="bank: all steps right")
+    right.axhline(MAKER_TARGET, color="C3", lw=0.8, ls="--", label=f"target {MAKER_TARGET}")
+    right.axvline(k_pred, color="C0", lw=0.8, ls=":", label=f"k_min predicted ({k_pred})")
+    right.set_xlabel("margin k")
+    right.set_ylim(0, 1.02)
+    right.legend(fontsize=7)
+    figure.suptitle(f"MAKER first-to-ahead-by-k on {votes.name} ({votes.size} problems)")
+    return _save(figure, out, f"maker-{votes.name}.png")
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def run_claims(sets: Mapping[str, Votes | None], settings: Settings, out: Path) -> list[Finding]:
+    """Every claim on the sets it is tested on; too few problems give ``insufficient data``."""
+    plan: list[tuple[str, str, Callable[[Votes, Settings, Path], Finding | list[Finding]]]] = [
+        ("Large Language Monkeys", "humaneval", monkeys),
+        ("Best-of-Majority", "gsm8k", best_of_majority),
+        ("Best-of-Majority", "humaneval", best_of_majority),
+        ("Adaptive-Consistency, ESC, DeepConf", "gsm8k", adaptive),
+        ("Inference Scaling fLaws", "humaneval", flaws),
+        ("MAKER", "gsm8k", maker),
+        ("MAKER", "humaneval", maker),
+    ]
+    findings: list[Finding] = []
+    for claim, name, test in plan:
+        votes = sets.get(name)
+        if votes is None or votes.size < settings.min_problems:
+            claims = claim.split(", ")
+            findings.extend(insufficient(one, votes, name, settings) for one in claims)
+            continue
+        started = time.perf_counter()
+        found = test(votes, settings, out)
+        findings.extend(found if isinstance(found, list) else [found])
+        print(f"{claim} on {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return findings
+
+
+PAPERS = {
+    "Large Language Monkeys": "Brown et al. 2024: coverage grows log-linearly with samples and "
+    "follows an exponentiated power law exp(a k^b); fitted on few samples it extrapolates",
+    "Best-of-Majority": "Di et al. 2025: best-of-N degrades as N grows (reward hacking), "
+    "Best-of-Majority does not; majority voting is flat",
+    "Adaptive-Consistency": "Aggarwal et al. 2023: stopping when the vote is settled (a Beta "
+    "posterior) saves samples at the accuracy of majority voting",
+    "ESC": "Li et al. 2024: stopping at the first unanimous window of 5 saves samples at the "
+    "accuracy of majority voting",
+    "DeepConf": "Fu et al. 2025: stopping low-confidence traces online saves tokens at the "
+    "accuracy of majority voting",
+    "Inference Scaling fLaws": "Stroebl et al. 2024: with an imperfect verifier, resampling is "
+    "capped by P(correct | passes) and the best number of samples is finite and shrinks as false "
+    "positives cost more",
+    "MAKER": "Meyerson et al. 2025: first-to-ahead-by-k voting needs k_min = "
+    "ceil(ln(t^(-1/s) - 1) / ln((1-p)/p)) for s steps to all succeed with probability t, at "
+    "about k / (2p - 1) votes per step",
+}
+
+
+def render(
+    findings: Sequence[Finding], sets: Mapping[str, Votes | None], meta: Mapping[str, Any]
+) -> str:
+    """The Markdown report."""
+    lines = [
+        "# The seed papers' claims on the sample bank",
+        "",
+        f"Generated by `python benchmarks/reproduce.py` in {meta['seconds']:.1f} s from the bank "
+        f"({meta['bank']}): "
+        + "; ".join(
+            f"{name}: {votes.size if votes else 0} of {PLANNED[name]} problems x {SAMPLES[name]} "
+            "samples"
+            for name, votes in sets.items()
+        )
+        + f". Intervals: 95% percentile bootstrap over problems ({meta['settings']['resamples']} "
+        f"resamples; {meta['settings']['fit_resamples']} where each resample is refitted), seed "
+        f"{meta['settings']['seed']}. The model: Qwen2.5-Coder-0.5B-Instruct at T = 0.8 "
+        "(see `benchmarks/bank/README.md`). Every number is in `report.json`.",
+        "",
+        "| claim | set | verdict | in short |",
+        "|---|---|---|---|",
+    ]
+    for f in findings:
+        lines.append(f"| {f.claim} | {f.dataset} | **{f.verdict}** | {f.headline} |")
+    shown: set[str] = set()
+    for claim in dict.fromkeys(f.claim for f in findings):
+        lines += ["", f"## {claim}", "", f"*{PAPERS[claim]}.*"]
+        for f in (f for f in findings if f.claim == claim):
+            lines += ["", f"**{f.dataset}: {f.verdict}.**", ""]
+            lines += [f"- {line}" for line in f.lines] or [f"- {f.headline}"]
+            if f.figure and f.figure not in shown:
+                shown.add(f.figure)
+                lines += ["", f"![{claim} on {f.dataset}]({f.figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bank", type=Path, default=DEFAULT_ROOT, help="the bank's folder")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
+    parser.add_argument("--resamples", type=int, default=Settings.resamples)
+    parser.add_argument("--fit-resamples", type=int, default=Settings.fit_resamples)
+    parser.add_argument("--subsets", type=int, default=Settings.subsets)
+    parser.add_argument("--min-problems", type=int, default=Settings.min_problems)
+    parser.add_argument("--seed", type=int, default=Settings.seed)
+    args = parser.parse_args(argv)
+    settings = Settings(
+        resamples=args.resamples,
+        fit_resamples=args.fit_resamples,
+        subsets=args.subsets,
+        min_problems=args.min_problems,
+        seed=args.seed,
+    )
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for old in args.out.glob("*.png"):
+        old.unlink()
+    sets = {name: read_votes(name, args.bank) for name in SAMPLES}
+    findings = run_claims(sets, settings, args.out)
+    meta = {
+        "seconds": time.perf_counter() - started,
+        "bank": _display(args.bank),
+        "settings": settings.__dict__,
+        "problems": {name: (votes.size if votes else 0) for name, votes in sets.items()},
+    }
+    (args.out / "report.md").write_text(render(findings, sets, meta), encoding="utf-8")
+    payload = {
+        **meta,
+        "findings": [
+            {
+                "claim": f.claim,
+                "dataset": f.dataset,
+                "verdict": f.verdict,
+                "headline": f.headline,
+                "figure": f.figure,
+                "numbers": f.numbers,
+            }
+            for f in findings
+        ],
+    }
+    (args.out / "report.json").write_text(
+        json.dumps(_jsonable(payload), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    for f in findings:
+        print(f"{f.claim:24s} {f.dataset:10s} {f.verdict}: {f.headline}")
+    print(f"report: {args.out / 'report.md'} ({meta['seconds']:.1f} s)")
+    return 0
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
