@@ -291,7 +291,9 @@ class GraphSpec:
             try:
                 nodes.append(build_config(NodeSpec, dict(raw), f"{where}: nodes[{position}]"))
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}: nodes[{position}]: {exc}") from exc
+                inner = getattr(exc, "param", None)
+                param = f"nodes[{position}]" + (f".{inner}" if inner else "")
+                raise ConfigError(f"{where}: nodes[{position}]: {exc}", param=param) from exc
         edges = data.get("edges") or []
         if not all(isinstance(e, list | tuple) and len(e) == 2 for e in edges):
             raise ConfigError(f"{where}: each edge is a pair [from, to]")
@@ -660,7 +662,12 @@ class GraphConfig(StrategyConfig):
             raise ConfigError("limit must be a stop condition", param="limit")
         if not isinstance(self.graph_options, Mapping):
             raise ConfigError("graph_options must be an object", param="graph_options")
-        object.__setattr__(self, "spec", as_graph(self.spec, self.graph_options))
+        try:
+            spec = as_graph(self.spec, self.graph_options)
+        except ConfigError as exc:
+            param = "spec" + (f".{exc.param}" if exc.param else "")
+            raise ConfigError(str(exc), param=param) from exc
+        object.__setattr__(self, "spec", spec)
 
 
 def as_graph(spec: Any, options: Mapping[str, Any] | None = None) -> GraphSpec:

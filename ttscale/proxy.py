@@ -68,6 +68,7 @@ from ttscale.serving import (
 from ttscale.settings import (
     RequestLimits,
     ScaleSettings,
+    header_name,
     parse_settings,
     resolve_settings,
     settings_from_headers,
@@ -230,7 +231,7 @@ def _refuse_endpoints(settings: ScaleSettings, *, header: bool) -> None:
         return
     if header:
         # X-TTScale-Spec: {...} -> "X-TTScale-Spec.models.big.base_url"
-        first = "X-TTScale-" + "-".join(part.capitalize() for part in path[0].split("_"))
+        first = header_name(path[0])
         param = ".".join((first, *path[1:]))
     else:
         param = ".".join(("ttscale", *path))

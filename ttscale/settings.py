@@ -39,6 +39,7 @@ from ttscale.spend import DrawCaps
 __all__ = [
     "RequestLimits",
     "ScaleSettings",
+    "header_name",
     "parse_settings",
     "resolve_plan",
     "resolve_settings",
@@ -184,6 +185,11 @@ def _header_value(text: str, name: str) -> Any:
         return text
 
 
+def header_name(key: str) -> str:
+    """The header that sets settings key ``key`` (``max_depth``: ``X-TTScale-Max-Depth``)."""
+    return "X-TTScale-" + "-".join(part.capitalize() for part in key.split("_"))
+
+
 def settings_from_headers(headers: Mapping[str, str]) -> ScaleSettings:
     """Settings from ``X-TTScale-*`` headers (``X-TTScale-Max-Depth`` is option ``max_depth``)."""
     raw: dict[str, Any] = {}
@@ -192,7 +198,7 @@ def settings_from_headers(headers: Mapping[str, str]) -> ScaleSettings:
         if not lowered.startswith(_HEADER_PREFIX) or lowered == _HEADER_PREFIX:
             continue
         key = lowered[len(_HEADER_PREFIX) :].replace("-", "_")
-        value = _header_value(text.strip(), name)
+        value = _header_value(text.strip(), header_name(key))
         if key in ("strategy", "verifier") and not isinstance(value, Mapping):
             value = text.strip()  # a name, even one JSON would read as a number
         raw[key] = value
