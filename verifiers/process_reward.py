@@ -39,7 +39,7 @@ __all__ = [
     "split_steps",
 ]
 
-Aggregation = Literal["last", "min", "product", "mean"]
+Aggregation = Literal["last", "min", "product", "prod", "mean"]
 
 
 def aggregate_last(scores: Sequence[float]) -> float:
@@ -62,6 +62,7 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
     "last": aggregate_last,
     "min": aggregate_min,
     "product": aggregate_product,
+    "prod": aggregate_product,  # search-and-learn's name for it
     "mean": aggregate_mean,
 }
 

@@ -226,7 +226,10 @@ class ServerConfig:
     part way and the log records how many tokens it was sent. ``logprobs`` False makes a server
     that ignores requests for logprobs, as some do. ``n_support`` says what a request
     with ``n > 1`` gets: ``yes`` its choices (at most ``max_choices`` when set), ``reject`` a 400
-    naming ``n``, ``ignore`` one choice. ``port`` 0 takes a free port.
+    naming ``n``, ``ignore`` one choice. ``port`` 0 takes a free port. ``routes`` adds JSON
+    endpoints (a path such as ``/v1/pooling`` mapped to a function of the decoded body returning
+    the reply): a scripted reward model, say; a function raising ``ValueError`` or a ttscale error
+    answers 400 with its message.
     """
 
     answers: Mapping[str, Answer | Sequence[Answer]] | Responder | None = None
@@ -240,6 +243,7 @@ class ServerConfig:
     model: str = "loopback"
     host: str = "127.0.0.1"
     port: int = 0
+    routes: Mapping[str, Callable[[dict[str, Any]], Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.answers, Mapping):
@@ -270,6 +274,11 @@ class ServerConfig:
         object.__setattr__(self, "faults", tuple(self.faults))
         if not all(isinstance(fault, Fault) for fault in self.faults):
             raise ConfigError("faults must be Fault instances")
+        if not all(isinstance(p, str) and p.startswith("/") for p in self.routes) or not all(
+            callable(handler) for handler in self.routes.values()
+        ):
+            raise ConfigError("routes must map paths starting with '/' to functions")
+        object.__setattr__(self, "routes", MappingProxyType(dict(self.routes)))
 
 
 @dataclass(frozen=True)
@@ -1342,6 +1351,8 @@ class LoopbackServer:
             response = _json_response(200, self._model_card())
         elif request.path == "/health":
             response = _json_response(200, {"status": "ok"})
+        elif request.path in self.config.routes:
+            response = self._route(request)
         else:
             response = _error_response(
                 _RequestError(
@@ -1349,6 +1360,23 @@ class LoopbackServer:
                 )
             )
         self._finish(connection, request, response)
+
+    def _route(self, request: _HttpRequest) -> _Response:
+        """A JSON endpoint of ``ServerConfig.routes``."""
+        if request.method != "POST":
+            error = _RequestError(405, f"use POST for {request.path}", code="method_not_allowed")
+            return _error_response(error)
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return _error_response(_RequestError(400, "the request body is not valid JSON"))
+        if not isinstance(body, dict):
+            return _error_response(_RequestError(400, "the request body must be a JSON object"))
+        try:
+            reply = self.config.routes[request.path](body)
+        except (ValueError, TTScaleError) as exc:
+            return _error_response(_RequestError(400, f"{request.path}: {exc}"))
+        return _json_response(200, reply)
 
     def _model_card(self) -> dict[str, Any]:
         return {
