@@ -6,6 +6,7 @@ the one function that provides it) shows that the test notices.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +240,67 @@ def test_a_full_disk_stops_the_run_with_one_clear_message(tmp_path: Path) -> Non
 def test_control_a_run_that_keeps_drawing_after_the_failure_is_caught(tmp_path: Path) -> None:
     _full, delivered, kept = full_disk_run(tmp_path, "no-stop")
     assert delivered - kept > 3 * SAMPLES  # what the test above bounds
+
+
+# -- streamed (watched) samples ----------------------------------------------------------------
+
+
+class StopAfter:
+    """A watcher that stops a streamed sample after ``tokens`` tokens."""
+
+    def __init__(self, tokens: int) -> None:
+        self.left = tokens
+
+    def feed(self, token: object) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+
+def test_streamed_samples_are_journalled_one_by_one(tmp_path: Path) -> None:
+    lines = asyncio.run(journal_streams(tmp_path, wait=20.0))
+    assert sorted(line["candidate"]["index"] for line in lines) == [0, 1]
+    assert all(line["candidate"]["finish_reason"] == "early_stop" for line in lines)
+    assert all(line["params"].endswith("/watched") for line in lines)  # kept apart from whole ones
+
+
+def test_control_streams_without_arrivals_are_journalled_only_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ttscale.samplers.openai_sampler as sampler
+
+    monkeypatch.setattr(sampler, "deliver", lambda batch: None)
+    assert asyncio.run(journal_streams(tmp_path, wait=2.0)) == []
+
+
+async def journal_streams(tmp_path: Path, wait: float) -> list[dict[str, Any]]:
+    """Three streamed samples stopped after 3 tokens, the third held back by the server: the
+    journal's lines while that draw call is still waiting for it."""
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.store import JournalledSampler
+    from ttscale.types import SamplingParams
+
+    path = tmp_path / "j.jsonl"
+    # The third stream (request 2) is held back: the first two must be journalled meanwhile.
+    held = Fault("slow", on_requests=frozenset({2}), delay=30.0)
+    answer = "one two three four five six seven eight"
+    async with LoopbackServer(default_answer=answer, token_interval=0.01, faults=(held,)) as srv:
+        sampler = OpenAISampler(model="loopback", base_url=srv.base_url, concurrency=3)
+        journal = SampleJournal(path)
+        view = JournalledSampler(sampler, journal, "p")
+        params = SamplingParams(logprobs=0, seed=1)
+        draw = asyncio.ensure_future(
+            view.sample_watched("q", 3, params, watcher=lambda index: StopAfter(3))
+        )
+        deadline = time.monotonic() + wait
+        for _ in range(int(wait / 0.05) + 1):  # polling a file: no event to wait on
+            if len(path.read_text().splitlines()) >= 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert not draw.done()  # the draw call has not returned, its samples are journalled
+        draw.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await draw
+        journal.close()
+        await sampler.aclose()
+    return lines
