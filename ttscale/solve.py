@@ -53,6 +53,7 @@ from ttscale.records import (
     check_resume,
     human_eval_completion,
     human_eval_lines,
+    read_finished,
     record_params,
     repair_results,
     run_file,
@@ -94,12 +95,16 @@ __all__ = [
     "human_eval_lines",
     "parse_budget",
     "parse_price",
+    "read_finished",
     "record_params",
     "run_file",
     "solve",
 ]
 
 log = logging.getLogger(__name__)
+
+JournalKey = tuple[str, str, int]
+"""A journal entry's problem, settings key and sample index (kept for imports of old)."""
 
 OutputFormat = Literal["ttscale", "human-eval"]
 
