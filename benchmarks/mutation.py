@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 
 TESTS = {
+    "ttscale/budget.py": ["tests/test_budget_limits.py", "tests/test_budget.py"],
     "ttscale/estimators.py": ["tests/test_estimators.py", "tests/test_laws.py"],
     "ttscale/laws.py": ["tests/test_laws.py"],
     "strategies/selection.py": [
@@ -55,7 +56,13 @@ TESTS = {
         "tests/test_strategies_rules.py",
         "tests/test_strategies_offline.py",
     ],
-    "strategies/offline.py": ["tests/test_strategies_offline.py"],
+    "strategies/offline.py": [
+        "tests/test_strategies_offline.py",
+        # DeepConf's replays inside evaluate; the command-line tests of that file are left out.
+        "tests/test_deepconf_offline.py::test_replaying_one_order_at_every_k_is_the_simulation_of_its_prefix",
+        "tests/test_deepconf_offline.py::test_expected_deepconf_curves_with_their_tokens_and_errors",
+        "tests/test_deepconf_offline.py::test_deepconf_without_logprobs_is_refused_with_the_flag_to_use",
+    ],
 }
 
 SWAPS: dict[type, type] = {
