@@ -41,9 +41,8 @@ enforced here too, on every draw whatever the strategy asked for: a draw's ``max
 the cap (or unset) is sent as the cap, and samples beyond the cap are trimmed or refused like a
 sample limit's. No strategy can get past them, as every draw goes through this choke point.
 
-Budget mappings (``{"samples": 64, "tokens": 20000}``, from a request, a preset, a command line)
-are read in one place, :func:`parse_limits`, and turned into a condition by
-:func:`budget_condition`.
+Budget mappings (``{"samples": 64, "tokens": 20000}``) are read in one place,
+:func:`parse_limits`; :func:`budget_condition` makes them a condition.
 
 All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
 one budget without locks. The budget is not thread-safe.
@@ -243,16 +242,16 @@ class StopCondition:
         return None
 
     def __or__(self, other: Condition) -> StopCondition:
-        return _AnyOf((self, _as_condition(other)))
+        return _AnyOf(_parts(_AnyOf, self, _as_condition(other)))
 
     def __ror__(self, other: Condition) -> StopCondition:
-        return _AnyOf((_as_condition(other), self))
+        return _AnyOf(_parts(_AnyOf, _as_condition(other), self))
 
     def __and__(self, other: Condition) -> StopCondition:
-        return _AllOf((self, _as_condition(other)))
+        return _AllOf(_parts(_AllOf, self, _as_condition(other)))
 
     def __rand__(self, other: Condition) -> StopCondition:
-        return _AllOf((_as_condition(other), self))
+        return _AllOf(_parts(_AllOf, _as_condition(other), self))
 
 
 Condition = StopCondition | Callable[[Spend], bool]
@@ -314,6 +313,14 @@ class _AllOf(StopCondition):
 
     def __repr__(self) -> str:
         return " & ".join(_grouped(c) for c in self.conditions)
+
+
+def _parts(kind: type, *conditions: StopCondition) -> tuple[StopCondition, ...]:
+    parts: list[StopCondition] = []  # the operands, one of the same kind flattened into them
+    for condition in conditions:
+        same = isinstance(condition, _AnyOf | _AllOf) and type(condition) is kind
+        parts.extend(condition.conditions if same else (condition,))  # type: ignore[attr-defined]
+    return tuple(parts)
 
 
 def _grouped(condition: StopCondition) -> str:
