@@ -40,6 +40,9 @@ from ttscale.types import Candidate, SampleBatch
 
 T = TypeVar("T")
 
+# A test that would hang (a limit that never stops a loop of draws) fails instead.
+pytestmark = pytest.mark.timeout(60)
+
 
 def numbered(request: ScriptRequest) -> str:
     # Answers of different lengths, so token counts differ from sample to sample.
