@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttscale.bank import load_bank_set, weak_tests
+from ttscale.bank import load_bank_set, slice_bank_set, weak_tests, write_part
 from ttscale.errors import DataError
 from ttscale.types import Candidate, Problem
 from ttscale.verifiers.unit_tests import UnitTestVerifier
@@ -106,3 +106,38 @@ def test_a_torn_part_is_refused(tmp_path: Path) -> None:
         load_bank_set("toy", tmp_path)
     with pytest.raises(DataError, match="no packed parts"):
         load_bank_set("missing", tmp_path)
+
+
+def test_a_sample_becomes_a_candidate_with_its_logprobs(tmp_path: Path) -> None:
+    rows = [{"problem": "p", "index": 0, "text": "a", "completion_tokens": 2}]
+    _write_part(tmp_path / "toy", rows, [2])
+    (sample,) = load_bank_set("toy", tmp_path).samples["p"]
+    candidate = sample.candidate()
+    assert candidate.logprobs is not None and [t.logprob for t in candidate.logprobs] == [0, -1]
+    assert candidate.logprobs[0].top == (("", 0.0),) * 5
+    assert (candidate.text, candidate.completion_tokens) == ("a", 2)
+
+
+def test_a_slice_keeps_the_chosen_problems_rows_arrays_and_verdicts(tmp_path: Path) -> None:
+    row = {"seed": 1, "answer": "4", "finish_reason": "stop", "text": "t", "completion_tokens": 1}
+    rows = [{**row, "problem": p, "index": i} for p in ("p1", "p2", "p3") for i in (0, 1)]
+    _write_part(tmp_path / "bank" / "toy", rows, [1, 2, 3, 4, 5, 6])
+    verdicts = {f"{r['problem']}#{r['index']}": {"full": r["index"] == 0} for r in rows}
+    (tmp_path / "bank" / "toy" / "verdicts.json").write_text(json.dumps(verdicts))
+    copied = slice_bank_set("toy", ["p3", "p1"], tmp_path / "slice", tmp_path / "bank")
+    whole, part = load_bank_set("toy", tmp_path / "bank"), load_bank_set("toy", tmp_path / "slice")
+    assert copied == 4 and part.problems == ("p1", "p3")
+    for problem in part.problems:
+        for mine, theirs in zip(part.samples[problem], whole.samples[problem], strict=True):
+            assert mine.chosen.tolist() == theirs.chosen.tolist()
+            assert (mine.text, mine.correct) == (theirs.text, theirs.correct)
+    assert set(json.loads((tmp_path / "slice" / "toy" / "verdicts.json").read_text())) == {
+        "p1#0",
+        "p1#1",
+        "p3#0",
+        "p3#1",
+    }
+    with pytest.raises(DataError, match="holds no"):
+        slice_bank_set("toy", ["p9"], tmp_path / "other", tmp_path / "bank")
+    with pytest.raises(DataError, match="logprob runs"):
+        write_part(tmp_path / "bad", 0, rows, [])

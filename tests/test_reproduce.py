@@ -1,0 +1,494 @@
+"""benchmarks/reproduce.py: its report's numbers, each recomputed a second, independent way.
+
+The script runs once (a real subprocess) on the committed slice of the bank
+(``tests/data/bank_slice``: six HumanEval problems x 16 samples with their logprobs and verdicts)
+beside a synthetic GSM8K set of the bank's format (written here, seeded), and the tests recompute
+its figures from the same files by other routes: pass@k by binomial coefficients written out, the
+power law by a direct least squares, the Beta fit by scipy's beta-binomial, best-of-N by
+enumerating subsets with scores from the ``confidence`` verifier, soundness by counting, K_opt by
+brute force, the early-stopping rules and first-to-ahead-by-k by plain simulation, DeepConf by a
+second replay of the same orders.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ttscale.bank import BankSample, BankSet, load_bank_set, write_part
+from ttscale.verifiers.confidence import ConfidenceVerifier
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+SLICE = Path(__file__).resolve().parent / "data" / "bank_slice"
+VERDICTS = {
+    "reproduced",
+    "not reproduced",
+    "not testable at 0.5B",
+}
+
+scipy = pytest.importorskip("scipy", reason="pip install 'ttscale[laws]'")
+pytest.importorskip("matplotlib", reason="pip install matplotlib")
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_gsm8k(folder: Path, problems: int = 12, samples: int = 32, seed: int = 7) -> None:
+    """A GSM8K set in the bank's format: numeric answers, wrong ones drawn less confidently."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    runs = []
+    verdicts = {}
+    for number in range(problems):
+        problem = f"gsm8k-test-{number:04d}"
+        truth = int(rng.integers(2, 400))
+        skill = [0.9, 0.7, 0.55, 0.35][number % 4]
+        decoys = [truth + 1, 2 * truth, truth - 1]
+        for index in range(samples):
+            right = bool(rng.random() < skill)
+            answer = str(truth) if right else str(decoys[int(rng.integers(0, 3))])
+            length = int(rng.integers(20, 90))
+            spread = 1.0 if right else 0.6  # a wrong trace's alternatives are closer: less sure
+            top = -np.sort(rng.exponential(spread * 3, (length, 5)), axis=1)
+            top[:, 0] = -rng.exponential(0.2 if right else 0.6, length)
+            runs.append((top[:, 0].copy(), top, np.ones(length)))
+            rows.append(
+                {
+                    "problem": problem,
+                    "index": index,
+                    "seed": index,
+                    "text": f"So the answer is {answer}.",
+                    "answer": None if index % 29 == 28 else answer,
+                    "finish_reason": "length" if index % 31 == 30 else "stop",
+                    "completion_tokens": length,
+                    "correct_at_generation": right,
+                    "grade_reason": "",
+                }
+            )
+            verdicts[f"{problem}#{index}"] = {"full": right and index % 29 != 28}
+    write_part(folder, 0, rows, runs)
+    (folder / "verdicts.json").write_text(json.dumps(verdicts), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """The bank (slice + synthetic GSM8K), the report folder, and report.json."""
+    root = tmp_path_factory.mktemp("bank")
+    shutil.copytree(SLICE / "humaneval", root / "humaneval")
+    write_gsm8k(root / "gsm8k")
+    out = root / "report"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--bank",
+        str(root),
+        "--out",
+        str(out),
+        "--min-problems",
+        "3",
+        "--resamples",
+        "200",
+        "--fit-resamples",
+        "20",
+        "--subsets",
+        "200",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    return root, out, json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+def finding(report: dict[str, Any], claim: str, dataset: str) -> dict[str, Any]:
+    (found,) = [f for f in report["findings"] if f["claim"] == claim and f["dataset"] == dataset]
+    entry: dict[str, Any] = dict(found)
+    entry["n"] = found["numbers"]
+    return entry
+
+
+def counts(bank: BankSet, name: str = "correct") -> list[list[bool]]:
+    return [[bool(getattr(s, name)) for s in bank.samples[p]] for p in bank.problems]
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def test_the_report_names_every_claim_with_a_verdict_and_its_figure(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    _, out, report = run
+    text = (out / "report.md").read_text(encoding="utf-8")
+    claims = {(f["claim"], f["dataset"]) for f in report["findings"]}
+    assert ("Large Language Monkeys", "humaneval") in claims
+    assert {("MAKER", "gsm8k"), ("DeepConf", "gsm8k"), ("ESC", "gsm8k")} <= claims
+    assert report["problems"] == {"humaneval": 6, "gsm8k": 12}
+    for f in report["findings"]:
+        assert f["verdict"] in VERDICTS, f
+        assert f"| {f['claim']} | {f['dataset']} | **{f['verdict']}** |" in text
+        if f["figure"]:
+            assert (out / f["figure"]).stat().st_size > 5000
+            assert f"]({f['figure']})" in text
+
+
+def test_too_few_problems_say_insufficient_data(run: tuple[Path, Path, dict[str, Any]]) -> None:
+    root, out, _ = run
+    module = _script()
+    sets = {name: module.read_votes(name, root) for name in ("humaneval", "gsm8k")}
+    strict = module.run_claims(sets, module.Settings(min_problems=13), out / "strict")
+    verdicts = {(f.claim, f.dataset): f.verdict for f in strict}
+    assert verdicts[("Large Language Monkeys", "humaneval")] == (
+        "insufficient data: 6 problems so far, needs 13"
+    )
+    assert verdicts[("DeepConf", "gsm8k")] == "insufficient data: 12 problems so far, needs 13"
+    assert len(strict) == len(run[2]["findings"])
+    # The control is the run itself: the same sets, with a bar of 3 problems, are all judged.
+    assert all(f["verdict"] in VERDICTS for f in run[2]["findings"])
+
+
+# -- Large Language Monkeys ------------------------------------------------------------------
+
+
+def test_coverage_is_pass_at_k_by_binomial_coefficients(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "Large Language Monkeys", "humaneval")["n"]
+    rows = counts(load_bank_set("humaneval", root))
+    for k in (1, 2, 5, 16):
+        by_hand = [1 - math.comb(16 - sum(r), k) / math.comb(16, k) for r in rows]
+        assert numbers["coverage"][k - 1] == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-12)
+    assert numbers["coverage_low"][0] <= numbers["coverage"][0] <= numbers["coverage_high"][0]
+
+
+def test_the_power_law_matches_a_direct_least_squares(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "Large Language Monkeys", "humaneval")["n"]
+    rows = counts(load_bank_set("humaneval", root))
+    ks = np.arange(1, 17)  # 40 log-spaced k in 1..16 are every k
+    observed = np.array(
+        [np.mean([1 - math.comb(16 - sum(r), k) / math.comb(16, k) for r in rows]) for k in ks]
+    )
+
+    def squares(params: np.ndarray) -> float:
+        a, b = params
+        return float(((np.exp(a * ks**b) - observed) ** 2).sum())
+
+    best = scipy.optimize.minimize(squares, x0=[-0.5, -0.5], method="Nelder-Mead", tol=1e-14)
+    reported = np.array([numbers["power"]["a"], numbers["power"]["b"]])
+    assert squares(reported) <= best.fun + 1e-7
+    assert reported == pytest.approx(best.x, abs=2e-3)
+    gaps = np.abs(observed - np.exp(reported[0] * ks ** reported[1]))
+    assert numbers["power"]["fit_error"]["mean"] == pytest.approx(gaps.mean(), abs=1e-9)
+
+
+def test_the_beta_fit_matches_scipys_beta_binomial(run: tuple[Path, Path, dict[str, Any]]) -> None:
+    root, _, report = run
+    numbers = finding(report, "Large Language Monkeys", "humaneval")["n"]
+    c = np.array([sum(r) for r in counts(load_bank_set("humaneval", root))])
+
+    def minus_log_likelihood(log_params: np.ndarray) -> float:
+        alpha, beta = np.exp(log_params)
+        return float(-scipy.stats.betabinom.logpmf(c, 16, alpha, beta).sum())
+
+    best = scipy.optimize.minimize(
+        minus_log_likelihood, x0=[0.0, 0.0], method="Nelder-Mead", tol=1e-12
+    )
+    reported = np.log([numbers["beta"]["alpha"], numbers["beta"]["beta"]])
+    assert minus_log_likelihood(reported) <= best.fun + 1e-6
+    assert np.exp(reported) == pytest.approx(np.exp(best.x), rel=2e-2)
+
+
+# -- Best-of-Majority ------------------------------------------------------------------------
+
+
+def test_best_of_n_matches_enumerated_subsets_scored_by_the_confidence_verifier(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "Best-of-Majority", "humaneval")["n"]
+    bank = load_bank_set("humaneval", root)
+    verifier = ConfidenceVerifier(measure="bottom", window=32)
+    accuracy = {1: [], 2: [], 3: [], 16: []}  # type: dict[int, list[float]]
+    for problem in bank.problems:
+        samples = bank.samples[problem]
+        scores = [verifier.score_one(s.candidate()).value for s in samples]
+        for k, values in accuracy.items():
+            hits = []
+            for subset in itertools.combinations(range(16), k):
+                best = max(scores[i] for i in subset)
+                tied = [i for i in subset if scores[i] == best]  # ties: a uniform pick
+                hits.append(sum(bool(samples[i].correct) for i in tied) / len(tied))
+            values.append(sum(hits) / len(hits))
+    for k, values in accuracy.items():
+        assert numbers["best_of_n"]["accuracy"][k - 1] == pytest.approx(np.mean(values), abs=1e-9)
+
+
+def test_majority_at_n_matches_counting_the_votes(run: tuple[Path, Path, dict[str, Any]]) -> None:
+    root, _, report = run
+    numbers = finding(report, "Best-of-Majority", "gsm8k")["n"]
+    bank = load_bank_set("gsm8k", root)
+    values = []
+    for problem in bank.problems:
+        samples = bank.samples[problem]
+        tally = Counter(s.answer for s in samples if s.answer is not None)
+        top = max(tally.values())
+        leaders = [a for a, count in tally.items() if count == top]
+        right = {s.answer for s in samples if s.correct}
+        values.append(sum(a in right for a in leaders) / len(leaders))
+    # Ties between equal groups are broken by draw order: the report averages 200 random orders.
+    assert numbers["majority"]["accuracy"][-1] == pytest.approx(np.mean(values), abs=0.02)
+
+
+# -- Adaptive-Consistency, ESC, DeepConf -----------------------------------------------------
+
+
+@functools.cache
+def _beta_above_half(a: int, b: int) -> float:
+    """P(p > 1/2) for p ~ Beta(a + 1, b + 1), by scipy."""
+    return float(scipy.stats.beta.sf(0.5, a + 1, b + 1))
+
+
+def _early_stop(answers: list[str | None], rule: str, cap: int) -> tuple[int, str | None]:
+    """Samples drawn and the majority answer (ties to the earliest) under one stopping rule."""
+    for taken in range(1, cap + 1):
+        drawn = answers[:taken]
+        tally = Counter(a for a in drawn if a is not None)
+        if rule == "esc":
+            window = drawn[-5:]
+            stop = taken % 5 == 0 and None not in window and len(set(window)) == 1
+        else:
+            a, b = [*sorted(tally.values(), reverse=True), 0, 0][:2]
+            stop = a > 0 and _beta_above_half(a, b) >= 0.95 - 1e-12
+        if stop or taken == cap:
+            if not tally:
+                return taken, None
+            top = max(tally.values())
+            return taken, next(a for a in drawn if a is not None and tally[a] == top)
+    raise AssertionError("unreachable")
+
+
+def test_adaptive_and_esc_savings_match_a_plain_simulation(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "ESC", "gsm8k")["n"]
+    bank = load_bank_set("gsm8k", root)
+    rng = random.Random(3)
+    for rule, name in (("esc", "esc"), ("beta", "adaptive")):
+        used, right = [], []
+        for problem in bank.problems:
+            samples = bank.samples[problem]
+            good = {s.answer for s in samples if s.correct}
+            for _ in range(200):
+                order = rng.sample(samples, 32)
+                taken, answer = _early_stop([s.answer for s in order], rule, 16)
+                used.append(taken)
+                right.append(answer in good)
+        assert numbers[name]["saved"][0] == pytest.approx(1 - np.mean(used) / 16, abs=0.02)
+        assert numbers[name]["accuracy"][0] == pytest.approx(np.mean(right), abs=0.03)
+
+
+def _lowest_group(values: np.ndarray, window: int) -> float:
+    if values.size <= window:
+        return float(values.mean())
+    return float(np.convolve(values, np.ones(window) / window, mode="valid").min())
+
+
+def _stop_at(values: np.ndarray, window: int, threshold: float) -> int | None:
+    if values.size < window:
+        return None
+    below = np.flatnonzero(np.convolve(values, np.ones(window) / window, "valid") < threshold)
+    return int(below[0]) + window if below.size else None
+
+
+def test_deepconf_tokens_match_a_second_replay_of_the_same_orders(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    deep = finding(report, "DeepConf", "gsm8k")["n"]["deepconf"]
+    bank = load_bank_set("gsm8k", root)
+    window, warmup, eta = 16, 4, 0.9
+    rng = random.Random(0)  # the report's seed; orders drawn problem by problem, 20 each
+    tokens, right = [], []
+    for problem in bank.problems:
+        samples = bank.samples[problem]
+        good = {s.answer for s in samples if s.correct}
+        confidences = [-np.nanmean(s.top.astype(np.float64), axis=1) for s in samples]
+        spent, hits = 0.0, 0
+        for _ in range(20):
+            order = rng.sample(range(32), 16)
+            lows = [_lowest_group(confidences[i], window) for i in order[:warmup]]
+            threshold = float(np.percentile(lows, 100 * (1 - eta)))
+            ballots = []  # (answer or None when it does not vote, weight)
+            for i, low in zip(order[:warmup], lows, strict=True):
+                votes = samples[i].answer is not None and low >= threshold
+                ballots.append((samples[i].answer if votes else None, low))
+            used = sum(samples[i].completion_tokens for i in order[:warmup])
+            drawn = warmup
+            while not _consensus(ballots) and drawn < 16:
+                for i in order[drawn : drawn + 4]:
+                    cut = _stop_at(confidences[i], window, threshold)
+                    if cut is not None:
+                        used += cut
+                        ballots.append((None, 0.0))
+                        continue
+                    used += samples[i].completion_tokens
+                    low = _lowest_group(confidences[i], window)
+                    votes = samples[i].answer is not None and low >= threshold
+                    ballots.append((samples[i].answer if votes else None, low))
+                drawn += 4
+            spent += used
+            hits += _weighted_winner(ballots) in good
+        tokens.append(spent / 20)
+        right.append(hits / 20)
+    assert deep["per_problem_tokens"] == pytest.approx(tokens, rel=1e-9)
+    assert deep["per_problem_accuracy"] == pytest.approx(right, abs=1e-12)
+    mean_tokens = np.mean([[s.completion_tokens for s in bank.samples[p]] for p in bank.problems])
+    assert deep["majority_tokens"] == pytest.approx(16 * mean_tokens, rel=1e-12)
+
+
+def _totals(ballots: list[tuple[str | None, float]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for answer, weight in ballots:
+        if answer is not None:
+            totals[answer] = totals.get(answer, 0.0) + weight
+    return totals
+
+
+def _consensus(ballots: list[tuple[str | None, float]]) -> bool:
+    """Two or more voting traces, the top answer holding 95% of the vote weight."""
+    totals = _totals(ballots)
+    voters = sum(answer is not None for answer, _ in ballots)
+    whole = sum(totals.values())
+    return voters >= 2 and whole > 0 and max(totals.values()) / whole >= 0.95
+
+
+def _weighted_winner(ballots: list[tuple[str | None, float]]) -> str | None:
+    """The heaviest answer; equal weights go to the answer voted first."""
+    totals = _totals(ballots)
+    if not totals:
+        return None  # nobody voted (the strategy then falls back to plain majority)
+    best = max(totals.values())
+    return next(a for a, _ in ballots if a is not None and totals[a] == best)
+
+
+# -- fLaws -----------------------------------------------------------------------------------
+
+
+def test_soundness_and_k_opt_match_counting_and_brute_force(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "Inference Scaling fLaws", "humaneval")["n"]
+    bank = load_bank_set("humaneval", root)
+    weak, full = counts(bank, "correct_weak"), counts(bank, "correct")
+    pairs = [(w, f) for wr, fr in zip(weak, full, strict=True) for w, f in zip(wr, fr, strict=True)]
+    false_positives = sum(w and not f for w, f in pairs)
+    assert numbers["false_positive_rate"][0] == false_positives / sum(not f for _, f in pairs)
+    assert numbers["ceiling"][0] == sum(w and f for w, f in pairs) / sum(w for w, _ in pairs)
+    rows = list(zip(weak, full, strict=True))
+    c = [sum(w and g for w, g in zip(wr, fr, strict=True)) / 16 for wr, fr in rows]
+    f = [sum(w and not g for w, g in zip(wr, fr, strict=True)) / 16 for wr, fr in rows]
+    for cost in (0.0, -0.25, -1.0, -4.0):
+
+        def reward(k: int, cost: float = cost) -> float:
+            values = [
+                (1 - (1 - (ci + fi)) ** k) * (ci + cost * fi) / (ci + fi) if ci + fi else 0.0
+                for ci, fi in zip(c, f, strict=True)
+            ]
+            return sum(values) / len(values)
+
+        rewards = [reward(k) for k in range(1001)]
+        best = max(rewards)
+        k_opt = next(k for k, r in enumerate(rewards) if r >= best - 1e-12 * max(1.0, abs(best)))
+        entry = numbers["costs"][str(cost)]
+        assert entry["k_opt"] == k_opt
+        # On the bank: k = 1 returns the one sample if it passes; k = 16 a uniform passing one.
+        first = [
+            sum((fr[i] or cost) if wr[i] else 0.0 for i in range(16)) / 16
+            for wr, fr in zip(weak, full, strict=True)
+        ]
+        last = [
+            sum((1.0 if fr[i] else cost) for i in range(16) if wr[i]) / max(sum(wr), 1)
+            for wr, fr in zip(weak, full, strict=True)
+        ]
+        assert entry["measured_rewards"][0] == pytest.approx(np.mean(first), abs=1e-12)
+        assert entry["measured_rewards"][-1] == pytest.approx(np.mean(last), abs=1e-12)
+
+
+# -- MAKER -----------------------------------------------------------------------------------
+
+
+def test_maker_votes_match_a_plain_simulation_and_k_min_the_formula(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, report = run
+    numbers = finding(report, "MAKER", "gsm8k")["n"]
+    bank = load_bank_set("gsm8k", root)
+    rng = random.Random(5)
+    rates, chosen = [], []
+    for problem in bank.problems:
+        samples = bank.samples[problem]
+        valid = [s for s in samples if s.answer is not None and s.finish_reason != "length"]
+        right = Counter(s.answer for s in valid if s.correct)
+        p = right.most_common(1)[0][1] / len(valid) if right else 0.0
+        if p > 0.5 and any(not s.correct for s in valid):
+            rates.append(p)
+            chosen.append(samples)
+    assert numbers["solvable"] == len(rates)
+    p_mean = sum(rates) / len(rates)
+    assert numbers["p_mean"] == pytest.approx(p_mean, abs=1e-12)
+    t, s = 0.9, len(rates)
+    k_min = max(1, math.ceil(math.log(t ** (-1 / s) - 1) / math.log((1 - p_mean) / p_mean)))
+    assert numbers["k_min_predicted"] == k_min
+    for row in numbers["margins"][:3]:
+        margin, spent = row["margin"], []
+        for samples in chosen:
+            for _ in range(300):
+                tally: Counter[str] = Counter()
+                used = 32
+                for taken, sample in enumerate(rng.sample(samples, 32), start=1):
+                    if sample.answer is None or sample.finish_reason == "length":
+                        continue  # red-flagged: drawn and paid for, but no vote
+                    tally[sample.answer] += 1
+                    top = [*sorted(tally.values(), reverse=True), 0]
+                    if top[0] - top[1] >= margin:
+                        used = taken
+                        break
+                spent.append(used)
+        assert row["votes"][0] == pytest.approx(np.mean(spent), abs=0.35)
+        assert row["predicted_votes"] == pytest.approx(
+            np.mean(
+                [
+                    margin * (2 / (1 + ((1 - p) / p) ** margin) - 1) / (2 * p - 1) / _valid(c)
+                    for p, c in zip(rates, chosen, strict=True)
+                ]
+            ),
+            rel=1e-9,
+        )
+
+
+def _valid(samples: tuple[BankSample, ...]) -> float:
+    return sum(s.answer is not None and s.finish_reason != "length" for s in samples) / 32
