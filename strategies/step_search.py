@@ -418,9 +418,14 @@ class SearchRun:
     async def _score(self, nodes: Sequence[Node]) -> None:
         if not nodes:
             return
-        results = await asyncio.gather(
-            *(self.scorer.score_steps(self.problem, self.steps(n.id)) for n in nodes)
-        )
+        paths = [self.steps(n.id) for n in nodes]
+        batch = getattr(self.scorer, "score_batch", None)
+        if callable(batch):  # one request for the round (a served PRM)
+            results = list(await batch(self.problem, paths))
+        else:
+            results = await asyncio.gather(
+                *(self.scorer.score_steps(self.problem, path) for path in paths)
+            )
         for node, scores in zip(nodes, results, strict=True):
             if not scores:
                 raise ConfigError(f"the process reward returned no score for node {node.id}")

@@ -45,6 +45,7 @@ from ttscale.verifiers.process_reward_models import (
     JudgeStepScorer,
     ServedStepScorer,
     as_step_scorer,
+    batch_step_rows,
     step_rows,
 )
 
@@ -347,12 +348,23 @@ def test_served_prm_reads_vllm_pooling_rows_per_step() -> None:
         scores = asyncio.run(scorer.score_steps(problem, steps))
         assert scores == pytest.approx(ENV.prm(problem, steps))
         assert scorer.usage.requests == 1
+        both = asyncio.run(scorer.score_batch(problem, [steps[:1], steps]))
+        assert both == [ENV.prm(problem, steps[:1]), ENV.prm(problem, steps)]
+        assert scorer.usage.requests == 2  # one request for the batch
         broken = ServedStepScorer(base_url=server.base_url, path="/v1/nowhere")
         with pytest.raises(VerifierError, match="404"):
             asyncio.run(broken.score_steps(problem, steps))
     assert scores[1] in (ENV.high, ENV.low)
     with pytest.raises(VerifierError, match="2 step rows for 3 steps"):
         step_rows({"data": [{"index": 0, "data": [[0.1, 0.9], [0.2, 0.8]]}]}, 3)
+    with pytest.raises(VerifierError, match="with 2 results"):
+        batch_step_rows({"data": [{"index": 0, "data": [[0.1, 0.9]]}]}, [1, 1])
+    with pytest.raises(VerifierError, match="bad index 0"):
+        batch_step_rows(
+            {"data": [{"index": 0, "data": [[1.0]]}, {"index": 0, "data": [[1.0]]}]}, [1, 1]
+        )
+    swapped = {"data": [{"index": 1, "data": [[0.3, 0.7]]}, {"index": 0, "data": [[0.6, 0.4]]}]}
+    assert batch_step_rows(swapped, [1, 1]) == [[[0.6, 0.4]], [[0.3, 0.7]]]
     assert step_rows({"data": [{"data": [[1.0], [0.2, 0.8]]}]}, 1) == [[0.2, 0.8]]
 
 
@@ -491,14 +503,15 @@ def test_accuracy_matches_the_exact_expectation(name: str, options: dict[str, An
 
 def test_a_search_misled_by_its_reward_falls_outside_the_expectation() -> None:
     """Control: the accuracy test can fail. An inverted PRM ranks wrong paths first."""
-    expected = expected_accuracy(EXACT, "beam_search", 8, m=4)
+    env = StepEnvironment(EXACT.tasks[:100])
+    expected = expected_accuracy(env, "beam_search", 8, m=4)
 
     def inverted(problem: Problem, steps: list[str]) -> list[float]:
-        return [1 - s for s in EXACT.prm(problem, steps)]
+        return [1 - s for s in env.prm(problem, steps)]
 
     strategy = BeamSearch(samples=8, beam_width=4, reward=inverted, max_steps=3)
-    measured = asyncio.run(_accuracy(strategy, EXACT))
-    assert not _within(measured, expected, len(EXACT.tasks))
+    measured = asyncio.run(_accuracy(strategy, env))
+    assert not _within(measured, expected, len(env.tasks))
 
 
 def test_the_exact_expectations_order_the_methods_as_the_papers_report() -> None:

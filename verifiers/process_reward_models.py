@@ -11,8 +11,10 @@ of the steps before it, so a scorer is asked about each prefix once.
   tag (``<extra_0>``) and the reply holds one row per step tag, ``[p_wrong, p_right]`` (or
   logits), read at ``positive_label``::
 
-      POST {base_url}/pooling  {"model": "<name>", "input": "<prompt> step1<extra_0>step2<extra_0>"}
+      POST {base_url}/pooling  {"model": "<name>", "input": ["<prompt> s1<extra_0>s2<extra_0>"]}
       200                      {"data": [{"index": 0, "data": [[0.1, 0.9], [0.7, 0.3]]}]}
+
+  A search scores a round's new paths in one request (:meth:`ServedStepScorer.score_batch`).
 
 - :class:`JudgeStepScorer`: any OpenAI-compatible model as a PRM: for each step it asks whether
   the newest step is correct and reads P("yes") from the first yes/no token's logprobs
@@ -55,6 +57,7 @@ __all__ = [
     "ServedStepScorer",
     "ServedStepScorerConfig",
     "as_step_scorer",
+    "batch_step_rows",
     "step_rows",
 ]
 
@@ -114,15 +117,30 @@ class ServedStepScorerConfig:
 
 
 def step_rows(reply: Any, steps: int) -> list[list[float]]:
-    """The per-step output rows of a ``/pooling`` reply for one input (pure).
+    """The per-step output rows of a ``/pooling`` reply for one input (pure)."""
+    return batch_step_rows(reply, [steps])[0]
 
-    A reply with more rows than steps (a server that pools every token) is read at its last
-    ``steps`` rows; fewer is an error naming both counts.
+
+def batch_step_rows(reply: Any, counts: Sequence[int]) -> list[list[list[float]]]:
+    """The per-step output rows of a ``/pooling`` reply for each input, in input order (pure).
+
+    ``counts`` are the inputs' step counts. A result with more rows than steps (a server that
+    pools every token) is read at its last rows; fewer is an error naming both counts.
     """
     data = reply.get("data") if isinstance(reply, dict) else None
-    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-        raise VerifierError("the /pooling reply needs a 'data' list with one result")
-    rows = data[0].get("data")
+    if not isinstance(data, list) or len(data) != len(counts):
+        raise VerifierError(f"the /pooling reply needs a 'data' list with {len(counts)} results")
+    ordered: list[Any] = [None] * len(counts)
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(counts) or ordered[index]:
+            raise VerifierError(f"the /pooling result {position} has a bad index {index!r}")
+        ordered[index] = item
+    return [_rows(item, steps) for item, steps in zip(ordered, counts, strict=True)]
+
+
+def _rows(item: dict[str, Any], steps: int) -> list[list[float]]:
+    rows = item.get("data")
     if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
         raise VerifierError("the /pooling result's 'data' is not a list of rows per step")
     if len(rows) < steps:
@@ -171,24 +189,30 @@ class ServedStepScorer:
             raise VerifierError(f"PRM at {self.url} failed: {exc!r}") from exc
 
     async def score_steps(self, problem: Problem, steps: Sequence[str]) -> list[float]:
-        if not steps:
+        return (await self.score_batch(problem, [steps]))[0]
+
+    async def score_batch(
+        self, problem: Problem, paths: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Every step's score of several paths, in one request (a search scores a round so)."""
+        if not paths:
             return []
-        body = {"model": self.config.model, "input": self.text(problem, steps)}
+        texts = [self.text(problem, steps) for steps in paths]
+        body = {"model": self.config.model, "input": texts}
         async with self._bound.semaphore():
             reply = await asyncio.to_thread(self._post, body)
         reported = reply.get("usage") if isinstance(reply, dict) else None
         if isinstance(reported, dict):
             prompt_tokens = int(reported.get("prompt_tokens") or 0)
             self.usage = self.usage + Usage(requests=1, prompt_tokens=prompt_tokens)
-        scores = []
-        for row in step_rows(reply, len(steps)):
-            logits = self.config.logits
-            if logits is None:
-                logits = not (
-                    all(0 <= v <= 1 for v in row) and math.isclose(sum(row), 1, abs_tol=1e-3)
-                )
-            scores.append(reward_from_outputs(row, self.config.positive_label, are_logits=logits))
-        return scores
+        rows = batch_step_rows(reply, [len(steps) for steps in paths])
+        return [[self._reward(row) for row in path] for path in rows]
+
+    def _reward(self, row: list[float]) -> float:
+        logits = self.config.logits
+        if logits is None:
+            logits = not (all(0 <= v <= 1 for v in row) and math.isclose(sum(row), 1, abs_tol=1e-3))
+        return reward_from_outputs(row, self.config.positive_label, are_logits=logits)
 
 
 def _last_user(problem: Problem) -> str:

@@ -180,18 +180,23 @@ class StepEnvironment:
         return [self.step_score(task, clean[: end + 1]) for end in range(len(clean))]
 
     def pooling(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``/v1/pooling`` as vLLM answers for a step-tag PRM: ``[p_wrong, p_right]`` per tag."""
-        text = body.get("input")
-        if not isinstance(text, str):
-            raise ConfigError("input must be one string")
-        task = next((t for t in self.tasks if text.startswith(t.prompt)), None)
-        if task is None:
-            raise ConfigError("the input starts with no known task prompt")
-        steps = [s.strip() for s in text[len(task.prompt) :].split(STEP_TAG)[:-1]]
-        scores = [self.step_score(task, steps[: i + 1]) for i in range(len(steps))]
-        data = [[1 - score, score] for score in scores]
-        usage = {"prompt_tokens": count_tokens(text), "total_tokens": count_tokens(text)}
-        return {"object": "list", "data": [{"index": 0, "data": data}], "usage": usage}
+        """``/v1/pooling`` as vLLM answers for a step-tag PRM: per input, ``[p_wrong, p_right]``
+        at each step tag. ``input`` is a string or a list of strings."""
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError("input must be a string or a list of strings")
+        data = []
+        for index, text in enumerate(texts):
+            task = next((t for t in self.tasks if text.startswith(t.prompt)), None)
+            if task is None:
+                raise ConfigError(f"input {index} starts with no known task prompt")
+            steps = [s.strip() for s in text[len(task.prompt) :].split(STEP_TAG)[:-1]]
+            scores = [self.step_score(task, steps[: i + 1]) for i in range(len(steps))]
+            data.append({"index": index, "data": [[1 - score, score] for score in scores]})
+        tokens = sum(count_tokens(text) for text in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "data": data, "usage": usage}
 
     def sampler(self, base_seed: int = 0) -> StepSampler:
         """The environment's model in process (see :class:`StepSampler`)."""

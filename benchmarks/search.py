@@ -1,0 +1,245 @@
+"""Step-level search side by side: ttscale against its_hub on the loopback step environment.
+
+One loopback server (``ttscale.testing.step_env``: scripted reasoning trees, ``latency`` seconds
+per request like a model server's round trip) serves both libraries, and its ``/v1/pooling``
+endpoint is the scripted PRM both are pointed at (ttscale through ``ServedStepScorer``, its_hub
+through a 15-line ``AbstractProcessRewardModel`` posting to the same endpoint, ``last``
+aggregation on both sides). For each N, beam search (N paths a round, N/4 kept, as its_hub's
+``BeamSearch(beam_width=N/4)`` with budget N) and particle filtering (N particles, multinomial
+resampling, argmax answer, as its_hub's ``ParticleFiltering``) run over the same problems, one
+problem at a time on each side. Printed per method and N: accuracy (with the environment's exact
+expectation), tokens and requests as the server counted them (generation and PRM), and the wall
+time of the searches (summed per problem, so neither side's start-up counts), with ttscale's as
+a ratio of its_hub's. Goal: equal or better accuracy at equal tokens, wall <= 0.5x.
+
+its_hub runs in its own interpreter (``--its-hub-python``, a venv with ``pip install
+'its_hub[lm]'``); without one the benchmark says so and runs a faithful sequential baseline
+instead (one request per path, no ``n``, rounds in order: what its_hub does), labelled as such.
+
+    python -m venv /tmp/itshub && /tmp/itshub/bin/pip install 'its_hub[lm]'
+    python benchmarks/search.py --its-hub-python /tmp/itshub/bin/python [--problems 40] [--n 4 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ttscale.samplers.openai_sampler import OpenAISampler
+from ttscale.strategies.beam_search import BeamSearch
+from ttscale.strategies.extract import extract_answer_is
+from ttscale.strategies.particle_filtering import ParticleFiltering
+from ttscale.testing.step_env import StepEnvironment, expected_accuracy
+from ttscale.types import SamplingParams
+from ttscale.verifiers.process_reward_models import ServedStepScorer
+
+ITS_HUB_DRIVER = r'''
+import asyncio, json, sys, time, urllib.request
+from its_hub.api import AbstractProcessRewardModel
+from its_hub.core.algorithms.beam_search import BeamSearch
+from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
+from its_hub.core.lms.openai_lm import OpenAICompatibleLanguageModel
+from its_hub.core.lms.step_generation import StepGeneration
+
+job = json.load(open(sys.argv[1]))
+
+class PoolingPRM(AbstractProcessRewardModel):
+    """The scripted PRM at /v1/pooling: the last step's P(right) (aggregation 'last')."""
+    def _one(self, prompt, response):
+        steps = [s for s in response.split("\n\n") if s.strip()]
+        text = prompt + "\n\n" + "".join(s + "<extra_0>" for s in steps)
+        body = json.dumps({"model": "prm", "input": text}).encode()
+        request = urllib.request.Request(job["base_url"] + "/pooling", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as reply:
+            return json.loads(reply.read())["data"][0]["data"][-1][1]
+    async def ascore(self, prompt, responses):
+        prompt = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        if isinstance(responses, str):
+            return await asyncio.to_thread(self._one, prompt, responses)
+        return list(await asyncio.gather(*(asyncio.to_thread(self._one, prompt, r)
+                                           for r in responses)))
+    def score(self, prompt, responses):
+        return asyncio.run(self.ascore(prompt, responses))
+
+async def main():
+    lm = OpenAICompatibleLanguageModel(endpoint=job["base_url"], api_key="x",
+                                       model_name="loopback", temperature=0.8)
+    sg = StepGeneration(max_steps=job["max_steps"], step_token="\n\n",
+                        stop_token="the answer is", temperature=0.8)
+    prm = PoolingPRM()
+    n = job["n"]
+    if job["method"] == "beam_search":
+        algorithm = BeamSearch(sg, prm, beam_width=n // 4)
+    else:
+        algorithm = ParticleFiltering(sg, prm)
+    out = []
+    for prompt in job["prompts"]:
+        started = time.perf_counter()
+        reply = await algorithm.ainfer(lm, prompt, n)
+        out.append({"text": reply["content"], "wall": time.perf_counter() - started})
+    print(json.dumps(out))
+
+asyncio.run(main())
+'''
+
+
+def its_hub_available(python: str | None) -> bool:
+    if not python:
+        return False
+    probe = subprocess.run(
+        [python, "-c", "import its_hub.core.algorithms.particle_gibbs"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def run_its_hub(python: str, job: dict[str, Any]) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as folder:
+        driver = os.path.join(folder, "driver.py")
+        spec = os.path.join(folder, "job.json")
+        with open(driver, "w") as handle:
+            handle.write(ITS_HUB_DRIVER)
+        with open(spec, "w") as handle:
+            json.dump(job, handle)
+        done = subprocess.run([python, driver, spec], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"its_hub run failed:\n{done.stderr[-3000:]}")
+    results: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+async def baseline(
+    env: StepEnvironment, base_url: str, method: str, n: int, max_steps: int
+) -> list[dict[str, Any]]:
+    """A faithful sequential baseline (its_hub's loop): one request per path, no ``n``."""
+    from ttscale.testing.step_env import StepTask  # noqa: F401 - documents what is searched
+
+    sampler = OpenAISampler(base_url=base_url, model="loopback", api_key="x", max_n=1)
+    reward = ServedStepScorer(base_url=base_url)
+    strategy: Any
+    if method == "beam_search":
+        strategy = BeamSearch(samples=n, beam_width=4, reward=reward, max_steps=max_steps)
+    else:
+        strategy = ParticleFiltering(samples=n, reward=reward, max_steps=max_steps)
+    out = []
+    for problem in env.problems():
+        started = time.perf_counter()
+        result = await strategy.run(problem, sampler)
+        out.append({"text": result.text or "", "wall": time.perf_counter() - started})
+    return out
+
+
+async def run_ttscale(
+    env: StepEnvironment, base_url: str, method: str, n: int, max_steps: int, seed: int
+) -> list[dict[str, Any]]:
+    sampler = OpenAISampler(
+        base_url=base_url, model="loopback", api_key="x", params=SamplingParams(seed=seed)
+    )
+    reward = ServedStepScorer(base_url=base_url, concurrency=64)
+    strategy: Any
+    if method == "beam_search":
+        strategy = BeamSearch(
+            samples=n, beam_width=4, reward=reward, max_steps=max_steps, seed=seed
+        )
+    else:
+        strategy = ParticleFiltering(samples=n, reward=reward, max_steps=max_steps, seed=seed)
+    out = []
+    for problem in env.problems():
+        started = time.perf_counter()
+        result = await strategy.run(problem, sampler)
+        out.append({"text": result.text or "", "wall": time.perf_counter() - started})
+    await sampler.aclose()
+    return out
+
+
+def accuracy(env: StepEnvironment, rows: list[dict[str, Any]]) -> float:
+    right = sum(
+        extract_answer_is(row["text"]) == str(task.answer)
+        for task, row in zip(env.tasks, rows, strict=True)
+    )
+    return right / len(rows)
+
+
+def measure(server: Any, env: StepEnvironment, run: Any) -> dict[str, Any]:
+    server.reset_log()
+    rows = run()
+    # The searches' own time, problem by problem: start-up (an interpreter, clients) excluded.
+    wall = sum(row["wall"] for row in rows)
+    generated = [r for r in server.records if r.path.endswith("completions")]
+    return {
+        "accuracy": accuracy(env, rows),
+        "tokens": sum(r.prompt_tokens + r.completion_tokens for r in generated),
+        "completion": sum(r.completion_tokens for r in generated),
+        "requests": len(generated),
+        "prm_requests": sum(1 for r in server.records if r.path.endswith("/pooling")),
+        "wall": wall,
+        "median_problem_wall": statistics.median(row["wall"] for row in rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--its-hub-python", default=os.environ.get("ITS_HUB_PYTHON"))
+    parser.add_argument("--problems", type=int, default=40)
+    parser.add_argument("--n", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    env = StepEnvironment.uniform(args.problems, depth=args.depth)
+    peer_ok = its_hub_available(args.its_hub_python)
+    peer = "its_hub" if peer_ok else "sequential baseline (its_hub not installed)"
+    print(f"{args.problems} problems, depth {args.depth}, latency {args.latency}s; peer: {peer}")
+    header = f"{'method':<19}{'N':>3} {'side':<9}{'acc':>6} {'exact':>6} {'tokens':>8} "
+    print(header + f"{'requests':>9} {'prm req':>8} {'wall s':>7} {'ratio':>6}")
+    max_steps = args.depth + 1
+    with env.server(latency=args.latency) as server:
+        base_url = server.base_url
+        for method in ("beam_search", "particle_filtering"):
+            for n in args.n:
+                job = {
+                    "base_url": base_url,
+                    "prompts": [t.prompt for t in env.tasks],
+                    "n": n,
+                    "method": method,
+                    "max_steps": max_steps,
+                }
+                ours = measure(
+                    server,
+                    env,
+                    lambda m=method, k=n: asyncio.run(
+                        run_ttscale(env, base_url, m, k, max_steps, args.seed)
+                    ),
+                )
+                if peer_ok:
+                    theirs = measure(server, env, lambda j=job: run_its_hub(args.its_hub_python, j))
+                else:
+                    theirs = measure(
+                        server,
+                        env,
+                        lambda m=method, k=n: asyncio.run(baseline(env, base_url, m, k, max_steps)),
+                    )
+                exact = expected_accuracy(env, method, n, m=4)
+                for side, row in (
+                    ("ttscale", ours),
+                    ("its_hub" if peer_ok else "baseline", theirs),
+                ):
+                    ratio = ours["wall"] / theirs["wall"] if side == "ttscale" else 1.0
+                    print(
+                        f"{method:<19}{n:>3} {side:<9}{row['accuracy']:>6.3f} {exact:>6.3f} "
+                        f"{row['tokens']:>8,} {row['requests']:>9,} {row['prm_requests']:>8,} "
+                        f"{row['wall']:>7.2f} {ratio:>6.2f}"
+                    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
