@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ttscale.compare import compare_runs, journal_traces
 from ttscale.confidence import stop_position
 from ttscale.errors import ConfigError
 from ttscale.strategies.deepconf import (
@@ -135,6 +136,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run drawn with --logprobs 5, and the same run with the logprobs dropped from its
+    journal (what a run drawn without --logprobs keeps)."""
     folder = tmp_path_factory.mktemp("deepconf-runs")
     dataset = folder / "data.jsonl"
     dataset.write_text(
@@ -143,15 +146,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             for q, a in QUESTIONS.items()
         )
     )
-    outs = folder / "with.jsonl", folder / "without.jsonl"
+    out, without = folder / "with.jsonl", folder / "without.jsonl"
     with LoopbackServer(answers=sure_or_fading) as server:
-        for out, extra in zip(outs, (["--logprobs", "5"], []), strict=True):
-            done = run_cli(
-                *("solve", str(dataset), "--out", str(out), "--base-url", server.base_url),
-                *("--model", "loopback", "-n", "8", "--no-plot", *extra),
-            )
-            assert done.returncode == 0, done.stderr
-    return outs
+        done = run_cli(
+            *("solve", str(dataset), "--out", str(out), "--base-url", server.base_url),
+            *("--model", "loopback", "-n", "8", "--no-plot", "--logprobs", "5"),
+        )
+        assert done.returncode == 0, done.stderr
+    without.write_text(out.read_text())
+    entries = [json.loads(line) for line in Path(f"{out}.samples.jsonl").read_text().splitlines()]
+    assert all(entry["candidate"].get("logprobs") for entry in entries)
+    for entry in entries:
+        entry["candidate"].pop("logprobs")
+    Path(f"{without}.samples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return out, without
 
 
 def test_fit_shows_deepconf_rows_and_their_tokens_from_a_run_with_logprobs(
@@ -167,11 +175,11 @@ def test_fit_shows_deepconf_rows_and_their_tokens_from_a_run_with_logprobs(
     # Five sure right traces of eight: confidence-filtered votes elect the right answer.
     assert row["deepconf acc"] == 1.0 and row["deepconf_online acc"] == 1.0
     assert row["deepconf acc low"] is not None
-    # The control: the run drawn without logprobs has no DeepConf and says why.
-    done = run_cli("fit", str(without))
-    assert done.returncode == 0, done.stderr
-    assert "deepconf acc" not in done.stdout
-    assert "deepconf left out" in done.stderr and "--logprobs 20" in done.stderr
+    # The control: the run drawn without logprobs has no DeepConf and says why (what ttscale fit
+    # prints among its notes).
+    traces, why = journal_traces(without)
+    assert traces is None and "deepconf left out" in why and "--logprobs 20" in why
+    assert journal_traces(with_logprobs)[0] is not None
 
 
 def test_compare_deepconf_online_against_majority_on_the_same_samples(
@@ -188,6 +196,5 @@ def test_compare_deepconf_online_against_majority_on_the_same_samples(
     at_8 = next(row for row in compared["by_k"] if row["k"] == 8)
     assert at_8["difference"] >= 0  # majority of 5 right in 8 is right too; never behind
     assert compared["by_tokens"] or "share no range of tokens" in done.stdout
-    done = run_cli("compare", str(without), str(without), "--strategy", "deepconf")
-    assert done.returncode == 2
-    assert "deepconf left out" in done.stderr and "--logprobs 20" in done.stderr
+    with pytest.raises(ConfigError, match=r"deepconf left out.*--logprobs 20"):
+        compare_runs(without, without, strategies=["deepconf"], ks=[8])
