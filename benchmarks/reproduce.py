@@ -66,6 +66,7 @@ from ttscale.laws import (
     maker_expected_votes,
     maker_k_min,
     maker_step_success,
+    optimal_samples_under_weak_verifier,
 )
 from ttscale.strategies.adaptive import AdaptiveConfig
 from ttscale.strategies.ahead_by_k import AheadByKConfig
@@ -779,15 +780,15 @@ def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
     rate = ratio_ci(false_positive, wrong, settings)
     ceiling = ratio_ci((weak & correct).sum(axis=1), weak.sum(axis=1), settings)
     samples = votes.samples
+    rates = np.array([estimate.per_problem_correct, estimate.per_problem_false_positive]).T
     costs: dict[str, Any] = {}
     for cost in FP_COSTS:
         k_opt = optimal_samples(estimate, cost, MAX_K)
 
         def refit(rows: npt.NDArray[np.int64], r: int, cost: float = cost) -> float:
+            # A resample's per-problem rates are its rows of the estimate's (c_i, f_i).
             return float(
-                optimal_samples(
-                    estimate_soundness(weak[rows].tolist(), correct[rows].tolist()), cost, MAX_K
-                )
+                optimal_samples_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
             )
 
         within = int(np.argmax(_formula_rewards(estimate, cost, samples)[1:])) + 1

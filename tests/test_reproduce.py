@@ -245,6 +245,24 @@ def test_best_of_n_matches_enumerated_subsets_scored_by_the_confidence_verifier(
         assert numbers["best_of_n"]["accuracy"][k - 1] == pytest.approx(np.mean(values), abs=1e-9)
 
 
+def test_the_reward_is_the_confidence_verifiers_score(
+    run: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    root, _, _ = run
+    module = _script()
+    votes = module.read_votes("humaneval", root)
+    bank = load_bank_set("humaneval", root)
+    verifier = ConfidenceVerifier(measure="bottom", window=32)
+    for row, problem in enumerate(bank.problems):
+        scores = [verifier.score_one(s.candidate()).value for s in bank.samples[problem]]
+        assert votes.confidence[row].tolist() == pytest.approx(scores, rel=1e-12)
+        # Control: another window gives other scores, so the comparison can fail.
+        other = ConfidenceVerifier(measure="bottom", window=8)
+        assert votes.confidence[row].tolist() != pytest.approx(
+            [other.score_one(s.candidate()).value for s in bank.samples[problem]], rel=1e-12
+        )
+
+
 def test_majority_at_n_matches_counting_the_votes(run: tuple[Path, Path, dict[str, Any]]) -> None:
     root, _, report = run
     numbers = finding(report, "Best-of-Majority", "gsm8k")["n"]
