@@ -17,7 +17,8 @@ its_hub runs in its own interpreter (``--its-hub-python``, a venv with ``pip ins
 instead (one request per path, no ``n``, rounds in order: what its_hub does), labelled as such.
 
     python -m venv /tmp/itshub && /tmp/itshub/bin/pip install 'its_hub[lm]'
-    python benchmarks/search.py --its-hub-python /tmp/itshub/bin/python [--problems 40] [--n 4 8 16]
+    python benchmarks/search.py --its-hub-python /tmp/itshub/bin/python \
+        [--problems 40] [--n 4 8 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -171,18 +172,29 @@ def accuracy(env: StepEnvironment, rows: list[dict[str, Any]]) -> float:
 def measure(server: Any, env: StepEnvironment, run: Any) -> dict[str, Any]:
     server.reset_log()
     rows = run()
-    # The searches' own time, problem by problem: start-up (an interpreter, clients) excluded.
-    wall = sum(row["wall"] for row in rows)
     generated = [r for r in server.records if r.path.endswith("completions")]
     return {
-        "accuracy": accuracy(env, rows),
+        "right": round(accuracy(env, rows) * len(rows)),
+        "count": len(rows),
         "tokens": sum(r.prompt_tokens + r.completion_tokens for r in generated),
         "completion": sum(r.completion_tokens for r in generated),
         "requests": len(generated),
         "prm_requests": sum(1 for r in server.records if r.path.endswith("/pooling")),
-        "wall": wall,
-        "median_problem_wall": statistics.median(row["wall"] for row in rows),
+        # The searches' own time, problem by problem: start-up (an interpreter, clients) excluded.
+        "wall": sum(row["wall"] for row in rows),
     }
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeats pooled: accuracy over every problem of every repeat, tokens and requests per
+    repeat (means), wall the median repeat's."""
+    count = sum(r["count"] for r in runs)
+    keys = ("tokens", "completion", "requests", "prm_requests")
+    out: dict[str, Any] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
+    out["accuracy"] = sum(r["right"] for r in runs) / count
+    out["se"] = (out["accuracy"] * (1 - out["accuracy"]) / count) ** 0.5
+    out["wall"] = statistics.median(r["wall"] for r in runs)
+    return out
 
 
 def main() -> None:
@@ -193,50 +205,70 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     env = StepEnvironment.uniform(args.problems, depth=args.depth)
     peer_ok = its_hub_available(args.its_hub_python)
     peer = "its_hub" if peer_ok else "sequential baseline (its_hub not installed)"
-    print(f"{args.problems} problems, depth {args.depth}, latency {args.latency}s; peer: {peer}")
-    header = f"{'method':<19}{'N':>3} {'side':<9}{'acc':>6} {'exact':>6} {'tokens':>8} "
-    print(header + f"{'requests':>9} {'prm req':>8} {'wall s':>7} {'ratio':>6}")
+    print(
+        f"{args.problems} problems x {args.repeats} repeats, depth {args.depth}, "
+        f"latency {args.latency}s; peer: {peer}"
+    )
+    print(
+        f"{'method':<19}{'N':>3} {'side':<9}{'acc':>6} {'+-se':>6} {'exact':>6} {'tokens':>8} "
+        f"{'compl.':>7} {'requests':>9} {'prm req':>8} {'wall s':>7} {'ratio':>6}"
+    )
     max_steps = args.depth + 1
     with env.server(latency=args.latency) as server:
         base_url = server.base_url
         for method in ("beam_search", "particle_filtering"):
             for n in args.n:
-                job = {
-                    "base_url": base_url,
-                    "prompts": [t.prompt for t in env.tasks],
-                    "n": n,
-                    "method": method,
-                    "max_steps": max_steps,
-                }
-                ours = measure(
-                    server,
-                    env,
-                    lambda m=method, k=n: asyncio.run(
-                        run_ttscale(env, base_url, m, k, max_steps, args.seed)
-                    ),
-                )
-                if peer_ok:
-                    theirs = measure(server, env, lambda j=job: run_its_hub(args.its_hub_python, j))
-                else:
-                    theirs = measure(
-                        server,
-                        env,
-                        lambda m=method, k=n: asyncio.run(baseline(env, base_url, m, k, max_steps)),
+                ours, theirs = [], []
+                for repeat in range(args.repeats):  # interleaved, so drift hits both alike
+                    job = {
+                        "base_url": base_url,
+                        "prompts": [t.prompt for t in env.tasks],
+                        "n": n,
+                        "method": method,
+                        "max_steps": max_steps,
+                    }
+                    seed = args.seed + repeat
+                    ours.append(
+                        measure(
+                            server,
+                            env,
+                            lambda m=method, k=n, s=seed: asyncio.run(
+                                run_ttscale(env, base_url, m, k, max_steps, s)
+                            ),
+                        )
                     )
+                    if peer_ok:
+                        theirs.append(
+                            measure(server, env, lambda j=job: run_its_hub(args.its_hub_python, j))
+                        )
+                    else:
+                        theirs.append(
+                            measure(
+                                server,
+                                env,
+                                lambda m=method, k=n: asyncio.run(
+                                    baseline(env, base_url, m, k, max_steps)
+                                ),
+                            )
+                        )
                 exact = expected_accuracy(env, method, n, m=4)
+                mine, peer_row = pooled(ours), pooled(theirs)
                 for side, row in (
-                    ("ttscale", ours),
-                    ("its_hub" if peer_ok else "baseline", theirs),
+                    ("ttscale", mine),
+                    ("its_hub" if peer_ok else "baseline", peer_row),
                 ):
-                    ratio = ours["wall"] / theirs["wall"] if side == "ttscale" else 1.0
+                    ratio = mine["wall"] / peer_row["wall"] if side == "ttscale" else 1.0
                     print(
-                        f"{method:<19}{n:>3} {side:<9}{row['accuracy']:>6.3f} {exact:>6.3f} "
-                        f"{row['tokens']:>8,} {row['requests']:>9,} {row['prm_requests']:>8,} "
-                        f"{row['wall']:>7.2f} {ratio:>6.2f}"
+                        f"{method:<19}{n:>3} {side:<9}{row['accuracy']:>6.3f} {row['se']:>6.3f} "
+                        f"{exact:>6.3f} {row['tokens']:>8,.0f} {row['completion']:>7,.0f} "
+                        f"{row['requests']:>9,.0f} {row['prm_requests']:>8,.0f} "
+                        f"{row['wall']:>7.2f} {ratio:>6.2f}",
+                        flush=True,
                     )
     sys.stdout.flush()
 
