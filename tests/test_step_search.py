@@ -553,3 +553,21 @@ def test_loopback_routes_answer_bad_requests_with_openai_shaped_4xx() -> None:
             assert len(json.loads(response.read())["data"][0]["data"]) == 1
     with pytest.raises(ConfigError, match="routes must map"):
         ServerConfig(routes={"pooling": lambda body: body})
+
+
+def test_server_caps_bind_mid_search_and_cut_every_steps_max_tokens() -> None:
+    from ttscale.budget import DrawCaps
+
+    problem = ENV.problems()[0]
+    with ENV.server() as server:
+        caps = DrawCaps(samples=7, max_tokens=16)
+        budget = BudgetedSampler(_sampler(server.base_url), caps=caps)
+        strategy = BeamSearch(samples=4, beam_width=2, reward=ENV.prm, max_steps=5)
+        result = asyncio.run(_run(strategy, problem, budget.for_problem(problem.id)))
+        served = server.delivered_usage()
+        bodies = [record.body for record in server.records if record.body is not None]
+    assert served["samples"] == 7
+    assert result.usage.samples == 7
+    assert all(body["max_tokens"] <= 16 for body in bodies)
+    assert len(_events(result, "tree")[0]["nodes"]) == 7
+    assert _events(result, "select")[0]["stop"] == "budget"
