@@ -1095,12 +1095,20 @@ def render(
     for claim in dict.fromkeys(f.claim for f in findings):
         lines += ["", f"## {claim}", "", f"*{PAPERS[claim]}.*"]
         for f in (f for f in findings if f.claim == claim):
-            lines += ["", f"**{f.dataset}: {f.verdict}.**", ""]
+            lines += ["", f"**{f.dataset}: {f.verdict}.**{_provisional(f, sets)}", ""]
             lines += [f"- {line}" for line in f.lines] or [f"- {f.headline}"]
             if f.figure and f.figure not in shown:
                 shown.add(f.figure)
                 lines += ["", f"![{claim} on {f.dataset}]({f.figure})"]
     return "\n".join(lines) + "\n"
+
+
+def _provisional(found: Finding, sets: Mapping[str, Votes | None]) -> str:
+    """A note on a verdict drawn from part of a set (the bank is drawn over several sittings)."""
+    votes = sets.get(found.dataset)
+    if votes is None or found.verdict.startswith(INSUFFICIENT) or votes.size >= votes.planned:
+        return ""
+    return f" Provisional: {votes.size} of its {votes.planned} problems are in the bank so far."
 
 
 def _jsonable(value: Any) -> Any:

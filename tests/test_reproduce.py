@@ -142,6 +142,7 @@ def test_the_report_names_every_claim_with_a_verdict_and_its_figure(
     assert ("Large Language Monkeys", "humaneval") in claims
     assert {("MAKER", "gsm8k"), ("DeepConf", "gsm8k"), ("ESC", "gsm8k")} <= claims
     assert report["problems"] == {"humaneval": 6, "gsm8k": 12}
+    assert "Provisional: 6 of its 164 problems are in the bank so far." in text
     for f in report["findings"]:
         assert f["verdict"] in VERDICTS, f
         assert f"| {f['claim']} | {f['dataset']} | **{f['verdict']}** |" in text
