@@ -1033,6 +1033,7 @@ def run_claims(sets: Mapping[str, Votes | None], settings: Settings, out: Path) 
         ("MAKER", "gsm8k", maker),
         ("MAKER", "humaneval", maker),
     ]
+    out.mkdir(parents=True, exist_ok=True)
     findings: list[Finding] = []
     for claim, name, test in plan:
         votes = sets.get(name)
@@ -1041,7 +1042,12 @@ def run_claims(sets: Mapping[str, Votes | None], settings: Settings, out: Path) 
             findings.extend(insufficient(one, votes, name, settings) for one in claims)
             continue
         started = time.perf_counter()
-        found = test(votes, settings, out)
+        try:
+            found = test(votes, settings, out)
+        except (ConfigError, DataError) as exc:
+            # e.g. every problem solved by every sample: no law to fit, nothing to compare
+            reason = f"{INSUFFICIENT}: {exc}"
+            found = [Finding(one, name, reason, str(exc)) for one in claim.split(", ")]
         findings.extend(found if isinstance(found, list) else [found])
         print(f"{claim} on {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return findings

@@ -12,6 +12,7 @@ second replay of the same orders.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import itertools
@@ -164,6 +165,20 @@ def test_too_few_problems_say_insufficient_data(run: tuple[Path, Path, dict[str,
     assert len(strict) == len(run[2]["findings"])
     # The control is the run itself: the same sets, with a bar of 3 problems, are all judged.
     assert all(f["verdict"] in VERDICTS for f in run[2]["findings"])
+
+
+def test_data_a_claim_cannot_be_tested_on_says_why(run: tuple[Path, Path, dict[str, Any]]) -> None:
+    root, out, _ = run
+    module = _script()
+    votes = module.read_votes("humaneval", root)
+    solved = dataclasses.replace(votes, correct=np.ones_like(votes.correct))
+    found = module.run_claims({"humaneval": solved}, module.Settings(min_problems=3), out / "x")
+    (monkeys,) = [f for f in found if f.claim == "Large Language Monkeys"]
+    assert (
+        monkeys.verdict.startswith("insufficient data: ") and "between 0 and 1" in monkeys.verdict
+    )
+    # Control: the data as drawn is judged.
+    assert finding(run[2], "Large Language Monkeys", "humaneval")["verdict"] in VERDICTS
 
 
 # -- Large Language Monkeys ------------------------------------------------------------------
