@@ -16,6 +16,27 @@ its_hub runs in its own interpreter (``--its-hub-python``, a venv with ``pip ins
 'its_hub[lm]'``); without one the benchmark says so and runs a faithful sequential baseline
 instead (one request per path, no ``n``, rounds in order: what its_hub does), labelled as such.
 
+A run on the shared 2-core box (load average ~12 from other work; its_hub 1.2.0), ``--problems
+40 --n 4 8 16 --repeats 3``: accuracy equal or better at every N, within one standard error of the
+exact expectation on both sides; total tokens 0.44-0.61x its_hub's (a path's continuations share
+one request and its prompt, ``n``); requests 0.25-0.44x; PRM requests one a round instead of one
+a path; wall 0.48-0.85x its_hub's, so the 0.5x goal is met at beam N = 8 only. (its_hub's beam
+search starts from N/M paths, so it draws fewer completion tokens at N = 8 and 16.)::
+
+    method               N side        acc   +-se  exact   tokens  compl.  requests  prm req  wall s
+    beam_search          4 ttscale   0.742  0.040  0.768    5,560   3,200       120      120    5.53
+    beam_search          4 its_hub   0.725  0.041  0.768   12,640   3,200       480      480    7.80
+    beam_search          8 ttscale   0.842  0.033  0.866   10,680   6,400       200      120    4.47
+    beam_search          8 its_hub   0.850  0.033  0.866   22,560   5,440       800      800    9.38
+    beam_search         16 ttscale   0.917  0.025  0.885   20,920  12,800       360      120    8.21
+    beam_search         16 its_hub   0.825  0.035  0.885   42,400   9,920     1,440    1,440   13.69
+    particle_filtering   4 ttscale   0.850  0.033  0.825    7,723   3,200       211      120    6.18
+    particle_filtering   4 its_hub   0.850  0.033  0.825   12,640   3,200       480      480    7.30
+    particle_filtering   8 ttscale   0.908  0.026  0.879   14,676   6,400       367      120    7.52
+    particle_filtering   8 its_hub   0.883  0.029  0.879   25,280   6,400       960      960    9.31
+    particle_filtering  16 ttscale   0.900  0.027  0.887   28,872  12,800       692      120    9.55
+    particle_filtering  16 its_hub   0.858  0.032  0.887   50,560  12,800     1,920    1,920   15.44
+
     python -m venv /tmp/itshub && /tmp/itshub/bin/pip install 'its_hub[lm]'
     python benchmarks/search.py --its-hub-python /tmp/itshub/bin/python \
         [--problems 40] [--n 4 8 16] [--repeats 3]
