@@ -9,17 +9,24 @@ project's own estimators (``ttscale.estimators``, ``ttscale.laws``, ``strategies
   law fits it (their fit error: mean |coverage - fit| over 100 log-spaced k); fitted on k <= 4 it
   extrapolates to 16; the Beta model beside it.
 - Best-of-Majority: BoM does not degrade as N grows while best-of-N does (the reward: the model's
-  confidence, DeepConf's bottom-10% group confidence over windows of 32 tokens); majority flat.
+  confidence, DeepConf's bottom-10% group confidence over windows of 32 tokens: the score of
+  ``ConfidenceVerifier(measure="bottom")``, computed here over the stored arrays); majority flat.
+  On GSM8K (answers grouped by number) and on HumanEval (grouped by normalised code).
 - Adaptive-Consistency (the Beta rule) and ESC on GSM8K: samples saved against majority@16 at an
-  accuracy within majority@16's interval; DeepConf online: completion tokens saved.
+  accuracy not below majority@16's interval; DeepConf online (eta 90%, windows of 16, warm-up 4):
+  completion tokens saved, by ``strategies.deepconf.evaluate_deepconf``'s replay of the stored
+  token logprobs.
 - Inference Scaling fLaws: the weak HumanEval tests (the first assert) as the verifier, against
   the full tests: false-positive rate, the ceiling P(correct | passes weak), K_opt by the cost of
   a false positive, and the expected reward of resampling measured on the bank.
-- MAKER: first-to-ahead-by-k votes per problem against k, and the k_min formula against the bank.
+- MAKER: first-to-ahead-by-k votes per problem against k (red flags: no answer, or cut off at
+  the token limit), and the k_min formula's prediction against the bank.
 
 Every interval is a seeded 95% percentile bootstrap over problems. A claim's verdict is one of
 ``reproduced``, ``not reproduced``, ``not testable at 0.5B`` or ``insufficient data`` (fewer
-problems than ``--min-problems``); the criteria are printed beside each verdict.
+problems than ``--min-problems``, or data the claim cannot be tested on); the criteria are printed
+beside each verdict, and a verdict on part of a set is marked provisional. The bank is read from
+``benchmarks/bank/`` of this checkout unless ``--bank`` names another folder of the same layout.
 
     python benchmarks/reproduce.py                      # -> benchmarks/results/reproduce/
     python benchmarks/reproduce.py --bank DIR --out DIR --min-problems 3
@@ -49,7 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from ttscale.bank import DEFAULT_ROOT, BankSet, load_bank_set
+from ttscale.bank import BankSet, load_bank_set
 from ttscale.errors import ConfigError, DataError
 from ttscale.estimators import (
     bootstrap_ci,
@@ -85,6 +92,7 @@ from ttscale.verifiers.soundness import (
 
 FloatArray = npt.NDArray[np.float64]
 
+BANK = Path(__file__).resolve().parent / "bank"  # this checkout's bank, whatever is installed
 OUT = Path(__file__).resolve().parent / "results" / "reproduce"
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -1131,7 +1139,7 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bank", type=Path, default=DEFAULT_ROOT, help="the bank's folder")
+    parser.add_argument("--bank", type=Path, default=BANK, help="the bank's folder")
     parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
     parser.add_argument("--resamples", type=int, default=Settings.resamples)
     parser.add_argument("--fit-resamples", type=int, default=Settings.fit_resamples)
