@@ -3,6 +3,10 @@
 - :class:`BestOfN` (``best_of_n``), :class:`Majority` (``majority``),
   :class:`BestOfMajority` (``best_of_majority``), :class:`Adaptive` (``adaptive``) and
   :class:`AheadByK` (``ahead_by_k``): thin async orchestration over a sampler and a verifier.
+- :mod:`~ttscale.strategies.beam_search` (``beam_search``, ``dvts``) and
+  :mod:`~ttscale.strategies.particle_filtering` (``particle_filtering``): step-level search guided
+  by a process reward, over :mod:`~ttscale.strategies.steps` and
+  :mod:`~ttscale.strategies.step_search`.
 - :mod:`~ttscale.strategies.extract`: answer extraction and normalisation.
 - :mod:`~ttscale.strategies.selection` and :mod:`~ttscale.strategies.stopping`: the pure rules.
 - :mod:`~ttscale.strategies.sampling`: sampling policies (hedged sampling, temperature schedules).
