@@ -1,7 +1,8 @@
 """Records and resume: one JSONL line per finished problem, read back as a stream.
 
 A record is built from a problem's result (:func:`build_record`), appended to the results file
-and never held afterwards: resuming reads the file once, line by line, into a
+(:class:`ResultsFile`: flushed per record, fsynced at most once a second) and never held
+afterwards: resuming reads the file once, line by line, into a
 :class:`FinishedRun` (the ids, their spend, one record to compare settings with), and a
 :class:`RecordsView` reads records back on demand. The run file beside the results
 (:func:`run_file`) holds versions and settings; :func:`check_resume` refuses to mix two runs'
@@ -13,17 +14,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import IO, TYPE_CHECKING, Any, overload
 
 from ttscale import __version__
 from ttscale.errors import ConfigError, DataError
-from ttscale.store import repair_tail
+from ttscale.store import FSYNC_INTERVAL_S, StoreWriteError, repair_tail
 from ttscale.types import Problem, Result, Score, Usage
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ __all__ = [
     "FinishedRun",
     "ProblemRecord",
     "RecordsView",
+    "ResultsFile",
     "build_record",
     "check_resume",
     "human_eval_completion",
@@ -304,6 +307,47 @@ class RecordsView(Sequence[dict[str, Any]]):
             if found == position:
                 return record
         raise IndexError(position)
+
+
+class ResultsFile:
+    """The results file (and the human-eval completions), appended one record at a time:
+    flushed at once, fsynced at most every FSYNC_INTERVAL_S seconds and on close."""
+
+    def __init__(self, out: Path, human_eval: bool) -> None:
+        self.path = out
+        repair_results(out)
+        self._handle: IO[str] = out.open("a", encoding="utf-8")
+        self._human_eval: IO[str] | None = (
+            out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
+            if human_eval
+            else None
+        )
+        self._last_sync = time.monotonic()
+
+    def write(self, problem: Problem, record: dict[str, Any]) -> None:
+        try:
+            self._handle.write(ProblemRecord(record).to_json_line())
+            self._handle.flush()
+            if self._human_eval is not None:
+                self._human_eval.writelines(human_eval_lines(problem, record))
+                self._human_eval.flush()
+            if time.monotonic() - self._last_sync >= FSYNC_INTERVAL_S:
+                self._last_sync = time.monotonic()
+                os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise StoreWriteError(
+                f"cannot write the results file {self.path}: {exc.strerror or exc}",
+                path=str(self.path),
+            ) from exc
+
+    def close(self) -> None:
+        for handle in (self._handle, self._human_eval):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(OSError):
+                    handle.close()
 
 
 # -- the run file and resume -----------------------------------------------------------------

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from ttscale.budget import BudgetedSampler, BudgetLimitReached, BudgetTracker, StopCondition
 from ttscale.cache import CachedSampler, SampleCache
@@ -49,13 +49,13 @@ from ttscale.records import (
     FinishedRun,
     ProblemRecord,
     RecordsView,
+    ResultsFile,
     build_record,
     check_resume,
     human_eval_completion,
     human_eval_lines,
     read_finished,
     record_params,
-    repair_results,
     run_file,
     scan_finished,
     write_run_json,
@@ -64,12 +64,7 @@ from ttscale.registry import create, load
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.pool import PoolSampler
 from ttscale.scaling import MeteredVerifier, budget_condition
-from ttscale.store import (
-    FSYNC_INTERVAL_S,
-    JournalledSampler,
-    SampleJournal,
-    StoreWriteError,
-)
+from ttscale.store import JournalledSampler, SampleJournal, StoreWriteError
 from ttscale.types import (
     Pricing,
     Problem,
@@ -485,7 +480,7 @@ class _Run:
     tracker: BudgetTracker
     run_limit: StopCondition | None
     problem_limit: StopCondition | None
-    results: _ResultsFile
+    results: ResultsFile
     on_problem: Callable[[dict[str, Any]], None] | None
     cache: SampleCache | None = None
     tally: _Tally = field(default_factory=_Tally)
@@ -497,47 +492,6 @@ class _Run:
         self.results.close()
         if self.cache is not None:
             self.cache.close()
-
-
-class _ResultsFile:
-    """The results file (and the human-eval completions), appended one record at a time:
-    flushed at once, fsynced at most every FSYNC_INTERVAL_S seconds and on close."""
-
-    def __init__(self, out: Path, human_eval: bool) -> None:
-        self.path = out
-        repair_results(out)
-        self._handle: IO[str] = out.open("a", encoding="utf-8")
-        self._human_eval: IO[str] | None = (
-            out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
-            if human_eval
-            else None
-        )
-        self._last_sync = time.monotonic()
-
-    def write(self, problem: Problem, record: dict[str, Any]) -> None:
-        try:
-            self._handle.write(ProblemRecord(record).to_json_line())
-            self._handle.flush()
-            if self._human_eval is not None:
-                self._human_eval.writelines(human_eval_lines(problem, record))
-                self._human_eval.flush()
-            if time.monotonic() - self._last_sync >= FSYNC_INTERVAL_S:
-                self._last_sync = time.monotonic()
-                os.fsync(self._handle.fileno())
-        except OSError as exc:
-            raise StoreWriteError(
-                f"cannot write the results file {self.path}: {exc.strerror or exc}",
-                path=str(self.path),
-            ) from exc
-
-    def close(self) -> None:
-        for handle in (self._handle, self._human_eval):
-            if handle is not None:
-                with contextlib.suppress(OSError):
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                with contextlib.suppress(OSError):
-                    handle.close()
 
 
 def _open_sampler(
@@ -802,7 +756,7 @@ def _open_run(
         tracker=_tracker(config, finished),
         run_limit=budget_condition(config.run_budget) if config.run_budget else None,
         problem_limit=budget_condition(config.budget) if config.budget else None,
-        results=_ResultsFile(out, config.output_format == "human-eval"),
+        results=ResultsFile(out, config.output_format == "human-eval"),
         on_problem=on_problem,
         cache=cache,
     )
