@@ -514,32 +514,55 @@ def best_of_majority(votes: Votes, settings: Settings, out: Path) -> Finding:
         subsets=settings.subsets,
         seed=settings.seed,
     )
-    top = votes.samples
     numbers: dict[str, Any] = {"problems": votes.size, "ks": result.ks.tolist()}
-    degrades = {}
     for name in ("majority", "best_of_n", "best_of_majority"):
-        per = result.per_problem[name]
-        curve = per.mean(axis=0)
-        peak = int(np.argmax(curve))
-        drop = mean_ci(per[:, -1] - per[:, peak], settings)
-        gain = mean_ci(per[:, -1] - per[:, 0], settings)
-        low, high = result.ci(name, n_resamples=settings.resamples, seed=settings.seed)
-        degrades[name] = drop[2] < 0 and drop[0] <= -MATERIAL_DROP
-        numbers[name] = {
-            "accuracy": curve.tolist(),
-            "low": low.tolist(),
-            "high": high.tolist(),
-            "peak_k": peak + 1,
-            "drop_from_peak": drop,
-            "gain_from_1": gain,
-            "degrades": degrades[name],
-        }
+        numbers[name] = _curve_entry(result, name, settings)
     numbers["pass_at_k"] = {"accuracy": result.accuracy["pass_at_k"].tolist()}
     bon, bom, maj = (numbers[n] for n in ("best_of_n", "best_of_majority", "majority"))
-    if degrades["best_of_n"] and not degrades["best_of_majority"]:
-        verdict = REPRODUCED
-    else:
-        verdict = NOT_REPRODUCED
+    verdict = REPRODUCED if bon["degrades"] and not bom["degrades"] else NOT_REPRODUCED
+    top = votes.samples
+    headline = (
+        f"N = {top} minus peak: best-of-N {fmt(bon['drop_from_peak'][0])}, BoM "
+        f"{fmt(bom['drop_from_peak'][0])}, majority {fmt(maj['drop_from_peak'][0])}"
+    )
+    figure = _plot_curves(
+        votes,
+        result.ks,
+        {
+            "best-of-N (confidence)": bon,
+            f"Best-of-Majority (alpha {BOM_ALPHA})": bom,
+            "majority": maj,
+        },
+        numbers["pass_at_k"]["accuracy"],
+        out,
+        f"bom-{votes.name}.png",
+        f"Best-of-Majority on {votes.name} ({votes.size} problems)",
+    )
+    lines = _bom_lines(votes, numbers)
+    return Finding("Best-of-Majority", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _curve_entry(result: Any, name: str, settings: Settings) -> dict[str, Any]:
+    """One strategy's curve with its band, its drop from its own peak and its gain from N = 1."""
+    per = result.per_problem[name]
+    curve = per.mean(axis=0)
+    peak = int(np.argmax(curve))
+    drop = mean_ci(per[:, -1] - per[:, peak], settings)
+    low, high = result.ci(name, n_resamples=settings.resamples, seed=settings.seed)
+    return {
+        "accuracy": curve.tolist(),
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "peak_k": peak + 1,
+        "drop_from_peak": drop,
+        "gain_from_1": mean_ci(per[:, -1] - per[:, 0], settings),
+        "degrades": drop[2] < 0 and drop[0] <= -MATERIAL_DROP,
+    }
+
+
+def _bom_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
+    top = votes.samples
+    maj = numbers["majority"]
     flat = maj["gain_from_1"][1] <= 0 <= maj["gain_from_1"][2]
 
     def row(label: str, entry: Mapping[str, Any]) -> str:
@@ -551,42 +574,24 @@ def best_of_majority(votes: Votes, settings: Settings, out: Path) -> Finding:
             f"{' (degrades)' if entry['degrades'] else ''}"
         )
 
-    lines = (
-        row("best-of-N", bon),
-        row(f"Best-of-Majority (alpha = {BOM_ALPHA})", bom),
+    grouped = (
+        "by normalised code (docstrings and comments stripped)"
+        if votes.name == "humaneval"
+        else "by number"
+    )
+    return (
+        row("best-of-N", numbers["best_of_n"]),
+        row(f"Best-of-Majority (alpha = {BOM_ALPHA})", numbers["best_of_majority"]),
         row("majority", maj)
         + f"; N = {top} minus N = 1 {fmt(*maj['gain_from_1'])}"
         + (" (flat)" if flat else ""),
         f"coverage (pass@k, an oracle verifier) at N = {top}: "
         f"{fmt(numbers['pass_at_k']['accuracy'][-1])}",
         "reward: the model's bottom-10% group confidence (windows of 32 tokens), from the stored "
-        "top-5 logprobs; answers grouped "
-        + (
-            "by normalised code (docstrings and comments stripped)"
-            if votes.name == "humaneval"
-            else "by number"
-        ),
+        f"top-5 logprobs; answers grouped {grouped}",
         f"criteria: best-of-N degrades (accuracy at N = {top} at least {fmt(MATERIAL_DROP)} below "
         "its peak, the interval below 0) and BoM does not",
     )
-    headline = (
-        f"N = {top} minus peak: best-of-N {fmt(bon['drop_from_peak'][0])}, BoM "
-        f"{fmt(bom['drop_from_peak'][0])}, majority {fmt(maj['drop_from_peak'][0])}"
-    )
-    figure = _plot_curves(
-        votes,
-        result.ks,
-        {
-            "best-of-N (confidence)": numbers["best_of_n"],
-            f"Best-of-Majority (alpha {BOM_ALPHA})": numbers["best_of_majority"],
-            "majority": numbers["majority"],
-        },
-        numbers["pass_at_k"]["accuracy"],
-        out,
-        f"bom-{votes.name}.png",
-        f"Best-of-Majority on {votes.name} ({votes.size} problems)",
-    )
-    return Finding("Best-of-Majority", votes.name, verdict, headline, lines, numbers, figure)
 
 
 def _plot_curves(
@@ -783,36 +788,10 @@ def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
         raise DataError(f"{votes.name} has no weak-test verdicts", field="weak")
     weak, correct = votes.weak, votes.correct
     estimate = estimate_soundness(weak.tolist(), correct.tolist())
-    false_positive = (weak & ~correct).sum(axis=1)
-    wrong = (~correct).sum(axis=1)
-    rate = ratio_ci(false_positive, wrong, settings)
+    rate = ratio_ci((weak & ~correct).sum(axis=1), (~correct).sum(axis=1), settings)
     ceiling = ratio_ci((weak & correct).sum(axis=1), weak.sum(axis=1), settings)
     samples = votes.samples
-    rates = np.array([estimate.per_problem_correct, estimate.per_problem_false_positive]).T
-    costs: dict[str, Any] = {}
-    for cost in FP_COSTS:
-        k_opt = optimal_samples(estimate, cost, MAX_K)
-
-        def refit(rows: npt.NDArray[np.int64], r: int, cost: float = cost) -> float:
-            # A resample's per-problem rates are its rows of the estimate's (c_i, f_i).
-            return float(
-                optimal_samples_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
-            )
-
-        within = int(np.argmax(_formula_rewards(estimate, cost, samples)[1:])) + 1
-        bank = measured_rewards(weak, correct, cost).mean(axis=0)
-        costs[str(cost)] = {
-            "k_opt": k_opt,
-            "k_opt_ci": loop_ci(refit, votes.size, settings),
-            "k_opt_within_bank": within,
-            "measured_k_opt_within_bank": int(np.argmax(bank)) + 1,
-            "measured_rewards": bank.tolist(),
-            "formula_rewards": _formula_rewards(estimate, cost, samples)[1:].tolist(),
-            "reward_at_k_opt": float(_formula_rewards(estimate, cost, max(k_opt, 1))[k_opt]),
-            "reward_at_max_k": float(_formula_rewards(estimate, cost, MAX_K)[-1]),
-        }
-    pass_n = float(per_problem_pass_at_k(samples, correct.sum(axis=1), samples).mean())
-    resample_n = costs["0.0"]["measured_rewards"][-1]
+    costs = {str(cost): _cost_entry(weak, correct, estimate, cost, settings) for cost in FP_COSTS}
     shrinks = all(
         costs[str(a)]["k_opt"] >= costs[str(b)]["k_opt"] for a, b in itertools.pairwise(FP_COSTS)
     )
@@ -832,41 +811,82 @@ def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
         "false_positive_rate": rate,
         "ceiling": ceiling,
         "costs": costs,
-        f"pass@{samples}": pass_n,
-        f"resample@{samples}": resample_n,
-    }
-    k_text = ", ".join(
-        f"V_FP = {cost:g}: {costs[str(cost)]['k_opt']} [{costs[str(cost)]['k_opt_ci'][0]:.0f}, "
-        f"{costs[str(cost)]['k_opt_ci'][1]:.0f}]"
-        for cost in FP_COSTS
-    )
-    lines = (
-        f"{estimate.candidates} samples: {estimate.weak_passes} pass the weak tests, "
-        f"{estimate.strong_passes} the full ones, {estimate.false_positives} pass only the weak",
-        f"false-positive rate P(passes weak | wrong) {fmt(*rate)}; ceiling "
-        f"P(correct | passes weak) {fmt(*ceiling)}",
-        f"K_opt (expected reward: +1 correct, V_FP a false positive, 0 abstaining; up to {MAX_K}): "
-        + k_text,
-        f"on the bank (k <= {samples}): resampling until the weak tests pass reaches "
-        f"{fmt(resample_n)} at k = {samples} against pass@{samples} {fmt(pass_n)}; the best k "
-        "within the bank by cost: "
-        + ", ".join(
-            f"{cost:g}: measured {costs[str(cost)]['measured_k_opt_within_bank']}, formula "
-            f"{costs[str(cost)]['k_opt_within_bank']}"
-            for cost in FP_COSTS
+        f"pass@{samples}": float(
+            per_problem_pass_at_k(samples, correct.sum(axis=1), samples).mean()
         ),
-        "criteria: false positives exist (interval above 0), the ceiling is below 1 (interval), "
-        f"K_opt never grows as V_FP falls, and at some cost drawing {MAX_K} samples earns at "
-        f"least {fmt(OVERSAMPLING_LOSS)} less than K_opt (K_opt: the smallest k within 1e-12 of "
-        "the best reward)",
-    )
+        f"resample@{samples}": costs["0.0"]["measured_rewards"][-1],
+    }
     headline = (
         f"FP rate {fmt(rate[0])}, ceiling {fmt(ceiling[0])}, K_opt "
         + "/".join(str(costs[str(c)]["k_opt"]) for c in FP_COSTS)
         + f" at V_FP {'/'.join(f'{c:g}' for c in FP_COSTS)}"
     )
     figure = _plot_flaws(votes, costs, estimate, out)
+    lines = _flaws_lines(estimate, numbers, samples)
     return Finding("Inference Scaling fLaws", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _cost_entry(
+    weak: npt.NDArray[np.bool_],
+    correct: npt.NDArray[np.bool_],
+    estimate: SoundnessEstimate,
+    cost: float,
+    settings: Settings,
+) -> dict[str, Any]:
+    """K_opt at one false-positive cost (formula, interval) and the rewards the bank shows."""
+    problems, samples = weak.shape
+    rates = np.array([estimate.per_problem_correct, estimate.per_problem_false_positive]).T
+    k_opt = optimal_samples(estimate, cost, MAX_K)
+
+    def refit(rows: npt.NDArray[np.int64], r: int) -> float:
+        # A resample's per-problem rates are its rows of the estimate's (c_i, f_i).
+        return float(
+            optimal_samples_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
+        )
+
+    formula = _formula_rewards(estimate, cost, MAX_K)
+    bank = measured_rewards(weak, correct, cost).mean(axis=0)
+    return {
+        "k_opt": k_opt,
+        "k_opt_ci": loop_ci(refit, problems, settings),
+        "k_opt_within_bank": int(np.argmax(formula[1 : samples + 1])) + 1,
+        "measured_k_opt_within_bank": int(np.argmax(bank)) + 1,
+        "measured_rewards": bank.tolist(),
+        "formula_rewards": formula[1 : samples + 1].tolist(),
+        "reward_at_k_opt": float(formula[k_opt]),
+        "reward_at_max_k": float(formula[-1]),
+    }
+
+
+def _flaws_lines(
+    estimate: SoundnessEstimate, numbers: Mapping[str, Any], samples: int
+) -> tuple[str, ...]:
+    costs = numbers["costs"]
+    k_text = ", ".join(
+        f"V_FP = {cost:g}: {costs[str(cost)]['k_opt']} [{costs[str(cost)]['k_opt_ci'][0]:.0f}, "
+        f"{costs[str(cost)]['k_opt_ci'][1]:.0f}]"
+        for cost in FP_COSTS
+    )
+    within = ", ".join(
+        f"{cost:g}: measured {costs[str(cost)]['measured_k_opt_within_bank']}, formula "
+        f"{costs[str(cost)]['k_opt_within_bank']}"
+        for cost in FP_COSTS
+    )
+    return (
+        f"{estimate.candidates} samples: {estimate.weak_passes} pass the weak tests, "
+        f"{estimate.strong_passes} the full ones, {estimate.false_positives} pass only the weak",
+        f"false-positive rate P(passes weak | wrong) {fmt(*numbers['false_positive_rate'])}; "
+        f"ceiling P(correct | passes weak) {fmt(*numbers['ceiling'])}",
+        f"K_opt (expected reward: +1 correct, V_FP a false positive, 0 abstaining; up to {MAX_K}): "
+        + k_text,
+        f"on the bank (k <= {samples}): resampling until the weak tests pass reaches "
+        f"{fmt(numbers[f'resample@{samples}'])} at k = {samples} against pass@{samples} "
+        f"{fmt(numbers[f'pass@{samples}'])}; the best k within the bank by cost: {within}",
+        "criteria: false positives exist (interval above 0), the ceiling is below 1 (interval), "
+        f"K_opt never grows as V_FP falls, and at some cost drawing {MAX_K} samples earns at "
+        f"least {fmt(OVERSAMPLING_LOSS)} less than K_opt (K_opt: the smallest k within 1e-12 of "
+        "the best reward)",
+    )
 
 
 def _formula_rewards(estimate: SoundnessEstimate, cost: float, max_k: int) -> FloatArray:
@@ -921,50 +941,20 @@ def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
     rates, valid_rates = vote_rates(votes)
     wrong_votes = (~votes.correct & ~votes.flagged).any(axis=1)
     solvable = (rates > 0.5) & wrong_votes
-    if solvable.sum() < 2:
+    steps = int(solvable.sum())
+    if steps < 2:
         return Finding(
             "MAKER",
             votes.name,
             NOT_TESTABLE,
             f"the right answer holds a majority of the votes, with wrong votes against it, on "
-            f"{int(solvable.sum())} problems (2 needed)",
-            numbers={"problems": votes.size, "solvable": int(solvable.sum())},
+            f"{steps} problems (2 needed)",
+            numbers={"problems": votes.size, "solvable": steps},
         )
     p_mean = float(rates[solvable].mean())
-    steps = int(solvable.sum())
     k_pred = maker_k_min(min(p_mean, 1 - 1e-9), MAKER_TARGET, steps)
     margins = list(range(1, max(4, min(k_pred, votes.samples // 2)) + 1))
-    answers = [
-        [None if f else a for a, f in zip(row, flags, strict=True)]
-        for row, flags in zip(votes.answers, votes.flagged, strict=True)
-    ]
-    result = evaluate(
-        answers,
-        votes.correct,
-        None,
-        {f"ahead_{m}": AheadByKConfig(margin=m, samples=votes.samples) for m in margins},
-        ks=[votes.samples],
-        subsets=settings.subsets,
-        seed=settings.seed,
-    )
-    rows: list[dict[str, Any]] = []
-    for m in margins:
-        used = result.per_problem_samples[f"ahead_{m}"][solvable, 0]
-        success = result.per_problem[f"ahead_{m}"][solvable, 0]
-        p = np.minimum(rates[solvable], 1 - 1e-9)
-        predicted = np.array([maker_expected_votes(x, m) for x in p]) / valid_rates[solvable]
-        all_steps = float(np.prod(success))
-        rows.append(
-            {
-                "margin": m,
-                "votes": mean_ci(used, settings),
-                "predicted_votes": float(predicted.mean()),
-                "predicted_votes_capped": float(np.minimum(predicted, votes.samples).mean()),
-                "success": mean_ci(success, settings),
-                "predicted_success": float(np.mean([maker_step_success(x, m) for x in p])),
-                "all_steps": all_steps,
-            }
-        )
+    rows = _ahead_rows(votes, margins, solvable, rates, valid_rates, settings)
     measured_k = next((r["margin"] for r in rows if r["all_steps"] >= MAKER_TARGET), None)
     at_pred = next((r for r in rows if r["margin"] == k_pred), None)
     rising = all(a["votes"][0] <= b["votes"][0] for a, b in itertools.pairwise(rows))
@@ -979,7 +969,61 @@ def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
         "k_min_measured": measured_k,
         "margins": rows,
     }
-    lines = (
+    headline = (
+        f"k_min predicted {k_pred}, measured {measured_k}; votes at k = 1..{margins[-1]}: "
+        + ", ".join(f"{r['votes'][0]:.1f}" for r in rows)
+    )
+    figure = _plot_maker(votes, rows, k_pred, out)
+    lines = _maker_lines(votes, numbers)
+    return Finding("MAKER", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _ahead_rows(
+    votes: Votes,
+    margins: Sequence[int],
+    solvable: npt.NDArray[np.bool_],
+    rates: FloatArray,
+    valid_rates: FloatArray,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """Per margin, over the solvable problems: votes and success on the bank, and predicted."""
+    answers = [
+        [None if f else a for a, f in zip(row, flags, strict=True)]
+        for row, flags in zip(votes.answers, votes.flagged, strict=True)
+    ]
+    result = evaluate(
+        answers,
+        votes.correct,
+        None,
+        {f"ahead_{m}": AheadByKConfig(margin=m, samples=votes.samples) for m in margins},
+        ks=[votes.samples],
+        subsets=settings.subsets,
+        seed=settings.seed,
+    )
+    p = np.minimum(rates[solvable], 1 - 1e-9)
+    rows: list[dict[str, Any]] = []
+    for m in margins:
+        used = result.per_problem_samples[f"ahead_{m}"][solvable, 0]
+        success = result.per_problem[f"ahead_{m}"][solvable, 0]
+        predicted = np.array([maker_expected_votes(x, m) for x in p]) / valid_rates[solvable]
+        rows.append(
+            {
+                "margin": m,
+                "votes": mean_ci(used, settings),
+                "predicted_votes": float(predicted.mean()),
+                "predicted_votes_capped": float(np.minimum(predicted, votes.samples).mean()),
+                "success": mean_ci(success, settings),
+                "predicted_success": float(np.mean([maker_step_success(x, m) for x in p])),
+                "all_steps": float(np.prod(success)),
+            }
+        )
+    return rows
+
+
+def _maker_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
+    steps, p_mean, rows = numbers["solvable"], numbers["p_mean"], numbers["margins"]
+    measured_k = numbers["k_min_measured"]
+    return (
         f"{steps} of {votes.size} problems have p > 1/2 and some wrong vote (p: the right answer's "
         f"share of the valid votes; mean {p_mean:.3f}); red flags: no answer, or cut off at the "
         "token limit",
@@ -991,17 +1035,11 @@ def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
             for r in rows
         ),
         f"k_min for all {steps} steps right with probability {MAKER_TARGET} at p = {p_mean:.3f}: "
-        f"predicted {k_pred}, measured "
-        + (str(measured_k) if measured_k is not None else f"none up to {margins[-1]}"),
+        f"predicted {numbers['k_min_predicted']}, measured "
+        + (str(measured_k) if measured_k is not None else f"none up to {rows[-1]['margin']}"),
         f"criteria: at the predicted k_min all {steps} steps are right with probability >= "
         f"{MAKER_TARGET} on the bank (votes capped at {votes.samples}), and votes rise with k",
     )
-    headline = (
-        f"k_min predicted {k_pred}, measured {measured_k}; votes at k = 1..{margins[-1]}: "
-        + ", ".join(f"{r['votes'][0]:.1f}" for r in rows)
-    )
-    figure = _plot_maker(votes, rows, k_pred, out)
-    return Finding("MAKER", votes.name, verdict, headline, lines, numbers, figure)
 
 
 def _plot_maker(votes: Votes, rows: Sequence[Mapping[str, Any]], k_pred: int, out: Path) -> str:
