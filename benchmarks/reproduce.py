@@ -400,29 +400,39 @@ def monkeys(votes: Votes, settings: Settings, out: Path) -> Finding:
         "beta": {"alpha": beta.alpha, "beta": beta.beta, "fit_error": beta_error.to_dict()},
         "held_out": held.to_dict() | {"power_ci": cis["power"], "beta_ci": cis["beta"]},
     }
-    lines = (
-        f"coverage@1 {fmt(coverage[0], low[0], high[0])}, coverage@{samples} "
-        f"{fmt(coverage[-1], low[-1], high[-1])} ({votes.size} problems x {samples} samples)",
-        f"log-linear: +{100 * slope:.1f} points per tenfold k "
-        f"[{100 * cis['slope'][0]:.1f}, {100 * cis['slope'][1]:.1f}], R^2 = {r2:.3f}",
-        f"exponentiated power law c(k) = exp({power.a:.3f} k^{power.b:.3f}): fit error "
-        f"{fmt(power_error.mean, *cis['fit'])} (sd {fmt(power_error.sd)}, max "
-        f"{fmt(power_error.max)}) over 100 log-spaced k; tolerance {fmt(FIT_TOLERANCE)}",
-        f"Beta model alpha = {beta.alpha:.3f}, beta = {beta.beta:.3f}: fit error "
-        f"{fmt(beta_error.mean)} (max {fmt(beta_error.max)})",
-        f"held out (fitted on a random {held.fit_k} of each problem's samples, scored at "
-        f"k = {held.held_out_ks[0]}..{held.held_out_ks[-1]}): power law "
-        f"{fmt(held.power_error.mean, *cis['power'])}, Beta "
-        f"{fmt(held.beta_error.mean, *cis['beta'])}; better: {held.better}; tolerance "
-        f"{fmt(EXTRAPOLATION_TOLERANCE)}",
-        f"criteria: power-law fit error <= {fmt(FIT_TOLERANCE)}, held-out error <= "
-        f"{fmt(EXTRAPOLATION_TOLERANCE)} and a rising log-linear slope",
-    )
     headline = (
         f"fit error {fmt(power_error.mean)}, held-out {held.fit_k}->{samples}: power "
         f"{fmt(held.power_error.mean)}, Beta {fmt(held.beta_error.mean)}"
     )
+    lines = _monkeys_lines(votes, numbers)
     return Finding("Large Language Monkeys", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def _monkeys_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
+    coverage, low, high = numbers["coverage"], numbers["coverage_low"], numbers["coverage_high"]
+    loglinear, power, beta = numbers["loglinear"], numbers["power"], numbers["beta"]
+    held = numbers["held_out"]
+    slope, slope_ci = loglinear["slope_per_decade"], loglinear["ci"]
+    error = power["fit_error"]
+    return (
+        f"coverage@1 {fmt(coverage[0], low[0], high[0])}, coverage@{votes.samples} "
+        f"{fmt(coverage[-1], low[-1], high[-1])} ({votes.size} problems x {votes.samples} "
+        "samples)",
+        f"log-linear: +{100 * slope:.1f} points per tenfold k "
+        f"[{100 * slope_ci[0]:.1f}, {100 * slope_ci[1]:.1f}], R^2 = {loglinear['r2']:.3f}",
+        f"exponentiated power law c(k) = exp({power['a']:.3f} k^{power['b']:.3f}): fit error "
+        f"{fmt(error['mean'], *numbers['power_fit_error_ci'])} (sd {fmt(error['sd'])}, max "
+        f"{fmt(error['max'])}) over 100 log-spaced k; tolerance {fmt(FIT_TOLERANCE)}",
+        f"Beta model alpha = {beta['alpha']:.3f}, beta = {beta['beta']:.3f}: fit error "
+        f"{fmt(beta['fit_error']['mean'])} (max {fmt(beta['fit_error']['max'])})",
+        f"held out (fitted on a random {held['fit_k']} of each problem's samples, scored at "
+        f"k = {held['held_out_ks'][0]}..{held['held_out_ks'][-1]}): power law "
+        f"{fmt(held['power']['error']['mean'], *held['power_ci'])}, Beta "
+        f"{fmt(held['beta']['error']['mean'], *held['beta_ci'])}; better: {held['better']}; "
+        f"tolerance {fmt(EXTRAPOLATION_TOLERANCE)}",
+        f"criteria: power-law fit error <= {fmt(FIT_TOLERANCE)}, held-out error <= "
+        f"{fmt(EXTRAPOLATION_TOLERANCE)} and a rising log-linear slope",
+    )
 
 
 def _monkeys_intervals(
