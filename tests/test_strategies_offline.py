@@ -552,21 +552,25 @@ def test_the_beta_rule_stops_exactly_at_its_threshold_offline_as_online() -> Non
 
 
 def test_a_few_lanes_left_drawing_are_tallied_by_list_as_online() -> None:
-    """30 of 32 orders settle within a few samples; 2 alternate A and B and never settle, so
-    they are the only lanes left (read by list once at most 1/16 still draw), right all along:
-    at every cap the offline tally is the online runs' in those orders, sample for sample."""
+    """60 of 64 orders settle at the third sample; of the 4 lanes left (read by list once at most
+    1/16 still draw), one stops wrong at the fifth, one right at the ninth and two alternate A and
+    B and never stop, right all along: at every cap the offline tally is the online runs' in
+    those orders, sample for sample."""
     answers = np.array([0] * 6 + [1] * 5 + [2])  # A (right) x 6, B x 5, C
     correct = answers == 0
-    rng = np.random.default_rng(3)
-    settle = [[0, 1, 2, *(3 + rng.permutation(9)).tolist()] for _ in range(30)]
+    settle = [[0, 1, 2, *range(3, 12)]] * 60
+    late_wrong = [[6, 7, 0, 8, 9, 10, 1, 2, 3, 4, 5, 11]]  # B B A B B: B ahead by 3
+    late_right = [[0, 6, 1, 7, 2, 8, 3, 4, 5, 9, 10, 11]]  # A B A B A B A A A: A ahead by 3
     alternate = [[0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 11, 5]] * 2
-    orders = np.array(settle + alternate)
+    orders = np.array(settle + late_wrong + late_right + alternate)
     configs = {"ahead": AheadByKConfig(margin=3), "beta": AdaptiveConfig(threshold=0.9)}
     offline = evaluate([answers], [correct], None, configs, orders=orders)
+    distinct = sorted({tuple(order) for order in orders.tolist()})
+    weight = {order: orders.tolist().count(list(order)) for order in distinct}
     for name, config in configs.items():
         for cap in range(1, 13):
             right = drawn = 0
-            for order in orders.tolist():
+            for order in distinct:
                 texts = [f"\\boxed{{{answers[i]}}}" for i in order]
                 capped = {**config.__dict__, "samples": cap}
                 strategy = (
@@ -577,9 +581,10 @@ def test_a_few_lanes_left_drawing_are_tallied_by_list_as_online() -> None:
                 result = asyncio.run(
                     strategy.run(Problem(id="p", prompt="q"), ScriptedSampler({"q": texts}))
                 )
-                right += bool(correct[order[result.selected[0].index]])
-                drawn += result.usage.samples
+                right += weight[order] * bool(correct[order[result.selected[0].index]])
+                drawn += weight[order] * result.usage.samples
             assert offline.at(name, cap) == right / len(orders), (name, cap)
             assert offline.samples_used[name][cap - 1] == drawn / len(orders), (name, cap)
-    # The control: the two lanes left are live and right at the end, so they count.
-    assert offline.at("ahead", 12) == 1.0
+    # The controls: the wrong late stop counts from the fifth sample, and the lanes still drawing
+    # at the end are right and count.
+    assert offline.at("ahead", 5) == 63 / 64 and offline.at("ahead", 12) == 63 / 64
