@@ -6,29 +6,39 @@ share: :func:`parse_request` reads a client's chat or completions body into a
 :func:`to_response` / :func:`stream_chunks` write a scaled answer as OpenAI's ``chat.completion``
 (or ``text_completion``) object and stream. The answer's ``usage`` counts every token spent (all
 samples, every verifier call) and its top-level ``ttscale`` field carries the votes, scores,
-samples and budget used. Pure functions over plain data; errors are
-:class:`~ttscale.errors.RequestError` naming the field.
+samples and budget used. The sampler reads upstream answers with :func:`choice_text`,
+:func:`choice_logprobs`, :func:`completion_counts` and, for streams, :class:`StreamRead`. Pure
+functions over plain data; errors are :class:`~ttscale.errors.RequestError` naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from ttscale.errors import RequestError
+from ttscale.protocols import EARLY_STOP, TokenWatcher
 from ttscale.settings import RequestLimits, ScaleSettings, parse_settings, positive_int
-from ttscale.types import Candidate, Result, SamplingParams, Usage
+from ttscale.types import Candidate, Result, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
     "ChatRequest",
+    "Endpoint",
     "ScaledAnswer",
+    "StreamRead",
+    "choice_logprobs",
+    "choice_text",
+    "choices_by_index",
+    "completion_counts",
     "decode_body",
     "metadata",
+    "names_n",
     "parse_request",
     "request_body",
     "stream_chunks",
@@ -36,6 +46,8 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+Endpoint = Literal["chat", "completions"]
 
 # OpenAI's bound on alternatives per token (chat top_logprobs, completions logprobs).
 MAX_TOP_LOGPROBS = 20
@@ -475,3 +487,192 @@ def stream_chunks(answer: ScaledAnswer, model: str) -> list[dict[str, Any]]:
     if chunks:
         chunks[-1] = {**chunks[-1], "ttscale": metadata(answer)}
     return chunks
+
+
+# -- upstream answers, as a sampler reads them -----------------------------------------------------
+
+
+@dataclass
+class StreamRead:
+    """What one streamed sample has delivered so far."""
+
+    pieces: list[str] = field(default_factory=list)
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    request_id: str | None = None
+
+    def take(self, chunk: object, endpoint: Endpoint, watcher: TokenWatcher) -> bool:
+        """Read one chunk; True once the watcher stopped the sample (the stream is to close)."""
+        if not isinstance(chunk, dict):
+            return False
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        self.model = self.model or (str(chunk["model"]) if chunk.get("model") else None)
+        self.request_id = self.request_id or (str(chunk["id"]) if chunk.get("id") else None)
+        stop = False
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if endpoint == "chat":
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else None
+            else:
+                piece = choice.get("text")
+            if isinstance(piece, str):
+                self.pieces.append(piece)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            for token in choice_logprobs(choice, endpoint) or ():
+                self.tokens.append(token)
+                # Every token of the chunk is read (it arrived and is paid for); the stream
+                # closes after the chunk in which the watcher stopped.
+                stop = watcher.feed(token) or stop
+        if stop and self.finish_reason is None:
+            self.finish_reason = EARLY_STOP
+        return stop and self.finish_reason == EARLY_STOP
+
+
+def choices_by_index(choices: Sequence[object], count: int) -> dict[int, dict[str, Any]]:
+    """An answer's choices by index: indices outside ``range(count)`` (a misbehaving server) are
+    not samples that were asked for, and a repeated index is one sample, never two."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        position = choice.get("index", 0)
+        if isinstance(position, int) and 0 <= position < count:
+            by_index.setdefault(position, choice)
+    return by_index
+
+
+def choice_text(choice: dict[str, Any], endpoint: Endpoint) -> str:
+    if endpoint == "chat":
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else ""
+
+
+def choice_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    if endpoint == "chat":
+        content = logprobs.get("content")
+        if not isinstance(content, list):
+            return None
+        return tuple(
+            TokenLogprob(
+                token=str(item.get("token", "")),
+                logprob=float(item.get("logprob") or 0.0),
+                top=tuple(
+                    (str(alt.get("token", "")), float(alt.get("logprob") or 0.0))
+                    for alt in item.get("top_logprobs") or ()
+                ),
+            )
+            for item in content
+        )
+    tokens = logprobs.get("tokens")
+    values = logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return None
+    tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or [None] * len(
+        tokens
+    )
+    return tuple(
+        TokenLogprob(
+            token=str(token),
+            logprob=float(value) if value is not None else 0.0,
+            top=tuple((str(alt), float(lp)) for alt, lp in (top or {}).items()),
+        )
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    )
+
+
+def completion_counts(
+    texts: Sequence[str],
+    token_lists: Sequence[tuple[TokenLogprob, ...] | None],
+    total: int,
+    reported: bool,
+) -> tuple[list[int], bool]:
+    """Completion tokens per choice, and whether they are exact.
+
+    One choice: the server's total is that choice's count. Logprobs for every choice: their
+    lengths are exact. Otherwise the total is apportioned by text length with the largest
+    remainder method, so the per-choice counts still add up to what the server reported.
+    """
+    if not texts:
+        return [], True
+    if len(texts) == 1:
+        return [total], reported
+    if all(tokens is not None for tokens in token_lists):
+        return [len(tokens or ()) for tokens in token_lists], True
+    weights = [max(len(text), 1) for text in texts]
+    scale = total / sum(weights)
+    shares = [weight * scale for weight in weights]
+    counts = [int(share) for share in shares]
+    leftover = total - sum(counts)
+    by_remainder = sorted(range(len(texts)), key=lambda i: shares[i] - counts[i], reverse=True)
+    for i in by_remainder[:leftover]:
+        counts[i] += 1
+    return counts, False
+
+
+# How a message names the n parameter, when the error gives no ``param``: n quoted ('n', "n",
+# `n`), a bare n set against a value or rule ("n must be 1", "only n=1", "n > 1"), "parameter n",
+# or how servers word it without the letter (llama.cpp: "Only one completion choice is allowed";
+# Gemini: "Multiple candidates is not enabled"). A bare n must stand alone: "function must",
+# "gen_len > max" and "top_n must" are about something else.
+_NAMES_N = re.compile(
+    r"""['"`]n['"`]"""
+    r"|(?<![\w.\[-])n\s*(?:[<>!]?=|[<>]|must\b|should\b|cannot\b|can't\b|is\s+not\b"
+    r"|not\s+supported\b|is\s+unsupported\b)"
+    r"|\b(?:parameter|argument|field)\s*:?\s*n\b"
+    r"|\bcompletion\s+choices?\b"
+    r"|\bmultiple\s+(?:candidates|choices|completions)\b",
+    re.IGNORECASE,
+)
+
+
+def names_n(body: object, fallback: str) -> bool:
+    """Whether a 400/422 is about the ``n`` parameter (vs. a bad request of another kind).
+
+    The parameter the error names decides when it names one (``param``, or the fields of a
+    validation error's ``detail``); otherwise its message must plainly name n. A wrong "yes" would
+    quietly cost every later draw its batching and hide the real error, so doubt means "no" and
+    the error is raised for what it is.
+    """
+    # ``body`` is an error answer's body (or its "error" object); ``fallback`` the message to read
+    # when the body has none.
+    error: object = body
+    if isinstance(error, Mapping):
+        error = error.get("error", error)
+    message: object = None
+    if isinstance(error, Mapping):
+        param = error.get("param")
+        if isinstance(param, str) and param:
+            return param == "n"
+        fields = _detail_fields(error.get("detail"))
+        if fields:
+            return "n" in fields
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    if not isinstance(message, str) or not message:
+        message = fallback
+    return bool(_NAMES_N.search(message))
+
+
+def _detail_fields(detail: object) -> set[str]:
+    """The fields a FastAPI validation error (``detail: [{"loc": [..., field]}]``) names."""
+    if not isinstance(detail, list):
+        return set()
+    fields = set()
+    for item in detail:
+        location = item.get("loc") if isinstance(item, Mapping) else None
+        if isinstance(location, (list, tuple)) and location:
+            fields.add(str(location[-1]))
+    return fields

@@ -260,22 +260,10 @@ def scale(
             portal=portal,
             **strategy_options,
         )
-    if not callable(function):
-        raise ConfigError(f"scale() wraps a function, got {function!r}")
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    parameters = _checked_parameters(function, concurrency, temperatures)
     chosen = _strategy_from(strategy, samples, k, strategy_options)
-    checker = _verifier_from(verifier)
-    condition = _budget(budget)
-    parameters = _parameters(function)
+    checker, condition = _verifier_from(verifier), _budget(budget)
     takes_seed = "seed" in parameters
-    if temperatures is not None:
-        if "temperature" not in parameters:
-            raise ConfigError(
-                f"temperatures were given but {function.__name__}() takes no 'temperature'"
-            )
-        if not temperatures:
-            raise ConfigError("temperatures must not be empty")
     is_async = inspect.iscoroutinefunction(function)
     make_problem = problem or _default_problem
 
@@ -312,6 +300,25 @@ def scale(
 
     scaled.run_async = run  # type: ignore[attr-defined]  # the async twin, for event loops
     return scaled
+
+
+def _checked_parameters(
+    function: Any, concurrency: int, temperatures: Sequence[float] | None
+) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the function scale() wraps, its arguments checked against them."""
+    if not callable(function):
+        raise ConfigError(f"scale() wraps a function, got {function!r}")
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    parameters = _parameters(function)
+    if temperatures is not None:
+        if "temperature" not in parameters:
+            raise ConfigError(
+                f"temperatures were given but {function.__name__}() takes no 'temperature'"
+            )
+        if not temperatures:
+            raise ConfigError("temperatures must not be empty")
+    return parameters
 
 
 def _parameters(function: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:

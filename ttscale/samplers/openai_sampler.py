@@ -43,11 +43,10 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,16 +64,23 @@ from ttscale.types import (
     Prompt,
     SampleBatch,
     SamplingParams,
-    TokenLogprob,
     Usage,
 )
-from ttscale.wire import request_body
+from ttscale.wire import (
+    Endpoint,
+    StreamRead,
+    choice_logprobs,
+    choice_text,
+    choices_by_index,
+    completion_counts,
+    names_n,
+    request_body,
+)
 
 __all__ = ["EARLY_STOP", "OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
 log = logging.getLogger(__name__)
 
-Endpoint = Literal["chat", "completions"]
 NMode = Literal["auto", "always", "never"]
 
 # Characters per token for the tokens-per-minute estimate of a prompt; the real count is unknown
@@ -472,7 +478,11 @@ class OpenAISampler:
                 response = await self._create(request_input, params, slot.count, seed)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 draw.usage = draw.usage + Usage(failed_requests=1)
-                if slot.count > 1 and self.config.n_mode == "auto" and _names_n(exc):
+                if (
+                    slot.count > 1
+                    and self.config.n_mode == "auto"
+                    and names_n(exc.body, exc.message)
+                ):
                     self._learn_n(False, "rejected n > 1")
                     return list(range(slot.start, slot.start + slot.count))
                 raise _upstream(exc) from exc
@@ -506,7 +516,7 @@ class OpenAISampler:
         seed = derive_seed(base, index)
         body = self._body(request_input, params, 1, seed)
         body.update(stream=True, stream_options={"include_usage": True})
-        reading = _StreamRead()
+        reading = StreamRead()
         async with semaphore:
             started = time.perf_counter()
             shard = self._upstream.acquire()  # a stream holds its connection until it is closed
@@ -546,7 +556,7 @@ class OpenAISampler:
         self,
         draw: _Draw,
         stream: openai.AsyncStream[object],
-        reading: _StreamRead,
+        reading: StreamRead,
         watcher: TokenWatcher,
     ) -> None:
         try:
@@ -564,7 +574,7 @@ class OpenAISampler:
     def _record_stream(
         self,
         draw: _Draw,
-        reading: _StreamRead,
+        reading: StreamRead,
         request_input: str | list[dict[str, Any]],
         params: SamplingParams,
         index: int,
@@ -671,6 +681,23 @@ class OpenAISampler:
             )
         self._memory.n_supported[self._endpoint_key] = supported
 
+    def _counted(self, reported: int, counts: list[int]) -> int:
+        """Logprobs count every choice's tokens exactly; some servers (llama.cpp's among them)
+        report only one choice's tokens for n > 1. What was generated is what was spent. Said
+        once per sampler as a warning: after that it is known, and only debug noise."""
+        level = logging.DEBUG if self._warned_counts else logging.WARNING
+        self._warned_counts = True
+        log.log(
+            level,
+            "server reported %d completion tokens for %d choices whose logprobs hold %d; "
+            "counting %d",
+            reported,
+            len(counts),
+            sum(counts),
+            sum(counts),
+        )
+        return sum(counts)
+
     def _record(
         self,
         draw: _Draw,
@@ -686,16 +713,10 @@ class OpenAISampler:
             draw.usage = draw.usage + Usage(failed_requests=1)
             raise _UnreadableResponse(f"response has no choices: {str(response)[:200]!r}")
         assert isinstance(response, dict)
-        # Choice indices outside the slot (a misbehaving server) are not samples we asked for;
-        # a repeated index is one sample, never two.
-        by_index: dict[int, dict[str, Any]] = {}
-        for choice in choices:
-            position = choice.get("index", 0) if isinstance(choice, dict) else None
-            if isinstance(position, int) and 0 <= position < slot.count:
-                by_index.setdefault(position, choice)
+        by_index = choices_by_index(choices, slot.count)
         kept = [by_index[position] for position in sorted(by_index)]
-        texts = [_choice_text(choice, self.config.endpoint) for choice in kept]
-        token_lists = [_choice_logprobs(choice, self.config.endpoint) for choice in kept]
+        texts = [choice_text(choice, self.config.endpoint) for choice in kept]
+        token_lists = [choice_logprobs(choice, self.config.endpoint) for choice in kept]
         usage = response.get("usage")
         reported = isinstance(usage, dict)
         prompt_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
@@ -704,23 +725,9 @@ class OpenAISampler:
         )
         if not reported:
             log.warning("the model server reported no usage; token counts are unknown")
-        counts, exact = _completion_counts(texts, token_lists, completion_total, reported)
+        counts, exact = completion_counts(texts, token_lists, completion_total, reported)
         if exact and len(kept) > 1 and sum(counts) != completion_total:
-            # Logprobs count every choice's tokens exactly; some servers (llama.cpp's among them)
-            # report only one choice's tokens for n > 1. What was generated is what was spent.
-            # Said once per sampler as a warning: after that it is known, and only debug noise.
-            level = logging.DEBUG if self._warned_counts else logging.WARNING
-            self._warned_counts = True
-            log.log(
-                level,
-                "server reported %d completion tokens for %d choices whose logprobs hold %d; "
-                "counting %d",
-                completion_total,
-                len(kept),
-                sum(counts),
-                sum(counts),
-            )
-            completion_total = sum(counts)
+            completion_total = self._counted(completion_total, counts)
         model = str(response.get("model") or self.config.model)
         request_id = response.get("id")
         for offset, choice in enumerate(kept):
@@ -759,48 +766,6 @@ class OpenAISampler:
         return missing
 
 
-@dataclass
-class _StreamRead:
-    """What one streamed sample has delivered so far."""
-
-    pieces: list[str] = field(default_factory=list)
-    tokens: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    model: str | None = None
-    request_id: str | None = None
-
-    def take(self, chunk: object, endpoint: Endpoint, watcher: TokenWatcher) -> bool:
-        """Read one chunk; True once the watcher stopped the sample (the stream is to close)."""
-        if not isinstance(chunk, dict):
-            return False
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        self.model = self.model or (str(chunk["model"]) if chunk.get("model") else None)
-        self.request_id = self.request_id or (str(chunk["id"]) if chunk.get("id") else None)
-        stop = False
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            if endpoint == "chat":
-                delta = choice.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else None
-            else:
-                piece = choice.get("text")
-            if isinstance(piece, str):
-                self.pieces.append(piece)
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
-            for token in _choice_logprobs(choice, endpoint) or ():
-                self.tokens.append(token)
-                # Every token of the chunk is read (it arrived and is paid for); the stream
-                # closes after the chunk in which the watcher stopped.
-                stop = watcher.feed(token) or stop
-        if stop and self.finish_reason is None:
-            self.finish_reason = EARLY_STOP
-        return stop and self.finish_reason == EARLY_STOP
-
-
 def _prompt_key(request_input: str | list[dict[str, Any]]) -> str:
     if isinstance(request_input, str):
         return request_input
@@ -825,139 +790,9 @@ def merge_params(defaults: SamplingParams, override: SamplingParams | None) -> S
     return defaults.replace(**changes) if changes else defaults
 
 
-# How a message names the n parameter, when the error gives no ``param``: n quoted ('n', "n",
-# `n`), a bare n set against a value or rule ("n must be 1", "only n=1", "n > 1"), "parameter n",
-# or how servers word it without the letter (llama.cpp: "Only one completion choice is allowed";
-# Gemini: "Multiple candidates is not enabled"). A bare n must stand alone: "function must",
-# "gen_len > max" and "top_n must" are about something else.
-_NAMES_N = re.compile(
-    r"""['"`]n['"`]"""
-    r"|(?<![\w.\[-])n\s*(?:[<>!]?=|[<>]|must\b|should\b|cannot\b|can't\b|is\s+not\b"
-    r"|not\s+supported\b|is\s+unsupported\b)"
-    r"|\b(?:parameter|argument|field)\s*:?\s*n\b"
-    r"|\bcompletion\s+choices?\b"
-    r"|\bmultiple\s+(?:candidates|choices|completions)\b",
-    re.IGNORECASE,
-)
-
-
-def _names_n(exc: openai.APIStatusError) -> bool:
-    """Whether a 400/422 is about the ``n`` parameter (vs. a bad request of another kind).
-
-    The parameter the error names decides when it names one (``param``, or the fields of a
-    validation error's ``detail``); otherwise its message must plainly name n. A wrong "yes" would
-    quietly cost every later draw its batching and hide the real error, so doubt means "no" and
-    the error is raised for what it is.
-    """
-    # The openai client hands over the body's "error" object; a body without one comes whole.
-    error: object = exc.body
-    if isinstance(error, Mapping):
-        error = error.get("error", error)
-    message: object = None
-    if isinstance(error, Mapping):
-        param = error.get("param")
-        if isinstance(param, str) and param:
-            return param == "n"
-        fields = _detail_fields(error.get("detail"))
-        if fields:
-            return "n" in fields
-        message = error.get("message")
-    elif isinstance(error, str):
-        message = error
-    if not isinstance(message, str) or not message:
-        message = exc.message
-    return bool(_NAMES_N.search(message))
-
-
-def _detail_fields(detail: object) -> set[str]:
-    """The fields a FastAPI validation error (``detail: [{"loc": [..., field]}]``) names."""
-    if not isinstance(detail, list):
-        return set()
-    fields = set()
-    for item in detail:
-        location = item.get("loc") if isinstance(item, Mapping) else None
-        if isinstance(location, (list, tuple)) and location:
-            fields.add(str(location[-1]))
-    return fields
-
-
 def _upstream(exc: openai.APIStatusError) -> UpstreamError:
     return UpstreamError(
         f"model server answered {exc.status_code}: {exc.message}",
         status_code=exc.status_code,
         body=exc.body,
     )
-
-
-def _choice_text(choice: dict[str, Any], endpoint: Endpoint) -> str:
-    if endpoint == "chat":
-        message = choice.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-    else:
-        content = choice.get("text")
-    return content if isinstance(content, str) else ""
-
-
-def _choice_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
-    logprobs = choice.get("logprobs")
-    if not isinstance(logprobs, dict):
-        return None
-    if endpoint == "chat":
-        content = logprobs.get("content")
-        if not isinstance(content, list):
-            return None
-        return tuple(
-            TokenLogprob(
-                token=str(item.get("token", "")),
-                logprob=float(item.get("logprob") or 0.0),
-                top=tuple(
-                    (str(alt.get("token", "")), float(alt.get("logprob") or 0.0))
-                    for alt in item.get("top_logprobs") or ()
-                ),
-            )
-            for item in content
-        )
-    tokens = logprobs.get("tokens")
-    values = logprobs.get("token_logprobs")
-    if not isinstance(tokens, list) or not isinstance(values, list):
-        return None
-    tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or [None] * len(
-        tokens
-    )
-    return tuple(
-        TokenLogprob(
-            token=str(token),
-            logprob=float(value) if value is not None else 0.0,
-            top=tuple((str(alt), float(lp)) for alt, lp in (top or {}).items()),
-        )
-        for token, value, top in zip(tokens, values, tops, strict=False)
-    )
-
-
-def _completion_counts(
-    texts: Sequence[str],
-    token_lists: Sequence[tuple[TokenLogprob, ...] | None],
-    total: int,
-    reported: bool,
-) -> tuple[list[int], bool]:
-    """Completion tokens per choice, and whether they are exact.
-
-    One choice: the server's total is that choice's count. Logprobs for every choice: their
-    lengths are exact. Otherwise the total is apportioned by text length with the largest
-    remainder method, so the per-choice counts still add up to what the server reported.
-    """
-    if not texts:
-        return [], True
-    if len(texts) == 1:
-        return [total], reported
-    if all(tokens is not None for tokens in token_lists):
-        return [len(tokens or ()) for tokens in token_lists], True
-    weights = [max(len(text), 1) for text in texts]
-    scale = total / sum(weights)
-    shares = [weight * scale for weight in weights]
-    counts = [int(share) for share in shares]
-    leftover = total - sum(counts)
-    by_remainder = sorted(range(len(texts)), key=lambda i: shares[i] - counts[i], reverse=True)
-    for i in by_remainder[:leftover]:
-        counts[i] += 1
-    return counts, False
