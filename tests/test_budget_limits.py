@@ -34,7 +34,7 @@ from ttscale.budget import (
 )
 from ttscale.errors import ConfigError
 from ttscale.testing.server import LoopbackServer, ScriptRequest
-from ttscale.types import Candidate, SampleBatch, Usage
+from ttscale.types import Candidate, SampleBatch, TokenLogprob, Usage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -374,3 +374,43 @@ def test_budget_mappings_are_read_in_one_place() -> None:
         with pytest.raises(ConfigError) as refused:
             parse_limits(bad, "b")
         assert refused.value.param == param
+
+
+class StopAfter:
+    """A watcher that stops its sample after ``tokens`` tokens."""
+
+    def __init__(self, tokens: int) -> None:
+        self.left = tokens
+
+    def feed(self, token: TokenLogprob) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+
+def test_watched_draws_are_limited_and_counted_like_any_other(server: LoopbackServer) -> None:
+    async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, SampleBatch]:
+        budget = BudgetedSampler(sampler, limit=max_samples(3))
+        assert budget.watches and budget.for_problem("p").watches
+        batch = await budget.for_problem("p").sample_watched(
+            "q", 5, SamplingParams(logprobs=0), watcher=lambda index: StopAfter(1)
+        )
+        with pytest.raises(BudgetLimitReached):
+            await budget.for_problem("p").sample_watched("q", 1, watcher=lambda i: StopAfter(1))
+        return budget, batch
+
+    budget, batch = drive(server, work)
+    assert len(batch.candidates) == 3  # trimmed to the limit
+    assert budget.tracker.run.samples == 3 and budget.tracker.run.draws == 1
+
+
+def test_a_sampler_that_cannot_stream_refuses_a_watched_draw() -> None:
+    async def draw(prompt: object, n: int, params: object = None, **_: object) -> SampleBatch:
+        raise AssertionError("nothing may be sent")
+
+    class Plain:
+        sample = staticmethod(draw)
+
+    budget = BudgetedSampler(Plain())
+    assert not budget.watches
+    with pytest.raises(ConfigError, match="cannot stream"):
+        asyncio.run(budget.sample_watched("q", 1, watcher=lambda index: StopAfter(1)))
