@@ -304,3 +304,29 @@ async def journal_streams(tmp_path: Path, wait: float) -> list[dict[str, Any]]:
         journal.close()
         await sampler.aclose()
     return lines
+
+
+# -- reading records back --------------------------------------------------------------------
+
+
+def test_sample_rows_evaluate_as_the_whole_records_do(tmp_path: Path) -> None:
+    from ttscale.report import offline_result, sample_rows
+
+    results = tmp_path / "results.jsonl"
+    with results.open("w") as handle:
+        for problem in range(12):
+            samples = [
+                {"index": i, "text": "...", "answer": str((problem + i) % 3), "correct": i % 3 == 0,
+                 "score": None, "latency": 0.1}
+                for i in range(8)
+            ]  # fmt: skip
+            record = {"id": f"p{problem}", "strategy": "majority", "samples": samples}
+            handle.write(json.dumps(record) + "\n")
+    whole = [json.loads(line) for line in results.read_text().splitlines()]
+    rows = sample_rows(results)
+    expected, _ = offline_result(whole, subsets=10)
+    got, _ = offline_result(rows, subsets=10)
+    for name, values in expected.accuracy.items():
+        assert list(got.accuracy[name]) == list(values)
+    # Equal samples share one row: 3 answers x 2 verdicts at most, whatever the file's size.
+    assert len({id(sample) for row in rows for sample in row["samples"]}) <= 6

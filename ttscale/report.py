@@ -195,9 +195,10 @@ def iter_results(path: str | Path) -> Iterator[ProblemRecord]:
 
 def sample_rows(path: str | Path) -> list[dict[str, Any]]:
     """The records of a results file as much as offline evaluation reads of them (``strategy``
-    and each sample's ``answer``, ``correct`` and ``score``), streamed from the file; repeated
-    answers share one string. For files too large to hold whole records of in memory."""
-    answers: dict[str, str] = {}
+    and each sample's ``answer``, ``correct`` and ``score``), streamed from the file. Equal
+    samples share one small read-only row, so a large file costs little more than a pointer per
+    sample. For files too large to hold whole records of in memory."""
+    seen: dict[tuple[Any, Any, Any], _SampleRow] = {}
     rows = []
     with Path(path).open(encoding="utf-8") as handle:
         for content in handle:
@@ -205,19 +206,33 @@ def sample_rows(path: str | Path) -> list[dict[str, Any]]:
                 continue
             record = json.loads(content)
             samples = [
-                {
-                    "answer": _shared(answers, sample.get("answer")),
-                    "correct": sample.get("correct"),
-                    "score": sample.get("score"),
-                }
-                for sample in record.get("samples") or ()
+                _shared(seen, (s.get("answer"), s.get("correct"), s.get("score")))
+                for s in record.get("samples") or ()
             ]
             rows.append({"strategy": record.get("strategy"), "samples": samples})
     return rows
 
 
-def _shared(seen: dict[str, str], answer: Any) -> Any:
-    return seen.setdefault(answer, answer) if isinstance(answer, str) else answer
+class _SampleRow(tuple[Any, Any, Any]):
+    """A sample's answer, correctness and score, read like the record's sample (``row.get``)."""
+
+    __slots__ = ()
+    _FIELDS = ("answer", "correct", "score")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[self._FIELDS.index(key)] if key in self._FIELDS else default
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self.get(key)
+        return tuple.__getitem__(self, key)
+
+
+def _shared(seen: dict[tuple[Any, Any, Any], _SampleRow], values: tuple[Any, Any, Any]) -> Any:
+    try:
+        return seen.setdefault(values, _SampleRow(values))
+    except TypeError:  # an unhashable value (a list as an answer): kept apart
+        return _SampleRow(values)
 
 
 @dataclass(frozen=True)
