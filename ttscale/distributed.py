@@ -316,47 +316,14 @@ def solve_on_ray(
         for record in done.values():
             on_problem(record)  # finished by an earlier run's shards, not yet merged
 
-    usage = Usage()
-    replayed = 0
-    failure: TTScaleError | None = None
+    usage, replayed, failure = Usage(), 0, None
     if todo:
         owns_ray = _connect(ray, address, shards)
         try:
             count = shards or max(int(ray.available_resources().get("CPU", 1)), 1)
-            dealt = split_shards(todo, count)
-            shard_config = _shard_config(config, directory)
-            dataset_ref = ray.put(_dataset_bytes(config.dataset))
-            run_shard = ray.remote(num_cpus=1)(_run_shard)
-            pending = {
-                run_shard.remote(
-                    k,
-                    ids,
-                    dataclasses.replace(shard_config, out=directory / f"shard-{k}" / RESULTS_NAME),
-                    base_url,
-                    model,
-                    os.environ.get(config.api_key_env),
-                    dataset_ref,
-                ): k
-                for k, ids in enumerate(dealt)
-            }
-            log.info("solve on Ray: %d problems in %d shards", len(todo), len(dealt))
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                shard = pending.pop(ready[0])
-                try:
-                    result: ShardResult = ray.get(ready[0])
-                except Exception as exc:  # a RayError: the task failed, or its worker died
-                    error = _shard_error(shard, exc)
-                    log.warning("shard %d failed: %s", shard, error)
-                    failure = failure or error
-                    continue
-                log.info("shard %d: %d problems on %s", shard, len(result.records), result.host)
-                usage = usage + Usage.from_dict(result.usage)
-                replayed += result.replayed_samples
-                for record in result.records:
-                    done[str(record["id"])] = record
-                    if on_problem is not None:
-                        on_problem(record)
+            usage, replayed, failure = _run_shards(
+                ray, split_shards(todo, count), config, directory, base_url, model, on_problem, done
+            )
         finally:
             if owns_ray:
                 ray.shutdown()
@@ -375,6 +342,55 @@ def solve_on_ray(
         model=model,
         out=out,
     )
+
+
+def _run_shards(
+    ray: Any,
+    dealt: list[list[str]],
+    config: SolveConfig,
+    directory: Path,
+    base_url: str,
+    model: str,
+    on_problem: Callable[[dict[str, Any]], None] | None,
+    done: dict[str, dict[str, Any]],
+) -> tuple[Usage, int, TTScaleError | None]:
+    """Run one Ray task per shard and collect their records into ``done`` as each finishes;
+    what they spent, the samples they replayed, and the first shard's failure (if any)."""
+    shard_config = _shard_config(config, directory)
+    dataset_ref = ray.put(_dataset_bytes(config.dataset))
+    run_shard = ray.remote(num_cpus=1)(_run_shard)
+    pending = {
+        run_shard.remote(
+            k,
+            ids,
+            dataclasses.replace(shard_config, out=directory / f"shard-{k}" / RESULTS_NAME),
+            base_url,
+            model,
+            os.environ.get(config.api_key_env),
+            dataset_ref,
+        ): k
+        for k, ids in enumerate(dealt)
+    }
+    log.info("solve on Ray: %d problems in %d shards", sum(map(len, dealt)), len(dealt))
+    usage, replayed, failure = Usage(), 0, None
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(ready[0])
+        try:
+            result: ShardResult = ray.get(ready[0])
+        except Exception as exc:  # a RayError: the task failed, or its worker died
+            error = _shard_error(shard, exc)
+            log.warning("shard %d failed: %s", shard, error)
+            failure = failure or error
+            continue
+        log.info("shard %d: %d problems on %s", shard, len(result.records), result.host)
+        usage = usage + Usage.from_dict(result.usage)
+        replayed += result.replayed_samples
+        for record in result.records:
+            done[str(record["id"])] = record
+            if on_problem is not None:
+                on_problem(record)
+    return usage, replayed, failure
 
 
 def _shard_config(config: SolveConfig, directory: Path) -> SolveConfig:
