@@ -414,3 +414,13 @@ def test_a_sampler_that_cannot_stream_refuses_a_watched_draw() -> None:
     assert not budget.watches
     with pytest.raises(ConfigError, match="cannot stream"):
         asyncio.run(budget.sample_watched("q", 1, watcher=lambda index: StopAfter(1)))
+
+
+def test_a_draw_numbers_its_samples_from_zero_unless_told(server: LoopbackServer) -> None:
+    async def work(sampler: OpenAISampler) -> tuple[SampleBatch, SampleBatch]:
+        budget = BudgetedSampler(sampler)
+        return await budget.draw("p", "q", 2), await budget.draw("p", "q", 2, start_index=2)
+
+    first, second = drive(server, work)
+    assert [c.index for c in first.candidates] == [0, 1]
+    assert [c.index for c in second.candidates] == [2, 3]
