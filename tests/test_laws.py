@@ -444,3 +444,21 @@ def test_beta_fit_refuses_mismatched_or_single_problem_counts() -> None:
         fit_beta([10], [3])  # one problem: no spread to fit
     with pytest.raises(ConfigError, match="0 <= c <= n"):
         fit_beta([10, 10], [11, 2])
+
+
+def test_beta_fit_of_problems_with_one_shared_rate_starts_and_lands_on_that_rate() -> None:
+    """Every problem 3 of 8: the rates have no spread (the method of moments' variance is 0), and
+    the fit still starts, landing on a Beta concentrated at 3/8."""
+    fit = fit_beta([8] * 5, [3] * 5)
+    assert math.isfinite(fit.alpha) and math.isfinite(fit.beta)
+    assert fit.alpha / (fit.alpha + fit.beta) == pytest.approx(3 / 8, abs=1e-3)
+    assert fit.alpha + fit.beta > 100  # next to no spread between problems
+    spread = fit_beta([8] * 5, [1, 2, 3, 5, 7])  # the control: real spread, a wide Beta
+    assert spread.alpha + spread.beta < 20
+
+
+def test_maker_success_refuses_probabilities_outside_zero_one() -> None:
+    for bad in (0.0, 1.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match="probability"):
+            maker_step_success(bad, 3)
+    assert maker_step_success(0.5, 3) == pytest.approx(0.5)  # the control: inside is fine

@@ -171,3 +171,8 @@ def test_a_merged_group_is_named_after_its_commonest_then_first_drawn_answer() -
     assert group.answer == "1.0"  # by index: 1.0 has index 0 (and 3), 1 has 1 and 2
     (group,) = group_answers(["1", "1.0", "1.0"], equivalence=SameNumber())
     assert group.answer == "1.0"  # more samples first
+
+
+def test_majority_selects_one_group_unless_asked_for_more() -> None:
+    assert [g.answer for g in select_majority(["a", "b", "a"])] == ["a"]
+    assert [g.answer for g in select_majority(["a", "b", "a"], 2)] == ["a", "b"]  # the control
