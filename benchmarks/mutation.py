@@ -14,7 +14,9 @@ pass (else every mutant would look killed), and their time sets the per-mutant t
 (``--timeout-factor`` x that run + 30 s; a mutant that makes the tests hang is killed by it).
 Mutants known to be equivalent (the program computes the same thing) are listed with the reason
 in ``benchmarks/mutation_equivalent.json``, keyed by module, the mutated source line and the
-change; the summary leaves them out of the score: killed / (run - equivalent).
+change; the summary leaves them out of the score: killed / (run - equivalent). The last full
+run's tally, its equivalent mutants and the tests added for its survivors are in
+``benchmarks/mutation_results.md``.
 
     .venv/bin/python benchmarks/mutation.py [--module ttscale/laws.py ...] [--jobs 2]
         [--json out.json]

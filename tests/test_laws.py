@@ -462,3 +462,10 @@ def test_maker_success_refuses_probabilities_outside_zero_one() -> None:
         with pytest.raises(ConfigError, match="probability"):
             maker_step_success(bad, 3)
     assert maker_step_success(0.5, 3) == pytest.approx(0.5)  # the control: inside is fine
+
+
+def test_maker_k_min_votes_once_per_step_by_default() -> None:
+    """By hand: ceil(ln(0.9^(-1/1000) - 1) / ln(0.3/0.7)) = ceil(-9.158 / -0.8473) = ceil(10.81)
+    = 11; one vote per two steps needs ceil(ln(0.9^(-2/1000) - 1) / ln(0.3/0.7)) = ceil(9.99)."""
+    assert maker_k_min(0.7, 0.9, 1000) == 11
+    assert maker_k_min(0.7, 0.9, 1000, steps_per_agent=2) == 10  # the control: the default shows
