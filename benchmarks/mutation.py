@@ -274,6 +274,9 @@ def main() -> None:
     parser.add_argument("--module", action="append", choices=sorted(TESTS))
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument(
+        "--timeout", type=float, help="a fixed per-mutant timeout in seconds instead of the factor"
+    )
+    parser.add_argument(
         "--timeout-factor",
         type=float,
         default=3.0,
@@ -298,7 +301,10 @@ def main() -> None:
         return
     print(f"{len(work)} mutants over {', '.join(modules)}", flush=True)
     timeouts = _baseline_timeouts(sorted({m.module for m, _ in work}), args.jobs)
-    timeouts = {module: args.timeout_factor * took + 30.0 for module, took in timeouts.items()}
+    timeouts = {
+        module: args.timeout or args.timeout_factor * took + 30.0
+        for module, took in timeouts.items()
+    }
     outcomes = []
     # Interleave the modules, so a run cut short still covers each of them.
     work.sort(key=lambda item: (item[0].number % 7, item[0].module, item[0].number))
