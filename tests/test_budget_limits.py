@@ -424,3 +424,18 @@ def test_a_draw_numbers_its_samples_from_zero_unless_told(server: LoopbackServer
     first, second = drive(server, work)
     assert [c.index for c in first.candidates] == [0, 1]
     assert [c.index for c in second.candidates] == [2, 3]
+
+
+def test_a_draw_failing_with_another_error_releases_its_reservation() -> None:
+    async def broken(prompt: object, n: int, params: object = None, **_: object) -> SampleBatch:
+        raise RuntimeError("the sampler broke")
+
+    class Broken:
+        sample = staticmethod(broken)
+
+    budget = BudgetedSampler(Broken(), limit=max_samples(4))
+    with pytest.raises(RuntimeError, match="broke"):
+        asyncio.run(budget.for_problem("p").sample("q", 3))
+    spent = budget.tracker.run
+    assert (spent.pending_samples, spent.samples, spent.draws) == (0, 0, 1)
+    assert budget.tracker.problem("p").pending_samples == 0
