@@ -19,6 +19,23 @@ machine shared with other work, where wall time follows the load. Target: peak R
 arrays grow with the number of problems (resamples x problems); columns 3 and 5 show them.
 
     python benchmarks/solve_scale.py [--sizes 1000,10000,100000] [--samples 16]
+
+Measured on a shared 2-core machine (load average 6-18 from other work), ``--sizes
+1000,10000,30000`` (100,000 was not run there: about 25 minutes at that load, and the CLI's
+bootstrap bands would need about 3 GB):
+
+    problems  CPU ms/problem  solve MB  resume MB  CLI resume MB  fit read MB  CLI fit MB
+       1,000            8.11        72         70            114           67         114
+      10,000            5.43        78         74            392           71         407
+      30,000            4.23        93         83          1,010           81       1,051
+
+The runner grows by about 0.75 KB a problem (the dataset's problems and the budget's
+per-problem accounts), its resume by 0.45 KB and fit's reading by 0.5 KB: about 145, 115 and
+115 MB at 100,000 problems, extrapolated. CPU time per problem falls with size (a fixed start-up
+of about 4 s is spread wider): linear or better. Before the split, the same runner at 10,000
+problems peaked at 310 MB (solve), 435 MB (resume) and 296 MB (fit's reading, which held every
+record), at 6.06 CPU ms a problem. The CLI's summary and ``ttscale fit`` add bootstrap bands over
+problems (1,000 resamples x problems), about 31 KB a problem: about 3 GB at 100,000.
 """
 
 from __future__ import annotations
