@@ -149,6 +149,18 @@ def test_caps_bound_samples_and_max_tokens_of_every_draw(server: LoopbackServer)
     assert [body.get("max_tokens") for body in bodies] == [7, 7]
 
 
+def test_the_report_names_caps_only_when_there_are_some() -> None:
+    async def nothing(prompt: object, n: int, params: object = None, **_: object) -> SampleBatch:
+        raise AssertionError("nothing is drawn here")
+
+    class Quiet:
+        sample = staticmethod(nothing)
+
+    capped = BudgetedSampler(Quiet(), caps=DrawCaps(samples=3))
+    assert capped.to_dict()["caps"] == {"samples": 3, "max_tokens": None}
+    assert "caps" not in BudgetedSampler(Quiet()).to_dict()
+
+
 def test_a_with_model_twin_keeps_limits_caps_and_tracker(server: LoopbackServer) -> None:
     async def work(sampler: OpenAISampler) -> tuple[BudgetedSampler, BudgetedSampler]:
         budget = BudgetedSampler(
@@ -399,7 +411,7 @@ def test_watched_draws_are_limited_and_counted_like_any_other(server: LoopbackSe
         return budget, batch
 
     budget, batch = drive(server, work)
-    assert len(batch.candidates) == 3  # trimmed to the limit
+    assert [c.index for c in batch.candidates] == [0, 1, 2]  # trimmed to the limit
     assert budget.tracker.run.samples == 3 and budget.tracker.run.draws == 1
 
 
