@@ -180,3 +180,24 @@ def test_bootstrap_statistic_and_errors() -> None:
         bootstrap_ci([1.0], n_resamples=0)
     # One resample and one problem: the interval is that problem's value.
     assert bootstrap_ci([0.5], n_resamples=1) == (0.5, 0.5)
+
+
+def test_bootstrap_in_blocks_equals_one_draw_of_every_resample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resamples drawn a few rows at a time give the one-draw interval exactly (flat memory)."""
+    import ttscale.estimators as estimators
+
+    values = np.random.default_rng(5).random((37, 3))
+    index = np.random.default_rng(11).integers(0, 37, size=(200, 37))
+    means = values[index].mean(axis=1)
+    expected = np.quantile(means, [0.05, 0.95], axis=0)
+    monkeypatch.setattr(estimators, "_BOOTSTRAP_BLOCK_CELLS", 100)  # 2 rows a block: 100 blocks
+    for statistic in (None, lambda resampled: resampled.mean(axis=1)):
+        low, high = estimators.bootstrap_ci(
+            values, statistic=statistic, n_resamples=200, confidence=0.9, seed=11
+        )
+        assert np.allclose(low, expected[0]) and np.allclose(high, expected[1])
+    # Control: the blocks' draws must come from the one seeded generator, in order.
+    other_low, _ = estimators.bootstrap_ci(values, n_resamples=200, confidence=0.9, seed=12)
+    assert not np.allclose(other_low, expected[0])

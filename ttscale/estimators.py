@@ -146,7 +146,8 @@ def bootstrap_ci(
     ``per_problem`` has one row per problem (shape ``(P,)`` or ``(P, K)``, e.g. pass@k at K values
     of k). Resample r takes the rows ``default_rng(seed).integers(0, P, size=(R, P))[r]`` (with
     replacement); ``statistic`` maps the resampled ``(R, P, ...)`` array to ``(R, ...)`` and
-    defaults to the mean over problems. The interval is numpy's default (linear) quantiles at
+    defaults to the mean over problems (it must treat each resample, a row, on its own: resamples
+    are computed a block of rows at a time). The interval is numpy's default (linear) quantiles at
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` of the R statistics. Returns ``(low,
     high)`` with the shape of one statistic; the same seed gives the same interval.
     """
@@ -159,17 +160,45 @@ def bootstrap_ci(
         raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
     problems = values.shape[0]
-    index = rng.integers(0, problems, size=(n_resamples, problems))
-    if statistic is not None:
-        stats = statistic(values[index])
-    else:
-        # The mean of a resample is its rows' counts times the values: (R, P) @ (P, ...), without
-        # the (R, P, K) copy, which is gigabytes at a thousand problems and a thousand k.
-        rows = (np.arange(n_resamples)[:, None] * problems + index).ravel()
-        counts = np.bincount(rows, minlength=n_resamples * problems).reshape(n_resamples, -1)
-        flat = values.reshape(problems, -1)
-        stats = (counts @ flat / problems).reshape((n_resamples, *values.shape[1:]))
+    # Resamples are drawn and reduced a block at a time: a generator's integers come out in the
+    # same order whatever the block sizes, so the numbers equal one (R, P) draw's, while memory
+    # stays at a few MB however many problems (the whole index is gigabytes at 100k problems).
+    cells = problems if statistic is None else values.size  # what one resample's block row holds
+    block = max(1, _BOOTSTRAP_BLOCK_CELLS // cells)
+    stats = np.concatenate(
+        [
+            _resample_statistics(
+                values, rng.integers(0, problems, size=(rows, problems)), statistic
+            )
+            for rows in _block_sizes(n_resamples, block)
+        ]
+    )
     tail = (1.0 - confidence) / 2.0
     low = np.quantile(stats, tail, axis=0)
     high = np.quantile(stats, 1.0 - tail, axis=0)
     return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+
+
+_BOOTSTRAP_BLOCK_CELLS = 1 << 20
+
+
+def _block_sizes(total: int, block: int) -> list[int]:
+    """``total`` split into blocks of ``block`` (the last one shorter)."""
+    return [min(block, total - start) for start in range(0, total, block)]
+
+
+def _resample_statistics(
+    values: FloatArray,
+    index: npt.NDArray[np.int64],
+    statistic: Callable[[FloatArray], FloatArray] | None,
+) -> FloatArray:
+    """The statistic of each resample whose rows ``index`` holds (one resample per row)."""
+    if statistic is not None:
+        return np.asarray(statistic(values[index]), dtype=np.float64)
+    # The mean of a resample is its rows' counts times the values: (R, P) @ (P, ...), without
+    # the (R, P, K) copy, which is gigabytes at a thousand problems and a thousand k.
+    resamples, problems = index.shape
+    rows = (np.arange(resamples)[:, None] * problems + index).ravel()
+    counts = np.bincount(rows, minlength=resamples * problems).reshape(resamples, -1)
+    flat = values.reshape(problems, -1)
+    return np.asarray(counts @ flat / problems).reshape((resamples, *values.shape[1:]))
