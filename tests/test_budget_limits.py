@@ -429,13 +429,15 @@ def test_a_sampler_that_cannot_stream_refuses_a_watched_draw() -> None:
 
 
 def test_a_draw_numbers_its_samples_from_zero_unless_told(server: LoopbackServer) -> None:
-    async def work(sampler: OpenAISampler) -> tuple[SampleBatch, SampleBatch]:
+    async def work(sampler: OpenAISampler) -> list[SampleBatch]:
         budget = BudgetedSampler(sampler)
-        return await budget.draw("p", "q", 2), await budget.draw("p", "q", 2, start_index=2)
+        first = await budget.draw("p", "q", 2)
+        return [first, await budget.draw("p", "q", 2, start_index=2), await budget.sample("r", 2)]
 
-    first, second = drive(server, work)
+    first, second, run_level = drive(server, work)
     assert [c.index for c in first.candidates] == [0, 1]
     assert [c.index for c in second.candidates] == [2, 3]
+    assert [c.index for c in run_level.candidates] == [0, 1]
 
 
 def test_a_draw_failing_with_another_error_releases_its_reservation() -> None:
