@@ -121,18 +121,24 @@ def resampling_weights(
     """Normalised particle weights: ``softmax(logit(r) / temperature)`` (pure).
 
     ``probabilities`` False uses the rewards as log-weights as they are (a confidence reward).
-    Rewards are clipped to [1e-7, 1 - 1e-7] before the logit, as its_hub does.
+    Rewards are clipped to [1e-7, 1 - 1e-7] before the logit, as its_hub does. A reward that is
+    NaN (a scorer that could not score the path) weighs least; when no log-weight is finite, the
+    highest ones share the weight equally (all paths when every reward is NaN), so the weights are
+    always a distribution a resampler can draw from.
     """
     if not rewards:
         return []
     if not temperature > 0:
         raise ConfigError(f"the resampling temperature must be > 0, got {temperature}")
     if probabilities:
-        clipped = [min(max(r, 1e-7), 1 - 1e-7) for r in rewards]
+        clipped = [min(max(_finite(r), 1e-7), 1 - 1e-7) for r in rewards]
         logs = [math.log(r / (1 - r)) / temperature for r in clipped]
     else:
-        logs = [r / temperature for r in rewards]
+        logs = [_finite(r) / temperature for r in rewards]
     top = max(logs)
+    if math.isinf(top):  # every log-weight is -inf, or some are +inf: those at the top share
+        tied = [value == top for value in logs]
+        return [flag / sum(tied) for flag in tied]
     exps = [math.exp(value - top) for value in logs]
     total = sum(exps)
     return [value / total for value in exps]

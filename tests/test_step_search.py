@@ -82,6 +82,19 @@ def test_resampling_weights_are_a_softmax_of_logits_with_a_temperature() -> None
         resampling_weights([0.5], temperature=0)
 
 
+def test_resampling_weights_stay_a_distribution_when_rewards_are_nan_or_infinite() -> None:
+    nan, inf = math.nan, math.inf
+    # An unscored path (NaN) weighs as the lowest reward, not NaN for every particle.
+    assert resampling_weights([nan, 0.5]) == pytest.approx([1e-7 / (1 - 1e-7), 1], rel=1e-6)
+    assert resampling_weights([nan, nan]) == [0.5, 0.5]
+    assert resampling_weights([-inf, -inf], probabilities=False) == [0.5, 0.5]
+    assert resampling_weights([inf, 0.0, inf], probabilities=False) == [0.5, 0.0, 0.5]
+    assert resampling_weights([nan, 1.0], probabilities=False) == [0.0, 1.0]
+    # Control: finite rewards keep their softmax (the special cases above are not the rule).
+    assert resampling_weights([0.5, 0.5]) == [0.5, 0.5]
+    assert resampling_weights([0.0, 1.0], probabilities=False)[0] == pytest.approx(1 / (1 + math.e))
+
+
 def test_systematic_resampling_keeps_each_particle_floor_or_ceil_of_n_w_times() -> None:
     weights = [0.5, 0.3, 0.2]
     for seed in range(50):
