@@ -772,3 +772,19 @@ def test_the_weaker_backend_is_named_in_details() -> None:
     if bwrap_available():
         assert UnitTestVerifier(allow_code_execution=True).sandbox.backend == "bwrap"
     assert stat.S_ISDIR(os.stat("/proc").st_mode)  # the host is still there
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_readonly_path_under_tmp_is_readable_from_the_run(backend: str, tmp_path: Path) -> None:
+    # bubblewrap gives the run a fresh /tmp; folders the run needs from the host's /tmp (a venv,
+    # a checkout, readonly_paths there) are bound over it, or the run cannot start or import.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "helper_under_tmp.py").write_text("def add(a, b):\n    return a + b\n")
+    problem = Problem(id="p", prompt="p", tests="assert add(2, 3) == 5\n", entry_point="add")
+    code = "from helper_under_tmp import add\n"
+    score = sandboxed(backend, code, problem, readonly_paths=(str(shared),))
+    assert score.details["outcome"] == "pass", score.reason
+    # Control: without the path the import fails, so the pass above came through it.
+    score = sandboxed(backend, code, problem)
+    assert score.details["outcome"] != "pass"

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,15 +67,20 @@ def _memfd(data: dict[str, Any]) -> int:
     return fd
 
 
-def _python_roots(python: str) -> list[str]:
-    """Folders of the interpreter that bubblewrap's fresh /tmp would hide (a venv under /tmp)."""
-    roots = {sys.prefix, sys.base_prefix, str(Path(python).parent.parent)}
+def _hidden_by_fresh_tmp(python: str, readonly: Sequence[str]) -> list[str]:
+    """Host folders the run needs that bubblewrap's fresh /tmp would hide: the interpreter's (a
+    venv under /tmp), this package's child code (a checkout under /tmp) and ``readonly_paths``."""
+    roots = {sys.prefix, sys.base_prefix, str(Path(python).parent.parent), _CHILD_ROOT, *readonly}
     roots.add(str(Path(os.path.realpath(python)).parent.parent))
     return sorted(r for r in roots if Path(r).is_dir() and (r == "/tmp" or r.startswith("/tmp/")))
 
 
-def _bwrap_command(inner: list[str]) -> list[str]:
-    keep = [arg for root in _python_roots(inner[0]) for arg in ("--ro-bind", root, root)]
+def _bwrap_command(inner: list[str], readonly: Sequence[str] = ()) -> list[str]:
+    keep = [
+        arg
+        for root in _hidden_by_fresh_tmp(inner[0], readonly)
+        for arg in ("--ro-bind", root, root)
+    ]
     return [
         "bwrap",
         "--ro-bind", "/", "/",
@@ -117,7 +123,7 @@ class ForkServer:
             str(theirs.fileno()),
         ]
         if self.role == "solution" and self.backend == "bwrap":
-            command = _bwrap_command(command)
+            command = _bwrap_command(command, self.config.readonly_paths)
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
