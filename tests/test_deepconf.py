@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx2
 import openai
@@ -480,3 +483,43 @@ def test_an_empty_completion_neither_votes_nor_breaks_the_run() -> None:
     with LoopbackServer(answers=script([ScriptedAnswer(""), SURE_7, SURE_7, SURE_7], SURE_7)) as s:
         result, _ = run(s, ONLINE)
     assert result.answers == ("7",)
+
+
+def _solve_deepconf(server: LoopbackServer, folder: Path, *options: str) -> None:
+    dataset = folder / "data.jsonl"
+    dataset.write_text(json.dumps({"id": "p", "prompt": PROMPT, "answer": "7"}) + "\n")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "ttscale.cli", "solve", str(dataset)),
+            *("--out", str(folder / "run.jsonl"), "--base-url", server.base_url, "--model", "m"),
+            *("-n", "8", "--no-plot", "--strategy", "deepconf", "--logprobs", "5"),
+            *("-o", "warmup=4", "-o", "batch_size=4", "-o", "window=2", "-o", "eta=0.9"),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_ttscale_solve_streams_deepconf_through_the_journal_and_resumes_free(
+    tmp_path: Path,
+) -> None:
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=PACE) as server:
+        _solve_deepconf(server, tmp_path)
+        records = logged(server)
+    # The run's wrappers pass watched draws through: the four late streams were closed early.
+    assert sorted(r.streamed_tokens or 0 for r in records if r.client_closed) == [4] * 4
+    journal = (tmp_path / "run.jsonl.samples.jsonl").read_text().splitlines()
+    assert len(journal) == 8  # four whole warm-up samples and four stopped streams, each kept
+    (tmp_path / "run.jsonl").unlink()
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=PACE) as server:
+        _solve_deepconf(server, tmp_path)
+        assert not server.records  # the rerun replays every sample, stopped ones included
+    # Control: offline mode draws every trace whole, so nothing is closed early.
+    (tmp_path / "offline").mkdir()
+    with LoopbackServer(answers=script(WARM, FADING), token_interval=PACE) as server:
+        _solve_deepconf(server, tmp_path / "offline", "-o", "mode=offline")
+        assert not any(r.client_closed for r in logged(server))

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from ttscale.budget import BudgetedSampler, BudgetLimitReached, BudgetTracker, S
 from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError
-from ttscale.protocols import Sampler, Strategy, Verifier, with_model
+from ttscale.protocols import Sampler, Strategy, TokenWatcher, Verifier, can_watch, with_model
 from ttscale.records import (
     RESUME_SETTINGS,
     FinishedRun,
@@ -271,6 +271,11 @@ class _RunWatch:
     def with_model(self, model: str) -> Sampler:
         return _RunWatch(with_model(self.sampler, model), self.limit, self.tracker, self.cut)
 
+    @property
+    def watches(self) -> bool:
+        """Whether the sampler inside streams samples that watchers stop early (DeepConf)."""
+        return can_watch(self.sampler)
+
     async def sample(
         self,
         prompt: Prompt,
@@ -279,6 +284,23 @@ class _RunWatch:
         *,
         start_index: int = 0,
     ) -> SampleBatch:
+        return await self._noted(self.sampler.sample(prompt, n, params, start_index=start_index), n)
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        draw = self.sampler.sample_watched(  # type: ignore[attr-defined]
+            prompt, n, params, start_index=start_index, watcher=watcher
+        )
+        return await self._noted(draw, n)
+
+    async def _noted(self, draw: Awaitable[SampleBatch], n: int) -> SampleBatch:
         if self.limit is not None:
             # Nothing awaits between here and the budget's own check, so this sees what it sees.
             spent = self.tracker.live(None)
@@ -286,7 +308,7 @@ class _RunWatch:
             if self.limit(spent) or (remaining is not None and remaining < n):
                 self.cut.reason = f"the run's budget ({self.limit!r}) is spent"
         try:
-            return await self.sampler.sample(prompt, n, params, start_index=start_index)
+            return await draw
         except BudgetLimitReached as exc:
             if exc.scope == "run":
                 self.cut.reason = str(exc)
@@ -308,9 +330,28 @@ class InstructedSampler:
         *,
         start_index: int = 0,
     ) -> SampleBatch:
-        if isinstance(prompt, str):
-            prompt = self.template.format(prompt=prompt)
-        return await self.sampler.sample(prompt, n, params, start_index=start_index)
+        return await self.sampler.sample(self._wrapped(prompt), n, params, start_index=start_index)
+
+    @property
+    def watches(self) -> bool:
+        """Whether the sampler inside streams samples that watchers stop early (DeepConf)."""
+        return can_watch(self.sampler)
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        return await self.sampler.sample_watched(  # type: ignore[attr-defined, no-any-return]
+            self._wrapped(prompt), n, params, start_index=start_index, watcher=watcher
+        )
+
+    def _wrapped(self, prompt: Prompt) -> Prompt:
+        return self.template.format(prompt=prompt) if isinstance(prompt, str) else prompt
 
     def with_model(self, model: str) -> Sampler:
         return InstructedSampler(with_model(self.sampler, model), self.template)
