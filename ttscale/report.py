@@ -1,14 +1,11 @@
-"""``ttscale fit``: coverage, its laws, and what it costs, from a results file.
+"""``ttscale fit``'s report data: coverage, its laws, and what it costs, from a results file.
 
-:func:`fit_report` reads the JSON lines ``ttscale solve`` writes (one record per problem), measures
-coverage at log-spaced k with the unbiased estimator, fits the power law and the Beta model, and
-writes a table (returned as data, renderable with :func:`render_table`), a PNG plot and a JSON
-file. Fitting needs the ``[laws]`` extra (scipy and matplotlib).
-
-A record needs ``id``, ``strategy``, ``n``, ``num_correct``, ``samples`` (``n`` of them, each with a
-``correct`` of true, false or null) and ``usage`` (a ``Usage.to_dict()``); other fields (``params``,
-``selected``) are carried but not read. A bad line is a :class:`~ttscale.errors.DataError` naming
-the file, the line and the field.
+:func:`fit_report` reads the JSON lines ``ttscale solve`` writes (one record per problem,
+:mod:`ttscale.report_input`), measures coverage at log-spaced k with the unbiased estimator, fits
+the power law and the Beta model, and returns a :class:`FitReport` (rendered as a table by
+:mod:`ttscale.report_table`, drawn by :mod:`ttscale.report_plot`), writing the plot and a JSON
+file. Also the strategies' offline accuracy from the stored samples. Fitting needs the ``[laws]``
+extra (scipy and matplotlib).
 """
 
 from __future__ import annotations
@@ -16,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
 from ttscale.errors import ConfigError, DataError
 from ttscale.estimators import bootstrap_ci, log_spaced_ks, per_problem_pass_at_k
@@ -44,7 +40,9 @@ from ttscale.laws import (
     llmonk_fit_error,
     plan_for_coverage,
 )
-from ttscale.types import Usage
+from ttscale.report_input import ProblemRecord, iter_results, read_results, sample_rows
+from ttscale.report_plot import plot_report
+from ttscale.report_table import render_table
 
 __all__ = [
     "Band",
@@ -97,142 +95,6 @@ def curve_bands(
     )
     low, high = bootstrap_ci(values, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return [(float(a), float(b), float(c)) for a, b, c in zip(se, low, high, strict=True)]
-
-
-@dataclass(frozen=True)
-class ProblemRecord:
-    """What the report reads of one results line."""
-
-    id: str
-    strategy: str
-    n: int
-    num_correct: int
-    usage: Usage
-    line: int
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _parse_record(raw: Any, path: str, line: int) -> ProblemRecord:
-    def bad(message: str, field_name: str | None = None) -> DataError:
-        return DataError(message, path=path, line=line, field=field_name)
-
-    if not isinstance(raw, dict):
-        raise bad(f"a record must be a JSON object, got {type(raw).__name__}")
-    for name in ("id", "strategy", "n", "num_correct", "samples", "usage"):
-        if name not in raw:
-            raise bad("missing field", name)
-    if not isinstance(raw["id"], str) or not raw["id"]:
-        raise bad("id must be a non-empty string", "id")
-    if not isinstance(raw["strategy"], str):
-        raise bad("strategy must be a string", "strategy")
-    n, num_correct, samples = raw["n"], raw["num_correct"], raw["samples"]
-    if not _is_int(n) or n < 0:
-        raise bad(f"n must be a whole number >= 0, got {n!r}", "n")
-    if not isinstance(samples, list):
-        raise bad("samples must be a list", "samples")
-    if len(samples) != n:
-        raise bad(f"n is {n} but {len(samples)} samples are listed", "n")
-    correct = 0
-    for position, sample in enumerate(samples):
-        if not isinstance(sample, dict):
-            raise bad("a sample must be an object", f"samples[{position}]")
-        verdict = sample.get("correct")
-        if verdict is not None and not isinstance(verdict, bool):
-            raise bad(
-                f"correct must be true, false or null, got {verdict!r}",
-                f"samples[{position}].correct",
-            )
-        correct += verdict is True
-    if not _is_int(num_correct) or not 0 <= num_correct <= n:
-        raise bad(
-            f"num_correct must be a whole number in 0..{n}, got {num_correct!r}", "num_correct"
-        )
-    if num_correct != correct:
-        raise bad(f"num_correct is {num_correct} but {correct} samples are correct", "num_correct")
-    usage = raw["usage"]
-    if not isinstance(usage, dict):
-        raise bad("usage must be an object", "usage")
-    for key, value in usage.items():
-        # A nested object is a part of the total shown apart (``usage.verifier``).
-        parts = value.items() if isinstance(value, dict) else [(None, value)]
-        for part, number in parts:
-            if not isinstance(number, int | float) or isinstance(number, bool) or number < 0:
-                where = f"usage.{key}" + (f".{part}" if part is not None else "")
-                raise bad(f"usage values must be numbers >= 0, got {number!r}", where)
-    try:
-        parsed_usage = Usage.from_dict(usage)
-    except TypeError as exc:
-        raise bad(f"usage is not a Usage: {exc}", "usage") from exc
-    return ProblemRecord(raw["id"], raw["strategy"], n, num_correct, parsed_usage, line)
-
-
-def read_results(path: str | Path) -> list[ProblemRecord]:
-    """Read and check a results JSONL file, line by line; blank lines are skipped. What is kept
-    of a record is small (counts and usage), so memory does not follow the file's size."""
-    return list(iter_results(path))
-
-
-def iter_results(path: str | Path) -> Iterator[ProblemRecord]:
-    """:func:`read_results` as a stream."""
-    source = Path(path)
-    try:
-        handle = source.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read results: {exc}", path=str(source)) from exc
-    with handle:
-        for number, content in enumerate(handle, start=1):
-            if not content.strip():
-                continue
-            try:
-                raw = json.loads(content)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not JSON: {exc.msg}", path=str(source), line=number) from exc
-            yield _parse_record(raw, str(source), number)
-
-
-def sample_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a results file as much as offline evaluation reads of them (``strategy``
-    and each sample's ``answer``, ``correct`` and ``score``), streamed from the file. Equal
-    samples share one small read-only row, so a large file costs little more than a pointer per
-    sample. For files too large to hold whole records of in memory."""
-    seen: dict[tuple[Any, Any, Any], _SampleRow] = {}
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for content in handle:
-            if not content.strip():
-                continue
-            record = json.loads(content)
-            samples = [
-                _shared(seen, (s.get("answer"), s.get("correct"), s.get("score")))
-                for s in record.get("samples") or ()
-            ]
-            rows.append({"strategy": record.get("strategy"), "samples": samples})
-    return rows
-
-
-class _SampleRow(tuple[Any, Any, Any]):
-    """A sample's answer, correctness and score, read like the record's sample (``row.get``)."""
-
-    __slots__ = ()
-    _FIELDS = ("answer", "correct", "score")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[self._FIELDS.index(key)] if key in self._FIELDS else default
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return self.get(key)
-        return tuple.__getitem__(self, key)
-
-
-def _shared(seen: dict[tuple[Any, Any, Any], _SampleRow], values: tuple[Any, Any, Any]) -> Any:
-    try:
-        return seen.setdefault(values, _SampleRow(values))
-    except TypeError:  # an unhashable value (a list as an answer): kept apart
-        return _SampleRow(values)
 
 
 @dataclass(frozen=True)
@@ -574,139 +436,12 @@ def fit_report(
     plot_path = None
     if plot:
         plot_path = directory / "coverage.png"
-        _plot(report, extras, plot_path)
+        plot_report(report, extras, plot_path)
     json_path = directory / "fit.json"
     report = replace(report, json_path=json_path, plot_path=plot_path)
     json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s%s", json_path, f" and {plot_path}" if plot_path else "")
     return report
-
-
-def _plot(report: FitReport, extras: Mapping[str, Mapping[int, float]], path: Path) -> None:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigError(
-            "plotting needs matplotlib; install it with: pip install 'ttscale[laws]'"
-        ) from exc
-    # A bare Figure on the Agg canvas: no pyplot, so no global backend or state is touched.
-    figure = Figure(figsize=(7, 4.5), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    measured = [row for row in report.rows if row["coverage"] is not None]
-    axes.plot(
-        [row["k"] for row in measured],
-        [row["coverage"] for row in measured],
-        "o",
-        markersize=3,
-        label="coverage (unbiased pass@k)",
-    )
-    axes.fill_between(
-        [row["k"] for row in measured],
-        [row["coverage_low"] for row in measured],
-        [row["coverage_high"] for row in measured],
-        alpha=0.15,
-        label=f"coverage {report.confidence:.0%} CI (bootstrap over problems)",
-    )
-    if report.power is not None:
-        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
-        axes.plot(
-            dense,
-            report.power.predict(dense),
-            "-",
-            label=f"power law a={report.power.a:.3g}, b={report.power.b:.3g}",
-        )
-    if report.beta is not None:
-        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
-        axes.plot(
-            dense,
-            report.beta.predict(dense),
-            "--",
-            label=f"Beta({report.beta.alpha:.3g}, {report.beta.beta:.3g})",
-        )
-    if report.band is not None:
-        axes.fill_between(
-            report.band.ks,
-            report.band.low,
-            report.band.high,
-            alpha=0.2,
-            label=f"{report.band.confidence:.0%} band (bootstrap over problems)",
-        )
-    for name, values in extras.items():
-        points = sorted(values.items())
-        if points:
-            (line,) = axes.plot([k for k, _ in points], [v for _, v in points], ".-", label=name)
-            banded = [row for row in report.rows if row.get(f"{name} low") is not None]
-            if banded:  # the strategy's CI in its own colour
-                axes.fill_between(
-                    [row["k"] for row in banded],
-                    [row[f"{name} low"] for row in banded],
-                    [row[f"{name} high"] for row in banded],
-                    color=line.get_color(),
-                    alpha=0.12,
-                )
-    axes.axvline(report.max_k, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xscale("log")
-    axes.set_xlabel("samples per problem (k)")
-    axes.set_ylabel("coverage")
-    axes.set_ylim(0, 1.02)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    title = f"{report.problems} problems" + (f", {report.strategy}" if report.strategy else "")
-    axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path)
-
-
-def _cell(column: str, row: Mapping[str, Any]) -> str:
-    value = row.get(column)
-    if value is None:
-        return "-"
-    if column == "k":
-        return str(value)
-    if column == "tokens":
-        return f"{value:,.0f}"
-    if column == "cost":
-        return f"${value:,.4f}"
-    low = row.get("coverage_low" if column == "coverage" else f"{column} low")
-    high = row.get("coverage_high" if column == "coverage" else f"{column} high")
-    if low is not None and high is not None:
-        return f"{value:.4f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.4f}"
-
-
-def render_table(report: FitReport, columns: Sequence[str] | None = None) -> Table:
-    """The report's table as a ``rich`` Table (rows past the data show the fit only)."""
-    chosen = list(columns) if columns is not None else list(report.columns)
-    table = Table(
-        *chosen,
-        title=f"coverage of {report.problems} problems ({report.source}); "
-        f"[{report.confidence:.0%} CI, bootstrap over problems]",
-    )
-    for row in report.rows:
-        table.add_row(*(_cell(column, row) for column in chosen))
-    if report.power is not None and report.power_error is not None:
-        spans = report.power_intervals.intervals if report.power_intervals else None
-        a_span = f" [{spans['a'][0]:.4g}, {spans['a'][1]:.4g}]" if spans else ""
-        b_span = f" [{spans['b'][0]:.4g}, {spans['b'][1]:.4g}]" if spans else ""
-        caption = (
-            f"power law a={report.power.a:.4g}{a_span} b={report.power.b:.4g}{b_span}; fit error "
-            f"in-sample (k 1..{report.max_k}) {report.power_error.mean:.4f} ± "
-            f"{report.power_error.sd:.4f}"
-        )
-        llmonk = report.llmonk_errors[0]
-        if llmonk is not None:
-            caption += f", over 100 log-spaced k {llmonk.mean:.4f} ± {llmonk.sd:.4f}"
-        held = report.held_out
-        if held is not None:
-            caption += (
-                f", held-out (fitted on {held.fit_k} samples, scored at k "
-                f"{int(held.held_out_ks[0])}..{int(held.held_out_ks[-1])}) "
-                f"{held.power_error.mean:.4f} ± {held.power_error.sd:.4f}"
-            )
-        table.caption = caption
-    return table
 
 
 # -- strategies' accuracy from the stored samples --------------------------------------------------
