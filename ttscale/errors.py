@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ttscale.words import plural
+
 __all__ = [
     "BudgetExhausted",
     "ConfigError",
@@ -67,7 +69,9 @@ class UnknownNameError(ConfigError, LookupError):
         self.name = name
         self.known = sorted(known)
         listing = ", ".join(self.known) if self.known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}", param=param)
+        super().__init__(
+            f"unknown {kind} {name!r}; registered {plural(kind)}: {listing}", param=param
+        )
 
 
 class UnknownOptionError(ConfigError):
