@@ -1,10 +1,11 @@
 """The proxy's HTTP layer: errors in OpenAI's shape, metrics, bodies read, answers streamed.
 
-:func:`error_for` is the one place where an error becomes an HTTP status: every
-:class:`~ttscale.errors.ConfigError` (bad settings, a bad request) is the client's 400 naming its
-field; code execution refused is a 403; an upstream's own 4xx is relayed as that 4xx (but a 401
-or 403, which is about the proxy's key, is a 502); other sampling failures are 502s. Anything else
-is a bug, logged, and a 500 in the same shape.
+:func:`error_for` is where an error becomes an HTTP answer: a request refused for what it asked
+gets the shape :func:`ttscale.openai_errors.error_shape` gives it (which a wrapped client raises as
+the ``openai`` error for it): every :class:`~ttscale.errors.ConfigError` (bad settings, a bad
+request) is the client's 400 naming its field, code execution refused a 403. An upstream's own
+4xx is relayed as that 4xx (but a 401 or 403, which is about the proxy's key, is a 502); other
+sampling failures are 502s. Anything else is a bug, logged, and a 500 in the same shape.
 """
 
 from __future__ import annotations
@@ -21,15 +22,8 @@ import httpx2
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ttscale.errors import (
-    BudgetExhausted,
-    ConfigError,
-    RequestError,
-    SamplerError,
-    SandboxRefused,
-    UpstreamError,
-    VerifierError,
-)
+from ttscale.errors import SamplerError, UpstreamError, VerifierError
+from ttscale.openai_errors import error_kind, error_shape
 
 __all__ = [
     "BodyTooLarge",
@@ -125,21 +119,12 @@ class Metrics:
 
 # -- errors --------------------------------------------------------------------------------------
 
-_KINDS = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_exceeded",
-    499: "client_closed_request",
-}
-
 
 def error_response(
     status: int, message: str, *, param: str | None = None, kind: str | None = None
 ) -> JSONResponse:
     """An error in OpenAI's format."""
-    default_kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "upstream_error")
+    default_kind = error_kind(status)
     return JSONResponse(
         {
             "error": {
@@ -163,21 +148,9 @@ def _upstream_status(exc: UpstreamError) -> int:
 
 def error_for(exc: Exception) -> JSONResponse:
     """The HTTP answer to an error raised while checking or answering a request."""
-    if isinstance(exc, RequestError):
-        return error_response(exc.status, str(exc), param=exc.param)
-    if isinstance(exc, ConfigError):
-        return error_response(400, str(exc), param=exc.param)
-    if isinstance(exc, SandboxRefused):
-        return error_response(
-            403,
-            f"{exc} (this server does not run model-written code: ttscale serve "
-            "--allow-code-execution)",
-            param="ttscale.verifier",
-        )
-    if isinstance(exc, BudgetExhausted):
-        return error_response(
-            400, f"the request's budget ended before an answer: {exc}", param="ttscale.budget"
-        )
+    shape = error_shape(exc)
+    if shape is not None:
+        return error_response(shape.status, shape.message, param=shape.param, kind=shape.type)
     if isinstance(exc, UpstreamError):
         status = _upstream_status(exc)
         log.warning("upstream failed: %s", exc)

@@ -45,7 +45,8 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ttscale.budget import BudgetedSampler, Condition, StopCondition, budget_condition, parse_limits
-from ttscale.errors import ConfigError
+from ttscale.errors import ConfigError, TTScaleError
+from ttscale.openai_errors import as_openai_error
 from ttscale.portal import Portal, default_portal
 from ttscale.protocols import Sampler, Strategy, Verifier, as_strategy, as_verifier
 from ttscale.registry import create
@@ -59,7 +60,17 @@ from ttscale.settings import (
     settings_from_headers,
 )
 from ttscale.types import Candidate, Problem, Prompt, Result, SampleBatch, SamplingParams, Usage
-from ttscale.wire import ChatRequest, ScaledAnswer, parse_request, stream_chunks, to_response
+from ttscale.wire import parse_request, stream_chunks, to_response
+from ttscale.wrap_responses import (
+    AsyncChunks,
+    AsyncResponseContext,
+    AsyncStreamedResponse,
+    RawResponse,
+    ResponseContext,
+    ScaledPayload,
+    StreamedResponse,
+    answer_response,
+)
 
 __all__ = ["Scaled", "ScaledAsyncOpenAI", "ScaledOpenAI", "scale", "wrap"]
 
@@ -464,36 +475,113 @@ class _Scaler:
             )
         return plan, sampler
 
+    @property
+    def url(self) -> str:
+        """Where the plain client would send a chat completion (named by the errors raised)."""
+        return str(self.async_client.base_url).rstrip("/") + "/chat/completions"
+
+    async def payload(self, kwargs: Mapping[str, Any]) -> tuple[ScaledPayload, int, float]:
+        """A scaled call's answer on the wire, with the samples drawn and the wall time.
+
+        A request refused for what it asked raises the ``openai`` error the plain client would
+        get for it from the proxy, which is also ttscale's error (:func:`as_openai_error`).
+        """
+        try:
+            plan, sampler = self.plan(self.body(kwargs), kwargs.get("extra_headers"))
+            answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
+        except TTScaleError as exc:
+            error = as_openai_error(exc, self.url)
+            if error is exc:
+                raise
+            raise error from exc
+        model = plan.request.model
+        payload: ScaledPayload = (
+            stream_chunks(answer, model) if plan.request.stream else to_response(answer, model)
+        )
+        return payload, len(answer.result.candidates), answer.wall_time_s
+
     async def create(self, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
-        plan, sampler = self.plan(self.body(kwargs), kwargs.get("extra_headers"))
-        answer = await run_scaled(plan, sampler, unfinished=self.unfinished)
-        return _as_openai(answer, plan.request)
+        payload, _, _ = await self.payload(kwargs)
+        if isinstance(payload, list):
+            return [ChatCompletionChunk.model_validate(chunk) for chunk in payload]
+        return ChatCompletion.model_validate(payload)
+
+    async def raw(self, kwargs: Mapping[str, Any], *, is_async: bool) -> RawResponse:
+        payload, samples, elapsed = await self.payload(kwargs)
+        http_response = answer_response(payload, self.url, samples)
+        return RawResponse(payload, http_response, elapsed, is_async=is_async)
+
+    async def streamed(
+        self, kwargs: Mapping[str, Any]
+    ) -> tuple[ScaledPayload, httpx2.Response, float]:
+        payload, samples, elapsed = await self.payload(kwargs)
+        return payload, answer_response(payload, self.url, samples), elapsed
+
+    def refuse(self, method: str, kwargs: Mapping[str, Any]) -> None:
+        """Refuse a call the wrap cannot scale when it asks to be scaled (never skip silently)."""
+        if self.wants_scaling(kwargs):
+            raise ConfigError(
+                f"chat.completions.{method}() of a wrapped client cannot be scaled; use "
+                "create() (its with_raw_response / with_streaming_response too), or call "
+                f"{method}() on the plain client without ttscale settings",
+                param="ttscale",
+            )
 
 
-def _as_openai(
-    answer: ScaledAnswer, request: ChatRequest
-) -> ChatCompletion | list[ChatCompletionChunk]:
-    if request.stream:
-        return [ChatCompletionChunk.model_validate(c) for c in stream_chunks(answer, request.model)]
-    return ChatCompletion.model_validate(to_response(answer, request.model))
+class _Namespace:
+    """One of the client's namespaces (``chat``, ``completions``, ...) with some parts replaced;
+    the rest is the client's own."""
 
-
-class _Completions:
-    def __init__(self, original: Any, create: Callable[..., Any]) -> None:
+    def __init__(self, original: Any, **parts: Any) -> None:
         self._original = original
-        self.create = create
+        self.__dict__.update(parts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
 
 
-class _Chat:
-    def __init__(self, original: Any, create: Callable[..., Any]) -> None:
-        self._original = original
-        self.completions = _Completions(original.completions, create)
+def _namespaces(
+    client: Any,
+    create: Callable[..., Any],
+    raw: Callable[..., Any],
+    streaming: Callable[..., Any],
+    refuse: Callable[..., Any],
+) -> tuple[_Namespace, _Namespace, _Namespace]:
+    """``chat``, ``with_raw_response`` and ``with_streaming_response`` of a wrapped client, each
+    reaching the scaled ``create`` wherever the client offers a chat completion's create."""
+    completions = client.chat.completions
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._original, name)
+    def guarded(method: str) -> Callable[..., Any]:
+        original = getattr(completions, method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            refuse(method, kwargs)
+            return original(*args, **kwargs)
+
+        return call
+
+    raw_completions = _Namespace(completions.with_raw_response, create=raw)
+    streaming_completions = _Namespace(completions.with_streaming_response, create=streaming)
+    chat = _Namespace(
+        client.chat,
+        completions=_Namespace(
+            completions,
+            create=create,
+            with_raw_response=raw_completions,
+            with_streaming_response=streaming_completions,
+            parse=guarded("parse"),
+            stream=guarded("stream"),
+        ),
+    )
+
+    def top(accessor: Any, scaled: _Namespace) -> _Namespace:
+        return _Namespace(accessor, chat=_Namespace(accessor.chat, completions=scaled))
+
+    return (
+        chat,
+        top(client.with_raw_response, raw_completions),
+        top(client.with_streaming_response, streaming_completions),
+    )
 
 
 def _async_twin(
@@ -547,13 +635,29 @@ class ScaledOpenAI:
         self._portal = portal
         # Sampling runs on the portal's loop, through an async twin of the client's settings.
         self._scaler = _Scaler(_async_twin(client, http_client), **scaler_options)
-        self.chat = _Chat(client.chat, self._create)
+        self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
+            client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
+        )
 
     def _create(self, **kwargs: Any) -> Any:
         if not self._scaler.wants_scaling(kwargs):
             return self._client.chat.completions.create(**kwargs)
         reply = self._portal.call(self._scaler.create, kwargs)
         return iter(reply) if isinstance(reply, list) else reply
+
+    def _raw_create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return self._client.chat.completions.with_raw_response.create(**kwargs)
+        return self._portal.call(functools.partial(self._scaler.raw, kwargs, is_async=False))
+
+    def _streaming_create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return self._client.chat.completions.with_streaming_response.create(**kwargs)
+
+        def call() -> StreamedResponse:
+            return StreamedResponse(*self._portal.call(self._scaler.streamed, kwargs))
+
+        return ResponseContext(call)
 
     def close(self) -> None:
         self._portal.call(self._scaler.aclose)
@@ -575,13 +679,29 @@ class ScaledAsyncOpenAI:
     def __init__(self, client: openai.AsyncOpenAI, scaler_options: dict[str, Any]) -> None:
         self._client = client
         self._scaler = _Scaler(client, **scaler_options)
-        self.chat = _Chat(client.chat, self._create)
+        self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
+            client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
+        )
 
     async def _create(self, **kwargs: Any) -> Any:
         if not self._scaler.wants_scaling(kwargs):
             return await self._client.chat.completions.create(**kwargs)
         reply = await self._scaler.create(kwargs)
-        return _AsyncChunks(reply) if isinstance(reply, list) else reply
+        return AsyncChunks(reply) if isinstance(reply, list) else reply
+
+    async def _raw_create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return await self._client.chat.completions.with_raw_response.create(**kwargs)
+        return await self._scaler.raw(kwargs, is_async=True)
+
+    def _streaming_create(self, **kwargs: Any) -> Any:
+        if not self._scaler.wants_scaling(kwargs):
+            return self._client.chat.completions.with_streaming_response.create(**kwargs)
+
+        async def call() -> AsyncStreamedResponse:
+            return AsyncStreamedResponse(*await self._scaler.streamed(kwargs))
+
+        return AsyncResponseContext(call)
 
     async def close(self) -> None:
         await self._scaler.aclose()  # the scaler's client is this client
@@ -594,22 +714,6 @@ class ScaledAsyncOpenAI:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
-
-
-class _AsyncChunks:
-    """The chunks of a scaled answer as an async iterator, like the client's own stream."""
-
-    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
-        self._chunks = iter(chunks)
-
-    def __aiter__(self) -> _AsyncChunks:
-        return self
-
-    async def __anext__(self) -> ChatCompletionChunk:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise StopAsyncIteration from None
 
 
 def wrap(

@@ -1,0 +1,234 @@
+"""What a new user's own client met (issue 18): the ``openai`` SDK's raw and streaming responses
+through ``wrap``, and the errors a wrapped client raises for a bad request.
+
+Everything runs through the real ``openai`` client against the loopback server, whose request log
+says how many samples were drawn and what each request carried; the control is the unwrapped
+client, which draws one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+import ttscale
+from ttscale.errors import ConfigError, RequestError, TTScaleError, UnknownNameError
+from ttscale.proxy import BackgroundProxy, ProxyConfig
+from ttscale.testing.server import LoopbackServer, ScriptRequest
+
+VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
+SCALED: dict[str, Any] = {"ttscale": {"strategy": "majority", "samples": 8}}
+
+
+def respond(request: ScriptRequest) -> str:
+    return VOTES[request.index % len(VOTES)]
+
+
+@pytest.fixture
+def upstream() -> Iterator[LoopbackServer]:
+    with LoopbackServer(answers=respond) as server:
+        yield server
+
+
+def messages(text: str = "What is 6 * 7?") -> Any:
+    return [{"role": "user", "content": text}]
+
+
+def samples_seen(server: LoopbackServer) -> int:
+    return sum(record.choices for record in server.records if record.body)
+
+
+def ttscale_sent(server: LoopbackServer) -> bool:
+    return any("ttscale" in (record.body or {}) for record in server.records)
+
+
+def assert_scaled(reply: Any, server: LoopbackServer) -> None:
+    assert isinstance(reply, ChatCompletion)
+    assert reply.model_extra is not None and reply.model_extra["ttscale"]["samples_used"] == 8
+    assert reply.model_extra["ttscale"]["votes"] == {"42": 4, "41": 2, "13": 2}
+    assert (
+        reply.usage is not None
+        and reply.usage.completion_tokens == (server.delivered_usage()["completion_tokens"])
+    )
+    assert samples_seen(server) == 8 and not ttscale_sent(server)
+
+
+# -- item 1: with_raw_response and with_streaming_response scale like create -----------------
+
+
+def test_plain_client_control_draws_one(upstream: LoopbackServer) -> None:
+    # The control: the unwrapped client sends the ttscale field upstream and draws one sample, as
+    # the wrapped client's raw response did before the fix.
+    plain = openai.OpenAI(base_url=upstream.base_url, api_key="k")
+    raw = plain.chat.completions.with_raw_response.create(
+        model="m", messages=messages(), extra_body=SCALED
+    )
+    assert raw.parse().choices[0].message.content == VOTES[0]
+    assert samples_seen(upstream) == 1 and ttscale_sent(upstream)
+
+
+@pytest.mark.parametrize("where", ["call", "wrap"])
+def test_sync_raw_response_scales(upstream: LoopbackServer, where: str) -> None:
+    plain = openai.OpenAI(base_url=upstream.base_url, api_key="k")
+    client = ttscale.wrap(plain) if where == "call" else ttscale.wrap(plain, **SCALED["ttscale"])
+    extra = {"extra_body": SCALED} if where == "call" else {}
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages(), **extra)
+    assert raw.status_code == 200 and raw.http_response.status_code == 200
+    assert raw.headers["x-ttscale-samples"] == "8"
+    assert raw.headers["content-type"] == "application/json"
+    reply = raw.parse()
+    assert_scaled(reply, upstream)
+    assert raw.request_id == reply.id and json.loads(raw.text)["id"] == reply.id
+    assert str(raw.url).endswith("/chat/completions") and raw.method == "POST"
+    # The client-level accessor reaches the same scaled create.
+    upstream.reset_log()
+    again = client.with_raw_response.chat.completions.create(
+        model="m", messages=messages(), **extra
+    )
+    assert_scaled(again.parse(), upstream)
+    client.close()
+
+
+def test_sync_streaming_response_scales(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
+    with client.chat.completions.with_streaming_response.create(
+        model="m", messages=messages(), extra_body=SCALED
+    ) as response:
+        assert response.status_code == 200 and response.headers["x-ttscale-samples"] == "8"
+        assert_scaled(response.parse(), upstream)
+        assert response.json()["ttscale"]["samples_used"] == 8
+    upstream.reset_log()
+    # stream=True: the body is server-sent events ending in [DONE]; parse() gives the chunks.
+    with client.chat.completions.with_streaming_response.create(
+        model="m", messages=messages(), extra_body=SCALED, stream=True
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+        chunks = list(response.parse())
+    assert lines[-1] == "data: [DONE]" and response.headers["content-type"] == "text/event-stream"
+    assert all(isinstance(chunk, ChatCompletionChunk) for chunk in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "42" in text and samples_seen(upstream) == 8 and not ttscale_sent(upstream)
+    client.close()
+
+
+def test_async_raw_and_streaming_responses_scale(upstream: LoopbackServer) -> None:
+    async def main() -> None:
+        client = ttscale.wrap(
+            openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k"), **SCALED["ttscale"]
+        )
+        raw = await client.chat.completions.with_raw_response.create(model="m", messages=messages())
+        assert_scaled(raw.parse(), upstream)
+        upstream.reset_log()
+        async with client.chat.completions.with_streaming_response.create(
+            model="m", messages=messages()
+        ) as response:
+            assert_scaled(await response.parse(), upstream)
+            lines = [line async for line in response.iter_lines()]
+        assert json.loads("".join(lines))["ttscale"]["samples_used"] == 8
+        upstream.reset_log()
+        raw = await client.chat.completions.with_raw_response.create(
+            model="m", messages=messages(), stream=True
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+        assert chunks and samples_seen(upstream) == 8
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_unscaled_raw_calls_are_the_clients_own(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages())
+    assert type(raw).__module__.startswith("openai.")  # the plain client's own object
+    assert raw.parse().choices[0].message.content == VOTES[0] and samples_seen(upstream) == 1
+    with client.chat.completions.with_streaming_response.create(
+        model="m", messages=messages()
+    ) as response:
+        assert type(response).__module__.startswith("openai.")
+    client.close()
+
+
+def test_a_call_that_cannot_scale_says_so(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
+    for method in ("parse", "stream"):
+        with pytest.raises(ConfigError, match=rf"chat.completions.{method}\(\)"):
+            getattr(client.chat.completions, method)(
+                model="m", messages=messages(), extra_body=SCALED
+            )
+    assert upstream.records == []  # nothing went upstream, ttscale field or not
+    client.close()
+
+
+# -- item 2: a bad request is the openai error the plain client would get --------------------
+
+BAD_REQUESTS: dict[str, dict[str, Any]] = {
+    "samples": {"extra_body": {"ttscale": {"samples": 0}}},
+    "strategy": {"extra_body": {"ttscale": {"strategy": "no_such_strategy"}}},
+    "option": {"extra_body": {"ttscale": {"strategy": "majority", "no_such_option": 1}}},
+    "budget": {"extra_body": {"ttscale": {"budget": {"dollars": 1}}}},
+    "k": {"n": 4, "extra_body": {"ttscale": {"samples": 2}}},
+    "content": {"messages": [{"role": "user", "content": 7}], "extra_body": {"ttscale": {}}},
+    "header": {"extra_headers": {"X-TTScale-Samples": "-3"}},
+}
+
+
+@pytest.fixture(scope="module")
+def proxied() -> Iterator[tuple[LoopbackServer, BackgroundProxy]]:
+    with (
+        LoopbackServer(answers=respond) as server,
+        BackgroundProxy(ProxyConfig(base_url=server.base_url)) as proxy,
+    ):
+        yield server, proxy
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REQUESTS))
+def test_bad_requests_are_openai_errors_as_through_the_proxy(
+    proxied: tuple[LoopbackServer, BackgroundProxy], kind: str
+) -> None:
+    server, proxy = proxied
+    call = {"model": "m", "messages": messages(), **BAD_REQUESTS[kind]}
+    wrapped = ttscale.wrap(openai.OpenAI(base_url=server.base_url, api_key="k"))
+    try:
+        wrapped.chat.completions.create(**call)
+    except openai.BadRequestError as exc:
+        caught = exc
+    else:
+        pytest.fail("no error")
+    assert isinstance(caught, RequestError | ConfigError) and isinstance(caught, TTScaleError)
+    with pytest.raises(openai.BadRequestError) as through_proxy:
+        openai.OpenAI(base_url=proxy.base_url, api_key="k").chat.completions.create(**call)
+    theirs = through_proxy.value
+    assert (caught.status_code, caught.type, caught.param) == (
+        theirs.status_code,
+        theirs.type,
+        theirs.param,
+    )
+    assert caught.param and caught.body == theirs.body and str(caught) == str(theirs)
+    assert caught.response.json() == theirs.response.json()
+    # The raw and streaming accessors raise the same.
+    with pytest.raises(openai.BadRequestError):
+        wrapped.chat.completions.with_raw_response.create(**call)
+    wrapped.close()
+
+
+def test_a_wrapped_error_keeps_its_ttscale_class_and_fields(upstream: LoopbackServer) -> None:
+    async def main() -> None:
+        client = ttscale.wrap(openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k"))
+        with pytest.raises(UnknownNameError) as caught:
+            await client.chat.completions.create(
+                model="m", messages=messages(), extra_body={"ttscale": {"strategy": "nope"}}
+            )
+        error = caught.value
+        assert isinstance(error, openai.BadRequestError) and error.name == "nope"
+        assert error.param == "ttscale.strategy" and "majority" in error.known
+        assert isinstance(error.__cause__, UnknownNameError)
+        assert not isinstance(error.__cause__, openai.APIError)  # the original, chained
+        await client.close()
+
+    asyncio.run(main())
