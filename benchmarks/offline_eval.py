@@ -27,6 +27,7 @@ majority's float64 sums.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -81,6 +82,10 @@ def lower_bound_majority_scan(answers: np.ndarray, orders: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
+def _default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=500)
@@ -98,12 +103,18 @@ def main() -> None:
     )
     print("strategies:", ", ".join(DEFAULT_STRATEGIES))
 
-    times = []
+    # Default threads and one thread, alternating, so both see the same machine.
+    times: list[float] = []
+    serial_times: list[float] = []
     for _ in range(args.repeat):
-        started = time.perf_counter()
-        result = evaluate(answers, correct, scores, subsets=args.subsets, seed=args.seed)
-        times.append(time.perf_counter() - started)
+        for workers, into in ((None, times), (1, serial_times)):
+            started = time.perf_counter()
+            result = evaluate(
+                answers, correct, scores, subsets=args.subsets, seed=args.seed, workers=workers
+            )
+            into.append(time.perf_counter() - started)
     elapsed = statistics.median(times)
+    serial = statistics.median(serial_times)
 
     # Floor 1: one pass over the data, counting each problem's answers and taking the argmax.
     one_passes = []
@@ -126,10 +137,14 @@ def main() -> None:
     def runs(values: list[float]) -> str:
         return ", ".join(f"{value:.2f}" for value in values)
 
-    print(f"evaluate(): {elapsed:.2f} s (median of {args.repeat}: {runs(times)})")
     print(
-        f"lower bound, counting + max at every k over the same orders: {scan:.2f} s "
-        f"(median of {runs(scans)}; ratio {elapsed / scan:.1f}x)"
+        f"evaluate(): {elapsed:.2f} s on {_default_workers()} thread(s) "
+        f"(median of {args.repeat}: {runs(times)}); on one thread {serial:.2f} s "
+        f"({runs(serial_times)})"
+    )
+    print(
+        f"lower bound, counting + max at every k over the same orders (one thread): {scan:.2f} s "
+        f"(median of {runs(scans)}; ratio {elapsed / scan:.1f}x, one thread {serial / scan:.1f}x)"
     )
     print(
         f"lower bound, one counting pass + argmax over all N (k = N only): {one_pass * 1e3:.1f} ms "

@@ -54,7 +54,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +100,9 @@ Method = Literal["expected", "replay"]
 _NEVER = np.iinfo(np.int32).max  # "never stops" in the Beta rule's table
 # Lanes times distinct answers per chunk: bounds the memory of the per-answer state arrays.
 _STATE_BUDGET = 1_500_000
+
+MAX_WORKERS = 8
+"""The most threads :func:`evaluate` scans with by default."""
 
 
 @dataclass(frozen=True)
@@ -990,6 +995,7 @@ def evaluate(
     seed: int = 0,
     orders: npt.ArrayLike | None = None,
     traces: Sequence[Sequence[StoredTrace]] | None = None,
+    workers: int | None = None,
 ) -> OfflineResult:
     """Expected top-1 accuracy of each strategy at each budget k, from stored samples.
 
@@ -1008,7 +1014,11 @@ def evaluate(
     given), with a warm-up of at most k; the answers voted on are those of ``answers``.
     ``per_problem_tokens`` holds the completion tokens it spent (online: cut where its rule would
     have closed the stream).
+
+    ``workers`` threads scan groups of problems at once (default: the CPUs this process may use,
+    at most :data:`MAX_WORKERS`); the results do not depend on it.
     """
+    workers = _resolve_workers(workers)
     problems = _as_problem_arrays(answers, correct, scores)
     has_scores = scores is not None
     specs = _resolve_specs(strategies, has_scores, traces is not None)
@@ -1037,7 +1047,7 @@ def evaluate(
         else:
             group = _relabel(group, rng)
             group_orders = _random_orders(rng, subsets, n)
-        part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay)
+        part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay, workers)
         for name in specs:
             per_problem[name][members] = part_acc[name]
             per_samples[name][members] = part_used[name]
@@ -1077,6 +1087,18 @@ def evaluate(
         mc_se={name: pair[1] for name, pair in errors.items()},
         method="replay" if replay else "expected",
     )
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        try:
+            available = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            available = os.cpu_count() or 1
+        return max(1, min(available, MAX_WORKERS))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
+    return workers
 
 
 def _closed_form(spec: OfflineSpec) -> bool:
@@ -1194,6 +1216,7 @@ def _evaluate_group(
     budgets: IntArray,
     orders: IntArray,
     replay: bool,
+    workers: int = 1,
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
     """Per-problem accuracy and samples drawn, (P, K), of problems with one sample count."""
     n = group[0][0].size
@@ -1228,11 +1251,20 @@ def _evaluate_group(
     levels = _score_levels(scores) if scores is not None else None
     totals = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
     drawn = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
-    # Scanning chunks on threads was measured slower on two cores: the per-step numpy calls are
-    # too small for the GIL releases to pay, and the chunks compete for the cache.
-    for start, stop in _chunk_bounds(answers, orders.shape[0]):
-        chunk = _make_chunk(answers, correct, scores, levels, start, stop)
-        part_totals, part_drawn = _scan(chunk, orders, scanned, wanted)
+    bounds = _chunk_bounds(answers, orders.shape[0], workers)
+
+    def scan(bound: tuple[int, int]) -> tuple[dict[str, IntArray], dict[str, IntArray]]:
+        chunk = _make_chunk(answers, correct, scores, levels, *bound)
+        return _scan(chunk, orders, scanned, wanted)
+
+    # numpy releases the GIL inside each call, so chunks scanned on threads overlap on several
+    # cores; a chunk's state stays within the cache budget either way.
+    if workers > 1 and len(bounds) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
+            parts = list(pool.map(scan, bounds))
+    else:
+        parts = [scan(bound) for bound in bounds]
+    for (start, stop), (part_totals, part_drawn) in zip(bounds, parts, strict=True):
         for name in scanned:
             totals[name][:, start:stop] = part_totals[name]
             if name in part_drawn:
@@ -1245,15 +1277,19 @@ def _evaluate_group(
     return accuracy, used
 
 
-def _chunk_bounds(answers: IntArray, lanes_per_problem: int) -> list[tuple[int, int]]:
-    """Runs of problems whose per-answer state stays within the memory budget together."""
+def _chunk_bounds(
+    answers: IntArray, lanes_per_problem: int, pieces: int = 1
+) -> list[tuple[int, int]]:
+    """Runs of problems whose per-answer state stays within the memory budget together, and at
+    least ``pieces`` runs (of about equal size) where there are that many problems."""
     distinct_per_problem = answers.max(axis=1) + 1
+    most = max(1, -(-len(answers) // max(pieces, 1)))
     bounds = []
     start = 0
     while start < len(answers):
         stop = start + 1
         width = int(distinct_per_problem[start]) + 1
-        while stop < len(answers):
+        while stop < len(answers) and stop - start < most:
             wider = max(width, int(distinct_per_problem[stop]) + 1)
             if (stop + 1 - start) * lanes_per_problem * wider > _STATE_BUDGET:
                 break

@@ -29,6 +29,7 @@ from ttscale.strategies import (
 from ttscale.strategies.adaptive import should_stop, window_first
 from ttscale.strategies.offline import (
     PassAtK,
+    _chunk_bounds,
     best_of_n_curve,
     encode_answers,
     evaluate,
@@ -588,3 +589,32 @@ def test_a_few_lanes_left_drawing_are_tallied_by_list_as_online() -> None:
     # The controls: the wrong late stop counts from the fifth sample, and the lanes still drawing
     # at the end are right and count.
     assert offline.at("ahead", 5) == 63 / 64 and offline.at("ahead", 12) == 63 / 64
+
+
+def test_threads_scan_chunks_with_the_same_results() -> None:
+    """Scanning groups of problems on threads changes no number: the chunks are split as asked
+    (and some hold mixed right/wrong score ties, some none), and every per-problem value and
+    sample count is the one-thread result. Control: another seed changes the values, so equal
+    results are not trivially equal."""
+    rng = np.random.default_rng(23)
+    problems, n = 31, 12
+    answers = rng.integers(-1, 4, size=(problems, n))
+    correct = answers == 0
+    scores = rng.integers(0, 4, size=(problems, n)) / 3
+    scores[:10] = rng.random((10, n))  # distinct scores: no tie to resolve in the first chunk
+    assert len(_chunk_bounds(answers, 50, 3)) == 3
+    assert len(_chunk_bounds(answers, 50, 1)) == 1
+    one = evaluate(answers, correct, scores, subsets=50, seed=2, workers=1)
+    for workers in (2, 3, 8):
+        many = evaluate(answers, correct, scores, subsets=50, seed=2, workers=workers)
+        for name in one.per_problem:
+            assert np.array_equal(many.per_problem[name], one.per_problem[name]), (workers, name)
+            assert np.array_equal(many.per_problem_samples[name], one.per_problem_samples[name]), (
+                workers,
+                name,
+            )
+    other = evaluate(answers, correct, scores, subsets=50, seed=3, workers=1)
+    assert not np.array_equal(other.per_problem["majority"], one.per_problem["majority"])
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="workers"):
+            evaluate(answers, correct, scores, subsets=5, workers=bad)  # type: ignore[arg-type]
