@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import ttscale
 from ttscale.errors import ConfigError, RequestError, TTScaleError, UnknownNameError
-from ttscale.proxy import BackgroundProxy, ProxyConfig
+from ttscale.proxy import (
+    BackgroundProxy,
+    ProxyConfig,
+    parse_default_option,
+    parse_preset_option,
+)
+from ttscale.settings import parse_settings
 from ttscale.testing.server import LoopbackServer, ScriptRequest
 
 VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
@@ -232,3 +240,107 @@ def test_a_wrapped_error_keeps_its_ttscale_class_and_fields(upstream: LoopbackSe
         await client.close()
 
     asyncio.run(main())
+
+
+# -- item 3: presets and the server default pin sampling settings; greedy samples warn -------
+
+
+def lm_eval_body(model: str) -> dict[str, Any]:
+    """The body lm-evaluation-harness's ``local-chat-completions`` sends (greedy by default)."""
+    return {
+        "messages": messages("Question: What is 6 * 7?\nAnswer:"),
+        "model": model,
+        "max_tokens": 64,
+        "temperature": 0,
+        "stop": ["\n\n", "Question:"],
+        "seed": 1234,
+    }
+
+
+def temperatures_sent(server: LoopbackServer) -> list[Any]:
+    return [record.body.get("temperature") for record in server.records if record.body]
+
+
+def test_lm_eval_greedy_requests_against_a_majority_preset(
+    upstream: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    presets = {
+        "maj8": parse_settings({"strategy": "majority", "samples": 8}, allow_model=True),
+        "maj8-warm": parse_preset_option(
+            "maj8-warm=strategy=majority,samples=8,sampling.temperature=0.7,sampling.top_k=40"
+        )[1],
+    }
+    config = ProxyConfig(base_url=upstream.base_url, model="m", presets=presets)
+    with BackgroundProxy(config) as proxy, caplog.at_level(logging.WARNING):
+        url = proxy.base_url + "/chat/completions"
+        # No pin: the samples are drawn at the client's temperature 0, and the answer says so.
+        greedy = httpx2.post(url, json=lm_eval_body("maj8"), timeout=60).json()
+        assert temperatures_sent(upstream) == [0] * len(upstream.records)
+        assert samples_seen(upstream) == 8
+        (warning,) = greedy["ttscale"]["warnings"]
+        assert "greedily (temperature 0)" in warning and "sampling.temperature" in warning
+        assert any(
+            warning in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+        )
+        upstream.reset_log()
+        caplog.clear()
+        # Pinned: every sample at the preset's temperature (and top_k), whatever the client sent.
+        warm = httpx2.post(url, json=lm_eval_body("maj8-warm"), timeout=60).json()
+        bodies = [record.body for record in upstream.records if record.body]
+        assert bodies and all(b["temperature"] == 0.7 and b["top_k"] == 40 for b in bodies)
+        assert all(b["max_tokens"] == 64 and b["stop"] == ["\n\n", "Question:"] for b in bodies)
+        assert samples_seen(upstream) == 8 and warm["ttscale"]["warnings"] == []
+        assert not [r for r in caplog.records if "greedily" in r.getMessage()]
+        # A request's own ttscale.sampling wins over the preset's pin, key by key.
+        upstream.reset_log()
+        body = {**lm_eval_body("maj8-warm"), "ttscale": {"sampling": {"temperature": 1.1}}}
+        httpx2.post(url, json=body, timeout=60).raise_for_status()
+        bodies = [record.body for record in upstream.records if record.body]
+        assert all(b["temperature"] == 1.1 and b["top_k"] == 40 for b in bodies)
+
+
+def test_the_server_default_pins_too_and_bad_pins_name_the_field(upstream: LoopbackServer) -> None:
+    default = parse_default_option("majority,samples=4,sampling.temperature=0.6")
+    with BackgroundProxy(ProxyConfig(base_url=upstream.base_url, default=default)) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+        reply = client.chat.completions.create(model="m", messages=messages(), temperature=0)
+        assert reply.model_extra is not None and reply.model_extra["ttscale"]["warnings"] == []
+        assert temperatures_sent(upstream) == [0.6] * len(upstream.records)
+        assert samples_seen(upstream) == 4
+        for pins, param in (
+            ({"temp": 1}, "ttscale.sampling.temp"),
+            ({"temperature": 3}, "ttscale.sampling.temperature"),
+            ({"top_k": 1.5}, "ttscale.sampling.top_k"),
+            ([0.5], "ttscale.sampling"),
+        ):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(
+                    model="m", messages=messages(), extra_body={"ttscale": {"sampling": pins}}
+                )
+            assert caught.value.param == param
+    with pytest.raises(ConfigError, match="--default-strategy"):
+        parse_default_option("majority,sampling.temp=1")
+
+
+def test_a_wrapped_client_pins_and_warns_as_the_proxy(upstream: LoopbackServer) -> None:
+    plain = openai.OpenAI(base_url=upstream.base_url, api_key="k")
+    greedy = ttscale.wrap(plain, strategy="majority", samples=4)
+    reply = greedy.chat.completions.create(model="m", messages=messages(), temperature=0)
+    assert reply.model_extra is not None and len(reply.model_extra["ttscale"]["warnings"]) == 1
+    upstream.reset_log()
+    warm = ttscale.wrap(plain, strategy="majority", samples=4, sampling={"temperature": 0.9})
+    reply = warm.chat.completions.create(model="m", messages=messages(), temperature=0)
+    assert reply.model_extra is not None and reply.model_extra["ttscale"]["warnings"] == []
+    assert temperatures_sent(upstream) == [0.9] * len(upstream.records)
+    # One sample, or top_k 1: the control and the other greedy rule.
+    one = greedy.chat.completions.create(
+        model="m", messages=messages(), temperature=0, extra_body={"ttscale": {"samples": 1}}
+    )
+    assert one.model_extra is not None and one.model_extra["ttscale"]["warnings"] == []
+    top1 = warm.chat.completions.create(
+        model="m", messages=messages(), extra_body={"ttscale": {"sampling": {"top_k": 1}}}
+    )
+    assert top1.model_extra is not None
+    assert "top_k 1" in top1.model_extra["ttscale"]["warnings"][0]
+    greedy.close()
+    warm.close()

@@ -684,6 +684,10 @@ def _default_settings(strategy: str | None) -> Any:
     spec file (.json/.yaml), which runs as the ``graph`` strategy with that spec, as in solve."""
     from ttscale.scaling import ScaleSettings
 
+    if strategy is not None and ("," in strategy or "=" in strategy):
+        from ttscale.proxy import parse_default_option
+
+        return parse_default_option(strategy)  # majority,sampling.temperature=0.7: as a preset
     if strategy is None or not strategy.endswith((".json", ".yaml", ".yml")):
         return ScaleSettings(strategy=strategy)
     from ttscale.strategies.graphs import load_graph

@@ -90,7 +90,9 @@ __all__ = [
     "create_app",
     "endpoint_key_path",
     "load_presets",
+    "parse_default_option",
     "parse_preset_option",
+    "parse_settings_option",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,24 +178,53 @@ def load_presets(path: Path) -> dict[str, ScaleSettings]:
 def parse_preset_option(text: str) -> tuple[str, ScaleSettings]:
     """``NAME=key=value,key=value`` from the command line (``maj16=strategy=majority,samples=16``).
 
-    Values are read as JSON where they parse (numbers, booleans), else as text.
+    Values are read as JSON where they parse (numbers, booleans), else as text; a dotted key sets
+    a key of an object (``sampling.temperature=0.7``, ``budget.tokens=20000``).
     """
     name, sep, rest = text.partition("=")
     if not sep or not name:
         raise ConfigError(f"--preset {text!r}: expected NAME=key=value,...")
+    return name, parse_settings_option(
+        rest, f"preset {name}", label=f"--preset {name}", allow_model=True
+    )
+
+
+def parse_default_option(text: str) -> ScaleSettings:
+    """``--default-strategy NAME,key=value,...``: the server's default settings, written as a
+    preset's (``majority,samples=8,sampling.temperature=0.7``)."""
+    name, _, rest = text.partition(",")
+    if "=" in name:
+        name, rest = "", text
+    settings = parse_settings_option(rest, "default", label="--default-strategy")
+    return settings.over(ScaleSettings(strategy=name)) if name else settings
+
+
+def parse_settings_option(
+    text: str, where: str, *, label: str | None = None, allow_model: bool = False
+) -> ScaleSettings:
+    """Settings written ``key=value,key=value`` (a preset's, or ``--default-strategy``'s);
+    errors name ``where`` (``param``) after ``label``."""
+    label = label or where
     raw: dict[str, Any] = {}
-    for pair in filter(None, rest.split(",")):
+    for pair in filter(None, text.split(",")):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ConfigError(f"--preset {name}: {pair!r} is not key=value")
+            raise ConfigError(f"{label}: {pair!r} is not key=value")
         try:
-            raw[key.strip()] = json.loads(value)
+            parsed: Any = json.loads(value)
         except ValueError:
-            raw[key.strip()] = value.strip()
+            parsed = value.strip()
+        *parents, last = key.strip().split(".")
+        target = raw
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{label}: {key.strip()!r} sets a key of {parent!r}, a value")
+        target[last] = parsed
     try:
-        return name, parse_settings(raw, f"preset {name}", allow_model=True)
+        return parse_settings(raw, where, allow_model=allow_model)
     except ConfigError as exc:
-        raise ConfigError(f"--preset {name}: {exc}", param=exc.param) from exc
+        raise ConfigError(f"{label}: {exc}", param=exc.param) from exc
 
 
 # -- request settings that name a server ---------------------------------------------------------

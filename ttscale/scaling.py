@@ -15,6 +15,8 @@ The names of those modules that callers used from here (``parse_request``, ``Sca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +31,9 @@ from ttscale.registry import build_strategy, build_verifier
 from ttscale.settings import (
     RequestLimits,
     ScaleSettings,
+    greedy_warning,
     parse_settings,
+    pin_sampling,
     resolve_plan,
     resolve_settings,
     settings_from_headers,
@@ -69,6 +73,8 @@ __all__ = [
     "to_response",
 ]
 
+log = logging.getLogger(__name__)
+
 VerifierFactory = Callable[[str, Mapping[str, Any], Sampler], Verifier]
 
 
@@ -94,8 +100,12 @@ class MeteredVerifier:
 
 @dataclass(frozen=True)
 class ScaledPlan:
-    """A checked request with the strategy and verifier built for it alone, and the caps every
-    one of its draws meets."""
+    """A checked request with the strategy and verifier built for it alone, the caps every one of
+    its draws meets and the warnings its answer carries (``ttscale.warnings``).
+
+    ``request.params`` are the sampling settings every sample is drawn with: the request's own
+    with the settings' pins over them (:func:`ttscale.settings.pin_sampling`).
+    """
 
     request: ChatRequest
     settings: ScaleSettings
@@ -105,6 +115,7 @@ class ScaledPlan:
     samples: int
     k: int
     caps: DrawCaps = field(default_factory=DrawCaps)
+    warnings: tuple[str, ...] = ()
 
 
 def plan_scaled(
@@ -127,6 +138,8 @@ def plan_scaled(
     limits = limits or RequestLimits()
     samples, k = resolve_plan(settings, request.n, limits)
     name = settings.strategy or default_strategy
+    request = dataclasses.replace(request, params=pin_sampling(request.params, settings.sampling))
+    greedy = greedy_warning(request.params, samples, name)
     strategy = build_strategy(name, samples, k, request.params, settings.options)
     verifier: Verifier | None = None
     if settings.verifier is not None:
@@ -145,7 +158,10 @@ def plan_scaled(
         preflight = getattr(verifier, "preflight", None)
         if callable(preflight):
             preflight()  # a verifier that will refuse to score says so before anything is drawn
-    return ScaledPlan(request, settings, name, strategy, verifier, samples, k, limits.caps())
+    warnings = () if greedy is None else (greedy,)
+    return ScaledPlan(
+        request, settings, name, strategy, verifier, samples, k, limits.caps(), warnings
+    )
 
 
 # The budget of the request run_scaled is running in this context (tasks it starts inherit it).
@@ -246,6 +262,8 @@ async def run_scaled(
         prompt=prompt if isinstance(prompt, str) else None,
         messages=None if isinstance(prompt, str) else prompt,
     )
+    for warning in plan.warnings:
+        log.warning("request %s: %s", answer_id, warning)
     started = time.perf_counter()
     token = _REQUEST_BUDGET.set(budgeted)
     try:
@@ -275,4 +293,5 @@ async def run_scaled(
         budget=budget,
         wall_time_s=time.perf_counter() - started,
         id=answer_id,
+        warnings=plan.warnings,
     )

@@ -16,11 +16,29 @@ return; the client's ``n`` means the same), ``verifier`` (a name, or ``{"name": 
 strategy checks by name. As headers: ``X-TTScale-Strategy: majority``, ``X-TTScale-Samples: 16``,
 ``X-TTScale-Budget: {"tokens": 20000}``, ``X-TTScale-Weighted: true``.
 
-:func:`resolve_settings` is the one place the precedence is applied (the proxy and the wrapped
-client call it), and :func:`resolve_plan` the one place a server's caps
-(:class:`RequestLimits`) meet the resolved settings. Caps hold on every draw too, whatever a
-strategy asks for: :meth:`RequestLimits.caps` is enforced by the budget
-(:class:`~ttscale.budget.DrawCaps`). Everything here is pure; errors are
+Sampling settings can be pinned: ``"sampling": {"temperature": 0.7, "top_k": 40}`` (in a preset:
+``sampling = { temperature = 0.7 }``; on the command line ``sampling.temperature=0.7``) sets them
+for every sample the request draws, over what the client sent. So a preset can scale a client
+that always sends ``temperature: 0`` (lm-eval does), whose greedy samples would all be alike.
+
+The precedence, in full (this is the one place it is applied; the proxy and the wrapped client
+call :func:`resolve_settings` and :func:`pin_sampling`):
+
+1. Settings come from the body's ``ttscale`` object, then ``X-TTScale-*`` headers, then the preset
+   named as the model, then the server's default (``--default-strategy``); the first that sets a
+   key wins, key by key (``sampling`` and ``budget`` key by key within them too). A strategy's
+   own parameters go with it (:meth:`ScaleSettings.over`).
+2. The resolved ``sampling`` pins then win over the request's own fields of the same name
+   (``temperature``, ``top_p``; others such as ``top_k`` or ``min_p`` over the extra fields sent
+   upstream). Fields no pin names are sent as the client gave them.
+
+A scaled request whose samples are then greedy (temperature 0 or top_k 1) while it draws more
+than one gets a warning (:func:`greedy_warning`) in its response's ``ttscale.warnings`` and the
+log.
+
+:func:`resolve_plan` is the one place a server's caps (:class:`RequestLimits`) meet the resolved
+settings. Caps hold on every draw too, whatever a strategy asks for: :meth:`RequestLimits.caps` is
+enforced by the budget (:class:`~ttscale.budget.DrawCaps`). Everything here is pure; errors are
 :class:`~ttscale.errors.RequestError` naming the field.
 """
 
@@ -35,12 +53,16 @@ from typing import Any
 from ttscale.budget import parse_limits
 from ttscale.errors import ConfigError, RequestError
 from ttscale.spend import DrawCaps
+from ttscale.types import SamplingParams
 
 __all__ = [
+    "SAMPLING_KEYS",
     "RequestLimits",
     "ScaleSettings",
+    "greedy_warning",
     "header_name",
     "parse_settings",
+    "pin_sampling",
     "resolve_plan",
     "resolve_settings",
     "settings_from_headers",
@@ -48,13 +70,27 @@ __all__ = [
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+# Sampling settings a preset or request may pin, with the range each must be in.
+SAMPLING_KEYS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "temperature": (0.0, 2.0),
+        "top_p": (1e-9, 1.0),
+        "top_k": (-1, 1 << 20),
+        "min_p": (0.0, 1.0),
+        "presence_penalty": (-2.0, 2.0),
+        "frequency_penalty": (-2.0, 2.0),
+        "repetition_penalty": (1e-9, 10.0),
+    }
+)
+
 
 @dataclass(frozen=True)
 class ScaleSettings:
     """What a request, a preset or a server default asks for; ``None`` means "not said here".
 
     ``model`` is the upstream model (presets name one); ``options`` are the strategy's own
-    parameters.
+    parameters; ``sampling`` the sampling settings pinned over the request's own
+    (:data:`SAMPLING_KEYS`).
     """
 
     strategy: str | None = None
@@ -65,9 +101,10 @@ class ScaleSettings:
     budget: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     model: str | None = None
+    sampling: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        for name in ("verifier_options", "budget", "options"):
+        for name in ("verifier_options", "budget", "options", "sampling"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property
@@ -100,6 +137,7 @@ class ScaleSettings:
             budget={**base.budget, **self.budget},
             options={**base.options, **self.options} if same_strategy else self.options,
             model=self.model if self.model is not None else base.model,
+            sampling={**base.sampling, **self.sampling},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +149,8 @@ class ScaleSettings:
             data["verifier"] = {"name": self.verifier, **self.verifier_options}
         if self.budget:
             data["budget"] = dict(self.budget)
+        if self.sampling:
+            data["sampling"] = dict(self.sampling)
         data.update(self.options)
         return data
 
@@ -129,6 +169,61 @@ def _verifier(value: Any, param: str) -> dict[str, Any]:
         options = {k: v for k, v in value.items() if k != "name"}
         return {"verifier": value["name"], "verifier_options": options}
     raise RequestError(f"{param} must be a verifier name or an object with a 'name'", param=param)
+
+
+def _sampling(value: Any, param: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise RequestError(
+            f"{param} must be an object of sampling settings ({', '.join(SAMPLING_KEYS)})",
+            param=param,
+        )
+    pins: dict[str, float] = {}
+    for key, number in value.items():
+        where = f"{param}.{key}"
+        if key not in SAMPLING_KEYS:
+            raise RequestError(
+                f"{where}: not a sampling setting that can be pinned; known: "
+                + ", ".join(SAMPLING_KEYS),
+                param=where,
+            )
+        low, high = SAMPLING_KEYS[key]
+        is_number = isinstance(number, int | float) and not isinstance(number, bool)
+        if not is_number or not low <= number <= high or (key == "top_k" and number != int(number)):
+            kind = "an integer" if key == "top_k" else "a number"
+            raise RequestError(
+                f"{where} must be {kind} in [{low}, {high}], got {number!r}", param=where
+            )
+        pins[key] = int(number) if key == "top_k" else float(number)
+    return pins
+
+
+def pin_sampling(params: SamplingParams, pins: Mapping[str, float]) -> SamplingParams:
+    """``params`` with the pinned sampling settings over the request's own; pure.
+
+    ``temperature`` and ``top_p`` are fields of :class:`SamplingParams`; the others go over the
+    extra fields sent upstream.
+    """
+    if not pins:
+        return params
+    fields = {key: value for key, value in pins.items() if key in ("temperature", "top_p")}
+    extra = {key: value for key, value in pins.items() if key not in fields}
+    return params.replace(**fields, extra_body={**params.extra_body, **extra})
+
+
+def greedy_warning(params: SamplingParams, samples: int, strategy: str) -> str | None:
+    """A warning for a request drawing several samples greedily (temperature 0 or top_k 1),
+    which come out near identical, so that ``strategy`` has nothing to choose between; else None.
+    """
+    top_k = params.extra_body.get("top_k")
+    greedy = params.temperature == 0 or (isinstance(top_k, int | float) and top_k == 1)
+    if samples < 2 or not greedy:
+        return None
+    why = "temperature 0" if params.temperature == 0 else "top_k 1"
+    return (
+        f"the {samples} samples of {strategy!r} are drawn greedily ({why}), so they are near "
+        "identical and the strategy has little to choose between; pin a temperature in the "
+        "preset or the server default (sampling.temperature=0.7) or send one"
+    )
 
 
 def _name(value: Any, param: str, what: str) -> str:
@@ -161,6 +256,8 @@ def parse_settings(raw: Any, where: str = "ttscale", *, allow_model: bool = Fals
             values.update(_verifier(value, param))
         elif key == "budget":
             values["budget"] = parse_limits(value, param)
+        elif key == "sampling":
+            values["sampling"] = _sampling(value, param)
         elif key == "model":
             if not allow_model:
                 raise RequestError(

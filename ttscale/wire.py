@@ -317,6 +317,7 @@ class ScaledAnswer:
     budget: Mapping[str, Any]
     wall_time_s: float
     id: str
+    warnings: tuple[str, ...] = ()
 
     @property
     def usage(self) -> Usage:
@@ -360,6 +361,7 @@ def metadata(answer: ScaledAnswer) -> dict[str, Any]:
             "spent": answer.budget.get("run", {}),
         },
         "verifier": answer.settings.verifier,
+        "warnings": list(answer.warnings),
     }
 
 

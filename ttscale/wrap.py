@@ -32,6 +32,7 @@ loop (:func:`ttscale.portal.default_portal`), so they also work inside a running
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -450,29 +451,15 @@ class _Scaler:
             request.settings, settings_from_headers(headers or {}), default=self.defaults
         )
         sampler = self.sampler(request.model)
+        plan = plan_scaled(request, settings, sampler, limits=self.limits)
         if self.strategy_object is not None and request.settings.strategy is None:
-            plan = plan_scaled(request, settings, sampler, limits=self.limits)
-            plan = ScaledPlan(
-                request=plan.request,
-                settings=plan.settings,
+            plan = dataclasses.replace(
+                plan,
                 strategy_name=getattr(self.strategy_object, "name", "custom"),
                 strategy=as_strategy(self.strategy_object),
-                verifier=plan.verifier,
-                samples=plan.samples,
-                k=plan.k,
             )
-        else:
-            plan = plan_scaled(request, settings, sampler, limits=self.limits)
         if self.verifier_object is not None and request.settings.verifier is None:
-            plan = ScaledPlan(
-                plan.request,
-                plan.settings,
-                plan.strategy_name,
-                plan.strategy,
-                as_verifier(self.verifier_object),
-                plan.samples,
-                plan.k,
-            )
+            plan = dataclasses.replace(plan, verifier=as_verifier(self.verifier_object))
         return plan, sampler
 
     @property
