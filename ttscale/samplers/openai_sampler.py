@@ -1,6 +1,9 @@
 """A sampler over any OpenAI-compatible server (vLLM, llama.cpp, hosted APIs).
 
-It talks through ``openai.AsyncOpenAI``.
+Its plain requests go through :class:`~ttscale.samplers.transport.LeanClient`, which keeps the
+``openai`` client's retries, backoff, timeouts, headers and error types at a fraction of its CPU per
+request (the choice and its measurements are in that module's docstring); streams, servers behind
+an HTTP proxy, ``transport="openai"`` and clients passed in go through ``openai.AsyncOpenAI``.
 
 What it guarantees:
 
@@ -18,8 +21,9 @@ What it guarantees:
   so no two samples are identical seeded requests counted as independent.
 - One concurrency bound (requests in flight) is shared by every prompt drawn through the sampler;
   optional requests-per-minute and tokens-per-minute limits sit in front of it.
-- Retries and backoff are the ``openai`` client's (``max_retries``, ``timeout``). The sampler only
-  re-draws samples that a response it could not read failed to deliver, a bounded number of times.
+- Retries and backoff are the ``openai`` client's (``max_retries``, ``timeout``) on either path.
+  The sampler only re-draws samples that a response it could not read failed to deliver, a
+  bounded number of times.
 - Usage is what the server reported: prompt tokens per request, completion tokens per sample (exact
   where the request had one choice or logprobs came back; apportioned otherwise, with the request's
   total kept exact).
@@ -48,15 +52,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import openai
-from aiolimiter import AsyncLimiter
+from typing import TYPE_CHECKING, Any, Literal
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw, deliver
 from ttscale.registry import build_config
-from ttscale.samplers.upstream import UpstreamClients
+from ttscale.samplers.upstream import Transport, UpstreamClients
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
     Candidate,
@@ -76,6 +77,10 @@ from ttscale.wire import (
     names_n,
     request_body,
 )
+
+if TYPE_CHECKING:
+    import openai
+    from aiolimiter import AsyncLimiter
 
 __all__ = ["EARLY_STOP", "OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
@@ -101,6 +106,8 @@ class OpenAISamplerConfig:
     servers (vLLM, llama.cpp) accept. ``n_mode`` is "auto" (use ``n`` until the server shows it
     does not honour it), "always" or "never". ``max_redraws`` bounds how many times per draw the
     sampler re-requests samples that a response it could not read failed to deliver.
+    ``transport`` is "auto" (plain requests through the lean client where it reaches the server)
+    or "openai" (every request through the ``openai`` client).
     """
 
     model: str
@@ -119,10 +126,13 @@ class OpenAISamplerConfig:
     params: SamplingParams = field(default_factory=SamplingParams)
     max_redraws: int = 3
     client_shards: int | None = None
+    transport: Transport = "auto"
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("OpenAISampler needs a model name")
+        if self.transport not in ("auto", "openai"):
+            raise ConfigError(f"transport must be 'auto' or 'openai', got {self.transport!r}")
         if self.endpoint not in ("chat", "completions"):
             raise ConfigError(f"endpoint must be 'chat' or 'completions', got {self.endpoint!r}")
         if self.n_mode not in ("auto", "always", "never"):
@@ -155,9 +165,7 @@ class _EndpointMemory:
 
 
 # Keyed weakly by the client: the memory lives as long as the client it belongs to.
-_MEMORY_BY_CLIENT: weakref.WeakKeyDictionary[openai.AsyncOpenAI, _EndpointMemory] = (
-    weakref.WeakKeyDictionary()
-)
+_MEMORY_BY_CLIENT: weakref.WeakKeyDictionary[object, _EndpointMemory] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,6 @@ class OpenAISampler:
         self.config = config
         self._owns_client = client is None
         self._upstream = self._upstream_clients(config, client)
-        self._clients = self._upstream.clients
         base = config.params.seed
         self.base_seed = base if base is not None else random_base_seed()
         if base is None:
@@ -211,10 +218,10 @@ class OpenAISampler:
         # the memory this sampler shares with its twins and the other samplers on its client.
         self._n_fixed: bool | None = {"auto": None, "always": True, "never": False}[config.n_mode]
         if client is not None:
-            self._memory = _MEMORY_BY_CLIENT.setdefault(self._clients[0], _EndpointMemory())
+            self._memory = _MEMORY_BY_CLIENT.setdefault(self._upstream.key, _EndpointMemory())
         else:
             self._memory = _EndpointMemory()
-        self._endpoint_key = (str(self._clients[0].base_url), config.endpoint)
+        self._endpoint_key = (self._upstream.base_url, config.endpoint)
         # Loop-bound primitives are made on first use, on the loop that uses them.
         self._semaphore: asyncio.Semaphore | None = None
         self._request_limiter: AsyncLimiter | None = None
@@ -230,12 +237,12 @@ class OpenAISampler:
     ) -> UpstreamClients:
         if isinstance(client, UpstreamClients):
             return client
-        if isinstance(client, openai.AsyncOpenAI):
-            return UpstreamClients([client], owned=False)
         if client is not None:
-            if not client:
-                raise ConfigError("OpenAISampler(client=...) got an empty list of clients")
-            return UpstreamClients(client, owned=False)
+            if isinstance(client, Sequence):
+                if not client:
+                    raise ConfigError("OpenAISampler(client=...) got an empty list of clients")
+                return UpstreamClients(client, owned=False)
+            return UpstreamClients([client], owned=False)
         api_key = config.api_key
         if api_key is None and config.api_key_env:
             api_key = os.environ.get(config.api_key_env)
@@ -245,6 +252,7 @@ class OpenAISampler:
             max_retries=config.max_retries,
             timeout=config.timeout,
             shards=config.client_shards or max(1, math.ceil(config.concurrency / 8)),
+            transport=config.transport,
         )
 
     def with_model(self, model: str) -> OpenAISampler:
@@ -421,6 +429,8 @@ class OpenAISampler:
 
     def _loop_primitives(self) -> asyncio.Semaphore:
         if self._semaphore is None:
+            from aiolimiter import AsyncLimiter
+
             self._semaphore = asyncio.Semaphore(self.config.concurrency)
             rpm = self.config.requests_per_minute
             if rpm:
@@ -476,29 +486,32 @@ class OpenAISampler:
             started = time.perf_counter()
             try:
                 response = await self._create(request_input, params, slot.count, seed)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            except Exception as exc:
                 draw.usage = draw.usage + Usage(failed_requests=1)
-                if (
-                    slot.count > 1
-                    and self.config.n_mode == "auto"
-                    and names_n(exc.body, exc.message)
-                ):
-                    self._learn_n(False, "rejected n > 1")
-                    return list(range(slot.start, slot.start + slot.count))
-                raise _upstream(exc) from exc
-            except openai.APIStatusError as exc:
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                raise _upstream(exc) from exc
-            except openai.APIConnectionError as exc:
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                raise UpstreamError(f"could not reach the model server: {exc}") from exc
-            except (ValueError, TypeError) as exc:  # a 200 whose body is not a completion
-                draw.usage = draw.usage + Usage(failed_requests=1)
-                log.warning("unreadable response from the model server: %s", exc)
-                raise _UnreadableResponse(str(exc)) from exc
+                return self._failed(exc, slot)
             latency = time.perf_counter() - started
         self._learn_prompt(request_input, response)
         return self._record(draw, response, params, slot, seed, latency)
+
+    def _failed(self, exc: Exception, slot: _Slot) -> list[int]:
+        """What a failed request means: the indices to draw again when it rejected ``n``;
+        otherwise the error to raise, in ttscale's terms."""
+        if isinstance(exc, (ValueError, TypeError)):  # a 200 whose body is not a completion
+            log.warning("unreadable response from the model server: %s", exc)
+            raise _UnreadableResponse(str(exc)) from exc
+        import openai  # loaded already: the error came from it or from its classes
+
+        rejected = isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError))
+        if rejected and slot.count > 1 and self.config.n_mode == "auto":
+            assert isinstance(exc, openai.APIStatusError)
+            if names_n(exc.body, exc.message):
+                self._learn_n(False, "rejected n > 1")
+                return list(range(slot.start, slot.start + slot.count))
+        if isinstance(exc, openai.APIStatusError):
+            raise _upstream(exc) from exc
+        if isinstance(exc, openai.APIConnectionError):
+            raise UpstreamError(f"could not reach the model server: {exc}") from exc
+        raise exc
 
     # -- one streamed sample ------------------------------------------------------------------
 
@@ -537,8 +550,10 @@ class OpenAISampler:
     async def _open_stream(
         self, draw: _Draw, shard: int, body: dict[str, Any]
     ) -> openai.AsyncStream[object]:
+        import openai
+
         try:
-            return await self._clients[shard].post(
+            return await self._upstream.clients[shard].post(
                 self._path,
                 cast_to=object,
                 body=body,
@@ -638,17 +653,9 @@ class OpenAISampler:
         count: int,
         seed: int,
     ) -> object:
-        body = self._body(request_input, params, count, seed)
-        # The client's generic post keeps its retries, backoff, auth and connection pool, and
-        # skips the typed-params transform and the pydantic response models, which cost more CPU
-        # per request than everything else here (see benchmarks/sampler_throughput.py). The body
-        # is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON.
-        upstream = self._upstream
-        shard = upstream.acquire()
-        try:
-            return await upstream.clients[shard].post(self._path, cast_to=object, body=body)
-        finally:
-            upstream.release(shard)
+        # The body is plain JSON in the OpenAI wire format; the answer comes back as parsed JSON
+        # (through the lean client, or the openai client's generic post: no response models).
+        return await self._upstream.post(self._path, self._body(request_input, params, count, seed))
 
     @property
     def _path(self) -> str:
