@@ -485,7 +485,21 @@ class _Scaler:
         payload: ScaledPayload = (
             stream_chunks(answer, model) if plan.request.stream else to_response(answer, model)
         )
+        self.show_client_budget(payload)
         return payload, len(answer.result.candidates), answer.wall_time_s
+
+    def show_client_budget(self, payload: ScaledPayload) -> None:
+        """Add the client-wide budget to the answer's ``ttscale.budget``: its limits under
+        ``limits.client`` (``"max_samples(64) | max_cost(5)"``) and every call's spend so far
+        under ``client_spent``, beside the call's own."""
+        if self._budgeted is None:
+            return
+        chunks = payload if isinstance(payload, list) else [payload]
+        for chunk in chunks:
+            budget = (chunk.get("ttscale") or {}).get("budget")
+            if isinstance(budget, dict):
+                budget["limits"] = {**budget.get("limits", {}), "client": repr(self.shared_budget)}
+                budget["client_spent"] = self._budgeted.to_dict().get("run", {})
 
     async def create(self, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
         payload, _, _ = await self.payload(kwargs)
