@@ -1,0 +1,332 @@
+"""ttscale against its peers on the same loopback server, row by row, in one process tree.
+
+The rows of issue 22's table: 1,000 samples with the server's ``n`` on and off (wall time, and
+client CPU with it off), 64 samples, majority@16 over 20 prompts, ``import`` time, and the proxy's
+start-up, idle memory and pass-through latency. Two loopback servers (``python -m
+ttscale.testing``, 50 ms latency; one honours ``n``, one rejects it) serve every system; the
+client concurrency is 32 and ``max_n`` 16. Each system runs in a worker process of its own,
+kept for the whole run, and the systems take turns: every round runs a row on ttscale, then on
+each peer, and the median of ``--rounds`` rounds (>= 5) is printed with each peer's ratio to
+ttscale (peer / ttscale: above 1 is ttscale ahead for times, below 1 for throughputs). Without
+a peer the script says so and prints ttscale's rows against the bounds.
+
+Peers: its_hub 1.2 (``OpenAICompatibleLanguageModel`` and ``LMOrchestrator(32)``, the path its
+algorithms use). Its rows run in a worker of ``--peer-python`` (default: this interpreter when
+it can import ``its_hub``), so its_hub lives in an environment of its own; this script installs
+nothing. Set one up once with:
+
+    python -m venv /tmp/itshub/venv && /tmp/itshub/venv/bin/pip install its-hub==1.2.0
+
+then run:
+
+    python benchmarks/vs_peers.py --peer-python /tmp/itshub/venv/bin/python [--rounds 5]
+
+Not covered: optillm (not installed here), and its_hub's own proxy (its ``iaas`` server needs
+fastapi and uvicorn, which ``its-hub`` does not install; the proxy rows are ttscale's alone).
+
+How the proxy rows are measured: start-up is the time from spawning ``python -m ttscale.cli
+serve`` to its first ``GET /health`` answer; idle RSS is ``VmRSS`` in ``/proc/PID/status`` one
+second later. ``import`` time is a whole ``python -c "import X"`` process less a bare ``python -c
+pass``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+LATENCY = 0.05
+CONCURRENCY = 32
+MAX_N = 16
+ROWS = {  # row -> (server n support, samples, prompts, bound in seconds or None)
+    "n_on_1000": ("yes", 1000, 1, 0.10),
+    "n_off_1000": ("reject", 1000, 1, 1.60),
+    "n_off_64": ("reject", 64, 1, 0.10),
+    "majority16_x20": ("reject", 16, 20, 0.50),
+}
+LABELS = {
+    "n_on_1000": "1,000 samples, n on: wall s",
+    "n_off_1000": "1,000 samples, n off: wall s",
+    "n_off_1000_cpu": "1,000 samples, n off: client CPU s",
+    "n_off_64": "64 samples, n off: wall s",
+    "majority16_x20": "majority@16 x 20 prompts, n off: wall s",
+    "import": "import (whole process less bare python) s",
+}
+CPU_BOUND_PER_REQUEST = 0.20e-3
+PROXY_BOUNDS = {"startup_s": 0.4, "idle_rss_mib": 60.0}
+
+
+# -- workers: one process per system, one JSON line per task ---------------------------------
+
+
+async def ttscale_task(row: str, base_url: str) -> dict[str, Any]:
+    from ttscale import OpenAISampler, Problem, SamplingParams
+    from ttscale.strategies.majority import Majority
+
+    _, samples, prompts, _ = ROWS[row]
+    sampler = OpenAISampler(
+        model="loopback",
+        base_url=base_url,
+        api_key="bench",
+        concurrency=CONCURRENCY,
+        max_n=MAX_N,
+        params=SamplingParams(temperature=0.8, max_tokens=32, seed=0),
+    )
+    async with sampler:
+        # Warm the pool (and learn the server's n) so the figure is the steady state.
+        await asyncio.gather(*(sampler.sample("warm-up", 2) for _ in range(CONCURRENCY)))
+        cpu, started = time.process_time(), time.perf_counter()
+        if row == "majority16_x20":
+            strategy = Majority(samples=samples)
+            problems = [Problem(id=str(i), prompt=f"prompt {i}") for i in range(prompts)]
+            results = await asyncio.gather(*(strategy.run(p, sampler) for p in problems))
+            requests = sum(result.usage.requests for result in results)
+        else:
+            batch = await sampler.sample("prompt", samples)
+            requests = batch.usage.requests
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"wall": wall, "cpu": cpu, "requests": requests}
+
+
+async def its_hub_task(row: str, base_url: str) -> dict[str, Any]:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from its_hub import SelfConsistency  # type: ignore[import-not-found]
+    from its_hub.core.lms.openai_lm import OpenAICompatibleLanguageModel  # type: ignore[import-not-found]
+    from its_hub.core.orchestrator import LMOrchestrator  # type: ignore[import-not-found]
+
+    _, samples, prompts, _ = ROWS[row]
+    lm = OpenAICompatibleLanguageModel(
+        endpoint=base_url, api_key="bench", model_name="loopback", temperature=0.8, max_tokens=32
+    )
+    orchestrator = LMOrchestrator(max_concurrency=CONCURRENCY)
+    warm = [[{"role": "user", "content": "warm-up"}]] * CONCURRENCY
+    await orchestrator.agenerate(lm, warm)
+    cpu, started = time.process_time(), time.perf_counter()
+    if row == "majority16_x20":
+        algorithm = SelfConsistency(orchestrator=orchestrator)
+        await asyncio.gather(
+            *(algorithm.ainfer(lm, f"prompt {i}", samples) for i in range(prompts))
+        )
+        requests = samples * prompts
+    else:
+        await orchestrator.agenerate(lm, [[{"role": "user", "content": "prompt"}]] * samples)
+        requests = samples
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await lm.close()
+    return {"wall": wall, "cpu": cpu, "requests": requests}
+
+
+def worker(system: str) -> None:
+    task = {"ttscale": ttscale_task, "its_hub": its_hub_task}[system]
+    for line in sys.stdin:
+        request = json.loads(line)
+        result = asyncio.run(task(request["row"], request["base_url"]))
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+class Worker:
+    def __init__(self, system: str, python: str) -> None:
+        self.system = system
+        self.process = subprocess.Popen(
+            [python, os.path.abspath(__file__), "--worker", system],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, row: str, base_url: str) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"row": row, "base_url": base_url}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.system} worker died")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def loopback(n_support: str) -> Iterator[str]:
+    command = [sys.executable, "-m", "ttscale.testing", "--latency", str(LATENCY)]
+    process = subprocess.Popen(
+        [*command, "--n-support", n_support], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"loopback server did not start: {line!r}")
+        yield line.split(" ", 1)[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str) -> int:
+    """The status of ``GET path`` on 127.0.0.1:port, by hand (nothing imported for it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+        connection.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = connection.recv(64).decode("latin-1")
+    return int(head.split(" ", 2)[1])
+
+
+def proxy_startup(upstream: str) -> tuple[float, float]:
+    """Seconds from spawning ``ttscale serve`` to its first health answer; idle RSS in MiB."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream,
+        "--model", "loopback", "--port", str(port),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env={**os.environ, "OPENAI_API_KEY": "x"}, stderr=subprocess.DEVNULL
+    )
+    try:
+        while True:
+            try:
+                if http_get(port, "/health") == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.perf_counter() - started > 60:
+                raise RuntimeError("the proxy did not start")
+            time.sleep(0.005)
+        startup = time.perf_counter() - started
+        time.sleep(1.0)
+        with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
+            rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    return startup, rss_kib / 1024
+
+
+def import_time(python: str, module: str) -> float:
+    def whole(code: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([python, "-c", code], check=True)
+        return time.perf_counter() - started
+
+    return whole(f"import {module}") - whole("pass")
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def peer_python(given: str | None) -> str | None:
+    candidate = given or os.environ.get("TTSCALE_PEER_PYTHON") or sys.executable
+    if not shutil.which(candidate) and not os.path.exists(candidate):
+        return None
+    found = subprocess.run(
+        [candidate, "-c", "import its_hub"], capture_output=True, check=False
+    ).returncode
+    return candidate if found == 0 else None
+
+
+def print_row(label: str, ours: float, peer: float | None, bound: float | None = None) -> None:
+    text = f"{label:<44}{ours:>10.3f}"
+    text += f"{peer:>10.3f}{peer / ours:>8.2f}x" if peer is not None else f"{'-':>10}{'-':>9}"
+    if bound is not None:
+        text += f"   bound {bound:.3f}: {ours / bound:.2f}x"
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (>= 5)")
+    parser.add_argument("--peer-python", help="an interpreter that can import its_hub")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    rounds = max(5, args.rounds)
+    peer = peer_python(args.peer_python)
+    if peer is None:
+        print("its_hub is not importable (see --peer-python): ttscale's rows against the bounds")
+    else:
+        print(f"peer: its_hub in {peer}")
+    print(
+        f"loopback latency {LATENCY * 1000:.0f} ms, concurrency {CONCURRENCY}, max_n {MAX_N}, "
+        f"median of {rounds} alternating rounds; ratio = its_hub / ttscale"
+    )
+    workers = {"ttscale": Worker("ttscale", sys.executable)}
+    if peer is not None:
+        workers["its_hub"] = Worker("its_hub", peer)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    try:
+        with loopback("yes") as n_on, loopback("reject") as n_off:
+            urls = {"yes": n_on, "reject": n_off}
+            for _ in range(rounds):
+                for row, (support, *_rest) in ROWS.items():
+                    for system, running in workers.items():
+                        outcome = running.run(row, urls[support])
+                        results.setdefault((row, system), []).append(outcome)
+            proxy = [proxy_startup(n_off) for _ in range(rounds)]
+    finally:
+        for running in workers.values():
+            running.close()
+
+    def median(row: str, system: str, key: str = "wall") -> float | None:
+        runs = results.get((row, system))
+        return statistics.median(run[key] for run in runs) if runs else None
+
+    print(f"\n{'row':<44}{'ttscale':>10}{'its_hub':>10}{'ratio':>9}")
+    for row, (_, _, _, bound) in ROWS.items():
+        ours = median(row, "ttscale")
+        assert ours is not None
+        print_row(LABELS[row], ours, median(row, "its_hub"), bound)
+        if row == "n_off_1000":
+            cpu = median(row, "ttscale", "cpu")
+            assert cpu is not None
+            print_row(
+                LABELS["n_off_1000_cpu"],
+                cpu,
+                median(row, "its_hub", "cpu"),
+                CPU_BOUND_PER_REQUEST * 1000,
+            )
+    requests = results[("n_on_1000", "ttscale")][0]["requests"]
+    print(f"(n on: ttscale sent {requests} requests; its_hub sends one per sample)")
+    ours_import = statistics.median(import_time(sys.executable, "ttscale") for _ in range(rounds))
+    peer_import = (
+        statistics.median(import_time(peer, "its_hub") for _ in range(rounds)) if peer else None
+    )
+    print_row(LABELS["import"], ours_import, peer_import, 0.15)
+    startup = statistics.median(run[0] for run in proxy)
+    rss = statistics.median(run[1] for run in proxy)
+    print(
+        f"proxy start-up {startup:.3f} s (bound {PROXY_BOUNDS['startup_s']}), idle RSS "
+        f"{rss:.1f} MiB (bound {PROXY_BOUNDS['idle_rss_mib']:.0f}); its_hub's proxy not run "
+        "(its iaas server needs fastapi and uvicorn, which its-hub does not install)"
+    )
+
+
+if __name__ == "__main__":
+    main()
