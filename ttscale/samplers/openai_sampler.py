@@ -58,6 +58,12 @@ from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw, deliver
 from ttscale.registry import build_config
 from ttscale.samplers.upstream import Transport, UpstreamClients
+from ttscale.samplers.usage import (
+    counting_logprobs,
+    first_correction,
+    knows_one_choice,
+    learn,
+)
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
     Candidate,
@@ -226,7 +232,6 @@ class OpenAISampler:
         self._semaphore: asyncio.Semaphore | None = None
         self._request_limiter: AsyncLimiter | None = None
         self._token_limiter: AsyncLimiter | None = None
-        self._warned_counts = False
         # Prompt tokens by prompt, learnt from answers that reported usage; shared with twins.
         self._prompt_tokens: OrderedDict[str, int] = OrderedDict()
 
@@ -668,6 +673,11 @@ class OpenAISampler:
         count: int,
         seed: int,
     ) -> dict[str, Any]:
+        one_choice = knows_one_choice(self._endpoint_key[0])
+        chat = self.config.endpoint == "chat"
+        counting = counting_logprobs(one_choice, count, params.logprobs, chat)
+        if counting is not None:
+            params = params.replace(logprobs=counting)  # only to count (ttscale.samplers.usage)
         return request_body(
             self.config.model,
             request_input,
@@ -691,9 +701,8 @@ class OpenAISampler:
     def _counted(self, reported: int, counts: list[int]) -> int:
         """Logprobs count every choice's tokens exactly; some servers (llama.cpp's among them)
         report only one choice's tokens for n > 1. What was generated is what was spent. Said
-        once per sampler as a warning: after that it is known, and only debug noise."""
-        level = logging.DEBUG if self._warned_counts else logging.WARNING
-        self._warned_counts = True
+        once per server at INFO: after that it is known, and only debug noise."""
+        level = logging.INFO if first_correction(self._endpoint_key[0]) else logging.DEBUG
         log.log(
             level,
             "server reported %d completion tokens for %d choices whose logprobs hold %d; "
@@ -735,6 +744,8 @@ class OpenAISampler:
         counts, exact = completion_counts(texts, token_lists, completion_total, reported)
         if exact and len(kept) > 1 and sum(counts) != completion_total:
             completion_total = self._counted(completion_total, counts)
+        if learn(self._endpoint_key[0], response) and params.logprobs is None:
+            token_lists = [None] * len(kept)  # asked for only to count the tokens
         model = str(response.get("model") or self.config.model)
         request_id = response.get("id")
         for offset, choice in enumerate(kept):

@@ -1,0 +1,82 @@
+"""Exact completion tokens from servers whose usage counts one choice of several (llama.cpp).
+
+llama.cpp's ``llama-server`` accepts ``n > 1`` but reports the usage of its first choice only
+(measured on the embedded model: 8 choices holding 1,071 tokens by the server's own
+``/tokenize``, reported as 152). Its responses carry a ``timings`` object, which no other server
+the project documents sends, so one response tells. The cheapest exact count there keeps ``n``
+(8 choices in one request took 13.1 s, 8 single requests 15.5 s) and asks for token logprobs:
+one entry per generated token, the end-of-generation token included, so their lengths are what
+the server reports for a single choice. The chat route lists them with ``logprobs: true`` and no
+alternatives; the completions route only with at least one alternative (``logprobs: 1``; with
+0 it sends an empty object).
+
+Plain functions over plain data, plus the process's small memory of which servers count so
+(:func:`declare_one_choice_usage` for a server started here, :func:`learn` from an answer) and
+of whether a server's correction has been logged (once per server, at INFO).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+__all__ = [
+    "counting_logprobs",
+    "counts_one_choice",
+    "declare_one_choice_usage",
+    "first_correction",
+    "knows_one_choice",
+    "learn",
+]
+
+_lock = threading.Lock()
+_ONE_CHOICE: set[str] = set()  # base URLs known to report one choice's usage
+_SAID: set[str] = set()  # base URLs whose correction has been logged at INFO
+
+
+def _key(base_url: str) -> str:
+    return base_url.rstrip("/")
+
+
+def counts_one_choice(response: object) -> bool:
+    """Whether ``response`` comes from a server that reports one choice's completion tokens
+    when asked for several: llama.cpp's, known by its ``timings`` object."""
+    return isinstance(response, Mapping) and isinstance(response.get("timings"), Mapping)
+
+
+def declare_one_choice_usage(base_url: str) -> None:
+    """Record that the server at ``base_url`` (one this process started, say) counts so."""
+    with _lock:
+        _ONE_CHOICE.add(_key(base_url))
+
+
+def learn(base_url: str, response: object) -> bool:
+    """Remember what ``response`` shows of its server; whether that server counts one choice."""
+    if not counts_one_choice(response):
+        return knows_one_choice(base_url)
+    declare_one_choice_usage(base_url)
+    return True
+
+
+def knows_one_choice(base_url: str) -> bool:
+    with _lock:
+        return _key(base_url) in _ONE_CHOICE
+
+
+def counting_logprobs(one_choice: bool, count: int, logprobs: int | None, chat: bool) -> int | None:
+    """The ``logprobs`` a request for ``count`` choices asks only to count its tokens (``None``:
+    none needed, the usage is right or the caller asks for logprobs anyway)."""
+    if not one_choice or count <= 1 or logprobs is not None:
+        return None
+    return 0 if chat else 1
+
+
+def first_correction(base_url: str) -> bool:
+    """True the first time a correction is made for ``base_url``'s answers (say it at INFO);
+    after that the server's way is known and saying it again is noise."""
+    key = _key(base_url)
+    with _lock:
+        if key in _SAID:
+            return False
+        _SAID.add(key)
+        return True
