@@ -26,7 +26,6 @@ from rich.table import Table
 
 from ttscale import __version__
 from ttscale.errors import ConfigError, TTScaleError
-from ttscale.registry import GROUPS, available
 from ttscale.words import plural
 
 app = typer.Typer(
@@ -92,6 +91,8 @@ def _main(
 @app.command()
 def plugins() -> None:
     """List the registered samplers, strategies and verifiers (entry points)."""
+    from ttscale.registry import GROUPS, available
+
     table = Table("kind", "names", "entry-point group")
     for kind, group in GROUPS.items():
         table.add_row(kind, ", ".join(available(kind)) or "(none)", group)
