@@ -473,6 +473,7 @@ class SearchRun:
                 completion_tokens=now.completion_tokens - before.completion_tokens,
                 cost=now.cost - before.cost,
                 failed_requests=now.failed_requests - before.failed_requests,
+                cached_tokens=now.cached_tokens - before.cached_tokens,
             )
         return spent
 
@@ -530,8 +531,9 @@ class SearchRun:
         )
 
     def prefix_report(self) -> dict[str, Any]:
-        """Prompt tokens sent, and how many of them re-sent a partial answer (what a server's
-        prefix cache can save at most)."""
+        """Prompt tokens of the step requests, how many of them re-sent a partial answer (what a
+        server's prefix cache can save at most), and how many the server said it reused from its
+        cache (``cached_tokens``: 0 from a server that does not report it)."""
         roots = [tokens for depth, tokens in self.prompt_tokens if depth == 0]
         root = min(roots) if roots else None
         total = sum(tokens for _, tokens in self.prompt_tokens)
@@ -540,7 +542,13 @@ class SearchRun:
             if root is not None
             else None
         )
-        return {"requests": len(self.prompt_tokens), "prompt_tokens": total, "resent": resent}
+        cached = Usage.total(self.usages).cached_tokens
+        return {
+            "requests": len(self.prompt_tokens),
+            "prompt_tokens": total,
+            "resent": resent,
+            "cached_tokens": cached,
+        }
 
 
 def _usage_of(scorer: object) -> Usage | None:

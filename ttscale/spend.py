@@ -45,6 +45,7 @@ class Spend:
     failed_requests: int = 0
     draws: int = 0
     pending_samples: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: those the server reused from its prefix cache
 
     @property
     def total_tokens(self) -> int:
@@ -60,6 +61,7 @@ class Spend:
             cost=self.cost,
             wall_time_s=self.wall_time_s,
             failed_requests=self.failed_requests,
+            cached_tokens=self.cached_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class Spend:
             "failed_requests": self.failed_requests,
             "draws": self.draws,
             "pending_samples": self.pending_samples,
+            "cached_tokens": self.cached_tokens,
         }
 
 
@@ -163,6 +166,7 @@ class Account:
     draws: int = 0
     pending_samples: int = 0
     in_flight: int = 0
+    cached_tokens: int = 0
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -174,6 +178,7 @@ class Account:
         self.cost += usage.cost
         self.flops += flops
         self.failed_requests += usage.failed_requests
+        self.cached_tokens += usage.cached_tokens
 
     def snapshot(self, now: float, *, live: bool) -> Spend:
         # Live snapshots (for limits) count time to now; reports stop the clock at the last draw's
@@ -195,6 +200,7 @@ class Account:
             failed_requests=self.failed_requests,
             draws=self.draws,
             pending_samples=self.pending_samples,
+            cached_tokens=self.cached_tokens,
         )
 
 

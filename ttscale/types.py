@@ -200,6 +200,9 @@ class Usage:
 
     ``requests`` counts HTTP requests that returned an answer; ``failed_requests`` counts those that
     failed after the client's own retries (a server may have spent tokens on them that it never
+    reported). ``cached_tokens`` are the prompt tokens (of ``prompt_tokens``) the server said it
+    reused from its prefix cache instead of computing them again (OpenAI's and vLLM's
+    ``usage.prompt_tokens_details.cached_tokens``, llama.cpp's ``timings.cache_n``; 0 when not
     reported). Adding two usages adds every field, wall time included: the wall time of concurrent
     work is measured by whoever ran it, not summed.
     """
@@ -211,6 +214,7 @@ class Usage:
     cost: float = 0.0
     wall_time_s: float = 0.0
     failed_requests: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -227,6 +231,7 @@ class Usage:
             cost=self.cost + other.cost,
             wall_time_s=self.wall_time_s + other.wall_time_s,
             failed_requests=self.failed_requests + other.failed_requests,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
         )
 
     def replace(self, **changes: Any) -> Usage:

@@ -32,6 +32,7 @@ __all__ = [
     "Endpoint",
     "ScaledAnswer",
     "StreamRead",
+    "cached_tokens",
     "choice_logprobs",
     "choice_text",
     "choices_by_index",
@@ -547,6 +548,22 @@ def choices_by_index(choices: Sequence[object], count: int) -> dict[int, dict[st
         if isinstance(position, int) and 0 <= position < count:
             by_index.setdefault(position, choice)
     return by_index
+
+
+def cached_tokens(response: object, usage: object = None) -> int:
+    """Prompt tokens an answer says the server reused from its prefix cache (0 if unsaid):
+    ``usage.prompt_tokens_details.cached_tokens`` (OpenAI, vLLM, llama.cpp's server), else
+    llama.cpp's ``timings.cache_n``. ``usage`` is the answer's usage (a stream's last chunk)."""
+    if usage is None and isinstance(response, dict):
+        usage = response.get("usage")
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    found = details.get("cached_tokens") if isinstance(details, dict) else None
+    if found is None and isinstance(response, dict):
+        timings = response.get("timings")
+        found = timings.get("cache_n") if isinstance(timings, dict) else None
+    if isinstance(found, bool) or not isinstance(found, int) or found < 0:
+        return 0
+    return found
 
 
 def choice_text(choice: dict[str, Any], endpoint: Endpoint) -> str:

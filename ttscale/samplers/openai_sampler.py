@@ -76,6 +76,7 @@ from ttscale.types import (
 from ttscale.wire import (
     Endpoint,
     StreamRead,
+    cached_tokens,
     choice_logprobs,
     choice_text,
     choices_by_index,
@@ -635,6 +636,7 @@ class OpenAISampler:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
             cost=pricing.cost(prompt_tokens, completion) if pricing else 0.0,
+            cached_tokens=cached_tokens(None, usage),
         )
         draw.usage = draw.usage + arrived
         deliver(SampleBatch((draw.candidates[index],), arrived))
@@ -770,6 +772,7 @@ class OpenAISampler:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_total,
             cost=pricing.cost(prompt_tokens, completion_total) if pricing else 0.0,
+            cached_tokens=cached_tokens(response),
         )
         draw.usage = draw.usage + arrived
         # Each response's samples, to a store that keeps them as they arrive (ttscale.store).

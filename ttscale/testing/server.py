@@ -51,6 +51,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "LoopbackServer",
+    "PrefixCache",
     "RequestRecord",
     "Responder",
     "ScriptRequest",
@@ -58,6 +59,7 @@ __all__ = [
     "ServerConfig",
     "TokenProfile",
     "count_tokens",
+    "prompt_token_sequence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,7 +231,10 @@ class ServerConfig:
     naming ``n``, ``ignore`` one choice. ``port`` 0 takes a free port. ``routes`` adds JSON
     endpoints (a path such as ``/v1/pooling`` mapped to a function of the decoded body returning
     the reply): a scripted reward model, say; a function raising ``ValueError`` or a ttscale error
-    answers 400 with its message.
+    answers 400 with its message. ``prefix_cache`` makes the server report, as a model server with
+    a prefix cache does (vLLM, llama.cpp), ``usage.prompt_tokens_details.cached_tokens``: the
+    longest token prefix a prompt shares with any prompt served before it (chat messages count as
+    their template would: 3 tokens before the content, 1 after).
     """
 
     answers: Mapping[str, Answer | Sequence[Answer]] | Responder | None = None
@@ -244,6 +249,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     routes: Mapping[str, Callable[[dict[str, Any]], Any]] = dataclasses.field(default_factory=dict)
+    prefix_cache: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.answers, Mapping):
@@ -313,6 +319,7 @@ class RequestRecord:
     connection: int = 0
     streamed_tokens: int | None = None
     client_closed: bool = False
+    cached_tokens: int | None = None  # prompt tokens reported as cached (prefix_cache servers)
 
 
 # -- generation ---------------------------------------------------------------------------------
@@ -354,6 +361,7 @@ class _Generation:
     seed: int | None
     temperature: float | None
     model: str
+    cached_tokens: int | None = None  # reported when the server keeps a prefix cache
 
 
 @dataclass(frozen=True)
@@ -562,13 +570,56 @@ def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _usage(generation: _Generation, choices: Sequence[_Choice]) -> dict[str, int]:
+def _usage(generation: _Generation, choices: Sequence[_Choice]) -> dict[str, Any]:
     completion_tokens = sum(choice.tokens for choice in choices)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": generation.prompt_tokens + completion_tokens,
     }
+    if generation.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": generation.cached_tokens}
+    return usage
+
+
+def prompt_token_sequence(body: Mapping[str, Any], chat: bool) -> tuple[str, ...]:
+    """The tokens the server counts in a checked request's prompt, in order (pure): a chat
+    message is ``<|im_start|>``, its role, a newline, its content's tokens, ``<|im_end|>``."""
+    if not chat:
+        prompt = body.get("prompt")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt or ())
+        return tuple(token for text in texts for token in _TOKEN_PATTERN.findall(str(text)))
+    tokens: list[str] = []
+    for position, message in enumerate(body.get("messages") or ()):
+        tokens += ["<|im_start|>", str(message.get("role")), "\n"]
+        tokens += _TOKEN_PATTERN.findall(_content_text(message.get("content"), position))
+        tokens.append("<|im_end|>")
+    return tuple(tokens)
+
+
+class PrefixCache:
+    """The token prefixes of prompts served so far (a trie), as a model server's prefix cache;
+    past ``max_nodes`` tokens it starts empty again."""
+
+    def __init__(self, max_nodes: int = 1_000_000) -> None:
+        self.max_nodes = max_nodes
+        self._root: dict[str, Any] = {}
+        self._nodes = 0
+
+    def reuse(self, tokens: Sequence[str]) -> int:
+        """How many leading ``tokens`` are cached; then the whole of ``tokens`` is."""
+        if self._nodes + len(tokens) > self.max_nodes:
+            self._root, self._nodes = {}, 0
+        node, matched = self._root, 0
+        for token in tokens:
+            child = node.get(token)
+            if child is None:
+                break
+            node, matched = child, matched + 1
+        for token in tokens[matched:]:
+            node = node.setdefault(token, {})
+            self._nodes += 1
+        return matched
 
 
 def _whole_response(
@@ -832,6 +883,7 @@ class _Exchange:
     response: _Response
     choices: Sequence[_Choice] = ()
     prompt_tokens: int = 0
+    cached_tokens: int | None = None
     generated: bool = False
     paced: tuple[tuple[str, int], ...] | None = None  # a paced stream's events, after its head
 
@@ -1131,6 +1183,7 @@ class LoopbackServer:
         self._in_flight = 0
         self._peak_in_flight = 0
         self._samples_per_prompt: dict[str, int] = {}
+        self._prefix_cache = PrefixCache()
         # Response ids stay unique across reset_log(), unlike ordinals.
         self._response_serials = itertools.count()
         self._connection_serials = itertools.count(1)
@@ -1491,6 +1544,7 @@ class LoopbackServer:
             response,
             choices=choices,
             prompt_tokens=generation.prompt_tokens,
+            cached_tokens=generation.cached_tokens,
             generated=True,
             paced=paced,
         )
@@ -1547,6 +1601,7 @@ class LoopbackServer:
             connection=connection.serial,
             streamed_tokens=streamed_tokens,
             client_closed=client_closed,
+            cached_tokens=exchange.cached_tokens,
         )
         with self._lock:
             self._in_flight -= 1
@@ -1558,6 +1613,11 @@ class LoopbackServer:
 
     def _read_generation(self, body: Mapping[str, Any], chat: bool) -> _Generation:
         generation = _read_generation(body, chat, self.config.model)
+        if self.config.prefix_cache:
+            sequence = prompt_token_sequence(body, chat)
+            with self._lock:
+                cached = self._prefix_cache.reuse(sequence)
+            generation = dataclasses.replace(generation, cached_tokens=cached)
         if not self.config.logprobs:
             generation = dataclasses.replace(generation, logprobs=None)
         if generation.n > 1 and self.config.n_support == "reject":
