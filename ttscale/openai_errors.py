@@ -17,10 +17,7 @@ ttscale.RequestError``) both catch it::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING, Any
 
 from ttscale.errors import (
     BudgetExhausted,
@@ -30,6 +27,9 @@ from ttscale.errors import (
     TTScaleError,
     UpstreamError,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["ErrorShape", "as_openai_error", "error_kind", "error_shape"]
 
@@ -42,16 +42,22 @@ _KINDS = {
     499: "client_closed_request",
 }
 
-# The openai client's error class for each status, as it chooses them for an HTTP answer.
-_OPENAI_CLASSES: dict[int, type[openai.APIStatusError]] = {
-    400: openai.BadRequestError,
-    401: openai.AuthenticationError,
-    403: openai.PermissionDeniedError,
-    404: openai.NotFoundError,
-    409: openai.ConflictError,
-    422: openai.UnprocessableEntityError,
-    429: openai.RateLimitError,
-}
+
+def _openai_classes() -> dict[int, type[openai.APIStatusError]]:
+    """The openai client's error class for each status, as it chooses them for an HTTP answer.
+    (``openai`` is imported here, when a wrapped client raises: the proxy never needs it.)"""
+    import openai
+
+    return {
+        400: openai.BadRequestError,
+        401: openai.AuthenticationError,
+        403: openai.PermissionDeniedError,
+        404: openai.NotFoundError,
+        409: openai.ConflictError,
+        422: openai.UnprocessableEntityError,
+        429: openai.RateLimitError,
+    }
+
 
 # What openai's error constructors set; everything else on a ttscale error is carried over.
 _OPENAI_FIELDS = frozenset(
@@ -133,9 +139,13 @@ def as_openai_error(exc: TTScaleError, url: str) -> TTScaleError:
         body = {"error": inner}
     else:
         return exc
+    import httpx2
+    import openai
+
+    classes = _openai_classes()
     response = httpx2.Response(status, json=body, request=httpx2.Request("POST", url))
-    theirs = _OPENAI_CLASSES.get(status, openai.InternalServerError)
-    if status < 500 and status not in _OPENAI_CLASSES:
+    theirs = classes.get(status, openai.InternalServerError)
+    if status < 500 and status not in classes:
         theirs = openai.APIStatusError
     cls: Any = _both(type(exc), theirs)
     error: Any = cls.__new__(cls)

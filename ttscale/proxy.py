@@ -37,8 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 import httpx2
-import openai
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -306,8 +305,8 @@ class Proxy:
             shards=max(1, math.ceil(config.upstream_concurrency / 8)),
             with_pools=True,
         )
-        self.upstream = self.upstream_clients.clients[0]
-        base = str(self.upstream.base_url).rstrip("/")
+        # The openai clients are made on first use (importing openai is most of a start-up).
+        base = self.upstream_clients.base_url.rstrip("/")
         self._urls = {
             True: httpx2.URL(base + "/chat/completions"),
             False: httpx2.URL(base + "/completions"),
@@ -619,8 +618,11 @@ class Proxy:
             }
             for name, preset in sorted(self.config.presets.items())
         ]
+        import openai
+
         try:
-            listing: Any = await self.upstream.get("/models", cast_to=object)
+            upstream = self.upstream_clients.clients[0]
+            listing: Any = await upstream.get("/models", cast_to=object)
             for model in (listing or {}).get("data", []):
                 if isinstance(model, dict) and model.get("id") not in self.config.presets:
                     data.append(model)
@@ -641,13 +643,13 @@ def _with_counting_logprobs(request: ChatRequest) -> ChatRequest:
     return dataclasses.replace(request, params=request.params.replace(logprobs=0))
 
 
-def create_app(config: ProxyConfig) -> FastAPI:
+def create_app(config: ProxyConfig) -> Starlette:
     """The proxy as an ASGI app (run it with uvicorn, or ``ttscale serve``); the
     :class:`Proxy` is ``app.state.proxy``."""
     proxy = Proxy(config)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         await proxy.aclose()
 
@@ -674,15 +676,11 @@ def create_app(config: ProxyConfig) -> FastAPI:
         what = "path" if status == 404 else f"method {request.method} for"
         return error_response(status, f"no such endpoint: {what} {request.url.path}")
 
-    # FastAPI serving plain Starlette routes: its per-route request handling (dependency solving,
-    # body validation) cost a tenth of a pass-through's CPU, and these handlers validate the
-    # OpenAI body themselves to name the failing field in OpenAI's error shape. No docs routes:
-    # the proxy's surface is the OpenAI API and nothing else.
-    app = FastAPI(
-        redirect_slashes=False,  # /v1/chat/completions/ is a 404 in OpenAI's shape, not a 307
-        openapi_url=None,
-        docs_url=None,
-        redoc_url=None,
+    # Plain Starlette routes: FastAPI's per-route request handling (dependency solving, body
+    # validation) cost a tenth of a pass-through's CPU, and importing it (with pydantic) most of
+    # a start-up; these handlers validate the OpenAI body themselves to name the failing field
+    # in OpenAI's error shape. No docs routes: the proxy's surface is the OpenAI API alone.
+    app = Starlette(
         exception_handlers={404: no_route, 405: no_route},
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -693,6 +691,7 @@ def create_app(config: ProxyConfig) -> FastAPI:
         ],
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # /v1/chat/completions/ is a 404 in OpenAI's shape
     app.state.proxy = proxy
     return app
 

@@ -90,7 +90,7 @@ class UpstreamClients:
         reach the server, unless ``with_pools``: then everything shares the pools' connections
         (the proxy's pass-through requests and its samplers' draws)."""
         url = resolve_base_url(base_url)
-        pools = [_pool(timeout) for _ in range(shards)] if with_pools else []
+        pools = _pools(timeout, shards) if with_pools else []
         lean = None
         if transport == "auto" and not with_pools and lean_supported(url):
             lean = LeanClient(
@@ -157,13 +157,19 @@ class UpstreamClients:
             await pool.aclose()
 
 
-def _pool(timeout: float) -> httpx2.AsyncClient:
-    """A connection pool set up as ``openai``'s default one (``DefaultAsyncHttpxClient``), made
-    without importing ``openai``."""
+def _pools(timeout: float, count: int) -> list[httpx2.AsyncClient]:
+    """Connection pools set up as ``openai``'s default one (``DefaultAsyncHttpxClient``), made
+    without importing ``openai``. They share one TLS context (httpx's default one): each pool
+    would otherwise load the certificate store again, most of a proxy's start-up."""
     import httpx2
 
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(timeout, connect=5.0),
-        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
-        follow_redirects=True,
-    )
+    context = httpx2.create_ssl_context()
+    return [
+        httpx2.AsyncClient(
+            timeout=httpx2.Timeout(timeout, connect=5.0),
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=True,
+            verify=context,
+        )
+        for _ in range(count)
+    ]
