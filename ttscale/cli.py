@@ -35,6 +35,10 @@ app = typer.Typer(
     add_completion=False,
     # Help is printed as written: rich markup would eat "[server]" in "(extra [server])".
     rich_markup_mode=None,
+    # typer checks every option's value through a pydantic adapter it builds on first use, the
+    # --help flag's too when it is left out (its value is then None): importing pydantic for that
+    # doubled the time of ``ttscale plugins``. A default of False for the flag skips the check.
+    context_settings={"default_map": {"help": False, "plugins": {"help": False}}},
 )
 # Markup off on every console: user text (paths like data[test].jsonl, model names, errors)
 # prints as it is; the few styled words are Text spans (see _styled).
