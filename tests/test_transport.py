@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -242,28 +240,6 @@ def test_transport_openai_keeps_every_request_on_the_openai_client() -> None:
         plain = OpenAISampler(model="m", base_url=server.base_url, api_key="k", transport="openai")
         assert lean._upstream.lean is not None
         assert plain._upstream.lean is None
-
-
-# -- import hygiene ---------------------------------------------------------------------------
-
-HEAVY = "{'openai', 'numpy', 'scipy', 'rich'}"
-
-
-def heavy_modules_after(statement: str) -> str:
-    code = (
-        f"{statement}; import sys; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY}))"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def test_import_ttscale_loads_nothing_heavy() -> None:
-    assert heavy_modules_after("import ttscale") == "[]"
-    assert heavy_modules_after("from ttscale import OpenAISampler, SamplingParams") == "[]"
-    # Control: the check sees heavy modules when they are loaded.
-    assert "openai" in heavy_modules_after("import ttscale; ttscale.wrap")
 
 
 def test_the_comparison_sees_a_different_retry_policy() -> None:
