@@ -1232,38 +1232,41 @@ def _evaluate_group(
         # Running sums stay monotone only for non-negative weights, which the O(1) update needs.
         raise DataError("weighted majority and mean group scores need finite scores >= 0 offline")
     steps = budgets - 1
-    accuracy: dict[str, FloatArray] = {}
     used = {name: np.tile(budgets.astype(np.float64), (len(group), 1)) for name in specs}
-    scanned: dict[str, OfflineSpec] = {}
-    for name, spec in specs.items():
-        if isinstance(spec, PassAtK) and not replay:
-            accuracy[name] = per_problem_pass_at_k_curve(correct.sum(axis=1), n, budgets)
-        elif isinstance(spec, BestOfNConfig) and not replay:
-            assert scores is not None
-            accuracy[name] = per_problem_best_of_n(correct, scores, budgets)
-        else:
-            scanned[name] = spec
-    if not scanned:
-        return accuracy, used
-
+    closed = {
+        name: spec
+        for name, spec in specs.items()
+        if isinstance(spec, PassAtK | BestOfNConfig) and not replay
+    }
+    scanned = {name: spec for name, spec in specs.items() if name not in closed}
     wanted = np.zeros(n, dtype=bool)
     wanted[steps] = True
-    levels = _score_levels(scores) if scores is not None else None
-    totals = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
-    drawn = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
-    bounds = _chunk_bounds(answers, orders.shape[0], workers)
+    bounds = _chunk_bounds(answers, orders.shape[0], workers) if scanned else []
 
     def scan(bound: tuple[int, int]) -> tuple[dict[str, IntArray], dict[str, IntArray]]:
-        chunk = _make_chunk(answers, correct, scores, levels, *bound)
+        chunk = _make_chunk(answers, correct, scores, *bound)
         return _scan(chunk, orders, scanned, wanted)
 
     # numpy releases the GIL inside each call, so chunks scanned on threads overlap on several
-    # cores; a chunk's state stays within the cache budget either way.
-    if workers > 1 and len(bounds) > 1:
+    # cores (a chunk's state stays within the cache budget either way), and the closed forms
+    # are computed meanwhile.
+    def closed_curves() -> dict[str, FloatArray]:
+        return {
+            name: _closed_curve(spec, correct, scores, budgets) for name, spec in closed.items()
+        }
+
+    if workers > 1 and bounds:
         with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
-            parts = list(pool.map(scan, bounds))
+            running = [pool.submit(scan, bound) for bound in bounds]
+            accuracy = closed_curves()
+            parts = [job.result() for job in running]
     else:
+        accuracy = closed_curves()
         parts = [scan(bound) for bound in bounds]
+    if not scanned:
+        return accuracy, used
+    totals = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
+    drawn = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
     for (start, stop), (part_totals, part_drawn) in zip(bounds, parts, strict=True):
         for name in scanned:
             totals[name][:, start:stop] = part_totals[name]
@@ -1300,15 +1303,26 @@ def _chunk_bounds(
     return bounds
 
 
+def _closed_curve(
+    spec: OfflineSpec, correct: BoolArray, scores: FloatArray | None, budgets: IntArray
+) -> FloatArray:
+    """Per-problem pass@k or best-of-N at each budget, (P, K): exact expectations."""
+    if isinstance(spec, PassAtK):
+        return per_problem_pass_at_k_curve(correct.sum(axis=1), correct.shape[1], budgets)
+    assert scores is not None
+    return per_problem_best_of_n(correct, scores, budgets)
+
+
 def _make_chunk(
     answers: IntArray,
     correct: BoolArray,
     scores: FloatArray | None,
-    levels: tuple[IntArray, FloatArray] | None,
     start: int,
     stop: int,
 ) -> _Chunk:
-    """Problems ``start:stop`` laid out for :func:`_scan`."""
+    """Problems ``start:stop`` laid out for :func:`_scan` (score levels are computed here, so
+    that chunks on threads share that work too)."""
+    levels = _score_levels(scores[start:stop]) if scores is not None else None
     chunk_answers = answers[start:stop]
     distinct = int(chunk_answers.max()) + 1 if chunk_answers.size else 0
     dense = np.where(chunk_answers < 0, distinct, chunk_answers)
@@ -1316,7 +1330,7 @@ def _make_chunk(
         answers=np.ascontiguousarray(dense.T),
         correct=np.ascontiguousarray(correct[start:stop].T),
         scores=np.ascontiguousarray(scores[start:stop].T) if scores is not None else None,
-        levels=np.ascontiguousarray(levels[0][start:stop].T) if levels is not None else None,
-        score_by_level=levels[1][start:stop] if levels is not None else None,
+        levels=np.ascontiguousarray(levels[0].T) if levels is not None else None,
+        score_by_level=levels[1] if levels is not None else None,
         distinct=max(distinct, 0),
     )
