@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Verifier, as_sampler
+from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
 from ttscale.strategies.base import StrategyConfig
 from ttscale.strategies.selection import best_member, select_majority
 from ttscale.strategies.steps import (
@@ -66,6 +66,8 @@ from ttscale.verifiers.process_reward_models import (
     ConfidenceStepScorer,
     JudgeStepScorer,
     as_step_scorer,
+    function_kind,
+    resolve_step_scorer,
 )
 
 __all__ = [
@@ -213,9 +215,11 @@ class SearchConfig(StrategyConfig):
     applies when ``params`` sets none. Defaults follow search-and-learn's recipes (N = 16 here,
     M = 4, 40 iterations, temperature 0.8, ``\\n\\n`` steps, 2048 tokens, ``last`` aggregation).
 
-    ``reward`` is the process reward: a step scorer, a function ``(problem, steps) -> scores``,
-    ``"judge"`` (the run's own model asked yes/no per step, through the run's sampler and so its
-    budget), ``"confidence"`` (self-certainty of the step's tokens), or None: the strategy's
+    ``reward`` is the process reward: a step scorer, a function ``(problem, steps) -> scores``
+    (one whose second parameter is annotated with ``Candidate`` or named ``candidates`` is taken
+    as a verifier function and scores each prefix; see ``function_kind``), ``"judge"`` (the
+    run's own model asked yes/no per step, through the run's sampler and so its budget),
+    ``"confidence"`` (self-certainty of the step's tokens), or None: the strategy's
     ``verifier`` then, a :class:`ProcessRewardVerifier`'s step scorer or any verifier scoring
     each prefix. ``select`` picks the final answer among finished paths. ``seed`` seeds the
     tie-breaks and resampling (with the problem's id).
@@ -269,6 +273,9 @@ def resolve_reward(reward: Any, verifier: Verifier | None, sampler: Sampler) -> 
         return JudgeStepScorer(sampler)
     if reward == "confidence":
         return ConfidenceStepScorer()
+    plain = callable(reward) and not isinstance(reward, StepScorer | Verifier)
+    if plain and function_kind(reward) == "candidates":  # a verifier function: scores prefixes
+        return resolve_step_scorer(reward, "reward")
     if reward is not None:
         return as_step_scorer(reward)
     if isinstance(verifier, ProcessRewardVerifier):
@@ -276,7 +283,7 @@ def resolve_reward(reward: Any, verifier: Verifier | None, sampler: Sampler) -> 
     if isinstance(verifier, StepScorer):
         return verifier
     if verifier is not None:
-        return ProcessRewardVerifier(verifier).step_scorer
+        return ProcessRewardVerifier(as_verifier(verifier)).step_scorer
     raise ConfigError(
         "a step-level search needs a process reward: give reward= (a step scorer, a function, "
         "'judge' or 'confidence') or a verifier"

@@ -136,9 +136,10 @@ class ProcessRewardVerifier:
         elif options:
             raise ConfigError("pass either a config or keyword options to ProcessRewardVerifier")
         self.config = config
-        self.step_scorer: StepScorer = (
-            step_scorer if isinstance(step_scorer, StepScorer) else PrefixStepScorer(step_scorer)
-        )
+        # A plain function may mean a step scorer or a verifier: told apart, or refused.
+        from ttscale.verifiers.process_reward_models import resolve_step_scorer  # imports us
+
+        self.step_scorer: StepScorer = resolve_step_scorer(step_scorer, "ProcessRewardVerifier")
         self.splitter = splitter or (lambda text: split_steps(text, config.separator))
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:

@@ -6,6 +6,13 @@ function ``(problem, steps) -> scores`` (sync or async) is accepted wherever a s
 (:func:`as_step_scorer`). Search strategies score the newest step of a path and keep the scores
 of the steps before it, so a scorer is asked about each prefix once.
 
+A plain function has the same shape as a verifier function ``(problem, candidates) -> scores``
+(which scores each prefix of a solution as a candidate), so where either is accepted
+(:class:`~ttscale.verifiers.process_reward.ProcessRewardVerifier`) :func:`resolve_step_scorer`
+tells them apart by the second parameter (:func:`function_kind`: annotated with ``Candidate`` or
+named ``candidates``/``batch``: a verifier; annotated with ``str`` or named ``steps``: a step
+scorer) and refuses a function it cannot place, naming both wrappers, rather than guess.
+
 - :class:`ServedStepScorer`: a process reward model behind vLLM's ``/pooling`` endpoint (e.g.
   Qwen2.5-Math-PRM-7B served with ``--task reward``): the steps are joined with the model's step
   tag (``<extra_0>``) and the reply holds one row per step tag, ``[p_wrong, p_right]`` (or
@@ -34,20 +41,21 @@ import asyncio
 import inspect
 import json
 import math
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ttscale.confidence import MEASURES, ConfidenceSettings, measure
 from ttscale.errors import ConfigError, VerifierError
-from ttscale.protocols import Sampler
+from ttscale.protocols import Sampler, Verifier
 from ttscale.registry import build_config
 from ttscale.types import Candidate, Problem, SamplingParams, Usage
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.judge import LLMJudge
-from ttscale.verifiers.process_reward import StepScorer
+from ttscale.verifiers.process_reward import PrefixStepScorer, StepScorer
 from ttscale.verifiers.reward_model import reward_from_outputs
 
 __all__ = [
@@ -58,6 +66,8 @@ __all__ = [
     "ServedStepScorerConfig",
     "as_step_scorer",
     "batch_step_rows",
+    "function_kind",
+    "resolve_step_scorer",
     "step_rows",
 ]
 
@@ -87,6 +97,63 @@ def as_step_scorer(obj: StepScorer | Callable[..., Any]) -> StepScorer:
     if callable(obj):
         return _FunctionStepScorer(obj)
     raise ConfigError(f"{obj!r} is neither a step scorer nor a function (problem, steps)")
+
+
+FunctionKind = Literal["steps", "candidates"]
+_STEP_NAMES = frozenset({"steps", "step_texts", "step"})
+_CANDIDATE_NAMES = frozenset({"candidates", "candidate", "batch", "prefixes"})
+
+
+def function_kind(function: Callable[..., Any]) -> FunctionKind | None:
+    """What a plain function's second parameter takes (pure): ``"candidates"`` (annotated with
+    ``Candidate``, or named ``candidates``, ``candidate``, ``batch``, ``prefixes``), ``"steps"``
+    (annotated with ``str``, or named ``steps``, ``step``, ``step_texts``), else None."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if len(parameters) < 2:
+        return None
+    second = parameters[1]
+    annotation = second.annotation
+    text = "" if annotation is inspect.Parameter.empty else str(annotation)
+    if "Candidate" in text:
+        return "candidates"
+    if re.search(r"\bstr\b", text):
+        return "steps"
+    if second.name in _CANDIDATE_NAMES:
+        return "candidates"
+    if second.name in _STEP_NAMES:
+        return "steps"
+    return None
+
+
+def resolve_step_scorer(obj: Any, where: str) -> StepScorer:
+    """The step scorer ``obj`` means where a step scorer or a verifier is accepted: a step scorer
+    as it is; a verifier (an object or a registered name) scoring each prefix of the solution
+    (:class:`~ttscale.verifiers.process_reward.PrefixStepScorer`); a plain function by
+    :func:`function_kind`. A function it cannot place is a :class:`ConfigError` naming
+    ``where`` and both wrappers."""
+    if isinstance(obj, StepScorer):
+        return obj
+    if isinstance(obj, str | Verifier):
+        return PrefixStepScorer(obj)
+    if not callable(obj):
+        raise ConfigError(
+            f"{where}: {obj!r} is neither a step scorer, a verifier (or its name) nor a function"
+        )
+    kind = function_kind(obj)
+    if kind == "steps":
+        return _FunctionStepScorer(obj)
+    if kind == "candidates":
+        return PrefixStepScorer(obj)
+    name = getattr(obj, "__qualname__", repr(obj))
+    raise ConfigError(
+        f"{where}: cannot tell whether the function {name} scores steps or candidates; wrap it: "
+        f"as_step_scorer({name}) for (problem, steps: list[str]) -> one score per step, or "
+        f"as_verifier({name}) for (problem, candidates) -> one score per candidate (each prefix "
+        "of the solution)"
+    )
 
 
 # -- served PRM ---------------------------------------------------------------------------------
