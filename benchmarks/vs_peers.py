@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -61,7 +62,7 @@ LABELS = {
     "n_off_1000_cpu": "1,000 samples, n off: client CPU s",
     "n_off_64": "64 samples, n off: wall s",
     "majority16_x20": "majority@16 x 20 prompts, n off: wall s",
-    "import": "import (whole process less bare python) s",
+    "import": "import ttscale | its_hub, less bare python s",
 }
 CPU_BOUND_PER_REQUEST = 0.20e-3
 PROXY_BOUNDS = {"startup_s": 0.4, "idle_rss_mib": 60.0}
@@ -197,8 +198,9 @@ def http_get(port: int, path: str) -> int:
     return int(head.split(" ", 2)[1])
 
 
-def proxy_startup(upstream: str) -> tuple[float, float]:
-    """Seconds from spawning ``ttscale serve`` to its first health answer; idle RSS in MiB."""
+def proxy_startup(upstream: str) -> tuple[float, float, float]:
+    """Seconds from spawning ``ttscale serve`` to its first health answer; idle RSS in MiB; the
+    CPU seconds it had used by its first answer."""
     port = free_port()
     command = [
         sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream,
@@ -219,22 +221,34 @@ def proxy_startup(upstream: str) -> tuple[float, float]:
                 raise RuntimeError("the proxy did not start")
             time.sleep(0.005)
         startup = time.perf_counter() - started
+        with open(f"/proc/{process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        startup_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         time.sleep(1.0)
         with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
             rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return startup, rss_kib / 1024
+    return startup, rss_kib / 1024, startup_cpu
 
 
-def import_time(python: str, module: str) -> float:
-    def whole(code: str) -> float:
-        started = time.perf_counter()
-        subprocess.run([python, "-c", code], check=True)
-        return time.perf_counter() - started
+def command_time(command: list[str]) -> tuple[float, float]:
+    """Seconds of a whole process from spawn to exit, and the CPU seconds it used (which a busy
+    machine inflates less than the wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
-    return whole(f"import {module}") - whole("pass")
+
+def import_time(python: str, module: str) -> tuple[float, float]:
+    """``import module`` less a bare interpreter: wall and CPU seconds."""
+    loaded = command_time([python, "-c", f"import {module}"])
+    bare = command_time([python, "-c", "pass"])
+    return loaded[0] - bare[0], loaded[1] - bare[1]
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -314,15 +328,28 @@ def main() -> None:
             )
     requests = results[("n_on_1000", "ttscale")][0]["requests"]
     print(f"(n on: ttscale sent {requests} requests; its_hub sends one per sample)")
-    ours_import = statistics.median(import_time(sys.executable, "ttscale") for _ in range(rounds))
-    peer_import = (
-        statistics.median(import_time(peer, "its_hub") for _ in range(rounds)) if peer else None
-    )
-    print_row(LABELS["import"], ours_import, peer_import, 0.15)
+    imports = [import_time(sys.executable, "ttscale") for _ in range(rounds)]
+    peer_imports = [import_time(peer, "its_hub") for _ in range(rounds)] if peer else []
+    for index, what in ((0, "wall"), (1, "CPU")):
+        print_row(
+            LABELS["import"].replace(" s", f" {what} s"),
+            statistics.median(run[index] for run in imports),
+            statistics.median(run[index] for run in peer_imports) if peer_imports else None,
+            0.15,
+        )
+    for words in (["--help"], ["plugins"]):
+        command = [sys.executable, "-m", "ttscale.cli", *words]
+        runs = [command_time(command) for _ in range(rounds)]
+        for index, what in ((0, "wall"), (1, "CPU")):
+            took = statistics.median(run[index] for run in runs)
+            label = f"ttscale {' '.join(words)} (whole process) {what} s"
+            print(f"{label:<44}{took:>10.3f}{'-':>10}{'-':>9}   bound 0.250: {took / 0.25:.2f}x")
     startup = statistics.median(run[0] for run in proxy)
     rss = statistics.median(run[1] for run in proxy)
+    startup_cpu = statistics.median(run[2] for run in proxy)
     print(
-        f"proxy start-up {startup:.3f} s (bound {PROXY_BOUNDS['startup_s']}), idle RSS "
+        f"proxy start-up {startup:.3f} s, {startup_cpu:.2f} CPU s "
+        f"(bound {PROXY_BOUNDS['startup_s']}), idle RSS "
         f"{rss:.1f} MiB (bound {PROXY_BOUNDS['idle_rss_mib']:.0f}); its_hub's proxy not run "
         "(its iaas server needs fastapi and uvicorn, which its-hub does not install)"
     )
