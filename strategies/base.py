@@ -255,7 +255,8 @@ def _comparison_thread() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def score_values(scores: Sequence[Score]) -> list[float]:
-    return [float(score.value) for score in scores]
+    """The scores as floats for selection; a missing score (None) is NaN, which ranks last."""
+    return [score.number for score in scores]
 
 
 def votes_summary(counts: Mapping[str, int]) -> dict[str, int]:

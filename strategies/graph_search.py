@@ -276,7 +276,7 @@ async def _evaluate(
             if not run.final:
                 return False, elapsed
             (score,) = await verifier.score(problem, run.final[:1])
-            passed = score.verdict if score.verdict is not None else score.value >= 0.5
+            passed = score.verdict if score.verdict is not None else score.number >= 0.5
             return bool(passed), elapsed
 
     outcomes = await asyncio.gather(*(one(p) for p in problems))

@@ -29,6 +29,7 @@ __all__ = [
     "select_best_of_majority",
     "select_best_of_n",
     "select_majority",
+    "select_unscored",
     "survival_threshold",
     "vote_counts",
 ]
@@ -151,7 +152,8 @@ def vote_counts(groups: Sequence[AnswerGroup]) -> dict[str, int]:
 def _group_weight(group: AnswerGroup, weights: Sequence[float] | None) -> float:
     if weights is None:
         return float(group.count)
-    return sum(_score_key(weights[p]) for p in group.members)
+    # A vote the verifier could not score (NaN) weighs nothing; counts then break ties.
+    return sum(weights[p] for p in group.members if not math.isnan(weights[p]))
 
 
 def select_majority(
@@ -208,6 +210,22 @@ def select_best_of_n(
         if len(picked) == k:
             break
     return picked
+
+
+def select_unscored(
+    answers: Sequence[str | None], k: int = 1, *, indices: Sequence[int] | None = None
+) -> list[int]:
+    """Best-of-N's fallback when no candidate could be scored: majority voting.
+
+    The first-drawn member of each of the ``k`` largest answer groups (ties: the group drawn
+    first), then, for picks still missing (fewer answers than ``k``, or none extracted), the
+    remaining candidates in the order they were drawn.
+    """
+    order = _indices(len(answers), indices)
+    groups = select_majority(answers, k, indices=indices)
+    picked = [best_member(group.members, None, order) for group in groups]
+    rest = sorted((p for p in range(len(answers)) if p not in picked), key=lambda p: order[p])
+    return (picked + rest)[:k]
 
 
 def survival_threshold(total: int, alpha: float = 0.0, min_count: int | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from ttscale.proxy import (
     parse_preset_option,
 )
 from ttscale.settings import parse_settings
+from ttscale.strategies.selection import rank_by_score, select_unscored
 from ttscale.testing.server import LoopbackServer, ScriptRequest
 
 VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
@@ -344,3 +346,83 @@ def test_a_wrapped_client_pins_and_warns_as_the_proxy(upstream: LoopbackServer) 
     assert "top_k 1" in top1.model_extra["ttscale"]["warnings"][0]
     greedy.close()
     warm.close()
+
+
+# -- item 8: a judge whose replies cannot be read gives no score; best-of-N says it fell back --
+
+JUDGE_REPLIES = {"junk": "I would rather not say.", "41": "Looks right. Score: 9"}
+
+
+def judging(mode: str) -> Any:
+    """Candidates as VOTES; the judge replies junk, or rates the \\boxed{41} candidates 9/10 and
+    replies junk to the rest (``41``), or rates everything 5/10 (``all``)."""
+
+    def respond_or_judge(request: ScriptRequest) -> str:
+        if not request.prompt.startswith("Rate how good"):
+            return respond(request)
+        if mode == "all":
+            return "Score: 5"
+        if mode == "41" and "\\boxed{41}" in request.prompt:
+            return JUDGE_REPLIES["41"]
+        return JUDGE_REPLIES["junk"]
+
+    return respond_or_judge
+
+
+BEST_OF_4 = {"ttscale": {"strategy": "best_of_n", "samples": 4, "verifier": "judge"}}
+
+
+def judged(mode: str, caplog: pytest.LogCaptureFixture) -> tuple[dict[str, Any], list[str]]:
+    with LoopbackServer(answers=judging(mode)) as server:
+        client = ttscale.wrap(openai.OpenAI(base_url=server.base_url, api_key="k"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            reply = client.chat.completions.create(
+                model="m", messages=messages(), extra_body=BEST_OF_4
+            )
+        client.close()
+        judge_calls = [r for r in server.records if r.body and "Rate how" in json.dumps(r.body)]
+        assert len(judge_calls) == 4  # one per candidate
+    assert reply.model_extra is not None
+    return reply.model_extra["ttscale"], [r.getMessage() for r in caplog.records]
+
+
+def test_unreadable_judge_replies_are_no_scores_and_best_of_n_falls_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    meta, logged = judged("junk", caplog)
+    assert [score["value"] for score in meta["scores"]] == [None] * 4  # not 0.0
+    assert all(score["verdict"] is None for score in meta["scores"])
+    judge_warnings = [line for line in logged if line.startswith("judge:")]
+    assert len(judge_warnings) == 1 and "4 of 4 candidates" in judge_warnings[0]
+    (fallback,) = meta["warnings"]
+    assert "fell back to majority voting" in fallback
+    assert any("fell back to majority voting" in line for line in logged)
+    # The documented rule: majority over the answers (42 twice, 41 once, 13 once), first drawn.
+    assert meta["answers"] == ["42"]
+
+
+def test_partly_unreadable_judge_replies_rank_the_scored_ones_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    meta, logged = judged("41", caplog)
+    values = {score["index"]: score["value"] for score in meta["scores"]}
+    assert sorted(values.values(), key=str) == [0.9, None, None, None]
+    assert meta["answers"] == ["41"] and meta["warnings"] == []  # the scored one, no fallback
+    first = next(line for line in logged if line.startswith("judge:"))
+    assert first.startswith("judge: 3 of 4")
+
+
+def test_readable_judge_replies_control(caplog: pytest.LogCaptureFixture) -> None:
+    meta, logged = judged("all", caplog)
+    assert [score["value"] for score in meta["scores"]] == [0.5] * 4
+    assert meta["warnings"] == [] and not [line for line in logged if "judge:" in line]
+    assert meta["answers"] == ["42"]  # a tie: the first drawn (sample 0)
+
+
+def test_the_fallback_rule_is_majority_then_first_drawn() -> None:
+    # Pure: the largest answer group's first-drawn member, not simply the first drawn.
+    assert select_unscored(["1", "2", "2", "3"], 1) == [1]
+    assert select_unscored(["1", "2", "2", "3"], 2, indices=[9, 8, 7, 6]) == [2, 3]
+    assert select_unscored([None, None, "5"], 3) == [2, 0, 1]  # answerless ones last, in order
+    assert rank_by_score([math.nan, 0.1, math.nan]) == [1, 0, 2]  # unscored rank last

@@ -364,7 +364,8 @@ def run_judge(server: LoopbackServer, texts: Sequence[str], **options: Any) -> l
 def test_pointwise_judge(judge_server: LoopbackServer) -> None:
     good, meh, silent = run_judge(judge_server, ["GOOD: 4", "MEH: 5", "??"], mode="pointwise")
     assert good.value == 0.9 and meh.value == 0.4
-    assert silent.value == 0.0 and "no rating" in silent.reason
+    assert silent.value is None and silent.verdict is None and "no rating" in silent.reason
+    assert silent.details["unparsed"] is True  # no score, not a low one
     assert good.verdict is None
 
 

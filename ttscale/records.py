@@ -178,7 +178,7 @@ def build_record(
                 "index": candidate.index,
                 "text": candidate.text,
                 "answer": extract(candidate.text),
-                "correct": bool(grade.verdict) if grade.verdict is not None else grade.value > 0,
+                "correct": bool(grade.verdict) if grade.verdict is not None else grade.number > 0,
                 "score": score.value if score is not None else None,
                 "grade_reason": grade.reason,
                 "finish_reason": candidate.finish_reason,

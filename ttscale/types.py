@@ -7,6 +7,7 @@ work on them without an event loop, and so that results serialise to JSON withou
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -267,12 +268,14 @@ class SampleBatch:
 class Score:
     """A verifier's judgement of one candidate. ``verdict`` is set by binary verifiers.
 
+    ``value`` is None when the verifier could not score the candidate (a judge whose reply held no
+    rating): no score, not a low one. :attr:`number` reads it as NaN, which selection ranks last.
     ``usage`` is what computing the score spent where a model was asked (a judge, a served reward
     model). A verifier that scores a batch in one request puts the request's usage on the batch's
     first score, so that summing over scores counts every token once.
     """
 
-    value: float
+    value: float | None
     verdict: bool | None = None
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
@@ -280,6 +283,11 @@ class Score:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", _frozen_mapping(self.details))
+
+    @property
+    def number(self) -> float:
+        """``value`` as a float: NaN when there is no score."""
+        return math.nan if self.value is None else float(self.value)
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,11 @@ def _trace_step(result: Result, step: str) -> Mapping[str, Any]:
     return _EMPTY
 
 
+def _fallbacks(result: Result) -> list[str]:
+    """What a strategy's ``fallback`` trace events say (best-of-N with no candidate scored)."""
+    return [str(e.data.get("reason", "")) for e in result.trace if e.step == "fallback"]
+
+
 def metadata(answer: ScaledAnswer) -> dict[str, Any]:
     """The response's top-level ``ttscale`` field."""
     result = answer.result
@@ -362,7 +367,7 @@ def metadata(answer: ScaledAnswer) -> dict[str, Any]:
             "spent": answer.budget.get("run", {}),
         },
         "verifier": answer.settings.verifier,
-        "warnings": list(answer.warnings),
+        "warnings": [*answer.warnings, *_fallbacks(result)],
     }
 
 

@@ -68,8 +68,10 @@ class WeightedSum:
         for position in range(len(candidates)):
             parts = [scores[position] for scores in per_verifier]
             pairs = list(zip(self.weights, parts, strict=True))
-            value = sum(weight * part.value for weight, part in pairs)
-            reason = " + ".join(f"{weight:g}*{part.value:.4g}" for weight, part in pairs)
+            # A part with no score (None) leaves the sum without one too.
+            known = all(part.value is not None for part in parts)
+            value = sum(weight * part.number for weight, part in pairs) if known else None
+            reason = " + ".join(f"{weight:g}*{part.number:.4g}" for weight, part in pairs)
             details = {"components": [part.value for part in parts], "weights": self.weights}
             combined.append(Score(value, reason=reason, details=details, usage=sum_usage(parts)))
         return combined
@@ -102,7 +104,7 @@ class Cascade:
     def _survives(score: Score, threshold: float | None) -> bool:
         if score.verdict is not None:
             return score.verdict
-        return threshold is None or score.value >= threshold
+        return threshold is None or score.number >= threshold  # no score (NaN) does not pass
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         results: list[Score | None] = [None] * len(candidates)

@@ -4,15 +4,19 @@ Two modes:
 
 - ``pointwise``: the judge rates the candidate from 0 to ``scale`` (10). The rating is the last
   "Score: N", "Rating: N" or "N/10" in its reply, else the reply itself when it is a bare number
-  (:func:`parse_rating`); the score is rating / scale. Replies without a rating score
-  ``unparsed_value`` and say so in the reason. With ``samples > 1`` the parsed ratings average.
+  (:func:`parse_rating`); the score is rating / scale. With ``samples > 1`` the parsed ratings
+  average.
 - ``yes_no``: the judge answers whether the candidate is correct. Where the server returns
   logprobs, the score is the probability of "yes" at the first yes/no token (normalised over
   "yes" and "no" when both are among the alternatives); otherwise 1.0 for yes and 0.0 for no.
   The verdict is ``score >= 0.5``.
 
-A call the sampler's budget refuses leaves its candidate unjudged: ``unparsed_value``, no
-verdict, ``details["unjudged"]`` and a reason that says so.
+A candidate whose judge replies hold no rating (no yes/no) gets no score: value
+``unparsed_value`` (None by default: not a low score), no verdict, ``details["unparsed"]`` and
+the reply in the reason. Each :meth:`LLMJudge.score` call counts them and logs one WARNING, and
+selection ranks such candidates after every scored one (best-of-N says when none was scored and
+it fell back). A call the sampler's budget refuses leaves its candidate unjudged the same way,
+with ``details["unjudged"]``.
 
 The prompt templates take ``{prompt}``, ``{candidate}`` and ``{reference}`` (the problem's answer,
 or "(none)").
@@ -125,7 +129,7 @@ class JudgeConfig:
     template: str | None = None
     scale: float = 10.0
     samples: int = 1
-    unparsed_value: float = 0.0
+    unparsed_value: float | None = None
     concurrency: int = 8
     params: SamplingParams = field(
         default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=512)
@@ -162,7 +166,19 @@ class LLMJudge:
         return format_pair(problem, candidate, self.template.replace("{reference}", reference))
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
-        return list(await asyncio.gather(*(self._one(problem, c) for c in candidates)))
+        scores = list(await asyncio.gather(*(self._one(problem, c) for c in candidates)))
+        unread = sum(1 for score in scores if score.details.get("unparsed"))
+        if unread:
+            log.warning(
+                "judge: %d of %d candidates got replies with no %s (first: %r); they have no "
+                "score (%s), and selection ranks them after the scored ones",
+                unread,
+                len(scores),
+                "rating" if self.config.mode == "pointwise" else "yes or no",
+                next(s.reason for s in scores if s.details.get("unparsed"))[:200],
+                self.config.unparsed_value,
+            )
+        return scores
 
     async def _one(self, problem: Problem, candidate: Candidate) -> Score:
         prompt = self.judge_prompt(problem, candidate)
@@ -184,9 +200,10 @@ class LLMJudge:
     def _pointwise(self, replies: Sequence[Candidate]) -> Score:
         ratings = [parse_rating(reply.text, self.config.scale) for reply in replies]
         parsed = [rating for rating in ratings if rating is not None]
-        details = {"ratings": ratings, "replies": [reply.text for reply in replies]}
+        details: dict[str, Any] = {"ratings": ratings, "replies": [reply.text for reply in replies]}
         if not parsed:
             reason = f"no rating found in the judge's reply: {replies[0].text[:200]!r}"
+            details["unparsed"] = True
             return Score(self.config.unparsed_value, reason=reason, details=details)
         mean = sum(parsed) / len(parsed)
         reason = f"rated {mean:g}/{self.config.scale:g} ({len(parsed)} of {len(ratings)} parsed)"
@@ -205,10 +222,11 @@ class LLMJudge:
             if said is not None:
                 probabilities.append(1.0 if said else 0.0)
                 sources.append("text")
-        details = {"replies": [reply.text for reply in replies], "sources": sources}
+        details: dict[str, Any] = {"replies": [r.text for r in replies], "sources": sources}
         if not probabilities:
             reason = f"no yes/no in the judge's reply: {replies[0].text[:200]!r}"
-            return Score(self.config.unparsed_value, verdict=False, reason=reason, details=details)
+            details["unparsed"] = True
+            return Score(self.config.unparsed_value, reason=reason, details=details)
         p_yes = sum(probabilities) / len(probabilities)
         verdict = p_yes >= 0.5
         reason = f"judge says {'yes' if verdict else 'no'} (P(yes) = {p_yes:.3f}, {sources[0]})"

@@ -103,7 +103,7 @@ class PrefixStepScorer:
             Candidate(text=self.joiner.join(steps[: end + 1]), index=end)
             for end in range(len(steps))
         ]
-        return [score.value for score in await self.verifier.score(problem, prefixes)]
+        return [score.number for score in await self.verifier.score(problem, prefixes)]
 
 
 @dataclass(frozen=True)

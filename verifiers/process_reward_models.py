@@ -324,8 +324,8 @@ class JudgeStepScorer:
                 self.usage = self.usage + score.usage
             if score.details.get("unjudged"):
                 self.unjudged += 1
-                return score.value  # not remembered: a later call may have budget for it
-            self._known[key] = score.value
+                return score.number  # not remembered: a later call may have budget for it
+            self._known[key] = score.number
         return self._known[key]
 
     async def score_steps(self, problem: Problem, steps: Sequence[str]) -> list[float]:
