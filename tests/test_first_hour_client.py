@@ -175,6 +175,35 @@ def test_a_call_that_cannot_scale_says_so(upstream: LoopbackServer) -> None:
     client.close()
 
 
+def test_a_copy_with_options_still_scales(upstream: LoopbackServer) -> None:
+    client = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"))
+    for copied in (client.with_options(timeout=30.0), client.copy(max_retries=0)):
+        upstream.reset_log()
+        reply = copied.chat.completions.create(model="m", messages=messages(), extra_body=SCALED)
+        assert_scaled(reply, upstream)
+        copied.close()
+
+    async def main() -> None:
+        wrapped = ttscale.wrap(openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k"))
+        copied = wrapped.with_options(timeout=30.0)
+        upstream.reset_log()
+        assert_scaled(
+            await copied.chat.completions.create(model="m", messages=messages(), extra_body=SCALED),
+            upstream,
+        )
+        await wrapped.close()
+
+    asyncio.run(main())
+    # A copy would not share a client-wide budget: it says so instead.
+    budgeted = ttscale.wrap(
+        openai.OpenAI(base_url=upstream.base_url, api_key="k"), budget=ttscale.max_samples(64)
+    )
+    with pytest.raises(ConfigError, match="second budget"):
+        budgeted.with_options(timeout=30.0)
+    budgeted.close()
+    client.close()
+
+
 # -- item 2: a bad request is the openai error the plain client would get --------------------
 
 BAD_REQUESTS: dict[str, dict[str, Any]] = {

@@ -622,6 +622,17 @@ def _async_twin(
     )
 
 
+def _check_copyable(scaler: _Scaler) -> None:
+    # A copy gets its own scaler: a budget spanning every call of the client would not span both.
+    if scaler.shared_budget is not None:
+        raise ConfigError(
+            "with_options()/copy() of a wrapped client with a client-wide budget would start a "
+            "second budget; wrap the copy instead: ttscale.wrap(client.with_options(...), "
+            "budget=...)",
+            param="budget",
+        )
+
+
 class ScaledOpenAI:
     """A sync ``openai.OpenAI`` whose chat completions apply a strategy; see :func:`wrap`."""
 
@@ -634,11 +645,21 @@ class ScaledOpenAI:
     ) -> None:
         self._client = client
         self._portal = portal
+        self._options = scaler_options
+        self._http_client = http_client
         # Sampling runs on the portal's loop, through an async twin of the client's settings.
         self._scaler = _Scaler(_async_twin(client, http_client), **scaler_options)
         self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
             client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
         )
+
+    def with_options(self, **options: Any) -> ScaledOpenAI:
+        """The client's ``with_options(...)`` (alias ``copy``), wrapped with the same settings."""
+        _check_copyable(self._scaler)
+        copied = self._client.with_options(**options)
+        return ScaledOpenAI(copied, self._options, self._portal, self._http_client)
+
+    copy = with_options
 
     def _create(self, **kwargs: Any) -> Any:
         if not self._scaler.wants_scaling(kwargs):
@@ -679,10 +700,18 @@ class ScaledAsyncOpenAI:
 
     def __init__(self, client: openai.AsyncOpenAI, scaler_options: dict[str, Any]) -> None:
         self._client = client
+        self._options = scaler_options
         self._scaler = _Scaler(client, **scaler_options)
         self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
             client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
         )
+
+    def with_options(self, **options: Any) -> ScaledAsyncOpenAI:
+        """The client's ``with_options(...)`` (alias ``copy``), wrapped with the same settings."""
+        _check_copyable(self._scaler)
+        return ScaledAsyncOpenAI(self._client.with_options(**options), self._options)
+
+    copy = with_options
 
     async def _create(self, **kwargs: Any) -> Any:
         if not self._scaler.wants_scaling(kwargs):
