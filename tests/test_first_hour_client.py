@@ -28,8 +28,10 @@ from ttscale.proxy import (
     parse_default_option,
     parse_preset_option,
 )
+from ttscale.scaling import parse_request, plan_scaled, resolve_settings
 from ttscale.settings import parse_settings
 from ttscale.strategies.selection import rank_by_score, select_unscored
+from ttscale.testing import ScriptedSampler
 from ttscale.testing.server import LoopbackServer, ScriptRequest
 
 VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
@@ -375,6 +377,26 @@ def test_a_wrapped_client_pins_and_warns_as_the_proxy(upstream: LoopbackServer) 
     assert "top_k 1" in top1.model_extra["ttscale"]["warnings"][0]
     greedy.close()
     warm.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({"strategy": "majority", "samples": 4}, True),
+        ({"strategy": "majority", "samples": 1}, False),  # one sample: nothing to choose
+        ({"strategy": "beam_search", "samples": 4}, False),  # draws at its own 0.8
+        ({"strategy": "beam_search", "samples": 4, "temperature": 0}, True),
+        ({"strategy": "majority", "samples": 4, "sampling": {"temperature": 0.5}}, False),
+    ],
+)
+def test_the_greedy_warning_reads_the_temperature_samples_are_drawn_at(
+    settings: dict[str, Any], warned: bool
+) -> None:
+    # Nothing is drawn while planning: the warning is known before a request runs.
+    body = {**lm_eval_body("m"), "ttscale": settings}
+    request = parse_request(body, chat=True)
+    plan = plan_scaled(request, resolve_settings(request.settings), ScriptedSampler(answers={}))
+    assert bool(plan.warnings) is warned
 
 
 # -- item 8: a judge whose replies cannot be read gives no score; best-of-N says it fell back --

@@ -139,8 +139,8 @@ def plan_scaled(
     samples, k = resolve_plan(settings, request.n, limits)
     name = settings.strategy or default_strategy
     request = dataclasses.replace(request, params=pin_sampling(request.params, settings.sampling))
-    greedy = greedy_warning(request.params, samples, name)
     strategy = build_strategy(name, samples, k, request.params, settings.options)
+    greedy = greedy_warning(_drawn_with(strategy, request.params), samples, name)
     verifier: Verifier | None = None
     if settings.verifier is not None:
         # A verifier that asks a model (the judge) draws through the request's budget, which
@@ -162,6 +162,15 @@ def plan_scaled(
     return ScaledPlan(
         request, settings, name, strategy, verifier, samples, k, limits.caps(), warnings
     )
+
+
+def _drawn_with(strategy: Strategy, params: SamplingParams) -> SamplingParams:
+    """The settings ``strategy`` draws with: a strategy that sets its own temperature (step
+    search's 0.8) draws at that one, whatever the request said."""
+    own = getattr(getattr(strategy, "config", None), "temperature", None)
+    if isinstance(own, int | float) and not isinstance(own, bool):
+        return params.replace(temperature=float(own))
+    return params
 
 
 # The budget of the request run_scaled is running in this context (tasks it starts inherit it).
