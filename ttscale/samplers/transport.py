@@ -183,6 +183,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def eof_received(self) -> bool:
+        self.closed = True  # the server is done with this connection: never send on it again
         if self.waiter is not None and self.status and self.length < 0 and not self.chunked:
             self._finish(bytes(self.buffer))  # an answer delimited by the connection's end
         return False
@@ -406,11 +407,11 @@ class LeanClient:
         except BaseException:
             connection.abort()  # an answer may still be due on it: never reuse it
             raise
-        if answer.keep_alive and not connection.closed and not self._closed:
-            if len(self._idle) < _MAX_IDLE:
-                self._idle.append(connection)
-            else:
-                connection.abort()
+        reusable = answer.keep_alive and not connection.closed and not self._closed
+        if reusable and len(self._idle) < _MAX_IDLE:
+            self._idle.append(connection)
+        else:
+            connection.abort()
         return answer
 
     async def _connection(self) -> _Connection:
