@@ -12,7 +12,11 @@ import asyncio
 import json
 import logging
 import math
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -353,6 +357,32 @@ def test_the_server_default_pins_too_and_bad_pins_name_the_field(upstream: Loopb
             assert caught.value.param == param
     with pytest.raises(ConfigError, match="--default-strategy"):
         parse_default_option("majority,sampling.temp=1")
+
+
+def test_ttscale_serve_default_strategy_pins_the_temperature(
+    upstream: LoopbackServer, tmp_path: Path
+) -> None:
+    pytest.importorskip("uvicorn")
+    port_file = tmp_path / "port"
+    default = "majority,samples=4,sampling.temperature=0.6"
+    command = [sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream.base_url]
+    command += ["--port", "0", "--port-file", str(port_file), "--default-strategy", default]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert process.poll() is None, process.stderr.read() if process.stderr else b""
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+        reply = httpx2.post(base + "/chat/completions", json=lm_eval_body("m"), timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["ttscale"]["warnings"] == []
+        assert temperatures_sent(upstream) == [0.6] * len(upstream.records)
+        assert samples_seen(upstream) == 4
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
 
 
 def test_a_wrapped_client_pins_and_warns_as_the_proxy(upstream: LoopbackServer) -> None:
