@@ -28,7 +28,7 @@ from ttscale.cli import app
 from ttscale.errors import TTScaleError
 from ttscale.local_model import build_percent, run_streamed
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
-from ttscale.samplers.usage import counting_logprobs, counts_one_choice
+from ttscale.samplers.usage import counting_logprobs, counts_one_choice, entry_counts
 from ttscale.sync import SyncSampler
 from ttscale.tables import fit_table, pack_columns, table_width
 from ttscale.testing import LoopbackServer, ScriptRequest
@@ -403,3 +403,8 @@ def test_usage_rules() -> None:
     assert counting_logprobs(True, 1, None, chat=True) is None  # one choice: usage is right
     assert counting_logprobs(True, 8, 5, chat=True) is None  # asked anyway
     assert counting_logprobs(False, 8, None, chat=True) is None
+    # llama.cpp's completions route lists logprobs in the chat shape; the API's own shape too.
+    chat_shape = {"logprobs": {"content": [{"token": "a"}, {"token": ""}]}}
+    api_shape = {"logprobs": {"tokens": ["a", "b", "c"], "token_logprobs": [0.0, 0.0, 0.0]}}
+    assert entry_counts([chat_shape, api_shape]) == [2, 3]
+    assert entry_counts([chat_shape, {"logprobs": {}}]) is None  # one without: no count

@@ -697,7 +697,11 @@ def serve(
     ] = None,
     default_strategy: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Scale every request with this strategy (default: pass through)."),
+        typer.Option(
+            help="Scale every request with this strategy (default: pass through); "
+            "NAME,key=value,... adds settings as --preset does, e.g. "
+            "majority,samples=8,sampling.temperature=0.7 (a pinned temperature)."
+        ),
     ] = None,
     max_samples: Annotated[int, typer.Option(min=1, help="Cap on a request's samples.")] = 64,
     max_tokens: Annotated[int, typer.Option(min=1, help="Cap on a sample's max_tokens.")] = 4096,
@@ -874,8 +878,7 @@ def local_setup() -> None:
         started = time.perf_counter()
         server = find_llama_server()
         how = "found"
-        if server is None:
-            console.print("building llama-server once (several minutes on 2 cores)...")
+        if server is None:  # build_llama_server logs each step; cmake's percent lines follow
             server, how = build_llama_server(on_line=progress), "built"
         typer.echo(f"llama-server: {server} ({how} in {_duration(time.perf_counter() - started)})")
     except TTScaleError as exc:

@@ -60,6 +60,7 @@ from ttscale.registry import build_config
 from ttscale.samplers.upstream import Transport, UpstreamClients
 from ttscale.samplers.usage import (
     counting_logprobs,
+    entry_counts,
     first_correction,
     knows_one_choice,
     learn,
@@ -744,10 +745,13 @@ class OpenAISampler:
         if not reported:
             log.warning("the model server reported no usage; token counts are unknown")
         counts, exact = completion_counts(texts, token_lists, completion_total, reported)
+        if learn(self._endpoint_key[0], response):  # one choice's usage: count the entries
+            entries = entry_counts(kept)
+            counts, exact = (entries, True) if entries is not None else (counts, exact)
+            if params.logprobs is None:
+                token_lists = [None] * len(kept)  # asked for only to count the tokens
         if exact and len(kept) > 1 and sum(counts) != completion_total:
             completion_total = self._counted(completion_total, counts)
-        if learn(self._endpoint_key[0], response) and params.logprobs is None:
-            token_lists = [None] * len(kept)  # asked for only to count the tokens
         model = str(response.get("model") or self.config.model)
         request_id = response.get("id")
         for offset, choice in enumerate(kept):

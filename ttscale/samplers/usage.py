@@ -8,7 +8,8 @@ the project documents sends, so one response tells. The cheapest exact count the
 one entry per generated token, the end-of-generation token included, so their lengths are what
 the server reports for a single choice. The chat route lists them with ``logprobs: true`` and no
 alternatives; the completions route only with at least one alternative (``logprobs: 1``; with
-0 it sends an empty object).
+0 it sends an empty object), and in the chat route's shape (a ``content`` list), which
+:func:`entry_counts` reads as well as the completions API's ``tokens``.
 
 Plain functions over plain data, plus the process's small memory of which servers count so
 (:func:`declare_one_choice_usage` for a server started here, :func:`learn` from an answer) and
@@ -18,12 +19,13 @@ of whether a server's correction has been logged (once per server, at INFO).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "counting_logprobs",
     "counts_one_choice",
     "declare_one_choice_usage",
+    "entry_counts",
     "first_correction",
     "knows_one_choice",
     "learn",
@@ -69,6 +71,23 @@ def counting_logprobs(one_choice: bool, count: int, logprobs: int | None, chat: 
     if not one_choice or count <= 1 or logprobs is not None:
         return None
     return 0 if chat else 1
+
+
+def entry_counts(choices: Sequence[object]) -> list[int] | None:
+    """Each choice's number of logprob entries (a chat ``content`` list or a completions
+    ``tokens`` list); ``None`` unless every choice has them."""
+    counts = []
+    for choice in choices:
+        logprobs = choice.get("logprobs") if isinstance(choice, Mapping) else None
+        entries = None
+        if isinstance(logprobs, Mapping):
+            entries = logprobs.get("content")
+            if not isinstance(entries, list):
+                entries = logprobs.get("tokens")
+        if not isinstance(entries, list):
+            return None
+        counts.append(len(entries))
+    return counts
 
 
 def first_correction(base_url: str) -> bool:
