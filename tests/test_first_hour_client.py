@@ -25,7 +25,13 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import ttscale
-from ttscale.errors import ConfigError, RequestError, TTScaleError, UnknownNameError
+from ttscale.errors import (
+    ConfigError,
+    RequestError,
+    TTScaleError,
+    UnknownNameError,
+    UpstreamError,
+)
 from ttscale.proxy import (
     BackgroundProxy,
     ProxyConfig,
@@ -36,7 +42,7 @@ from ttscale.scaling import parse_request, plan_scaled, resolve_settings
 from ttscale.settings import parse_settings
 from ttscale.strategies.selection import rank_by_score, select_unscored
 from ttscale.testing import ScriptedSampler
-from ttscale.testing.server import LoopbackServer, ScriptRequest
+from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
 VOTES = ["\\boxed{42}", "\\boxed{41}", "so \\boxed{42}", "\\boxed{13}"]
 SCALED: dict[str, Any] = {"ttscale": {"strategy": "majority", "samples": 8}}
@@ -260,6 +266,20 @@ def test_bad_requests_are_openai_errors_as_through_the_proxy(
     with pytest.raises(openai.BadRequestError):
         wrapped.chat.completions.with_raw_response.create(**call)
     wrapped.close()
+
+
+def test_an_upstream_error_is_the_openai_error_the_plain_client_gets() -> None:
+    faults = [Fault("rate_limit", every=1)]
+    with LoopbackServer(answers=respond, faults=faults) as server:
+        plain = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as theirs:
+            plain.chat.completions.create(model="m", messages=messages())
+        wrapped = ttscale.wrap(plain)
+        with pytest.raises(openai.RateLimitError) as ours:
+            wrapped.chat.completions.create(model="m", messages=messages(), extra_body=SCALED)
+        wrapped.close()
+    assert isinstance(ours.value, UpstreamError) and ours.value.status_code == 429
+    assert str(ours.value) == str(theirs.value) and ours.value.body == theirs.value.body
 
 
 def test_a_wrapped_error_keeps_its_ttscale_class_and_fields(upstream: LoopbackServer) -> None:
