@@ -13,9 +13,15 @@ last round is not resampled. The answer is the particle of highest weight (``sel
 its_hub's ``argmax``), or the answer of largest total weight (``weighted_vote``), or the
 commonest (``majority``).
 
-Particle Gibbs (several sweeps with a reference particle) is not implemented: its_hub's version
-spends ``num_iterations`` times the budget for a small gain in the paper, and budget-equal
-comparisons are what ttscale is for; run particle filtering with N times the particles instead.
+Particle Gibbs (``gibbs_sweeps`` > 1; the paper's Algorithm 2, its_hub's ``num_iterations``):
+the N particles are split over the sweeps, ``N / sweeps`` each, so the budget stays N (as
+its_hub). The first sweep is particle filtering. After a sweep, ``reference_particles`` R paths
+are drawn from its final particles with probabilities ``softmax(logit(r) / T)`` (multinomial, the
+search's generator); the next sweep runs ``N / sweeps - R`` free particles from the root beside
+the R references (conditional SMC): at round t the references take part in the resampling with
+the value of their own path at depth t (their last node when shorter), and a free particle that
+draws a reference continues from that prefix of the reference, branching off it. References are
+not drawn again. The answer is picked among the last sweep's particles and references.
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ from ttscale.strategies.step_search import (
 )
 from ttscale.types import Problem, Result
 
-__all__ = ["ParticleFiltering", "ParticleFilteringConfig", "Resampling", "resample"]
+__all__ = [
+    "ParticleFiltering",
+    "ParticleFilteringConfig",
+    "Resampling",
+    "ancestor",
+    "check_gibbs",
+    "resample",
+]
 
 Resampling = Literal["multinomial", "systematic"]
 
@@ -47,10 +60,14 @@ class ParticleFilteringConfig(SearchConfig):
 
     ``resampling``: ``multinomial`` or ``systematic``. ``resample_temperature``: the softmax
     temperature of the weights (1, the paper's; larger flattens them toward uniform).
+    ``gibbs_sweeps``: 1 is particle filtering; more is particle Gibbs with ``samples /
+    gibbs_sweeps`` particles a sweep and ``reference_particles`` references (1, its_hub's).
     """
 
     resampling: Resampling = "multinomial"
     resample_temperature: float = 1.0
+    gibbs_sweeps: int = 1
+    reference_particles: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +79,22 @@ class ParticleFilteringConfig(SearchConfig):
             raise ConfigError(
                 f"resample_temperature must be > 0, got {self.resample_temperature!r}"
             )
+        check_gibbs(self.samples, self.gibbs_sweeps, self.reference_particles)
+
+
+def check_gibbs(samples: int, sweeps: int, references: int) -> None:
+    """Particle Gibbs' options make sense together, else a ConfigError naming them (pure)."""
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
+        raise ConfigError(f"gibbs_sweeps must be an integer >= 1, got {sweeps!r}")
+    if isinstance(references, bool) or not isinstance(references, int) or references < 1:
+        raise ConfigError(f"reference_particles must be an integer >= 1, got {references!r}")
+    if samples % sweeps:
+        raise ConfigError(f"samples ({samples}) must be a multiple of gibbs_sweeps ({sweeps})")
+    if sweeps > 1 and references >= samples // sweeps:
+        raise ConfigError(
+            f"reference_particles ({references}) must be fewer than the particles of a sweep "
+            f"(samples / gibbs_sweeps = {samples // sweeps})"
+        )
 
 
 def resample(weights: list[float], count: int, how: Resampling, rng: Any) -> list[int]:
@@ -84,15 +117,35 @@ class ParticleFiltering:
     ) -> Result:
         c = self.config
         run = SearchRun(problem, sampler, verifier, c, self.name)
-        particles = [0] * c.samples  # node ids; the root until a first step is drawn
-        weights = [1.0 / c.samples] * c.samples
+        per_sweep = c.samples // c.gibbs_sweeps
+        references: list[int] = []
+        for sweep in range(c.gibbs_sweeps):
+            pool, weights, reason = await self._sweep(run, per_sweep - len(references), references)
+            if reason == "budget" or sweep == c.gibbs_sweeps - 1:
+                break
+            references = [
+                pool[p] for p in multinomial_resample(weights, c.reference_particles, run.rng)
+            ]
+            run.event("references", sweep=sweep, particles=pool, weights=weights, picks=references)
+        votes: dict[int, float] = {}
+        for node_id, weight in zip(pool, weights, strict=True):
+            votes[node_id] = votes.get(node_id, 0.0) + weight
+        leaves = [p for p in dict.fromkeys(pool) if p != 0]
+        # "score" picks the leaf of highest reward: the particle of highest weight (argmax).
+        return run.result(leaves, votes=votes, stop=reason, weights=weights)
+
+    async def _sweep(
+        self, run: SearchRun, free: int, references: list[int]
+    ) -> tuple[list[int], list[float], str]:
+        """One sweep of ``free`` particles beside fixed ``references`` (none: particle
+        filtering): the final particles and references, their weights, and why it ended."""
+        c = self.config
+        particles = [0] * free  # node ids; the root until a first step is drawn
         reason = "max_steps"
         for round_ in range(c.max_steps):
             particles = await self._propagate(run, particles, round_)
-            values = [run.nodes[p].value for p in particles]
-            weights = resampling_weights(
-                values, c.resample_temperature, probabilities=run.probabilities
-            )
+            pool = particles + [ancestor(run, ref, round_ + 1) for ref in references]
+            weights = self._weights(run, pool)
             if not run.can_draw:
                 reason = "budget"
                 break
@@ -101,27 +154,29 @@ class ParticleFiltering:
                 break
             if round_ == c.max_steps - 1:
                 break
-            picks = resample(weights, c.samples, c.resampling, run.rng)
+            picks = resample(weights, free, c.resampling, run.rng)
             run.event(
                 "resample",
                 round=round_,
-                particles=particles,
+                particles=pool,
                 weights=weights,
                 picks=picks,
                 method=c.resampling,
             )
-            survivors = [particles[p] for p in picks]
+            survivors = [pool[p] for p in picks]
             for node_id in set(particles) - set(survivors):
                 run.nodes[node_id].status = "pruned"
             for node_id in set(survivors):
                 run.nodes[node_id].status = "kept"
             particles = survivors
-        votes: dict[int, float] = {}
-        for node_id, weight in zip(particles, weights, strict=True):
-            votes[node_id] = votes.get(node_id, 0.0) + weight
-        leaves = [p for p in dict.fromkeys(particles) if p != 0]
-        # "score" picks the leaf of highest reward: the particle of highest weight (argmax).
-        return run.result(leaves, votes=votes, stop=reason, weights=weights)
+        pool = particles + references
+        return pool, self._weights(run, pool), reason
+
+    def _weights(self, run: SearchRun, pool: list[int]) -> list[float]:
+        values = [run.nodes[p].value for p in pool]
+        return resampling_weights(
+            values, self.config.resample_temperature, probabilities=run.probabilities
+        )
 
     async def _propagate(self, run: SearchRun, particles: list[int], round_: int) -> list[int]:
         """One step for every open particle; particles on one node share one request."""
@@ -140,3 +195,11 @@ class ParticleFiltering:
             else:
                 moved.append(mine.pop(0))
         return moved
+
+
+def ancestor(run: SearchRun, node_id: int, depth: int) -> int:
+    """The node at ``depth`` on the path to ``node_id`` (``node_id`` itself when not deeper)."""
+    node = run.nodes[node_id]
+    while node.depth > depth and node.parent is not None:
+        node = run.nodes[node.parent]
+    return node.id
