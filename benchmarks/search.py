@@ -192,6 +192,7 @@ def accuracy(env: StepEnvironment, rows: list[dict[str, Any]]) -> float:
 
 def measure(server: Any, env: StepEnvironment, run: Any) -> dict[str, Any]:
     server.reset_log()
+    server.clear_prefix_cache()  # each side starts with a cold cache
     rows = run()
     generated = [r for r in server.records if r.path.endswith("completions")]
     return {
@@ -199,6 +200,9 @@ def measure(server: Any, env: StepEnvironment, run: Any) -> dict[str, Any]:
         "count": len(rows),
         "tokens": sum(r.prompt_tokens + r.completion_tokens for r in generated),
         "completion": sum(r.completion_tokens for r in generated),
+        # Prompt tokens the server's prefix cache held (it reports them as vLLM and llama.cpp do).
+        "cached": sum(r.cached_tokens or 0 for r in generated),
+        "prompt": sum(r.prompt_tokens for r in generated),
         "requests": len(generated),
         "prm_requests": sum(1 for r in server.records if r.path.endswith("/pooling")),
         # The searches' own time, problem by problem: start-up (an interpreter, clients) excluded.
@@ -210,7 +214,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Repeats pooled: accuracy over every problem of every repeat, tokens and requests per
     repeat (means), wall the median repeat's."""
     count = sum(r["count"] for r in runs)
-    keys = ("tokens", "completion", "requests", "prm_requests")
+    keys = ("tokens", "completion", "cached", "prompt", "requests", "prm_requests")
     out: dict[str, Any] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
     out["accuracy"] = sum(r["right"] for r in runs) / count
     out["se"] = (out["accuracy"] * (1 - out["accuracy"]) / count) ** 0.5
@@ -237,10 +241,10 @@ def main() -> None:
     )
     print(
         f"{'method':<19}{'N':>3} {'side':<9}{'acc':>6} {'+-se':>6} {'exact':>6} {'tokens':>8} "
-        f"{'compl.':>7} {'requests':>9} {'prm req':>8} {'wall s':>7} {'ratio':>6}"
+        f"{'compl.':>7} {'cached':>7} {'requests':>9} {'prm req':>8} {'wall s':>7} {'ratio':>6}"
     )
     max_steps = args.depth + 1
-    with env.server(latency=args.latency) as server:
+    with env.server(latency=args.latency, prefix_cache=True) as server:
         base_url = server.base_url
         for method in ("beam_search", "particle_filtering"):
             for n in args.n:
@@ -287,6 +291,7 @@ def main() -> None:
                     print(
                         f"{method:<19}{n:>3} {side:<9}{row['accuracy']:>6.3f} {row['se']:>6.3f} "
                         f"{exact:>6.3f} {row['tokens']:>8,.0f} {row['completion']:>7,.0f} "
+                        f"{row['cached'] / max(1, row['prompt']):>7.0%} "
                         f"{row['requests']:>9,.0f} {row['prm_requests']:>8,.0f} "
                         f"{row['wall']:>7.2f} {ratio:>6.2f}",
                         flush=True,

@@ -113,8 +113,14 @@ def test_without_a_prefix_cache_nothing_is_reported_reused() -> None:
     assert _prefix(result)["cached_tokens"] == 0
     with ENV.server(prefix_cache=True) as server:  # control: the same search, cached
         cached, _ = asyncio.run(_search(strategy, server.base_url))
+        again, _ = asyncio.run(_search(strategy, server.base_url))
+        server.clear_prefix_cache()
+        cold, _ = asyncio.run(_search(strategy, server.base_url))
     assert cached.usage.cached_tokens > 0
     assert cached.answers == result.answers
+    # Run again, every prompt was served before: all of it is cached; cleared, as the first time.
+    assert again.usage.cached_tokens == again.usage.prompt_tokens
+    assert cold.usage.cached_tokens == cached.usage.cached_tokens
 
 
 def test_usage_sums_cached_tokens() -> None:

@@ -1335,6 +1335,11 @@ class LoopbackServer:
             self._samples_per_prompt.clear()
             self._peak_in_flight = self._in_flight
 
+    def clear_prefix_cache(self) -> None:
+        """Forget every prompt served so far (a ``prefix_cache`` server reports none cached)."""
+        with self._lock:
+            self._prefix_cache = PrefixCache()
+
     def _usage(self, counts: Callable[[RequestRecord], bool]) -> dict[str, int]:
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "samples": 0}
         for record in self.records:
