@@ -237,19 +237,19 @@ def write_manifest(server: LocalModelServer) -> None:
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def status() -> list[tuple[BankSet, int, list[str]]]:
-    """The chunks not packed yet, in drawing order."""
+def status(first: str | None = None) -> list[tuple[BankSet, int, list[str]]]:
+    """The chunks not packed yet, in drawing order (the set named ``first`` before the others)."""
     left = []
-    for bank_set in SETS:
+    for bank_set in sorted(SETS, key=lambda candidate: candidate.name != first):
         for number, ids in enumerate(chunk_ids(bank_set)):
             if not part_paths(bank_set, number)[0].exists():
                 left.append((bank_set, number, ids))
     return left
 
 
-async def generate(server: LocalModelServer) -> None:
+async def generate(server: LocalModelServer, first: str | None = None) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
-    for bank_set, number, ids in status():
+    for bank_set, number, ids in status(first):
         out = work_out(bank_set, number)
         restore(out)
         started = time.monotonic()
@@ -281,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", action="store_true", help="gzip the live journals")
     parser.add_argument("--status", action="store_true", help="print what is left and stop")
+    parser.add_argument(
+        "--first",
+        choices=[bank_set.name for bank_set in SETS],
+        help="draw this set's chunks before the others' (a chunk left midway resumes later)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.checkpoint:
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with LocalModelServer() as server:
         while status():
-            asyncio.run(generate(server))
+            asyncio.run(generate(server, args.first))
     return 0
 
 
