@@ -37,9 +37,29 @@ search starts from N/M paths, so it draws fewer completion tokens at N = 8 and 1
     particle_filtering  16 ttscale   0.900  0.027  0.887   28,872  12,800       692      120    9.55
     particle_filtering  16 its_hub   0.858  0.032  0.887   50,560  12,800     1,920    1,920   15.44
 
+The server keeps a prefix cache (as llama.cpp and vLLM do), cleared before each side's run, and
+reports the prompt tokens it held; ``cached`` is their share of the prompt tokens. A rerun of
+``--problems 20 --repeats 1`` (same box, load average ~17): ttscale's prompts 59-79% cached,
+its_hub's 86-94% (it re-sends the same prefixes more often: 2.3-2.7x the requests), so the prompt
+tokens a server computes afresh are about equal on both sides (ttscale 484 against its_hub's 472
+for beam N = 4); wall 0.31-0.68x, 0.5x met at N = 8 and 16 for both methods.
+
+Where the wall time goes (medians of 3 runs of 20 problems, ``--latency 0.02`` against
+``--latency 0``, the server's round trip removed): at N = 4 ttscale's beam search takes 90 ms a
+problem: 60 ms are its 3 sequential generation round trips (a round draws every path's next step
+at once, so it costs one round trip; depth 3 ends every path at its third step), 18 ms its own
+work (0.36 s at latency 0), and 12 ms more waiting than the round trips explain (timer slack on
+the loaded box). its_hub waits on the same 3 round trips a problem and does 92 ms of its own
+work, 158 ms in all; so the ratio cannot go below 60 / 158 = 0.38 at N = 4, and 0.5 needs
+ttscale within 19 ms of the bare round trips (measured 0.57; particle filtering 0.75: its
+particles on distinct paths send one request each, 5.3 a problem against beam's 3, and 34 ms of
+own work). At N = 16 its_hub's own work grows with N (one request and one PRM call per path) and
+ttscale's barely does: 0.42 beam, 0.34 particle filtering. Without latency ttscale is 0.20-0.35x
+its_hub.
+
     python -m venv /tmp/itshub && /tmp/itshub/bin/pip install 'its_hub[lm]'
     python benchmarks/search.py --its-hub-python /tmp/itshub/bin/python \
-        [--problems 40] [--n 4 8 16] [--repeats 3]
+        [--problems 40] [--n 4 8 16] [--repeats 3] [--latency 0.02]
 """
 
 from __future__ import annotations
