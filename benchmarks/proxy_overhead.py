@@ -30,6 +30,8 @@ from contextlib import contextmanager
 
 import httpx2
 
+from ttscale.testing import loopback_process
+
 BODY = {
     "model": "loopback",
     "messages": [{"role": "user", "content": "What is 6 * 7?"}],
@@ -37,22 +39,6 @@ BODY = {
 }
 CLIENTS = 64
 PER_CLIENT = 20
-
-
-@contextmanager
-def loopback() -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ttscale.testing"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("LISTENING "):
-            raise RuntimeError(f"loopback server did not start: {line!r}")
-        yield line.split(" ", 1)[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextmanager
@@ -135,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
-    with loopback() as direct, proxy(direct) as proxied:
+    with loopback_process() as direct, proxy(direct) as proxied:
         latency(direct, proxied, args.requests)
         print(f"\nthroughput, {CLIENTS} concurrent clients x {PER_CLIENT} requests (requests/s)")
         base = asyncio.run(throughput(direct, "loopback"))

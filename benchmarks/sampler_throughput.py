@@ -20,44 +20,18 @@ import argparse
 import asyncio
 import json
 import math
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx2
 
 from ttscale import OpenAISampler, SamplingParams, Usage
+from ttscale.testing import loopback_process
 
 PROMPTS = 10
 SAMPLES_PER_PROMPT = 100
 LATENCY = 0.020
 CONCURRENCY = 64
 MAX_N = 20  # divides 100, so every request can carry a full max_n
-
-
-@contextmanager
-def loopback_process(n_support: str) -> Iterator[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "ttscale.testing",
-        "--latency",
-        str(LATENCY),
-        "--n-support",
-        n_support,
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("LISTENING "):
-            raise RuntimeError(f"loopback server did not start: {line!r}")
-        yield line.split(" ", 1)[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 async def transport_floor(base_url: str) -> tuple[float, float, Usage, int]:
@@ -129,7 +103,8 @@ def main() -> None:
         ("httpx2 floor", "reject", None),
     )
     for label, n_support, n_mode in modes:
-        with loopback_process(n_support) as base_url:
+        server = ["--latency", str(LATENCY), "--n-support", n_support]
+        with loopback_process(server) as base_url:
             runs = [
                 asyncio.run(run_once(base_url, n_mode) if n_mode else transport_floor(base_url))
                 for _ in range(args.repeats)

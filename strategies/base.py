@@ -16,9 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
-from ttscale.protocols import Sampler, TokenWatcher, Verifier, as_sampler, as_verifier
-from ttscale.registry import build_config
+from ttscale.errors import BudgetExhausted, ConfigError
+from ttscale.protocols import (
+    Sampler,
+    TokenWatcher,
+    Verifier,
+    as_sampler,
+    as_verifier,
+    checked_scores,
+)
+from ttscale.registry import resolve_config
 from ttscale.strategies.extract import AnswerEquivalence, Extractor, get_extractor
 from ttscale.strategies.sampling import PolicySpec, SamplingPolicy, as_policy, draw
 from ttscale.strategies.selection import group_answers
@@ -73,19 +80,6 @@ class StrategyConfig:
     @property
     def extract(self) -> Extractor:
         return get_extractor(self.extractor)
-
-
-def resolve_config(
-    config_type: type[ConfigT], config: ConfigT | None, options: dict[str, Any], name: str
-) -> ConfigT:
-    """``config`` itself, or one built from keyword options (never both)."""
-    if config is not None:
-        if options:
-            raise ConfigError(f"pass either a config or keyword options to {name}, not both")
-        if not isinstance(config, config_type):
-            raise ConfigError(f"{name} takes a {config_type.__name__}, got {config!r}")
-        return config
-    return build_config(config_type, options, name)
 
 
 class ProblemRun:
@@ -186,11 +180,11 @@ class ProblemRun:
         return remembered
 
     async def score(self, verifier: Verifier) -> list[Score]:
-        scores = list(await as_verifier(verifier).score(self.problem, self.candidates))
-        if len(scores) != len(self.candidates):
-            raise VerifierError(
-                f"verifier returned {len(scores)} scores for {len(self.candidates)} candidates"
-            )
+        scores = checked_scores(
+            await as_verifier(verifier).score(self.problem, self.candidates),
+            self.candidates,
+            "verifier",
+        )
         self.event("score", count=len(scores))
         return scores
 

@@ -73,8 +73,8 @@ from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler, Verifier, check_draw
-from ttscale.registry import build_config, create
-from ttscale.strategies.base import StrategyConfig, resolve_config
+from ttscale.registry import create, resolve_config
+from ttscale.strategies.base import StrategyConfig
 from ttscale.types import (
     Candidate,
     Message,
@@ -216,10 +216,7 @@ class DeepeningSampler:
     def __init__(
         self, sampler: Sampler, config: DeepeningConfig | None = None, **options: Any
     ) -> None:
-        if config is None:
-            config = build_config(DeepeningConfig, options, "DeepeningSampler")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to DeepeningSampler")
+        config = resolve_config(DeepeningConfig, config, options, "DeepeningSampler")
         if config.continuation == "text" and config.template is None:
             raise ConfigError("continuation='text' needs a template (e.g. ttscale's chatml)")
         self.sampler = sampler

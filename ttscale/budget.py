@@ -61,7 +61,14 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
-from ttscale.protocols import Sampler, TokenWatcher, can_watch, with_model
+from ttscale.protocols import (
+    Sampler,
+    TokenWatcher,
+    WrappedSampler,
+    can_watch,
+    draw_from,
+    with_model,
+)
 from ttscale.spend import (
     Account,
     DrawCaps,
@@ -87,6 +94,7 @@ __all__ = [
     "Spend",
     "StopCondition",
     "budget_condition",
+    "limits_left",
     "max_completion_tokens",
     "max_cost",
     "max_flops",
@@ -94,7 +102,10 @@ __all__ = [
     "max_samples",
     "max_time",
     "max_tokens",
+    "most_parts",
+    "parse_budget",
     "parse_limits",
+    "split_limits",
     "stop_when",
 ]
 
@@ -417,7 +428,8 @@ def parse_limits(raw: Any, where: str = "budget") -> dict[str, float]:
         param = f"{where}.{key}"
         if key not in BUDGET_LIMITS:
             raise ConfigError(
-                f"unknown budget limit {key!r} in {where}; known: {', '.join(BUDGET_LIMITS)}",
+                f"{param}: unknown limit {key!r} (unknown budget limits are refused); known: "
+                f"{', '.join(BUDGET_LIMITS)}",
                 param=param,
             )
         if key in WHOLE_LIMITS:
@@ -432,6 +444,71 @@ def parse_limits(raw: Any, where: str = "budget") -> dict[str, float]:
         else:
             limits[key] = float(limit)
     return limits
+
+
+def parse_budget(text: str, flag: str = "--budget") -> dict[str, float]:
+    """``samples=64,tokens=20000`` as ``{"samples": 64, "tokens": 20000}``, checked by
+    :func:`parse_limits` (pure); errors name ``flag``."""
+    budget: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, raw = part.strip().partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"{flag} takes LIMIT=VALUE,... (e.g. samples=64,cost=1.5), got {text!r}",
+                param=flag,
+            )
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{flag}: {key} must be a number, got {raw.strip()!r}", param=f"{flag}.{key}"
+            ) from exc
+        budget[key] = int(value) if key in WHOLE_LIMITS and value.is_integer() else value
+    return parse_limits(budget, flag)
+
+
+def limits_left(limits: Mapping[str, float], spent: Usage) -> dict[str, float]:
+    """What is left of a checked budget mapping once ``spent`` is gone (pure): each limit less
+    its part of the spend, at most 0 when spent; ``seconds`` is of this run's time and is kept."""
+    used = {
+        "samples": spent.samples,
+        "requests": spent.requests,
+        "tokens": spent.total_tokens,
+        "completion_tokens": spent.completion_tokens,
+        "cost": spent.cost,
+        "seconds": 0.0,
+    }
+    return {key: max(limit - used[key], 0) for key, limit in limits.items()}
+
+
+def split_limits(limits: Mapping[str, float], parts: int) -> list[dict[str, float]]:
+    """A budget mapping dealt into ``parts`` slices that together never exceed it (pure).
+
+    Count limits are divided into whole numbers, the remainder one apiece to the first slices;
+    ``cost`` is divided evenly; ``seconds`` goes whole to every slice (slices spend at once).
+    ``parts`` must not exceed the smallest count limit, so that no slice is empty
+    (:func:`most_parts`)."""
+    if parts < 1 or parts > most_parts(limits):
+        raise ConfigError(f"cannot split {dict(limits)} into {parts} non-empty parts")
+    slices: list[dict[str, float]] = [{} for _ in range(parts)]
+    for key, limit in limits.items():
+        for number, part in enumerate(slices):
+            if key in WHOLE_LIMITS:
+                whole, extra = divmod(int(limit), parts)
+                part[key] = whole + (number < extra)
+            else:
+                part[key] = limit if key == "seconds" else limit / parts
+    return slices
+
+
+def most_parts(limits: Mapping[str, float]) -> int:
+    """How many non-empty slices :func:`split_limits` can make of ``limits`` (pure): the
+    smallest count limit (a large number when there is none); 0 when a limit is spent."""
+    if any(limit <= 0 for limit in limits.values()):
+        return 0
+    counts = [int(limit) for key, limit in limits.items() if key in WHOLE_LIMITS]
+    return min(counts, default=1 << 30)
 
 
 def budget_condition(limits: Mapping[str, float]) -> StopCondition | None:
@@ -483,7 +560,7 @@ class BudgetLimitReached(BudgetExhausted):
         }
 
 
-class BudgetedSampler:
+class BudgetedSampler(WrappedSampler):
     """A :class:`Sampler` around another that counts every draw and enforces limits.
 
     ``limit`` applies to the whole run and ``per_problem`` to each problem's own draws; ``caps``
@@ -507,7 +584,7 @@ class BudgetedSampler:
     ) -> None:
         if tracker is not None and (pricing is not None or flops is not None):
             raise ConfigError("give pricing and flops to the tracker, or no tracker, not both")
-        self.sampler = sampler
+        super().__init__(sampler)
         self.limit = _as_condition(limit) if limit is not None else None
         self.per_problem = _as_condition(per_problem) if per_problem is not None else None
         self.caps = caps if caps is not None else DrawCaps()
@@ -557,31 +634,16 @@ class BudgetedSampler:
             data["caps"] = self.caps.to_dict()
         return data
 
-    async def sample(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
-        params: SamplingParams | None = None,
+        params: SamplingParams | None,
         *,
-        start_index: int = 0,
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
-        return await self.draw(None, prompt, n, params, start_index=start_index)
-
-    @property
-    def watches(self) -> bool:
-        """Whether the inner sampler streams samples that watchers stop early."""
-        return can_watch(self.sampler)
-
-    async def sample_watched(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-        watcher: Callable[[int], TokenWatcher],
-    ) -> SampleBatch:
-        """The inner sampler's ``sample_watched`` within the limits, counted for the run."""
+        """A draw for the run only (:meth:`draw` with no problem), within the limits."""
         return await self.draw(None, prompt, n, params, start_index=start_index, watcher=watcher)
 
     def _scopes(self, problem_id: str | None) -> list[tuple[Scope, StopCondition, Spend]]:
@@ -691,12 +753,9 @@ class BudgetedSampler:
         watcher: Callable[[int], TokenWatcher] | None = None,
     ) -> SampleBatch:
         try:
-            if watcher is not None:
-                batch: SampleBatch = await self.sampler.sample_watched(  # type: ignore[attr-defined]
-                    prompt, n, params, start_index=start_index, watcher=watcher
-                )
-                return batch
-            return await self.sampler.sample(prompt, n, params, start_index=start_index)
+            return await draw_from(
+                self.sampler, prompt, n, params, start_index=start_index, watcher=watcher
+            )
         except asyncio.CancelledError as exc:
             # A cancelled future keeps no exception to read later: keep what the sampler said
             # had arrived before the cancellation, for _count.
@@ -755,7 +814,7 @@ class BudgetedSampler:
 
 
 @dataclass(frozen=True)
-class ProblemSampler:
+class ProblemSampler(WrappedSampler):
     """The per-problem view of a :class:`BudgetedSampler`; a Sampler itself."""
 
     budget: BudgetedSampler
@@ -772,29 +831,20 @@ class ProblemSampler:
     def with_model(self, model: str) -> ProblemSampler:
         return ProblemSampler(self.budget.with_model(model), self.problem_id)
 
-    async def sample(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-    ) -> SampleBatch:
-        return await self.budget.draw(self.problem_id, prompt, n, params, start_index=start_index)
-
     @property
     def watches(self) -> bool:
         return self.budget.watches
 
-    async def sample_watched(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
-        params: SamplingParams | None = None,
+        params: SamplingParams | None,
         *,
-        start_index: int = 0,
-        watcher: Callable[[int], TokenWatcher],
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
+        """A draw for this problem (:meth:`BudgetedSampler.draw`)."""
         return await self.budget.draw(
             self.problem_id, prompt, n, params, start_index=start_index, watcher=watcher
         )

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence, Sized
 from typing import Any, Protocol, runtime_checkable
 
 from ttscale.errors import ConfigError, VerifierError
@@ -38,13 +39,16 @@ __all__ = [
     "Strategy",
     "TokenWatcher",
     "Verifier",
+    "WrappedSampler",
     "arrivals",
     "as_sampler",
     "as_strategy",
     "as_verifier",
     "can_watch",
     "check_draw",
+    "checked_scores",
     "deliver",
+    "draw_from",
     "with_model",
 ]
 
@@ -137,12 +141,7 @@ class _FunctionVerifier:
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         raw = await _maybe_await(self.function(problem, candidates))
         scores = [item if isinstance(item, Score) else Score(float(item)) for item in raw]
-        if len(scores) != len(candidates):
-            raise VerifierError(
-                f"verifier function {self.function!r} returned {len(scores)} scores "
-                f"for {len(candidates)} candidates"
-            )
-        return scores
+        return checked_scores(scores, candidates, f"verifier function {self.function!r}")
 
 
 class _FunctionStrategy:
@@ -209,6 +208,101 @@ def with_model(sampler: Sampler, model: str) -> Sampler:
         )
     twin: Sampler = method(model)
     return twin
+
+
+async def draw_from(
+    sampler: Sampler,
+    prompt: Prompt,
+    n: int,
+    params: SamplingParams | None,
+    *,
+    start_index: int,
+    watcher: Callable[[int], TokenWatcher] | None,
+) -> SampleBatch:
+    """``sampler.sample(...)``, or ``sampler.sample_watched(...)`` when a watcher is given."""
+    if watcher is None:
+        return await sampler.sample(prompt, n, params, start_index=start_index)
+    batch: SampleBatch = await sampler.sample_watched(  # type: ignore[attr-defined]
+        prompt, n, params, start_index=start_index, watcher=watcher
+    )
+    return batch
+
+
+class WrappedSampler:
+    """A sampler around another that passes everything through: subclasses override only what
+    they change.
+
+    ``sample`` and ``sample_watched`` both go through :meth:`forward` (``watcher`` None for a
+    plain draw), ``watches`` is the inner sampler's, and ``with_model`` is :meth:`rewrap` around
+    the inner sampler's twin. A wrapper that changes prompts, counts draws or keeps them
+    overrides :meth:`forward`; one with state that must not be shared with its twins overrides
+    :meth:`rewrap`.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    @property
+    def watches(self) -> bool:
+        """Whether the sampler inside streams samples that watchers stop early (DeepConf)."""
+        return can_watch(self.sampler)
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        return await self.forward(prompt, n, params, start_index=start_index, watcher=None)
+
+    async def sample_watched(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+        watcher: Callable[[int], TokenWatcher],
+    ) -> SampleBatch:
+        return await self.forward(prompt, n, params, start_index=start_index, watcher=watcher)
+
+    async def forward(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None,
+        *,
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
+    ) -> SampleBatch:
+        """One draw: by default the inner sampler's (:func:`draw_from`)."""
+        return await draw_from(
+            self.sampler, prompt, n, params, start_index=start_index, watcher=watcher
+        )
+
+    def with_model(self, model: str) -> Sampler:
+        """This wrapper around the inner sampler asking ``model``."""
+        return self.rewrap(with_model(self.sampler, model))
+
+    def rewrap(self, sampler: Sampler) -> Sampler:
+        """This wrapper around ``sampler`` instead: by default a shallow copy (other state is
+        shared with the original)."""
+        twin = copy.copy(self)
+        twin.sampler = sampler
+        return twin
+
+
+def checked_scores(scores: Sequence[Score], candidates: Sized, verifier: object) -> list[Score]:
+    """``scores`` as a list if there is one per candidate, else a :class:`VerifierError` naming
+    ``verifier`` (a name, or the verifier, named by its type)."""
+    if len(scores) != len(candidates):
+        name = verifier if isinstance(verifier, str) else type(verifier).__name__
+        raise VerifierError(
+            f"{name} returned {len(scores)} scores for {len(candidates)} candidates"
+        )
+    return list(scores)
 
 
 def check_draw(n: int, start_index: int) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "check_request",
     "create",
     "load",
+    "resolve_config",
     "takes",
 ]
 
@@ -125,6 +126,20 @@ def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str
             options=unknown,
         )
     return config_type(**options)
+
+
+def resolve_config(
+    config_type: type[ConfigT], config: ConfigT | None, options: dict[str, Any], name: str
+) -> ConfigT:
+    """``config`` itself, or one built from keyword options (:func:`build_config`); never both.
+    What every component's ``__init__(config=None, **options)`` does with its arguments."""
+    if config is not None:
+        if options:
+            raise ConfigError(f"pass either a config or keyword options to {name}, not both")
+        if not isinstance(config, config_type):
+            raise ConfigError(f"{name} takes a {config_type.__name__}, got {config!r}")
+        return config
+    return build_config(config_type, options, name)
 
 
 def takes(factory: Any, name: str) -> bool:

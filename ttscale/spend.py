@@ -210,7 +210,7 @@ class Account:
 def whole_number(value: Any, param: str) -> int:
     """``value`` if it is an integer >= 1 (not a bool), else a ConfigError naming ``param``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{param} must be an integer >= 1, got {value!r}", param=param)
+        raise ConfigError(f"{param} must be a whole number > 0, got {value!r}", param=param)
     return value
 
 

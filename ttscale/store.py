@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ttscale.errors import SamplerError, TTScaleError
-from ttscale.protocols import Sampler, TokenWatcher, arrivals, can_watch, check_draw, with_model
+from ttscale.protocols import (
+    Sampler,
+    TokenWatcher,
+    WrappedSampler,
+    arrivals,
+    check_draw,
+    draw_from,
+)
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, Usage
 
 __all__ = [
@@ -178,7 +185,7 @@ def _unaccounted(total: Usage, stored: Usage) -> Usage:
 # -- the stored sampler -------------------------------------------------------------------------
 
 
-class StoredSampler:
+class StoredSampler(WrappedSampler):
     """A Sampler that answers from a :class:`SampleStore` and draws only what it lacks.
 
     Subclasses say how a draw is keyed (:meth:`key`), what a replayed sample costs now
@@ -193,7 +200,7 @@ class StoredSampler:
     shared = True
 
     def __init__(self, sampler: Sampler, store: SampleStore) -> None:
-        self.sampler = sampler
+        super().__init__(sampler)
         self.store = store
         self.hits = 0
         self.misses = 0
@@ -223,43 +230,18 @@ class StoredSampler:
 
     # -- drawing ----------------------------------------------------------------------------
 
-    @property
-    def watches(self) -> bool:
-        """Whether the inner sampler streams samples that watchers stop early."""
-        return can_watch(self.sampler)
-
-    async def sample(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-    ) -> SampleBatch:
-        """Samples ``start_index .. start_index + n - 1``: stored ones, then drawn ones."""
-        return await self._sample(prompt, n, params, start_index, None)
-
-    async def sample_watched(
-        self,
-        prompt: Prompt,
-        n: int,
-        params: SamplingParams | None = None,
-        *,
-        start_index: int = 0,
-        watcher: Callable[[int], TokenWatcher],
-    ) -> SampleBatch:
-        """As :meth:`sample`, drawing what is missing through the inner ``sample_watched``: each
-        streamed sample is stored as its stream ends."""
-        return await self._sample(prompt, n, params, start_index, watcher)
-
-    async def _sample(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
         params: SamplingParams | None,
+        *,
         start_index: int,
         watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
+        """Samples ``start_index .. start_index + n - 1``: stored ones, then drawn ones (through the
+        inner ``sample_watched`` when a watcher is given: each streamed sample is stored as its
+        stream ends)."""
         check_draw(n, start_index)
         key, description = self.keyed(prompt, params, watched=watcher is not None)
         started = time.perf_counter()
@@ -339,7 +321,12 @@ class StoredSampler:
         try:
             runs = index_runs(arrived.wanted)
             with arrivals(arrived.take):
-                draws = [self._draw(prompt, count, params, start, watcher) for start, count in runs]
+                draws = [
+                    draw_from(
+                        self.sampler, prompt, count, params, start_index=start, watcher=watcher
+                    )
+                    for start, count in runs
+                ]
                 # asyncio.wait, unlike awaiting them, never cancels the futures of other calls.
                 waited = asyncio.wait(waiting) if waiting else asyncio.sleep(0)
                 outcomes = await asyncio.gather(*draws, waited, return_exceptions=True)
@@ -366,21 +353,6 @@ class StoredSampler:
                     del self._pending[(key, index)]
                 if not future.done():
                     future.set_result(None)
-
-    async def _draw(
-        self,
-        prompt: Prompt,
-        count: int,
-        params: SamplingParams | None,
-        start: int,
-        watcher: Callable[[int], TokenWatcher] | None,
-    ) -> SampleBatch:
-        if watcher is None:
-            return await self.sampler.sample(prompt, count, params, start_index=start)
-        batch: SampleBatch = await self.sampler.sample_watched(  # type: ignore[attr-defined]
-            prompt, count, params, start_index=start, watcher=watcher
-        )
-        return batch
 
 
 class _Arrivals:
@@ -758,11 +730,10 @@ class JournalledSampler(StoredSampler):
         """Samples replayed from the journal, by this view and its other-model twins."""
         return self._replayed + sum(twin.replayed for twin in self._twins)
 
-    def with_model(self, model: str) -> Sampler:
-        """The same view drawing from ``model`` (for graphs that use several models)."""
-        twin = JournalledSampler(
-            with_model(self.sampler, model), self.journal, self.problem_id, by_prompt=self.by_prompt
-        )
+    def rewrap(self, sampler: Sampler) -> Sampler:
+        """The same view drawing from ``sampler`` (another model's, for graphs that use several);
+        its replays count toward this view's."""
+        twin = JournalledSampler(sampler, self.journal, self.problem_id, by_prompt=self.by_prompt)
         self._twins.append(twin)
         return twin
 

@@ -16,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from ttscale.errors import ConfigError, VerifierError
-from ttscale.protocols import Verifier, as_verifier
+from ttscale.errors import ConfigError
+from ttscale.protocols import Verifier, as_verifier, checked_scores
 from ttscale.types import Candidate, Problem, Score
 
 __all__ = [
@@ -95,12 +95,11 @@ class CachedVerifier:
         self._pending.update(owned)
         try:
             if to_score:
-                scores = await self.verifier.score(problem, list(to_score.values()))
-                if len(scores) != len(to_score):
-                    raise VerifierError(
-                        f"{type(self.verifier).__name__} returned {len(scores)} scores for "
-                        f"{len(to_score)} candidates"
-                    )
+                scores = checked_scores(
+                    await self.verifier.score(problem, list(to_score.values())),
+                    to_score,
+                    self.verifier,
+                )
                 for key, score in zip(to_score, scores, strict=True):
                     self._remember(key, score)
                     owned[key].set_result(score)

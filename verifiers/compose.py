@@ -20,8 +20,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ttscale.errors import ConfigError, VerifierError
-from ttscale.protocols import Verifier
+from ttscale.errors import ConfigError
+from ttscale.protocols import Verifier, checked_scores
 from ttscale.types import Candidate, Problem, Score, Usage
 from ttscale.verifiers.base import resolve_verifier
 
@@ -31,12 +31,7 @@ __all__ = ["Cascade", "Gate", "WeightedSum"]
 async def _checked(
     verifier: Verifier, problem: Problem, candidates: Sequence[Candidate]
 ) -> list[Score]:
-    scores = await verifier.score(problem, candidates)
-    if len(scores) != len(candidates):
-        raise VerifierError(
-            f"{type(verifier).__name__} returned {len(scores)} scores for {len(candidates)}"
-        )
-    return scores
+    return checked_scores(await verifier.score(problem, candidates), candidates, verifier)
 
 
 def sum_usage(scores: Sequence[Score]) -> Usage | None:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from ttscale.errors import BudgetExhausted, ConfigError, VerifierError
 from ttscale.protocols import Sampler, as_sampler
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, SamplingParams, Score, TokenLogprob
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.reward_model import check_template, format_pair
@@ -151,10 +151,7 @@ class LLMJudge:
     """Scores candidates by asking a model through ``sampler``. See the module docstring."""
 
     def __init__(self, sampler: Any, config: JudgeConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(JudgeConfig, options, "LLMJudge")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to LLMJudge")
+        config = resolve_config(JudgeConfig, config, options, "LLMJudge")
         self.sampler: Sampler = as_sampler(sampler)
         self.config = config
         default = POINTWISE_TEMPLATE if config.mode == "pointwise" else YES_NO_TEMPLATE

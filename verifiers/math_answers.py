@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from ttscale.errors import ConfigError, DataError, VerifierError
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.strategies.extract import Extractor, get_extractor, last_boxed, normalize_answer
 from ttscale.types import Candidate, Problem, Score
 
@@ -170,10 +170,7 @@ class MathVerifier:
     """Is a candidate's final answer mathematically equal to ``problem.answer``? See the module."""
 
     def __init__(self, config: MathConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(MathConfig, options, "MathVerifier")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to MathVerifier")
+        config = resolve_config(MathConfig, config, options, "MathVerifier")
         self.config = config
         use_math_verify = config.backend == "math_verify" or (
             config.backend == "auto" and math_verify_available()
@@ -390,10 +387,7 @@ class ExactMatchVerifier:
     """The candidate's extracted, normalised answer equals the normalised reference."""
 
     def __init__(self, config: ExactMatchConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(ExactMatchConfig, options, "ExactMatchVerifier")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to ExactMatchVerifier")
+        config = resolve_config(ExactMatchConfig, config, options, "ExactMatchVerifier")
         self.config = config
         self._extractor = get_extractor(config.extractor)
 

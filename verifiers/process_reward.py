@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Verifier
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, Score
 from ttscale.verifiers.base import resolve_verifier
 
@@ -131,10 +131,7 @@ class ProcessRewardVerifier:
         splitter: Callable[[str], list[str]] | None = None,
         **options: Any,
     ) -> None:
-        if config is None:
-            config = build_config(ProcessRewardConfig, options, "ProcessRewardVerifier")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to ProcessRewardVerifier")
+        config = resolve_config(ProcessRewardConfig, config, options, "ProcessRewardVerifier")
         self.config = config
         # A plain function may mean a step scorer or a verifier: told apart, or refused.
         from ttscale.verifiers.process_reward_models import resolve_step_scorer  # imports us

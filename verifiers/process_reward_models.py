@@ -51,7 +51,7 @@ from typing import Any, Literal
 from ttscale.confidence import MEASURES, ConfidenceSettings, measure
 from ttscale.errors import ConfigError, VerifierError
 from ttscale.protocols import Sampler, Verifier
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, SamplingParams, Usage
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.judge import LLMJudge
@@ -224,10 +224,7 @@ class ServedStepScorer:
     """A process reward model behind vLLM's ``/pooling`` endpoint; see the module docstring."""
 
     def __init__(self, config: ServedStepScorerConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(ServedStepScorerConfig, options, "ServedStepScorer")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to ServedStepScorer")
+        config = resolve_config(ServedStepScorerConfig, config, options, "ServedStepScorer")
         self.config = config
         self.url = config.base_url.rstrip("/") + "/" + config.path.lstrip("/")
         self.usage = Usage()

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ttscale.errors import ConfigError, VerifierError
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, Score, Usage
 from ttscale.verifiers.base import LoopBound
 
@@ -149,10 +149,7 @@ class LocalRewardModel:
     """A ``transformers`` sequence classifier used as a reward model. See the module docstring."""
 
     def __init__(self, config: LocalRewardModelConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(LocalRewardModelConfig, options, "LocalRewardModel")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to LocalRewardModel")
+        config = resolve_config(LocalRewardModelConfig, config, options, "LocalRewardModel")
         self.config = config
         try:
             import torch
@@ -311,10 +308,7 @@ class ServedRewardModel:
     """A reward model behind vLLM's ``/classify``, ``/pooling`` or ``/score``; see the module."""
 
     def __init__(self, config: ServedRewardModelConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(ServedRewardModelConfig, options, "ServedRewardModel")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to ServedRewardModel")
+        config = resolve_config(ServedRewardModelConfig, config, options, "ServedRewardModel")
         self.config = config
         path = config.path if config.path is not None else "/" + config.api
         self.url = config.base_url.rstrip("/") + "/" + path.lstrip("/")

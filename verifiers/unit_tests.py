@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ttscale.errors import ConfigError, DataError
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, Score
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.sandbox import (
@@ -274,10 +274,7 @@ class UnitTestVerifier:
     """Runs each candidate against the problem's tests in a sandbox. See the module docstring."""
 
     def __init__(self, config: UnitTestConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(UnitTestConfig, options, "UnitTestVerifier")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to UnitTestVerifier")
+        config = resolve_config(UnitTestConfig, config, options, "UnitTestVerifier")
         self.config = config
         self._sandbox_config = config.sandbox()
         self._sandbox: Sandbox | None = None

@@ -55,7 +55,7 @@ import httpx2
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler, check_draw, with_model
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig, merge_params
 from ttscale.seeds import random_base_seed
 from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
@@ -406,10 +406,7 @@ class PoolSampler:
     """Draws from the same model on several endpoints. See the module docstring."""
 
     def __init__(self, config: PoolConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(PoolConfig, options, "PoolSampler")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to PoolSampler, not both")
+        config = resolve_config(PoolConfig, config, options, "PoolSampler")
         self.config = config
         entries = [
             entry if isinstance(entry, PoolEndpoint) else PoolEndpoint(entry)

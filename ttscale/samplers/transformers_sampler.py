@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from ttscale.errors import ConfigError, SamplerError
 from ttscale.protocols import check_draw
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import merge_params
 from ttscale.samplers.vllm_sampler import CHAT_TEMPLATE_FLAGS, chat_template_flags
 from ttscale.seeds import derive_seed, random_base_seed
@@ -306,10 +306,7 @@ class TransformersSampler:
     """Draws candidates from a local ``transformers`` causal LM. See the module docstring."""
 
     def __init__(self, config: TransformersSamplerConfig | None = None, **options: Any) -> None:
-        if config is None:
-            config = build_config(TransformersSamplerConfig, options, "TransformersSampler")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to TransformersSampler")
+        config = resolve_config(TransformersSamplerConfig, config, options, "TransformersSampler")
         self.config = config
         torch, transformers = _import_hf()
         self._torch = torch

@@ -46,7 +46,7 @@ from typing import Any
 
 from ttscale.errors import ConfigError, SamplerError
 from ttscale.protocols import check_draw
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import merge_params
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
@@ -333,10 +333,7 @@ class VLLMSampler:
         engine: Any = None,
         **options: Any,
     ) -> None:
-        if config is None:
-            config = build_config(VLLMSamplerConfig, options, "VLLMSampler")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to VLLMSampler")
+        config = resolve_config(VLLMSamplerConfig, config, options, "VLLMSampler")
         self.config = config
         self._owns_engine = engine is None
         self.engine = engine if engine is not None else _make_engine(config)
