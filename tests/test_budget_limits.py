@@ -453,3 +453,23 @@ def test_a_draw_failing_with_another_error_releases_its_reservation() -> None:
     spent = budget.tracker.run
     assert (spent.pending_samples, spent.samples, spent.draws) == (0, 0, 1)
     assert budget.tracker.problem("p").pending_samples == 0
+
+
+# -- a run budget dealt into shards' slices ------------------------------------------------------
+
+
+def test_a_run_budget_splits_into_slices_that_never_exceed_it() -> None:
+    from ttscale.budget import limits_left, most_parts, split_limits
+
+    limits = {"samples": 10, "tokens": 7, "cost": 1.5, "seconds": 60.0}
+    slices = split_limits(limits, 3)
+    assert [s["samples"] for s in slices] == [4, 3, 3]  # the remainder to the first slices
+    assert [s["tokens"] for s in slices] == [3, 2, 2]
+    assert sum(s["cost"] for s in slices) == pytest.approx(1.5)
+    assert all(s["seconds"] == 60.0 for s in slices)  # slices spend at once
+    assert most_parts(limits) == 7  # no more slices than the smallest count
+    with pytest.raises(ConfigError, match="non-empty"):
+        split_limits(limits, 8)
+    spent = Usage(samples=4, prompt_tokens=2, completion_tokens=3, cost=0.5)
+    assert limits_left(limits, spent) == {"samples": 6, "tokens": 2, "cost": 1.0, "seconds": 60.0}
+    assert most_parts(limits_left({"samples": 3}, Usage(samples=5))) == 0  # spent: none

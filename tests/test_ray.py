@@ -169,6 +169,40 @@ def test_ray_run_writes_the_plain_run_results_and_resumes(
     assert strip_requests(read_records(ray_out)) == strip_requests(ray_records)
 
 
+def served_samples(*servers: LoopbackServer) -> int:
+    return sum(r.choices for server in servers for r in server.records if r.generated)
+
+
+def test_the_run_budget_holds_across_shards(
+    tmp_path: Path, ray_instance: None, servers: tuple[LoopbackServer, LoopbackServer]
+) -> None:
+    """--run-budget with --ray: the shards share the run's budget (a slice each), so together
+    they draw no more than it allows; a rerun with a larger budget finishes the run."""
+    one, two = servers
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    urls = f"{one.base_url},{two.base_url}"
+    # The control: without a budget the run draws more than 10 samples.
+    free = make_config(dataset, tmp_path / "free.jsonl")
+    default_portal().call(solve, free, base_url=one.base_url, model="loopback")
+    assert served_samples(one) > 10
+    drawn_before = served_samples(one, two)
+
+    out = tmp_path / "capped" / "results.jsonl"
+    capped = dataclasses.replace(make_config(dataset, out), run_budget={"samples": 10})
+    summary = solve_on_ray(capped, address="local", base_url=urls, model="loopback", shards=2)
+    drawn = served_samples(one, two) - drawn_before
+    assert 0 < drawn <= 10
+    # Problems the budget cut short are unfinished (no record; what they drew is journalled).
+    assert summary.stopped is not None and summary.unfinished > 0
+    finished = read_records(out) if out.exists() else []
+    assert len(finished) + summary.unfinished == len(QUESTIONS)
+
+    larger = dataclasses.replace(capped, run_budget={"samples": 1000})
+    rest = solve_on_ray(larger, address="local", base_url=urls, model="loopback", shards=2)
+    assert rest.stopped is None
+    assert sorted(r["id"] for r in read_records(out)) == sorted(QUESTIONS)
+
+
 def test_finished_shards_are_merged_without_ray_work(
     tmp_path: Path, ray_instance: None, servers: tuple[LoopbackServer, LoopbackServer]
 ) -> None:

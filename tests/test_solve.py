@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from ttscale.datasets import load_dataset
-from ttscale.distributed import solve_on_ray
 from ttscale.errors import ConfigError, DataError
 from ttscale.solve import SampleJournal, SolveConfig, parse_budget, parse_price
 from ttscale.testing import LoopbackServer, ScriptRequest, count_tokens
@@ -502,18 +501,6 @@ def test_budget_and_price_parse() -> None:
     assert parse_price("0.15,0.6") == (0.15, 0.6)
     with pytest.raises(ConfigError, match="IN,OUT"):
         parse_price("0.15")
-    with pytest.raises(ConfigError, match="does not work with --ray"):
-        solve_on_ray(
-            SolveConfig(
-                dataset="arithmetic",
-                out=Path("x.jsonl"),
-                run_budget={"cost": 1.0},
-                price=(1.0, 1.0),
-            ),
-            address="local",
-            base_url="http://127.0.0.1:9/v1",
-            model="m",
-        )
     with pytest.raises(ConfigError, match="needs --price"):
         SolveConfig(dataset="arithmetic", out=Path("x.jsonl"), budget={"cost": 0.01})
 

