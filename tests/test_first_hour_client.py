@@ -183,8 +183,24 @@ def test_a_call_that_cannot_scale_says_so(upstream: LoopbackServer) -> None:
             getattr(client.chat.completions, method)(
                 model="m", messages=messages(), extra_body=SCALED
             )
+    # Legacy completions are not scaled by wrap: asked to be (by the call, or by a wrap that
+    # scales every call), they refuse rather than send the ttscale field upstream.
+    always = ttscale.wrap(openai.OpenAI(base_url=upstream.base_url, api_key="k"), samples=4)
+    for accessor, extra in (
+        (client.completions, {"extra_body": SCALED}),
+        (client.completions.with_raw_response, {"extra_body": SCALED}),
+        (client.with_raw_response.completions, {"extra_body": SCALED}),
+        (client.with_streaming_response.completions, {"extra_body": SCALED}),
+        (always.completions, {}),
+    ):
+        with pytest.raises(ConfigError, match=r"completions.create\(\) of a wrapped client"):
+            accessor.create(model="m", prompt="2+2=", **extra)
     assert upstream.records == []  # nothing went upstream, ttscale field or not
+    # The control: without ttscale settings, legacy completions are the client's own.
+    assert client.completions.create(model="m", prompt="2+2=").choices[0].text == VOTES[0]
+    assert len(upstream.records) == 1 and not ttscale_sent(upstream)
     client.close()
+    always.close()
 
 
 def test_a_copy_with_options_still_scales(upstream: LoopbackServer) -> None:

@@ -518,13 +518,14 @@ class _Scaler:
         payload, samples, elapsed = await self.payload(kwargs)
         return payload, answer_response(payload, self.url, samples), elapsed
 
-    def refuse(self, method: str, kwargs: Mapping[str, Any]) -> None:
-        """Refuse a call the wrap cannot scale when it asks to be scaled (never skip silently)."""
+    def refuse(self, call: str, kwargs: Mapping[str, Any]) -> None:
+        """Refuse a call the wrap cannot scale when it is to be scaled (never skip silently)."""
         if self.wants_scaling(kwargs):
             raise ConfigError(
-                f"chat.completions.{method}() of a wrapped client cannot be scaled; use "
-                "create() (its with_raw_response / with_streaming_response too), or call "
-                f"{method}() on the plain client without ttscale settings",
+                f"{call} of a wrapped client cannot be scaled: only chat.completions.create() "
+                "(and its with_raw_response / with_streaming_response) is. Call it on the plain "
+                "client without ttscale settings, or through ttscale serve, which scales "
+                "/v1/completions too",
                 param="ttscale",
             )
 
@@ -547,19 +548,32 @@ def _namespaces(
     raw: Callable[..., Any],
     streaming: Callable[..., Any],
     refuse: Callable[..., Any],
-) -> tuple[_Namespace, _Namespace, _Namespace]:
-    """``chat``, ``with_raw_response`` and ``with_streaming_response`` of a wrapped client, each
-    reaching the scaled ``create`` wherever the client offers a chat completion's create."""
+) -> tuple[_Namespace, _Namespace, _Namespace, _Namespace]:
+    """``chat``, ``completions``, ``with_raw_response`` and ``with_streaming_response`` of a
+    wrapped client: the scaled ``create`` wherever the client offers a chat completion's create;
+    calls it cannot scale (``parse``, ``stream``, legacy completions) refuse when they are to be
+    scaled."""
     completions = client.chat.completions
 
-    def guarded(method: str) -> Callable[..., Any]:
-        original = getattr(completions, method)
+    def guarded(target: Any, method: str, call: str) -> Callable[..., Any]:
+        original = getattr(target, method)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            refuse(method, kwargs)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            refuse(call, kwargs)
             return original(*args, **kwargs)
 
-        return call
+        return checked
+
+    def legacy(accessor: Any) -> _Namespace:
+        return _Namespace(accessor, create=guarded(accessor, "create", "completions.create()"))
+
+    text = client.completions
+    text_completions = _Namespace(
+        text,
+        create=guarded(text, "create", "completions.create()"),
+        with_raw_response=legacy(text.with_raw_response),
+        with_streaming_response=legacy(text.with_streaming_response),
+    )
 
     raw_completions = _Namespace(completions.with_raw_response, create=raw)
     streaming_completions = _Namespace(completions.with_streaming_response, create=streaming)
@@ -570,16 +584,18 @@ def _namespaces(
             create=create,
             with_raw_response=raw_completions,
             with_streaming_response=streaming_completions,
-            parse=guarded("parse"),
-            stream=guarded("stream"),
+            parse=guarded(completions, "parse", "chat.completions.parse()"),
+            stream=guarded(completions, "stream", "chat.completions.stream()"),
         ),
     )
 
     def top(accessor: Any, scaled: _Namespace) -> _Namespace:
-        return _Namespace(accessor, chat=_Namespace(accessor.chat, completions=scaled))
+        chat = _Namespace(accessor.chat, completions=scaled)
+        return _Namespace(accessor, chat=chat, completions=legacy(accessor.completions))
 
     return (
         chat,
+        text_completions,
         top(client.with_raw_response, raw_completions),
         top(client.with_streaming_response, streaming_completions),
     )
@@ -649,8 +665,11 @@ class ScaledOpenAI:
         self._http_client = http_client
         # Sampling runs on the portal's loop, through an async twin of the client's settings.
         self._scaler = _Scaler(_async_twin(client, http_client), **scaler_options)
-        self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
+        namespaces = _namespaces(
             client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
+        )
+        self.chat, self.completions, self.with_raw_response, self.with_streaming_response = (
+            namespaces
         )
 
     def with_options(self, **options: Any) -> ScaledOpenAI:
@@ -702,8 +721,11 @@ class ScaledAsyncOpenAI:
         self._client = client
         self._options = scaler_options
         self._scaler = _Scaler(client, **scaler_options)
-        self.chat, self.with_raw_response, self.with_streaming_response = _namespaces(
+        namespaces = _namespaces(
             client, self._create, self._raw_create, self._streaming_create, self._scaler.refuse
+        )
+        self.chat, self.completions, self.with_raw_response, self.with_streaming_response = (
+            namespaces
         )
 
     def with_options(self, **options: Any) -> ScaledAsyncOpenAI:
