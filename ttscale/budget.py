@@ -42,7 +42,8 @@ the cap (or unset) is sent as the cap, and samples beyond the cap are trimmed or
 sample limit's. No strategy can get past them, as every draw goes through this choke point.
 
 Budget mappings (``{"samples": 64, "tokens": 20000}``) are read in one place,
-:func:`parse_limits`; :func:`budget_condition` makes them a condition.
+:func:`~ttscale.budget_mappings.parse_limits` (re-exported here, with the rest of
+:mod:`ttscale.budget_mappings`); :func:`budget_condition` makes them a condition.
 
 All bookkeeping happens between awaits on one event loop, so many problems may draw at once through
 one budget without locks. The budget is not thread-safe.
@@ -53,13 +54,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from ttscale.budget_mappings import (
+    LIMIT_NAMES,
+    WHOLE_LIMITS,
+    limits_left,
+    most_parts,
+    parse_budget,
+    parse_limits,
+    split_limits,
+)
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import (
     Sampler,
@@ -77,7 +86,6 @@ from ttscale.spend import (
     PricingTable,
     Spend,
     by_model,
-    whole_number,
 )
 from ttscale.types import Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
@@ -412,103 +420,9 @@ BUDGET_LIMITS: Mapping[str, Callable[[Any], StopCondition]] = MappingProxyType(
         "seconds": max_time,
     }
 )
-# Limits that count things, and so take whole numbers.
-WHOLE_LIMITS = frozenset({"samples", "requests", "tokens", "completion_tokens"})
 
 
-def parse_limits(raw: Any, where: str = "budget") -> dict[str, float]:
-    """A budget mapping checked: known limit names, whole numbers >= 1 for counts, finite numbers
-    > 0 for the rest (pure). Errors are :class:`ConfigError` naming ``where.key``."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f'{where} must be an object such as {{"tokens": 20000}}, got {raw!r}', param=where
-        )
-    limits: dict[str, float] = {}
-    for key, limit in raw.items():
-        param = f"{where}.{key}"
-        if key not in BUDGET_LIMITS:
-            raise ConfigError(
-                f"{param}: unknown limit {key!r} (unknown budget limits are refused); known: "
-                f"{', '.join(BUDGET_LIMITS)}",
-                param=param,
-            )
-        if key in WHOLE_LIMITS:
-            limits[key] = whole_number(limit, param)
-        elif (
-            isinstance(limit, bool)
-            or not isinstance(limit, int | float)
-            or not math.isfinite(limit)
-            or limit <= 0
-        ):
-            raise ConfigError(f"{param} must be a number > 0, got {limit!r}", param=param)
-        else:
-            limits[key] = float(limit)
-    return limits
-
-
-def parse_budget(text: str, flag: str = "--budget") -> dict[str, float]:
-    """``samples=64,tokens=20000`` as ``{"samples": 64, "tokens": 20000}``, checked by
-    :func:`parse_limits` (pure); errors name ``flag``."""
-    budget: dict[str, Any] = {}
-    for part in text.split(","):
-        key, sep, raw = part.strip().partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(
-                f"{flag} takes LIMIT=VALUE,... (e.g. samples=64,cost=1.5), got {text!r}",
-                param=flag,
-            )
-        try:
-            value = float(raw)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{flag}: {key} must be a number, got {raw.strip()!r}", param=f"{flag}.{key}"
-            ) from exc
-        budget[key] = int(value) if key in WHOLE_LIMITS and value.is_integer() else value
-    return parse_limits(budget, flag)
-
-
-def limits_left(limits: Mapping[str, float], spent: Usage) -> dict[str, float]:
-    """What is left of a checked budget mapping once ``spent`` is gone (pure): each limit less
-    its part of the spend, at most 0 when spent; ``seconds`` is of this run's time and is kept."""
-    used = {
-        "samples": spent.samples,
-        "requests": spent.requests,
-        "tokens": spent.total_tokens,
-        "completion_tokens": spent.completion_tokens,
-        "cost": spent.cost,
-        "seconds": 0.0,
-    }
-    return {key: max(limit - used[key], 0) for key, limit in limits.items()}
-
-
-def split_limits(limits: Mapping[str, float], parts: int) -> list[dict[str, float]]:
-    """A budget mapping dealt into ``parts`` slices that together never exceed it (pure).
-
-    Count limits are divided into whole numbers, the remainder one apiece to the first slices;
-    ``cost`` is divided evenly; ``seconds`` goes whole to every slice (slices spend at once).
-    ``parts`` must not exceed the smallest count limit, so that no slice is empty
-    (:func:`most_parts`)."""
-    if parts < 1 or parts > most_parts(limits):
-        raise ConfigError(f"cannot split {dict(limits)} into {parts} non-empty parts")
-    slices: list[dict[str, float]] = [{} for _ in range(parts)]
-    for key, limit in limits.items():
-        for number, part in enumerate(slices):
-            if key in WHOLE_LIMITS:
-                whole, extra = divmod(int(limit), parts)
-                part[key] = whole + (number < extra)
-            else:
-                part[key] = limit if key == "seconds" else limit / parts
-    return slices
-
-
-def most_parts(limits: Mapping[str, float]) -> int:
-    """How many non-empty slices :func:`split_limits` can make of ``limits`` (pure): the
-    smallest count limit (a large number when there is none); 0 when a limit is spent."""
-    if any(limit <= 0 for limit in limits.values()):
-        return 0
-    counts = [int(limit) for key, limit in limits.items() if key in WHOLE_LIMITS]
-    return min(counts, default=1 << 30)
+assert tuple(BUDGET_LIMITS) == LIMIT_NAMES
 
 
 def budget_condition(limits: Mapping[str, float]) -> StopCondition | None:
