@@ -28,7 +28,12 @@ from ttscale.cli import app
 from ttscale.errors import TTScaleError
 from ttscale.local_model import build_percent, run_streamed
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
-from ttscale.samplers.usage import counting_logprobs, counts_one_choice, entry_counts
+from ttscale.samplers.usage import (
+    counting_logprobs,
+    counts_one_choice,
+    declare_one_choice_usage,
+    entry_counts,
+)
 from ttscale.sync import SyncSampler
 from ttscale.tables import fit_table, pack_columns, table_width
 from ttscale.testing import LoopbackServer, ScriptRequest
@@ -408,3 +413,18 @@ def test_usage_rules() -> None:
     api_shape = {"logprobs": {"tokens": ["a", "b", "c"], "token_logprobs": [0.0, 0.0, 0.0]}}
     assert entry_counts([chat_shape, api_shape]) == [2, 3]
     assert entry_counts([chat_shape, {"logprobs": {}}]) is None  # one without: no count
+
+
+def test_a_declared_choice_limit_splits_requests_instead_of_losing_n() -> None:
+    """llama-server refuses more choices than its slots; the embedded model declares its slots,
+    so 7 samples at most 3 a request go as 3 + 3 + 1 with n, none refused."""
+    with LoopbackServer() as server:
+        declare_one_choice_usage(server.base_url, max_choices=3)
+        batch = draw_from(server.base_url, 7)
+        asked = [record.body.get("n", 1) for record in server.records if record.body]
+    assert sorted(asked) == [1, 3, 3]
+    assert (batch.usage.samples, batch.usage.requests, batch.usage.failed_requests) == (7, 3, 0)
+    # Control: a server declaring nothing is asked for the 7 at once.
+    with LoopbackServer() as server:
+        draw_from(server.base_url, 7)
+        assert [record.body.get("n", 1) for record in server.records if record.body] == [7]

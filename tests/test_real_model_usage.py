@@ -124,3 +124,13 @@ def test_a_server_not_declared_is_learnt_from_its_first_answer(server: LocalMode
     assert [c.completion_tokens for c in second.candidates] == [
         expected_tokens(server, c.text, c.finish_reason) for c in second.candidates
     ]
+
+
+def test_more_samples_than_slots_keep_n(server: LocalModelServer) -> None:
+    """llama-server refuses more choices than its slots (8 here): 16 samples go as two requests
+    of 8, none refused (before, the refusal made the sampler drop n for good)."""
+    batch = draw(server.base_url, server.model, 16, 4)
+    assert (batch.usage.requests, batch.usage.failed_requests, batch.usage.samples) == (2, 0, 16)
+    assert [c.completion_tokens for c in batch.candidates] == [
+        expected_tokens(server, c.text, c.finish_reason) for c in batch.candidates
+    ]

@@ -406,8 +406,9 @@ class LocalModelServer:
         except BaseException:
             self.stop()
             raise
-        # llama-server reports one choice's usage for n > 1: samplers count with logprobs.
-        declare_one_choice_usage(self.base_url)
+        # llama-server reports one choice's usage for n > 1 (samplers count with logprobs) and
+        # takes at most one choice per slot in a request.
+        declare_one_choice_usage(self.base_url, max_choices=self.config.parallel)
         return self
 
     def _wait_until_ready(self) -> None:

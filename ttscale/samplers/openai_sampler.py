@@ -64,6 +64,7 @@ from ttscale.samplers.usage import (
     first_correction,
     knows_one_choice,
     learn,
+    max_choices,
 )
 from ttscale.seeds import derive_seed, random_base_seed
 from ttscale.types import (
@@ -386,7 +387,7 @@ class OpenAISampler:
         """Split a run of indices into requests: chunks of max_n, or singles without n."""
         if self.n_supported is False or slot.count <= 1:
             return [_Slot(slot.start + i, 1) for i in range(slot.count)]
-        size = self.config.max_n
+        size = min(self.config.max_n, max_choices(self._endpoint_key[0]) or self.config.max_n)
         return [
             _Slot(start, min(size, slot.start + slot.count - start))
             for start in range(slot.start, slot.start + slot.count, size)

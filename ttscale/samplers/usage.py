@@ -12,8 +12,11 @@ alternatives; the completions route only with at least one alternative (``logpro
 :func:`entry_counts` reads as well as the completions API's ``tokens``.
 
 Plain functions over plain data, plus the process's small memory of which servers count so
-(:func:`declare_one_choice_usage` for a server started here, :func:`learn` from an answer) and
-of whether a server's correction has been logged (once per server, at INFO).
+(:func:`declare_one_choice_usage` for a server started here, :func:`learn` from an answer), of
+how many choices a request may ask of them (llama-server refuses more than its ``--parallel``
+slots: "Value must be between 1 <= value <= 8", which a sampler would take for no ``n`` at all
+and fall back to single requests), and of whether a server's correction has been logged (once
+per server, at INFO).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ __all__ = [
     "first_correction",
     "knows_one_choice",
     "learn",
+    "max_choices",
 ]
 
 _lock = threading.Lock()
 _ONE_CHOICE: set[str] = set()  # base URLs known to report one choice's usage
+_MAX_CHOICES: dict[str, int] = {}  # base URL -> the most choices one request may ask for
 _SAID: set[str] = set()  # base URLs whose correction has been logged at INFO
 
 
@@ -46,10 +51,19 @@ def counts_one_choice(response: object) -> bool:
     return isinstance(response, Mapping) and isinstance(response.get("timings"), Mapping)
 
 
-def declare_one_choice_usage(base_url: str) -> None:
-    """Record that the server at ``base_url`` (one this process started, say) counts so."""
+def declare_one_choice_usage(base_url: str, max_choices: int | None = None) -> None:
+    """Record that the server at ``base_url`` (one this process started, say) counts so, and
+    the most choices it takes in one request, when known."""
     with _lock:
         _ONE_CHOICE.add(_key(base_url))
+        if max_choices is not None:
+            _MAX_CHOICES[_key(base_url)] = max_choices
+
+
+def max_choices(base_url: str) -> int | None:
+    """The most choices one request to ``base_url`` may ask for, when declared."""
+    with _lock:
+        return _MAX_CHOICES.get(_key(base_url))
 
 
 def learn(base_url: str, response: object) -> bool:
