@@ -19,6 +19,21 @@ machine shared with other work, where wall time follows the load. Target: peak R
 arrays grow with the number of problems (resamples x problems); columns 3 and 5 show them.
 
     python benchmarks/solve_scale.py [--sizes 1000,10000,100000] [--samples 16]
+    python benchmarks/solve_scale.py --fit-only --sizes 100000   # ttscale fit alone
+
+``--fit-only`` writes a synthetic results file of each size (16 samples a problem, right at a
+rate drawn per problem, so the laws have something to fit) and measures ``ttscale fit`` on it
+alone, without a solve run. Measured under ``nice -n 10`` on the shared 2-core machine (load
+average about 13), with the records read into compact arrays (``ResultColumns``, ``SampleTable``):
+
+    problems  fit read MB  CLI fit MB    fit s
+      20,000           --         202    110.0   (216 MB, 108 s before the compact reading)
+     100,000           81         561   1040.7
+
+The reading is no longer what grows: at 100,000 problems the remaining peak is the offline
+evaluation of the strategies (``ttscale.strategies.offline.evaluate``: its per-problem
+accuracy and samples arrays, 1.5 KB a problem, and each scanning thread's chunk state) and the
+bootstrap refits of the laws, which also take most of the time.
 
 Measured on a shared 2-core machine (load average 6-18 from other work), ``--sizes
 1000,10000,30000`` (100,000 was not run there: about 25 minutes at that load, and the CLI's
@@ -41,30 +56,15 @@ problems (1,000 resamples x problems), about 31 KB a problem: about 3 GB at 100,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-
-@contextlib.contextmanager
-def loopback_process() -> Iterator[str]:
-    command = [sys.executable, "-m", "ttscale.testing", "--default-answer", "The answer is 42."]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("LISTENING "):
-            raise RuntimeError(f"loopback server did not start: {line!r}")
-        yield line.split(" ", 1)[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+from ttscale.testing import loopback_process
 
 
 def write_dataset(path: Path, size: int) -> None:
@@ -86,6 +86,37 @@ def measured(command: list[str]) -> tuple[float, float, float]:
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}... failed:\n{errors.decode()[-2000:]}")
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # RSS in KB on Linux
+
+
+def write_results(path: Path, size: int, samples: int, seed: int = 0) -> None:
+    """A results file as ``ttscale solve`` writes it, of ``size`` problems whose samples are right
+    at a rate drawn per problem (Beta(0.5, 1.5)), wrong ones with one of a few wrong answers: for
+    measuring ``ttscale fit`` alone at sizes whose solve would take long."""
+    import random
+
+    rng = random.Random(seed)
+    params = {"samples": samples, "k": 1, "temperature": 0.8, "max_tokens": 512, "seed": 0}
+    with path.open("w", encoding="utf-8") as handle:
+        for index in range(size):
+            rate = rng.betavariate(0.5, 1.5)
+            rows = []
+            for position in range(samples):
+                right = rng.random() < rate
+                answer = "42" if right else str(40 + rng.randrange(2))
+                rows.append(
+                    {"index": position, "text": f"The answer is {answer}.", "answer": answer,
+                     "correct": right, "score": None, "finish_reason": "stop",
+                     "completion_tokens": 5, "seed": index, "latency": 0.01}
+                )  # fmt: skip
+            solved = sum(row["correct"] for row in rows)
+            record = {
+                "id": f"p{index}", "strategy": "majority", "model": "loopback", "params": params,
+                "reference": "42", "samples": rows, "n": samples, "num_correct": solved,
+                "answer": "42", "correct": solved > samples // 2,
+                "usage": {"prompt_tokens": 20 * samples, "completion_tokens": 5 * samples,
+                          "requests": 1, "samples": samples, "cost": 0.0},
+            }  # fmt: skip
+            handle.write(json.dumps(record) + "\n")
 
 
 RUNNER = """
@@ -145,15 +176,38 @@ COLUMNS = (
 )
 
 
+def fit_alone(sizes: list[int], samples: int) -> None:
+    """``ttscale fit`` (and its record reading) on synthetic results files of each size."""
+    python = sys.executable
+    print(f"{'problems':>10} {'fit read MB':>12} {'CLI fit MB':>11} {'fit s':>8}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fit-scale-") as temporary:
+        for size in sizes:
+            out = Path(temporary) / f"run-{size}.jsonl"
+            write_results(out, size, samples)
+            _, read_mb, _ = measured([python, "-c", READER, str(out)])
+            fit_s, fit_mb, _ = measured([python, "-m", "ttscale.cli", "fit", str(out)])
+            print(f"{size:>10,} {read_mb:>12.0f} {fit_mb:>11.0f} {fit_s:>8.1f}", flush=True)
+            out.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="measure ttscale fit alone, on synthetic results files (no solve run)",
+    )
     args = parser.parse_args()
+    if args.fit_only:
+        fit_alone([int(size) for size in args.sizes.split(",")], args.samples)
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     rows = []
     print(" ".join(f"{title:>14}" for _, title, _ in COLUMNS), flush=True)
-    with tempfile.TemporaryDirectory(prefix="solve-scale-") as temporary, loopback_process() as url:
+    server = loopback_process(["--default-answer", "The answer is 42."])
+    with tempfile.TemporaryDirectory(prefix="solve-scale-") as temporary, server as url:
         for size in sizes:
             row = run_size(size, args.samples, url, Path(temporary))
             rows.append(row)

@@ -40,7 +40,14 @@ from ttscale.laws import (
     llmonk_fit_error,
     plan_for_coverage,
 )
-from ttscale.report_input import ProblemRecord, iter_results, read_results, sample_rows
+from ttscale.report_input import (
+    ProblemRecord,
+    ResultColumns,
+    SampleTable,
+    iter_results,
+    read_results,
+    sample_rows,
+)
 from ttscale.report_plot import plot_report
 from ttscale.report_table import render_table
 
@@ -223,21 +230,22 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _select(records: list[ProblemRecord], strategy: str | None, path: str) -> list[ProblemRecord]:
-    if strategy is None:
-        found = sorted({r.strategy for r in records})
-        if len(found) > 1:
-            second = next(r for r in records if r.strategy != records[0].strategy)
-            raise DataError(
-                f"the file holds records of several strategies ({', '.join(found)}); pick one "
-                "with --strategy",
-                path=path,
-                line=second.line,
-                field="strategy",
-            )
-    chosen = [r for r in records if strategy is None or r.strategy == strategy]
-    if not chosen:
-        found = sorted({r.strategy for r in records})
+def _select(records: ResultColumns, strategy: str | None, path: str) -> ResultColumns:
+    """The records of ``strategy`` (of the only one when None), each problem once."""
+    found = sorted(records.strategies)
+    if strategy is None and len(found) > 1:
+        second = int(np.flatnonzero(records.strategy != records.strategy[0])[0])
+        raise DataError(
+            f"the file holds records of several strategies ({', '.join(found)}); pick one "
+            "with --strategy",
+            path=path,
+            line=int(records.line[second]),
+            field="strategy",
+        )
+    wanted = -1 if strategy not in records.strategies else records.strategies.index(strategy)
+    rows = np.flatnonzero(records.strategy == wanted) if strategy is not None else None
+    chosen = records.take(rows) if rows is not None else records
+    if not len(chosen):
         raise DataError(
             f"no records for strategy {strategy!r} (found: {', '.join(found) or 'none'})"
             if strategy is not None
@@ -245,16 +253,16 @@ def _select(records: list[ProblemRecord], strategy: str | None, path: str) -> li
             path=path,
         )
     seen: dict[str, int] = {}
-    for record in chosen:
-        if record.id in seen:
+    for number, problem_id in enumerate(chosen.ids):
+        if problem_id in seen:
             raise DataError(
-                f"problem {record.id!r} appears again (first on line {seen[record.id]}); "
+                f"problem {problem_id!r} appears again (first on line {seen[problem_id]}); "
                 "pick one strategy's records",
                 path=path,
-                line=record.line,
+                line=int(chosen.line[number]),
                 field="id",
             )
-        seen[record.id] = record.line
+        seen[problem_id] = int(chosen.line[number])
     return chosen
 
 
@@ -288,16 +296,15 @@ def fit_report(
     source = str(results_path)
     if extrapolate_factor < 1:
         raise ConfigError(f"extrapolate_factor must be >= 1, got {extrapolate_factor}")
-    records = _select(read_results(results_path), strategy, source)
-    n = np.array([r.n for r in records], dtype=np.int64)
-    c = np.array([r.num_correct for r in records], dtype=np.int64)
+    records = _select(ResultColumns.read(results_path), strategy, source)
+    n, c = records.n, records.num_correct
     max_k = int(n.min())
     if max_k < 1:
-        first_empty = next(r for r in records if r.n == 0)
+        first_empty = int(records.line[np.flatnonzero(n == 0)[0]])
         raise DataError(
             "a problem has no samples, so coverage is undefined",
             path=source,
-            line=first_empty.line,
+            line=first_empty,
             field="n",
         )
     notes: list[str] = []
@@ -359,8 +366,8 @@ def fit_report(
             notes.append(f"held-out comparison skipped: {exc}")
 
     # Spend per sample of each problem, at the run's batching (prompt tokens included).
-    tokens_per_sample = np.array([r.usage.total_tokens / r.n for r in records])
-    cost_per_sample = np.array([r.usage.cost / r.n for r in records])
+    tokens_per_sample = records.tokens / n
+    cost_per_sample = records.cost / n
     target = None
     if target_coverage is not None and power is not None:
         target = plan_for_coverage(
@@ -452,7 +459,7 @@ _WITHOUT_SCORES = ("majority", "adaptive", "ahead_by_k")
 
 
 def offline_columns(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]] | SampleTable,
     *,
     strategy: str | None = None,
     subsets: int = 100,
@@ -477,7 +484,7 @@ def offline_columns(
 
 
 def offline_bands(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]] | SampleTable,
     *,
     strategy: str | None = None,
     subsets: int = 100,
@@ -506,7 +513,7 @@ def offline_bands(
 
 
 def offline_result(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]] | SampleTable,
     *,
     strategy: str | None = None,
     subsets: int = 100,
@@ -522,29 +529,21 @@ def offline_result(
 
     if traces is not None and len(traces) != len(records):
         raise DataError(f"{len(traces)} rows of traces for {len(records)} records")
-    kept = [n for n, r in enumerate(records) if strategy is None or r.get("strategy") == strategy]
-    chosen = [records[n] for n in kept]
-    if not chosen:
+    table = records if isinstance(records, SampleTable) else SampleTable.from_records(records)
+    kept = [n for n, name in enumerate(table.strategies) if strategy is None or name == strategy]
+    if not kept:
         return None, []
-    smallest = min(len(r["samples"]) for r in chosen)
+    smallest = int(table.counts()[kept].min())
     if smallest < 1:
         return None, ["a problem has no samples: no offline accuracy"]
-    samples = [r["samples"][:smallest] for r in chosen]
-    answers = [[s.get("answer") for s in row] for row in samples]
-    correct = [[s.get("correct") is True for s in row] for row in samples]
-    raw_scores = [[s.get("score") for s in row] for row in samples]
+    answers, correct, raw_scores = table.block(kept, smallest)
     names = list(_WITHOUT_SCORES)
     notes: list[str] = []
     scores = None
-    scored = all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        for row in raw_scores
-        for v in row
-    )
-    if scored:
-        scores = [[float(v) for v in row] for row in raw_scores]
+    if not np.isnan(raw_scores).any():
+        scores = raw_scores
         names += ["best_of_n", "best_of_majority"]
-        if all(v >= 0 for row in scores for v in row):
+        if (scores >= 0).all():
             names.insert(names.index("best_of_majority"), "weighted_majority")
         else:
             notes.append("weighted majority left out: it needs verifier scores >= 0")
