@@ -274,8 +274,13 @@ def select_best_of_majority(
         return mode, True
 
     def rank(group: AnswerGroup) -> tuple[float, float, int]:
-        values = [_score_key(scores[p]) for p in group.members]
-        value = max(values) if group_score == "max" else sum(values) / len(values)
+        # Members the verifier could not score (NaN) do not count; a group with none scored
+        # ranks after every scored one.
+        values = [scores[p] for p in group.members if not math.isnan(scores[p])]
+        if not values:
+            value = -math.inf
+        else:
+            value = max(values) if group_score == "max" else sum(values) / len(values)
         top = best_member(group.members, scores, order)
         return (-value, -_score_key(scores[top]), order[top])
 

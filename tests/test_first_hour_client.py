@@ -40,7 +40,12 @@ from ttscale.proxy import (
 )
 from ttscale.scaling import parse_request, plan_scaled, resolve_settings
 from ttscale.settings import parse_settings
-from ttscale.strategies.selection import rank_by_score, select_unscored
+from ttscale.strategies.selection import (
+    rank_by_score,
+    select_best_of_majority,
+    select_majority,
+    select_unscored,
+)
 from ttscale.testing import ScriptedSampler
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
@@ -543,3 +548,10 @@ def test_the_fallback_rule_is_majority_then_first_drawn() -> None:
     assert select_unscored(["1", "2", "2", "3"], 2, indices=[9, 8, 7, 6]) == [2, 3]
     assert select_unscored([None, None, "5"], 3) == [2, 0, 1]  # answerless ones last, in order
     assert rank_by_score([math.nan, 0.1, math.nan]) == [1, 0, 2]  # unscored rank last
+    # Best-of-Majority's mean over a group counts its scored members only: an unscored member
+    # does not sink the group (before: its NaN made the mean -inf, and "b" won).
+    groups, _ = select_best_of_majority(
+        ["a", "a", "b", "b"], [0.9, math.nan, 0.5, 0.6], 1, group_score="mean"
+    )
+    assert groups[0].answer == "a"
+    assert select_majority(["a", "b", "b"], weights=[0.9, math.nan, math.nan])[0].answer == "a"
