@@ -555,3 +555,30 @@ def test_the_fallback_rule_is_majority_then_first_drawn() -> None:
     )
     assert groups[0].answer == "a"
     assert select_majority(["a", "b", "b"], weights=[0.9, math.nan, math.nan])[0].answer == "a"
+
+
+# -- item 7: a client-wide budget shows its limits ----------------------------------------------
+
+
+def test_a_client_wide_budget_shows_its_limits_and_spend(upstream: LoopbackServer) -> None:
+    budget = ttscale.max_samples(64) | ttscale.max_tokens(200_000)
+    client = ttscale.wrap(
+        openai.OpenAI(base_url=upstream.base_url, api_key="k"), samples=4, budget=budget
+    )
+    for call in (1, 2):
+        reply = client.chat.completions.create(model="m", messages=messages())
+        assert reply.model_extra is not None
+        shown = reply.model_extra["ttscale"]["budget"]
+        assert shown["limits"] == {"client": "max_samples(64) | max_tokens(200000)"}  # not {}
+        assert shown["spent"]["samples"] == 4  # this call's
+        assert shown["client_spent"]["samples"] == 4 * call  # every call's so far
+    # A per-call budget keeps its own limits beside the client's.
+    reply = client.chat.completions.create(
+        model="m", messages=messages(), extra_body={"ttscale": {"budget": {"tokens": 5000}}}
+    )
+    assert reply.model_extra is not None
+    assert reply.model_extra["ttscale"]["budget"]["limits"] == {
+        "tokens": 5000,
+        "client": "max_samples(64) | max_tokens(200000)",
+    }
+    client.close()
