@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -18,11 +19,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich loads with the first output: --help (plain text) never needs it
+    from rich.console import Console
+    from rich.table import Table
 
 from ttscale import __version__
 from ttscale.errors import ConfigError, TTScaleError
@@ -40,15 +43,30 @@ app = typer.Typer(
     # doubled the time of ``ttscale plugins``. A default of False for the flag skips the check.
     context_settings={"default_map": {"help": False, "plugins": {"help": False}}},
 )
+_SUMMARY_CONFIDENCE = 0.9  # the summary's intervals, as ttscale fit's
+
+
 # Markup off on every console: user text (paths like data[test].jsonl, model names, errors)
 # prints as it is; the few styled words are Text spans (see _styled).
-console = Console(stderr=True, soft_wrap=True, markup=False)  # an error line must stay whole
-_SUMMARY_CONFIDENCE = 0.9  # the summary's intervals, as ttscale fit's
+@functools.cache
+def _console() -> Console:
+    """The console for errors and notes (stderr), made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, markup=False)  # an error line must stay whole
 
 
 def _out() -> Console:
     """The console for results (stdout), markup off like the error console's."""
+    from rich.console import Console
+
     return Console(markup=False)
+
+
+def _table(*columns: Any, **options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*columns, **options)
 
 
 def _styled(label: str, style: str, message: object) -> Any:
@@ -67,7 +85,7 @@ def print_table(console: Console, table: Table) -> None:
 
 def _fail(message: object) -> typer.Exit:
     """Print ``error: message`` on stderr; the exit to raise (code 2)."""
-    console.print(_styled("error:", "red", message))
+    _console().print(_styled("error:", "red", message))
     return typer.Exit(code=2)
 
 
@@ -97,7 +115,7 @@ def plugins() -> None:
     """List the registered samplers, strategies and verifiers (entry points)."""
     from ttscale.registry import GROUPS, available
 
-    table = Table("kind", "names", "entry-point group")
+    table = _table("kind", "names", "entry-point group")
     for kind, group in GROUPS.items():
         table.add_row(kind, ", ".join(available(kind)) or "(none)", group)
     _out().print(table)
@@ -152,7 +170,7 @@ def sample(
     else:
         out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     usage = batch.usage
-    console.print(
+    _console().print(
         f"{plural('sample', usage.samples)}, {plural('request', usage.requests)}, "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
         f"{usage.wall_time_s:.2f} s"
@@ -366,7 +384,7 @@ def solve(
         with contextlib.ExitStack() as stack:
             server_url, server_model = base_url, model
             if base_url is None:
-                console.print("starting the embedded model (llama.cpp, CPU)...")
+                _console().print("starting the embedded model (llama.cpp, CPU)...")
                 local = stack.enter_context(LocalModelServer())
                 server_url, server_model = local.base_url, local.model
                 # llama.cpp under-reports tokens for n > 1; logprobs count them exactly.
@@ -379,7 +397,7 @@ def solve(
                 TextColumn("{task.fields[status]}", markup=False),
                 TimeElapsedColumn(),
             )
-            with Progress(*columns, console=console, transient=False) as progress:
+            with Progress(*columns, console=_console(), transient=False) as progress:
                 task = progress.add_task("solve", total=total, status="")
                 seen = {"samples": 0, "tokens": 0, "correct": 0, "done": 0}
                 clock = time.perf_counter()
@@ -462,7 +480,7 @@ def portal_call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _print_summary(summary: Any, plot: bool) -> None:
     records = summary.records
-    table = Table(
+    table = _table(
         "k",
         "coverage pass@k ± se [90% CI]",
         title=f"{plural('problem', len(records))}, {summary.model}",
@@ -501,7 +519,7 @@ def _print_summary(summary: Any, plot: bool) -> None:
         )
     )
     if summary.stopped:
-        console.print(
+        _console().print(
             _styled(
                 "stopped:",
                 "yellow",
@@ -521,7 +539,7 @@ def _print_summary(summary: Any, plot: bool) -> None:
                 extra_bands=bands,
             )
         except TTScaleError as exc:
-            console.print(_styled("no law fit:", "yellow", exc))
+            _console().print(_styled("no law fit:", "yellow", exc))
             return
         columns = ["k", "coverage", "fit", "beta_fit", *extra, "tokens"]
         print_table(out_console, render_table(report, columns=columns))
@@ -596,8 +614,8 @@ def fit(
         raise _fail(exc) from exc
     print_table(_out(), render_table(report))
     for note in [*report.notes, *offline_notes]:
-        console.print(note)
-    console.print(f"wrote {report.json_path} and {report.plot_path}")
+        _console().print(note)
+    _console().print(f"wrote {report.json_path} and {report.plot_path}")
 
 
 @app.command()
@@ -642,16 +660,16 @@ def compare(
             continue
         header = [name for name in chosen[0] if name != "view"]
         header[0] = "k" if view == "k" else "tokens"
-        table = Table(*header, title=f"a - b {title}")
+        table = _table(*header, title=f"a - b {title}")
         for row in chosen:
             table.add_row(*(value for name, value in row.items() if name != "view"))
         print_table(out_console, table)
     out_console.print(f"p-values: {comparison.p_value_method}; CIs: bootstrap over problems")
     for note in comparison.notes:
-        console.print(note)
+        _console().print(note)
     if out is not None:
         out.write_text(json.dumps(comparison.to_dict(), indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {out}")
+        _console().print(f"wrote {out}")
 
 
 @app.command()
@@ -744,7 +762,7 @@ def serve(
         with contextlib.ExitStack() as stack:
             upstream_url, upstream_model, counting = base_url, model, False
             if base_url is None:
-                console.print("starting the embedded model (llama.cpp, CPU)...")
+                _console().print("starting the embedded model (llama.cpp, CPU)...")
                 local = stack.enter_context(LocalModelServer())
                 upstream_url, upstream_model = local.base_url, model or local.model
                 counting = True  # llama.cpp under-reports tokens for n > 1; logprobs count them
@@ -765,7 +783,7 @@ def serve(
             )
             listener = stack.enter_context(_listen(host, port))
             bound = int(listener.getsockname()[1])
-            console.print(
+            _console().print(
                 f"ttscale proxy on {_http_url(host, bound)}/v1 -> {upstream_url} "
                 f"(presets: {', '.join(sorted(table)) or 'none'})"
             )
@@ -869,7 +887,7 @@ def local_setup() -> None:
 
     def progress(line: str) -> None:
         if build_percent(line) is not None:
-            console.print(f"llama-server build {line}")
+            _console().print(f"llama-server build {line}")
 
     try:
         started = time.perf_counter()
