@@ -47,3 +47,15 @@ def test_ttscale_plugins_loads_neither_pydantic_nor_the_samplers() -> None:
     # Control: without the help flag's default (an empty default map), typer loads pydantic.
     control = plugins.replace("standalone_mode=False", "standalone_mode=False, default_map={}")
     assert "pydantic" in loaded_after(control, {"pydantic"})
+
+
+def test_ttscale_help_loads_neither_rich_nor_pydantic() -> None:
+    roots = {"rich", "pydantic", "openai", "numpy", "httpx2"}
+    run = (
+        "import sys; sys.argv = ['ttscale', {}]\n"
+        "from ttscale.cli import app\n"
+        "app(standalone_mode=False)"
+    )
+    assert loaded_after(run.format("'--help'"), roots) == []
+    # Control: a command that prints a table loads rich, and the check sees it.
+    assert "rich" in loaded_after(run.format("'plugins'"), roots)
