@@ -33,6 +33,9 @@ from ttscale.samplers.usage import (
     counts_one_choice,
     declare_one_choice_usage,
     entry_counts,
+    forget,
+    knows_one_choice,
+    max_choices,
 )
 from ttscale.sync import SyncSampler
 from ttscale.tables import fit_table, pack_columns, table_width
@@ -376,9 +379,12 @@ def test_one_choice_usage_is_learnt_then_counted_from_logprobs(
     routes = {"/llama/v1/chat/completions": llama_like(bodies, timings=True)}
     with LoopbackServer(routes=routes) as server:
         url = server.base_url.removesuffix("/v1") + "/llama/v1"
-        first = draw_from(url, 4)
-        second = draw_from(url, 4)
-        draw_from(url, 2)
+        try:
+            first = draw_from(url, 4)
+            second = draw_from(url, 4)
+            draw_from(url, 2)
+        finally:
+            forget(url)
     assert "logprobs" not in bodies[0]  # not known yet: its counts are estimates
     assert not any(c.tokens_exact for c in first.candidates)
     assert bodies[1]["logprobs"] is True and "top_logprobs" not in bodies[1]
@@ -420,9 +426,13 @@ def test_a_declared_choice_limit_splits_requests_instead_of_losing_n() -> None:
     so 7 samples at most 3 a request go as 3 + 3 + 1 with n, none refused."""
     with LoopbackServer() as server:
         declare_one_choice_usage(server.base_url, max_choices=3)
-        batch = draw_from(server.base_url, 7)
+        try:
+            batch = draw_from(server.base_url, 7)
+        finally:
+            forget(server.base_url)  # a later server on this port is another server
         asked = [record.body.get("n", 1) for record in server.records if record.body]
     assert sorted(asked) == [1, 3, 3]
+    assert max_choices(server.base_url) is None and not knows_one_choice(server.base_url)
     assert (batch.usage.samples, batch.usage.requests, batch.usage.failed_requests) == (7, 3, 0)
     # Control: a server declaring nothing is asked for the 7 at once.
     with LoopbackServer() as server:

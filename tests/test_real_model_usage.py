@@ -24,6 +24,7 @@ from ttscale.local_model import (
     find_llama_server,
 )
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
+from ttscale.samplers.usage import forget
 from ttscale.sync import SyncSampler
 from ttscale.types import SampleBatch, SamplingParams
 
@@ -116,9 +117,12 @@ def test_a_server_not_declared_is_learnt_from_its_first_answer(server: LocalMode
         api_key_env=None,
         params=SamplingParams(temperature=0.8, max_tokens=8, seed=11),
     )
-    with SyncSampler(OpenAISampler(config)) as sampler:
-        first = sampler.sample(PROMPT, 2)
-        second = sampler.sample(PROMPT, 2)
+    try:
+        with SyncSampler(OpenAISampler(config)) as sampler:
+            first = sampler.sample(PROMPT, 2)
+            second = sampler.sample(PROMPT, 2)
+    finally:
+        forget(url)  # learnt under a name the server's stop does not clear
     assert not any(c.tokens_exact for c in first.candidates)
     assert all(c.tokens_exact for c in second.candidates)
     assert [c.completion_tokens for c in second.candidates] == [

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ttscale.errors import ConfigError, TTScaleError
-from ttscale.samplers.usage import declare_one_choice_usage
+from ttscale.samplers.usage import declare_one_choice_usage, forget
 
 __all__ = [
     "MODEL_NAME",
@@ -443,6 +443,7 @@ class LocalModelServer:
             process, self._process = self._process, None
             if process is None:
                 return
+            forget(self.base_url)  # the port is free for another server from now on
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)

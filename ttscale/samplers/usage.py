@@ -30,6 +30,7 @@ __all__ = [
     "declare_one_choice_usage",
     "entry_counts",
     "first_correction",
+    "forget",
     "knows_one_choice",
     "learn",
     "max_choices",
@@ -58,6 +59,15 @@ def declare_one_choice_usage(base_url: str, max_choices: int | None = None) -> N
         _ONE_CHOICE.add(_key(base_url))
         if max_choices is not None:
             _MAX_CHOICES[_key(base_url)] = max_choices
+
+
+def forget(base_url: str) -> None:
+    """Drop what is known of ``base_url`` (its server stopped: another may take the port)."""
+    key = _key(base_url)
+    with _lock:
+        _ONE_CHOICE.discard(key)
+        _MAX_CHOICES.pop(key, None)
+        _SAID.discard(key)
 
 
 def max_choices(base_url: str) -> int | None:
