@@ -113,11 +113,11 @@ def _main(
 @app.command()
 def plugins() -> None:
     """List the registered samplers, strategies and verifiers (entry points)."""
-    from ttscale.registry import GROUPS, available
+    from ttscale.registry import GROUPS, available_by_kind
 
     table = _table("kind", "names", "entry-point group")
-    for kind, group in GROUPS.items():
-        table.add_row(kind, ", ".join(available(kind)) or "(none)", group)
+    for kind, names in available_by_kind().items():
+        table.add_row(kind, ", ".join(names) or "(none)", GROUPS[kind])
     _out().print(table)
 
 
