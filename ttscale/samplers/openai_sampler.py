@@ -237,6 +237,7 @@ class OpenAISampler:
         self._token_limiter: AsyncLimiter | None = None
         # Prompt tokens by prompt, learnt from answers that reported usage; shared with twins.
         self._prompt_tokens: OrderedDict[str, int] = OrderedDict()
+        self._last_prompt: tuple[object, str] = (None, "")
 
     @staticmethod
     def _upstream_clients(
@@ -649,7 +650,11 @@ class OpenAISampler:
             self._remember_prompt(request_input, int(usage["prompt_tokens"]))
 
     def _remember_prompt(self, request_input: str | list[dict[str, Any]], tokens: int) -> None:
-        key = _prompt_key(request_input)
+        # A draw's requests share one request input: its key (JSON of the messages) is made once.
+        last_input, key = self._last_prompt
+        if last_input is not request_input:
+            key = _prompt_key(request_input)
+            self._last_prompt = (request_input, key)
         self._prompt_tokens[key] = tokens
         self._prompt_tokens.move_to_end(key)
         while len(self._prompt_tokens) > _PROMPT_MEMORY:
