@@ -591,6 +591,6 @@ def test_a_token_budget_stops_the_judges_calls_and_counts_them_exactly() -> None
         # The one judged candidate and three the budget left unjudged, none of them lost.
         scores = answer.result.scores
         assert len(answer.result.candidates) == 4
-        assert [s.value for s in scores] == [0.9, 0.0, 0.0, 0.0]
+        assert [s.value for s in scores] == [0.9, None, None, None]
         assert [bool(s.details.get("unjudged")) for s in scores] == [False, True, True, True]
         assert all("budget refused" in s.reason for s in scores[1:])
