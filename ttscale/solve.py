@@ -536,6 +536,9 @@ async def _solve_one(run: _Run, problem: Problem) -> None:
         if exc.scope != "run":
             raise
         cut.reason = cut.reason or str(exc)
+    except Exception:
+        run.journal.check_writable()  # the store's failure, however a strategy wrapped it
+        raise
     run.journal.check_writable()  # a strategy that swallowed the store's error still stops
     run.tally.replayed += sum(view.replayed for view in views.journalled)
     if result is None or cut.reason is not None:
