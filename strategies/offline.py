@@ -56,7 +56,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -1036,11 +1036,12 @@ def evaluate(
         by_length.setdefault(problem[0].size, []).append(number)
 
     rng = np.random.default_rng(seed)
-    per_problem = {name: np.zeros((len(problems), budgets.size)) for name in specs}
-    per_samples = {name: np.tile(budgets.astype(np.float64), (len(problems), 1)) for name in specs}
+    shape = (len(problems), budgets.size)
+    per_problem: dict[str, FloatArray] = {}
+    per_samples: dict[str, FloatArray] = {}
     for n in sorted(by_length):
         members = by_length[n]
-        group = [problems[number] for number in members]
+        group = _stack([problems[number] for number in members])
         if chosen_orders is not None:
             group_orders = chosen_orders
             _check_orders(group_orders, n)
@@ -1048,9 +1049,16 @@ def evaluate(
             group = _relabel(group, rng)
             group_orders = _random_orders(rng, subsets, n)
         part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay, workers)
-        for name in specs:
-            per_problem[name][members] = part_acc[name]
-            per_samples[name][members] = part_used[name]
+        whole = len(members) == len(problems)  # the usual case: no copy
+        for into, part in ((per_problem, part_acc), (per_samples, part_used)):
+            for name, table in part.items():
+                if whole:
+                    into[name] = table
+                else:
+                    into.setdefault(name, np.zeros(shape))[members] = table
+    # A strategy that always draws k has drawn k on every problem: one read-only row, no copies.
+    drew_k = np.broadcast_to(budgets.astype(np.float64), shape)
+    per_samples = {name: per_samples.get(name, drew_k) for name in specs}
 
     lanes = int(chosen_orders.shape[0]) if chosen_orders is not None else subsets
     errors = {
@@ -1105,13 +1113,27 @@ def _closed_form(spec: OfflineSpec) -> bool:
     return isinstance(spec, PassAtK | BestOfNConfig)
 
 
-def _relabel(group: list[Problem], rng: np.random.Generator) -> list[Problem]:
+_Group = tuple[IntArray, BoolArray, FloatArray | None]
+"""Problems with one sample count as (P, N) arrays: answers, correctness, scores."""
+
+
+def _stack(problems: list[Problem]) -> _Group:
+    answers = np.stack([problem[0] for problem in problems])
+    correct = np.stack([problem[1] for problem in problems])
+    graded = [problem[2] for problem in problems]
+    scores = None if graded[0] is None else np.stack(graded)  # type: ignore[arg-type]
+    return answers, correct, scores
+
+
+def _relabel(group: _Group, rng: np.random.Generator) -> _Group:
     """Each problem's samples in a random stored order (its orders' ``relabel_p``)."""
-    orders = rng.permuted(np.tile(np.arange(group[0][0].size), (len(group), 1)), axis=1)
-    return [
-        (answers[order], right[order], graded[order] if graded is not None else None)
-        for (answers, right, graded), order in zip(group, orders, strict=True)
-    ]
+    answers, correct, scores = group
+    orders = rng.permuted(np.tile(np.arange(answers.shape[1]), (len(answers), 1)), axis=1)
+
+    def moved(table: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.take_along_axis(table, orders, axis=1)
+
+    return moved(answers), moved(correct), moved(scores) if scores is not None else None
 
 
 def _resolve_specs(
@@ -1211,18 +1233,17 @@ def _needs_scores(spec: OfflineSpec) -> bool:
 
 
 def _evaluate_group(
-    group: list[Problem],
+    group: _Group,
     specs: Mapping[str, OfflineSpec],
     budgets: IntArray,
     orders: IntArray,
     replay: bool,
     workers: int = 1,
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
-    """Per-problem accuracy and samples drawn, (P, K), of problems with one sample count."""
-    n = group[0][0].size
-    answers = np.stack([p[0] for p in group])
-    correct = np.stack([p[1] for p in group])
-    scores = np.stack([p[2] for p in group]) if group[0][2] is not None else None  # type: ignore[misc]
+    """Per-problem accuracy (P, K) of problems with one sample count, and the samples drawn by
+    the strategies that stop early (the others draw k)."""
+    answers, correct, scores = group
+    problems, n = answers.shape
     sums_scores = any(
         (isinstance(spec, MajorityConfig) and spec.weighted)
         or (isinstance(spec, BestOfMajorityConfig) and spec.group_score == "mean")
@@ -1232,13 +1253,13 @@ def _evaluate_group(
         # Running sums stay monotone only for non-negative weights, which the O(1) update needs.
         raise DataError("weighted majority and mean group scores need finite scores >= 0 offline")
     steps = budgets - 1
-    used = {name: np.tile(budgets.astype(np.float64), (len(group), 1)) for name in specs}
     closed = {
         name: spec
         for name, spec in specs.items()
         if isinstance(spec, PassAtK | BestOfNConfig) and not replay
     }
     scanned = {name: spec for name, spec in specs.items() if name not in closed}
+    stopping = [n for n, s in scanned.items() if isinstance(s, AdaptiveConfig | AheadByKConfig)]
     wanted = np.zeros(n, dtype=bool)
     wanted[steps] = True
     bounds = _chunk_bounds(answers, orders.shape[0], workers) if scanned else []
@@ -1247,36 +1268,33 @@ def _evaluate_group(
         chunk = _make_chunk(answers, correct, scores, *bound)
         return _scan(chunk, orders, scanned, wanted)
 
+    def closed_curves() -> dict[str, FloatArray]:
+        return {name: _closed_curve(c, correct, scores, budgets) for name, c in closed.items()}
+
+    accuracy: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in scanned}
+    used: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in stopping}
+    lanes = orders.shape[0]
+
+    def keep(bound: tuple[int, int], part: tuple[dict[str, IntArray], dict[str, IntArray]]) -> None:
+        start, stop = bound
+        for name in scanned:
+            accuracy[name][start:stop] = part[0][name][steps].T / lanes
+        for name in stopping:
+            used[name][start:stop] = part[1][name][steps].T / lanes
+
     # numpy releases the GIL inside each call, so chunks scanned on threads overlap on several
     # cores (a chunk's state stays within the cache budget either way), and the closed forms
-    # are computed meanwhile.
-    def closed_curves() -> dict[str, FloatArray]:
-        return {
-            name: _closed_curve(spec, correct, scores, budgets) for name, spec in closed.items()
-        }
-
+    # are computed meanwhile. Each chunk's counts are kept as soon as it is done.
     if workers > 1 and bounds:
         with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
-            running = [pool.submit(scan, bound) for bound in bounds]
-            accuracy = closed_curves()
-            parts = [job.result() for job in running]
+            running = {pool.submit(scan, bound): bound for bound in bounds}
+            accuracy.update(closed_curves())
+            for job in as_completed(running):
+                keep(running[job], job.result())
     else:
-        accuracy = closed_curves()
-        parts = [scan(bound) for bound in bounds]
-    if not scanned:
-        return accuracy, used
-    totals = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
-    drawn = {name: np.zeros((n, len(group)), dtype=np.int64) for name in scanned}
-    for (start, stop), (part_totals, part_drawn) in zip(bounds, parts, strict=True):
-        for name in scanned:
-            totals[name][:, start:stop] = part_totals[name]
-            if name in part_drawn:
-                drawn[name][:, start:stop] = part_drawn[name]
-    lanes = orders.shape[0]
-    for name, spec in scanned.items():
-        accuracy[name] = totals[name][steps].T / lanes
-        if isinstance(spec, AdaptiveConfig | AheadByKConfig):
-            used[name] = drawn[name][steps].T / lanes
+        accuracy.update(closed_curves())
+        for bound in bounds:
+            keep(bound, scan(bound))
     return accuracy, used
 
 
