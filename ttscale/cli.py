@@ -115,10 +115,11 @@ def plugins() -> None:
     """List the registered samplers, strategies and verifiers (entry points)."""
     from ttscale.registry import GROUPS, available_by_kind
 
-    table = _table("kind", "names", "entry-point group")
-    for kind, names in available_by_kind().items():
-        table.add_row(kind, ", ".join(names) or "(none)", GROUPS[kind])
-    _out().print(table)
+    # Plain lines, not a table: this is a quick command, and rich alone would double its start-up.
+    found = available_by_kind()
+    typer.echo(f"{'kind':<10} {'entry-point group':<22} names")
+    for kind, names in found.items():
+        typer.echo(f"{kind:<10} {GROUPS[kind]:<22} {', '.join(names) or '(none)'}")
 
 
 @app.command()
