@@ -11,14 +11,14 @@ Qwen2.5-Coder-0.5B-Instruct on llama-server (CPU), the arithmetic set and the GS
 - ``beam_search/{judge,confidence}``: N paths a round, beam width 2 (N/2 kept), ``\\n\\n`` steps;
 - ``particle_filtering/{judge,confidence}``: N particles, multinomial resampling, argmax answer.
 
-The whole samples are drawn once at the largest N and the first N of them are used at each
-smaller N (one draw order). Each search draws through its own ``BudgetedSampler``, so its tokens
-are what the server returned for it, judge calls included. Tokens per problem are reported as
-completion tokens (generation) and all tokens (prompt + completion, the judge's prompts
-included; the judge's replies, a few tokens each, are in both). The searches also record the
-prompt tokens llama-server said it reused from its prefix cache. Accuracy is the share of
-problems whose answer equals the reference (normalised numbers), with a 95% percentile bootstrap
-interval over problems.
+The whole samples are drawn as the budgets grow (N = 2, then 2 more for N = 4, ...; each index
+has its own seed) and the first N of them are used at N (one draw order). Each search draws
+through its own ``BudgetedSampler``, so its tokens are what the server returned for it, judge calls
+included. Tokens per problem are reported as completion tokens (generation) and all tokens
+(prompt + completion, the judge's prompts included; the judge's replies, a few tokens each, are in
+both). The searches also record the prompt tokens llama-server said it reused from its prefix
+cache. Accuracy is the share of problems whose answer equals the reference (normalised numbers),
+with a 95% percentile bootstrap interval over problems.
 
 A problem runs its budgets in turn, smallest first; each budget's cells are appended to the rows
 file as soon as they are in, and a rerun with the same file skips the problems it holds whole, so
@@ -68,6 +68,9 @@ MAX_STEPS = 6
 BEAM_WIDTH = 2
 REWARDS = ("judge", "confidence")
 OUT = Path(__file__).parent / "results" / "search"
+# A request on a loaded CPU can take many minutes (0.1-0.5 tokens/s a slot was seen): a client
+# timeout would cancel it and start it again, paying twice.
+TIMEOUT_S = 7200.0
 
 
 def method_names() -> list[str]:
@@ -103,12 +106,14 @@ def tokens_of(usage: Usage) -> dict[str, int]:
 
 
 async def whole_samples(
-    problem: Problem, sampler: OpenAISampler, count: int, max_tokens: int
+    problem: Problem, sampler: OpenAISampler, count: int, max_tokens: int, start: int = 0
 ) -> list[dict[str, Any]]:
-    """``count`` whole samples, each with its answer, tokens, judge score and self-certainty."""
+    """``count`` whole samples from index ``start`` (each index has its own seed, so drawing 2
+    then 2 more is drawing 4), each with its answer, tokens, judge score and self-certainty."""
     budget = BudgetedSampler(sampler)
     params = SamplingParams(temperature=TEMPERATURE, max_tokens=max_tokens, logprobs=5, seed=SEED)
-    batch = await budget.for_problem(problem.id).sample(problem.input, count, params)
+    problem_view = budget.for_problem(problem.id)
+    batch = await problem_view.sample(problem.input, count, params, start_index=start)
     extract = get_extractor("auto")
     judge = judge_for(budget.for_problem(problem.id + "/judge"))
     candidates = sorted(batch.candidates, key=lambda c: c.index)
@@ -211,20 +216,24 @@ async def solve_problem(
     max_tokens = MAX_TOKENS[dataset]
     params = SamplingParams(max_tokens=max_tokens)
     async with OpenAISampler(
-        model=model, base_url=base_url, api_key="local", concurrency=8, params=params
+        model=model,
+        base_url=base_url,
+        api_key="local",
+        concurrency=8,
+        params=params,
+        timeout=TIMEOUT_S,
     ) as sampler:
-        whole: list[dict[str, Any]] | None = None
+        whole: list[dict[str, Any]] = []
         for n in sorted(budgets):
-            jobs: dict[str, Any] = {}
-            if whole is None:
-                jobs["whole"] = whole_samples(problem, sampler, max(budgets), max_tokens)
+            jobs: dict[str, Any] = {
+                "whole": whole_samples(problem, sampler, n - len(whole), max_tokens, len(whole))
+            }
             for method in ("beam_search", "particle_filtering"):
                 for reward in REWARDS:
                     jobs[f"{method}/{reward}@{n}"] = search(problem, sampler, method, reward, n)
             started = time.perf_counter()
             done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
-            whole = done.pop("whole", whole)
-            assert whole is not None
+            whole += done.pop("whole")
             cells = {f"{name}@{n}": cell for name, cell in sampled_methods(whole, n).items()}
             cells.update(done)
             for cell in cells.values():
