@@ -234,6 +234,25 @@ def encode_answers(answers: Sequence[Any] | npt.ArrayLike) -> IntArray:
     return encoded
 
 
+def _as_table(
+    answers: Sequence[Any] | npt.ArrayLike,
+    correct: Sequence[Any] | npt.ArrayLike,
+    scores: Sequence[Any] | npt.ArrayLike | None,
+) -> tuple[IntArray, BoolArray, FloatArray | None] | None:
+    """Answers given as a 2-D array, with correctness (and scores) of its shape, as (P, N)
+    arrays; None for any other input (read problem by problem instead)."""
+    if not isinstance(answers, np.ndarray) or answers.ndim != 2 or answers.shape[1] == 0:
+        return None
+    right = np.asarray(correct, dtype=bool)
+    graded = np.asarray(scores, dtype=np.float64) if scores is not None else None
+    if right.shape != answers.shape or (graded is not None and graded.shape != answers.shape):
+        return None  # the problem-by-problem reading names the problem that does not fit
+    encoded = np.empty(answers.shape, dtype=np.int64)
+    for row, values in enumerate(answers):
+        encoded[row] = encode_answers(values)
+    return encoded, right, graded
+
+
 def _as_problem_arrays(
     answers: Sequence[Any] | npt.ArrayLike,
     correct: Sequence[Any] | npt.ArrayLike,
@@ -1019,29 +1038,32 @@ def evaluate(
     at most :data:`MAX_WORKERS`); the results do not depend on it.
     """
     workers = _resolve_workers(workers)
-    problems = _as_problem_arrays(answers, correct, scores)
+    # A (P, N) array of answers is read as one table, without a small array per problem.
+    table = _as_table(answers, correct, scores) if traces is None else None
+    problems = _as_problem_arrays(answers, correct, scores) if table is None else []
+    count = len(table[0]) if table is not None else len(problems)
     has_scores = scores is not None
     specs = _resolve_specs(strategies, has_scores, traces is not None)
     streams = _check_traces(traces, problems) if traces is not None else None
     confident = {name: s for name, s in specs.items() if isinstance(s, DeepConfConfig)}
     specs = {name: s for name, s in specs.items() if name not in confident}
-    shortest = min(p[0].size for p in problems)
+    shortest = table[0].shape[1] if table is not None else min(p[0].size for p in problems)
     budgets = np.arange(1, shortest + 1) if ks is None else _budgets(ks, shortest)
     if subsets < 1:
         raise ConfigError(f"subsets must be >= 1, got {subsets}")
     replay = orders is not None
     chosen_orders = np.asarray(orders, dtype=np.int64) if replay else None
-    by_length: dict[int, list[int]] = {}
+    by_length: dict[int, list[int]] = {shortest: list(range(count))} if table is not None else {}
     for number, problem in enumerate(problems):
         by_length.setdefault(problem[0].size, []).append(number)
 
     rng = np.random.default_rng(seed)
-    shape = (len(problems), budgets.size)
+    shape = (count, budgets.size)
     per_problem: dict[str, FloatArray] = {}
     per_samples: dict[str, FloatArray] = {}
     for n in sorted(by_length):
         members = by_length[n]
-        group = _stack([problems[number] for number in members])
+        group = table if table is not None else _stack([problems[number] for number in members])
         if chosen_orders is not None:
             group_orders = chosen_orders
             _check_orders(group_orders, n)
@@ -1049,13 +1071,13 @@ def evaluate(
             group = _relabel(group, rng)
             group_orders = _random_orders(rng, subsets, n)
         part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay, workers)
-        whole = len(members) == len(problems)  # the usual case: no copy
+        whole = len(members) == count  # the usual case: no copy
         for into, part in ((per_problem, part_acc), (per_samples, part_used)):
-            for name, table in part.items():
+            for name, curve in part.items():
                 if whole:
-                    into[name] = table
+                    into[name] = curve
                 else:
-                    into.setdefault(name, np.zeros(shape))[members] = table
+                    into.setdefault(name, np.zeros(shape))[members] = curve
     # A strategy that always draws k has drawn k on every problem: one read-only row, no copies.
     drew_k = np.broadcast_to(budgets.astype(np.float64), shape)
     per_samples = {name: per_samples.get(name, drew_k) for name in specs}
@@ -1086,7 +1108,7 @@ def evaluate(
         ks=budgets,
         accuracy={name: values.mean(axis=0) for name, values in per_problem.items()},
         samples_used={name: values.mean(axis=0) for name, values in per_samples.items()},
-        problems=len(problems),
+        problems=count,
         subsets=lanes,
         per_problem=per_problem,
         per_problem_samples=per_samples,

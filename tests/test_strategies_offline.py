@@ -618,3 +618,23 @@ def test_threads_scan_chunks_with_the_same_results() -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ConfigError, match="workers"):
             evaluate(answers, correct, scores, subsets=5, workers=bad)  # type: ignore[arg-type]
+
+
+def test_a_table_and_rows_of_the_same_samples_give_the_same_numbers() -> None:
+    """A (P, N) array is read as one table; the same samples as a list of rows, string answers
+    or mismatched shapes go problem by problem, with the same numbers and the same errors."""
+    rng = np.random.default_rng(4)
+    answers = rng.integers(-1, 5, size=(9, 8))
+    correct = answers == 1
+    scores = rng.random((9, 8))
+    table = evaluate(answers, correct, scores, subsets=30, seed=1)
+    rows = evaluate(list(answers), list(correct), list(scores), subsets=30, seed=1)
+    words = np.where(answers < 0, None, answers.astype(str).astype(object))
+    named = evaluate(words, correct, scores, subsets=30, seed=1)
+    for name in table.per_problem:
+        assert np.array_equal(table.per_problem[name], rows.per_problem[name]), name
+        assert np.array_equal(table.per_problem[name], named.per_problem[name]), name
+    with pytest.raises(DataError, match="problem 0: 7 correctness flags for 8"):
+        evaluate(answers, correct[:, :7], scores, subsets=5)
+    with pytest.raises(DataError, match="problem 0: 7 scores for 8"):
+        evaluate(answers, correct, scores[:, :7], subsets=5)
