@@ -56,7 +56,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -1286,10 +1286,6 @@ def _evaluate_group(
     wanted[steps] = True
     bounds = _chunk_bounds(answers, orders.shape[0], workers) if scanned else []
 
-    def scan(bound: tuple[int, int]) -> tuple[dict[str, IntArray], dict[str, IntArray]]:
-        chunk = _make_chunk(answers, correct, scores, *bound)
-        return _scan(chunk, orders, scanned, wanted)
-
     def closed_curves() -> dict[str, FloatArray]:
         return {name: _closed_curve(c, correct, scores, budgets) for name, c in closed.items()}
 
@@ -1297,26 +1293,30 @@ def _evaluate_group(
     used: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in stopping}
     lanes = orders.shape[0]
 
-    def keep(bound: tuple[int, int], part: tuple[dict[str, IntArray], dict[str, IntArray]]) -> None:
+    def scan(bound: tuple[int, int]) -> None:
+        """One chunk's counts, written into its rows at once (chunks' rows are disjoint)."""
         start, stop = bound
+        totals, drawn = _scan(
+            _make_chunk(answers, correct, scores, start, stop), orders, scanned, wanted
+        )
         for name in scanned:
-            accuracy[name][start:stop] = part[0][name][steps].T / lanes
+            accuracy[name][start:stop] = totals[name][steps].T / lanes
         for name in stopping:
-            used[name][start:stop] = part[1][name][steps].T / lanes
+            used[name][start:stop] = drawn[name][steps].T / lanes
 
     # numpy releases the GIL inside each call, so chunks scanned on threads overlap on several
     # cores (a chunk's state stays within the cache budget either way), and the closed forms
-    # are computed meanwhile. Each chunk's counts are kept as soon as it is done.
+    # are computed meanwhile.
     if workers > 1 and bounds:
         with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
-            running = {pool.submit(scan, bound): bound for bound in bounds}
+            running = [pool.submit(scan, bound) for bound in bounds]
             accuracy.update(closed_curves())
-            for job in as_completed(running):
-                keep(running[job], job.result())
+            for job in running:
+                job.result()  # raises what the chunk's scan raised
     else:
         accuracy.update(closed_curves())
         for bound in bounds:
-            keep(bound, scan(bound))
+            scan(bound)
     return accuracy, used
 
 
