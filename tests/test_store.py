@@ -221,6 +221,7 @@ def full_disk_run(tmp_path: Path, patch: str) -> tuple[subprocess.CompletedProce
     return full, delivered, kept
 
 
+@pytest.mark.isolated
 def test_a_full_disk_stops_the_run_with_one_clear_message(tmp_path: Path) -> None:
     full, delivered, kept = full_disk_run(tmp_path, "none")
     said = " ".join((full.stdout + full.stderr).split())
