@@ -45,8 +45,9 @@ def plot_report(report: FitReport, extras: Mapping[str, Mapping[int, float]], pa
         alpha=0.15,
         label=f"coverage {report.confidence:.0%} CI (bootstrap over problems)",
     )
+    # The laws drawn over a log-spaced grid of k, not only at the measured ones.
+    dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
     if report.power is not None:
-        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
         axes.plot(
             dense,
             report.power.predict(dense),
@@ -54,7 +55,6 @@ def plot_report(report: FitReport, extras: Mapping[str, Mapping[int, float]], pa
             label=f"power law a={report.power.a:.3g}, b={report.power.b:.3g}",
         )
     if report.beta is not None:
-        dense = np.unique(np.geomspace(1, report.rows[-1]["k"], 200).round()).astype(np.int64)
         axes.plot(
             dense,
             report.beta.predict(dense),
