@@ -12,7 +12,4 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 bash scripts/typecheck.sh
-# Two subprocess tests (Ctrl-C on the embedded model, the full disk) failed in whole runs started as
-# background jobs; they run in a pytest process of their own, after the rest.
-.venv/bin/python -m pytest -q -p no:cacheprovider -m "not isolated" "$@"
-.venv/bin/python -m pytest -q -p no:cacheprovider -m isolated "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

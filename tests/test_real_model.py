@@ -166,7 +166,6 @@ def start_solve_and_wait_for_server(
     raise AssertionError("ttscale solve started no llama-server within 120 s")
 
 
-@pytest.mark.isolated
 def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
     solve, server_pid = start_solve_and_wait_for_server(tmp_path)
     time.sleep(3)  # let it start sampling, so Ctrl-C lands mid-run

@@ -34,6 +34,7 @@ from ttscale.types import (
 
 __all__ = [
     "EARLY_STOP",
+    "AdmissionCheck",
     "ArrivalSink",
     "Sampler",
     "Strategy",
@@ -45,6 +46,7 @@ __all__ = [
     "as_strategy",
     "as_verifier",
     "can_watch",
+    "check_admission",
     "check_draw",
     "checked_scores",
     "deliver",
@@ -318,18 +320,27 @@ def check_draw(n: int, start_index: int) -> None:
 ArrivalSink = Callable[[SampleBatch], None]
 """Told of each response's samples (with that response's usage) the moment they arrive."""
 
+AdmissionCheck = Callable[[], None]
+"""Asked just before each request goes out; raises to keep it from going out."""
+
 _ARRIVALS: contextvars.ContextVar[ArrivalSink | None] = contextvars.ContextVar(
     "ttscale_arrivals", default=None
+)
+_ADMISSION: contextvars.ContextVar[tuple[AdmissionCheck, ...]] = contextvars.ContextVar(
+    "ttscale_admission", default=()
 )
 
 
 @contextlib.contextmanager
-def arrivals(sink: ArrivalSink) -> Iterator[None]:
+def arrivals(sink: ArrivalSink, *, admit: AdmissionCheck | None = None) -> Iterator[None]:
     """Within the block (and the tasks it starts), a sampler that can reports every response's
     samples to ``sink`` as they arrive; a sink already set is told too, after ``sink``.
 
     This is how a store keeps each sample the moment it is paid for, not when the whole draw
     call returns: a process killed mid-draw loses only the responses still on the wire.
+    ``admit``, if given, is asked before each request is sent (:func:`check_admission`), after
+    the request has waited its turn: a store that can no longer write refuses there, so a draw
+    that was queued when the store failed buys nothing it could not keep.
     """
     outer = _ARRIVALS.get()
 
@@ -339,10 +350,19 @@ def arrivals(sink: ArrivalSink) -> Iterator[None]:
             outer(batch)
 
     token = _ARRIVALS.set(both)
+    checks = _ADMISSION.set(_ADMISSION.get() + ((admit,) if admit is not None else ()))
     try:
         yield
     finally:
+        _ADMISSION.reset(checks)
         _ARRIVALS.reset(token)
+
+
+def check_admission() -> None:
+    """Called by a sampler just before it sends a request (after its rate and concurrency
+    limits let it go): raises the error of any listener that must not be sent more samples."""
+    for admit in _ADMISSION.get():
+        admit()
 
 
 def deliver(batch: SampleBatch) -> None:

@@ -320,7 +320,7 @@ class StoredSampler(WrappedSampler):
         self.misses += len(owned)
         try:
             runs = index_runs(arrived.wanted)
-            with arrivals(arrived.take):
+            with arrivals(arrived.take, admit=self.store.check_writable):
                 draws = [
                     draw_from(
                         self.sampler, prompt, count, params, start_index=start, watcher=watcher

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
-from ttscale.protocols import EARLY_STOP, TokenWatcher, check_draw, deliver
+from ttscale.protocols import EARLY_STOP, TokenWatcher, check_admission, check_draw, deliver
 from ttscale.registry import build_config
 from ttscale.samplers.upstream import Transport, UpstreamClients
 from ttscale.samplers.usage import (
@@ -492,6 +492,7 @@ class OpenAISampler:
         base = params.seed if params.seed is not None else self.base_seed
         seed = derive_seed(base, slot.start)
         async with semaphore:
+            check_admission()  # after the wait: what was true when the draw was asked may not be
             started = time.perf_counter()
             try:
                 response = await self._create(request_input, params, slot.count, seed)
@@ -540,6 +541,7 @@ class OpenAISampler:
         body.update(stream=True, stream_options={"include_usage": True})
         reading = StreamRead()
         async with semaphore:
+            check_admission()
             started = time.perf_counter()
             shard = self._upstream.acquire()  # a stream holds its connection until it is closed
             try:

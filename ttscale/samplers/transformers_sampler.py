@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ttscale.errors import ConfigError, SamplerError
-from ttscale.protocols import check_draw
+from ttscale.protocols import check_admission, check_draw
 from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import merge_params
 from ttscale.samplers.vllm_sampler import CHAT_TEMPLATE_FLAGS, chat_template_flags
@@ -563,6 +563,7 @@ class TransformersSampler:
                 indices = range(first, min(first + self.config.batch_size, end))
                 seeds = [derive_seed(base, index) for index in indices]
                 async with self._loop_lock.get():
+                    check_admission()  # after the wait: a store may have failed meanwhile
                     call_started = time.perf_counter()
                     rows = await asyncio.to_thread(
                         self._generate, prompt_ids, seeds, params, sampling, max_new_tokens
