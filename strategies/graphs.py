@@ -1,4 +1,4 @@
-"""Multi-LLM collaboration graphs: a spec, an executor, built-in graphs and a strategy.
+"""Multi-LLM collaboration graphs: the executor, built-in graphs and the strategy.
 
 After Agent-REINFORCE (Wang et al. 2025). A graph is a DAG of nodes, each with a role and a model:
 
@@ -11,14 +11,8 @@ After Agent-REINFORCE (Wang et al. 2025). A graph is a DAG of nodes, each with a
 An edge ``a -> b`` appends ``a``'s outputs to ``b``'s context. One node (the only sink, or the one
 named ``final``) gives the answer. Models are names: the executor asks ``sampler_for(name)`` for a
 :class:`~ttscale.protocols.Sampler` per model, so several models means several samplers (endpoints
-or model names). A spec is Python objects (:class:`GraphSpec`) or a JSON/YAML file::
-
-    {"nodes": [{"id": "a", "model": "small", "samples": 3},
-               {"id": "b", "model": "large"},
-               {"id": "fuse", "role": "fuse", "model": "large"}],
-     "edges": [["a", "fuse"], ["b", "fuse"]],
-     "models": {"small": {"cost": 1}, "large": {"cost": 9, "base_url": "http://..."}},
-     "budget": 20}
+or model names). A spec is Python objects (:class:`GraphSpec`) or a JSON/YAML file; the spec, its
+checks and its file format are :mod:`ttscale.strategies.graph_spec` (re-exported here).
 
 Cost is counted per node in tokens and in model cost units: a node's units are its model's ``cost``
 per call times the samples it drew (the units of the paper's code: 1B=1, 3B=3, 8B=9, 70B=81).
@@ -35,22 +29,20 @@ own partial samples and usage included.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, NoReturn
 
 from ttscale.budget import BudgetedSampler, BudgetTracker, Condition
-from ttscale.errors import BudgetExhausted, ConfigError, DataError, SamplerError
+from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler, Verifier, with_model
-from ttscale.registry import build_config
 from ttscale.strategies.base import StrategyConfig, resolve_config
 from ttscale.strategies.extract import get_extractor
+from ttscale.strategies.graph_spec import GraphSpec, ModelSpec, NodeSpec, Role, load_graph
 from ttscale.strategies.selection import group_answers, select_majority
 from ttscale.types import (
     Candidate,
@@ -72,6 +64,7 @@ __all__ = [
     "GraphStrategy",
     "ModelSpec",
     "NodeSpec",
+    "Role",
     "execute_graph",
     "generate_then_review",
     "load_graph",
@@ -81,9 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Role = Literal["generate", "fuse", "judge", "vote"]
-_ROLE_ALIASES = {"review": "fuse", "select": "judge", "generator": "generate", "fuser": "fuse"}
-_ROLES = ("generate", "fuse", "judge", "vote")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 TEMPLATES: Mapping[str, str] = MappingProxyType(
@@ -103,248 +93,6 @@ TEMPLATES: Mapping[str, str] = MappingProxyType(
         ),
     }
 )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model a graph may use: its cost units per call and, optionally, its own server.
-
-    ``name`` is the model's name on its server (default: the key it is listed under).
-    """
-
-    cost: float = 1.0
-    name: str | None = None
-    base_url: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.cost >= 0:
-            raise ConfigError(f"a model's cost must be >= 0, got {self.cost}")
-
-
-def _check_node_fields(node: NodeSpec) -> None:
-    """A node's optional fields are of their types (specs come from JSON written by anyone)."""
-    for name in ("model", "template"):
-        if getattr(node, name) is not None and not isinstance(getattr(node, name), str):
-            raise ConfigError(f"node {node.id!r}: {name} must be a string", param=name)
-    temperature = node.temperature
-    if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, int | float)
-    ):
-        raise ConfigError(f"node {node.id!r}: temperature must be a number", param="temperature")
-    tokens = node.max_tokens
-    if tokens is not None and (
-        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
-    ):
-        raise ConfigError(
-            f"node {node.id!r}: max_tokens must be an integer >= 1", param="max_tokens"
-        )
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One node: a role, a model (a key of the graph's models; None: the default sampler), a
-    prompt template (``{question}`` and ``{context}``), a temperature, samples and max tokens."""
-
-    id: str
-    role: Role = "generate"
-    model: str | None = None
-    template: str | None = None
-    temperature: float | None = None
-    samples: int = 1
-    max_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        role = _ROLE_ALIASES.get(self.role, self.role)
-        if role not in _ROLES:
-            raise ConfigError(f"node {self.id!r}: unknown role {self.role!r}; known: {_ROLES}")
-        object.__setattr__(self, "role", role)
-        if not isinstance(self.id, str) or not self.id:
-            raise ConfigError("a node needs a non-empty string id")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"node {self.id!r}: samples must be an integer >= 1")
-        _check_node_fields(self)
-
-    @property
-    def calls_model(self) -> bool:
-        return self.role != "vote"
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """A collaboration graph (see the module docstring); validated on construction."""
-
-    nodes: tuple[NodeSpec, ...]
-    edges: tuple[tuple[str, str], ...] = ()
-    final: str | None = None
-    models: Mapping[str, ModelSpec] = field(default_factory=lambda: _EMPTY)
-    budget: float | None = None
-    name: str = "graph"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "nodes", tuple(self.nodes))
-        object.__setattr__(self, "edges", tuple((str(a), str(b)) for a, b in self.edges))
-        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
-        ids = [node.id for node in self.nodes]
-        if not ids:
-            raise ConfigError("a graph needs at least one node")
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ConfigError(f"duplicate node id(s): {', '.join(duplicates)}")
-        known = set(ids)
-        for source, target in self.edges:
-            for end in (source, target):
-                if end not in known:
-                    raise ConfigError(f"edge {source} -> {target}: no node {end!r}")
-        order = self.order  # raises on a cycle
-        sinks = [i for i in order if not self.successors(i)]
-        final = self.final
-        if final is None:
-            if len(sinks) != 1:
-                raise ConfigError(f"the graph has {len(sinks)} sinks ({sinks}); name a final node")
-            final = sinks[0]
-            object.__setattr__(self, "final", final)
-        if final not in known:
-            raise ConfigError(f"final node {final!r} is not in the graph")
-        for node in self.nodes:
-            if node.role in ("fuse", "judge", "vote") and not self.predecessors(node.id):
-                raise ConfigError(f"node {node.id!r} ({node.role}) needs predecessors")
-            if node.model is not None and self.models and node.model not in self.models:
-                raise ConfigError(
-                    f"node {node.id!r} uses model {node.model!r}, not among the graph's models "
-                    f"({', '.join(self.models)})"
-                )
-        if self.budget is not None and self.cost_units() > self.budget:
-            raise ConfigError(
-                f"graph {self.name!r} costs {self.cost_units():g} units, over its budget of "
-                f"{self.budget:g}"
-            )
-
-    def node(self, node_id: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(node_id)
-
-    def predecessors(self, node_id: str) -> list[str]:
-        return [a for a, b in self.edges if b == node_id]
-
-    def successors(self, node_id: str) -> list[str]:
-        return [b for a, b in self.edges if a == node_id]
-
-    @property
-    def order(self) -> list[str]:
-        """Node ids in a topological order (spec order among equals)."""
-        remaining = [node.id for node in self.nodes]
-        done: list[str] = []
-        while remaining:
-            ready = [i for i in remaining if all(p in done for p in self.predecessors(i))]
-            if not ready:
-                raise ConfigError(f"the graph has a cycle among {', '.join(remaining)}")
-            done.extend(ready)
-            remaining = [i for i in remaining if i not in ready]
-        return done
-
-    def model_cost(self, model: str | None) -> float:
-        if model is None or model not in self.models:
-            return 1.0
-        return self.models[model].cost
-
-    def node_units(self, node: NodeSpec) -> float:
-        return self.model_cost(node.model) * node.samples if node.calls_model else 0.0
-
-    def cost_units(self) -> float:
-        """What one run costs in model cost units, known before it runs."""
-        return sum(self.node_units(node) for node in self.nodes)
-
-    def to_dict(self) -> dict[str, Any]:
-        nodes = []
-        for node in self.nodes:
-            data = {k: v for k, v in dataclasses.asdict(node).items() if v is not None}
-            nodes.append(data)
-        out: dict[str, Any] = {
-            "name": self.name,
-            "nodes": nodes,
-            "edges": [list(e) for e in self.edges],
-        }
-        out["final"] = self.final
-        if self.models:
-            out["models"] = {
-                key: {k: v for k, v in dataclasses.asdict(m).items() if v is not None}
-                for key, m in self.models.items()
-            }
-        if self.budget is not None:
-            out["budget"] = self.budget
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "graph") -> GraphSpec:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: a graph spec is an object with 'nodes'")
-        unknown = sorted(set(data) - {"name", "nodes", "edges", "final", "models", "budget"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        raw_nodes = data.get("nodes")
-        if not isinstance(raw_nodes, list) or not raw_nodes:
-            raise ConfigError(f"{where}: 'nodes' must be a non-empty list")
-        nodes = []
-        for position, raw in enumerate(raw_nodes):
-            try:
-                nodes.append(build_config(NodeSpec, dict(raw), f"{where}: nodes[{position}]"))
-            except (TypeError, ValueError) as exc:
-                inner = getattr(exc, "param", None)
-                param = f"nodes[{position}]" + (f".{inner}" if inner else "")
-                raise ConfigError(f"{where}: nodes[{position}]: {exc}", param=param) from exc
-        edges = data.get("edges") or []
-        if not all(isinstance(e, list | tuple) and len(e) == 2 for e in edges):
-            raise ConfigError(f"{where}: each edge is a pair [from, to]")
-        models = {}
-        for key, raw in (data.get("models") or {}).items():
-            spec = raw if isinstance(raw, Mapping) else {"cost": raw}
-            models[key] = build_config(ModelSpec, dict(spec), f"{where}: models.{key}")
-        return cls(
-            nodes=tuple(nodes),
-            edges=tuple((a, b) for a, b in edges),
-            final=data.get("final"),
-            models=models,
-            budget=data.get("budget"),
-            name=str(data.get("name", "graph")),
-        )
-
-    def save(self, path: str | Path) -> Path:
-        target = Path(path)
-        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return target
-
-    def signature(self) -> str:
-        """A canonical text of the graph's structure, equal for equal graphs."""
-        return json.dumps(self.to_dict() | {"name": ""}, sort_keys=True)
-
-
-def load_graph(path: str | Path) -> GraphSpec:
-    """A graph spec from a JSON or YAML file; errors name the file."""
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read the graph spec: {exc}", path=str(source)) from exc
-    if source.suffix in (".yaml", ".yml"):
-        try:
-            import yaml  # type: ignore[import-untyped, unused-ignore]
-        except ImportError as exc:
-            raise DataError("reading a YAML spec needs PyYAML", path=str(source)) from exc
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise DataError(f"not valid YAML: {exc}", path=str(source)) from exc
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise DataError(f"not valid JSON: {exc}", path=str(source)) from exc
-    try:
-        return GraphSpec.from_dict(data, where=str(source))
-    except ConfigError as exc:
-        raise DataError(str(exc), path=str(source)) from exc
 
 
 # -- built-in graphs -----------------------------------------------------------------------------
@@ -501,134 +249,213 @@ async def execute_graph(
     together. A node's samples are drawn as indices ``offset .. offset + samples - 1`` with an
     offset per node, so nodes on the same model and prompt never share seeds.
     """
-    base = params or SamplingParams()
-    extract = get_extractor(extractor)
+    execution = _Execution(
+        spec,
+        problem,
+        _budgeted(sampler_for, limit),
+        params or SamplingParams(),
+        get_extractor(extractor),
+    )
+    return await execution.run()
+
+
+def _budgeted(
+    sampler_for: Callable[[str | None], Sampler], limit: Condition | None
+) -> Callable[[str | None], Sampler]:
+    """``sampler_for`` asked once per model, each model's sampler under ``limit`` if there is one,
+    with one tracker behind them all: the limit sees the whole graph's spend."""
     tracker = BudgetTracker()
-    wrapped: dict[str | None, Sampler] = {}
+    made: dict[str | None, Sampler] = {}
 
     def sampler(model: str | None) -> Sampler:
-        if model not in wrapped:
+        if model not in made:
             inner = sampler_for(model)
-            # One tracker behind every model's sampler: the limit sees the whole graph's spend.
-            wrapped[model] = (
+            made[model] = (
                 BudgetedSampler(inner, limit=limit, tracker=tracker) if limit is not None else inner
             )
-        return wrapped[model]
+        return made[model]
 
-    order = spec.order
+    return sampler
+
+
+def node_offsets(spec: GraphSpec) -> dict[str, int]:
+    """Each node's first sample index, far enough apart that no two nodes share an index."""
     stride = max(node.samples for node in spec.nodes)
-    offsets = {node_id: position * stride for position, node_id in enumerate(order)}
-    # A node's output, or None when it failed or was not run: its successors then do not run.
-    done: dict[str, asyncio.Future[NodeOutput | None]] = {
-        node_id: asyncio.get_running_loop().create_future() for node_id in order
-    }
-    outputs: dict[str, NodeOutput] = {}
-    failures: dict[str, Exception] = {}  # in the order they happened
-    skipped: dict[str, str] = {}
-    question = _question(problem)
+    return {node_id: position * stride for position, node_id in enumerate(spec.order)}
 
-    async def run_node(node_id: str) -> NodeOutput | None:
-        node = spec.node(node_id)
-        inputs: list[Candidate] = []
-        for predecessor in spec.predecessors(node_id):
-            output = await done[predecessor]
-            if output is None:
-                skipped[node_id] = f"its input {predecessor!r} did not finish"
-                return None
-            inputs.extend(output.candidates)
-        if failures:
-            # Another node failed: the graph cannot finish, so nothing more is paid for.
-            skipped[node_id] = f"node {next(iter(failures))!r} failed first"
-            return None
-        offset = offsets[node_id]
-        if node.role == "vote":
-            answers = [extract(c.text) for c in inputs]
-            top = select_majority(answers, 1, indices=[c.index for c in inputs])
-            best = top[0].members[0] if top else 0
-            votes = {g.answer: g.count for g in group_answers(answers)}
-            return NodeOutput(
-                node_id, (inputs[best],) if inputs else (), Usage(), 0.0, {"votes": votes}
-            )
-        changes: dict[str, Any] = {}
-        if node.temperature is not None:
-            changes["temperature"] = node.temperature
-        if node.max_tokens is not None:
-            changes["max_tokens"] = node.max_tokens
-        node_params = base.replace(**changes) if changes else base
-        prompt: Prompt
-        if node.role == "generate" and not inputs and node.template is None:
-            prompt = problem.input
-        else:
-            key: str = node.role
-            if node.role == "generate":
-                key = "generate_with_context" if inputs else "generate"
-            template = node.template or TEMPLATES[key]
-            prompt = template.replace("{question}", question).replace("{context}", _context(inputs))
-        cost = spec.model_cost(node.model)
-        try:
-            batch = await sampler(node.model).sample(
-                prompt, node.samples, node_params, start_index=offset
-            )
-        except Exception as exc:
-            failures[node_id] = exc
-            delivered = exc.partial if isinstance(exc, SamplerError) else None
-            if isinstance(delivered, SampleBatch):
-                outputs[node_id] = NodeOutput(
-                    node_id,
-                    delivered.candidates,
-                    delivered.usage,
-                    cost * len(delivered.candidates),
-                    {"error": str(exc)},
-                )
-            elif not isinstance(exc, BudgetExhausted):  # a refusal sent nothing
-                # Nothing says what the failed draw spent: count the request that failed.
-                outputs[node_id] = NodeOutput(
-                    node_id, (), Usage(failed_requests=1), 0.0, {"error": str(exc)}
-                )
-            return None
-        # What was drawn, not what the spec asked for: a budget may have trimmed the draw.
-        units = cost * len(batch.candidates)
-        if node.role == "judge":
-            reply = batch.candidates[0].text if batch.candidates else ""
-            pick = parse_choice(reply, len(inputs))
-            chosen = inputs[pick if pick is not None else 0]
-            detail = {"reply": reply, "pick": pick, "fallback": pick is None}
-            if pick is None:
-                log.info("judge node %s gave no usable number; taking the first answer", node_id)
-            return NodeOutput(node_id, (chosen,), batch.usage, units, detail)
-        return NodeOutput(node_id, batch.candidates, batch.usage, units)
 
-    async def settle(node_id: str) -> None:
+def node_params(node: NodeSpec, base: SamplingParams) -> SamplingParams:
+    """The run's sampling settings with the node's temperature and max tokens over them."""
+    changes: dict[str, Any] = {}
+    if node.temperature is not None:
+        changes["temperature"] = node.temperature
+    if node.max_tokens is not None:
+        changes["max_tokens"] = node.max_tokens
+    return base.replace(**changes) if changes else base
+
+
+def node_prompt(node: NodeSpec, problem: Problem, inputs: Sequence[Candidate]) -> Prompt:
+    """What a node asks: the problem as it is for a generate node with no inputs and no template,
+    else its template (or its role's) with the question and its inputs filled in."""
+    if node.role == "generate" and not inputs and node.template is None:
+        return problem.input
+    key: str = node.role
+    if node.role == "generate":
+        key = "generate_with_context" if inputs else "generate"
+    template = node.template or TEMPLATES[key]
+    return template.replace("{question}", _question(problem)).replace("{context}", _context(inputs))
+
+
+def vote_output(
+    node_id: str, inputs: Sequence[Candidate], extract: Callable[[str], str | None]
+) -> NodeOutput:
+    """A vote node's output: the first input with the majority answer, and the votes."""
+    answers = [extract(c.text) for c in inputs]
+    top = select_majority(answers, 1, indices=[c.index for c in inputs])
+    best = top[0].members[0] if top else 0
+    votes = {g.answer: g.count for g in group_answers(answers)}
+    return NodeOutput(node_id, (inputs[best],) if inputs else (), Usage(), 0.0, {"votes": votes})
+
+
+def drawn_output(
+    node: NodeSpec, batch: SampleBatch, inputs: Sequence[Candidate], cost: float
+) -> NodeOutput:
+    """A model node's output from its draw: a judge's pick among its inputs, else the samples.
+
+    Units count what was drawn, not what the spec asked for: a budget may have trimmed the draw.
+    """
+    units = cost * len(batch.candidates)
+    if node.role != "judge":
+        return NodeOutput(node.id, batch.candidates, batch.usage, units)
+    reply = batch.candidates[0].text if batch.candidates else ""
+    pick = parse_choice(reply, len(inputs))
+    chosen = inputs[pick if pick is not None else 0]
+    detail = {"reply": reply, "pick": pick, "fallback": pick is None}
+    if pick is None:
+        log.info("judge node %s gave no usable number; taking the first answer", node.id)
+    return NodeOutput(node.id, (chosen,), batch.usage, units, detail)
+
+
+def failed_output(node_id: str, exc: Exception, cost: float) -> NodeOutput | None:
+    """What a node's failed draw delivered and spent; None for a budget's refusal (it sent
+    nothing). A failure that says nothing of its spend counts as one failed request."""
+    delivered = exc.partial if isinstance(exc, SamplerError) else None
+    if isinstance(delivered, SampleBatch):
+        units = cost * len(delivered.candidates)
+        return NodeOutput(
+            node_id, delivered.candidates, delivered.usage, units, {"error": str(exc)}
+        )
+    if isinstance(exc, BudgetExhausted):
+        return None
+    return NodeOutput(node_id, (), Usage(failed_requests=1), 0.0, {"error": str(exc)})
+
+
+def raise_failure(
+    spec: GraphSpec,
+    outputs: Mapping[str, NodeOutput],
+    failures: Mapping[str, Exception],
+    skipped: Mapping[str, str],
+) -> NoReturn:
+    """End a run that had failures (``failures`` in the order they happened), ``partial`` the run
+    so far: the first error outranks a refusal (it says something is wrong, not merely spent)."""
+    failed = {node_id: str(exc) for node_id, exc in failures.items()}
+    partial = GraphRun(spec, outputs, (), MappingProxyType({**failed, **skipped}))
+    errors = [(n, e) for n, e in failures.items() if not isinstance(e, BudgetExhausted)]
+    if not errors:
+        node_id, exc = next(iter(failures.items()))
+        raise GraphBudgetExhausted(
+            f"{_where(spec, node_id)}: a budget refused its draw: {exc}",
+            node=node_id,
+            partial=partial,
+        ) from exc
+    node_id, exc = errors[0]
+    raise GraphNodeFailed(
+        f"{_where(spec, node_id)} failed: {exc}", node=node_id, partial=partial
+    ) from exc
+
+
+@dataclass
+class _Execution:
+    """One run of a graph on one problem: every node waits for its inputs, draws and settles.
+
+    ``done`` holds each node's output, or None when it failed or was not run: its successors
+    then do not run. ``failures`` are in the order they happened; ``skipped`` says why a node
+    did not run.
+    """
+
+    spec: GraphSpec
+    problem: Problem
+    sampler: Callable[[str | None], Sampler]
+    params: SamplingParams
+    extract: Callable[[str], str | None]
+    offsets: dict[str, int] = field(init=False)
+    done: dict[str, asyncio.Future[NodeOutput | None]] = field(init=False)
+    outputs: dict[str, NodeOutput] = field(default_factory=dict)
+    failures: dict[str, Exception] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.offsets = node_offsets(self.spec)
+        loop = asyncio.get_running_loop()
+        self.done = {node_id: loop.create_future() for node_id in self.spec.order}
+
+    async def run(self) -> GraphRun:
+        order = self.spec.order
+        # Every node catches its own failure, so gather returns once every draw in flight is back.
+        await asyncio.gather(*(self.settle(node_id) for node_id in order))
+        ordered = {node_id: self.outputs[node_id] for node_id in order if node_id in self.outputs}
+        if self.failures:
+            raise_failure(self.spec, ordered, self.failures, self.skipped)
+        assert self.spec.final is not None  # set by GraphSpec
+        return GraphRun(self.spec, ordered, ordered[self.spec.final].candidates)
+
+    async def settle(self, node_id: str) -> None:
         output: NodeOutput | None = None
         try:
-            output = await run_node(node_id)
+            output = await self.run_node(node_id)
             if output is not None:
-                outputs[node_id] = output
+                self.outputs[node_id] = output
         finally:
             # Successors wake whatever happened (cancellation included), never wait forever.
-            done[node_id].set_result(output)
+            self.done[node_id].set_result(output)
 
-    # Every node catches its own failure, so gather returns once every draw in flight is back.
-    await asyncio.gather(*(settle(node_id) for node_id in order))
-    ordered = {node_id: outputs[node_id] for node_id in order if node_id in outputs}
-    if failures:
-        failed = {node_id: str(exc) for node_id, exc in failures.items()}
-        partial = GraphRun(spec, ordered, (), MappingProxyType({**failed, **skipped}))
-        # An error outranks a refusal: it says something is wrong, not merely spent.
-        errors = [(n, e) for n, e in failures.items() if not isinstance(e, BudgetExhausted)]
-        if not errors:
-            node_id, exc = next(iter(failures.items()))
-            raise GraphBudgetExhausted(
-                f"{_where(spec, node_id)}: a budget refused its draw: {exc}",
-                node=node_id,
-                partial=partial,
-            ) from exc
-        node_id, exc = errors[0]
-        raise GraphNodeFailed(
-            f"{_where(spec, node_id)} failed: {exc}", node=node_id, partial=partial
-        ) from exc
-    assert spec.final is not None  # set by GraphSpec
-    return GraphRun(spec, ordered, ordered[spec.final].candidates)
+    async def inputs(self, node_id: str) -> list[Candidate] | None:
+        """The outputs of the node's predecessors; None (and why, in ``skipped``) when the node
+        is not to run."""
+        inputs: list[Candidate] = []
+        for predecessor in self.spec.predecessors(node_id):
+            output = await self.done[predecessor]
+            if output is None:
+                self.skipped[node_id] = f"its input {predecessor!r} did not finish"
+                return None
+            inputs.extend(output.candidates)
+        if self.failures:
+            # Another node failed: the graph cannot finish, so nothing more is paid for.
+            self.skipped[node_id] = f"node {next(iter(self.failures))!r} failed first"
+            return None
+        return inputs
+
+    async def run_node(self, node_id: str) -> NodeOutput | None:
+        node = self.spec.node(node_id)
+        inputs = await self.inputs(node_id)
+        if inputs is None:
+            return None
+        if node.role == "vote":
+            return vote_output(node_id, inputs, self.extract)
+        params = node_params(node, self.params)
+        prompt = node_prompt(node, self.problem, inputs)
+        cost = self.spec.model_cost(node.model)
+        try:
+            batch = await self.sampler(node.model).sample(
+                prompt, node.samples, params, start_index=self.offsets[node_id]
+            )
+        except Exception as exc:
+            self.failures[node_id] = exc
+            failed = failed_output(node_id, exc, cost)
+            if failed is not None:
+                self.outputs[node_id] = failed
+            return None
+        return drawn_output(node, batch, inputs, cost)
 
 
 # -- the strategy --------------------------------------------------------------------------------
