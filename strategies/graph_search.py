@@ -344,6 +344,54 @@ def _shape(spec: GraphSpec) -> str:
     return f"[{body}] -> {final.role}:{final.model or '-'} (cost {spec.cost_units():g})"
 
 
+@dataclass(frozen=True)
+class _Evaluated:
+    """One evaluation of a drawn graph."""
+
+    draw: Draw
+    spec: GraphSpec
+    accuracy: float
+    seconds: float
+    reward: float
+
+    def row(self, evaluation: int) -> dict[str, Any]:
+        """The evaluation's line of the search's history."""
+        return {
+            "evaluation": evaluation,
+            "shape": _shape(self.spec),
+            "accuracy": self.accuracy,
+            "seconds": self.seconds,
+            "reward": self.reward,
+            "cost_units": self.spec.cost_units(),
+        }
+
+    def rank(self) -> tuple[float, float]:
+        """Higher is better: the reward, then the lower cost."""
+        return self.reward, -self.spec.cost_units()
+
+
+@dataclass
+class _Evaluator:
+    """Scores graphs on the training problems; a graph drawn again is scored from memory."""
+
+    problems: Sequence[Problem]
+    sampler_for: Callable[[str | None], Sampler]
+    verifier: Verifier
+    params: SamplingParams | None
+    concurrency: int
+    latency_weight: float
+    memory: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    async def __call__(self, draw: Draw, spec: GraphSpec) -> _Evaluated:
+        key = spec.signature()
+        if key not in self.memory:
+            self.memory[key] = await _evaluate(
+                spec, self.problems, self.sampler_for, self.verifier, self.params, self.concurrency
+            )
+        accuracy, seconds = self.memory[key]
+        return _Evaluated(draw, spec, accuracy, seconds, accuracy - self.latency_weight * seconds)
+
+
 async def search_graph(
     space: SearchSpace,
     problems: Sequence[Problem],
@@ -362,72 +410,93 @@ async def search_graph(
         raise ConfigError("the llm method needs an updater sampler")
     rng = np.random.default_rng(config.seed)
     distribution = ProbabilisticGraph(space)
-    memory: dict[str, tuple[float, float]] = {}
+    evaluate = _Evaluator(
+        problems,
+        sampler_for,
+        verifier,
+        params,
+        config.problem_concurrency,
+        config.latency_weight,
+    )
     history: list[dict[str, Any]] = []
     baseline: float | None = None
-    best: tuple[float, float, float, GraphSpec] | None = None  # reward, -cost, accuracy, spec
-    evaluations = 0
-    while evaluations < config.evaluations:
-        size = min(config.batch, config.evaluations - evaluations)
-        batch: list[tuple[Draw, GraphSpec, float, float]] = []
-        for _ in range(size):
-            draw, spec = _draw_within_budget(distribution, space, rng, config.max_resamples)
-            key = spec.signature()
-            if key not in memory:
-                memory[key] = await _evaluate(
-                    spec, problems, sampler_for, verifier, params, config.problem_concurrency
-                )
-            accuracy, seconds = memory[key]
-            reward = accuracy - config.latency_weight * seconds
-            evaluations += 1
-            batch.append((draw, spec, accuracy, reward))
-            history.append(
-                {
-                    "evaluation": evaluations,
-                    "shape": _shape(spec),
-                    "accuracy": accuracy,
-                    "seconds": seconds,
-                    "reward": reward,
-                    "cost_units": spec.cost_units(),
-                }
+    best: _Evaluated | None = None
+    while len(history) < config.evaluations:
+        batch: list[_Evaluated] = []
+        for _ in range(min(config.batch, config.evaluations - len(history))):
+            evaluated = await evaluate(
+                *_draw_within_budget(distribution, space, rng, config.max_resamples)
             )
-            candidate = (reward, -spec.cost_units(), accuracy, spec)
-            if best is None or candidate[:2] > best[:2]:
-                best = candidate
-        if config.method == "random":
-            continue
-        rewards = [reward for *_, reward in batch]
-        mean = sum(rewards) / len(rewards)
-        baseline = mean if baseline is None else baseline
-        if config.method == "llm":
-            assert updater is not None
-            prompt = _llm_prompt(distribution, history)
-            reply = await updater.sample(prompt, 1)
-            text = reply.candidates[0].text if reply.candidates else ""
-            if _llm_step(distribution, text, config.learning_rate):
-                baseline = config.baseline_decay * baseline + (1 - config.baseline_decay) * mean
-                continue
-            log.info("the LLM updater's reply had no usable JSON; taking a REINFORCE step")
-        gradient = {name: np.zeros_like(v) for name, v in distribution.logits.items()}
-        # Advantages in units of the batch's spread: steps keep their size whatever the
-        # reward's scale (accuracy on a small set moves in coarse steps).
-        spread = float(np.std(rewards)) if len(rewards) > 1 else 0.0
-        for draw, _, _, reward in batch:
-            advantage = (reward - baseline) / (spread + 0.05)
-            for name, value in distribution.grad_log_prob(draw).items():
-                gradient[name] += advantage * value
-        distribution.step(gradient, config.learning_rate / len(batch))
-        baseline = config.baseline_decay * baseline + (1 - config.baseline_decay) * mean
+            batch.append(evaluated)
+            history.append(evaluated.row(len(history) + 1))
+            if best is None or evaluated.rank() > best.rank():
+                best = evaluated
+        baseline = await _update(distribution, batch, baseline, history, config, updater)
     assert best is not None  # at least one evaluation ran
-    reward, _, accuracy, spec = best
+    spec = best.spec
     return SearchResult(
         best=GraphSpec(spec.nodes, spec.edges, spec.final, spec.models, space.budget, "searched"),
-        best_reward=reward,
-        best_accuracy=accuracy,
-        evaluations=evaluations,
+        best_reward=best.reward,
+        best_accuracy=best.accuracy,
+        evaluations=len(history),
         history=history,
         distribution=distribution.summary(),
     )
+
+
+async def _update(
+    distribution: ProbabilisticGraph,
+    batch: Sequence[_Evaluated],
+    baseline: float | None,
+    history: Sequence[dict[str, Any]],
+    config: SearchConfig,
+    updater: Sampler | None,
+) -> float | None:
+    """Move the distribution after a batch, by the config's method; the new baseline."""
+    if config.method == "random":
+        return baseline
+    rewards = [evaluated.reward for evaluated in batch]
+    mean = sum(rewards) / len(rewards)
+    baseline = mean if baseline is None else baseline
+    stepped = False
+    if config.method == "llm":
+        assert updater is not None
+        stepped = await _llm_update(distribution, history, updater, config.learning_rate)
+    if not stepped:
+        gradient = _reinforce_gradient(distribution, batch, baseline)
+        distribution.step(gradient, config.learning_rate / len(batch))
+    return config.baseline_decay * baseline + (1 - config.baseline_decay) * mean
+
+
+async def _llm_update(
+    distribution: ProbabilisticGraph,
+    history: Sequence[dict[str, Any]],
+    updater: Sampler,
+    rate: float,
+) -> bool:
+    """Ask the LLM updater where to move and move there; False when its reply had no usable JSON."""
+    reply = await updater.sample(_llm_prompt(distribution, history), 1)
+    text = reply.candidates[0].text if reply.candidates else ""
+    if _llm_step(distribution, text, rate):
+        return True
+    log.info("the LLM updater's reply had no usable JSON; taking a REINFORCE step")
+    return False
+
+
+def _reinforce_gradient(
+    distribution: ProbabilisticGraph, batch: Sequence[_Evaluated], baseline: float
+) -> dict[str, FloatArray]:
+    """The batch's score-function gradient: each draw's grad log p times its advantage."""
+    gradient = {name: np.zeros_like(v) for name, v in distribution.logits.items()}
+    # Advantages in units of the batch's spread: steps keep their size whatever the
+    # reward's scale (accuracy on a small set moves in coarse steps).
+    rewards = [evaluated.reward for evaluated in batch]
+    spread = float(np.std(rewards)) if len(rewards) > 1 else 0.0
+    for evaluated in batch:
+        advantage = (evaluated.reward - baseline) / (spread + 0.05)
+        for name, value in distribution.grad_log_prob(evaluated.draw).items():
+            gradient[name] += advantage * value
+    return gradient
 
 
 def _draw_within_budget(
