@@ -14,7 +14,9 @@ import openai
 import pytest
 
 from ttscale import (
+    ConfigError,
     OpenAISampler,
+    OpenAISamplerConfig,
     Pricing,
     SampleBatch,
     SamplerError,
@@ -24,6 +26,7 @@ from ttscale import (
     Usage,
 )
 from ttscale.budget import BudgetedSampler
+from ttscale.errors import UnknownOptionError
 from ttscale.portal import default_portal
 from ttscale.testing.server import Fault, LoopbackServer, ScriptRequest
 
@@ -280,6 +283,29 @@ def test_peak_concurrency_never_exceeds_the_bound_across_prompts() -> None:
         assert_matches_server(Usage.total([b.usage for b in batches]), server)
 
 
+def test_twins_share_the_concurrency_bound_across_models() -> None:
+    with LoopbackServer(answers=numbered, latency=0.03) as server:
+
+        async def run(first: OpenAISampler, second: OpenAISampler) -> None:
+            async with first, second:
+                draws = [s.sample(f"p{i}", 4) for i, s in enumerate([first, second] * 2)]
+                await asyncio.gather(*draws)
+
+        sampler = make_sampler(server, concurrency=2, n_mode="never")
+        asyncio.run(run(sampler, sampler.with_model("other")))
+        assert server.peak_concurrency <= 2
+        assert {record.body["model"] for record in server.records} == {"loopback", "other"}
+        # Control: two samplers of their own each have a bound of 2, so 4 requests are in flight.
+        server.reset_log()
+        asyncio.run(
+            run(
+                make_sampler(server, concurrency=2, n_mode="never"),
+                make_sampler(server, concurrency=2, n_mode="never"),
+            )
+        )
+        assert server.peak_concurrency > 2
+
+
 def test_requests_per_minute_limit_spaces_requests(server: LoopbackServer) -> None:
     sampler = make_sampler(server, n_mode="never", requests_per_minute=1200)  # 20 per second
     started = time.monotonic()
@@ -452,6 +478,19 @@ def test_a_budget_counts_a_draw_the_stopping_loop_cancels_part_way() -> None:
         spent = budget.spent
         assert spent.samples == 2 and spent.pending_samples == 0
         assert_matches_server(spent.usage, server)
+
+
+def test_bad_options_are_refused_as_every_component_refuses_them() -> None:
+    config = OpenAISamplerConfig(model="m", base_url="http://127.0.0.1:9/v1")
+    assert OpenAISampler(config).config is config  # control: a config alone is taken as it is
+    with pytest.raises(UnknownOptionError, match=r"OpenAISampler: unknown option.*max_m"):
+        OpenAISampler(model="m", max_m=4)
+    with pytest.raises(ConfigError, match="not both"):
+        OpenAISampler(config, max_n=4)
+    with pytest.raises(ConfigError, match="OpenAISampler takes a OpenAISamplerConfig"):
+        OpenAISampler({"model": "m"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="concurrency must be >= 1"):
+        OpenAISampler(model="m", concurrency=0)
 
 
 def test_unreachable_server_is_an_upstream_error() -> None:

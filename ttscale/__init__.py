@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     )
     from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
     from ttscale.samplers.pool import EndpointsDown, PoolConfig, PoolEndpoint, PoolSampler
+    from ttscale.scale_function import Scaled, scale
     from ttscale.seeds import derive_seed
     from ttscale.sync import SyncSampler, SyncStrategy, SyncVerifier
     from ttscale.types import (
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
         TraceEvent,
         Usage,
     )
-    from ttscale.wrap import Scaled, scale, wrap
+    from ttscale.wrap import wrap
 
 # Where each public name lives. Nothing is imported until a name is first used (``import ttscale``
 # stays cheap: ``openai``, ``numpy``, ``httpx2`` and ``rich`` load with the parts that need them).
@@ -123,8 +124,8 @@ _LAZY: dict[str, str] = {
     "TokenLogprob": "ttscale.types",
     "TraceEvent": "ttscale.types",
     "Usage": "ttscale.types",
-    "Scaled": "ttscale.wrap",
-    "scale": "ttscale.wrap",
+    "Scaled": "ttscale.scale_function",
+    "scale": "ttscale.scale_function",
     "wrap": "ttscale.wrap",
 }
 

@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher, check_admission, check_draw, deliver
-from ttscale.registry import build_config
+from ttscale.registry import resolve_config
+from ttscale.samplers.limits import RequestGate
 from ttscale.samplers.upstream import Transport, UpstreamClients
 from ttscale.samplers.usage import (
     counting_logprobs,
@@ -89,7 +90,6 @@ from ttscale.wire import (
 
 if TYPE_CHECKING:
     import openai
-    from aiolimiter import AsyncLimiter
 
 __all__ = ["EARLY_STOP", "OpenAISampler", "OpenAISamplerConfig", "merge_params"]
 
@@ -97,10 +97,6 @@ log = logging.getLogger(__name__)
 
 NMode = Literal["auto", "always", "never"]
 
-# Characters per token for the tokens-per-minute estimate of a prompt; the real count is unknown
-# until the server answers, and a limiter has to decide before it asks.
-_CHARS_PER_TOKEN_ESTIMATE = 4
-_DEFAULT_COMPLETION_ESTIMATE = 256
 # Prompts whose token count a stream closed before its usage can borrow (see sample_watched).
 _PROMPT_MEMORY = 1024
 
@@ -212,10 +208,7 @@ class OpenAISampler:
         caller closes them); several of one server share the requests as the sampler's own
         shards do, and the first keys what is learnt of the endpoint's ``n``. Given as
         :class:`UpstreamClients`, the requests in flight are counted with the caller's own."""
-        if config is None:
-            config = build_config(OpenAISamplerConfig, options, "OpenAISampler")
-        elif options:
-            raise ConfigError("pass either a config or keyword options to OpenAISampler, not both")
+        config = resolve_config(OpenAISamplerConfig, config, options, "OpenAISampler")
         self.config = config
         self._owns_client = client is None
         self._upstream = self._upstream_clients(config, client)
@@ -231,10 +224,12 @@ class OpenAISampler:
         else:
             self._memory = _EndpointMemory()
         self._endpoint_key = (self._upstream.base_url, config.endpoint)
-        # Loop-bound primitives are made on first use, on the loop that uses them.
-        self._semaphore: asyncio.Semaphore | None = None
-        self._request_limiter: AsyncLimiter | None = None
-        self._token_limiter: AsyncLimiter | None = None
+        # The concurrency bound and rate limits, shared by reference with the twins.
+        self._gate = RequestGate(
+            config.concurrency,
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+        )
         # Prompt tokens by prompt, learnt from answers that reported usage; shared with twins.
         self._prompt_tokens: OrderedDict[str, int] = OrderedDict()
         self._last_prompt: tuple[object, str] = (None, "")
@@ -266,8 +261,7 @@ class OpenAISampler:
 
     def with_model(self, model: str) -> OpenAISampler:
         """This sampler asking ``model``: same server, clients, concurrency bound and limits."""
-        self._loop_primitives()  # made now, so that the twin shares them
-        twin = copy.copy(self)
+        twin = copy.copy(self)  # shares the gate: one concurrency bound, one set of limits
         twin.config = dataclasses.replace(self.config, model=model)
         twin._owns_client = False  # the clients stay ours to close
         return twin
@@ -436,49 +430,6 @@ class OpenAISampler:
 
     # -- one request ----------------------------------------------------------------------------
 
-    def _loop_primitives(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            from aiolimiter import AsyncLimiter
-
-            self._semaphore = asyncio.Semaphore(self.config.concurrency)
-            rpm = self.config.requests_per_minute
-            if rpm:
-                # aiolimiter lets a whole period's allowance through at once; a one-second period
-                # (or one request per interval below 60/min) keeps bursts to a second's worth.
-                self._request_limiter = (
-                    AsyncLimiter(rpm / 60, 1) if rpm >= 60 else AsyncLimiter(1, 60 / rpm)
-                )
-            if self.config.tokens_per_minute:
-                self._token_limiter = AsyncLimiter(self.config.tokens_per_minute, 60)
-        return self._semaphore
-
-    def _token_estimate(
-        self, request_input: str | list[dict[str, Any]], params: SamplingParams, count: int
-    ) -> float:
-        text = (
-            request_input
-            if isinstance(request_input, str)
-            else " ".join(str(m.get("content", "")) for m in request_input)
-        )
-        completion = params.max_tokens or _DEFAULT_COMPLETION_ESTIMATE
-        return len(text) / _CHARS_PER_TOKEN_ESTIMATE + completion * count
-
-    async def _admit(
-        self, request_input: str | list[dict[str, Any]], params: SamplingParams, count: int
-    ) -> asyncio.Semaphore:
-        """Wait for the rate limiters; returns the concurrency bound to hold while asking."""
-        semaphore = self._loop_primitives()
-        if self._request_limiter is not None:
-            await self._request_limiter.acquire()
-        if self._token_limiter is not None:
-            # A request larger than a whole minute's allowance still has to go out, alone.
-            amount = min(
-                self._token_estimate(request_input, params, count),
-                self.config.tokens_per_minute or 0.0,
-            )
-            await self._token_limiter.acquire(amount)
-        return semaphore
-
     async def _request(
         self,
         draw: _Draw,
@@ -487,7 +438,7 @@ class OpenAISampler:
         slot: _Slot,
     ) -> list[int]:
         """Send one request for ``slot``; record what came back; return the indices not filled."""
-        semaphore = await self._admit(request_input, params, slot.count)
+        semaphore = await self._gate.admit(request_input, params.max_tokens, slot.count)
         # A draw's own base seed (a request's ``seed``) wins over the sampler's.
         base = params.seed if params.seed is not None else self.base_seed
         seed = derive_seed(base, slot.start)
@@ -534,7 +485,7 @@ class OpenAISampler:
         watcher: TokenWatcher,
     ) -> None:
         """Stream sample ``index``, closing the stream at the token ``watcher`` stops at."""
-        semaphore = await self._admit(request_input, params, 1)
+        semaphore = await self._gate.admit(request_input, params.max_tokens, 1)
         base = params.seed if params.seed is not None else self.base_seed
         seed = derive_seed(base, index)
         body = self._body(request_input, params, 1, seed)
