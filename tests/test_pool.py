@@ -494,6 +494,38 @@ def test_a_candidate_outside_its_chunk_is_not_taken() -> None:
     assert batch.usage.requests == 2
 
 
+class FirstOnly:
+    """A sampler that delivers only the first sample of each draw, and says nothing is wrong."""
+
+    async def sample(
+        self,
+        prompt: Prompt,
+        n: int,
+        params: SamplingParams | None = None,
+        *,
+        start_index: int = 0,
+    ) -> SampleBatch:
+        return SampleBatch((Candidate(text=str(start_index), index=start_index),), Usage(samples=1))
+
+
+def test_failovers_stop_at_max_failovers_with_what_arrived() -> None:
+    # Each draw of 0..3 delivers its first index: three failovers finish the call (control) ...
+    batch = run(PoolSampler(endpoints=[FirstOnly()], max_n=4, max_failovers=3).sample("q", 4))
+    assert [c.index for c in batch.candidates] == [0, 1, 2, 3]
+    # ... and with two allowed, the call gives up after them, carrying what did arrive.
+    with pytest.raises(SamplerError, match=r"gave up after 2 failover\(s\)") as raised:
+        run(PoolSampler(endpoints=[FirstOnly()], max_n=4, max_failovers=2).sample("q", 4))
+    assert isinstance(raised.value.partial, SampleBatch)
+    assert [c.index for c in raised.value.partial.candidates] == [0, 1, 2]
+    assert raised.value.__cause__ is None  # nothing failed: samples were missing
+    # An endpoint's error is the cause of giving up.
+    broken = BrokenSampler(ScriptedSampler(lambda text, index: text))
+    pool = PoolSampler(endpoints=[broken], max_n=4, max_failovers=1, failure_threshold=5)
+    with pytest.raises(SamplerError, match="connection refused") as raised:
+        run(pool.sample("q", 4))
+    assert isinstance(raised.value.__cause__, RuntimeError) and broken.calls == 2
+
+
 def test_a_cancelled_call_frees_its_slots() -> None:
     with servers({"latency": 0.5}) as (server,):
         pool = make_pool([server.base_url], max_n=1, concurrency=4)

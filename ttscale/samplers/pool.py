@@ -35,7 +35,8 @@ What it guarantees:
 
 The routing decisions are plain functions over frozen :class:`EndpointState` snapshots
 (:func:`split_runs`, :func:`pick_endpoint`, :func:`chunk_finished`, :func:`probe_due`, ...), so
-they can be tested without an event loop.
+they can be tested without an event loop; they are :mod:`ttscale.samplers.routing` (re-exported
+here).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +58,20 @@ from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler, check_draw, with_model
 from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig, merge_params
+from ttscale.samplers.routing import (
+    SLOWER,
+    EndpointState,
+    all_down,
+    chunk_dispatched,
+    chunk_finished,
+    chunk_released,
+    pick_endpoint,
+    probe_due,
+    probe_finished,
+    probe_started,
+    reopen,
+    split_runs,
+)
 from ttscale.seeds import random_base_seed
 from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
@@ -86,10 +101,6 @@ NMode = Literal["auto", "always", "never"]
 
 # Answers that any endpoint would give to the same request: failing over cannot help.
 _REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
-
-SLOWER = 2.0
-"""An endpoint whose smoothed chunk time is over this many times the fastest's loses ties."""
-_LATENCY_WEIGHT = 0.3  # of the newest chunk time in an endpoint's moving average
 
 
 class EndpointsDown(SamplerError):
@@ -193,173 +204,6 @@ class PoolConfig:
             raise ConfigError(f"api must be 'chat' or 'completions', got {self.api!r}")
 
 
-# -- routing: pure functions over endpoint snapshots ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class EndpointState:
-    """A snapshot of one endpoint's load and health; the pool's stats are these.
-
-    ``outstanding`` counts chunks in flight, ``requests`` chunks sent, ``samples`` samples
-    received, ``failures`` chunks that failed through the endpoint's fault. A down endpoint
-    (``healthy`` false) is not used before ``down_until`` (``time.monotonic()``) and a probe.
-    ``latency`` is the moving average of the seconds its delivered chunks took (None before the
-    first).
-    """
-
-    name: str
-    concurrency: int
-    outstanding: int = 0
-    requests: int = 0
-    samples: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    healthy: bool = True
-    down_until: float = 0.0
-    probing: bool = False
-    probes: int = 0
-    latency: float | None = None
-
-
-def split_runs(indices: Iterable[int], max_n: int) -> list[tuple[int, int]]:
-    """Sorted indices as chunks ``(start, count)`` of consecutive indices, at most ``max_n`` long.
-
-    A run of consecutive indices is cut every ``max_n`` from its own start, as ``OpenAISampler``
-    cuts a call, so that re-sending a chunk's missing indices keeps their chunk starts (and seeds)
-    when the whole chunk is missing.
-    """
-    if max_n < 1:
-        raise ConfigError(f"max_n must be >= 1, got {max_n}")
-    runs: list[tuple[int, int]] = []
-    for index in sorted(set(indices)):
-        if runs and runs[-1][0] + runs[-1][1] == index and runs[-1][1] < max_n:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-    return runs
-
-
-def pick_endpoint(states: Sequence[EndpointState]) -> int | None:
-    """The endpoint for the next chunk: healthy, below its bound, fewest outstanding; or None.
-
-    Ties go to an endpoint not markedly slower than the fastest (see :data:`SLOWER`), then to more
-    room, then to fewer requests sent, then to the first.
-    """
-    open_ = [
-        position
-        for position, state in enumerate(states)
-        if state.healthy and state.outstanding < state.concurrency
-    ]
-    if not open_:
-        return None
-    known = [state.latency for state in states if state.latency is not None and state.healthy]
-    fastest = min(known) if known else None
-
-    def slower(state: EndpointState) -> bool:
-        return (
-            fastest is not None and state.latency is not None and state.latency > SLOWER * fastest
-        )
-
-    return min(
-        open_,
-        key=lambda position: (
-            states[position].outstanding,
-            slower(states[position]),
-            states[position].outstanding / states[position].concurrency,
-            states[position].requests,
-            position,
-        ),
-    )
-
-
-def chunk_dispatched(state: EndpointState) -> EndpointState:
-    return dataclasses.replace(
-        state, outstanding=state.outstanding + 1, requests=state.requests + 1
-    )
-
-
-def chunk_finished(
-    state: EndpointState,
-    *,
-    samples: int,
-    failed: bool,
-    now: float,
-    threshold: int,
-    cooldown: float,
-    seconds: float | None = None,
-) -> EndpointState:
-    """A chunk came back with ``samples`` samples after ``seconds``; ``failed`` when it failed
-    by the endpoint. A delivered chunk's time moves the endpoint's smoothed latency."""
-    outstanding = max(state.outstanding - 1, 0)
-    if not failed:
-        latency = state.latency
-        if seconds is not None:
-            latency = (
-                seconds
-                if latency is None
-                else (1 - _LATENCY_WEIGHT) * latency + _LATENCY_WEIGHT * seconds
-            )
-        return dataclasses.replace(
-            state,
-            outstanding=outstanding,
-            samples=state.samples + samples,
-            consecutive_failures=0,
-            latency=latency,
-        )
-    consecutive = state.consecutive_failures + 1
-    down = not state.healthy or consecutive >= threshold
-    return dataclasses.replace(
-        state,
-        outstanding=outstanding,
-        samples=state.samples + samples,
-        failures=state.failures + 1,
-        consecutive_failures=consecutive,
-        healthy=not down,
-        down_until=max(state.down_until, now + cooldown) if down else state.down_until,
-    )
-
-
-def chunk_released(state: EndpointState) -> EndpointState:
-    """A chunk was cancelled: that says nothing of the endpoint."""
-    return dataclasses.replace(state, outstanding=max(state.outstanding - 1, 0))
-
-
-def probe_due(state: EndpointState, now: float) -> bool:
-    """Whether a down endpoint's cool-down is over and no probe of it is under way."""
-    return not state.healthy and not state.probing and now >= state.down_until
-
-
-def probe_started(state: EndpointState) -> EndpointState:
-    return dataclasses.replace(state, probing=True, probes=state.probes + 1)
-
-
-def probe_finished(
-    state: EndpointState, *, ok: bool, now: float, threshold: int, cooldown: float
-) -> EndpointState:
-    """A probe answered (``ok``) or not: an answer brings the endpoint back at once."""
-    if ok:
-        return dataclasses.replace(state, probing=False, healthy=True, consecutive_failures=0)
-    consecutive = state.consecutive_failures + 1
-    down = not state.healthy or consecutive >= threshold
-    return dataclasses.replace(
-        state,
-        probing=False,
-        consecutive_failures=consecutive,
-        healthy=not down,
-        down_until=now + cooldown if down else state.down_until,
-    )
-
-
-def reopen(state: EndpointState, threshold: int) -> EndpointState:
-    """Bring back an endpoint that cannot be probed, on trial: its next failure takes it out."""
-    return dataclasses.replace(state, healthy=True, consecutive_failures=threshold - 1)
-
-
-def all_down(states: Sequence[EndpointState], now: float) -> bool:
-    """No endpoint is healthy, being probed, or due for a probe."""
-    return not any(state.healthy or state.probing or probe_due(state, now) for state in states)
-
-
 # -- the sampler --------------------------------------------------------------------------------
 
 
@@ -390,6 +234,53 @@ class _Outcome:
     batch: SampleBatch | None
     error: Exception | None = None
     endpoint_failure: bool = False
+
+
+@dataclass
+class _Call:
+    """One call's draw over the pool: the chunks waiting to be sent (``queue``), those in flight
+    (task -> endpoint position and chunk), what arrived, and the error that ends it (``fatal``)."""
+
+    queue: deque[tuple[int, int]]
+    running: dict[asyncio.Task[_Outcome], tuple[int, tuple[int, int]]] = field(default_factory=dict)
+    received: dict[int, Candidate] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    failovers: int = 0
+    fatal: BaseException | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def keep(self, run: tuple[int, int], batch: SampleBatch) -> None:
+        """Keep a chunk's samples of its own indices that did not arrive before; add its usage."""
+        for candidate in batch.candidates:
+            if run[0] <= candidate.index < run[0] + run[1] and candidate.index not in self.received:
+                self.received[candidate.index] = candidate
+        self.usage = self.usage + batch.usage.replace(wall_time_s=0.0)
+
+    def missing(self, run: tuple[int, int]) -> list[int]:
+        return [index for index in range(run[0], run[0] + run[1]) if index not in self.received]
+
+    def batch(self) -> SampleBatch:
+        candidates = tuple(self.received[index] for index in sorted(self.received))
+        wall_time = time.perf_counter() - self.started
+        return SampleBatch(candidates, self.usage.replace(wall_time_s=wall_time))
+
+    def result(self) -> SampleBatch:
+        """What arrived; or, when the call ended in an error, that error carrying it."""
+        fatal = self.fatal
+        if fatal is None:
+            return self.batch()
+        if isinstance(fatal, SamplerError):
+            fatal.partial = self.batch()
+            raise fatal
+        raise SamplerError(f"sampling failed: {fatal}", partial=self.batch()) from fatal
+
+
+async def _cancel(tasks: Collection[asyncio.Task[_Outcome]]) -> None:
+    """Stop the chunks in flight; their slots are freed as they end."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _is_request_error(exc: BaseException) -> bool:
@@ -636,93 +527,85 @@ class PoolSampler:
         # every endpoint, ready-made samplers included, draws with the same complete settings.
         params = merge_params(self.params, params)
         self._ensure_health_loop()
-        started = time.perf_counter()
-        received: dict[int, Candidate] = {}
-        usage = Usage()
-        queue = deque(split_runs(range(start_index, start_index + n), self.config.max_n))
-        running: dict[asyncio.Task[_Outcome], tuple[int, tuple[int, int]]] = {}
-        failovers = 0
-        fatal: BaseException | None = None
-
-        def batch() -> SampleBatch:
-            candidates = tuple(received[index] for index in sorted(received))
-            return SampleBatch(candidates, usage.replace(wall_time_s=time.perf_counter() - started))
-
+        call = _Call(deque(split_runs(range(start_index, start_index + n), self.config.max_n)))
         try:
-            while queue or running:
-                if fatal is None:
-                    self._start_due_probes()
-                    while queue:
-                        position = pick_endpoint(self._states)
-                        if position is None:
-                            break
-                        run = queue.popleft()
-                        task = self._dispatch(position, prompt, params, run)
-                        running[task] = (position, run)
-                    if queue and not running and all_down(self._states, time.monotonic()):
-                        fatal = EndpointsDown(
-                            f"all {len(self._states)} endpoints of the pool are down; "
-                            f"{sum(count for _, count in queue)} sample(s) not drawn"
-                        )
-                if fatal is not None:
-                    queue.clear()
-                    if not running:
-                        break
-                # Wake when a chunk of this call ends, or when any slot or endpoint state changes.
-                waiter = self._waiter()
-                try:
-                    waiting: list[asyncio.Future[Any]] = [*running, waiter]
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                for task in [task for task in running if task.done()]:
-                    position, run = running.pop(task)
-                    outcome = task.result()
-                    if outcome.batch is not None:
-                        for candidate in outcome.batch.candidates:
-                            if (
-                                run[0] <= candidate.index < run[0] + run[1]
-                                and candidate.index not in received
-                            ):
-                                received[candidate.index] = candidate
-                        usage = usage + outcome.batch.usage.replace(wall_time_s=0.0)
-                    error = outcome.error
-                    if error is not None and not outcome.endpoint_failure:
-                        fatal = fatal or error
-                        continue
-                    missing = [i for i in range(run[0], run[0] + run[1]) if i not in received]
-                    if not missing or fatal is not None:
-                        continue
-                    failovers += 1
-                    name = self._states[position].name
-                    if failovers > self.config.max_failovers:
-                        fatal = SamplerError(
-                            f"gave up after {self.config.max_failovers} failover(s); last, "
-                            f"{name}: {error or 'samples missing'}"
-                        )
-                        if error is not None:
-                            fatal.__cause__ = error
-                        continue
-                    log.warning(
-                        "endpoint %s %s; re-sending %d sample(s) with their own indices",
-                        name,
-                        f"failed: {error}" if error is not None else "delivered too few samples",
-                        len(missing),
-                    )
-                    queue.extend(split_runs(missing, self.config.max_n))
+            while call.queue or call.running:
+                if not self._send(call, prompt, params):
+                    break
+                await self._wait(call)
+                for task in [task for task in call.running if task.done()]:
+                    self._collect(call, task)
         except BaseException:
-            # Cancelled (or worse): stop the chunks in flight; their slots are freed as they end.
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            # Cancelled (or worse): stop the chunks in flight.
+            await _cancel(call.running)
             raise
-        if fatal is not None:
-            if isinstance(fatal, SamplerError):
-                fatal.partial = batch()
-                raise fatal
-            raise SamplerError(f"sampling failed: {fatal}", partial=batch()) from fatal
-        return batch()
+        return call.result()
+
+    def _send(self, call: _Call, prompt: Prompt, params: SamplingParams) -> bool:
+        """Send the call's waiting chunks where there is room; False when the call is over (an
+        error ended it and nothing is in flight)."""
+        if call.fatal is None:
+            self._start_due_probes()
+            while call.queue:
+                position = pick_endpoint(self._states)
+                if position is None:
+                    break
+                run = call.queue.popleft()
+                call.running[self._dispatch(position, prompt, params, run)] = (position, run)
+            if call.queue and not call.running and all_down(self._states, time.monotonic()):
+                call.fatal = EndpointsDown(
+                    f"all {len(self._states)} endpoints of the pool are down; "
+                    f"{sum(count for _, count in call.queue)} sample(s) not drawn"
+                )
+        if call.fatal is not None:
+            call.queue.clear()
+            return bool(call.running)
+        return True
+
+    async def _wait(self, call: _Call) -> None:
+        """Wake when a chunk of this call ends, or when any slot or endpoint state changes."""
+        waiter = self._waiter()
+        try:
+            waiting: list[asyncio.Future[Any]] = [*call.running, waiter]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _collect(self, call: _Call, task: asyncio.Task[_Outcome]) -> None:
+        """Take in a finished chunk: keep its samples; a bad request ends the call, and the
+        indices an endpoint failed to deliver are sent again (:meth:`_fail_over`)."""
+        position, run = call.running.pop(task)
+        outcome = task.result()
+        if outcome.batch is not None:
+            call.keep(run, outcome.batch)
+        error = outcome.error
+        if error is not None and not outcome.endpoint_failure:
+            call.fatal = call.fatal or error
+            return
+        missing = call.missing(run)
+        if missing and call.fatal is None:
+            self._fail_over(call, self._states[position].name, error, missing)
+
+    def _fail_over(
+        self, call: _Call, name: str, error: Exception | None, missing: Sequence[int]
+    ) -> None:
+        """Queue ``missing`` again, with their own indices; past ``max_failovers``, give up."""
+        call.failovers += 1
+        if call.failovers > self.config.max_failovers:
+            call.fatal = SamplerError(
+                f"gave up after {self.config.max_failovers} failover(s); last, "
+                f"{name}: {error or 'samples missing'}"
+            )
+            if error is not None:
+                call.fatal.__cause__ = error
+            return
+        log.warning(
+            "endpoint %s %s; re-sending %d sample(s) with their own indices",
+            name,
+            f"failed: {error}" if error is not None else "delivered too few samples",
+            len(missing),
+        )
+        call.queue.extend(split_runs(missing, self.config.max_n))
 
     def _dispatch(
         self, position: int, prompt: Prompt, params: SamplingParams, run: tuple[int, int]
