@@ -26,7 +26,15 @@ from typing import Any
 
 from ttscale.budget import BUDGET_LIMITS, BudgetedSampler, Spend, budget_condition
 from ttscale.errors import ConfigError
-from ttscale.protocols import Sampler, Strategy, Verifier, with_model
+from ttscale.protocols import (
+    Sampler,
+    Strategy,
+    TokenWatcher,
+    Verifier,
+    WrappedSampler,
+    draw_from,
+    with_model,
+)
 from ttscale.registry import build_strategy, build_verifier
 from ttscale.settings import (
     RequestLimits,
@@ -179,17 +187,18 @@ _REQUEST_BUDGET: ContextVar[BudgetedSampler | None] = ContextVar(
 )
 
 
-class RequestBudgetSampler:
+class RequestBudgetSampler(WrappedSampler):
     """The sampler a request's verifier asks: the request's budget while :func:`run_scaled` runs.
 
     A plan is built before its budget (nothing may be drawn while a request is checked), and a
     plan may be rebuilt around the same verifier, so the verifier cannot be handed the budget
     itself. Through this sampler, the judge's calls meet the same limits as the samples and are
     counted in the same spend; outside a run there is no budget, and it asks ``sampler`` as is.
+    Everything else passes through (:class:`~ttscale.protocols.WrappedSampler`).
     """
 
     def __init__(self, sampler: Sampler, model: str | None = None) -> None:
-        self.sampler = sampler
+        super().__init__(sampler)
         self.model = model
 
     def _target(self) -> Sampler:
@@ -197,17 +206,23 @@ class RequestBudgetSampler:
         target: Sampler = budgeted if budgeted is not None else self.sampler
         return target if self.model is None else with_model(target, self.model)
 
-    async def sample(
+    async def forward(
         self,
         prompt: Prompt,
         n: int,
-        params: SamplingParams | None = None,
+        params: SamplingParams | None,
         *,
-        start_index: int = 0,
+        start_index: int,
+        watcher: Callable[[int], TokenWatcher] | None,
     ) -> SampleBatch:
-        return await self._target().sample(prompt, n, params, start_index=start_index)
+        """A draw through the request's budget if one is running, else through ``sampler``."""
+        return await draw_from(
+            self._target(), prompt, n, params, start_index=start_index, watcher=watcher
+        )
 
     def with_model(self, model: str) -> RequestBudgetSampler:
+        """Asking ``model`` through whichever budget runs then: the model is switched at each
+        draw, on the budget (its twin shares the request's limits and spend)."""
         with_model(self.sampler, model)  # fails now, not at the first draw, if it cannot
         return RequestBudgetSampler(self.sampler, model)
 
