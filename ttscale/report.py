@@ -298,6 +298,54 @@ def fit_report(
         raise ConfigError(f"extrapolate_factor must be >= 1, got {extrapolate_factor}")
     records = _select(ResultColumns.read(results_path), strategy, source)
     n, c = records.n, records.num_correct
+    max_k, notes = _sample_count(records, source)
+    coverage = _coverage(
+        n,
+        c,
+        max_k,
+        num_ks=num_ks,
+        extrapolate_factor=extrapolate_factor,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    laws = _fit_laws(n, c, coverage, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    notes += laws.notes
+    held_out, held_notes = _held_out(n, c, max_k, fitted=laws.power is not None, seed=seed)
+    notes += held_notes
+    # Spend per sample of each problem, at the run's batching (prompt tokens included).
+    spend = _Spend(tokens=records.tokens / n, cost=records.cost / n)
+    extras = dict(extra_columns or {})
+    report = FitReport(
+        source=source,
+        strategy=strategy,
+        problems=len(records),
+        max_k=max_k,
+        rows=_rows(coverage, laws, spend, extras, dict(extra_bands or {})),
+        power=laws.power,
+        beta=laws.beta,
+        power_error=laws.power_error,
+        beta_error=laws.beta_error,
+        band=laws.band,
+        held_out=held_out,
+        target=_target(laws.power, target_coverage, spend),
+        columns=_columns(extras),
+        notes=tuple(notes),
+        power_intervals=laws.power_intervals,
+        beta_intervals=laws.beta_intervals,
+        llmonk_errors=laws.llmonk_errors,
+        confidence=confidence,
+    )
+    return report if out_dir is None else _write(report, extras, Path(out_dir), plot=plot)
+
+
+# -- fit_report's steps, each over plain data ----------------------------------------------------
+
+
+def _sample_count(records: ResultColumns, source: str) -> tuple[int, list[str]]:
+    """The k coverage is measured up to (the fewest samples of a problem) and a note when the
+    problems drew different numbers; a problem with none is a DataError naming its line."""
+    n = records.n
     max_k = int(n.min())
     if max_k < 1:
         first_empty = int(records.line[np.flatnonzero(n == 0)[0]])
@@ -310,11 +358,36 @@ def fit_report(
     notes: list[str] = []
     if int(n.max()) != max_k:
         notes.append(f"problems drew {max_k}..{int(n.max())} samples; coverage stops at {max_k}")
+    return max_k, notes
 
+
+@dataclass(frozen=True)
+class _Coverage:
+    """Coverage measured at ``ks`` (mean over problems and its bands), and every k of the table
+    (``all_ks``: ``ks`` then the extrapolated ones)."""
+
+    ks: np.ndarray
+    observed: np.ndarray
+    bands: list[Band]
+    all_ks: np.ndarray
+
+
+def _coverage(
+    n: np.ndarray,
+    c: np.ndarray,
+    max_k: int,
+    *,
+    num_ks: int,
+    extrapolate_factor: float,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> _Coverage:
+    """Coverage at ``num_ks`` log-spaced k up to ``max_k`` with its bands, and the k past the
+    data up to ``extrapolate_factor`` times it."""
     ks = log_spaced_ks(max_k, num_ks)
     per_problem = np.stack([per_problem_pass_at_k(n, c, int(k)) for k in ks], axis=1)
-    observed = per_problem.mean(axis=0)
-    coverage_bands = curve_bands(
+    bands = curve_bands(
         per_problem, confidence=confidence, n_resamples=max(n_resamples, 1000), seed=seed
     )
     far_end = round(max_k * extrapolate_factor)
@@ -323,122 +396,163 @@ def fit_report(
         if far_end > max_k
         else np.array([], dtype=np.int64)
     )
-    all_ks = np.concatenate([ks, far_ks])
+    return _Coverage(ks, per_problem.mean(axis=0), bands, np.concatenate([ks, far_ks]))
 
-    power = beta = None
-    power_error = beta_error = None
-    band = None
-    power_intervals = beta_intervals = None
+
+@dataclass(frozen=True)
+class _Laws:
+    """The two laws fitted to the coverage (all None when none could be), with notes why not."""
+
+    power: PowerLawFit | None = None
+    beta: BetaFit | None = None
+    power_error: FitError | None = None
+    beta_error: FitError | None = None
+    band: ExtrapolationBand | None = None
+    power_intervals: LawIntervals | None = None
+    beta_intervals: LawIntervals | None = None
     llmonk_errors: tuple[FitError | None, FitError | None] = (None, None)
+    notes: tuple[str, ...] = ()
+
+
+def _fit_laws(
+    n: np.ndarray,
+    c: np.ndarray,
+    coverage: _Coverage,
+    *,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> _Laws:
+    """The power law and the Beta model fitted to the coverage, their in-sample errors, the
+    power law's band over every k and both laws' parameter intervals (bootstrap refits)."""
+    ks, observed = coverage.ks, coverage.observed
     if len(ks) < 3:
-        notes.append("fewer than three k: no law fitted")
-    elif np.all(c == 0) or np.all(c == n):
-        notes.append("every problem all right or all wrong: no law fitted")
-    else:
-        power = fit_power_law(ks, observed)
-        power_error = fit_error(observed, power.predict(ks))
-        beta = fit_beta(n, c)
-        beta_error = fit_error(observed, beta.predict(ks))
-        llmonk_errors = (llmonk_fit_error(power, n, c), llmonk_fit_error(beta, n, c))
-        refits = bootstrap_fits(n, c, model="power", fit_ks=ks, n_resamples=n_resamples, seed=seed)
-        power_intervals = law_intervals(refits, confidence)
-        band = extrapolation_band(
-            n, c, all_ks, model="power", fit_ks=ks, confidence=confidence, fits=refits
-        )
-        beta_refits = bootstrap_fits(n, c, model="beta", n_resamples=n_resamples, seed=seed)
-        beta_intervals = law_intervals(beta_refits, confidence)
-
-    # The fit error above is in-sample (the law was fitted at those k). The held-out error fits
-    # both laws on a random fit_k-subset of each problem's samples and scores them at k > fit_k.
-    held_out = None
-    fit_k = held_out_fit_k(max_k)
-    if power is not None and fit_k is None:
-        notes.append(
-            f"{max_k} samples per problem are too few to fit on some k and score on others "
-            "(a held-out error needs 6); the fit error is in-sample"
-        )
-    elif power is not None and fit_k is not None:
-        try:
-            # compare_held_out fits on int(fraction * max_k) samples: aim at fit_k's middle.
-            fraction = (fit_k + 0.5) / max_k
-            held_out = compare_held_out(n, c, fit_fraction=fraction, seed=seed)
-        except ConfigError as exc:  # a subset with nothing solved has no law
-            notes.append(f"held-out comparison skipped: {exc}")
-
-    # Spend per sample of each problem, at the run's batching (prompt tokens included).
-    tokens_per_sample = records.tokens / n
-    cost_per_sample = records.cost / n
-    target = None
-    if target_coverage is not None and power is not None:
-        target = plan_for_coverage(
-            power,
-            target_coverage,
-            cost_per_sample=float(cost_per_sample.mean()),
-            tokens_per_sample=float(tokens_per_sample.mean()),
-            num_problems=len(records),
-        )
-
-    extras = dict(extra_columns or {})
-    bands = dict(extra_bands or {})
-    columns: tuple[str, ...] = (
-        "k",
-        "coverage",
-        "fit",
-        "fit_low",
-        "fit_high",
-        "beta_fit",
-        "tokens",
-        "cost",
-    )
-    columns += tuple(name for name in extras if name not in columns)
-    rows = []
-    for position, k in enumerate(all_ks):
-        measured = position < len(ks)
-        row: dict[str, Any] = {
-            "k": int(k),
-            "coverage": float(observed[position]) if measured else None,
-            "coverage_se": coverage_bands[position][0] if measured else None,
-            "coverage_low": coverage_bands[position][1] if measured else None,
-            "coverage_high": coverage_bands[position][2] if measured else None,
-            "fit": float(power.predict([k])[0]) if power else None,
-            "fit_low": float(band.low[position]) if band else None,
-            "fit_high": float(band.high[position]) if band else None,
-            "beta_fit": float(beta.predict([k])[0]) if beta else None,
-            "tokens": float(k * tokens_per_sample.sum()),
-            "cost": float(k * cost_per_sample.sum()),
-        }
-        for name, values in extras.items():
-            value = values.get(int(k))
-            row[name] = float(value) if value is not None else None
-            if name in bands:
-                spread = bands[name].get(int(k))
-                for part, number in zip(("se", "low", "high"), spread or (None,) * 3, strict=True):
-                    row[f"{name} {part}"] = float(number) if number is not None else None
-        rows.append(row)
-
-    report = FitReport(
-        source=source,
-        strategy=strategy,
-        problems=len(records),
-        max_k=max_k,
-        rows=rows,
+        return _Laws(notes=("fewer than three k: no law fitted",))
+    if np.all(c == 0) or np.all(c == n):
+        return _Laws(notes=("every problem all right or all wrong: no law fitted",))
+    power = fit_power_law(ks, observed)
+    beta = fit_beta(n, c)
+    refits = bootstrap_fits(n, c, model="power", fit_ks=ks, n_resamples=n_resamples, seed=seed)
+    beta_refits = bootstrap_fits(n, c, model="beta", n_resamples=n_resamples, seed=seed)
+    return _Laws(
         power=power,
         beta=beta,
-        power_error=power_error,
-        beta_error=beta_error,
-        band=band,
-        held_out=held_out,
-        target=target,
-        columns=columns,
-        notes=tuple(notes),
-        power_intervals=power_intervals,
-        beta_intervals=beta_intervals,
-        llmonk_errors=llmonk_errors,
-        confidence=confidence,
+        power_error=fit_error(observed, power.predict(ks)),
+        beta_error=fit_error(observed, beta.predict(ks)),
+        band=extrapolation_band(
+            n, c, coverage.all_ks, model="power", fit_ks=ks, confidence=confidence, fits=refits
+        ),
+        power_intervals=law_intervals(refits, confidence),
+        beta_intervals=law_intervals(beta_refits, confidence),
+        llmonk_errors=(llmonk_fit_error(power, n, c), llmonk_fit_error(beta, n, c)),
     )
-    if out_dir is None:
-        return report
-    directory = Path(out_dir)
+
+
+def _held_out(
+    n: np.ndarray, c: np.ndarray, max_k: int, *, fitted: bool, seed: int
+) -> tuple[HeldOutComparison | None, list[str]]:
+    """Both laws fitted on a random fit_k-subset of each problem's samples and scored at
+    k > fit_k (the fit error of :func:`_fit_laws` is in-sample), when the laws were ``fitted``
+    and the samples allow; notes on why not."""
+    fit_k = held_out_fit_k(max_k)
+    if not fitted:
+        return None, []
+    if fit_k is None:
+        return None, [
+            f"{max_k} samples per problem are too few to fit on some k and score on others "
+            "(a held-out error needs 6); the fit error is in-sample"
+        ]
+    try:
+        # compare_held_out fits on int(fraction * max_k) samples: aim at fit_k's middle.
+        fraction = (fit_k + 0.5) / max_k
+        return compare_held_out(n, c, fit_fraction=fraction, seed=seed), []
+    except ConfigError as exc:  # a subset with nothing solved has no law
+        return None, [f"held-out comparison skipped: {exc}"]
+
+
+@dataclass(frozen=True)
+class _Spend:
+    """Each problem's spend per sample: tokens (prompt tokens included) and cost."""
+
+    tokens: np.ndarray
+    cost: np.ndarray
+
+
+def _target(
+    power: PowerLawFit | None, target_coverage: float | None, spend: _Spend
+) -> CoveragePlan | None:
+    """The k the power law says reaches ``target_coverage`` and what it costs, at the run's
+    mean spend per sample; None without a target or a law."""
+    if target_coverage is None or power is None:
+        return None
+    return plan_for_coverage(
+        power,
+        target_coverage,
+        cost_per_sample=float(spend.cost.mean()),
+        tokens_per_sample=float(spend.tokens.mean()),
+        num_problems=len(spend.cost),
+    )
+
+
+_LAW_COLUMNS = ("k", "coverage", "fit", "fit_low", "fit_high", "beta_fit", "tokens", "cost")
+
+
+def _columns(extras: Mapping[str, Any]) -> tuple[str, ...]:
+    """The table's columns: the laws' then the extra ones."""
+    return _LAW_COLUMNS + tuple(name for name in extras if name not in _LAW_COLUMNS)
+
+
+def _rows(
+    coverage: _Coverage,
+    laws: _Laws,
+    spend: _Spend,
+    extras: Mapping[str, Mapping[int, float]],
+    bands: Mapping[str, Mapping[int, Band]],
+) -> list[dict[str, Any]]:
+    """The table, one row per k: measured coverage (None past the data), the laws, the spend of
+    k samples of every problem, then the extra columns with their bands."""
+    tokens, cost = float(spend.tokens.sum()), float(spend.cost.sum())
+    measured_ks = len(coverage.ks)
+    rows = []
+    for position, k in enumerate(coverage.all_ks):
+        spread = coverage.bands[position] if position < measured_ks else (None,) * 3
+        row: dict[str, Any] = {
+            "k": int(k),
+            "coverage": float(coverage.observed[position]) if position < measured_ks else None,
+            "coverage_se": spread[0],
+            "coverage_low": spread[1],
+            "coverage_high": spread[2],
+            "fit": float(laws.power.predict([k])[0]) if laws.power else None,
+            "fit_low": float(laws.band.low[position]) if laws.band else None,
+            "fit_high": float(laws.band.high[position]) if laws.band else None,
+            "beta_fit": float(laws.beta.predict([k])[0]) if laws.beta else None,
+            "tokens": float(k * tokens),
+            "cost": float(k * cost),
+        }
+        row.update(_extra_cells(int(k), extras, bands))
+        rows.append(row)
+    return rows
+
+
+def _extra_cells(
+    k: int, extras: Mapping[str, Mapping[int, float]], bands: Mapping[str, Mapping[int, Band]]
+) -> dict[str, float | None]:
+    """A row's extra columns at ``k``, each followed by its se, low and high when it has a band."""
+    cells: dict[str, float | None] = {}
+    for name, values in extras.items():
+        value = values.get(k)
+        cells[name] = float(value) if value is not None else None
+        if name in bands:
+            spread = bands[name].get(k)
+            for part, number in zip(("se", "low", "high"), spread or (None,) * 3, strict=True):
+                cells[f"{name} {part}"] = float(number) if number is not None else None
+    return cells
+
+
+def _write(
+    report: FitReport, extras: Mapping[str, Mapping[int, float]], directory: Path, *, plot: bool
+) -> FitReport:
+    """``report`` written to ``directory``: ``fit.json`` and (``plot``) ``coverage.png``."""
     directory.mkdir(parents=True, exist_ok=True)
     plot_path = None
     if plot:
