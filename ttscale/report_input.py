@@ -7,7 +7,8 @@ a few bytes each, so memory follows the number of samples, not the size of the r
 A record needs ``id``, ``strategy``, ``n``, ``num_correct``, ``samples`` (``n`` of them, each with a
 ``correct`` of true, false or null) and ``usage`` (a ``Usage.to_dict()``); other fields (``params``,
 ``selected``) are carried but not read. A bad line is a :class:`~ttscale.errors.DataError` naming
-the file, the line and the field.
+the file, the line and the field (a line that is no JSON object too:
+:func:`ttscale.datasets.read_jsonl`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from ttscale.datasets import read_jsonl
 from ttscale.errors import DataError
 from ttscale.types import Usage
 
@@ -52,12 +54,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_record(raw: Any, path: str, line: int) -> ProblemRecord:
+def _parse_record(raw: dict[str, Any], path: str, line: int) -> ProblemRecord:
     def bad(message: str, field_name: str | None = None) -> DataError:
         return DataError(message, path=path, line=line, field=field_name)
 
-    if not isinstance(raw, dict):
-        raise bad(f"a record must be a JSON object, got {type(raw).__name__}")
     for name in ("id", "strategy", "n", "num_correct", "samples", "usage"):
         if name not in raw:
             raise bad("missing field", name)
@@ -114,28 +114,15 @@ def read_results(path: str | Path) -> list[ProblemRecord]:
 
 def iter_results(path: str | Path) -> Iterator[ProblemRecord]:
     """:func:`read_results` as a stream."""
-    source = Path(path)
-    try:
-        handle = source.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read results: {exc}", path=str(source)) from exc
-    with handle:
-        for number, content in enumerate(handle, start=1):
-            if not content.strip():
-                continue
-            try:
-                raw = json.loads(content)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not JSON: {exc.msg}", path=str(source), line=number) from exc
-            yield _parse_record(raw, str(source), number)
+    for number, raw in read_jsonl(Path(path), what="results"):
+        yield _parse_record(raw, str(path), number)
 
 
 def sample_rows(path: str | Path) -> SampleTable:
     """The records of a results file as much as offline evaluation reads of them (``strategy``
     and each sample's ``answer``, ``correct`` and ``score``), streamed from the file into a
     :class:`SampleTable`: a few bytes a sample, whatever the file's size."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return SampleTable.from_records(json.loads(line) for line in handle if line.strip())
+    return SampleTable.from_records(record for _, record in read_jsonl(Path(path), what="results"))
 
 
 @dataclass(frozen=True)
