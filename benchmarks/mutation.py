@@ -65,6 +65,7 @@ TESTS = {
         "tests/test_deepconf_offline.py::test_expected_deepconf_curves_with_their_tokens_and_errors",
         "tests/test_deepconf_offline.py::test_deepconf_without_logprobs_is_refused_with_the_flag_to_use",
     ],
+    "strategies/offline_scan.py": ["tests/test_strategies_offline.py"],
 }
 
 SWAPS: dict[type, type] = {

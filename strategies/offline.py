@@ -52,7 +52,6 @@ here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -77,13 +76,21 @@ from ttscale.strategies.deepconf import (
     simulate_online,
 )
 from ttscale.strategies.majority import MajorityConfig
-from ttscale.strategies.selection import survival_threshold
+from ttscale.strategies.offline_scan import (
+    STATE_BUDGET,
+    OfflineSpec,
+    PassAtK,
+    keyed_scores,
+    make_chunk,
+    scan,
+)
 
 __all__ = [
     "DEFAULT_STRATEGIES",
     "OfflineResult",
     "PassAtK",
     "best_of_n_curve",
+    "chunk_bounds",
     "encode_answers",
     "evaluate",
     "pass_at_k_curve",
@@ -97,20 +104,9 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Method = Literal["expected", "replay"]
 
-_NEVER = np.iinfo(np.int32).max  # "never stops" in the Beta rule's table
-# Lanes times distinct answers per chunk: bounds the memory of the per-answer state arrays.
-_STATE_BUDGET = 1_500_000
-
 MAX_WORKERS = 8
 """The most threads :func:`evaluate` scans with by default."""
 
-
-@dataclass(frozen=True)
-class PassAtK:
-    """Coverage: the fraction of problems where any of the k samples is correct (an oracle)."""
-
-
-OfflineSpec = StrategyConfig | PassAtK
 
 DEFAULT_STRATEGIES: Mapping[str, OfflineSpec] = {
     "pass_at_k": PassAtK(),
@@ -352,18 +348,13 @@ def best_of_n_curve(correct_by_rank: npt.ArrayLike, ks: npt.ArrayLike) -> FloatA
     return result
 
 
-def _keyed(scores: FloatArray) -> FloatArray:
-    # NaN must not poison a sort: a sample the verifier could not score ranks with -inf, last.
-    return np.where(np.isnan(scores), -np.inf, scores)
-
-
 def tie_shares(correct: npt.ArrayLike, scores: npt.ArrayLike) -> FloatArray:
     """(P, N) in rank order (best score first): each sample's block's share of correct samples.
 
     A block is the samples of one problem with equal scores (NaN equal to -inf).
     """
     right = np.atleast_2d(np.asarray(correct, dtype=np.float64))
-    keyed = _keyed(np.atleast_2d(np.asarray(scores, dtype=np.float64)))
+    keyed = keyed_scores(np.atleast_2d(np.asarray(scores, dtype=np.float64)))
     if right.shape != keyed.shape:
         raise DataError(f"correct has shape {right.shape} but scores {keyed.shape}")
     problems, n = keyed.shape
@@ -386,607 +377,6 @@ def per_problem_best_of_n(
     shares = tie_shares(correct, scores)
     weights = _rank_weights(shares.shape[1], _budgets(ks, shares.shape[1]))
     return np.asarray((weights @ shares.T).T, dtype=np.float64)
-
-
-def _score_levels(scores: FloatArray) -> tuple[IntArray, FloatArray]:
-    """Per problem row: each sample's dense score level (0 lowest) and the score of each level."""
-    keyed = _keyed(scores)
-    order = np.argsort(keyed, axis=1, kind="stable")
-    ranked = np.take_along_axis(keyed, order, axis=1)
-    steps = np.zeros(keyed.shape, dtype=np.int64)
-    steps[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-    dense = np.cumsum(steps, axis=1)
-    levels = np.empty_like(dense)
-    np.put_along_axis(levels, order, dense, axis=1)
-    by_level = np.full(keyed.shape, -np.inf)
-    np.put_along_axis(by_level, dense, ranked, axis=1)  # repeated levels write equal scores
-    return levels, by_level
-
-
-@functools.lru_cache(maxsize=16)
-def _beta_min_top(n: int, threshold: float) -> IntArray:
-    """For b = 0..n: the fewest top votes a with P(p > 1/2 | Beta(a+1, b+1)) >= threshold.
-
-    Uses P = P(Binomial(a+b+1, 1/2) <= a) and the recursion F_{m+1}(x) = (F_m(x) + F_m(x-1)) / 2
-    for the binomial CDFs; ``_NEVER`` where no a <= n - b reaches the threshold.
-    """
-    rows = n + 2
-    cdf = np.zeros((rows, rows), dtype=np.float64)
-    cdf[0, :] = 1.0  # Binomial(0, 1/2) is 0: its CDF is 1 at every x >= 0
-    for m in range(1, rows):
-        cdf[m, 1:] = (cdf[m - 1, 1:] + cdf[m - 1, :-1]) / 2.0
-        cdf[m, 0] = cdf[m - 1, 0] / 2.0
-    top = np.arange(n + 1)[None, :]
-    second = np.arange(n + 1)[:, None]
-    trials = np.minimum(top + second + 1, rows - 1)
-    probability = cdf[trials, np.minimum(top, rows - 1)]
-    reaches = (probability >= threshold) & (top + second <= n)
-    minimum = np.where(reaches.any(axis=1), reaches.argmax(axis=1), _NEVER)
-    # With no votes at all nothing is settled, however low the threshold.
-    return np.maximum(minimum, 1).astype(np.int64)
-
-
-# -- the scan over random orders ---------------------------------------------------------------
-
-
-@dataclass
-class _Chunk:
-    """Problems scanned together, laid out for :func:`_scan`.
-
-    ``answers``, ``correct``, ``levels`` and ``scores`` are (N, P), transposed so that one step's
-    samples are whole rows. ``answers`` are dense ids 0..D-1, with D (``distinct``) standing for
-    "no answer"; ``levels`` are each sample's dense score level (0 lowest); ``score_by_level``
-    (P, N) is the score of each level.
-    """
-
-    answers: IntArray
-    correct: BoolArray
-    scores: FloatArray | None
-    levels: IntArray | None
-    score_by_level: FloatArray | None
-    distinct: int
-
-
-_SPARSE_AT = 16
-"""A sequential strategy looks at its live lanes by list once at most 1/16 of them still draw."""
-
-
-@dataclass
-class _Stopping:
-    """A sequential strategy's lanes: which still draw, and per-problem sums over stopped lanes.
-
-    While many lanes draw, ``live`` (S, P) flags them and ``live_bit`` is the first-member bit
-    where live, else 0. Once few are left, ``sparse`` lists them (flat lane numbers) and the rules
-    read those lanes only (:meth:`view`): most lanes of a stopping rule stop within a few samples.
-    """
-
-    live: BoolArray
-    live_bit: npt.NDArray[Any]
-    live_total: int
-    live_count: IntArray
-    stopped_right: IntArray
-    stopped_samples: IntArray
-    first_bit: int
-    sparse: IntArray | None = None
-
-    @classmethod
-    def start(cls, shape: tuple[int, int], key_type: Any, first_bit: int) -> _Stopping:
-        subsets, problems = shape
-        return cls(
-            live=np.ones(shape, dtype=bool),
-            live_bit=np.full(shape, first_bit, dtype=key_type),
-            live_total=subsets * problems,
-            live_count=np.full(problems, subsets, dtype=np.int64),
-            stopped_right=np.zeros(problems, dtype=np.int64),
-            stopped_samples=np.zeros(problems, dtype=np.int64),
-            first_bit=first_bit,
-        )
-
-    @property
-    def problems(self) -> int:
-        return int(self.live.shape[1])
-
-    def view(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """``values`` (S, P) at the lanes still drawing: all lanes while dense, else the list."""
-        return values if self.sparse is None else values.reshape(-1)[self.sparse]
-
-    def settle(self, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
-        """Stop the lanes in ``stops`` (shaped as :meth:`view`), each answering with its group
-        key in ``picks`` (likewise)."""
-        if self.sparse is not None:
-            self._settle_listed(stops, taken, picks)
-            return
-        stops &= self.live
-        fresh = int(np.count_nonzero(stops))
-        if not fresh:
-            return
-        self.live ^= stops
-        np.multiply(self.live, self.live_bit.dtype.type(self.first_bit), out=self.live_bit)
-        right = (picks & self.first_bit) != 0
-        right &= stops
-        self.stopped_right += _per_problem(right)
-        per_problem = _per_problem(stops)
-        self.stopped_samples += per_problem * taken
-        self.live_count -= per_problem
-        self.live_total -= fresh
-        if self.live_total * _SPARSE_AT <= self.live.size:
-            self.sparse = np.flatnonzero(self.live)
-
-    def _settle_listed(self, stops: BoolArray, taken: int, picks: npt.NDArray[Any]) -> None:
-        assert self.sparse is not None
-        fresh = int(np.count_nonzero(stops))
-        if not fresh:
-            return
-        problem = self.sparse[stops] % self.problems
-        right = (picks[stops] & self.first_bit) != 0
-        self.stopped_right += np.bincount(problem[right], minlength=self.problems)
-        per_problem = np.bincount(problem, minlength=self.problems)
-        self.stopped_samples += per_problem * taken
-        self.live_count -= per_problem
-        self.live_total -= fresh
-        self.sparse = self.sparse[~stops]
-
-    def right_now(self, lead: npt.NDArray[Any], scratch: npt.NDArray[Any]) -> IntArray:
-        """Per problem, the lanes answering right now: stopped ones, and live ones by ``lead``."""
-        right: IntArray = self.stopped_right.copy()
-        if self.live_total == 0:
-            return right
-        if self.sparse is None:
-            np.bitwise_and(lead, self.live_bit, out=scratch)
-            right += _count_bits(scratch, self.first_bit)
-        else:
-            hits = (lead.reshape(-1)[self.sparse] & self.first_bit) != 0
-            right += np.bincount(self.sparse[hits] % self.problems, minlength=self.problems)
-        return right
-
-
-@dataclass
-class _LevelIndex:
-    """Each problem's samples grouped by score level, and each sample's position in each order:
-    what resolving a tie between best members by draw order needs."""
-
-    keys: IntArray  # (P * N,) ascending: problem * (N + 1) + level
-    members: IntArray  # (P * N,) the sample of each key
-    position: IntArray  # (S, N) where each sample is drawn in each order
-    width: int
-
-    @classmethod
-    def of(cls, chunk: _Chunk, orders: IntArray) -> _LevelIndex:
-        assert chunk.levels is not None
-        n, problems = chunk.levels.shape
-        by_level = np.argsort(chunk.levels, axis=0, kind="stable")
-        levels = np.take_along_axis(chunk.levels, by_level, axis=0)
-        keys = (levels + np.arange(problems)[None, :] * (n + 1)).T.ravel()
-        return cls(keys, by_level.T.ravel(), np.argsort(orders, axis=1), n + 1)
-
-    def samples(self, problem: IntArray, level: IntArray) -> tuple[IntArray, BoolArray]:
-        """(m, B) samples of each problem at each level, padded, and which are real."""
-        wanted = problem * self.width + level
-        start = np.searchsorted(self.keys, wanted, side="left")
-        stop = np.searchsorted(self.keys, wanted, side="right")
-        span = np.arange(int((stop - start).max(initial=1)))[None, :]
-        present = span < (stop - start)[:, None]
-        picked = np.take(self.members, start[:, None] + span, mode="clip")  # padding: any
-        return picked, present
-
-
-@dataclass
-class _Layout:
-    """Bit fields of a group's key: ``count | first | best`` (see :func:`_scan`)."""
-
-    bits: int
-    best_width: int
-    count_shift: int
-    key_type: type[np.unsignedinteger[Any]]
-
-    @classmethod
-    def for_samples(cls, n: int, need_best: bool) -> _Layout:
-        """Field widths for N samples: 32 bits up to 1023 samples, else 64."""
-        bits = max(1, int(n).bit_length())
-        best_width = bits + 1 if need_best else 0  # a level + 1 (<= N) and a correct bit
-        count_shift = best_width + bits + 1  # first: a position and a correct bit
-        if count_shift + bits > 64:
-            raise ConfigError(f"offline evaluation handles up to {2**20 - 1} samples per problem")
-        wide = count_shift + bits > 32
-        return cls(bits, best_width, count_shift, np.uint64 if wide else np.uint32)
-
-    @property
-    def mask(self) -> int:
-        return (1 << self.bits) - 1
-
-    @property
-    def first_bit(self) -> int:
-        """Whether the group's first-drawn member is correct."""
-        return 1 << self.best_width
-
-
-def _scan(
-    chunk: _Chunk,
-    orders: IntArray,
-    specs: Mapping[str, OfflineSpec],
-    wanted: BoolArray,
-) -> tuple[dict[str, IntArray], dict[str, IntArray]]:
-    """Each strategy's correct lanes per problem at every wanted step: (N, P) counts over orders.
-
-    Also returns, for the sequential strategies, the samples their lanes drew (summed likewise).
-    A lane is one (order, problem) pair; lanes are laid out (S, P). The vote state of every answer
-    of every lane lives in flat arrays indexed by ``answer * lanes + lane``: answer-major, so the
-    few popular answers' rows stay in cache. A group's key packs three fields into one unsigned
-    integer, ``count | first | best``: ``first`` is ``(mask - position of its first-drawn member)
-    << 1`` plus whether that member is correct; ``best`` the same for its best member by (score
-    level, earliest position), with the level on top. One integer comparison is "more votes, then
-    drawn first" (first positions differ between groups, so ``best`` never decides), and whether a
-    lane's pick is correct is a bit of a key: no gather at scoring time. Every lane takes its
-    sample at the same position in a step, so the position bits are one scalar per step. The
-    answerless row has count 0 and no correct bits, so it can never lead a lane that has an
-    answer. Every update is branch-free (maxima and arithmetic blends), since masked copies with
-    unpredictable masks cost several times as much at this size.
-    """
-    n, problems = chunk.answers.shape
-    subsets = orders.shape[0]
-    none = chunk.distinct
-    shape = (subsets, problems)
-    lanes = subsets * problems
-
-    weighted = [name for name, c in specs.items() if isinstance(c, MajorityConfig) and c.weighted]
-    boms = {name: c for name, c in specs.items() if isinstance(c, BestOfMajorityConfig)}
-    adaptives = {name: c for name, c in specs.items() if isinstance(c, AdaptiveConfig)}
-    aheads = {name: c for name, c in specs.items() if isinstance(c, AheadByKConfig)}
-    bests = [name for name, c in specs.items() if isinstance(c, BestOfNConfig)]
-    coverages = [name for name, c in specs.items() if isinstance(c, PassAtK)]
-    need_best = bool(weighted or boms or bests)
-    means = any(c.group_score == "mean" for c in boms.values())
-    need_weight = bool(weighted) or means
-    need_second = bool(aheads) or any(c.rule == "beta" for c in adaptives.values())
-    need_runs = any(c.rule == "esc" for c in adaptives.values())
-    if need_best and (chunk.levels is None or chunk.scores is None):
-        raise ConfigError("best-of-N, weighted majority and best_of_majority need scores")
-
-    layout = _Layout.for_samples(n, need_best)
-    # Where no problem has a right and a wrong sample of equal score, equal best levels never
-    # differ in correctness, so no tie between groups' best members needs its draw order.
-    ties = need_best and _mixed_ties(chunk)
-    key_type = layout.key_type
-    mask, best_width, count_shift = layout.mask, layout.best_width, layout.count_shift
-    field_mask = (1 << best_width) - 1
-    first_bit = layout.first_bit
-
-    # Per sample, (N, P): its bits in its group's key, positions left out (zero if answerless).
-    valid = chunk.answers < none
-    best_static = (
-        ((chunk.levels + 1) << 1) | chunk.correct
-        if chunk.levels is not None
-        else np.zeros_like(chunk.answers)
-    )
-    first_static = (valid & chunk.correct).astype(np.int64) << best_width
-    word = np.where(
-        valid, (1 << count_shift) | first_static | (best_static if need_best else 0), 0
-    ).astype(key_type)
-    best_any = best_static.astype(key_type)  # answerless samples too: groups of one for BoM
-    positions = mask - np.arange(n, dtype=np.int64)
-    step_bits = (positions << (best_width + 1)).astype(key_type)
-    slot_base = chunk.answers * lanes + np.arange(problems, dtype=np.int64)[None, :]
-    lane_offset = (np.arange(subsets, dtype=np.int64) * problems)[:, None]
-
-    keys = np.zeros((none + 1) * lanes, dtype=key_type)
-    lead = np.zeros(shape, dtype=key_type)
-    second = np.zeros(shape, dtype=key_type)
-
-    weight = vote_weight = lead_weight = lead_weight_key = None
-    if need_weight:
-        assert chunk.scores is not None
-        weight = np.zeros((none + 1) * lanes, dtype=np.float64)
-        # Answerless samples carry -inf so their row can never outweigh a real answer.
-        vote_weight = np.where(valid, chunk.scores, -np.inf)
-        lead_weight = np.full(shape, -1.0)
-        lead_weight_key = np.zeros(shape, dtype=key_type)
-    lone = np.zeros(shape, dtype=key_type) if means else None  # best answerless sample
-    bom_best = {name: np.zeros(shape, dtype=key_type) for name in boms}
-    bom_threshold = dict.fromkeys(boms, 0)
-    best_seen = np.zeros(shape, dtype=key_type) if bests else None
-    covered = np.zeros(shape, dtype=bool) if coverages else None
-    stopping = {name: _Stopping.start(shape, key_type, first_bit) for name in [*adaptives, *aheads]}
-    beta_tables = {
-        name: _beta_min_top(n, c.threshold).astype(key_type)
-        for name, c in adaptives.items()
-        if c.rule == "beta"
-    }
-    run_length = np.zeros(shape, dtype=key_type)
-    previous = np.full(shape, -1, dtype=np.int64)
-    lane_problem_offset = np.tile(np.arange(problems, dtype=np.int64) * n, subsets)
-    totals = {name: np.zeros((n, problems), dtype=np.int64) for name in specs}
-    drawn = {name: np.zeros((n, problems), dtype=np.int64) for name in stopping}
-
-    by_level = _LevelIndex.of(chunk, orders) if ties else None
-
-    def earliest(
-        chosen: IntArray, level: npt.NDArray[Any], taken: int, allowed: Any
-    ) -> npt.NDArray[Any]:
-        """For lanes ``chosen`` (flat) whose best candidates tie at ``level`` (level + 1) with
-        right and wrong members: the best field of the earliest-drawn sample at that level that
-        ``allowed(answers, lanes, samples, problems)`` admits. Rare, and only the samples of that
-        level are looked at, so it is exact at little cost."""
-        assert by_level is not None
-        problem = chosen % problems
-        samples, present = by_level.samples(problem, level.astype(np.int64) - 1)
-        column = problem[:, None]
-        drawn_at = by_level.position[(chosen // problems)[:, None], samples]
-        fits = present & (drawn_at < taken)
-        fits &= allowed(chunk.answers[samples, column], chosen[:, None], samples, column)
-        first = np.where(fits, drawn_at, n).argmin(axis=1)
-        right = chunk.correct[samples[np.arange(chosen.size), first], problem]
-        fields: npt.NDArray[Any] = ((level.astype(np.int64) << 1) | right).astype(key_type)
-        return fields
-
-    def counted(threshold: int) -> Any:
-        def allowed(said: IntArray, lane: IntArray, _: IntArray, __: IntArray) -> BoolArray:
-            count = keys[np.minimum(said, none) * lanes + lane] >> count_shift
-            fits: BoolArray = (said < none) & (count >= threshold)
-            return fits
-
-        return allowed
-
-    def settled(
-        winner: npt.NDArray[Any],
-        candidates: npt.NDArray[Any],
-        taken: int,
-        allowed: Any,
-    ) -> npt.NDArray[Any]:
-        """``winner`` (the max of ``candidates``, (G, lanes) best fields or 0), with the lanes
-        whose top level holds right and wrong candidates resolved by draw order."""
-        if not ties:
-            return winner
-        level = winner >> 1
-        at_top = (candidates >> 1 == level[None, :]) & (candidates > 0)
-        wrong = (at_top & ((candidates & 1) == 0)).any(axis=0)
-        mixed = np.flatnonzero(wrong & ((winner & 1) == 1))
-        if mixed.size:
-            winner = winner.copy()
-            winner[mixed] = earliest(mixed, level[mixed], taken, allowed)
-        return winner
-
-    def surviving_best(threshold: int, mean_scores: bool, taken: int) -> npt.NDArray[Any]:
-        """Every lane's winning best field from scratch (on a threshold change, or for mean)."""
-        grid = keys.reshape(none + 1, lanes)[:none]
-        count = grid >> count_shift
-        survives = count >= max(threshold, 1)
-        best = grid & field_mask
-        if not mean_scores:
-            # Only called with threshold > 1: answerless groups of one do not survive.
-            candidates = np.where(survives, best, 0)
-            winner = candidates.max(axis=0, initial=0)
-            winner = settled(winner, candidates, taken, counted(threshold))
-            return winner.reshape(shape).astype(key_type)
-        assert weight is not None and lone is not None and chunk.score_by_level is not None
-        assert chunk.scores is not None
-        sums = weight.reshape(none + 1, lanes)[:none]
-        mean = np.where(survives, sums / np.maximum(count, 1), -np.inf)
-        lone_best = lone.ravel() if threshold <= 1 else np.zeros(lanes, dtype=key_type)
-        lone_known = lone_best > 0
-        lone_level = (lone_best >> 1).astype(np.int64) - 1
-        lone_score = np.where(
-            lone_known,
-            np.take(chunk.score_by_level, lane_problem_offset + np.maximum(lone_level, 0)),
-            -np.inf,
-        )
-        top = np.maximum(mean.max(axis=0, initial=-np.inf), lone_score)
-        # Ties on the mean go to the group whose best member ranks first.
-        candidates = np.where(survives & (mean == top[None, :]), best, 0)
-        lone_in = np.where(lone_known & (lone_score == top), lone_best, 0)
-        candidates = np.vstack([candidates, lone_in[None, :]])
-        scores_of = chunk.scores
-
-        def allowed(
-            said: IntArray, lane: IntArray, sample: IntArray, column: IntArray
-        ) -> BoolArray:
-            slot_of = np.minimum(said, none) * lanes + lane
-            group_count = keys[slot_of] >> count_shift
-            assert weight is not None
-            group_mean = weight[slot_of] / np.maximum(group_count, 1)
-            in_group = (said < none) & (group_count >= max(threshold, 1))
-            in_group &= group_mean == top[lane]
-            alone_ok = (said == none) & lone_known[lane] & (scores_of[sample, column] == top[lane])
-            fits: BoolArray = in_group | alone_ok
-            return fits
-
-        winner = settled(candidates.max(axis=0, initial=0), candidates, taken, allowed)
-        return winner.reshape(shape).astype(key_type)
-
-    scratch = np.empty(shape, dtype=key_type)  # the tally's masked keys, reused every step
-    count_one = key_type(1 << count_shift)
-    for step in range(n):
-        taken = step + 1  # samples in the prefix
-        columns = orders[:, step]  # the sample each order takes now, shared by all problems
-        slot = np.take(slot_base, columns, axis=0)  # (S, P): whole rows, a cheap gather
-        slot += lane_offset
-        arriving = np.take(word, columns, axis=0)
-        arriving += step_bits[step]
-        old = keys.take(slot)
-        # One more vote, and the best member: a strictly higher level replaces it, an equal one
-        # keeps the earlier-drawn member (so its field needs no position). Then the arriving
-        # sample's own key wins only where the group was empty: an existing group has more votes,
-        # or (the answerless row, no votes) an earlier first member.
-        key = arriving & count_one
-        key += old
-        if need_best:
-            low = old & field_mask
-            arrived = arriving & field_mask
-            change = arrived - low  # modular: added back only where it is a rise
-            low |= 1
-            change *= arrived > low
-            key += change
-        np.maximum(key, arriving, out=key)
-        keys[slot] = key
-        if need_second:
-            # A group other than the leader: the runner-up becomes the lesser of it and the
-            # leader, if more than the runner-up. The leader's own vote changes nothing.
-            challenger = np.minimum(key, lead)
-            challenger *= old != lead
-            np.maximum(second, challenger, out=second)
-        np.maximum(lead, key, out=lead)
-
-        if weight is not None:
-            assert vote_weight is not None and lead_weight is not None
-            assert lead_weight_key is not None
-            mine = weight.take(slot)
-            mine += np.take(vote_weight, columns, axis=0)
-            weight[slot] = mine
-            if weighted:
-                better = mine > lead_weight
-                tie = mine == lead_weight
-                tie &= key > lead_weight_key
-                better |= tie
-                np.maximum(lead_weight, mine, out=lead_weight)
-                change = key - lead_weight_key  # modular: the blend below is exact
-                change *= better
-                lead_weight_key += change
-        # The arriving sample's own best field, answerless or not (its group of one).
-        alone = best_any[:0]
-        if lone is not None or best_seen is not None or boms:
-            alone = np.take(best_any, columns, axis=0)
-        if lone is not None:
-            _keep_earlier(lone, alone * ((arriving >> count_shift) == 0))
-        if best_seen is not None:
-            _keep_earlier(best_seen, alone)
-        if covered is not None:
-            covered |= np.take(chunk.correct, columns, axis=0)
-        for name, bom_config in boms.items():
-            threshold = survival_threshold(taken, bom_config.alpha, bom_config.min_count)
-            state = bom_best[name]
-            if bom_config.group_score == "mean":
-                bom_best[name] = surviving_best(threshold, True, taken)
-            elif threshold <= 1:
-                # Every group survives (and has since the start: the threshold never falls), so
-                # the arriving sample competes on its own rank, answerless or not.
-                _keep_earlier(state, alone)
-            elif threshold != bom_threshold[name]:
-                bom_best[name] = surviving_best(threshold, False, taken)
-            else:
-                votes = key >> count_shift
-                joins = key & field_mask
-                joins *= votes >= threshold
-                if ties:
-                    # A group surviving from now on may hold, at the state's level, a member
-                    # drawn before the state's: only the draw order can tell. Few lanes have
-                    # a group at exactly the threshold, so only those are looked at.
-                    at = np.flatnonzero(votes == threshold)
-                    flat = state.reshape(-1)
-                    joined, held = joins.reshape(-1)[at], flat[at]
-                    clash = (joined >> 1) == (held >> 1)
-                    clash &= ((joined ^ held) & 1) == 1
-                    mixed = at[clash]
-                    if mixed.size:
-                        flat[mixed] = earliest(mixed, flat[mixed] >> 1, taken, counted(threshold))
-                _keep_earlier(state, joins)
-            bom_threshold[name] = threshold
-
-        if need_runs:
-            run_length *= slot == previous
-            run_length += 1
-            run_length *= arriving >> count_shift  # an answerless sample breaks the run
-            previous = slot
-        for name, adaptive_config in adaptives.items():
-            lanes_of = stopping[name]
-            if taken % adaptive_config.batch_size != 0 or lanes_of.live_total == 0:
-                continue
-            picks = lanes_of.view(lead)
-            if adaptive_config.rule == "beta":
-                seconds = lanes_of.view(second) >> count_shift
-                stops = (picks >> count_shift) >= np.take(beta_tables[name], seconds)
-            else:
-                stops = lanes_of.view(run_length) >= adaptive_config.batch_size
-                if adaptive_config.answer == "window":
-                    picks = lanes_of.view(key)  # the group the unanimous window voted for
-            lanes_of.settle(stops, taken, picks)
-        for name, ahead_config in aheads.items():
-            lanes_of = stopping[name]
-            if lanes_of.live_total == 0:
-                continue
-            picks = lanes_of.view(lead)
-            lead_by = picks >> count_shift
-            lead_by -= lanes_of.view(second) >> count_shift
-            lanes_of.settle(lead_by >= ahead_config.margin, taken, picks)
-
-        if wanted[step]:
-            _tally(step, specs, totals, lead, layout, lead_weight_key, bom_best, scratch)
-            for name in coverages:
-                assert covered is not None
-                totals[name][step] = _per_problem(covered)
-            for name in bests:
-                assert best_seen is not None
-                np.bitwise_and(best_seen, 1, out=scratch)
-                totals[name][step] = _count_bits(scratch, 1)
-            for name, lanes_of in stopping.items():
-                totals[name][step] = lanes_of.right_now(lead, scratch)
-                drawn[name][step] = lanes_of.stopped_samples + lanes_of.live_count * taken
-    return totals, drawn
-
-
-def _per_problem(hits: BoolArray) -> IntArray:
-    """Lanes set per problem of (S, P) flags. Summing bytes into a narrow type is several times
-    faster than count_nonzero or a sum that widens each byte to 64 bits."""
-    narrow = np.uint16 if hits.shape[0] < 2**16 else np.int64
-    counts: IntArray = hits.view(np.uint8).sum(axis=0, dtype=narrow).astype(np.int64)
-    return counts
-
-
-def _count_bits(masked: npt.NDArray[Any], bit: int) -> IntArray:
-    """Lanes per problem of (S, P) keys masked to one bit ``bit`` (each 0 or ``bit``), summed in
-    the keys' own type where it cannot overflow (a widening sum costs several times as much)."""
-    fits = masked.shape[0] * bit < 2 ** (8 * masked.dtype.itemsize)
-    total = masked.sum(axis=0, dtype=masked.dtype if fits else np.uint64)
-    counts: IntArray = (total // bit).astype(np.int64)
-    return counts
-
-
-def _keep_earlier(state: npt.NDArray[Any], arriving: npt.NDArray[Any]) -> None:
-    """``state`` takes ``arriving`` best fields only at a strictly higher level (in place)."""
-    arriving = arriving * (arriving > (state | 1))
-    np.maximum(state, arriving, out=state)
-
-
-def _mixed_ties(chunk: _Chunk) -> bool:
-    """Whether some problem has a right and a wrong sample of equal score: only then does the
-    order between equal scores change a pick's correctness."""
-    assert chunk.levels is not None
-    n, problems = chunk.levels.shape
-    block = (chunk.levels + np.arange(problems)[None, :] * n).ravel()
-    sizes = np.bincount(block, minlength=n * problems)
-    right = np.bincount(block, weights=chunk.correct.ravel(), minlength=n * problems)
-    return bool(((right > 0) & (right < sizes)).any())
-
-
-def _tally(
-    step: int,
-    specs: Mapping[str, OfflineSpec],
-    totals: dict[str, IntArray],
-    lead: npt.NDArray[Any],
-    layout: _Layout,
-    lead_weight_key: npt.NDArray[Any] | None,
-    bom_best: Mapping[str, npt.NDArray[Any]],
-    scratch: npt.NDArray[Any],
-) -> None:
-    """Per problem, the lanes whose pick is correct now, for the fixed-sample voting strategies.
-
-    ``scratch`` (S, P) takes each strategy's masked keys in turn (one pass, no new array)."""
-    majority_right = None
-    for name, config in specs.items():
-        if isinstance(config, MajorityConfig) and not config.weighted:
-            if majority_right is None:
-                np.bitwise_and(lead, layout.first_bit, out=scratch)
-                majority_right = _count_bits(scratch, layout.first_bit)
-            totals[name][step] = majority_right
-        elif isinstance(config, MajorityConfig):
-            assert lead_weight_key is not None
-            np.bitwise_and(lead_weight_key, 1, out=scratch)
-            totals[name][step] = _count_bits(scratch, 1)
-        elif isinstance(config, BestOfMajorityConfig):
-            chosen = bom_best[name]
-            empty = chosen == 0
-            if empty.any():  # no group survives: the mode's best member
-                chosen = np.where(empty, lead & ((1 << layout.best_width) - 1), chosen)
-            np.bitwise_and(chosen, 1, out=scratch)
-            totals[name][step] = _count_bits(scratch, 1)
 
 
 def _random_orders(rng: np.random.Generator, subsets: int, n: int) -> IntArray:
@@ -1042,8 +432,7 @@ def evaluate(
     table = _as_table(answers, correct, scores) if traces is None else None
     problems = _as_problem_arrays(answers, correct, scores) if table is None else []
     count = len(table[0]) if table is not None else len(problems)
-    has_scores = scores is not None
-    specs = _resolve_specs(strategies, has_scores, traces is not None)
+    specs = _resolve_specs(strategies, scores is not None, traces is not None)
     streams = _check_traces(traces, problems) if traces is not None else None
     confident = {name: s for name, s in specs.items() if isinstance(s, DeepConfConfig)}
     specs = {name: s for name, s in specs.items() if name not in confident}
@@ -1053,70 +442,117 @@ def evaluate(
         raise ConfigError(f"subsets must be >= 1, got {subsets}")
     replay = orders is not None
     chosen_orders = np.asarray(orders, dtype=np.int64) if replay else None
-    by_length: dict[int, list[int]] = {shortest: list(range(count))} if table is not None else {}
-    for number, problem in enumerate(problems):
-        by_length.setdefault(problem[0].size, []).append(number)
-
-    rng = np.random.default_rng(seed)
+    by_length = {shortest: list(range(count))} if table is not None else _by_length(problems)
     shape = (count, budgets.size)
-    per_problem: dict[str, FloatArray] = {}
-    per_samples: dict[str, FloatArray] = {}
-    for n in sorted(by_length):
-        members = by_length[n]
-        group = table if table is not None else _stack([problems[number] for number in members])
-        if chosen_orders is not None:
-            group_orders = chosen_orders
-            _check_orders(group_orders, n)
-        else:
-            group = _relabel(group, rng)
-            group_orders = _random_orders(rng, subsets, n)
-        part_acc, part_used = _evaluate_group(group, specs, budgets, group_orders, replay, workers)
-        whole = len(members) == count  # the usual case: no copy
-        for into, part in ((per_problem, part_acc), (per_samples, part_used)):
-            for name, curve in part.items():
-                if whole:
-                    into[name] = curve
-                else:
-                    into.setdefault(name, np.zeros(shape))[members] = curve
-    # A strategy that always draws k has drawn k on every problem: one read-only row, no copies.
-    drew_k = np.broadcast_to(budgets.astype(np.float64), shape)
-    per_samples = {name: per_samples.get(name, drew_k) for name in specs}
-
+    run = _Run(specs, budgets, chosen_orders, subsets, workers, shape, np.random.default_rng(seed))
+    for _length, members in sorted(by_length.items()):
+        run.scan_group(
+            table if table is not None else _stack([problems[i] for i in members]), members
+        )
     lanes = int(chosen_orders.shape[0]) if chosen_orders is not None else subsets
-    errors = {
-        name: standard_errors(per_problem[name], 0 if replay or _closed_form(spec) else lanes)
-        for name, spec in specs.items()
-    }
+    errors = run.standard_errors(lanes)
     per_tokens: dict[str, FloatArray] = {}
     if confident:
         assert streams is not None
-        # Its own random stream, so the other curves stay as they are; one set of orders for
-        # every DeepConf config, so that two of them compare paired.
-        rng = np.random.default_rng((seed, 19))
-        drawn = [
-            list(chosen_orders)
-            if chosen_orders is not None
-            else [rng.permutation(answers.size) for _ in range(DEEPCONF_ORDERS)]
-            for answers, _, _ in problems
-        ]
-        for name, config in confident.items():
-            values = _deepconf_values(problems, streams, config, budgets, drawn)
-            per_problem[name], per_samples[name], per_tokens[name] = values
-            count = 0 if replay else DEEPCONF_ORDERS
-            errors[name] = standard_errors(per_problem[name], count)
+        for name, values in _deepconf_curves(
+            problems, streams, confident, budgets, chosen_orders, seed
+        ).items():
+            run.per_problem[name], run.per_samples[name], per_tokens[name] = values
+            errors[name] = standard_errors(values[0], 0 if replay else DEEPCONF_ORDERS)
     return OfflineResult(
         ks=budgets,
-        accuracy={name: values.mean(axis=0) for name, values in per_problem.items()},
-        samples_used={name: values.mean(axis=0) for name, values in per_samples.items()},
+        accuracy={name: values.mean(axis=0) for name, values in run.per_problem.items()},
+        samples_used={name: values.mean(axis=0) for name, values in run.per_samples.items()},
         problems=count,
         subsets=lanes,
-        per_problem=per_problem,
-        per_problem_samples=per_samples,
+        per_problem=run.per_problem,
+        per_problem_samples=run.per_samples,
         per_problem_tokens=per_tokens,
         se={name: pair[0] for name, pair in errors.items()},
         mc_se={name: pair[1] for name, pair in errors.items()},
         method="replay" if replay else "expected",
     )
+
+
+def _by_length(problems: list[Problem]) -> dict[int, list[int]]:
+    """The problems' numbers by their sample counts."""
+    by_length: dict[int, list[int]] = {}
+    for number, problem in enumerate(problems):
+        by_length.setdefault(problem[0].size, []).append(number)
+    return by_length
+
+
+@dataclass
+class _Run:
+    """One evaluation's per-problem results, filled a group of equal sample counts at a time."""
+
+    specs: Mapping[str, OfflineSpec]
+    budgets: IntArray
+    orders: IntArray | None
+    subsets: int
+    workers: int
+    shape: tuple[int, int]
+    rng: np.random.Generator  # the random orders of every group, one stream
+    per_problem: dict[str, FloatArray] = field(default_factory=dict)
+    per_samples: dict[str, FloatArray] = field(default_factory=dict)
+
+    def scan_group(self, group: _Group, members: list[int]) -> None:
+        """Evaluate the problems ``members`` (``group``, one sample count) into the results."""
+        n = group[0].shape[1]
+        if self.orders is not None:
+            group_orders = self.orders
+            _check_orders(group_orders, n)
+        else:
+            group = _relabel(group, self.rng)
+            group_orders = _random_orders(self.rng, self.subsets, n)
+        replay = self.orders is not None
+        parts = _evaluate_group(group, self.specs, self.budgets, group_orders, replay, self.workers)
+        whole = len(members) == self.shape[0]  # the usual case: no copy
+        for into, part in zip((self.per_problem, self.per_samples), parts, strict=True):
+            for name, curve in part.items():
+                if whole:
+                    into[name] = curve
+                else:
+                    into.setdefault(name, np.zeros(self.shape))[members] = curve
+        # A strategy that always draws k has drawn k on every problem: one read-only row.
+        drew_k = np.broadcast_to(self.budgets.astype(np.float64), self.shape)
+        for name in self.specs:
+            self.per_samples.setdefault(name, drew_k)
+
+    def standard_errors(self, lanes: int) -> dict[str, tuple[FloatArray, FloatArray]]:
+        """Each strategy's standard errors (:func:`standard_errors`) over its ``lanes`` orders
+        (none for exact values: closed forms, replayed orders)."""
+        return {
+            name: standard_errors(
+                self.per_problem[name],
+                0 if self.orders is not None or _closed_form(spec) else lanes,
+            )
+            for name, spec in self.specs.items()
+        }
+
+
+def _deepconf_curves(
+    problems: list[Problem],
+    streams: list[list[StoredTrace]],
+    confident: Mapping[str, DeepConfConfig],
+    budgets: IntArray,
+    orders: IntArray | None,
+    seed: int,
+) -> dict[str, tuple[FloatArray, FloatArray, FloatArray]]:
+    """Each DeepConf config's per-problem accuracy, samples and tokens (see :func:`evaluate`)."""
+    # Its own random stream, so the other curves stay as they are; one set of orders for
+    # every DeepConf config, so that two of them compare paired.
+    rng = np.random.default_rng((seed, 19))
+    drawn = [
+        list(orders)
+        if orders is not None
+        else [rng.permutation(answers.size) for _ in range(DEEPCONF_ORDERS)]
+        for answers, _, _ in problems
+    ]
+    return {
+        name: _deepconf_values(problems, streams, config, budgets, drawn)
+        for name, config in confident.items()
+    }
 
 
 def _resolve_workers(workers: int | None) -> int:
@@ -1284,7 +720,7 @@ def _evaluate_group(
     stopping = [n for n, s in scanned.items() if isinstance(s, AdaptiveConfig | AheadByKConfig)]
     wanted = np.zeros(n, dtype=bool)
     wanted[steps] = True
-    bounds = _chunk_bounds(answers, orders.shape[0], workers) if scanned else []
+    bounds = chunk_bounds(answers, orders.shape[0], workers) if scanned else []
 
     def closed_curves() -> dict[str, FloatArray]:
         return {name: _closed_curve(c, correct, scores, budgets) for name, c in closed.items()}
@@ -1293,11 +729,11 @@ def _evaluate_group(
     used: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in stopping}
     lanes = orders.shape[0]
 
-    def scan(bound: tuple[int, int]) -> None:
+    def scan_chunk(bound: tuple[int, int]) -> None:
         """One chunk's counts, written into its rows at once (chunks' rows are disjoint)."""
         start, stop = bound
-        totals, drawn = _scan(
-            _make_chunk(answers, correct, scores, start, stop), orders, scanned, wanted
+        totals, drawn = scan(
+            make_chunk(answers, correct, scores, start, stop), orders, scanned, wanted
         )
         for name in scanned:
             accuracy[name][start:stop] = totals[name][steps].T / lanes
@@ -1309,18 +745,18 @@ def _evaluate_group(
     # are computed meanwhile.
     if workers > 1 and bounds:
         with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
-            running = [pool.submit(scan, bound) for bound in bounds]
+            running = [pool.submit(scan_chunk, bound) for bound in bounds]
             accuracy.update(closed_curves())
             for job in running:
                 job.result()  # raises what the chunk's scan raised
     else:
         accuracy.update(closed_curves())
         for bound in bounds:
-            scan(bound)
+            scan_chunk(bound)
     return accuracy, used
 
 
-def _chunk_bounds(
+def chunk_bounds(
     answers: IntArray, lanes_per_problem: int, pieces: int = 1
 ) -> list[tuple[int, int]]:
     """Runs of problems whose per-answer state stays within the memory budget together, and at
@@ -1334,7 +770,7 @@ def _chunk_bounds(
         width = int(distinct_per_problem[start]) + 1
         while stop < len(answers) and stop - start < most:
             wider = max(width, int(distinct_per_problem[stop]) + 1)
-            if (stop + 1 - start) * lanes_per_problem * wider > _STATE_BUDGET:
+            if (stop + 1 - start) * lanes_per_problem * wider > STATE_BUDGET:
                 break
             width = wider
             stop += 1
@@ -1351,26 +787,3 @@ def _closed_curve(
         return per_problem_pass_at_k_curve(correct.sum(axis=1), correct.shape[1], budgets)
     assert scores is not None
     return per_problem_best_of_n(correct, scores, budgets)
-
-
-def _make_chunk(
-    answers: IntArray,
-    correct: BoolArray,
-    scores: FloatArray | None,
-    start: int,
-    stop: int,
-) -> _Chunk:
-    """Problems ``start:stop`` laid out for :func:`_scan` (score levels are computed here, so
-    that chunks on threads share that work too)."""
-    levels = _score_levels(scores[start:stop]) if scores is not None else None
-    chunk_answers = answers[start:stop]
-    distinct = int(chunk_answers.max()) + 1 if chunk_answers.size else 0
-    dense = np.where(chunk_answers < 0, distinct, chunk_answers)
-    return _Chunk(
-        answers=np.ascontiguousarray(dense.T),
-        correct=np.ascontiguousarray(correct[start:stop].T),
-        scores=np.ascontiguousarray(scores[start:stop].T) if scores is not None else None,
-        levels=np.ascontiguousarray(levels[0].T) if levels is not None else None,
-        score_by_level=levels[1] if levels is not None else None,
-        distinct=max(distinct, 0),
-    )

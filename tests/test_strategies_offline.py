@@ -29,8 +29,8 @@ from ttscale.strategies import (
 from ttscale.strategies.adaptive import should_stop, window_first
 from ttscale.strategies.offline import (
     PassAtK,
-    _chunk_bounds,
     best_of_n_curve,
+    chunk_bounds,
     encode_answers,
     evaluate,
     pass_at_k_curve,
@@ -602,8 +602,8 @@ def test_threads_scan_chunks_with_the_same_results() -> None:
     correct = answers == 0
     scores = rng.integers(0, 4, size=(problems, n)) / 3
     scores[:10] = rng.random((10, n))  # distinct scores: no tie to resolve in the first chunk
-    assert len(_chunk_bounds(answers, 50, 3)) == 3
-    assert len(_chunk_bounds(answers, 50, 1)) == 1
+    assert len(chunk_bounds(answers, 50, 3)) == 3
+    assert len(chunk_bounds(answers, 50, 1)) == 1
     one = evaluate(answers, correct, scores, subsets=50, seed=2, workers=1)
     for workers in (2, 3, 8):
         many = evaluate(answers, correct, scores, subsets=50, seed=2, workers=workers)
