@@ -21,13 +21,24 @@ then run:
 
     python benchmarks/vs_peers.py --peer-python /tmp/itshub/venv/bin/python [--rounds 5]
 
-Not covered: optillm (not installed here), and its_hub's own proxy (its ``iaas`` server needs
-fastapi and uvicorn, which ``its-hub`` does not install; the proxy rows are ttscale's alone).
+Not covered: optillm (not installed here).
 
-How the proxy rows are measured: start-up is the time from spawning ``python -m ttscale.cli
-serve`` to its first ``GET /health`` answer; idle RSS is ``VmRSS`` in ``/proc/PID/status`` one
-second later. ``import`` time is a whole ``python -c "import X"`` process less a bare ``python -c
-pass``.
+How the proxy rows are measured, the same way for every server: start-up is the time from
+spawning its process to the first HTTP answer to a ``GET`` (``/health``; its_hub's server has
+none, so ``/v1/models``), with the CPU seconds the process had used by then; idle RSS is
+``VmRSS`` in ``/proc/PID/status`` one second later. Each server is started once before the
+measured rounds, with bytecode writing on, so every system runs from its compiled modules as an
+installed package does (a checkout under ``PYTHONDONTWRITEBYTECODE`` would otherwise compile its
+own modules at every start), and the servers take turns within each round. Beside ``ttscale
+serve`` run the floors of its stack: a bare Starlette app and a bare FastAPI app with one route,
+each on uvicorn with the proxy's settings, in this interpreter; and its_hub's own server
+(``its-iaas``) when the peer's environment has fastapi and uvicorn, which ``its-hub`` does not
+install (``/tmp/itshub/venv/bin/pip install fastapi uvicorn``). ``import`` time is a whole
+``python -c "import X"`` process less a bare ``python -c pass``.
+
+    python benchmarks/vs_peers.py --only startup [--rounds 7]
+
+runs the start-up rows alone.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 LATENCY = 0.05
@@ -198,27 +210,67 @@ def http_get(port: int, path: str) -> int:
     return int(head.split(" ", 2)[1])
 
 
-def proxy_startup(upstream: str) -> tuple[float, float, float]:
-    """Seconds from spawning ``ttscale serve`` to its first health answer; idle RSS in MiB; the
-    CPU seconds it had used by its first answer."""
-    port = free_port()
-    command = [
+# A bare app on uvicorn with the proxy's settings: the floor of ttscale serve's stack (``{app}``
+# is Starlette or FastAPI; argv: the port).
+BARE_APP = """
+import sys, uvicorn
+from {module} import {app}
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+async def health(request):
+    return JSONResponse({{"status": "ok"}})
+app = {app}(routes=[Route("/health", health)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            access_log=False, ws="none")
+"""
+
+
+def startup_commands(upstream: str, peer: str | None) -> dict[str, tuple[list[str], str]]:
+    """Each server to start: its command (``{port}`` for the port) and the path first asked."""
+    ttscale = [
         sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream,
-        "--model", "loopback", "--port", str(port),
+        "--model", "loopback", "--port", "{port}",
     ]  # fmt: skip
+    starlette = BARE_APP.format(module="starlette.applications", app="Starlette")
+    fastapi = BARE_APP.format(module="fastapi", app="FastAPI")
+    servers = {
+        "ttscale serve": (ttscale, "/health"),
+        "bare Starlette app": ([sys.executable, "-c", starlette, "{port}"], "/health"),
+    }
+    if importable(sys.executable, "fastapi"):
+        servers["bare FastAPI app"] = ([sys.executable, "-c", fastapi, "{port}"], "/health")
+    if peer is not None and importable(peer, "fastapi") and importable(peer, "uvicorn"):
+        its_hub = "from its_hub.integration.iaas.app_server import main; main()"
+        servers["its_hub (its-iaas)"] = (
+            [peer, "-c", its_hub, "--port", "{port}", "--log-level", "WARNING"],
+            "/v1/models",
+        )
+    return servers
+
+
+def importable(python: str, module: str) -> bool:
+    command = [python, "-c", f"import {module}"]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def server_startup(command: list[str], path: str) -> StartUp:
+    """Seconds from spawning ``command`` to its first answer to ``GET path``; the CPU seconds
+    it had used by then; its idle RSS in MiB one second later."""
+    port = free_port()
+    argv = [part.replace("{port}", str(port)) for part in command]
+    env = {**os.environ, "OPENAI_API_KEY": "x"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: modules run from their bytecode
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command, env={**os.environ, "OPENAI_API_KEY": "x"}, stderr=subprocess.DEVNULL
-    )
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
             try:
-                if http_get(port, "/health") == 200:
-                    break
-            except OSError:
+                http_get(port, path)
+                break
+            except (OSError, ValueError, IndexError):
                 pass
             if process.poll() is not None or time.perf_counter() - started > 60:
-                raise RuntimeError("the proxy did not start")
+                raise RuntimeError(f"{argv[:4]} did not start")
             time.sleep(0.005)
         startup = time.perf_counter() - started
         with open(f"/proc/{process.pid}/stat", encoding="ascii") as stat:
@@ -230,7 +282,40 @@ def proxy_startup(upstream: str) -> tuple[float, float, float]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return startup, rss_kib / 1024, startup_cpu
+    return StartUp(startup, startup_cpu, rss_kib / 1024)
+
+
+@dataclass(frozen=True)
+class StartUp:
+    seconds: float
+    cpu: float
+    rss_mib: float
+
+
+def startup_rows(upstream: str, peer: str | None, rounds: int) -> None:
+    """The servers' start-up, CPU by then and idle RSS: medians of ``rounds`` alternating runs
+    after one warm-up run each (which also writes their bytecode)."""
+    servers = startup_commands(upstream, peer)
+    for command, path in servers.values():
+        server_startup(command, path)
+    runs: dict[str, list[StartUp]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, (command, path) in servers.items():
+            runs[name].append(server_startup(command, path))
+    load = os.getloadavg()[0]
+    print(f"\nproxy start-up, median of {rounds} alternating runs (load average {load:.1f})")
+    print(f"{'server':<24}{'start-up s':>12}{'CPU s':>8}{'idle RSS MiB':>14}{'vs ttscale':>12}")
+    ours = statistics.median(run.seconds for run in runs["ttscale serve"])
+    for name, measured in runs.items():
+        seconds = statistics.median(run.seconds for run in measured)
+        cpu = statistics.median(run.cpu for run in measured)
+        rss = statistics.median(run.rss_mib for run in measured)
+        print(f"{name:<24}{seconds:>12.3f}{cpu:>8.2f}{rss:>14.1f}{seconds / ours:>11.2f}x")
+    print(
+        f"bounds: start-up {PROXY_BOUNDS['startup_s']} s, idle RSS "
+        f"{PROXY_BOUNDS['idle_rss_mib']:.0f} MiB; ttscale's start-up is "
+        f"{ours / PROXY_BOUNDS['startup_s']:.2f}x the bound"
+    )
 
 
 def command_time(command: list[str]) -> tuple[float, float]:
@@ -276,6 +361,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (>= 5)")
     parser.add_argument("--peer-python", help="an interpreter that can import its_hub")
+    parser.add_argument(
+        "--only", choices=["all", "startup"], default="all", help="startup: the proxy rows alone"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -291,6 +379,10 @@ def main() -> None:
         f"loopback latency {LATENCY * 1000:.0f} ms, concurrency {CONCURRENCY}, max_n {MAX_N}, "
         f"median of {rounds} alternating rounds; ratio = its_hub / ttscale"
     )
+    if args.only == "startup":
+        with loopback("reject") as upstream:
+            startup_rows(upstream, peer, rounds)
+        return
     workers = {"ttscale": Worker("ttscale", sys.executable)}
     if peer is not None:
         workers["its_hub"] = Worker("its_hub", peer)
@@ -303,7 +395,7 @@ def main() -> None:
                     for system, running in workers.items():
                         outcome = running.run(row, urls[support])
                         results.setdefault((row, system), []).append(outcome)
-            proxy = [proxy_startup(n_off) for _ in range(rounds)]
+            startup_rows(n_off, peer, rounds)
     finally:
         for running in workers.values():
             running.close()
@@ -344,15 +436,6 @@ def main() -> None:
             took = statistics.median(run[index] for run in runs)
             label = f"ttscale {' '.join(words)} (whole process) {what} s"
             print(f"{label:<44}{took:>10.3f}{'-':>10}{'-':>9}   bound 0.250: {took / 0.25:.2f}x")
-    startup = statistics.median(run[0] for run in proxy)
-    rss = statistics.median(run[1] for run in proxy)
-    startup_cpu = statistics.median(run[2] for run in proxy)
-    print(
-        f"proxy start-up {startup:.3f} s, {startup_cpu:.2f} CPU s "
-        f"(bound {PROXY_BOUNDS['startup_s']}), idle RSS "
-        f"{rss:.1f} MiB (bound {PROXY_BOUNDS['idle_rss_mib']:.0f}); its_hub's proxy not run "
-        "(its iaas server needs fastapi and uvicorn, which its-hub does not install)"
-    )
 
 
 if __name__ == "__main__":
