@@ -31,7 +31,7 @@ from ttscale.errors import (
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["ErrorShape", "as_openai_error", "error_kind", "error_shape"]
+__all__ = ["ErrorShape", "as_openai_error", "error_kind", "error_shape", "openai_error_class"]
 
 _KINDS = {
     401: "authentication_error",
@@ -43,12 +43,12 @@ _KINDS = {
 }
 
 
-def _openai_classes() -> dict[int, type[openai.APIStatusError]]:
-    """The openai client's error class for each status, as it chooses them for an HTTP answer.
-    (``openai`` is imported here, when a wrapped client raises: the proxy never needs it.)"""
+def openai_error_class(status: int) -> type[openai.APIStatusError]:
+    """The openai client's error class for an HTTP answer of ``status`` (>= 300), as it chooses
+    it. (``openai`` is imported here, when one is raised: the proxy never needs it.)"""
     import openai
 
-    return {
+    classes: dict[int, type[openai.APIStatusError]] = {
         400: openai.BadRequestError,
         401: openai.AuthenticationError,
         403: openai.PermissionDeniedError,
@@ -57,6 +57,10 @@ def _openai_classes() -> dict[int, type[openai.APIStatusError]]:
         422: openai.UnprocessableEntityError,
         429: openai.RateLimitError,
     }
+    found = classes.get(status)
+    if found is not None:
+        return found
+    return openai.InternalServerError if status >= 500 else openai.APIStatusError
 
 
 # What openai's error constructors set; everything else on a ttscale error is carried over.
@@ -140,13 +144,9 @@ def as_openai_error(exc: TTScaleError, url: str) -> TTScaleError:
     else:
         return exc
     import httpx2
-    import openai
 
-    classes = _openai_classes()
     response = httpx2.Response(status, json=body, request=httpx2.Request("POST", url))
-    theirs = classes.get(status, openai.InternalServerError)
-    if status < 500 and status not in classes:
-        theirs = openai.APIStatusError
+    theirs = openai_error_class(status)
     cls: Any = _both(type(exc), theirs)
     error: Any = cls.__new__(cls)
     detail = body["error"].get("message") if isinstance(body["error"], dict) else None

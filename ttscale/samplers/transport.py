@@ -51,6 +51,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, cast
 
+from ttscale.openai_errors import openai_error_class
+
 __all__ = ["LeanClient", "lean_supported", "retry_delay", "should_retry"]
 
 log = logging.getLogger(__name__)
@@ -468,7 +470,6 @@ def _openai_error(client: LeanClient, url: str, exc: Exception) -> Exception:
 def _status_error(client: LeanClient, url: str, answer: _Answer) -> Exception:
     """The ``openai`` client's error for an answer of status >= 300."""
     import httpx2
-    import openai
 
     response = httpx2.Response(
         answer.status, headers=answer.headers, content=answer.body, request=client.request(url)
@@ -483,16 +484,4 @@ def _status_error(client: LeanClient, url: str, answer: _Answer) -> Exception:
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
     data = body.get("error", body) if isinstance(body, dict) else body
-    classes: dict[int, type[openai.APIStatusError]] = {
-        400: openai.BadRequestError,
-        401: openai.AuthenticationError,
-        403: openai.PermissionDeniedError,
-        404: openai.NotFoundError,
-        409: openai.ConflictError,
-        422: openai.UnprocessableEntityError,
-        429: openai.RateLimitError,
-    }
-    kind = classes.get(answer.status)
-    if kind is None:
-        kind = openai.InternalServerError if answer.status >= 500 else openai.APIStatusError
-    return kind(message, response=response, body=data)
+    return openai_error_class(answer.status)(message, response=response, body=data)
