@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ttscale.errors import ConfigError, DataError
+from ttscale.spend import whole_number
 from ttscale.types import Problem
 
 __all__ = ["BUILTIN_DATASETS", "load_dataset", "parse_problem", "read_jsonl"]
@@ -220,8 +221,8 @@ def _gsm8k() -> list[Problem]:
 
 def load_dataset(name_or_path: str | Path, *, limit: int | None = None) -> list[Problem]:
     """Problems from a built-in name or a JSONL file (``.jsonl`` or ``.jsonl.gz``)."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
+    if limit is not None:
+        whole_number(limit, "limit")
     name = str(name_or_path)
     if name == "humaneval":
         problems = _humaneval()

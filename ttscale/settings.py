@@ -51,8 +51,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ttscale.budget import parse_limits
-from ttscale.errors import ConfigError, RequestError
-from ttscale.spend import DrawCaps
+from ttscale.errors import RequestError
+from ttscale.spend import DrawCaps, whole_number
 from ttscale.types import SamplingParams
 
 __all__ = [
@@ -155,13 +155,6 @@ class ScaleSettings:
         return data
 
 
-def positive_int(value: Any, param: str) -> int:
-    """``value`` if it is an integer >= 1 (not a bool), else a RequestError naming ``param``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(f"{param} must be an integer >= 1, got {value!r}", param=param)
-    return value
-
-
 def _verifier(value: Any, param: str) -> dict[str, Any]:
     if isinstance(value, str) and value:
         return {"verifier": value}
@@ -251,7 +244,7 @@ def parse_settings(raw: Any, where: str = "ttscale", *, allow_model: bool = Fals
         if key == "strategy":
             values["strategy"] = _name(value, param, "strategy")
         elif key in ("samples", "k"):
-            values[key] = positive_int(value, param)
+            values[key] = whole_number(value, param, error=RequestError)
         elif key == "verifier":
             values.update(_verifier(value, param))
         elif key == "budget":
@@ -334,8 +327,8 @@ class RequestLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_samples", "max_tokens", "max_k"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", param=name)
+            if getattr(self, name) is not None:
+                whole_number(getattr(self, name), name)
 
     def caps(self) -> DrawCaps:
         """The caps every draw of a request meets at the budget."""

@@ -207,10 +207,11 @@ class Account:
 # -- caps -----------------------------------------------------------------------------------------
 
 
-def whole_number(value: Any, param: str) -> int:
-    """``value`` if it is an integer >= 1 (not a bool), else a ConfigError naming ``param``."""
+def whole_number(value: Any, param: str, *, error: type[ConfigError] = ConfigError) -> int:
+    """``value`` if it is an integer >= 1 (not a bool), else an ``error`` naming ``param`` (a
+    request's is a :class:`~ttscale.errors.RequestError`): ttscale's one whole-number check."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{param} must be a whole number > 0, got {value!r}", param=param)
+        raise error(f"{param} must be a whole number > 0, got {value!r}", param=param)
     return value
 
 

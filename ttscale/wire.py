@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from ttscale.errors import RequestError
 from ttscale.protocols import EARLY_STOP, TokenWatcher
-from ttscale.settings import RequestLimits, ScaleSettings, parse_settings, positive_int
+from ttscale.settings import RequestLimits, ScaleSettings, parse_settings
+from ttscale.spend import whole_number
 from ttscale.types import Candidate, Result, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
@@ -173,7 +174,7 @@ def _max_tokens(body: Mapping[str, Any], chat: bool, limits: RequestLimits) -> i
     requested = body.get(name)
     if requested is None:
         return limits.max_tokens
-    requested = positive_int(requested, name)
+    requested = whole_number(requested, name, error=RequestError)
     if limits.max_tokens is not None and requested > limits.max_tokens:
         raise RequestError(
             f"{name} {requested} is over this server's cap of {limits.max_tokens}", param=name
@@ -244,7 +245,7 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
     )
     n = body.get("n")
     if n is not None:
-        n = positive_int(n, "n")
+        n = whole_number(n, "n", error=RequestError)
     params = _params(body, chat, limits)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
