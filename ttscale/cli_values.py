@@ -1,8 +1,8 @@
 """The command line's option values, read without pydantic where they are plain.
 
 typer (from 0.2x, on a click of its own) checks every option's value through a pydantic adapter
-it builds on first use: importing pydantic and building the adapters was a fifth of
-``ttscale serve``'s start-up, and more of the quick commands'. :class:`PlainValuesGroup` reads
+it builds on first use: importing pydantic and building the adapters was a fifth of ``ttscale
+serve``'s start-up (``benchmarks/vs_peers.py --only startup``). :class:`PlainValuesGroup` reads
 the values ttscale's options take (text, whole numbers and decimals within the option's ``min``
 and ``max``, paths, lists of these) as typer's adapters read them, and hands every other value,
 each one these would refuse included, to typer's own check: its errors are typer's, word for
