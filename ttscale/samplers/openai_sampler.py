@@ -692,7 +692,8 @@ class OpenAISampler:
             raise _UnreadableResponse(f"response has no choices: {str(response)[:200]!r}")
         assert isinstance(response, dict)
         by_index = choices_by_index(choices, slot.count)
-        kept = [by_index[position] for position in sorted(by_index)]
+        positions = sorted(by_index)  # the choices' own indices, in order
+        kept = [by_index[position] for position in positions]
         texts = [choice_text(choice, self.config.endpoint) for choice in kept]
         token_lists = [choice_logprobs(choice, self.config.endpoint) for choice in kept]
         usage = response.get("usage")
@@ -713,21 +714,26 @@ class OpenAISampler:
             completion_total = self._counted(completion_total, counts)
         model = str(response.get("model") or self.config.model)
         request_id = response.get("id")
-        for offset, choice in enumerate(kept):
-            index = slot.start + int(choice.get("index", 0))
-            draw.candidates[index] = Candidate(
-                text=texts[offset],
-                index=index,
+        named = str(request_id) if request_id is not None else None
+        arrived_candidates = []
+        for position, choice, text, count, tokens in zip(
+            positions, kept, texts, counts, token_lists, strict=True
+        ):
+            candidate = Candidate(
+                text=text,
+                index=slot.start + position,
                 finish_reason=choice.get("finish_reason"),
-                completion_tokens=counts[offset],
+                completion_tokens=count,
                 tokens_exact=exact,
                 seed=seed,
                 model=model,
                 latency_s=latency,
                 temperature=params.temperature,
-                logprobs=token_lists[offset],
-                request_id=str(request_id) if request_id is not None else None,
+                logprobs=tokens,
+                request_id=named,
             )
+            draw.candidates[candidate.index] = candidate
+            arrived_candidates.append(candidate)
         pricing = self.config.pricing
         arrived = Usage(
             requests=1,
@@ -739,11 +745,7 @@ class OpenAISampler:
         )
         draw.usage = draw.usage + arrived
         # Each response's samples, to a store that keeps them as they arrive (ttscale.store).
-        deliver(
-            SampleBatch(
-                tuple(draw.candidates[slot.start + int(c.get("index", 0))] for c in kept), arrived
-            )
-        )
+        deliver(SampleBatch(tuple(arrived_candidates), arrived))
         missing = [slot.start + i for i in range(slot.count) if i not in by_index]
         if slot.count > 1 and self.config.n_mode == "auto":
             self._learn_n(not missing, f"returned {len(kept)} of {slot.count} choices")
