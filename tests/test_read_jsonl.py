@@ -92,3 +92,30 @@ def test_every_reader_reads_through_it(tmp_path: Path, reader: str) -> None:
     with pytest.raises(DataError, match="expected a JSON object, got list") as caught:
         read(path)
     assert (caught.value.path, caught.value.line) == (str(path), 2)
+
+
+def test_bytes_that_are_not_utf8_are_named_by_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": "\xff"}\n')
+    with pytest.raises(DataError, match="not UTF-8 text") as caught:
+        list(read_jsonl(path))
+    assert caught.value.line == 3 and caught.value.path == str(path)
+    # Control: the same file with valid text reads.
+    path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": "\xc3\xbf"}\n')
+    assert [record["a"] for _, record in read_jsonl(path)] == [1, 2, "\u00ff"]
+
+
+def test_a_damaged_or_cut_gzip_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    whole = gzip.compress(b"".join(b'{"a": %d}\n' % i for i in range(2000)))
+    path = tmp_path / "data.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])  # cut short
+    with pytest.raises(DataError, match="damaged or cut short") as caught:
+        list(read_jsonl(path, what="results"))
+    assert caught.value.path == str(path) and (caught.value.line or 0) > 1
+    damaged = bytearray(whole)
+    damaged[len(whole) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="damaged or cut short"):
+        list(read_jsonl(path, what="results"))
+    path.write_bytes(whole)  # control: the whole stream reads
+    assert len(list(read_jsonl(path))) == 2000

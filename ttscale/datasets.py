@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import json
 import logging
+import zlib
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -52,11 +54,11 @@ def read_jsonl(
     try:
         with path.open("rb") as probe:
             compressed = probe.read(2) == _GZIP_MAGIC
-        handle = (gzip.open if compressed else open)(path, "rt", encoding="utf-8")
+        handle: io.BufferedIOBase = gzip.open(path, "rb") if compressed else path.open("rb")  # noqa: SIM115
     except OSError as exc:
         raise DataError(f"cannot read {what}: {exc.strerror or exc}", path=str(path)) from exc
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in _lines(handle, path, what):
             if not line.strip():
                 continue
             try:
@@ -75,6 +77,29 @@ def read_jsonl(
                     line=number,
                 )
             yield number, record
+
+
+def _lines(handle: io.BufferedIOBase, path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """The numbered lines of an open file, each decoded on its own: bytes that are not UTF-8, or
+    a gzip stream that is damaged or cut short, are a :class:`~ttscale.errors.DataError` naming
+    the line."""
+    number = 0
+    while True:
+        try:
+            raw = handle.readline()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"cannot read {what}: damaged or cut short ({exc})", path=str(path), line=number + 1
+            ) from exc
+        if not raw:
+            return
+        number += 1
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"not UTF-8 text (byte {exc.start + 1} of the line)", path=str(path), line=number
+            ) from exc
 
 
 def _text_field(record: dict[str, Any], name: str, where: dict[str, Any]) -> str | None:
