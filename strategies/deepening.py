@@ -69,12 +69,18 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler, Verifier, check_draw
 from ttscale.registry import create, resolve_config
 from ttscale.strategies.base import StrategyConfig
+from ttscale.strategies.continuation import (
+    Continuation,
+    added_text,
+    continuation_prompt,
+    continue_flags,
+)
 from ttscale.types import (
     Candidate,
     Message,
@@ -98,7 +104,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Continuation = Literal["prefill", "vllm", "text"]
 DEFAULT_TRIGGERS = ("\n\nWait, let me check my reasoning.\n",)
 
 
@@ -227,15 +232,7 @@ class DeepeningSampler:
 
     def continuation_prompt(self, prompt: Prompt, partial: str) -> Prompt:
         """What is sent to continue ``partial`` as the answer to ``prompt``."""
-        messages: list[Message] = (
-            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        )
-        if self.config.continuation == "text":
-            assert self.config.template is not None  # checked in __init__
-            return self.config.template(messages) + partial
-        if not partial:
-            return messages
-        return [*messages, {"role": "assistant", "content": partial}]
+        return continuation_prompt(prompt, partial, self.config.continuation, self.config.template)
 
     def _params(
         self, params: SamplingParams | None, partial: str, max_tokens: int
@@ -243,12 +240,7 @@ class DeepeningSampler:
         # An override of the inner sampler's settings (None fields keep the sampler's own).
         base = params if params is not None else SamplingParams()
         changes: dict[str, Any] = {"max_tokens": max_tokens}
-        if self.config.continuation == "vllm" and partial:
-            changes["extra_body"] = {
-                **base.extra_body,
-                "continue_final_message": True,
-                "add_generation_prompt": False,
-            }
+        changes.update(continue_flags(base, partial, self.config.continuation))
         return base.replace(**changes)
 
     async def sample(
@@ -338,7 +330,7 @@ class DeepeningSampler:
                 state.seed, state.model = piece.seed, piece.model
                 state.temperature = piece.temperature
             start = len(partial)
-            state.text = partial + piece.text
+            state.text = partial + added_text(piece.text, partial, self.config.continuation)
             state.generated += piece.completion_tokens
             state.exact = state.exact and piece.tokens_exact
             state.finish_reason = piece.finish_reason

@@ -22,10 +22,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ttscale.errors import BudgetExhausted, ConfigError, SamplerError
 from ttscale.protocols import Sampler
+from ttscale.strategies.continuation import (
+    Continuation,
+    added_text,
+    continuation_prompt,
+    continue_flags,
+)
 from ttscale.strategies.extract import extract_answer_is, extract_boxed, extract_gsm8k
 from ttscale.types import Message, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
@@ -45,7 +51,6 @@ __all__ = [
     "join_steps",
 ]
 
-Continuation = Literal["prefill", "vllm", "text"]
 Delimiter = str | Callable[[str], int | None]
 
 
@@ -83,25 +88,6 @@ def cut_step(text: str, delimiter: Delimiter) -> tuple[str, bool]:
     return text[:end], bool(text[end:].strip())
 
 
-def continuation_prompt(
-    prompt: Prompt,
-    partial: str,
-    continuation: Continuation,
-    template: Callable[[Sequence[Message]], str] | None = None,
-) -> Prompt:
-    """What is sent to continue ``partial`` as the answer to ``prompt`` (pure)."""
-    messages: list[Message] = (
-        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    )
-    if continuation == "text":
-        if template is None:
-            raise ConfigError("continuation='text' needs a template (e.g. ttscale's chatml)")
-        return template(messages) + partial
-    if not partial:
-        return messages
-    return [*messages, {"role": "assistant", "content": partial}]
-
-
 def continuation_params(
     base: SamplingParams | None,
     partial: str,
@@ -119,12 +105,7 @@ def continuation_params(
         changes["max_tokens"] = max_tokens
     if logprobs is not None and (params.logprobs is None or params.logprobs < logprobs):
         changes["logprobs"] = logprobs
-    if continuation == "vllm" and partial:
-        changes["extra_body"] = {
-            **params.extra_body,
-            "continue_final_message": True,
-            "add_generation_prompt": False,
-        }
+    changes.update(continue_flags(params, partial, continuation))
     return params.replace(**changes)
 
 
@@ -228,10 +209,11 @@ async def _one_request(
 
 def _steps_of(request: StepRequest, batch: SampleBatch, settings: StepSettings) -> list[DrawnStep]:
     drawn = []
+    partial = _partial(request.steps, settings)
     for candidate in batch.candidates:
-        text, cut = (candidate.text, False)
+        text, cut = added_text(candidate.text, partial, settings.continuation), False
         if not request.to_end:
-            text, cut = cut_step(candidate.text, settings.delimiter)
+            text, cut = cut_step(text, settings.delimiter)
         text = text.strip("\n") if isinstance(settings.delimiter, str) else text
         drawn.append(
             DrawnStep(

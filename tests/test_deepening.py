@@ -300,3 +300,35 @@ def test_a_sample_is_exact_only_if_every_segment_was(
     assert candidate.tokens_exact is exact
     flags = [s["tokens_exact"] for s in deep.records[0]["segments"]]
     assert flags == [True] * min(inexact_from, 4) + [False] * (4 - min(inexact_from, 4))
+
+
+def _deepened_on_an_echoing_server() -> tuple[str, int]:
+    """One deepened answer from a server that sends each prefill back; the prefills it got."""
+    with LoopbackServer(answers=continuing, echo_prefill=True) as echoing:
+
+        async def go() -> Any:
+            async with sampler(echoing) as inner:
+                deep = DeepeningSampler(inner, b0=16, gamma=2.0, b_max=64, triggers=(TRIGGER,))
+                return await deep.sample(QUESTION, 1, SamplingParams(temperature=0.5))
+
+        (candidate,) = asyncio.run(go()).candidates
+        bodies = [r.body for r in echoing.records if r.body]
+    return candidate.text, sum(body["messages"][-1]["role"] == "assistant" for body in bodies)
+
+
+def test_a_server_that_sends_the_prefill_back_is_continued_once() -> None:
+    # llama.cpp's llama-server answers a prefilled assistant message with the prefill and its
+    # continuation: the deepened answer holds each segment once all the same.
+    text, prefills = _deepened_on_an_echoing_server()
+    assert prefills == 2
+    assert text == FIRST + TRIGGER + SECOND + TRIGGER + THIRD
+
+
+def test_control_a_continuation_read_with_its_prefill_holds_the_answer_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttscale.strategies.deepening as deepening
+
+    monkeypatch.setattr(deepening, "added_text", lambda returned, partial, continuation: returned)
+    text, _ = _deepened_on_an_echoing_server()
+    assert text.count(FIRST) > 1

@@ -584,3 +584,32 @@ def test_server_caps_bind_mid_search_and_cut_every_steps_max_tokens() -> None:
     assert all(body["max_tokens"] <= 16 for body in bodies)
     assert len(_events(result, "tree")[0]["nodes"]) == 7
     assert _events(result, "select")[0]["stop"] == "budget"
+
+
+# -- a server that sends the prefill back (llama.cpp) -----------------------------------------
+
+
+def _beam_texts(echo: bool) -> tuple[list[str], list[str | None]]:
+    problem = ENV.problems()[0]
+    with ENV.server(echo_prefill=echo) as server:
+        strategy = BeamSearch(samples=4, beam_width=2, reward=ENV.prm, max_steps=5)
+        result = asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+    return [c.text for c in result.candidates], list(result.answers)
+
+
+def test_a_server_that_sends_the_prefill_back_gives_the_same_paths() -> None:
+    # llama.cpp's llama-server answers a prefilled assistant message with the prefill and its
+    # continuation; each step is what the server added, so the search is the same as elsewhere.
+    texts, answers = _beam_texts(echo=True)
+    assert (texts, answers) == _beam_texts(echo=False)
+    assert all(text.count("Step 1:") == 1 for text in texts)
+
+
+def test_control_a_step_read_with_the_prefill_holds_the_path_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttscale.strategies.steps as steps
+
+    monkeypatch.setattr(steps, "added_text", lambda returned, partial, continuation: returned)
+    texts, _ = _beam_texts(echo=True)
+    assert any(text.count("Step 1:") > 1 for text in texts)

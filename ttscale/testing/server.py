@@ -234,7 +234,10 @@ class ServerConfig:
     answers 400 with its message. ``prefix_cache`` makes the server report, as a model server with
     a prefix cache does (vLLM, llama.cpp), ``usage.prompt_tokens_details.cached_tokens``: the
     longest token prefix a prompt shares with any prompt served before it (chat messages count as
-    their template would: 3 tokens before the content, 1 after).
+    their template would: 3 tokens before the content, 1 after). ``echo_prefill`` answers a chat
+    request whose last message is the assistant's (a prefill to continue) with that message's
+    content before the continuation, in whole responses, as llama.cpp's ``llama-server`` does;
+    ``stop``, ``max_tokens``, logprobs and usage still cover the continuation alone.
     """
 
     answers: Mapping[str, Answer | Sequence[Answer]] | Responder | None = None
@@ -250,6 +253,7 @@ class ServerConfig:
     port: int = 0
     routes: Mapping[str, Callable[[dict[str, Any]], Any]] = dataclasses.field(default_factory=dict)
     prefix_cache: bool = False
+    echo_prefill: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.answers, Mapping):
@@ -370,6 +374,7 @@ class _Choice:
     finish_reason: str
     tokens: int
     profile: tuple[TokenProfile, ...] = ()  # empty: the made-up cycle of fairly sure tokens
+    echoed: str = ""  # a prefill sent back before the text (ServerConfig.echo_prefill)
 
     @property
     def pieces(self) -> tuple[str, ...]:
@@ -639,7 +644,7 @@ def _whole_response(
             rendered.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": choice.text},
+                    "message": {"role": "assistant", "content": choice.echoed + choice.text},
                     "logprobs": logprobs,
                     "finish_reason": choice.finish_reason,
                 }
@@ -1658,7 +1663,21 @@ class LoopbackServer:
                         f"{type(answer).__name__}"
                     )
                 choices.append(_finish_choice(answer, generation.max_tokens, generation.stops))
+        echoed = self._echoed_prefill(generation, body)
+        if echoed:
+            choices = [dataclasses.replace(choice, echoed=echoed) for choice in choices]
         return choices
+
+    def _echoed_prefill(self, generation: _Generation, body: dict[str, Any]) -> str:
+        """The prefill a whole chat response sends back first, with ``echo_prefill``."""
+        if not (self.config.echo_prefill and generation.chat) or generation.stream:
+            return ""
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            content = last.get("content")
+            return content if isinstance(content, str) else ""
+        return ""
 
     def _render(
         self, generation: _Generation, choices: Sequence[_Choice], malformed: bool, version: str
