@@ -13,15 +13,16 @@ samples have no answer. Scores are a noisy reward model: correct samples score h
     .venv/bin/python benchmarks/offline_eval.py [--subsets 100] [--problems 500] [--samples 1000]
         [--repeat 3]
 
-Measured on this 2-core machine while other work kept its load average at 13-15 (so the seconds
-are many times the idle machine's; the ratio to the bound of the same run is the figure to
-read), medians of 3: evaluate() 21.9 s, the counting bound 5.17 s: 4.2x. The scan before
-per-problem tallies in the keys' own type, listed live lanes for the stopping rules and fewer
-passes per vote was 6.7x its bound (an interleaved run of both, 3 rounds: 71.8 s against 55.8
-s, 0.78x the time); at the start of the session, on a lighter load, 9.7x (6.18 s against 0.64
-s). On the idle machine the bound was 0.42 s, so 4.2x is about 1.8 s: above the 1.5 s target.
-What is left is mostly memory: the gathers and scatters of the vote keys and of weighted
-majority's float64 sums.
+Measured on this 2-core machine with nothing else running (2026-12-07, ``--repeat 5``):
+evaluate() 2.02 s on 2 threads, 2.46 s on one, against the counting bound's 0.53 s: 3.8x (one
+thread 4.6x). An earlier quiet moment gave 1.64-1.68 s against 0.48-0.54 s. The 1.5 s target is
+not met. Where the time goes (cProfile, one thread): the vote keys' gathers and scatters and
+weighted majority's float64 sums (``_Scan._vote`` and ``_Scan._weigh``, about 55%), then
+Best-of-Majority, the per-step counts and the stopping rules. Two threads gain only 1.2x; the
+likely cause (not proven) is that each of the about 60 numpy calls of a step passes the
+interpreter lock between the threads: more, smaller chunks make it worse (16 chunks: 3.8x
+slower), so evaluate() cuts the problems into ``workers`` chunks, as few as the state budget
+allows.
 """
 
 from __future__ import annotations
