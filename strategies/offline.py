@@ -77,6 +77,7 @@ from ttscale.strategies.deepconf import (
 )
 from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.offline_scan import (
+    LANE_BUDGET,
     STATE_BUDGET,
     OfflineSpec,
     PassAtK,
@@ -759,8 +760,9 @@ def _evaluate_group(
 def chunk_bounds(
     answers: IntArray, lanes_per_problem: int, pieces: int = 1
 ) -> list[tuple[int, int]]:
-    """Runs of problems whose per-answer state stays within the memory budget together, and at
-    least ``pieces`` runs (of about equal size) where there are that many problems."""
+    """Runs of problems whose per-answer and per-lane state stay within the memory budgets
+    together, and at least ``pieces`` runs (of about equal size) where there are that many
+    problems."""
     distinct_per_problem = answers.max(axis=1) + 1
     most = max(1, -(-len(answers) // max(pieces, 1)))
     bounds = []
@@ -770,7 +772,8 @@ def chunk_bounds(
         width = int(distinct_per_problem[start]) + 1
         while stop < len(answers) and stop - start < most:
             wider = max(width, int(distinct_per_problem[stop]) + 1)
-            if (stop + 1 - start) * lanes_per_problem * wider > STATE_BUDGET:
+            lanes = (stop + 1 - start) * lanes_per_problem
+            if lanes * wider > STATE_BUDGET or lanes > LANE_BUDGET:
                 break
             width = wider
             stop += 1

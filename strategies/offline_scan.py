@@ -29,6 +29,7 @@ from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.selection import survival_threshold
 
 __all__ = [
+    "LANE_BUDGET",
     "STATE_BUDGET",
     "OfflineSpec",
     "PassAtK",
@@ -46,6 +47,10 @@ _NEVER = np.iinfo(np.int32).max  # "never stops" in the Beta rule's table
 
 STATE_BUDGET = 1_500_000
 """Lanes times distinct answers per chunk: bounds the memory of the per-answer state arrays."""
+
+LANE_BUDGET = 1 << 17
+"""Lanes per chunk: bounds the memory of the per-lane state (about 120 bytes a lane), which the
+per-answer budget alone leaves unbounded when problems have few distinct answers."""
 
 
 @dataclass(frozen=True)

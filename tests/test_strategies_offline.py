@@ -638,3 +638,16 @@ def test_a_table_and_rows_of_the_same_samples_give_the_same_numbers() -> None:
         evaluate(answers, correct[:, :7], scores, subsets=5)
     with pytest.raises(DataError, match="problem 0: 7 scores for 8"):
         evaluate(answers, correct, scores[:, :7], subsets=5)
+
+
+def test_chunks_bound_their_lanes_when_problems_have_few_answers() -> None:
+    """One answer per problem: the per-answer budget alone would put 7,500 problems of 100 orders
+    (750,000 lanes, about 90 MB of per-lane state) in a chunk; the lane budget cuts it."""
+    from ttscale.strategies.offline_scan import LANE_BUDGET, STATE_BUDGET
+
+    answers = np.zeros((5000, 4), dtype=np.int64)
+    bounds = chunk_bounds(answers, 100, 1)
+    assert all((stop - start) * 100 <= LANE_BUDGET for start, stop in bounds)
+    assert [start for start, _ in bounds] == list(range(0, 5000, LANE_BUDGET // 100))
+    # Control: what the per-answer budget alone allows (two cells a lane: the answer and none).
+    assert STATE_BUDGET >= 5000 * 100 * 2
