@@ -116,7 +116,13 @@ def checkpoint() -> None:
     """Gzip every live journal under work/ (the committed form of a chunk in progress)."""
     for journal in sorted(WORK.glob("*.samples.jsonl")):
         packed = journal.with_name(journal.name + ".gz")
-        with journal.open("rb") as source, gzip.open(packed, "wb", compresslevel=9) as target:
+        # No name or time in the header: an unchanged journal packs to the same bytes, so a
+        # checkpoint of a chunk that did not grow adds nothing to the history.
+        with (
+            journal.open("rb") as source,
+            packed.open("wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as target,
+        ):
             shutil.copyfileobj(source, target)
         log.info("checkpoint %s (%d bytes)", packed.name, packed.stat().st_size)
 
