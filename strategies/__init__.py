@@ -7,11 +7,17 @@
   :mod:`~ttscale.strategies.particle_filtering` (``particle_filtering``): step-level search guided
   by a process reward, over :mod:`~ttscale.strategies.steps` and
   :mod:`~ttscale.strategies.step_search`.
+- :mod:`~ttscale.strategies.deepconf` (``deepconf``): selection and early stopping by the model's
+  own token confidence; :mod:`~ttscale.strategies.deepening`: iterative deepening, over
+  :mod:`~ttscale.strategies.continuation` (continuing a partial answer on a server).
+- :mod:`~ttscale.strategies.graph_spec`, :mod:`~ttscale.strategies.graphs` and
+  :mod:`~ttscale.strategies.graph_search`: multi-LLM graphs (the spec, running one, searching for
+  one).
 - :mod:`~ttscale.strategies.extract`: answer extraction and normalisation.
 - :mod:`~ttscale.strategies.selection` and :mod:`~ttscale.strategies.stopping`: the pure rules.
 - :mod:`~ttscale.strategies.sampling`: sampling policies (hedged sampling, temperature schedules).
 - :mod:`~ttscale.strategies.offline`: every strategy's expected accuracy at every budget from
-  stored samples.
+  stored samples, with :mod:`~ttscale.strategies.offline_scan` its scan over random orders.
 """
 
 from ttscale.strategies.adaptive import Adaptive, AdaptiveConfig

@@ -1,5 +1,12 @@
 """Samplers: where candidates come from.
 
+- ``openai_sampler``: any OpenAI-compatible server (``n`` batching, a seed per sample, exact
+  usage), over ``upstream``'s connections (``transport`` its lean HTTP client with the ``openai``
+  client's retry policy), waiting on ``limits`` (rate limits and the concurrency bound), reading
+  usage with ``usage``;
+- ``pool``: one model over several endpoints, with ``routing`` its pure routing rules;
+- ``vllm_sampler`` and ``transformers_sampler``: in-process engines.
+
 Each name is imported from its module on first use, so that importing one sampler does not load
 the others (nor what they need).
 """
