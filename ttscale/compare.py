@@ -345,17 +345,17 @@ def journal_traces(
     advice = "run ttscale solve with --logprobs 20 to keep every sample's top token logprobs"
     if not journal.exists():
         return None, f"deepconf left out: no sample journal {journal.name} ({advice})"
-    if records is None:
-        records = list(_trace_keys(path))
-    wanted = {str(r["id"]) for r in records}
+    # Records are streamed, never held: a run of 100,000 problems' sample keys is gigabytes of
+    # dicts, and a journal without logprobs is answered at its first sample.
+    wanted = {str(r["id"]) for r in records} if records is not None else None
     found: dict[tuple[str, int, str], Any] = {}
     for entry, _ in iter_journal(journal):
         candidate = entry.candidate
-        if entry.problem in wanted and candidate.logprobs:
+        if candidate.logprobs and (wanted is None or entry.problem in wanted):
             found[(entry.problem, candidate.index, candidate.text)] = candidate
     traces = []
     try:
-        for record in records:
+        for record in records if records is not None else _trace_keys(path):
             row = []
             for sample in record["samples"]:
                 key = (str(record["id"]), int(sample["index"]), str(sample.get("text", "")))
