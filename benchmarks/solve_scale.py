@@ -23,34 +23,26 @@ arrays grow with the number of problems (resamples x problems); columns 3 and 5 
 
 ``--fit-only`` writes a synthetic results file of each size (16 samples a problem, right at a
 rate drawn per problem, so the laws have something to fit) and measures ``ttscale fit`` on it
-alone, without a solve run. Measured under ``nice -n 10`` on the shared 2-core machine (load
-average about 13), with the records read into compact arrays (``ResultColumns``, ``SampleTable``):
+alone, without a solve run.
 
-    problems  fit read MB  CLI fit MB    fit s
-      20,000           --         202    110.0   (216 MB, 108 s before the compact reading)
-     100,000           81         561   1040.7
-
-The reading is no longer what grows: at 100,000 problems the remaining peak is the offline
-evaluation of the strategies (``ttscale.strategies.offline.evaluate``: its per-problem
-accuracy and samples arrays, 1.5 KB a problem, and each scanning thread's chunk state) and the
-bootstrap refits of the laws, which also take most of the time.
-
-Measured on a shared 2-core machine (load average 6-18 from other work), ``--sizes
-1000,10000,30000`` (100,000 was not run there: about 25 minutes at that load, and the CLI's
-bootstrap bands would need about 3 GB):
+Measured on 2026-12-07 on the shared 2-core machine under ``nice -n 10`` (beside a llama-server
+generating; load average 3-5), ``--sizes 1000,10000,100000`` in one run:
 
     problems  CPU ms/problem  solve MB  resume MB  CLI resume MB  fit read MB  CLI fit MB
-       1,000            8.11        72         70            114           67         114
-      10,000            5.43        78         74            392           71         407
-      30,000            4.23        93         83          1,010           81       1,051
+       1,000            3.04        67         65            108           31          88
+      10,000            2.43        73         69            114           37          97
+     100,000            2.40       139        109            173           81         217
 
-The runner grows by about 0.75 KB a problem (the dataset's problems and the budget's
-per-problem accounts), its resume by 0.45 KB and fit's reading by 0.5 KB: about 145, 115 and
-115 MB at 100,000 problems, extrapolated. CPU time per problem falls with size (a fixed start-up
-of about 4 s is spread wider): linear or better. Before the split, the same runner at 10,000
-problems peaked at 310 MB (solve), 435 MB (resume) and 296 MB (fit's reading, which held every
-record), at 6.06 CPU ms a problem. The CLI's summary and ``ttscale fit`` add bootstrap bands over
-problems (1,000 resamples x problems), about 31 KB a problem: about 3 GB at 100,000.
+Every peak is within the 300 MB target at 100,000 problems, and the CPU time per problem falls
+with size (0.79 of the smallest's at 100,000: a fixed start-up spread wider), so the time is
+linear. Two fixes brought ``ttscale fit`` there from 607 MB on the same run: offline evaluation
+bounds the lanes of a chunk, not only lanes times distinct answers (every sample says 42 here, so
+7,500 problems x 100 orders went in one chunk), and the DeepConf check streams the records
+instead of holding every sample's key. ``--fit-only --sizes 100000`` (mixed answers): 266 MB
+before those fixes (561 MB before the compact reading of the records). Before the split of the
+runner, it peaked at 310 MB (solve), 435 MB (resume) and 296 MB (fit's reading) at 10,000
+problems; and the CLI's bootstrap bands, before they were drawn a block at a time, grew about
+31 KB a problem.
 """
 
 from __future__ import annotations
