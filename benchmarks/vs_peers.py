@@ -38,13 +38,20 @@ install (``/tmp/itshub/venv/bin/pip install fastapi uvicorn``). ``import`` time 
 
     python benchmarks/vs_peers.py --only startup [--rounds 7]
 
-runs the start-up rows alone.
+runs the start-up rows alone. The proxies' request rows (``--only proxy`` alone) put ``ttscale
+serve`` and its_hub's server in front of the ``n``-on loopback server: the latency a one-sample
+request gains through each (every request less the median of the same requests sent directly in
+that round; median and p99 over all rounds; its_hub at ``X-Its-Budget: 1``), and majority@16
+requests answered a second with 16 clients at once (ttscale: ``{"ttscale": {"strategy":
+"majority", "samples": 16}}``; its_hub: configured by ``POST /configure`` for self-consistency
+with budget 16).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -225,6 +232,140 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
 """
 
 
+# -- the proxies: pass-through latency and majority@16 throughput ---------------------------
+
+PROXY_REQUESTS = 40  # sequential pass-through requests per system and round
+PROXY_CLIENTS = 16  # concurrent clients of the majority@16 row
+PROXY_PER_CLIENT = 4  # majority@16 requests each client sends per round
+ITS_HUB_CONFIG = {
+    "endpoint": "{upstream}",
+    "model": "loopback",
+    "alg": "self-consistency",
+    "regex_patterns": [r"The answer is (\S+)"],
+    "budget": 16,
+    "api_key": "bench",
+}
+
+
+@contextmanager
+def proxy(command: list[str], path: str, configure: dict[str, Any] | None) -> Iterator[int]:
+    """A proxy server started from ``command`` (``{port}`` for the port), answering ``GET path``,
+    configured by ``POST /configure`` with ``configure`` if given; yields its port."""
+    port = free_port()
+    argv = [part.replace("{port}", str(port)) for part in command]
+    env = {**os.environ, "OPENAI_API_KEY": "x"}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = time.perf_counter()
+        while True:
+            try:
+                http_get(port, path)
+                break
+            except (OSError, ValueError, IndexError):
+                if process.poll() is not None or time.perf_counter() - started > 60:
+                    raise RuntimeError(f"{argv[:4]} did not start") from None
+                time.sleep(0.05)
+        if configure is not None:
+            asyncio.run(_post(port, "/configure", configure))
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def _post(port: int, path: str, body: dict[str, Any]) -> None:
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=f"http://127.0.0.1:{port}", api_key="bench") as client:
+        await client.post(path, body=body, cast_to=object)
+
+
+async def _latencies(base_url: str, extra: dict[str, Any]) -> list[float]:
+    """Seconds of ``PROXY_REQUESTS`` one-sample requests sent one after another."""
+    from openai import AsyncOpenAI
+
+    seconds = []
+    async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+        for index in range(PROXY_REQUESTS + 2):
+            started = time.perf_counter()
+            await client.chat.completions.create(
+                model="loopback", messages=[{"role": "user", "content": f"p {index}"}],
+                max_tokens=32, **extra,
+            )  # fmt: skip
+            if index >= 2:  # the first two open the connections
+                seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+async def _throughput(base_url: str, extra: dict[str, Any]) -> float:
+    """Majority@16 requests answered a second, ``PROXY_CLIENTS`` clients at once."""
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+
+        async def one_client(number: int) -> None:
+            for index in range(PROXY_PER_CLIENT):
+                await client.chat.completions.create(
+                    model="loopback",
+                    messages=[{"role": "user", "content": f"q {number} {index}"}],
+                    max_tokens=32, temperature=0.8, **extra,
+                )  # fmt: skip
+
+        await one_client(-1)  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(n) for n in range(PROXY_CLIENTS)))
+        return PROXY_CLIENTS * PROXY_PER_CLIENT / (time.perf_counter() - started)
+
+
+def proxy_rows(upstream: str, peer: str | None, rounds: int) -> None:
+    """Pass-through latency added to the upstream's (median and p99 over every round) and
+    majority@16 throughput of ``ttscale serve`` and, with its server runnable, its_hub's."""
+    ttscale_serve = [
+        sys.executable, "-m", "ttscale.cli", "serve", "--base-url", upstream,
+        "--model", "loopback", "--port", "{port}",
+    ]  # fmt: skip
+    systems: dict[str, tuple[list[str], str, dict[str, Any] | None, dict[str, Any], dict[str, Any]]]
+    systems = {
+        "ttscale": (
+            ttscale_serve, "/health", None, {},
+            {"extra_body": {"ttscale": {"strategy": "majority", "samples": 16}}},
+        ),
+    }  # fmt: skip
+    if peer is not None and importable(peer, "fastapi") and importable(peer, "uvicorn"):
+        its_hub = "from its_hub.integration.iaas.app_server import main; main()"
+        configure = {**ITS_HUB_CONFIG, "endpoint": upstream}
+        systems["its_hub"] = (
+            [peer, "-c", its_hub, "--port", "{port}", "--log-level", "WARNING"],
+            "/v1/models", configure, {"extra_headers": {"X-Its-Budget": "1"}}, {},
+        )  # fmt: skip
+    direct: list[float] = []
+    added: dict[str, list[float]] = {name: [] for name in systems}
+    rates: dict[str, list[float]] = {name: [] for name in systems}
+    with contextlib.ExitStack() as stack:
+        ports = {
+            name: stack.enter_context(proxy(command, path, configure))
+            for name, (command, path, configure, _, _) in systems.items()
+        }
+        for _ in range(rounds):
+            base = statistics.median(asyncio.run(_latencies(upstream, {})))
+            direct.append(base)
+            for name, (_, _, _, plain, scaled) in systems.items():
+                url = f"http://127.0.0.1:{ports[name]}/v1"
+                added[name].extend(s - base for s in asyncio.run(_latencies(url, plain)))
+                rates[name].append(asyncio.run(_throughput(url, scaled)))
+    print(
+        f"\nproxies on the n-on upstream (direct median {statistics.median(direct) * 1000:.1f} ms)"
+    )
+    print(f"{'proxy':<12}{'added median ms':>16}{'added p99 ms':>14}{'majority@16 req/s':>19}")
+    for name in systems:
+        values = sorted(added[name])
+        p99 = values[min(len(values) - 1, int(0.99 * len(values)))]
+        print(
+            f"{name:<12}{statistics.median(values) * 1000:>16.2f}{p99 * 1000:>14.2f}"
+            f"{statistics.median(rates[name]):>19.1f}"
+        )
+
+
 def startup_commands(upstream: str, peer: str | None) -> dict[str, tuple[list[str], str]]:
     """Each server to start: its command (``{port}`` for the port) and the path first asked."""
     ttscale = [
@@ -362,7 +503,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (>= 5)")
     parser.add_argument("--peer-python", help="an interpreter that can import its_hub")
     parser.add_argument(
-        "--only", choices=["all", "startup"], default="all", help="startup: the proxy rows alone"
+        "--only",
+        choices=["all", "startup", "proxy"],
+        default="all",
+        help="startup: the proxies' start-up rows alone; proxy: their request rows alone",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -383,6 +527,10 @@ def main() -> None:
         with loopback("reject") as upstream:
             startup_rows(upstream, peer, rounds)
         return
+    if args.only == "proxy":
+        with loopback("yes") as upstream:
+            proxy_rows(upstream, peer, rounds)
+        return
     workers = {"ttscale": Worker("ttscale", sys.executable)}
     if peer is not None:
         workers["its_hub"] = Worker("its_hub", peer)
@@ -396,6 +544,7 @@ def main() -> None:
                         outcome = running.run(row, urls[support])
                         results.setdefault((row, system), []).append(outcome)
             startup_rows(n_off, peer, rounds)
+            proxy_rows(n_on, peer, rounds)
     finally:
         for running in workers.values():
             running.close()
