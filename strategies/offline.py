@@ -79,6 +79,9 @@ from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.offline_scan import (
     LANE_BUDGET,
     STATE_BUDGET,
+    BoolArray,
+    FloatArray,
+    IntArray,
     OfflineSpec,
     PassAtK,
     keyed_scores,
@@ -100,9 +103,6 @@ __all__ = [
     "tie_shares",
 ]
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 Method = Literal["expected", "replay"]
 
 MAX_WORKERS = 8

@@ -31,6 +31,9 @@ from ttscale.strategies.selection import survival_threshold
 __all__ = [
     "LANE_BUDGET",
     "STATE_BUDGET",
+    "BoolArray",
+    "FloatArray",
+    "IntArray",
     "OfflineSpec",
     "PassAtK",
     "ScanChunk",

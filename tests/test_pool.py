@@ -16,13 +16,10 @@ import pytest
 from ttscale.errors import ConfigError, SamplerError, UpstreamError
 from ttscale.protocols import Sampler
 from ttscale.samplers.openai_sampler import OpenAISampler
-from ttscale.samplers.pool import (
+from ttscale.samplers.pool import EndpointsDown, PoolConfig, PoolEndpoint, PoolSampler
+from ttscale.samplers.routing import (
     SLOWER,
-    EndpointsDown,
     EndpointState,
-    PoolConfig,
-    PoolEndpoint,
-    PoolSampler,
     all_down,
     chunk_dispatched,
     chunk_finished,

@@ -59,7 +59,6 @@ from ttscale.protocols import Sampler, check_draw, with_model
 from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig, merge_params
 from ttscale.samplers.routing import (
-    SLOWER,
     EndpointState,
     all_down,
     chunk_dispatched,
@@ -75,24 +74,7 @@ from ttscale.samplers.routing import (
 from ttscale.seeds import random_base_seed
 from ttscale.types import Candidate, Pricing, Prompt, SampleBatch, SamplingParams, Usage
 
-__all__ = [
-    "SLOWER",
-    "EndpointState",
-    "EndpointsDown",
-    "PoolConfig",
-    "PoolEndpoint",
-    "PoolSampler",
-    "all_down",
-    "chunk_dispatched",
-    "chunk_finished",
-    "chunk_released",
-    "pick_endpoint",
-    "probe_due",
-    "probe_finished",
-    "probe_started",
-    "reopen",
-    "split_runs",
-]
+__all__ = ["EndpointsDown", "PoolConfig", "PoolEndpoint", "PoolSampler"]
 
 log = logging.getLogger(__name__)
 
