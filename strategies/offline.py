@@ -52,10 +52,10 @@ here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +76,7 @@ from ttscale.strategies.deepconf import (
     simulate_online,
 )
 from ttscale.strategies.majority import MajorityConfig
+from ttscale.strategies.offline_parallel import Mode, can_fork, choose_mode, run_jobs
 from ttscale.strategies.offline_scan import (
     LANE_BUDGET,
     STATE_BUDGET,
@@ -406,6 +407,7 @@ def evaluate(
     orders: npt.ArrayLike | None = None,
     traces: Sequence[Sequence[StoredTrace]] | None = None,
     workers: int | None = None,
+    parallel: Mode = "auto",
 ) -> OfflineResult:
     """Expected top-1 accuracy of each strategy at each budget k, from stored samples.
 
@@ -425,10 +427,13 @@ def evaluate(
     ``per_problem_tokens`` holds the completion tokens it spent (online: cut where its rule would
     have closed the stream).
 
-    ``workers`` threads scan groups of problems at once (default: the CPUs this process may use,
-    at most :data:`MAX_WORKERS`); the results do not depend on it.
+    ``workers`` scan groups of problems at once (default: the CPUs this process may use, at most
+    :data:`MAX_WORKERS`): forked processes for large work where forking is safe, else threads
+    (``parallel`` may insist on either; :mod:`ttscale.strategies.offline_parallel` says why). The
+    results depend on neither.
     """
     workers = _resolve_workers(workers)
+    choose_mode(parallel, 0, 1, forkable=False)  # a bad mode fails before any work
     # A (P, N) array of answers is read as one table, without a small array per problem.
     table = _as_table(answers, correct, scores) if traces is None else None
     problems = _as_problem_arrays(answers, correct, scores) if table is None else []
@@ -445,7 +450,8 @@ def evaluate(
     chosen_orders = np.asarray(orders, dtype=np.int64) if replay else None
     by_length = {shortest: list(range(count))} if table is not None else _by_length(problems)
     shape = (count, budgets.size)
-    run = _Run(specs, budgets, chosen_orders, subsets, workers, shape, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    run = _Run(specs, budgets, chosen_orders, subsets, (workers, parallel), shape, rng)
     for _length, members in sorted(by_length.items()):
         run.scan_group(
             table if table is not None else _stack([problems[i] for i in members]), members
@@ -491,7 +497,7 @@ class _Run:
     budgets: IntArray
     orders: IntArray | None
     subsets: int
-    workers: int
+    workers: tuple[int, Mode]  # how many, and on what
     shape: tuple[int, int]
     rng: np.random.Generator  # the random orders of every group, one stream
     per_problem: dict[str, FloatArray] = field(default_factory=dict)
@@ -507,7 +513,9 @@ class _Run:
             group = _relabel(group, self.rng)
             group_orders = _random_orders(self.rng, self.subsets, n)
         replay = self.orders is not None
-        parts = _evaluate_group(group, self.specs, self.budgets, group_orders, replay, self.workers)
+        parts = _evaluate_group(
+            group, self.specs, self.budgets, group_orders, replay, *self.workers
+        )
         whole = len(members) == self.shape[0]  # the usual case: no copy
         for into, part in zip((self.per_problem, self.per_samples), parts, strict=True):
             for name, curve in part.items():
@@ -698,6 +706,7 @@ def _evaluate_group(
     orders: IntArray,
     replay: bool,
     workers: int = 1,
+    parallel: Mode = "auto",
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
     """Per-problem accuracy (P, K) of problems with one sample count, and the samples drawn by
     the strategies that stop early (the others draw k)."""
@@ -723,37 +732,33 @@ def _evaluate_group(
     wanted[steps] = True
     bounds = chunk_bounds(answers, orders.shape[0], workers) if scanned else []
 
-    def closed_curves() -> dict[str, FloatArray]:
-        return {name: _closed_curve(c, correct, scores, budgets) for name, c in closed.items()}
-
     accuracy: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in scanned}
     used: dict[str, FloatArray] = {name: np.empty((problems, steps.size)) for name in stopping}
     lanes = orders.shape[0]
 
-    def scan_chunk(bound: tuple[int, int]) -> None:
-        """One chunk's counts, written into its rows at once (chunks' rows are disjoint)."""
-        start, stop = bound
-        totals, drawn = scan(
-            make_chunk(answers, correct, scores, start, stop), orders, scanned, wanted
+    def scan_chunk(bound: tuple[int, int]) -> tuple[list[FloatArray], list[FloatArray]]:
+        """One chunk's accuracy and samples drawn, (chunk problems, K) per strategy."""
+        totals, drawn = scan(make_chunk(answers, correct, scores, *bound), orders, scanned, wanted)
+        return (
+            [totals[name][steps].T / lanes for name in scanned],
+            [drawn[name][steps].T / lanes for name in stopping],
         )
-        for name in scanned:
-            accuracy[name][start:stop] = totals[name][steps].T / lanes
-        for name in stopping:
-            used[name][start:stop] = drawn[name][steps].T / lanes
 
-    # numpy releases the GIL inside each call, so chunks scanned on threads overlap on several
-    # cores (a chunk's state stays within the cache budget either way), and the closed forms
-    # are computed meanwhile.
-    if workers > 1 and bounds:
-        with ThreadPoolExecutor(max_workers=min(workers, len(bounds))) as pool:
-            running = [pool.submit(scan_chunk, bound) for bound in bounds]
-            accuracy.update(closed_curves())
-            for job in running:
-                job.result()  # raises what the chunk's scan raised
-    else:
-        accuracy.update(closed_curves())
-        for bound in bounds:
-            scan_chunk(bound)
+    def closed_curves() -> None:
+        accuracy.update(
+            {name: _closed_curve(c, correct, scores, budgets) for name, c in closed.items()}
+        )
+
+    jobs = [functools.partial(scan_chunk, bound) for bound in bounds]
+    mode = choose_mode(parallel, answers.size * lanes, min(workers, len(jobs)), can_fork())
+    # Chunks' rows are disjoint: each chunk's values are written into its rows.
+    for (start, stop), (rights, draws) in zip(
+        bounds, run_jobs(jobs, mode, workers, meanwhile=closed_curves), strict=True
+    ):
+        for name, values in zip(scanned, rights, strict=True):
+            accuracy[name][start:stop] = values
+        for name, values in zip(stopping, draws, strict=True):
+            used[name][start:stop] = values
     return accuracy, used
 
 

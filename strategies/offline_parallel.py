@@ -1,0 +1,147 @@
+"""Running offline evaluation's chunk scans at once: on forked processes where that is safe, else
+on threads.
+
+Why processes: a chunk's scan makes about 60 short numpy calls per step, and on threads every
+call passes the interpreter lock between them; two threads gained only 1.2x on 2 cores, where
+forked processes, sharing nothing, gain about 1.8x (``benchmarks/offline_eval.py`` prints both).
+
+Why only sometimes: a forked child holds only the thread that forked. If another Python thread
+held a lock at that moment (logging's, an event loop's), the child could wait on it for ever.
+So processes are used only where ``fork`` exists, from a process running one Python thread, and
+for work large enough to pay for a fork (a few milliseconds each); threads otherwise. Both run
+the same jobs, so results never depend on the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, Literal, TypeVar
+
+from ttscale.errors import ConfigError, TTScaleError
+
+__all__ = ["FORK_WORTH", "Mode", "can_fork", "choose_mode", "run_jobs"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Mode = Literal["auto", "processes", "threads"]
+
+FORK_WORTH = 20_000_000
+"""Lane-steps of work (lanes times samples) from which forking pays: below it, threads."""
+
+
+def choose_mode(
+    mode: Mode, work: int, jobs: int, forkable: bool
+) -> Literal["processes", "threads", "serial"]:
+    """How ``jobs`` jobs of ``work`` lane-steps in all run, ``forkable`` saying whether this
+    process may fork (:func:`can_fork`; see the module docstring)."""
+    if mode not in ("auto", "processes", "threads"):
+        raise ConfigError(f"parallel must be 'auto', 'processes' or 'threads', got {mode!r}")
+    if jobs <= 1:
+        return "serial"
+    if mode != "auto":
+        return mode if mode == "threads" or forkable else "threads"
+    return "processes" if work >= FORK_WORTH and forkable else "threads"
+
+
+def can_fork() -> bool:
+    """Whether forking is safe here: the call exists and this process runs one Python thread."""
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def run_jobs(
+    jobs: Sequence[Callable[[], T]],
+    mode: Literal["processes", "threads", "serial"],
+    workers: int,
+    meanwhile: Callable[[], None] | None = None,
+) -> list[T]:
+    """Every job's result, in order, with at most ``workers`` running at once as ``mode`` says;
+    ``meanwhile`` runs in this thread while they do. A failed job's exception is raised here."""
+    if mode == "serial" or workers <= 1:
+        if meanwhile is not None:
+            meanwhile()
+        return [job() for job in jobs]
+    if mode == "threads":
+        with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            running = [pool.submit(job) for job in jobs]
+            if meanwhile is not None:
+                meanwhile()
+            return [future.result() for future in running]
+    logger.debug("running %d jobs on at most %d forked processes", len(jobs), workers)
+    return _run_forked(jobs, workers, meanwhile)
+
+
+def _run_forked(
+    jobs: Sequence[Callable[[], T]], workers: int, meanwhile: Callable[[], None] | None
+) -> list[T]:
+    context = multiprocessing.get_context("fork")
+    waiting = list(enumerate(jobs))[::-1]  # popped from the end: first job first
+    running: dict[Connection, tuple[int, Any]] = {}
+    outcomes: dict[int, T] = {}
+
+    def start_next() -> None:
+        number, job = waiting.pop()
+        reader, writer = context.Pipe(duplex=False)
+        # With fork the target is not pickled: the child runs this very closure.
+        child = context.Process(target=_answer, args=(job, writer), daemon=True)
+        child.start()
+        writer.close()
+        running[reader] = (number, child)
+
+    try:
+        while waiting and len(running) < workers:
+            start_next()
+        if meanwhile is not None:
+            meanwhile()
+        while running:
+            for reader in multiprocessing.connection.wait(list(running)):
+                assert isinstance(reader, Connection)
+                number, child = running.pop(reader)
+                failed, value = _receive(child, reader)
+                reader.close()
+                child.join()
+                if failed:  # the run ends: the others are stopped (below), none started
+                    raise value
+                outcomes[number] = value
+                if waiting:
+                    start_next()
+    finally:
+        for reader, (_, child) in running.items():
+            reader.close()
+            child.terminate()
+            child.join()
+    return [outcomes[number] for number in range(len(jobs))]
+
+
+def _answer(job: Callable[[], Any], writer: Connection) -> None:
+    """In the child: send back ``(False, result)`` or ``(True, exception)``."""
+    try:
+        outcome: tuple[bool, Any] = (False, job())
+    except BaseException as exc:  # every failure, KeyboardInterrupt too, goes back to the parent
+        outcome = (True, exc)
+    try:
+        writer.send(outcome)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        writer.send((True, TTScaleError(f"a worker's outcome could not be sent back: {exc}")))
+    writer.close()
+
+
+def _receive(child: Any, reader: Connection) -> tuple[bool, Any]:
+    try:
+        outcome: tuple[bool, Any] = reader.recv()
+    except EOFError:
+        child.join()
+        return True, TTScaleError(
+            f"an offline evaluation worker process ended without an answer "
+            f"(exit code {child.exitcode}; a negative code is the signal that killed it)"
+        )
+    return outcome
