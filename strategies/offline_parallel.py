@@ -129,9 +129,12 @@ def _answer(job: Callable[[], Any], writer: Connection) -> None:
     except BaseException as exc:  # every failure, KeyboardInterrupt too, goes back to the parent
         outcome = (True, exc)
     try:
-        writer.send(outcome)
-    except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        writer.send((True, TTScaleError(f"a worker's outcome could not be sent back: {exc}")))
+        try:
+            writer.send(outcome)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            writer.send((True, TTScaleError(f"a worker's outcome could not be sent back: {exc}")))
+    except OSError:
+        pass  # the parent is gone (killed, say): nobody is left to tell
     writer.close()
 
 
