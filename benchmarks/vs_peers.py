@@ -41,7 +41,9 @@ install (``/tmp/itshub/venv/bin/pip install fastapi uvicorn``). ``import`` time 
 runs the start-up rows alone. The proxies' request rows (``--only proxy`` alone) put ``ttscale
 serve`` and its_hub's server in front of the ``n``-on loopback server: the latency a one-sample
 request gains through each (every request less the median of the same requests sent directly in
-that round; median and p99 over all rounds; its_hub at ``X-Its-Budget: 1``), and majority@16
+that round; median and p99 over all rounds, 100 requests a round; its_hub at ``X-Its-Budget:
+1``; a ``(direct)`` row gives the upstream's own spread about its median, the floor of any
+p99), and majority@16
 requests answered a second with 16 clients at once (ttscale: ``{"ttscale": {"strategy":
 "majority", "samples": 16}}``; its_hub: configured by ``POST /configure`` for self-consistency
 with budget 16).
@@ -234,7 +236,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
 
 # -- the proxies: pass-through latency and majority@16 throughput ---------------------------
 
-PROXY_REQUESTS = 40  # sequential pass-through requests per system and round
+PROXY_REQUESTS = 100  # sequential pass-through requests per system and round (p99 over 5 rounds:
+# the 5th worst of 500; with 40 it was the 2nd worst of 200, one stray request)
 PROXY_CLIENTS = 16  # concurrent clients of the majority@16 row
 PROXY_PER_CLIENT = 4  # majority@16 requests each client sends per round
 ITS_HUB_CONFIG = {
@@ -339,6 +342,7 @@ def proxy_rows(upstream: str, peer: str | None, rounds: int) -> None:
             "/v1/models", configure, {"extra_headers": {"X-Its-Budget": "1"}}, {},
         )  # fmt: skip
     direct: list[float] = []
+    spread: list[float] = []  # direct requests less their round's median: the upstream's own jitter
     added: dict[str, list[float]] = {name: [] for name in systems}
     rates: dict[str, list[float]] = {name: [] for name in systems}
     with contextlib.ExitStack() as stack:
@@ -347,8 +351,10 @@ def proxy_rows(upstream: str, peer: str | None, rounds: int) -> None:
             for name, (command, path, configure, _, _) in systems.items()
         }
         for _ in range(rounds):
-            base = statistics.median(asyncio.run(_latencies(upstream, {})))
+            plain_latencies = asyncio.run(_latencies(upstream, {}))
+            base = statistics.median(plain_latencies)
             direct.append(base)
+            spread.extend(s - base for s in plain_latencies)
             for name, (_, _, _, plain, scaled) in systems.items():
                 url = f"http://127.0.0.1:{ports[name]}/v1"
                 added[name].extend(s - base for s in asyncio.run(_latencies(url, plain)))
@@ -357,13 +363,12 @@ def proxy_rows(upstream: str, peer: str | None, rounds: int) -> None:
         f"\nproxies on the n-on upstream (direct median {statistics.median(direct) * 1000:.1f} ms)"
     )
     print(f"{'proxy':<12}{'added median ms':>16}{'added p99 ms':>14}{'majority@16 req/s':>19}")
-    for name in systems:
-        values = sorted(added[name])
+    for name, seconds in {"(direct)": spread, **added}.items():
+        values = sorted(seconds)
         p99 = values[min(len(values) - 1, int(0.99 * len(values)))]
-        print(
-            f"{name:<12}{statistics.median(values) * 1000:>16.2f}{p99 * 1000:>14.2f}"
-            f"{statistics.median(rates[name]):>19.1f}"
-        )
+        rate = f"{statistics.median(rates[name]):>19.1f}" if name in rates else f"{'-':>19}"
+        print(f"{name:<12}{statistics.median(values) * 1000:>16.2f}{p99 * 1000:>14.2f}{rate}")
+    print("(direct): the upstream's own requests less their round's median, the jitter floor")
 
 
 def startup_commands(upstream: str, peer: str | None) -> dict[str, tuple[list[str], str]]:
