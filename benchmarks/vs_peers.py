@@ -42,11 +42,10 @@ runs the start-up rows alone. The proxies' request rows (``--only proxy`` alone)
 serve`` and its_hub's server in front of the ``n``-on loopback server: the latency a one-sample
 request gains through each (every request less the median of the same requests sent directly in
 that round; median and p99 over all rounds, 100 requests a round; its_hub at ``X-Its-Budget:
-1``; a ``(direct)`` row gives the upstream's own spread about its median, the floor of any
-p99), and majority@16
-requests answered a second with 16 clients at once (ttscale: ``{"ttscale": {"strategy":
-"majority", "samples": 16}}``; its_hub: configured by ``POST /configure`` for self-consistency
-with budget 16).
+1``; a ``(direct)`` row gives the upstream's own spread about its median, the floor of any p99),
+and majority@16 requests answered a second with 16 clients at once (ttscale: ``{"ttscale":
+{"strategy": "majority", "samples": 16}}``; its_hub: configured by ``POST /configure`` for
+self-consistency with budget 16).
 """
 
 from __future__ import annotations
