@@ -81,9 +81,12 @@ def method_names() -> list[str]:
     return names
 
 
-def interleaved(problems: int) -> list[tuple[str, Problem]]:
-    """``problems`` of each set, alternating (so a stopped run is balanced)."""
-    sets = {name: load_dataset(name, limit=problems) for name in ("arithmetic", "gsm8k")}
+SETS = ("arithmetic", "gsm8k")
+
+
+def interleaved(problems: int, names: Sequence[str] = SETS) -> list[tuple[str, Problem]]:
+    """``problems`` of each set named, alternating (so a stopped run is balanced)."""
+    sets = {name: load_dataset(name, limit=problems) for name in names}
     out = []
     for position in range(problems):
         for name, rows in sets.items():
@@ -272,7 +275,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[int]) -> list[dict[str, Any]]:
-    """One line per (set, method, N): accuracy, its bootstrap CI, mean tokens per problem."""
+    """One line per (set, method, N): accuracy, its bootstrap CI, the paired difference to
+    majority@N over the same problems with its bootstrap CI, mean tokens per problem."""
     lines = []
     for dataset in ("arithmetic", "gsm8k", "both"):
         mine = [r for r in rows if dataset in ("both", r["dataset"])]
@@ -280,22 +284,29 @@ def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[int]) -> list[di
             continue
         for name in method_names():
             for n in budgets:
-                key = f"{name}@{n}"
-                cells = [r["cells"][key] for r in mine if key in r["cells"]]
-                if not cells:
+                key, base = f"{name}@{n}", f"majority@{n}"
+                held = [r["cells"] for r in mine if key in r["cells"]]
+                if not held:
                     continue
-                right = np.array([float(c["correct"]) for c in cells])
+                right = np.array([float(c[key]["correct"]) for c in held])
                 low, high = bootstrap_ci(right, n_resamples=2000, seed=0)
+                paired = [c for c in held if base in c]
+                gap = np.array(
+                    [float(c[key]["correct"]) - float(c[base]["correct"]) for c in paired]
+                )
+                gap_ci = bootstrap_ci(gap, n_resamples=2000, seed=0) if gap.size else (0.0, 0.0)
                 lines.append(
                     {
                         "set": dataset,
                         "method": name,
                         "n": n,
-                        "problems": len(cells),
+                        "problems": len(held),
                         "accuracy": float(right.mean()),
                         "ci": (float(low), float(high)),
-                        "completion": float(np.mean([c["completion"] for c in cells])),
-                        "all": float(np.mean([c["all"] for c in cells])),
+                        "vs_majority": float(gap.mean()) if gap.size else 0.0,
+                        "vs_majority_ci": (float(gap_ci[0]), float(gap_ci[1])),
+                        "completion": float(np.mean([c[key]["completion"] for c in held])),
+                        "all": float(np.mean([c[key]["all"] for c in held])),
                     }
                 )
     return lines
@@ -303,16 +314,22 @@ def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[int]) -> list[di
 
 def table(lines: Sequence[dict[str, Any]]) -> str:
     out = [
-        "| set | method | N | problems | accuracy | 95% CI | completion tok/problem "
-        "| all tok/problem |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "| set | method | N | problems | accuracy | 95% CI | vs majority@N (paired) "
+        "| completion tok/problem | all tok/problem |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|",
     ]
     for line in lines:
         low, high = line["ci"]
+        gap_low, gap_high = line["vs_majority_ci"]
+        gap = (
+            "-"
+            if line["method"] == "majority"
+            else f"{line['vs_majority']:+.2f} [{gap_low:+.2f}, {gap_high:+.2f}]"
+        )
         out.append(
             f"| {line['set']} | {line['method']} | {line['n']} | {line['problems']} "
-            f"| {line['accuracy']:.2f} | [{low:.2f}, {high:.2f}] | {line['completion']:,.0f} "
-            f"| {line['all']:,.0f} |"
+            f"| {line['accuracy']:.2f} | [{low:.2f}, {high:.2f}] | {gap} "
+            f"| {line['completion']:,.0f} | {line['all']:,.0f} |"
         )
     return "\n".join(out)
 
@@ -346,7 +363,7 @@ async def run(args: argparse.Namespace, rows_file: Path) -> None:
         for r in read_rows(rows_file)
         if set(args.budgets) <= set(r["budgets"])
     }
-    todo = [(d, p) for d, p in interleaved(args.problems) if (d, p.id) not in have]
+    todo = [(d, p) for d, p in interleaved(args.problems, args.sets) if (d, p.id) not in have]
     print(f"{len(have)} problems done before, {len(todo)} to run", flush=True)
     with model_server(args.base_url, args.model) as (base_url, model):
         for dataset, problem in todo:
@@ -356,6 +373,7 @@ async def run(args: argparse.Namespace, rows_file: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=12, help="per set")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--base-url", default=None, help="default: start the embedded model")
     parser.add_argument("--model", default=None)
