@@ -13,9 +13,10 @@ project's own estimators (``ttscale.estimators``, ``ttscale.laws``, ``strategies
   ``ConfidenceVerifier(measure="bottom")``, computed here over the stored arrays); majority flat.
   On GSM8K (answers grouped by number) and on HumanEval (grouped by normalised code).
 - Adaptive-Consistency (the Beta rule) and ESC on GSM8K: samples saved against majority@16 at an
-  accuracy not below majority@16's interval; DeepConf online (eta 90%, windows of 16, warm-up 4):
-  completion tokens saved, by ``strategies.deepconf.evaluate_deepconf``'s replay of the stored
-  token logprobs.
+  accuracy not below majority@16's interval; DeepConf online (eta 90%, windows of 16, warm-up 4)
+  and DeepConf-low (eta 10%, the paper's aggressive setting): completion tokens saved, by
+  ``strategies.deepconf.evaluate_deepconf``'s replay of the stored token logprobs, with the
+  accuracy's paired difference to majority@16.
 - Inference Scaling fLaws: the weak HumanEval tests (the first assert) as the verifier, against
   the full tests: false-positive rate, the ceiling P(correct | passes weak), K_opt by the cost of
   a false positive, and the expected reward of resampling measured on the bank.
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import itertools
 import json
 import math
@@ -110,6 +112,7 @@ CONFIDENCE_WINDOW = 32
 BOTTOM_FRACTION = 0.1
 ADAPTIVE_CAP = 16
 DEEPCONF = DeepConfConfig(samples=16, mode="online", eta=0.9, window=16, warmup=4, batch_size=4)
+DEEPCONF_LOW = dataclasses.replace(DEEPCONF, eta=0.1)  # the paper's aggressive setting
 FP_COSTS = (0.0, -0.25, -1.0, -4.0)
 MAX_K = 1000
 OVERSAMPLING_LOSS = 0.01  # what drawing MAX_K samples must lose against K_opt to count as harm
@@ -668,10 +671,14 @@ def adaptive(votes: Votes, settings: Settings, out: Path) -> list[Finding]:
         }
         numbers[name] = entry
         findings.append(_saving_finding(paper, votes, entry, baseline, "samples", cap))
-    numbers["deepconf"] = _deepconf(votes, settings)
-    findings.append(
-        _saving_finding("DeepConf", votes, numbers["deepconf"], baseline, "completion tokens", cap)
-    )
+    for key, paper, config in (
+        ("deepconf", "DeepConf", DEEPCONF),
+        ("deepconf_low", "DeepConf-low", DEEPCONF_LOW),
+    ):
+        numbers[key] = _deepconf(votes, settings, config, majority)
+        findings.append(
+            _saving_finding(paper, votes, numbers[key], baseline, "completion tokens", cap)
+        )
     figure = _plot_adaptive(votes, result, numbers, out)
     return [
         Finding(f.claim, f.dataset, f.verdict, f.headline, f.lines, numbers, figure)
@@ -688,27 +695,32 @@ def _graders(votes: Votes) -> list[Callable[[str | None], bool]]:
     return graders
 
 
-def _deepconf(votes: Votes, settings: Settings) -> dict[str, Any]:
+def _deepconf(
+    votes: Votes, settings: Settings, config: DeepConfConfig, majority: FloatArray
+) -> dict[str, Any]:
+    """DeepConf online replayed on the bank: tokens against majority@16's, accuracy with its
+    paired difference to ``majority`` (majority@16's per-problem accuracy)."""
     evaluation = evaluate_deepconf(
         list(votes.traces),
         _graders(votes),
-        DEEPCONF,
+        config,
         orders=settings.deepconf_orders,
         seed=settings.seed,
     )
     tokens = np.array(evaluation.per_problem_tokens)
-    majority_tokens = DEEPCONF.samples * votes.tokens.mean(axis=1)
+    majority_tokens = config.samples * votes.tokens.mean(axis=1)
     kept = ratio_ci(tokens, majority_tokens, settings)
     accuracy = np.array(evaluation.per_problem_accuracy)
     return {
         "accuracy": mean_ci(accuracy, settings),
+        "difference": mean_ci(accuracy - majority, settings),
         "samples": mean_ci(evaluation.per_problem_samples, settings),
         "tokens": float(tokens.mean()),
         "majority_tokens": float(majority_tokens.mean()),
         "saved": (1.0 - kept[0], 1.0 - kept[2], 1.0 - kept[1]),
         "per_problem_tokens": tokens.tolist(),
         "per_problem_accuracy": accuracy.tolist(),
-        "config": {"eta": DEEPCONF.eta, "window": DEEPCONF.window, "warmup": DEEPCONF.warmup},
+        "config": {"eta": config.eta, "window": config.window, "warmup": config.warmup},
     }
 
 
@@ -759,8 +771,11 @@ def _plot_adaptive(votes: Votes, result: Any, numbers: Mapping[str, Any], out: P
     left.legend(fontsize=7)
     per_sample = votes.tokens.mean()
     right.plot(ks * per_sample, numbers["majority_curve"], "k-o", ms=3, label="majority@k")
-    deep = numbers["deepconf"]
-    right.plot([deep["tokens"]], [deep["accuracy"][0]], "C2D", label="DeepConf online")
+    for marker, key, label in (("C2D", "deepconf", "eta 90%"), ("C3v", "deepconf_low", "eta 10%")):
+        deep = numbers[key]
+        right.plot(
+            [deep["tokens"]], [deep["accuracy"][0]], marker, label=f"DeepConf online, {label}"
+        )
     right.set_xlabel("mean completion tokens per problem")
     right.legend(fontsize=7)
     figure.suptitle(f"Early stopping on {votes.name} ({votes.size} problems)")
@@ -1084,7 +1099,7 @@ def run_claims(sets: Mapping[str, Votes | None], settings: Settings, out: Path) 
         ("Large Language Monkeys", "humaneval", monkeys),
         ("Best-of-Majority", "gsm8k", best_of_majority),
         ("Best-of-Majority", "humaneval", best_of_majority),
-        ("Adaptive-Consistency, ESC, DeepConf", "gsm8k", adaptive),
+        ("Adaptive-Consistency, ESC, DeepConf, DeepConf-low", "gsm8k", adaptive),
         ("Inference Scaling fLaws", "humaneval", flaws),
         ("MAKER", "gsm8k", maker),
         ("MAKER", "humaneval", maker),
@@ -1120,6 +1135,8 @@ PAPERS = {
     "accuracy of majority voting",
     "DeepConf": "Fu et al. 2025: stopping low-confidence traces online saves tokens at the "
     "accuracy of majority voting",
+    "DeepConf-low": "Fu et al. 2025, DeepConf-low (keep the top 10% by confidence): more tokens "
+    "saved, at some risk to accuracy",
     "Inference Scaling fLaws": "Stroebl et al. 2024: with an imperfect verifier, resampling is "
     "capped by P(correct | passes) and the best number of samples is finite and shrinks as false "
     "positives cost more",

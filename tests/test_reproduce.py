@@ -357,13 +357,16 @@ def _stop_at(values: np.ndarray, window: int, threshold: float) -> int | None:
     return int(below[0]) + window if below.size else None
 
 
+@pytest.mark.parametrize(
+    ("claim", "key", "eta"), [("DeepConf", "deepconf", 0.9), ("DeepConf-low", "deepconf_low", 0.1)]
+)
 def test_deepconf_tokens_match_a_second_replay_of_the_same_orders(
-    run: tuple[Path, Path, dict[str, Any]],
+    run: tuple[Path, Path, dict[str, Any]], claim: str, key: str, eta: float
 ) -> None:
     root, _, report = run
-    deep = finding(report, "DeepConf", "gsm8k")["n"]["deepconf"]
+    deep = finding(report, claim, "gsm8k")["n"][key]
     bank = load_bank_set("gsm8k", root)
-    window, warmup, eta = 16, 4, 0.9
+    window, warmup = 16, 4
     rng = random.Random(0)  # the report's seed; orders drawn problem by problem, 20 each
     tokens, right = [], []
     for problem in bank.problems:
@@ -401,6 +404,9 @@ def test_deepconf_tokens_match_a_second_replay_of_the_same_orders(
     assert deep["per_problem_accuracy"] == pytest.approx(right, abs=1e-12)
     mean_tokens = np.mean([[s.completion_tokens for s in bank.samples[p]] for p in bank.problems])
     assert deep["majority_tokens"] == pytest.approx(16 * mean_tokens, rel=1e-12)
+    # The paired difference's mean is the difference of the means.
+    majority = finding(report, claim, "gsm8k")["n"]["majority@16"][0]
+    assert deep["difference"][0] == pytest.approx(np.mean(right) - majority, abs=1e-12)
 
 
 def _totals(ballots: list[tuple[str | None, float]]) -> dict[str, float]:
