@@ -155,7 +155,9 @@ def main() -> None:
     def runs(values: list[float]) -> str:
         return ", ".join(f"{value:.2f}" for value in values)
 
-    mode = choose_mode("auto", answers.size * args.subsets, _default_workers(), can_fork())
+    mode = choose_mode(
+        "auto", answers.size * args.subsets, _default_workers(), can_fork(), args.samples
+    )
     print(
         f"evaluate(): {elapsed:.2f} s with {_default_workers()} workers ({mode}; median of "
         f"{args.repeat}: {runs(times)}); on threads {threaded:.2f} s ({runs(thread_times)}); "

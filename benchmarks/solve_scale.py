@@ -2,7 +2,8 @@
 
 For each size (default 1,000, 10,000 and 100,000 problems) it writes a JSONL dataset of arithmetic
 problems, starts the loopback server in its own process, and runs, each as a subprocess of its
-own (so that its peak RSS is its own, read with ``wait4``):
+own (so that its peak memory is its own: its peak RSS from ``wait4``, or the summed PSS of its
+process tree sampled every 20 ms where that is more, for offline evaluation's forked workers):
 
 1. the runner, ``ttscale.solve.solve`` (majority voting, 16 samples a problem, as ``ttscale solve
    DATA --out RUN -n 16``): "solve";
@@ -53,6 +54,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,18 +68,62 @@ def write_dataset(path: Path, size: int) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from ``/proc/PID/task/TID/children``."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as children:
+                    queue.extend(int(child) for child in children.read().split())
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def _tree_pss_mb(pid: int) -> float:
+    """The proportional set size of ``pid``'s process tree, in MB: shared pages (a forked
+    worker's copy of its parent) counted once in all."""
+    total = 0
+    for member in _descendants(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup", encoding="ascii") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
 def measured(command: list[str]) -> tuple[float, float, float]:
-    """Run ``command``; its wall time (s), peak RSS (MB) and CPU time (s, user + system)."""
+    """Run ``command``; its wall time (s), peak memory (MB) and CPU time (s, user + system).
+
+    The peak is the larger of the process's own peak RSS (``wait4``) and the highest summed PSS
+    of its process tree, sampled every 20 ms: offline evaluation forks workers, and the peak RSS
+    of one process would not count theirs."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert process.stderr is not None
+    tree_peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            tree_peak[0] = max(tree_peak[0], _tree_pss_mb(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     errors = process.stderr.read()
+    done.set()  # before reaping: the sampler must not read a reused pid
+    sampler.join()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}... failed:\n{errors.decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # RSS in KB on Linux
+    peak = max(usage.ru_maxrss / 1024, tree_peak[0])  # RSS in KB on Linux
+    return wall, peak, usage.ru_utime + usage.ru_stime
 
 
 def write_results(path: Path, size: int, samples: int, seed: int = 0) -> None:

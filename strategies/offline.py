@@ -750,7 +750,7 @@ def _evaluate_group(
         )
 
     jobs = [functools.partial(scan_chunk, bound) for bound in bounds]
-    mode = choose_mode(parallel, answers.size * lanes, min(workers, len(jobs)), can_fork())
+    mode = choose_mode(parallel, answers.size * lanes, min(workers, len(jobs)), can_fork(), n)
     # Chunks' rows are disjoint: each chunk's values are written into its rows.
     for (start, stop), (rights, draws) in zip(
         bounds, run_jobs(jobs, mode, workers, meanwhile=closed_curves), strict=True

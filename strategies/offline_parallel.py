@@ -8,8 +8,9 @@ forked processes share nothing.
 Why only sometimes: a forked child holds only the thread that forked. If another Python thread
 held a lock at that moment (logging's, an event loop's), the child could wait on it for ever.
 So processes are used only on Linux (macOS's system libraries are not fork-safe), from a process
-running one Python thread, and for work large enough to pay for a fork (a few milliseconds
-each); threads otherwise. Both run the same jobs, so results never depend on the choice.
+running one Python thread, and for long scans (:data:`FORK_STEPS` samples a problem and
+:data:`FORK_WORTH` lane-steps in all); threads otherwise. Both run the same jobs, so results
+never depend on the choice.
 
 Speed: ``benchmarks/offline_eval.py`` (500 problems x 1,000 samples, 100 orders) took 1.41 s on 2
 forked processes against 2.11 s on 2 threads and 2.16 s on one worker (medians of 5, alternating).
@@ -30,7 +31,7 @@ from typing import Any, Literal, TypeVar
 
 from ttscale.errors import ConfigError, TTScaleError
 
-__all__ = ["FORK_WORTH", "Mode", "can_fork", "choose_mode", "run_jobs"]
+__all__ = ["FORK_STEPS", "FORK_WORTH", "Mode", "can_fork", "choose_mode", "run_jobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +42,25 @@ Mode = Literal["auto", "processes", "threads"]
 FORK_WORTH = 20_000_000
 """Lane-steps of work (lanes times samples) from which forking pays: below it, threads."""
 
+FORK_STEPS = 128
+"""Samples per problem from which forking pays. A scan's lock hand-overs grow with its steps;
+with fewer steps threads did as well as processes on a quiet machine (16, 64 samples) and better
+beside a busy model server, without the forks' memory."""
+
 
 def choose_mode(
-    mode: Mode, work: int, jobs: int, forkable: bool
+    mode: Mode, work: int, jobs: int, forkable: bool, steps: int = FORK_STEPS
 ) -> Literal["processes", "threads", "serial"]:
-    """How ``jobs`` jobs of ``work`` lane-steps in all run, ``forkable`` saying whether this
-    process may fork (:func:`can_fork`; see the module docstring)."""
+    """How ``jobs`` jobs of ``work`` lane-steps in all, ``steps`` each, run; ``forkable`` says
+    whether this process may fork (:func:`can_fork`; see the module docstring)."""
     if mode not in ("auto", "processes", "threads"):
         raise ConfigError(f"parallel must be 'auto', 'processes' or 'threads', got {mode!r}")
     if jobs <= 1:
         return "serial"
     if mode != "auto":
         return mode if mode == "threads" or forkable else "threads"
-    return "processes" if work >= FORK_WORTH and forkable else "threads"
+    worth = work >= FORK_WORTH and steps >= FORK_STEPS
+    return "processes" if worth and forkable else "threads"
 
 
 def can_fork() -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from ttscale.errors import ConfigError, TTScaleError
-from ttscale.strategies.offline_parallel import FORK_WORTH, choose_mode, run_jobs
+from ttscale.strategies.offline_parallel import FORK_STEPS, FORK_WORTH, choose_mode, run_jobs
 
 needs_fork = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="worker processes are forked on Linux only"
@@ -32,6 +32,9 @@ def test_the_mode_follows_the_work_the_request_and_whether_forking_is_safe() -> 
     assert choose_mode("processes", big, 2, False) == "threads"  # asked, but not safe here
     assert choose_mode("threads", big, 2, True) == "threads"
     assert choose_mode("auto", big, 1, True) == "serial"
+    assert choose_mode("auto", big, 2, True, steps=FORK_STEPS) == "processes"
+    assert choose_mode("auto", big, 2, True, steps=FORK_STEPS - 1) == "threads"  # a short scan
+    assert choose_mode("processes", big, 2, True, steps=2) == "processes"  # asked for
     with pytest.raises(ConfigError, match="parallel must be"):
         choose_mode("fork", big, 2, True)  # type: ignore[arg-type]
 
