@@ -46,6 +46,16 @@ majority@16's 7,567 and 112, a saving of 53.6% (bootstrap 95% CI 29%-77%). Five 
 at a unanimous warm-up of 4; two drew all 16, since with a 0.95 consensus one dissenting vote in
 fewer than 20 voters never lets the vote settle. Replays of the same samples: 46-56% saving at
 windows 8, 16 and 32 with eta 90%; eta 10% with window 8 lost one problem.
+
+GSM8K, 8 problems (2026-12-07, the model server alone on the 2 cores, about 4 minutes a
+problem; ``--datasets gsm8k --limit 8``): majority@16 right on 1 (12.5%, CI [0, 38%]). Live
+online DeepConf right on 3 (37.5%, paired +25 points [0, +62]) at 30,501 completion tokens
+against majority@16's 38,202: a saving of 20.2% [11%, 28%], below the 40% goal. No problem
+reached the 0.95 consensus (the 0.5B model's answers to GSM8K scatter), so every saving came from
+streams closed at the threshold. Replays of the stored samples: eta 10% saves 53-61% (windows 8,
+16, 32) at 0-12.5% accuracy; eta 90% saves 11-17%. The bank's 12 GSM8K problems x 32 samples give
+the same picture (``benchmarks/reproduce.py``: eta 90% saves 14.1%, eta 10% 47.0% at a paired
+accuracy difference of -7.6 points [-22.2, +4.5]).
 """
 
 from __future__ import annotations
