@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from benchmark_script import load
 
 from ttscale.bank import BankSample, BankSet, load_bank_set, write_part
 from ttscale.verifiers.confidence import ConfidenceVerifier
@@ -47,12 +47,7 @@ pytest.importorskip("matplotlib", reason="pip install matplotlib")
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load("reproduce")
 
 
 def write_gsm8k(folder: Path, problems: int = 12, samples: int = 32, seed: int = 7) -> None:

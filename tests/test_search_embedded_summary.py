@@ -3,23 +3,11 @@ cell, recomputed by hand from rows written the way the benchmark writes them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "search_embedded.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("search_embedded", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["search_embedded"] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_script import load
 
 
 def _cell(correct: bool, completion: int, all_tokens: int) -> dict[str, Any]:
@@ -43,7 +31,7 @@ def _write(path: Path) -> None:
 
 
 def test_each_cell_is_summarised_over_the_problems_it_has(tmp_path: Path) -> None:
-    script = _script()
+    script = load("search_embedded")
     rows_file = tmp_path / "rows.jsonl"
     _write(rows_file)
     rows = script.read_rows(rows_file)
