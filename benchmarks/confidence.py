@@ -53,9 +53,9 @@ online DeepConf right on 3 (37.5%, paired +25 points [0, +62]) at 30,501 complet
 against majority@16's 38,202: a saving of 20.2% [11%, 28%], below the 40% goal. No problem
 reached the 0.95 consensus (the 0.5B model's answers to GSM8K scatter), so every saving came from
 streams closed at the threshold. Replays of the stored samples: eta 10% saves 53-61% (windows 8,
-16, 32) at 0-12.5% accuracy; eta 90% saves 11-17%. The bank's 12 GSM8K problems x 32 samples give
-the same picture (``benchmarks/reproduce.py``: eta 90% saves 14.1%, eta 10% 47.0% at a paired
-accuracy difference of -7.6 points [-22.2, +4.5]).
+16, 32) at 0-12.5% accuracy; eta 90% saves 11-17%. The bank's 16 GSM8K problems x 32 samples give
+the same picture (``benchmarks/reproduce.py``: eta 90% saves 14.5%, eta 10% 47.2% at a paired
+accuracy difference of -9.2 points [-20.3, -0.1]).
 """
 
 from __future__ import annotations
