@@ -76,7 +76,13 @@ from ttscale.strategies.deepconf import (
     simulate_online,
 )
 from ttscale.strategies.majority import MajorityConfig
-from ttscale.strategies.offline_parallel import Mode, can_fork, choose_mode, run_jobs
+from ttscale.strategies.offline_parallel import (
+    Mode,
+    can_fork,
+    check_mode,
+    choose_mode,
+    run_jobs,
+)
 from ttscale.strategies.offline_scan import (
     LANE_BUDGET,
     STATE_BUDGET,
@@ -433,7 +439,7 @@ def evaluate(
     results depend on neither.
     """
     workers = _resolve_workers(workers)
-    choose_mode(parallel, 0, 1, forkable=False)  # a bad mode fails before any work
+    check_mode(parallel)  # before any work
     # A (P, N) array of answers is read as one table, without a small array per problem.
     table = _as_table(answers, correct, scores) if traces is None else None
     problems = _as_problem_arrays(answers, correct, scores) if table is None else []

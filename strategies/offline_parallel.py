@@ -31,7 +31,15 @@ from typing import Any, Literal, TypeVar
 
 from ttscale.errors import ConfigError, TTScaleError
 
-__all__ = ["FORK_STEPS", "FORK_WORTH", "Mode", "can_fork", "choose_mode", "run_jobs"]
+__all__ = [
+    "FORK_STEPS",
+    "FORK_WORTH",
+    "Mode",
+    "can_fork",
+    "check_mode",
+    "choose_mode",
+    "run_jobs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +61,19 @@ def choose_mode(
 ) -> Literal["processes", "threads", "serial"]:
     """How ``jobs`` jobs of ``work`` lane-steps in all, ``steps`` each, run; ``forkable`` says
     whether this process may fork (:func:`can_fork`; see the module docstring)."""
-    if mode not in ("auto", "processes", "threads"):
-        raise ConfigError(f"parallel must be 'auto', 'processes' or 'threads', got {mode!r}")
+    check_mode(mode)
     if jobs <= 1:
         return "serial"
     if mode != "auto":
         return mode if mode == "threads" or forkable else "threads"
     worth = work >= FORK_WORTH and steps >= FORK_STEPS
     return "processes" if worth and forkable else "threads"
+
+
+def check_mode(mode: object) -> None:
+    """Refuse a ``parallel`` setting that is not a :data:`Mode`."""
+    if mode not in ("auto", "processes", "threads"):
+        raise ConfigError(f"parallel must be 'auto', 'processes' or 'threads', got {mode!r}")
 
 
 def can_fork() -> bool:
