@@ -173,3 +173,48 @@ def test_evaluate_gives_the_same_numbers_on_processes_threads_and_one_worker() -
     out = json.loads(done.stdout)
     assert out["processes"] == out["threads"] == out["one"]
     assert out["other_seed"]["majority"] != out["one"]["majority"]
+
+
+def _orphans_after_the_parent_is_killed(guarded: bool) -> list[int]:
+    """Start a run of two 60-second jobs in a subprocess, SIGKILL it once its workers have
+    reported their pids, and return the workers still alive a moment later."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from ttscale.strategies import offline_parallel
+        if not {guarded}:
+            offline_parallel._die_with = lambda parent: None
+        def job():
+            print(os.getpid(), flush=True)
+            time.sleep(60)
+        offline_parallel.run_jobs([job, job], "processes", 2)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 3
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in workers if _alive(pid)]
+    for pid in alive:  # the control's orphans: not left behind by the test
+        os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@needs_fork
+def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
+    assert _orphans_after_the_parent_is_killed(guarded=True) == []
+    # Control: without the request to the kernel, both workers outlive their parent.
+    assert len(_orphans_after_the_parent_is_killed(guarded=False)) == 2

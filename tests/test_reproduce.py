@@ -527,3 +527,31 @@ def test_maker_votes_match_a_plain_simulation_and_k_min_the_formula(
 
 def _valid(samples: tuple[BankSample, ...]) -> float:
     return sum(s.answer is not None and s.finish_reason != "length" for s in samples) / 32
+
+
+@pytest.mark.parametrize(
+    ("difference", "verdict"),
+    [
+        ((-0.092, -0.203, -0.001), "not reproduced"),  # DeepConf-low on 16 problems
+        ((-0.023, -0.059, 0.005), "reproduced"),  # control: the interval reaches 0
+        ((0.0, 0.0, 0.0), "reproduced"),
+    ],
+)
+def test_a_saving_counts_only_at_an_accuracy_not_significantly_lower(
+    difference: tuple[float, float, float], verdict: str
+) -> None:
+    """The paired difference decides, though the mean (18.4%) lies inside majority's interval."""
+    script = _script()
+    votes = dataclasses.make_dataclass("V", ["name"])("gsm8k")
+    entry = {
+        "saved": (0.472, 0.457, 0.489),
+        "accuracy": (0.184, 0.078, 0.322),
+        "difference": difference,
+    }
+    found = script._saving_finding("DeepConf-low", votes, entry, (0.276, 0.117, 0.469), "x", 16)
+    assert found.verdict == verdict
+    assert "paired difference" in found.lines[2]
+    unsaved = {**entry, "saved": (0.01, -0.01, 0.03)}  # and a saving must be one
+    assert script._saving_finding("E", votes, unsaved, (0.276, 0.117, 0.469), "x", 16).verdict == (
+        "not reproduced"
+    )
