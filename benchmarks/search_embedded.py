@@ -17,8 +17,9 @@ through its own ``BudgetedSampler``, so its tokens are what the server returned 
 included. Tokens per problem are reported as completion tokens (generation) and all tokens
 (prompt + completion, the judge's prompts included; the judge's replies, a few tokens each, are in
 both). The searches also record the prompt tokens llama-server said it reused from its prefix
-cache. Accuracy is the share of problems whose answer equals the reference (normalised numbers),
-with a 95% percentile bootstrap interval over problems.
+cache (``cache_prompt``: a step's request repeats the problem and the path so far); the summary
+gives their share of the search's prompt tokens. Accuracy is the share of problems whose answer
+equals the reference (normalised numbers), with a 95% percentile bootstrap interval over problems.
 
 A problem runs its budgets in turn, smallest first; each budget's cells are appended to the rows
 file as soon as they are in, and a rerun with the same file skips the problems it holds whole, so
@@ -307,16 +308,26 @@ def summarise(rows: Sequence[dict[str, Any]], budgets: Sequence[int]) -> list[di
                         "vs_majority_ci": (float(gap_ci[0]), float(gap_ci[1])),
                         "completion": float(np.mean([c[key]["completion"] for c in held])),
                         "all": float(np.mean([c[key]["all"] for c in held])),
+                        "cached": _cached_share(held, key),
                     }
                 )
     return lines
 
 
+def _cached_share(cells: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The share of a search's prompt tokens the server reused from its prefix cache (summed
+    over problems); None for whole samples, whose cache use is not recorded."""
+    if not all("cached" in c[key] for c in cells):
+        return None
+    prompt = sum(c[key]["all"] - c[key]["completion"] for c in cells)
+    return sum(c[key]["cached"] for c in cells) / prompt if prompt else 0.0
+
+
 def table(lines: Sequence[dict[str, Any]]) -> str:
     out = [
         "| set | method | N | problems | accuracy | 95% CI | vs majority@N (paired) "
-        "| completion tok/problem | all tok/problem |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|",
+        "| completion tok/problem | all tok/problem | prompt cached |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for line in lines:
         low, high = line["ci"]
@@ -329,7 +340,8 @@ def table(lines: Sequence[dict[str, Any]]) -> str:
         out.append(
             f"| {line['set']} | {line['method']} | {line['n']} | {line['problems']} "
             f"| {line['accuracy']:.2f} | [{low:.2f}, {high:.2f}] | {gap} "
-            f"| {line['completion']:,.0f} | {line['all']:,.0f} |"
+            f"| {line['completion']:,.0f} | {line['all']:,.0f} "
+            f"| {'-' if line['cached'] is None else format(line['cached'], '.0%')} |"
         )
     return "\n".join(out)
 

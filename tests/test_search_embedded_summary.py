@@ -22,6 +22,7 @@ def _write(path: Path) -> None:
     with path.open("w") as handle:
         for number, (majority, beam) in enumerate(outcomes):
             cells = {"beam_search/judge@2": _cell(beam, 100 + number, 1000 + number)}
+            cells["beam_search/judge@2"]["cached"] = 450  # of 900 prompt tokens, near enough
             if majority is not None:
                 cells["majority@2"] = _cell(majority, 10, 20)
             row = {"dataset": "arithmetic", "id": f"a{number}", "n": 2, "cells": cells}
@@ -56,3 +57,7 @@ def test_each_cell_is_summarised_over_the_problems_it_has(tmp_path: Path) -> Non
     table = script.table(script.summarise(rows, [2, 4]))
     assert "| arithmetic | beam_search/judge | 2 | 4 | 0.75 |" in table
     assert "+0.00 [" in table
+    # Cached: 4 x 450 of (1000 + 1001 + 1002 + 1003) - (100 + 101 + 102 + 103) prompt tokens.
+    assert beam["cached"] == 1800 / 3600
+    assert majority["cached"] is None  # whole samples record no cache use
+    assert "| 1,002 | 50% |" in table and "| 20 | - |" in table
