@@ -33,6 +33,8 @@ stored samples, with standard errors across problems).
 
     nice .venv/bin/python benchmarks/confidence.py --limit 10            # both sets, 10 each
     nice .venv/bin/python benchmarks/confidence.py --datasets arithmetic --limit 20
+    nice .venv/bin/python benchmarks/confidence.py --datasets gsm8k --skip 8 --limit 8 \
+        --live 8,0.1,2,0.8       # the live run at another setting: WINDOW,ETA,WARMUP,CONSENSUS
     .venv/bin/python benchmarks/confidence.py --base-url http://127.0.0.1:8080/v1 --model m
     .venv/bin/python benchmarks/confidence.py --replay out.jsonl.samples.jsonl --datasets gsm8k
 
@@ -63,6 +65,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -132,7 +135,9 @@ def majority_answer(answers: Sequence[str | None], weights: Sequence[float] | No
     return groups[0].answer if groups else None
 
 
-async def solve_problem(problem: Problem, base_url: str, model: str, max_tokens: int) -> ProblemRow:
+async def solve_problem(
+    problem: Problem, base_url: str, model: str, max_tokens: int, live_config: DeepConfConfig
+) -> ProblemRow:
     extract = get_extractor("auto")
     params = SamplingParams(
         temperature=TEMPERATURE, max_tokens=max_tokens, logprobs=TOP_LOGPROBS, seed=SEED
@@ -141,7 +146,7 @@ async def solve_problem(problem: Problem, base_url: str, model: str, max_tokens:
         whole = BudgetedSampler(s)
         batch = await whole.for_problem(problem.id).sample(problem.input, SAMPLES)
         live_budget = BudgetedSampler(s)
-        live = await DeepConf(online_config()).run(problem, live_budget.for_problem(problem.id))
+        live = await DeepConf(live_config).run(problem, live_budget.for_problem(problem.id))
     candidates: list[Candidate] = list(batch.candidates)
     answers = [extract(c.text) for c in candidates]
     traces = [StoredTrace.of(c, a) for c, a in zip(candidates, answers, strict=True)]
@@ -309,17 +314,37 @@ def model_server(base_url: str | None, model: str | None) -> Iterator[tuple[str,
         yield server.base_url, server.model
 
 
+def parse_live(text: str) -> DeepConfConfig:
+    """``WINDOW,ETA,WARMUP,CONSENSUS`` (e.g. ``8,0.1,2,0.8``) as the live run's online config."""
+    try:
+        window, eta, warmup, consensus = text.split(",")
+        return dataclasses.replace(
+            online_config(int(window), float(eta)),
+            warmup=int(warmup),
+            consensus=float(consensus),
+        )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--live wants WINDOW,ETA,WARMUP,CONSENSUS such as 8,0.1,2,0.8: {exc}"
+        ) from exc
+
+
 async def run_dataset(
-    dataset: str, limit: int, base_url: str, model: str, parallel: int, rows_file: Path
+    dataset: str,
+    problems: Sequence[Problem],
+    base_url: str,
+    model: str,
+    parallel: int,
+    rows_file: Path,
+    live_config: DeepConfConfig,
 ) -> list[ProblemRow]:
-    problems = load_dataset(dataset, limit=limit)
     gate = asyncio.Semaphore(parallel)
     done = 0
 
     async def one(problem: Problem) -> ProblemRow:
         nonlocal done
         async with gate:
-            row = await solve_problem(problem, base_url, model, MAX_TOKENS[dataset])
+            row = await solve_problem(problem, base_url, model, MAX_TOKENS[dataset], live_config)
         with rows_file.open("a") as handle:  # every finished problem kept, should the run stop
             handle.write(json.dumps({"dataset": dataset, **asdict(row)}) + "\n")
         done += 1
@@ -338,6 +363,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["arithmetic", "gsm8k"])
     parser.add_argument("--limit", type=int, default=10, help="problems per dataset")
+    parser.add_argument("--skip", type=int, default=0, help="start after this many problems")
+    parser.add_argument(
+        "--live",
+        type=parse_live,
+        default=online_config(),
+        metavar="W,ETA,WARMUP,CONSENSUS",
+        help="the live online run's setting (default 16,0.9,4,0.95)",
+    )
     parser.add_argument("--parallel", type=int, default=1, help="problems at once")
     parser.add_argument("--base-url", help="a running OpenAI-compatible server instead")
     parser.add_argument("--model", help="the model to ask for (with --base-url)")
@@ -369,13 +402,16 @@ async def main() -> None:
             "top_logprobs": TOP_LOGPROBS,
             "temperature": TEMPERATURE,
             "seed": SEED,
-            "online": repr(online_config()),
+            "online": repr(args.live),
         }
     }
     with model_server(args.base_url, args.model) as (base_url, model):
         for dataset in args.datasets:
             started = time.perf_counter()
-            rows = await run_dataset(dataset, args.limit, base_url, model, args.parallel, rows_file)
+            problems = load_dataset(dataset, limit=args.skip + args.limit)[args.skip :]
+            rows = await run_dataset(
+                dataset, problems, base_url, model, args.parallel, rows_file, args.live
+            )
             summary = summarise(rows)
             summary["wall_time_s"] = time.perf_counter() - started
             summary["rows"] = [asdict(row) for row in rows]
