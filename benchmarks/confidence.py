@@ -34,7 +34,7 @@ stored samples, with standard errors across problems).
     nice .venv/bin/python benchmarks/confidence.py --limit 10            # both sets, 10 each
     nice .venv/bin/python benchmarks/confidence.py --datasets arithmetic --limit 20
     nice .venv/bin/python benchmarks/confidence.py --datasets gsm8k --skip 8 --limit 8 \
-        --live 8,0.1,2,0.8       # the live run at another setting: WINDOW,ETA,WARMUP,CONSENSUS
+        --live 8,0.1,2,0.8,5     # the live run at another setting: W,ETA,WARMUP,CONSENSUS,TOP_K
     .venv/bin/python benchmarks/confidence.py --base-url http://127.0.0.1:8080/v1 --model m
     .venv/bin/python benchmarks/confidence.py --replay out.jsonl.samples.jsonl --datasets gsm8k
 
@@ -315,17 +315,22 @@ def model_server(base_url: str | None, model: str | None) -> Iterator[tuple[str,
 
 
 def parse_live(text: str) -> DeepConfConfig:
-    """``WINDOW,ETA,WARMUP,CONSENSUS`` (e.g. ``8,0.1,2,0.8``) as the live run's online config."""
+    """``WINDOW,ETA,WARMUP,CONSENSUS[,TOP_K]`` (e.g. ``8,0.1,2,0.8,5``) as the live run's online
+    config; TOP_K (default 20) is the alternatives each token's confidence averages over (the
+    bank stores 5, so a setting chosen on the bank is tried live with 5)."""
     try:
-        window, eta, warmup, consensus = text.split(",")
+        window, eta, warmup, consensus, *rest = text.split(",")
+        if len(rest) > 1:
+            raise ValueError(f"{len(rest) + 4} values")
         return dataclasses.replace(
             online_config(int(window), float(eta)),
             warmup=int(warmup),
             consensus=float(consensus),
+            top_logprobs=int(rest[0]) if rest else TOP_LOGPROBS,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"--live wants WINDOW,ETA,WARMUP,CONSENSUS such as 8,0.1,2,0.8: {exc}"
+            f"--live wants WINDOW,ETA,WARMUP,CONSENSUS[,TOP_K] such as 8,0.1,2,0.8,5: {exc}"
         ) from exc
 
 
@@ -368,7 +373,7 @@ async def main() -> None:
         "--live",
         type=parse_live,
         default=online_config(),
-        metavar="W,ETA,WARMUP,CONSENSUS",
+        metavar="W,ETA,WARMUP,CONSENSUS[,TOP_K]",
         help="the live online run's setting (default 16,0.9,4,0.95)",
     )
     parser.add_argument("--parallel", type=int, default=1, help="problems at once")
