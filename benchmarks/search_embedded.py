@@ -27,6 +27,7 @@ a stopped run keeps what it drew. The summary (a markdown table over the problem
 and the command) is written beside it.
 
     nice -n 10 python benchmarks/search_embedded.py --problems 12 --budgets 4 8 16
+    nice -n 10 python benchmarks/search_embedded.py --ids gsm8k-test-0142 --budgets 2 4 8
     python benchmarks/search_embedded.py --summary-only   # re-summarise the rows file
 """
 
@@ -94,6 +95,15 @@ def interleaved(problems: int, names: Sequence[str] = SETS) -> list[tuple[str, P
             if position < len(rows):
                 out.append((name, rows[position]))
     return out
+
+
+def by_id(ids: Sequence[str]) -> list[tuple[str, Problem]]:
+    """The problems named, from whichever set holds each; a name no set holds is an error."""
+    found = {p.id: (name, p) for name in SETS for p in load_dataset(name)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise SystemExit(f"no set holds the problems {missing}")
+    return [found[i] for i in ids]
 
 
 def judge_for(sampler: Any) -> LLMJudge:
@@ -375,7 +385,8 @@ async def run(args: argparse.Namespace, rows_file: Path) -> None:
         for r in read_rows(rows_file)
         if set(args.budgets) <= set(r["budgets"])
     }
-    todo = [(d, p) for d, p in interleaved(args.problems, args.sets) if (d, p.id) not in have]
+    chosen = interleaved(args.problems, args.sets) if args.ids is None else by_id(args.ids)
+    todo = [(d, p) for d, p in chosen if (d, p.id) not in have]
     print(f"{len(have)} problems done before, {len(todo)} to run", flush=True)
     with model_server(args.base_url, args.model) as (base_url, model):
         for dataset, problem in todo:
@@ -386,6 +397,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=12, help="per set")
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--ids", nargs="+", help="these problems instead of the first of each set")
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--base-url", default=None, help="default: start the embedded model")
     parser.add_argument("--model", default=None)
