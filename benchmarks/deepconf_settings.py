@@ -13,6 +13,9 @@ every setting and for majority@16, so all comparisons are paired) and reports:
    at most ``--tolerance`` below majority@16's there; the held-out problems are then scored under
    that setting. Every problem is scored by a setting chosen without it, so the saving and the
    paired accuracy difference (95% bootstrap CIs over problems) are not flattered by the choice.
+   The same is reported at other tolerances (0%, 5%, 10%), to show how much the figure rests on
+   that one knob of the procedure. (The intervals resample the held-out outcomes; they do not
+   redo the choice in each resample, so they are a little narrower than the whole procedure's.)
 
 The goal (issue: confidence without a reward model) is >= 40% fewer completion tokens than
 majority@16 at an accuracy not significantly lower (the paired difference's interval reaches 0).
@@ -56,6 +59,7 @@ WINDOWS = (8, 16, 32, 64)
 ETAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 WARMUPS = (2, 4, 8)
 CONSENSUS = (0.8, 0.95)
+SENSITIVITY = (0.0, 0.05, 0.10)  # other tolerances the choice is tried at
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -217,16 +221,30 @@ def name(setting: DeepConfConfig) -> str:
     )
 
 
+def held_out(grid: Grid, folds_count: int, tolerance: float, seed: int) -> dict[str, Any]:
+    """The cross-validated choice at one tolerance: its held-out figures with their CIs."""
+    held = cross_validated(grid, folds_count, tolerance, seed)
+    paired = held["accuracy"] - grid.majority_accuracy
+    pairs = np.stack([held["tokens"], grid.majority_tokens], axis=1)
+    saving = float(saving_of(pairs[None])[0])
+    difference_ci = interval(paired)
+    return {
+        "folds": folds_count,
+        "tolerance": tolerance,
+        "chosen": [None if c is None else name(grid.settings[c]) for c in held["chosen"]],
+        "accuracy": float(held["accuracy"].mean()),
+        "accuracy_ci": interval(held["accuracy"]),
+        "difference": float(paired.mean()),
+        "difference_ci": difference_ci,
+        "saving": saving,
+        "saving_ci": interval(pairs, saving_of),
+        "goal_met": bool(saving >= GOAL_SAVING and difference_ci[1] >= 0),
+    }
+
+
 def summarise(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
     everyone = np.arange(grid.majority_accuracy.size)
     saving, difference = grid.saving(everyone), grid.difference(everyone)
-    held = cross_validated(grid, args.folds, args.tolerance, args.seed)
-    paired = held["accuracy"] - grid.majority_accuracy
-    pairs = np.stack([held["tokens"], grid.majority_tokens], axis=1)
-    held_saving = float(saving_of(pairs[None])[0])
-    saving_ci = interval(pairs, saving_of)
-    difference_ci = interval(paired)
-    met = held_saving >= GOAL_SAVING and difference_ci[1] >= 0
     return {
         "problems": int(everyone.size),
         "majority_accuracy": float(grid.majority_accuracy.mean()),
@@ -236,18 +254,10 @@ def summarise(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
             for i, s in enumerate(grid.settings)
         ],
         "frontier": [name(grid.settings[i]) for i in frontier(saving, difference)],
-        "cross_validated": {
-            "folds": args.folds,
-            "tolerance": args.tolerance,
-            "chosen": [None if c is None else name(grid.settings[c]) for c in held["chosen"]],
-            "accuracy": float(held["accuracy"].mean()),
-            "accuracy_ci": interval(held["accuracy"]),
-            "difference": float(paired.mean()),
-            "difference_ci": difference_ci,
-            "saving": held_saving,
-            "saving_ci": saving_ci,
-            "goal_met": bool(met),
-        },
+        "cross_validated": held_out(grid, args.folds, args.tolerance, args.seed),
+        "sensitivity": [
+            held_out(grid, args.folds, tolerance, args.seed) for tolerance in SENSITIVITY
+        ],
     }
 
 
@@ -282,6 +292,14 @@ def report(grid: Grid, summary: dict[str, Any]) -> None:
         f"goal (>= {GOAL_SAVING:.0%} fewer tokens, accuracy not significantly lower): "
         f"{'met' if held['goal_met'] else 'not met'}"
     )
+    print("\nthe same at other tolerances:")
+    for other in summary["sensitivity"]:
+        dlow, dhigh = other["difference_ci"]
+        print(
+            f"  tolerance {other['tolerance']:.0%}: saving {other['saving']:.1%}, paired "
+            f"difference {other['difference']:+.1%} [{dlow:+.1%}, {dhigh:+.1%}]; goal "
+            f"{'met' if other['goal_met'] else 'not met'}"
+        )
 
 
 def main() -> None:

@@ -106,18 +106,20 @@ def test_a_run_on_a_bank_reports_what_its_per_problem_figures_give(tmp_path: Pat
     for entry, row_tokens, row_accuracy in zip(report["settings"], tokens, accuracy, strict=True):
         assert entry["saving"] == pytest.approx(1 - row_tokens.sum() / majority_tokens.sum())
         assert entry["difference"] == pytest.approx(row_accuracy.mean() - majority_accuracy.mean())
-    # The held-out figure, rebuilt: each fold's problems under the setting named for that fold.
+    # The held-out figures, rebuilt: each fold's problems under the setting named for that fold,
+    # at the main tolerance and at each other one.
     names = [entry["setting"] for entry in report["settings"]]
-    order = np.random.default_rng(0).permutation(10)
-    held_tokens, held_accuracy = np.empty(10), np.empty(10)
-    chosen = report["cross_validated"]["chosen"]
-    for part, setting in zip(np.array_split(order, 5), chosen, strict=True):
-        row = names.index(setting) if setting is not None else None
-        held_tokens[part] = majority_tokens[part] if row is None else tokens[row, part]
-        held_accuracy[part] = majority_accuracy[part] if row is None else accuracy[row, part]
-    held = report["cross_validated"]
-    assert held["saving"] == pytest.approx(1 - held_tokens.sum() / majority_tokens.sum())
-    assert held["difference"] == pytest.approx((held_accuracy - majority_accuracy).mean())
-    low, high = held["saving_ci"]
-    assert low <= held["saving"] <= high
-    assert "held out: saving" in done.stdout
+    parts = np.array_split(np.random.default_rng(0).permutation(10), 5)
+    held_outs = [report["cross_validated"], *report["sensitivity"]]
+    assert [h["tolerance"] for h in held_outs] == [0.02, 0.0, 0.05, 0.10]
+    for held in held_outs:
+        held_tokens, held_accuracy = np.empty(10), np.empty(10)
+        for part, setting in zip(parts, held["chosen"], strict=True):
+            row = names.index(setting) if setting is not None else None
+            held_tokens[part] = majority_tokens[part] if row is None else tokens[row, part]
+            held_accuracy[part] = majority_accuracy[part] if row is None else accuracy[row, part]
+        assert held["saving"] == pytest.approx(1 - held_tokens.sum() / majority_tokens.sum())
+        assert held["difference"] == pytest.approx((held_accuracy - majority_accuracy).mean())
+        low, high = held["saving_ci"]
+        assert low <= held["saving"] <= high
+    assert "held out: saving" in done.stdout and "tolerance 10%" in done.stdout
