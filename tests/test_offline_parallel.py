@@ -185,7 +185,7 @@ def _orphans_after_the_parent_is_killed(guarded: bool) -> list[int]:
         if not {guarded}:
             offline_parallel._die_with = lambda parent: None
         def job():
-            print(os.getpid(), flush=True)
+            os.write(1, b"%d\\n" % os.getpid())  # one write: the two lines cannot mix
             time.sleep(60)
         offline_parallel.run_jobs([job, job], "processes", 2)
         """
