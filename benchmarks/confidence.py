@@ -88,6 +88,7 @@ from ttscale.strategies.deepconf import (
     DeepConfConfig,
     StoredTrace,
     evaluate_deepconf,
+    evaluate_majority,
     simulate_offline,
     simulate_online,
 )
@@ -285,7 +286,7 @@ def replay(path: Path, dataset: str, orders: int = 50) -> None:
     base_tokens = None
     for name, config in configs.items():
         if config is None:
-            result = evaluate_majority(traces, graders, orders)
+            result = evaluate_majority(traces, graders, SAMPLES, orders=orders)
         else:
             result = evaluate_deepconf(traces, graders, config, orders=orders)
         (acc, acc_se), (n, _), (tok, _) = result.accuracy, result.samples, result.tokens
@@ -294,16 +295,6 @@ def replay(path: Path, dataset: str, orders: int = 50) -> None:
             f"{name:<46} accuracy {acc:.3f} +- {acc_se:.3f}  samples {n:5.1f}  "
             f"tokens {tok:7.1f}  saving {1 - tok / base_tokens:6.1%}"
         )
-
-
-def evaluate_majority(
-    traces: Sequence[Sequence[StoredTrace]], graders: Sequence[Any], orders: int
-) -> Any:
-    """Plain majority@16 over the same seeded orders evaluate_deepconf draws."""
-    # DeepConf offline keeping every trace with equal weights is majority: give every token the
-    # same confidence, and the weighted vote counts heads.
-    flat = [[StoredTrace(t.answer, (1.0,), t.tokens) for t in problem] for problem in traces]
-    return evaluate_deepconf(flat, graders, offline_config(1.0), orders=orders)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,12 @@ import numpy.typing as npt
 
 from ttscale.bank import load_bank_set
 from ttscale.estimators import bootstrap_ci
-from ttscale.strategies.deepconf import DeepConfConfig, StoredTrace, evaluate_deepconf
+from ttscale.strategies.deepconf import (
+    DeepConfConfig,
+    StoredTrace,
+    evaluate_deepconf,
+    evaluate_majority,
+)
 from ttscale.strategies.extract import normalize_answer
 
 logger = logging.getLogger("deepconf_settings")
@@ -181,11 +186,7 @@ def measure(
     seed: int,
 ) -> Grid:
     settings = grid_settings()
-    # Keeping every trace at equal weight, DeepConf offline is plain majority@16 over the same
-    # seeded orders (its weighted vote counts heads).
-    flat = [[StoredTrace(t.answer, (1.0,), t.tokens) for t in row] for row in traces]
-    majority = DeepConfConfig(samples=SAMPLES, mode="offline", eta=1.0)
-    base = evaluate_deepconf(flat, graders, majority, orders=orders, seed=seed)
+    base = evaluate_majority(traces, graders, SAMPLES, orders=orders, seed=seed)
     accuracy, tokens = [], []
     for setting in settings:
         result = evaluate_deepconf(traces, graders, setting, orders=orders, seed=seed)

@@ -62,6 +62,7 @@ __all__ = [
     "OnlineOutcome",
     "StoredTrace",
     "evaluate_deepconf",
+    "evaluate_majority",
     "keep_most_confident",
     "lowest_group",
     "online_threshold",
@@ -387,6 +388,24 @@ def evaluate_deepconf(
         samples.append(sum(o.samples for o in outcomes) / orders)
         tokens.append(sum(o.tokens for o in outcomes) / orders)
     return OfflineEvaluation(tuple(accuracy), tuple(samples), tuple(tokens))
+
+
+def evaluate_majority(
+    problems: Sequence[Sequence[StoredTrace]],
+    correct: Sequence[Callable[[str | None], bool]],
+    samples: int,
+    *,
+    orders: int = 20,
+    seed: int = 0,
+) -> OfflineEvaluation:
+    """Plain majority@``samples`` over the same seeded draw orders ``evaluate_deepconf`` uses.
+
+    DeepConf's baseline, paired with it: offline DeepConf keeping every trace with every token at
+    one confidence weighs each vote equally, so its weighted vote is a head count.
+    """
+    flat = [[StoredTrace(t.answer, (1.0,), t.tokens) for t in traces] for traces in problems]
+    config = DeepConfConfig(samples=samples, mode="offline", eta=1.0)
+    return evaluate_deepconf(flat, correct, config, orders=orders, seed=seed)
 
 
 def _trace_score(name: str, confidences: Sequence[float], settings: ConfidenceSettings) -> float:

@@ -28,6 +28,7 @@ from ttscale.strategies.deepconf import (
     DeepConfConfig,
     StoredTrace,
     evaluate_deepconf,
+    evaluate_majority,
     keep_most_confident,
     online_threshold,
     simulate_offline,
@@ -160,6 +161,19 @@ def test_evaluate_deepconf_averages_replays_over_draw_orders() -> None:
     assert both.accuracy == (1.0, 0.0) and both.samples == (2.0, 0.0) and both.tokens[0] == 8.0
     with pytest.raises(ConfigError, match="fewer than"):
         evaluate_deepconf([same[:1]], [lambda a: True], online)
+
+
+def test_evaluate_majority_counts_heads_over_the_same_orders() -> None:
+    # Three unsure "1"s and one sure "2": confidence-weighted DeepConf elects "2", a head count "1".
+    traces = [trace("1", [1.0] * 4)] * 3 + [trace("2", [9.0] * 4)]
+    right = [lambda a: a == "1"]
+    majority = evaluate_majority([traces], right, 4, orders=7)
+    assert majority.accuracy == (1.0, 0.0) and majority.tokens == (16.0, 0.0)
+    weighted = DeepConfConfig(samples=4, mode="offline", eta=1.0, window=2)
+    assert evaluate_deepconf([traces], right, weighted, orders=7).accuracy == (0.0, 0.0)
+    # Any 3 of the 4 hold at least two "1"s, so every order's head count elects "1".
+    some = evaluate_majority([traces], right, 3, orders=50, seed=3)
+    assert some.per_problem_accuracy == (1.0,) and some.samples == (3.0, 0.0)
 
 
 def test_config_checks_its_options() -> None:
