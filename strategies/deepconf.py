@@ -131,7 +131,8 @@ def keep_most_confident(
 ) -> list[int]:
     """Positions of the ``ceil(eta * n)`` highest scores (at least one), best first.
 
-    Ties go to the lowest sample index, so the choice does not depend on listing order.
+    Ties go to the lowest sample index, so the choice does not depend on listing order; a NaN
+    score (a measure with nothing to say) ranks below every number.
     """
     if not 0 < eta <= 1:
         raise ConfigError(f"eta must be in (0, 1], got {eta}")
@@ -139,7 +140,13 @@ def keep_most_confident(
         return []
     order = indices if indices is not None else range(len(scores))
     keep = max(1, math.ceil(eta * len(scores) - 1e-9))
-    ranked = sorted(range(len(scores)), key=lambda p: (-scores[p], order[p]))
+
+    def rank(position: int) -> tuple[bool, float, int]:
+        score = scores[position]
+        unmeasured = math.isnan(score)
+        return unmeasured, 0.0 if unmeasured else -score, order[position]
+
+    ranked = sorted(range(len(scores)), key=rank)
     return ranked[:keep]
 
 
@@ -168,6 +175,8 @@ def vote_share(answers: Sequence[str | None], weights: Sequence[float]) -> tuple
 
     ``None`` answers (no answer, or a trace that does not vote) carry no weight.
     """
+    if not math.isfinite(sum(weights)):
+        raise ConfigError(f"vote weights must be finite numbers, got {list(weights)}")
     totals: dict[str, float] = {}
     voters = 0
     for answer, weight in zip(answers, weights, strict=True):

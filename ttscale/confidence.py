@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ttscale.errors import ConfigError
-from ttscale.types import Candidate, TokenLogprob
+from ttscale.types import Candidate, TokenLogprob, logprob_value
 
 __all__ = [
     "MEASURES",
@@ -114,6 +114,8 @@ def _tokens(trace: Candidate | Sequence[TokenLogprob] | None) -> Sequence[TokenL
         raise MissingLogprobs(
             "this confidence measure needs token logprobs, and the candidate has none: ask the "
             "server for them (SamplingParams(logprobs=k); on the wire logprobs and top_logprobs)"
+            "; a candidate whose logprobs the server sent unusable is kept without them, with a "
+            "warning naming the value"
         )
     if not tokens:
         raise MissingLogprobs("the candidate has no tokens to measure (an empty completion)")
@@ -127,8 +129,17 @@ def _alternatives(token: TokenLogprob, top_k: int | None) -> list[float]:
             "(top_logprobs >= 1), and the server sent none; ask with SamplingParams(logprobs=k), "
             "k >= 1"
         )
-    values = sorted((logprob for _, logprob in token.top), reverse=True)
+    values = sorted((logprob_value(logprob) for _, logprob in token.top), reverse=True)
     return values[:top_k] if top_k is not None else values
+
+
+def _finite(values: Sequence[float], what: str) -> None:
+    """Refuse NaN and infinities, which would turn every later window mean into NaN (a running
+    sum never recovers from inf - inf) and rank by list position; a sum is finite exactly when
+    every term is (barring overflow, which is as meaningless)."""
+    if not math.isfinite(sum(values)):
+        bad = next((v for v in values if not math.isfinite(v)), "a sum that overflows")
+        raise ConfigError(f"{what} must be finite numbers, got {bad}")
 
 
 def token_confidence(token: TokenLogprob, top_k: int | None = None) -> float:
@@ -148,7 +159,8 @@ def _token_self_certainty(token: TokenLogprob, top_k: int | None) -> float:
     values = _alternatives(token, top_k)
     if len(values) == 1:
         return 0.0  # one token seen: nothing to compare it with, and no divergence to report
-    log_mass = math.log(sum(math.exp(value) for value in values))
+    top = values[0]  # the largest: subtracting it keeps every exp in (0, 1]
+    log_mass = top + math.log(sum(math.exp(value - top) for value in values))
     return -math.log(len(values)) - sum(value - log_mass for value in values) / len(values)
 
 
@@ -164,6 +176,7 @@ def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
         raise ConfigError(f"window must be >= 1, got {window}")
     if not confidences:
         raise MissingLogprobs("no token confidences to group (an empty completion)")
+    _finite(confidences, "token confidences")
     if len(confidences) <= window:
         return [sum(confidences) / len(confidences)]
     running = sum(confidences[:window])
@@ -177,7 +190,7 @@ def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
 def mean_logprob(trace: Candidate | Sequence[TokenLogprob] | None) -> float:
     """The mean logprob of the chosen tokens (needs ``logprobs`` only, no alternatives)."""
     tokens = _tokens(trace)
-    return sum(token.logprob for token in tokens) / len(tokens)
+    return sum(logprob_value(token.logprob) for token in tokens) / len(tokens)
 
 
 def mean_confidence(
@@ -266,6 +279,7 @@ def percentile(values: Sequence[float], q: float) -> float:
         raise ConfigError("a percentile needs at least one value")
     if not 0 <= q <= 100:
         raise ConfigError(f"percentile must be in [0, 100], got {q}")
+    _finite(values, "percentile values")
     ordered = sorted(values)
     rank = (len(ordered) - 1) * q / 100
     low = math.floor(rank)
@@ -281,6 +295,7 @@ def stop_means(confidences: Sequence[float], window: int) -> list[float]:
         raise ConfigError(f"window must be >= 1, got {window}")
     if len(confidences) < window:
         return []
+    _finite(confidences, "token confidences")
     running = sum(confidences[:window])
     means = [running / window]
     for end in range(window, len(confidences)):
@@ -301,6 +316,9 @@ def stop_position(confidences: Sequence[float], window: int, threshold: float) -
         raise ConfigError(f"window must be >= 1, got {window}")
     if len(confidences) < window:
         return None
+    _finite(confidences, "token confidences")
+    if math.isnan(threshold):
+        raise ConfigError("the threshold must be a number (-inf stops nothing), got nan")
     running = sum(confidences[:window])
     if running / window < threshold:
         return window
@@ -323,6 +341,8 @@ class GroupConfidenceWatch:
     def __init__(self, window: int, threshold: float, top_k: int | None = None) -> None:
         if window < 1:
             raise ConfigError(f"window must be >= 1, got {window}")
+        if math.isnan(threshold):
+            raise ConfigError("the threshold must be a number (-inf stops nothing), got nan")
         self.window = window
         self.threshold = threshold
         self.top_k = top_k

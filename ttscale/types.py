@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from typing import Any
 from ttscale.errors import ConfigError, DataError
 
 __all__ = [
+    "LOGPROB_FLOOR",
     "Candidate",
     "Message",
     "Pricing",
@@ -28,6 +30,7 @@ __all__ = [
     "TokenLogprob",
     "TraceEvent",
     "Usage",
+    "logprob_value",
 ]
 
 Message = Mapping[str, Any]
@@ -120,6 +123,30 @@ class SamplingParams:
         return dataclasses.replace(self, **changes)
 
 
+LOGPROB_FLOOR = -100.0
+"""The lowest log probability kept (e^-100: far below any token a model would be scored on)."""
+
+# A logprob is <= 0; servers computing in float32 may print a sure token's as a hair above 0.
+_LOGPROB_ROUNDING = 1e-3
+
+
+def logprob_value(raw: object) -> float:
+    """A log probability as ttscale keeps it: a float in ``[LOGPROB_FLOOR, 0]``.
+
+    ``-inf`` (a token the sampler ruled out) and anything below the floor (vLLM writes -9999 for
+    ``-inf``) become the floor, so that confidences stay finite and window means stay exact; a
+    positive value within rounding is 0. NaN, ``+inf``, a larger positive value and anything
+    that is not a number raise :class:`~ttscale.errors.DataError`: such a number means nothing,
+    and reading it as any value could flip a vote.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+        raise DataError(f"a logprob must be a number, got {raw!r}")
+    value = float(raw)
+    if math.isnan(value) or value > _LOGPROB_ROUNDING:
+        raise DataError(f"a logprob must be a number <= 0, got {raw!r}")
+    return min(max(value, LOGPROB_FLOOR), 0.0)
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """A generated token with its log probability and, when asked for, the top alternatives."""
@@ -171,8 +198,10 @@ class Candidate:
             tuple(
                 TokenLogprob(
                     token=str(item["token"]),
-                    logprob=float(item["logprob"]),
-                    top=tuple((str(token), float(value)) for token, value in item.get("top") or ()),
+                    logprob=logprob_value(item["logprob"]),
+                    top=tuple(
+                        (str(token), logprob_value(value)) for token, value in item.get("top") or ()
+                    ),
                 )
                 for item in logprobs
             )

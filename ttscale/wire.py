@@ -21,11 +21,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ttscale.errors import RequestError
+from ttscale.errors import DataError, RequestError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher
 from ttscale.settings import RequestLimits, ScaleSettings, parse_settings
 from ttscale.spend import whole_number
-from ttscale.types import Candidate, Result, SamplingParams, TokenLogprob, Usage
+from ttscale.types import (
+    LOGPROB_FLOOR,
+    Candidate,
+    Result,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+    logprob_value,
+)
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
@@ -582,39 +590,77 @@ def choice_text(choice: dict[str, Any], endpoint: Endpoint) -> str:
 
 
 def choice_logprobs(choice: dict[str, Any], endpoint: Endpoint) -> tuple[TokenLogprob, ...] | None:
+    """A choice's token logprobs (None when it carries none), each value read by
+    :func:`~ttscale.types.logprob_value`.
+
+    A value that is not a log probability raises :class:`UpstreamError` naming its place in the
+    choice (``logprobs.content[3].top_logprobs[1].logprob``): read as any number it could decide a
+    vote. A ``null`` alternative is what JSON encoders that cannot write ``-inf`` (llama.cpp's,
+    orjson) send for a token ruled out, and is read as ``-inf``; a ``null`` for the chosen token
+    has no such reading (it was sampled) and is an error.
+    """
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
         return None
     if endpoint == "chat":
         content = logprobs.get("content")
-        if not isinstance(content, list):
-            return None
-        return tuple(
-            TokenLogprob(
-                token=str(item.get("token", "")),
-                logprob=float(item.get("logprob") or 0.0),
-                top=tuple(
-                    (str(alt.get("token", "")), float(alt.get("logprob") or 0.0))
-                    for alt in item.get("top_logprobs") or ()
-                ),
-            )
-            for item in content
-        )
+        return None if not isinstance(content, list) else _chat_tokens(content)
     tokens = logprobs.get("tokens")
     values = logprobs.get("token_logprobs")
     if not isinstance(tokens, list) or not isinstance(values, list):
         return None
-    tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or [None] * len(
-        tokens
-    )
-    return tuple(
-        TokenLogprob(
-            token=str(token),
-            logprob=float(value) if value is not None else 0.0,
-            top=tuple((str(alt), float(lp)) for alt, lp in (top or {}).items()),
+    tops = logprobs.get("top_logprobs")
+    if tops is not None and not isinstance(tops, list):
+        raise UpstreamError(f"logprobs.top_logprobs must be a list, got {tops!r}")
+    if len(values) != len(tokens) or (tops is not None and len(tops) != len(tokens)):
+        raise UpstreamError(
+            f"logprobs: {len(tokens)} tokens but {len(values)} token_logprobs"
+            + (f" and {len(tops)} top_logprobs" if tops is not None else "")
         )
-        for token, value, top in zip(tokens, values, tops, strict=False)
-    )
+    read = []
+    for i, (token, value) in enumerate(zip(tokens, values, strict=True)):
+        top = tops[i] if tops is not None else None
+        if top is not None and not isinstance(top, dict):
+            raise UpstreamError(f"logprobs.top_logprobs[{i}] must be an object, got {top!r}")
+        chosen = _logprob(value, f"logprobs.token_logprobs[{i}]", alternative=False)
+        alternatives = tuple(
+            (str(alt), _logprob(lp, f"logprobs.top_logprobs[{i}][{alt!r}]", alternative=True))
+            for alt, lp in (top or {}).items()
+        )
+        read.append(TokenLogprob(str(token), chosen, alternatives))
+    return tuple(read)
+
+
+def _chat_tokens(content: list[Any]) -> tuple[TokenLogprob, ...]:
+    read = []
+    for i, item in enumerate(content):
+        where = f"logprobs.content[{i}]"
+        if not isinstance(item, dict):
+            raise UpstreamError(f"{where} must be an object, got {item!r}")
+        top = item.get("top_logprobs") or ()
+        if not isinstance(top, list) or not all(isinstance(alt, dict) for alt in top):
+            raise UpstreamError(f"{where}.top_logprobs must be a list of objects, got {top!r}")
+        chosen = _logprob(item.get("logprob"), f"{where}.logprob", alternative=False)
+        alternatives = tuple(
+            (
+                str(alt.get("token", "")),
+                _logprob(
+                    alt.get("logprob"), f"{where}.top_logprobs[{j}].logprob", alternative=True
+                ),
+            )
+            for j, alt in enumerate(top)
+        )
+        read.append(TokenLogprob(str(item.get("token", "")), chosen, alternatives))
+    return tuple(read)
+
+
+def _logprob(raw: object, where: str, *, alternative: bool) -> float:
+    if raw is None and alternative:
+        return LOGPROB_FLOOR
+    try:
+        return logprob_value(raw)
+    except DataError as exc:
+        raise UpstreamError(f"{where}: {exc}") from exc
 
 
 def completion_counts(

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ttscale.errors import ConfigError, SamplerError, UpstreamError
+from ttscale.errors import ConfigError, SamplerError, TTScaleError, UpstreamError
 from ttscale.protocols import EARLY_STOP, TokenWatcher, check_admission, check_draw, deliver
 from ttscale.registry import resolve_config
 from ttscale.samplers.limits import RequestGate
@@ -74,6 +74,7 @@ from ttscale.types import (
     Prompt,
     SampleBatch,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from ttscale.wire import (
@@ -536,17 +537,27 @@ class OpenAISampler:
         reading: StreamRead,
         watcher: TokenWatcher,
     ) -> None:
-        try:
-            async for chunk in stream:
+        chunks = aiter(stream)
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                reading.finish_reason = "cancelled"
+                raise
+            except Exception as exc:
+                draw.usage = draw.usage + Usage(failed_requests=1)
+                reading.finish_reason = "error"
+                raise UpstreamError(f"the model server's stream broke off: {exc}") from exc
+            try:
                 if reading.take(chunk, self.config.endpoint, watcher):
                     return
-        except asyncio.CancelledError:
-            reading.finish_reason = "cancelled"
-            raise
-        except Exception as exc:
-            draw.usage = draw.usage + Usage(failed_requests=1)
-            reading.finish_reason = "error"
-            raise UpstreamError(f"the model server's stream broke off: {exc}") from exc
+            except TTScaleError:
+                # What the chunk said (unusable logprobs) or what the watcher made of it
+                # (MissingLogprobs) is its own error, not a broken stream; what arrived is kept.
+                reading.finish_reason = "error"
+                raise
 
     def _record_stream(
         self,
@@ -565,20 +576,32 @@ class OpenAISampler:
             self._remember_prompt(request_input, prompt_tokens)
         else:
             prompt_tokens = self._prompt_tokens.get(_prompt_key(request_input), 0)
-        if usage is not None and not reading.tokens:
+        exact = True
+        if reading.tokens:
+            completion = tokens  # the logprobs count every token that arrived
+        elif usage is not None:
             completion = int(usage.get("completion_tokens") or 0)
         else:
-            # The logprobs count every token that arrived; a closed stream has no usage at all.
-            completion = tokens
-        if reading.finish_reason in ("error", "cancelled") and not reading.tokens:
-            return  # nothing arrived: nothing to keep
+            # A closed stream has no usage, and this one no logprobs either: servers send a token
+            # a chunk, so the chunks that carried text are the best count there is.
+            completion, exact = sum(1 for piece in reading.pieces if piece), False
+            if reading.pieces:
+                log.warning(
+                    "the model server's stream carried neither usage nor logprobs; counting its "
+                    "%d text chunks as %d completion tokens",
+                    completion,
+                    completion,
+                )
+        arrived_nothing = not (reading.pieces or reading.tokens or usage)
+        if reading.finish_reason in ("error", "cancelled") and arrived_nothing:
+            return  # nothing to keep, and nothing was paid for
         pricing = self.config.pricing
         draw.candidates[index] = Candidate(
             text="".join(reading.pieces),
             index=index,
             finish_reason=reading.finish_reason,
             completion_tokens=completion,
-            tokens_exact=usage is not None or bool(reading.tokens),
+            tokens_exact=exact,
             seed=seed,
             model=reading.model or self.config.model,
             latency_s=time.perf_counter() - started,
@@ -676,6 +699,20 @@ class OpenAISampler:
         )
         return sum(counts)
 
+    def _logprobs_of(
+        self, choice: dict[str, Any], position: int
+    ) -> tuple[TokenLogprob, ...] | None:
+        """The choice's token logprobs; None, said in a warning, when the server's are unusable:
+        the sample and its tokens are paid for and kept, and a measure that needs its logprobs
+        then fails naming what is missing rather than reading a meaningless number."""
+        try:
+            return choice_logprobs(choice, self.config.endpoint)
+        except UpstreamError as exc:
+            log.warning(
+                "choice %d's logprobs are unusable, so it is kept without them: %s", position, exc
+            )
+            return None
+
     def _record(
         self,
         draw: _Draw,
@@ -695,7 +732,10 @@ class OpenAISampler:
         positions = sorted(by_index)  # the choices' own indices, in order
         kept = [by_index[position] for position in positions]
         texts = [choice_text(choice, self.config.endpoint) for choice in kept]
-        token_lists = [choice_logprobs(choice, self.config.endpoint) for choice in kept]
+        token_lists = [
+            self._logprobs_of(choice, position)
+            for choice, position in zip(kept, positions, strict=True)
+        ]
         usage = response.get("usage")
         reported = isinstance(usage, dict)
         prompt_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0

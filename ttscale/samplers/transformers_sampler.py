@@ -70,7 +70,15 @@ from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import merge_params
 from ttscale.samplers.vllm_sampler import CHAT_TEMPLATE_FLAGS, chat_template_flags
 from ttscale.seeds import derive_seed, random_base_seed
-from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
+from ttscale.types import (
+    Candidate,
+    Prompt,
+    SampleBatch,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+    logprob_value,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -524,9 +532,9 @@ class TransformersSampler:
             entries.append(
                 TokenLogprob(
                     token=text(token),
-                    logprob=float(recorded.chosen[row][step]),
+                    logprob=logprob_value(float(recorded.chosen[row][step])),
                     top=tuple(
-                        (text(int(alt)), float(value))
+                        (text(int(alt)), logprob_value(float(value)))
                         for alt, value in zip(top_ids, top_values, strict=True)
                     ),
                 )

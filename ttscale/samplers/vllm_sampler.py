@@ -44,12 +44,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttscale.errors import ConfigError, SamplerError
+from ttscale.errors import ConfigError, DataError, SamplerError
 from ttscale.protocols import check_draw
 from ttscale.registry import resolve_config
 from ttscale.samplers.openai_sampler import merge_params
 from ttscale.seeds import derive_seed, random_base_seed
-from ttscale.types import Candidate, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
+from ttscale.types import (
+    Candidate,
+    Prompt,
+    SampleBatch,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+    logprob_value,
+)
 
 __all__ = [
     "CHAT_TEMPLATE_FLAGS",
@@ -189,10 +197,21 @@ def logprobs_from_completion(completion: Any, top: int) -> tuple[TokenLogprob, .
 
     vLLM gives one mapping per generated token, token id to an object with ``logprob``, ``rank``
     and ``decoded_token``: the top ``top`` tokens plus the chosen one when it is not among them.
+    Values are read by :func:`~ttscale.types.logprob_value` (vLLM's -9999 for ``-inf`` becomes the
+    floor); a NaN, or a position without the chosen token's logprob, leaves the completion
+    without logprobs (said in a warning) rather than reading a number that means nothing.
     """
     positions = getattr(completion, "logprobs", None)
     if positions is None:
         return None
+    try:
+        return _read_logprobs(completion, positions, top)
+    except DataError as exc:
+        log.warning("a completion's logprobs are unusable, so it is kept without them: %s", exc)
+        return None
+
+
+def _read_logprobs(completion: Any, positions: Any, top: int) -> tuple[TokenLogprob, ...]:
     token_ids = list(getattr(completion, "token_ids", ()) or ())
     entries: list[TokenLogprob] = []
     for step in range(len(positions)):
@@ -206,9 +225,9 @@ def logprobs_from_completion(completion: Any, top: int) -> tuple[TokenLogprob, .
         entries.append(
             TokenLogprob(
                 token=_token_text(chosen, chosen_id),
-                logprob=float(getattr(chosen, "logprob", 0.0)) if chosen is not None else 0.0,
+                logprob=_chosen_logprob(chosen, step),
                 top=tuple(
-                    (_token_text(value, token_id), float(value.logprob))
+                    (_token_text(value, token_id), logprob_value(value.logprob))
                     for token_id, value in ranked[:top]
                 )
                 if top > 0
@@ -216,6 +235,12 @@ def logprobs_from_completion(completion: Any, top: int) -> tuple[TokenLogprob, .
             )
         )
     return tuple(entries)
+
+
+def _chosen_logprob(chosen: Any, step: int) -> float:
+    if chosen is None or getattr(chosen, "logprob", None) is None:
+        raise DataError(f"token {step} has no logprob for the token sampled")
+    return logprob_value(chosen.logprob)
 
 
 def _rank(value: Any) -> float:

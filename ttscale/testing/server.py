@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import re
 import socket
 import struct
@@ -134,16 +135,25 @@ class TokenProfile:
     The chosen token gets ``logprob``; its alternatives follow it, each ``gap`` below the one
     before (alternative r at ``logprob - r * gap``). With the top k asked for, DeepConf's token
     confidence is therefore exactly ``-logprob + gap * (k - 1) / 2``.
+
+    ``broken`` scripts a misbehaving server: ``logprob`` may then be NaN, an infinity or
+    positive, and ``gap`` an infinity (alternatives at ``-Infinity``), written as such in the
+    JSON; ``null_alternatives`` writes the alternatives' logprobs as ``null``, as servers whose
+    JSON encoder cannot write ``-inf`` do.
     """
 
     logprob: float
     gap: float
+    broken: bool = False
+    null_alternatives: bool = False
 
     def __post_init__(self) -> None:
-        if self.logprob > 0:
-            raise ConfigError(f"a logprob must be <= 0, got {self.logprob}")
-        if self.gap < 0:
-            raise ConfigError(f"gap must be >= 0, got {self.gap}")
+        if self.broken:
+            return
+        if not -math.inf < self.logprob <= 0:
+            raise ConfigError(f"a logprob must be a number <= 0, got {self.logprob}")
+        if not 0 <= self.gap < math.inf:
+            raise ConfigError(f"gap must be a number >= 0, got {self.gap}")
 
 
 CONFIDENT = TokenProfile(logprob=-0.01, gap=5.0)
@@ -238,6 +248,7 @@ class ServerConfig:
     request whose last message is the assistant's (a prefill to continue) with that message's
     content before the continuation, in whole responses, as llama.cpp's ``llama-server`` does;
     ``stop``, ``max_tokens``, logprobs and usage still cover the continuation alone.
+    ``stream_usage`` False makes a server that sends no usage in streams even when asked.
     """
 
     answers: Mapping[str, Answer | Sequence[Answer]] | Responder | None = None
@@ -254,6 +265,7 @@ class ServerConfig:
     routes: Mapping[str, Callable[[dict[str, Any]], Any]] = dataclasses.field(default_factory=dict)
     prefix_cache: bool = False
     echo_prefill: bool = False
+    stream_usage: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.answers, Mapping):
@@ -527,11 +539,12 @@ def _token_pieces(text: str) -> tuple[str, ...]:
     return tuple(pieces)
 
 
-def _alternatives(piece: str, level: TokenProfile, top: int) -> list[tuple[str, float]]:
+def _alternatives(piece: str, level: TokenProfile, top: int) -> list[tuple[str, float | None]]:
     """The ``top`` most likely tokens at a position, chosen token first."""
-    ranked = [(piece, level.logprob)]
+    ranked: list[tuple[str, float | None]] = [(piece, level.logprob)]
     for rank, token in enumerate(_ALTERNATIVE_TOKENS[: max(top - 1, 0)], start=1):
-        ranked.append((token, round(level.logprob - rank * level.gap, 4)))
+        value = None if level.null_alternatives else round(level.logprob - rank * level.gap, 4)
+        ranked.append((token, value))
     return ranked[:top]
 
 
@@ -1630,6 +1643,8 @@ class LoopbackServer:
             generation = dataclasses.replace(generation, cached_tokens=cached)
         if not self.config.logprobs:
             generation = dataclasses.replace(generation, logprobs=None)
+        if not self.config.stream_usage:
+            generation = dataclasses.replace(generation, include_usage=False)
         if generation.n > 1 and self.config.n_support == "reject":
             raise _RequestError(
                 400, "this server does not support n > 1", param="n", code="unsupported_value"
