@@ -191,10 +191,10 @@ def test_pass_through_is_untouched_and_streams_tokens(
     api = client(proxy)
     sent = {"top_k": 5, "repetition_penalty": 1.1}
     direct = openai.OpenAI(base_url=upstream.base_url, api_key="k").chat.completions.create(
-        model="loopback", messages=messages(), seed=3, extra_body=sent
+        model="loopback", messages=messages(), seed=3, max_tokens=100, extra_body=sent
     )
     via = api.chat.completions.create(
-        model="loopback", messages=messages(), seed=3, extra_body=sent
+        model="loopback", messages=messages(), seed=3, max_tokens=100, extra_body=sent
     )
     assert via.choices[0].message.content == VOTES[1]  # the upstream's next answer, as sent
     assert direct.choices[0].message.content == VOTES[0]

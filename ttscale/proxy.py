@@ -75,7 +75,9 @@ from ttscale.settings import (
 from ttscale.wire import (
     ChatRequest,
     ScaledAnswer,
+    capped_pass_through,
     decode_body,
+    encode_answer,
     parse_request,
     stream_chunks,
     to_response,
@@ -421,6 +423,7 @@ class Proxy:
                 and header_settings.empty
                 and self.config.default.strategy is None
             ):
+                raw = capped_pass_through(raw, body, chat, self.config.limits)
                 return "passthrough", await self._pass_through(body, raw, chat)
             scaled = self._plan(body, chat, header_settings, preset)
         except TTScaleError as exc:
@@ -446,6 +449,13 @@ class Proxy:
         strategy = settings.strategy or self.config.default_strategy
         for source, where in ((parsed.settings, "ttscale"), (header_settings, "X-TTScale")):
             check_request(strategy, source.options, where=where)
+            if source.verifier is not None:
+                check_request(
+                    source.verifier,
+                    source.verifier_options,
+                    where=f"{where}.verifier",
+                    kind="verifier",
+                )
             if not self.config.allow_request_endpoints:
                 _refuse_endpoints(source, header=where != "ttscale")
         upstream_model = settings.model or (
@@ -493,7 +503,9 @@ class Proxy:
             return error_for(failure)
         answer = task.result()
         self._count(answer)
-        return JSONResponse(to_response(answer, scaled.model))
+        return Response(
+            encode_answer(to_response(answer, scaled.model)), media_type="application/json"
+        )
 
     def _count(self, answer: ScaledAnswer) -> None:
         usage = answer.usage
@@ -525,7 +537,7 @@ class Proxy:
             answer = task.result()
             self._count(answer)
             for chunk in stream_chunks(answer, scaled.model):
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: " + encode_answer(chunk) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
             if not task.done():

@@ -266,11 +266,14 @@ def _built(factory: Any, options: dict[str, Any], server: dict[str, Any]) -> Ver
     return verifier
 
 
-def check_request(name: str, options: Mapping[str, Any], *, where: str = "ttscale") -> None:
-    """Let strategy ``name`` refuse options a remote request may not give (its
-    ``check_request``: a file on the server, say); an unknown name is left to the builder."""
+def check_request(
+    name: str, options: Mapping[str, Any], *, where: str = "ttscale", kind: str = "strategy"
+) -> None:
+    """Let component ``name`` of ``kind`` (a strategy or a verifier) refuse options a remote
+    request may not give (its ``check_request``: a file on the server, a model to load into the
+    server); an unknown name is left to the builder."""
     try:
-        factory = load("strategy", name)
+        factory = load(kind, name)
     except ConfigError:
         return
     check = getattr(factory, "check_request", None)

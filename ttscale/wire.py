@@ -14,6 +14,7 @@ functions over plain data; errors are :class:`~ttscale.errors.RequestError` nami
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -42,14 +43,17 @@ __all__ = [
     "ScaledAnswer",
     "StreamRead",
     "cached_tokens",
+    "capped_pass_through",
     "choice_logprobs",
     "choice_text",
     "choices_by_index",
     "completion_counts",
     "decode_body",
+    "encode_answer",
     "metadata",
     "names_n",
     "parse_request",
+    "refuse_uncapped_lengths",
     "request_body",
     "stream_chunks",
     "to_response",
@@ -86,11 +90,18 @@ _COMPLETION_FIELDS = (_CHAT_FIELDS - {"messages", "top_logprobs", "max_completio
 }
 
 
+# Fields some servers read as how many tokens or sequences to generate, past the fields the caps
+# hold (n, max_tokens, max_completion_tokens): llama.cpp's n_predict wins over max_tokens, vLLM's
+# and legacy OpenAI's best_of multiplies the sequences, TGI's and SGLang's native names, HF's.
+_UNCAPPED_LENGTH_FIELDS = ("n_predict", "best_of", "max_new_tokens", "num_return_sequences")
+
 # -- requests ------------------------------------------------------------------------------------
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """A request body's JSON object; anything else (bad JSON, nesting too deep) a RequestError."""
+    """A request body's JSON object; anything else (bad JSON, nesting too deep, a number that is
+    not finite: ``NaN``, ``Infinity`` or ``1e999``, which JSON has no place for and no field can
+    use) a RequestError naming where."""
     try:
         body = json.loads(raw)
     except RecursionError as exc:
@@ -99,7 +110,52 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
+    where = _non_finite(body, "")
+    if where is not None:
+        raise RequestError(
+            f"{where or 'the body'} is not a finite number (JSON has no NaN or Infinity)",
+            param=where or None,
+        )
     return body
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of a float in ``value`` that is NaN or infinite, else None. Iterative: a body
+    may be nested as deeply as the JSON parser allows, and this must not overflow the stack."""
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            pending.extend(
+                (f"{where}.{key}" if where else str(key), child) for key, child in item.items()
+            )
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
+def encode_answer(value: Any) -> bytes:
+    """An answer (or a stream chunk) as JSON bytes, the one way the proxy writes them.
+
+    A number that is not finite (a judge that gave no rating scores NaN, a reward of -inf) has no
+    JSON form; it is written ``null``, so that every client's parser reads the answer.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError:
+        return json.dumps(_finite_or_null(value), ensure_ascii=False).encode("utf-8")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -240,11 +296,53 @@ def _params(body: Mapping[str, Any], chat: bool, limits: RequestLimits) -> Sampl
     )
 
 
+def refuse_uncapped_lengths(body: Mapping[str, Any], chat: bool) -> None:
+    """Refuse fields that would set a generation's length or count around the server's caps
+    (:data:`_UNCAPPED_LENGTH_FIELDS`; on completions, the chat-only ``max_completion_tokens``)."""
+    names = _UNCAPPED_LENGTH_FIELDS if chat else (*_UNCAPPED_LENGTH_FIELDS, "max_completion_tokens")
+    for name in names:
+        if name in body:
+            capped = "max_completion_tokens or max_tokens" if chat else "max_tokens"
+            raise RequestError(
+                f"{name} would set how much the model server generates around this server's "
+                f"caps; use n and {capped}",
+                param=name,
+            )
+
+
+def capped_pass_through(
+    raw: bytes, body: Mapping[str, Any], chat: bool, limits: RequestLimits
+) -> bytes:
+    """The bytes a request passed through sends upstream: ``raw`` as it came, once its ``n`` and
+    token limit are checked against the caps a scaled request meets; a request setting no token
+    limit gets the cap (``max_tokens``) added, since the upstream's own default may be none."""
+    refuse_uncapped_lengths(body, chat)
+    n = body.get("n")
+    if n is not None:
+        n = whole_number(n, "n", error=RequestError)
+        if n > limits.max_samples:
+            raise RequestError(
+                f"n {n} is over this server's cap of {limits.max_samples} samples a request",
+                param="n",
+            )
+    names = ("max_tokens", "max_completion_tokens") if chat else ("max_tokens",)
+    if any(body.get(name) is not None for name in names):
+        for name in names:
+            if body.get(name) is not None:
+                _max_tokens({name: body[name]}, chat, limits)
+        return raw
+    if limits.max_tokens is None:
+        return raw
+    # ASCII: a lone surrogate the client escaped stays escaped, as the upstream would have read it.
+    return json.dumps({**body, "max_tokens": limits.max_tokens}).encode()
+
+
 def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None) -> ChatRequest:
     """Read an OpenAI request body; raises :class:`RequestError` naming the bad field."""
     limits = limits or RequestLimits()
     if not isinstance(body, Mapping):
         raise RequestError("the request body must be a JSON object")
+    refuse_uncapped_lengths(body, chat)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("model must be a non-empty string", param="model")

@@ -47,7 +47,7 @@ import logging
 import math
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -397,8 +397,24 @@ class ServedRewardModel:
         return scores
 
 
-def reward_model(**options: Any) -> LocalRewardModel | ServedRewardModel:
-    """A served reward model when ``base_url`` is given, else a local one."""
-    if "base_url" in options:
-        return ServedRewardModel(**options)
-    return LocalRewardModel(**options)
+class _RewardModelFactory:
+    """``reward_model``: a served reward model when ``base_url`` is given, else a local one."""
+
+    def __call__(self, **options: Any) -> LocalRewardModel | ServedRewardModel:
+        if "base_url" in options:
+            return ServedRewardModel(**options)
+        return LocalRewardModel(**options)
+
+    @staticmethod
+    def check_request(options: Mapping[str, Any]) -> None:
+        """Refuse what a remote request may not ask for: a model loaded into the server (from its
+        files, or downloaded from the Hub); a served one (``base_url``) is loaded elsewhere."""
+        if "base_url" not in options:
+            raise ConfigError(
+                "a request may not load a reward model into the server (from its files or the "
+                "Hub); give a served one's base_url, or name the model in a preset",
+                param="model",
+            )
+
+
+reward_model = _RewardModelFactory()
