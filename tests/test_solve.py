@@ -572,3 +572,29 @@ def test_k_answers_count_as_solved_when_any_is_right(tmp_path: Path) -> None:
         assert record["correct"] is True and record["correct_first"] is False
     printed = " ".join(done.stdout.split())
     assert "pass@2 of its selection 1.000 (6/6), first answer 0.000" in printed
+
+
+def test_resuming_over_changed_problems_is_refused_naming_them(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "edited.jsonl"
+    lines = dataset.read_text().splitlines()
+    with LoopbackServer(answers=answer_for) as server:
+        args = solve_args(dataset, out, server, "-n", "4", "--run-budget", "samples=10")
+        assert run_cli(*args).returncode == 0  # q0, q1 finished; q2's 2 samples journalled
+        paid = server.request_count
+        for edited, change in ((0, "answer"), (2, "prompt")):
+            problem = json.loads(lines[edited])
+            problem[change] = "What is 100?" if change == "prompt" else "100"
+            rows = [*lines[:edited], json.dumps(problem), *lines[edited + 1 :]]
+            dataset.write_text("\n".join(rows) + "\n")
+            refused = run_cli(*args[:-1], "samples=24")
+            assert refused.returncode == 2, refused.stderr
+            message = " ".join(refused.stderr.split())
+            assert f"'q{edited}' changed since it began" in message and "another --out" in message
+            assert server.request_count == paid  # refused before drawing anything
+        # Control: the dataset as it was resumes, replaying what was journalled.
+        dataset.write_text("\n".join(lines) + "\n")
+        resumed = run_cli(*args[:-1], "samples=24")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "2 samples replayed" in " ".join(resumed.stdout.split())
+    assert len(out.read_text().splitlines()) == len(QUESTIONS)

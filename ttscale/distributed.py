@@ -312,9 +312,9 @@ def solve_on_ray(
     out = config.out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = scan_finished(out)
-    check_resume(out, config, model, finished)
+    check_resume(out, config, model, finished, problems)
     repair_results(out)
-    write_run_json(out, config, model, base_url, len(problems))
+    write_run_json(out, config, model, base_url, problems)
     directory = shard_directory(out)
     remaining = [p.id for p in problems if p.id not in finished.ids]
     done = _finished_in_shards(directory, set(remaining), config) if directory.exists() else {}

