@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -160,6 +161,8 @@ def test_sigkill_mid_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         assert resumed.returncode == 0, resumed.stderr
         drawn_after_restart = server.delivered_usage()["samples"] - paid_before_kill
     records = [json.loads(line) for line in out.read_text().splitlines()]
+    # Every batch of 2 was one request, replayed ones included (whichever run paid for it).
+    assert [r["usage"]["requests"] for r in records] == [math.ceil(r["n"] / 2) for r in records]
     assert sorted(r["id"] for r in records) == sorted(QUESTIONS)
     used = sum(r["n"] for r in records)
     # Every journalled sample was used again rather than bought again.

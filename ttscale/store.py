@@ -422,23 +422,28 @@ def _split_key(key: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One line of a journal: a sample of a problem's draw, with its share of prompt tokens."""
+    """One line of a journal: a sample of a problem's draw, with its share of prompt tokens and
+    of requests (a request that returned n samples is counted on one of them)."""
 
     problem: str
     params: str
     prompt_tokens: int
     candidate: Candidate
+    requests: int = 0
 
     def to_dict(self, *, logprobs: bool = True) -> dict[str, Any]:
         data = self.candidate.to_dict()
         if not logprobs or data.get("logprobs") is None:
             data.pop("logprobs", None)
-        return {
+        entry: dict[str, Any] = {
             "problem": self.problem,
             "params": self.params,
             "prompt_tokens": self.prompt_tokens,
-            "candidate": data,
         }
+        if self.requests:
+            entry["requests"] = self.requests
+        entry["candidate"] = data
+        return entry
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JournalEntry:
@@ -451,6 +456,8 @@ class JournalEntry:
             params=str(data["params"]),
             prompt_tokens=int(data.get("prompt_tokens", 0)),
             candidate=Candidate.from_dict(candidate),
+            # Journals written before entries counted requests replay them as none.
+            requests=int(data.get("requests", 0)),
         )
 
 
@@ -534,7 +541,7 @@ class SampleJournal:
     def __init__(self, path: Path, *, skip: Container[str] = ()) -> None:
         self.path = path
         # problem -> params -> index -> (candidate, prompt tokens)
-        self._entries: dict[str, dict[str, dict[int, tuple[Candidate, int]]]] = {}
+        self._entries: dict[str, dict[str, dict[int, JournalEntry]]] = {}
         self._counted: set[tuple[str, str, int]] = set()
         self.written = 0
         self.unwritten = 0
@@ -544,7 +551,7 @@ class SampleJournal:
         if path.exists():
             repair_tail(path)
             for entry, _ in iter_journal(path, skip=skip):
-                self._keep(entry.problem, entry.params, entry.candidate, entry.prompt_tokens)
+                self._keep(entry)
                 self.loaded += 1
             log.info("journal %s: %d samples to replay", path, self.loaded)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -552,11 +559,11 @@ class SampleJournal:
     def __len__(self) -> int:
         return sum(len(by_index) for runs in self._entries.values() for by_index in runs.values())
 
-    def _keep(self, problem: str, params: str, candidate: Candidate, prompt_tokens: int) -> bool:
-        by_index = self._entries.setdefault(problem, {}).setdefault(params, {})
-        if candidate.index in by_index:
+    def _keep(self, entry: JournalEntry) -> bool:
+        by_index = self._entries.setdefault(entry.problem, {}).setdefault(entry.params, {})
+        if entry.candidate.index in by_index:
             return False
-        by_index[candidate.index] = (candidate, prompt_tokens)
+        by_index[entry.candidate.index] = entry
         return True
 
     # -- the store protocol --------------------------------------------------------------------
@@ -566,15 +573,15 @@ class SampleJournal:
         by_index = self._entries.get(problem, {}).get(params, {})
         found: dict[int, StoredSample] = {}
         for index in indices:
-            hit = by_index.get(index)
-            if hit is not None:
-                candidate, prompt_tokens = hit
+            entry = by_index.get(index)
+            if entry is not None:
                 usage = Usage(
+                    requests=entry.requests,
                     samples=1,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=candidate.completion_tokens,
+                    prompt_tokens=entry.prompt_tokens,
+                    completion_tokens=entry.candidate.completion_tokens,
                 )
-                found[index] = StoredSample(candidate, usage)
+                found[index] = StoredSample(entry.candidate, usage)
         return found
 
     def put(
@@ -588,11 +595,12 @@ class SampleJournal:
         new = 0
         for sample in samples:
             candidate = sample.candidate
-            if not self._keep(problem, params, candidate, sample.usage.prompt_tokens):
+            usage = sample.usage
+            entry = JournalEntry(problem, params, usage.prompt_tokens, candidate, usage.requests)
+            if not self._keep(entry):
                 continue
             new += 1
             self._counted.add((problem, params, candidate.index))  # paid for by its own call
-            entry = JournalEntry(problem, params, sample.usage.prompt_tokens, candidate)
             self._write(json.dumps(entry.to_dict()) + "\n")
         self._sync_now_and_then()
         self.check_writable()
