@@ -218,3 +218,15 @@ def test_a_stream_without_usage_or_logprobs_is_counted_by_its_chunks(
     assert generated > 2 and batch.usage.completion_tokens == generated
     assert [c.tokens_exact for c in batch.candidates] == [stream_usage] * 2
     assert ("neither usage nor logprobs" in caplog.text) is not stream_usage
+
+
+def test_logprobs_without_alternatives_are_read(caplog: pytest.LogCaptureFixture) -> None:
+    async def go(server: LoopbackServer) -> SampleBatch:
+        async with OpenAISampler(model="m", base_url=server.base_url, api_key="x") as sampler:
+            return await sampler.sample(PROMPT, 2, SamplingParams(logprobs=0))
+
+    with caplog.at_level(logging.WARNING), LoopbackServer(answers={PROMPT: NINE_TEXT}) as server:
+        batch = asyncio.run(go(server))
+    for candidate in batch.candidates:
+        assert candidate.logprobs and all(token.top == () for token in candidate.logprobs)
+    assert "unusable" not in caplog.text

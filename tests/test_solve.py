@@ -601,3 +601,90 @@ def test_resuming_over_changed_problems_is_refused_naming_them(tmp_path: Path) -
         assert resumed.returncode == 0, resumed.stderr
         assert "2 samples replayed" in " ".join(resumed.stdout.split())
     assert len(out.read_text().splitlines()) == len(QUESTIONS)
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "shared.jsonl"
+    # Each answer takes 3 s: the first run is still drawing when the second starts.
+    with LoopbackServer(answers=answer_for, latency=3.0) as server:
+        args = [sys.executable, "-m", "ttscale.cli", *solve_args(dataset, out, server, "-n", "4")]
+        first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.request_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = run_cli(*args[3:])
+        assert first.wait(timeout=120) == 0
+        paid = server.delivered_usage()["samples"]
+        # Control: once the first has ended, the same command resumes it, drawing nothing.
+        after = run_cli(*args[3:])
+    assert second.returncode == 2
+    assert "is being written by another run" in " ".join(second.stderr.split())
+    assert paid == 4 * len(QUESTIONS)  # the refused run drew nothing
+    assert after.returncode == 0, after.stderr
+    assert "6 problems resumed" in " ".join(after.stdout.split())
+    assert len(out.read_text().splitlines()) == len(QUESTIONS)
+
+
+def _malformed_resume(tmp_path: Path) -> Path:
+    record = {"id": "q0", "n": 1, "correct": True, "samples": [], "strategy": "majority"}
+    (tmp_path / "old.jsonl").write_text(json.dumps(record) + "\n")
+    return tmp_path / "old.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("huge-integer", "data.jsonl:1: cannot read this JSON: Exceeds the limit"),
+        ("deep-nesting", "data.jsonl:1: cannot read this JSON: nested too deeply"),
+        ("empty-dataset", "data.jsonl: the dataset file holds no problems"),
+        ("out-is-the-dataset", "is the dataset itself"),
+        ("out-is-a-device", "--out /dev/null is not a regular file"),
+        ("out-under-a-file", "data.jsonl: File exists"),
+        ("record-without-usage", "old.jsonl:1: the record has no 'usage'"),
+    ],
+)
+def test_bad_paths_and_files_are_named_errors_not_tracebacks(
+    tmp_path: Path, case: str, message: str
+) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "out.jsonl"
+    if case == "huge-integer":
+        dataset.write_text('{"id": "a", "prompt": "x", "answer": ' + "9" * 5000 + "}\n")
+    elif case == "deep-nesting":
+        dataset.write_text(
+            '{"id": "a", "prompt": "x", "m": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+        )
+    elif case == "empty-dataset":
+        dataset.write_text("")
+    elif case == "out-is-the-dataset":
+        out = dataset
+    elif case == "out-is-a-device":
+        out = Path("/dev/null")
+    elif case == "out-under-a-file":
+        out = dataset / "out.jsonl"
+    elif case == "record-without-usage":
+        out = _malformed_resume(tmp_path)
+    with LoopbackServer(answers=answer_for) as server:
+        done = run_cli(*solve_args(dataset, out, server, "-n", "2"))
+        drawn = server.request_count
+    assert done.returncode == 2, done.stderr
+    assert message in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+    assert drawn == 0
+    # Control: the same command with a good dataset and a fresh --out runs.
+    write_dataset(tmp_path / "good.jsonl")
+    with LoopbackServer(answers=answer_for) as server:
+        good = tmp_path / "good.jsonl"
+        assert (
+            run_cli(*solve_args(good, tmp_path / "fresh.jsonl", server, "-n", "2")).returncode == 0
+        )
+
+
+def test_a_run_that_finishes_no_problem_says_so(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    with LoopbackServer(answers=answer_for) as server:
+        args = solve_args(dataset, tmp_path / "out.jsonl", server, "-n", "8")
+        done = run_cli(*args, "--run-budget", "samples=4")
+    assert done.returncode == 0, done.stderr
+    assert "strategy accuracy - (0/0)" in " ".join(done.stdout.split())
+    assert "6 problems left unfinished" in " ".join(done.stderr.split())

@@ -617,6 +617,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # A path the file system refused (a directory where a file goes, a full disk, no
+        # permission): the user's to fix, so a message naming it rather than a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        _console().print(_styled("error:", "red", f"{where}{exc.strerror or exc}"))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,9 @@ def print_summary(summary: Any, plot: bool, out: Console, err: Console) -> None:
 
 
 def solved_text(solved: list[bool]) -> str:
-    """``0.833 (5/6)``: the share of problems solved."""
+    """``0.833 (5/6)``: the share of problems solved; ``- (0/0)`` when none finished."""
+    if not solved:
+        return "- (0/0)"
     return f"{sum(solved) / len(solved):.3f} ({sum(solved)}/{len(solved)})"
 
 
@@ -158,6 +160,8 @@ def spread_text(solved: list[bool]) -> str:
 
     from ttscale.report import curve_bands
 
+    if not solved:
+        return ""
     values = np.asarray(solved, dtype=np.float64)[:, None]
     ((se, low, high),) = curve_bands(
         values, confidence=SUMMARY_CONFIDENCE, n_resamples=1000, seed=0

@@ -70,6 +70,13 @@ def read_jsonl(
                 raise DataError(
                     f"not valid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number
                 ) from exc
+            except (ValueError, RecursionError) as exc:
+                # JSON that Python will not hold: an integer of thousands of digits, nesting
+                # deeper than the interpreter's stack.
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise DataError(
+                    f"cannot read this JSON: {reason}", path=str(path), line=number
+                ) from exc
             if not isinstance(record, dict):
                 raise DataError(
                     f"expected a JSON object, got {type(record).__name__}",
@@ -263,6 +270,8 @@ def load_dataset(name_or_path: str | Path, *, limit: int | None = None) -> list[
                 path=name,
             )
         problems = _load_file(path)
+        if not problems:
+            raise DataError("the dataset file holds no problems", path=name)
     return problems[:limit] if limit is not None else problems
 
 

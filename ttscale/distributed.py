@@ -62,6 +62,7 @@ from ttscale.datasets import BUILTIN_DATASETS, load_dataset
 from ttscale.errors import ConfigError, TTScaleError
 from ttscale.records import (
     RecordsView,
+    check_out,
     check_resume,
     human_eval_lines,
     read_finished,
@@ -310,6 +311,7 @@ def solve_on_ray(
 
     started = time.perf_counter()
     out = config.out.absolute()
+    check_out(out, config.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = scan_finished(out)
     check_resume(out, config, model, finished, problems)

@@ -39,7 +39,9 @@ __all__ = [
     "RecordsView",
     "ResultsFile",
     "build_record",
+    "check_out",
     "check_resume",
+    "exclusive_run",
     "human_eval_completion",
     "human_eval_lines",
     "human_eval_problem_lines",
@@ -260,10 +262,22 @@ class FinishedRun:
 
 
 def scan_finished(path: Path) -> FinishedRun:
-    """The ids, spend and first record of a results file, streamed (:class:`FinishedRun`)."""
+    """The ids, spend and first record of a results file, streamed (:class:`FinishedRun`); a
+    record missing what a resume reads, or holding it in the wrong type, is a DataError naming
+    the line."""
     finished = FinishedRun()
-    for record in iter_records(path):
-        finished.add(record)
+    if not path.exists():
+        return finished
+    for number, data in read_jsonl(path, what="results", torn_tail=True):
+        record = ProblemRecord.from_dict(data, path=str(path), line=number).data
+        try:
+            finished.add(record)
+        except KeyError as exc:
+            raise DataError(
+                f"the record has no {exc.args[0]!r}", path=str(path), line=number
+            ) from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"the record is malformed: {exc}", path=str(path), line=number) from exc
     return finished
 
 
@@ -423,6 +437,38 @@ def _changed_problems(run: Mapping[str, Any], problems: Sequence[Problem]) -> li
         for problem in problems
         if problem.id in recorded and recorded[problem.id] != problem_fingerprint(problem)
     ]
+
+
+def check_out(out: Path, dataset: str) -> None:
+    """Refuse a results path that cannot hold a run's records: the dataset itself (its lines
+    would be read as records), or something other than a regular file (a directory, a device)."""
+    if out.exists() and not out.is_file():
+        raise ConfigError(
+            f"--out {out} is not a regular file; give a path for the results (.jsonl)"
+        )
+    data = Path(dataset)
+    if data.exists() and out.exists() and out.resolve() == data.resolve():
+        raise ConfigError(f"--out {out} is the dataset itself; give another path for the results")
+
+
+@contextlib.contextmanager
+def exclusive_run(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this run alone while it runs: a second run resuming the same results at
+    once would draw every sample again and interleave its records with these."""
+    import fcntl
+
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                f"{out} is being written by another run (a second ttscale solve with this "
+                "--out?); let it end, or give another --out"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def check_resume(

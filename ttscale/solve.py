@@ -59,7 +59,9 @@ from ttscale.records import (
     RecordsView,
     ResultsFile,
     build_record,
+    check_out,
     check_resume,
+    exclusive_run,
     human_eval_completion,
     human_eval_lines,
     read_finished,
@@ -655,7 +657,26 @@ async def solve(
     if base_url is None or model is None:
         raise ConfigError("solve needs a server: a base URL and a model name")
     problems = load_dataset(config.dataset, limit=config.limit)
+    check_out(config.out, config.dataset)
     config.out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_run(config.out):
+        return await _solve_held(
+            config, problems, base_url, model, on_problem, only, pool, check_settings, spent_before
+        )
+
+
+async def _solve_held(
+    config: SolveConfig,
+    problems: Sequence[Problem],
+    base_url: str,
+    model: str,
+    on_problem: Callable[[dict[str, Any]], None] | None,
+    only: Collection[str] | None,
+    pool: bool,
+    check_settings: bool,
+    spent_before: Usage | None,
+) -> SolveSummary:
+    """:func:`solve` once the results file is this run's alone."""
     finished = scan_finished(config.out)
     if check_settings:
         check_resume(config.out, config, model, finished, problems)

@@ -735,7 +735,7 @@ def _chat_tokens(content: list[Any]) -> tuple[TokenLogprob, ...]:
         where = f"logprobs.content[{i}]"
         if not isinstance(item, dict):
             raise UpstreamError(f"{where} must be an object, got {item!r}")
-        top = item.get("top_logprobs") or ()
+        top = item.get("top_logprobs") or []
         if not isinstance(top, list) or not all(isinstance(alt, dict) for alt in top):
             raise UpstreamError(f"{where}.top_logprobs must be a list of objects, got {top!r}")
         chosen = _logprob(item.get("logprob"), f"{where}.logprob", alternative=False)
