@@ -167,11 +167,15 @@ def extract_boxed(text: str) -> str | None:
     return normalize_answer(content) if content is not None and content.strip() else None
 
 
-_GSM8K_RE = re.compile(r"####\s*([^\n]+)")
+# GSM8K's marker is "#### 72": what follows starts as a number does (a sign, a currency, a
+# digit). "#### Step 1: set up" is a Markdown heading, which models write often; read as an
+# answer it would end a step search and vote for "step 1: set up".
+_GSM8K_RE = re.compile(r"####[ \t]*([-+\u2212]?[ \t]*[$\u20ac\u00a3]?[ \t]*[-+\u2212]?\.?\d[^\n]*)")
 
 
 def extract_gsm8k(text: str) -> str | None:
-    """The answer after the last ``#### `` marker (GSM8K's format), normalised."""
+    """The answer after the last ``#### `` marker (GSM8K's format) that starts as a number
+    does, normalised; a Markdown heading (``#### Step 1``) is no marker."""
     found = _GSM8K_RE.findall(text)
     if not found:
         return None

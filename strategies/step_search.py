@@ -61,6 +61,7 @@ from ttscale.verifiers.process_reward import (
     ProcessRewardVerifier,
     StepScorer,
     aggregate_steps,
+    checked_step_scores,
 )
 from ttscale.verifiers.process_reward_models import (
     ConfidenceStepScorer,
@@ -439,10 +440,8 @@ class SearchRun:
             results = await asyncio.gather(
                 *(self.scorer.score_steps(self.problem, path) for path in paths)
             )
-        for node, scores in zip(nodes, results, strict=True):
-            if not scores:
-                raise ConfigError(f"the process reward returned no score for node {node.id}")
-            node.score = float(scores[-1])
+        for node, path, scores in zip(nodes, paths, results, strict=True):
+            node.score = checked_step_scores(scores, len(path), "the process reward")[-1]
             node.value = aggregate_steps(self.path_scores(node.id), self.config.aggregation)
 
     # -- results --------------------------------------------------------------------------------

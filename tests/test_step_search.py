@@ -21,6 +21,7 @@ from ttscale.errors import ConfigError, VerifierError
 from ttscale.registry import create
 from ttscale.samplers.openai_sampler import OpenAISampler
 from ttscale.strategies.beam_search import BeamSearch
+from ttscale.strategies.extract import extract_gsm8k
 from ttscale.strategies.particle_filtering import ParticleFiltering
 from ttscale.strategies.step_search import (
     allocate,
@@ -613,3 +614,33 @@ def test_control_a_step_read_with_the_prefill_holds_the_path_twice(
     monkeypatch.setattr(steps, "added_text", lambda returned, partial, continuation: returned)
     texts, _ = _beam_texts(echo=True)
     assert any(text.count("Step 1:") > 1 for text in texts)
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [
+        (lambda problem, steps: [0.9], "returned 1 scores for"),
+        (lambda problem, steps: [0.9] * (len(steps) + 1), "scores for"),
+        (lambda problem, steps: [None] * len(steps), "returned None for step 1, not a number"),
+        (lambda problem, steps: ["high"] * len(steps), "'high' for step 1, not a number"),
+        (lambda problem, steps: [0.5] * (len(steps) - 1) + [math.nan], "NaN for step"),
+    ],
+    ids=["too-few", "too-many", "none", "text", "nan"],
+)
+def test_a_step_reward_that_does_not_score_each_step_is_refused(reward: Any, message: str) -> None:
+    problem = ENV.problems()[0]
+    with ENV.server() as server:
+        strategy = BeamSearch(samples=4, beam_width=2, reward=reward, max_steps=5)
+        with pytest.raises(VerifierError, match=message):
+            asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+        # Control: the environment's own reward, one score a step, runs.
+        good = BeamSearch(samples=4, beam_width=2, reward=ENV.prm, max_steps=5)
+        assert asyncio.run(_run(good, problem, _sampler(server.base_url))).answers
+
+
+def test_a_markdown_heading_is_no_final_answer() -> None:
+    assert not has_marked_answer("#### Step 1: set up the sums")
+    assert extract_gsm8k("#### Step 1\nwe add\n#### 18") == "18"
+    # Controls: GSM8K's marker, a box and "the answer is" are final.
+    assert has_marked_answer("so #### 18") and has_marked_answer("#### $1,200")
+    assert has_marked_answer("\\boxed{7}") and has_marked_answer("The answer is 7.")

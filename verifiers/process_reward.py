@@ -36,6 +36,7 @@ __all__ = [
     "aggregate_min",
     "aggregate_product",
     "aggregate_steps",
+    "checked_step_scores",
     "split_steps",
 ]
 
@@ -65,6 +66,27 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
     "prod": aggregate_product,  # search-and-learn's name for it
     "mean": aggregate_mean,
 }
+
+
+def checked_step_scores(scores: Any, steps: int, who: str = "the step scorer") -> list[float]:
+    """A step scorer's answer for ``steps`` steps as floats, one a step; else a VerifierError
+    saying what came back. A wrong count would put one step's score on another, and a NaN
+    aggregates differently by where it stands (``min`` skips it or keeps it), so both are
+    refused rather than read."""
+    try:
+        values = list(scores)
+    except TypeError as exc:
+        raise VerifierError(f"{who} returned {scores!r}, not a list of step scores") from exc
+    if len(values) != steps:
+        raise VerifierError(f"{who} returned {len(values)} scores for {steps} steps")
+    checked = []
+    for position, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise VerifierError(f"{who} returned {value!r} for step {position + 1}, not a number")
+        if math.isnan(value):
+            raise VerifierError(f"{who} returned NaN for step {position + 1}")
+        checked.append(float(value))
+    return checked
 
 
 def aggregate_steps(scores: Sequence[float], how: str = "min") -> float:
@@ -146,11 +168,8 @@ class ProcessRewardVerifier:
             if not steps:
                 scores.append(Score(self.config.empty_value, reason="the candidate has no steps"))
                 continue
-            step_scores = await self.step_scorer.score_steps(problem, steps)
-            if len(step_scores) != len(steps):
-                raise VerifierError(
-                    f"the step scorer returned {len(step_scores)} scores for {len(steps)} steps"
-                )
+            raw = await self.step_scorer.score_steps(problem, steps)
+            step_scores = checked_step_scores(raw, len(steps))
             value = aggregate_steps(step_scores, self.config.aggregation)
             weakest = min(range(len(step_scores)), key=step_scores.__getitem__)
             reason = (

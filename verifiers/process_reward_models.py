@@ -55,7 +55,7 @@ from ttscale.registry import resolve_config
 from ttscale.types import Candidate, Problem, SamplingParams, Usage
 from ttscale.verifiers.base import LoopBound
 from ttscale.verifiers.judge import LLMJudge
-from ttscale.verifiers.process_reward import PrefixStepScorer, StepScorer
+from ttscale.verifiers.process_reward import PrefixStepScorer, StepScorer, checked_step_scores
 from ttscale.verifiers.reward_model import reward_from_outputs
 
 __all__ = [
@@ -87,7 +87,8 @@ class _FunctionStepScorer:
     async def score_steps(self, problem: Problem, steps: Sequence[str]) -> list[float]:
         raw = self.function(problem, steps)
         values = await raw if inspect.isawaitable(raw) else raw
-        return [float(value) for value in values]
+        name = getattr(self.function, "__qualname__", repr(self.function))
+        return checked_step_scores(values, len(steps), f"the step scorer {name}")
 
 
 def as_step_scorer(obj: StepScorer | Callable[..., Any]) -> StepScorer:
