@@ -688,3 +688,28 @@ def test_a_run_that_finishes_no_problem_says_so(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "strategy accuracy - (0/0)" in " ".join(done.stdout.split())
     assert "6 problems left unfinished" in " ".join(done.stderr.split())
+
+
+def test_ctrl_c_keeps_the_answers_already_on_the_wire(tmp_path: Path) -> None:
+    dataset = tmp_path / "many.jsonl"
+    rows = (
+        json.dumps({"id": f"p{i}", "prompt": f"Say 42 ({i})", "answer": "42"}) for i in range(60)
+    )
+    dataset.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "interrupted.jsonl"
+    journal = out.with_name(out.name + ".samples.jsonl")
+    with LoopbackServer(latency=0.15) as server:
+        args = [sys.executable, "-m", "ttscale.cli", *solve_args(dataset, out, server, "-n", "8")]
+        run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        # Interrupt in full flow: answers journalled, and more requests on the wire.
+        while not (journal.exists() and journal.read_text().count("\n") >= 48):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+        generated = sum(r.choices for r in server.records if r.generated)
+    # Every sample the server generated, the in-flight ones included, is in the journal.
+    assert journal.read_text().count("\n") == generated
+    assert run.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr

