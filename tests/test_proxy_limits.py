@@ -154,3 +154,30 @@ def test_a_score_json_cannot_hold_is_written_null(proxy: BackgroundProxy, stream
     else:
         info = strict_json(response.content)["ttscale"]
     assert [score["value"] for score in info["scores"]] == [None, None]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("fields", "picked"),
+    [({"n": 3}, 1), ({"n": 2, "max_tokens": 1}, 0)],
+    ids=["one-distinct-answer", "no-answer-read"],
+)
+def test_a_client_asking_n_gets_n_choices(
+    proxy: BackgroundProxy, stream: bool, fields: dict[str, Any], picked: int
+) -> None:
+    settings = {"strategy": "majority", "samples": 4}
+    response = post(proxy, chat(ttscale=settings, stream=stream, **fields))
+    assert response.status_code == 200, response.text
+    if stream:
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        chunks = [json.loads(event) for event in events[:-1]]
+        indices = {c["index"] for chunk in chunks for c in chunk["choices"]}
+        info = next(chunk["ttscale"] for chunk in chunks if "ttscale" in chunk)
+    else:
+        body = response.json()
+        indices = {choice["index"] for choice in body["choices"]}
+        assert all(isinstance(c["message"]["content"], str) for c in body["choices"])
+        info = body["ttscale"]
+    assert indices == set(range(fields["n"]))
+    # The choices the strategy did not make are said to be other samples.
+    assert any(f"the strategy chose {picked} of the {fields['n']}" in w for w in info["warnings"])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttscale.budget import BUDGET_LIMITS, BudgetedSampler, Spend, budget_condition
-from ttscale.errors import ConfigError
+from ttscale.errors import ConfigError, SamplerError
 from ttscale.protocols import (
     Sampler,
     Strategy,
@@ -47,7 +47,16 @@ from ttscale.settings import (
     settings_from_headers,
 )
 from ttscale.spend import DrawCaps
-from ttscale.types import Candidate, Problem, Prompt, SampleBatch, SamplingParams, Score, Usage
+from ttscale.types import (
+    Candidate,
+    Problem,
+    Prompt,
+    Result,
+    SampleBatch,
+    SamplingParams,
+    Score,
+    Usage,
+)
 from ttscale.wire import (
     ChatRequest,
     ScaledAnswer,
@@ -306,6 +315,10 @@ async def run_scaled(
     finally:
         _REQUEST_BUDGET.reset(token)
     budget = budgeted.to_dict()
+    result, short = fill_choices(result, plan.k)
+    warnings = plan.warnings if short is None else (*plan.warnings, short)
+    if short is not None:
+        log.warning("request %s: %s", answer_id, short)
     return ScaledAnswer(
         request=plan.request,
         settings=settings,
@@ -317,5 +330,28 @@ async def run_scaled(
         budget=budget,
         wall_time_s=time.perf_counter() - started,
         id=answer_id,
-        warnings=plan.warnings,
+        warnings=warnings,
     )
+
+
+def fill_choices(result: Result, k: int) -> tuple[Result, str | None]:
+    """``result`` with ``k`` selected candidates, and a warning when the strategy chose fewer
+    (pure). A client asking ``n`` reads ``n`` choices: the strategy's picks first, then the
+    samples it did not pick, in the order drawn (no answer was extracted from a sample cut at
+    ``max_tokens``; fewer distinct answers than ``n``). With no sample at all there is nothing to
+    answer with: a SamplerError."""
+    if len(result.selected) >= k:
+        return result, None
+    if not result.candidates:
+        raise SamplerError("no sample came back to answer with")
+    chosen = {candidate.index for candidate in result.selected}
+    rest = [c for c in result.candidates if c.index not in chosen][: k - len(result.selected)]
+    picked = len(result.selected)
+    answers = (*result.answers, *([None] * (picked - len(result.answers))), *([None] * len(rest)))
+    filled = dataclasses.replace(
+        result, selected=(*result.selected, *rest), answers=answers[: picked + len(rest)]
+    )
+    said = f"the strategy chose {picked} of the {k} answers asked for"
+    if picked + len(rest) < k:
+        return filled, f"{said}, and only {len(result.candidates)} samples were drawn"
+    return filled, f"{said}; choices {picked + 1}-{k} are samples it did not choose"
