@@ -181,3 +181,15 @@ def test_a_client_asking_n_gets_n_choices(
     assert indices == set(range(fields["n"]))
     # The choices the strategy did not make are said to be other samples.
     assert any(f"the strategy chose {picked} of the {fields['n']}" in w for w in info["warnings"])
+
+
+@pytest.mark.parametrize("verifier", ["math", "exact_match"])
+def test_a_verifier_needing_a_reference_answer_is_refused_before_drawing(
+    proxy: BackgroundProxy, upstream: LoopbackServer, verifier: str
+) -> None:
+    settings = {"strategy": "best_of_n", "samples": 4, "verifier": verifier}
+    refused(post(proxy, chat(ttscale=settings)), "ttscale.verifier", "grades against a reference")
+    assert upstream.request_count == 0
+    # Control: a verifier that needs no reference answer is served.
+    settings["verifier"] = "confidence"
+    assert post(proxy, chat(ttscale=settings, logprobs=True, top_logprobs=5)).status_code == 200

@@ -118,9 +118,18 @@ def create(kind: str, name: str, **options: Any) -> Any:
     """Build the component registered under ``name`` with keyword ``options``."""
     factory = load(kind, name)
     try:
-        return factory(**options)
+        return construct(factory, options, name)
     except TypeError as exc:
         raise ConfigError(f"cannot build {kind} {name!r} with {sorted(options)}: {exc}") from exc
+
+
+def construct(factory: Any, options: Mapping[str, Any], name: str) -> Any:
+    """``factory(**options)``; a factory that is itself a config dataclass (a verifier such as
+    ``confidence``) is built by :func:`build_config`, so its options are checked as any
+    config's are."""
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        return build_config(factory, dict(options), name)
+    return factory(**options)
 
 
 def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str) -> ConfigT:
@@ -134,7 +143,77 @@ def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str
             f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}",
             options=unknown,
         )
-    return config_type(**options)
+    hints = _field_types(config_type)
+    checked = {
+        name: _typed(value, hints.get(name, Any), where, name) for name, value in options.items()
+    }
+    return config_type(**checked)
+
+
+def _field_types(config_type: type) -> dict[str, Any]:
+    """A config's field types, resolved; none (nothing checked) where they cannot be."""
+    import typing
+
+    try:
+        return typing.get_type_hints(config_type)
+    except Exception:  # a forward reference only a type checker can resolve
+        return {}
+
+
+_NO_CHECK = object()
+
+
+def _typed(value: Any, hint: Any, where: str, name: str) -> Any:
+    """``value`` checked against a config field's type where the type is plain (bool, int,
+    float, str, None, or a union of those), a mapping given for a config dataclass
+    built into one; any other type is left to the config. Options come from JSON, command lines
+    and requests: a 2.5 where a count goes, or a NaN, fails here naming the option, not deep in
+    a run."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type) and isinstance(value, Mapping):
+        return build_config(hint, dict(value), f"{where}: {name}")
+    if _matches(value, hint) is False:
+        message = f"{where}: {name} must be {_describe(hint)}, got {value!r}"
+        raise ConfigError(message, param=name)
+    return value
+
+
+def _matches(value: Any, hint: Any) -> bool | object:
+    """Whether ``value`` is of ``hint``; ``_NO_CHECK`` when the hint is not a plain one."""
+    import math
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return _NO_CHECK  # configs check their own choices, aliases included ("review": "fuse")
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, member) for member in typing.get_args(hint)]
+        if any(result is True for result in results):
+            return True
+        return _NO_CHECK if any(result is _NO_CHECK for result in results) else False
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and not (isinstance(value, float) and math.isnan(value))
+    if hint is str:
+        return isinstance(value, str)
+    return _NO_CHECK
+
+
+def _describe(hint: Any) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(member) for member in typing.get_args(hint))
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(hint, "None" if hint is type(None) else getattr(hint, "__name__", str(hint)))
 
 
 def resolve_config(
@@ -256,13 +335,14 @@ def _built(factory: Any, options: dict[str, Any], server: dict[str, Any]) -> Ver
     # Server options go to the verifiers that have them: one taking any keyword that says it has
     # not them is built again without them.
     server = {key: value for key, value in server.items() if _may_take(factory, key)}
+    name = getattr(factory, "__name__", "verifier")
     try:
-        verifier: Verifier = factory(**options, **server)
+        verifier: Verifier = construct(factory, {**options, **server}, name)
     except UnknownOptionError as exc:
         if not server or not set(exc.options) <= set(server):
             raise
         kept = {key: value for key, value in server.items() if key not in exc.options}
-        verifier = factory(**options, **kept)
+        verifier = construct(factory, {**options, **kept}, name)
     return verifier
 
 

@@ -169,6 +169,9 @@ class MathConfig:
 class MathVerifier:
     """Is a candidate's final answer mathematically equal to ``problem.answer``? See the module."""
 
+    # It grades against the problem's reference answer, which a chat request has none of.
+    needs_reference = True
+
     def __init__(self, config: MathConfig | None = None, **options: Any) -> None:
         config = resolve_config(MathConfig, config, options, "MathVerifier")
         self.config = config
@@ -385,6 +388,9 @@ class ExactMatchConfig:
 
 class ExactMatchVerifier:
     """The candidate's extracted, normalised answer equals the normalised reference."""
+
+    # It grades against the problem's reference answer, which a chat request has none of.
+    needs_reference = True
 
     def __init__(self, config: ExactMatchConfig | None = None, **options: Any) -> None:
         config = resolve_config(ExactMatchConfig, config, options, "ExactMatchVerifier")
