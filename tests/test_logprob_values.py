@@ -230,3 +230,40 @@ def test_logprobs_without_alternatives_are_read(caplog: pytest.LogCaptureFixture
     for candidate in batch.candidates:
         assert candidate.logprobs and all(token.top == () for token in candidate.logprobs)
     assert "unusable" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "counted"),
+    [(-1000, 5, (0, 5)), (7, 1e30, (7, 0)), (7, "5", (7, 0)), (7, True, (7, 0)), (7, 5, (7, 5))],
+    ids=["negative", "absurd", "text", "bool", "control"],
+)
+def test_usage_that_is_no_count_is_read_as_none(
+    prompt: object, completion: object, counted: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    def reply(body: dict[str, object]) -> dict[str, object]:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": "7"},
+            "finish_reason": "stop",
+        }
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [choice],
+            "usage": usage,
+        }
+
+    async def go(base_url: str) -> SampleBatch:
+        async with OpenAISampler(model="m", base_url=base_url, api_key="x") as sampler:
+            return await sampler.sample(PROMPT, 1)
+
+    # A server whose answers are scripted whole: its chat path is a route of the loopback server.
+    with (
+        caplog.at_level(logging.WARNING),
+        LoopbackServer(routes={"/v1/odd/chat/completions": reply}) as server,
+    ):
+        batch = asyncio.run(go(server.base_url + "/odd"))
+    assert (batch.usage.prompt_tokens, batch.usage.completion_tokens) == counted
+    assert ("not a count" in caplog.text) is (counted != (7, 5))

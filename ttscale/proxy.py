@@ -81,6 +81,7 @@ from ttscale.wire import (
     parse_request,
     stream_chunks,
     to_response,
+    usage_count,
 )
 
 __all__ = [
@@ -610,11 +611,11 @@ class Proxy:
     def _count_passthrough(self, content: bytes) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             reply = json.loads(content)
-            usage = reply.get("usage") or {}
+            usage = reply.get("usage")
             self.metrics.spend(
                 len(reply.get("choices") or ()),
-                int(usage.get("prompt_tokens", 0)),
-                int(usage.get("completion_tokens", 0)),
+                usage_count(usage, "prompt_tokens"),
+                usage_count(usage, "completion_tokens"),
             )
 
     async def models(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ functions over plain data; errors are :class:`~ttscale.errors.RequestError` nami
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -57,9 +58,12 @@ __all__ = [
     "request_body",
     "stream_chunks",
     "to_response",
+    "usage_count",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+log = logging.getLogger(__name__)
 
 Endpoint = Literal["chat", "completions"]
 
@@ -660,6 +664,23 @@ def choices_by_index(choices: Sequence[object], count: int) -> dict[int, dict[st
         if isinstance(position, int) and 0 <= position < count:
             by_index.setdefault(position, choice)
     return by_index
+
+
+# More tokens than any request could hold: a count past it is garbage, not a bill.
+_MOST_TOKENS = 1 << 40
+
+
+def usage_count(usage: object, name: str) -> int:
+    """``usage[name]`` as a count of tokens: a whole number >= 0 (0 when absent). A negative,
+    fractional, absurd or non-numeric value is no count; it is read as 0 with a warning, as a
+    server's garbage must not make counters run backwards or spend look unbounded."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MOST_TOKENS:
+        log.warning("the model server said usage.%s = %r, not a count; read as 0", name, value)
+        return 0
+    return value
 
 
 def cached_tokens(response: object, usage: object = None) -> int:

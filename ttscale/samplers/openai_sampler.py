@@ -87,6 +87,7 @@ from ttscale.wire import (
     completion_counts,
     names_n,
     request_body,
+    usage_count,
 )
 
 if TYPE_CHECKING:
@@ -572,7 +573,7 @@ class OpenAISampler:
         tokens = len(reading.tokens)
         usage = reading.usage
         if usage is not None:
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            prompt_tokens = usage_count(usage, "prompt_tokens")
             self._remember_prompt(request_input, prompt_tokens)
         else:
             prompt_tokens = self._prompt_tokens.get(_prompt_key(request_input), 0)
@@ -580,7 +581,7 @@ class OpenAISampler:
         if reading.tokens:
             completion = tokens  # the logprobs count every token that arrived
         elif usage is not None:
-            completion = int(usage.get("completion_tokens") or 0)
+            completion = usage_count(usage, "completion_tokens")
         else:
             # A closed stream has no usage, and this one no logprobs either: servers send a token
             # a chunk, so the chunks that carried text are the best count there is.
@@ -622,8 +623,8 @@ class OpenAISampler:
 
     def _learn_prompt(self, request_input: str | list[dict[str, Any]], response: object) -> None:
         usage = response.get("usage") if isinstance(response, dict) else None
-        if isinstance(usage, dict) and usage.get("prompt_tokens"):
-            self._remember_prompt(request_input, int(usage["prompt_tokens"]))
+        if usage_count(usage, "prompt_tokens"):
+            self._remember_prompt(request_input, usage_count(usage, "prompt_tokens"))
 
     def _remember_prompt(self, request_input: str | list[dict[str, Any]], tokens: int) -> None:
         # A draw's requests share one request input: its key (JSON of the messages) is made once.
@@ -738,10 +739,8 @@ class OpenAISampler:
         ]
         usage = response.get("usage")
         reported = isinstance(usage, dict)
-        prompt_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
-        completion_total = (
-            int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
-        )
+        prompt_tokens = usage_count(usage, "prompt_tokens")
+        completion_total = usage_count(usage, "completion_tokens")
         if not reported:
             log.warning("the model server reported no usage; token counts are unknown")
         counts, exact = completion_counts(texts, token_lists, completion_total, reported)
