@@ -5,6 +5,8 @@ anything is drawn; each has a control the proxy serves."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,3 +195,31 @@ def test_a_verifier_needing_a_reference_answer_is_refused_before_drawing(
     # Control: a verifier that needs no reference answer is served.
     settings["verifier"] = "confidence"
     assert post(proxy, chat(ttscale=settings, logprobs=True, top_logprobs=5)).status_code == 200
+
+
+def test_a_body_that_trickles_in_is_a_408_and_frees_its_slot(upstream: LoopbackServer) -> None:
+    config = ProxyConfig(
+        base_url=upstream.base_url, model="loopback", max_concurrent_requests=2, body_timeout_s=1.0
+    )
+    running = BackgroundProxy(config).start()
+    try:
+        body = json.dumps(chat()).encode()
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        idle = [socket.create_connection((running.host, running.port)) for _ in range(2)]
+        for connection in idle:
+            connection.sendall(head + body[:10])  # and then nothing more
+        time.sleep(0.3)
+        assert post(running, chat()).status_code == 429  # both slots held: the control
+        answers = []
+        for connection in idle:
+            connection.settimeout(10)
+            answers.append(connection.recv(65536).decode(errors="replace"))
+            connection.close()
+        assert all(answer.startswith("HTTP/1.1 408") for answer in answers), answers
+        assert all("did not arrive within 1 s" in answer for answer in answers)
+        assert post(running, chat()).status_code == 200  # the slots are free again
+    finally:
+        running.stop()

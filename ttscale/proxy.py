@@ -54,7 +54,9 @@ from ttscale.samplers.openai_sampler import OpenAISampler, OpenAISamplerConfig
 from ttscale.samplers.upstream import UpstreamClients
 from ttscale.scaling import ScaledPlan, UnfinishedDraws, plan_scaled, run_scaled
 from ttscale.serving import (
+    BodyAbandoned,
     BodyTooLarge,
+    BodyTooSlow,
     HeldStream,
     Metrics,
     Slot,
@@ -114,6 +116,8 @@ class ProxyConfig:
     ``allow_request_endpoints`` lets requests name servers and keys in their settings (a graph
     spec's ``models.X.base_url``, a served reward model's ``base_url``); off, they get a 400, as
     the proxy would otherwise send its requests, and any key, wherever a client pointed it.
+    ``body_timeout_s`` bounds how long a request's body may take to arrive (408 after it): a
+    client trickling bytes would otherwise hold its slot among the requests served at once.
     ``drain_timeout_s`` bounds how long closing waits for draws that requests left in flight (a
     client hung up mid-sampling) to end and be counted, before the upstream client is closed.
     """
@@ -130,6 +134,7 @@ class ProxyConfig:
     max_concurrent_requests: int = 256
     upstream_concurrency: int = 64
     keep_alive_s: float = 5.0
+    body_timeout_s: float = 30.0
     allow_code_execution: bool = False
     allow_request_endpoints: bool = False
     count_with_logprobs: bool = False
@@ -142,6 +147,8 @@ class ProxyConfig:
             raise ConfigError("the proxy needs an upstream base URL")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if not self.body_timeout_s > 0:
+            raise ConfigError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
         for name in ("max_body_bytes", "max_concurrent_requests", "upstream_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -404,13 +411,19 @@ class Proxy:
 
     async def _generate(self, request: Request, chat: bool) -> tuple[str, Response]:
         try:
-            raw = await read_body(request, self.config.max_body_bytes)
+            raw = await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
         except BodyTooLarge:
             return "rejected", error_response(
                 413,
                 "the request body is over this server's limit of "
                 f"{self.config.max_body_bytes} bytes",
             )
+        except BodyTooSlow:
+            return "rejected", error_response(
+                408, f"the request body did not arrive within {self.config.body_timeout_s:g} s"
+            )
+        except BodyAbandoned:
+            return "rejected", error_response(499, "the client closed the request while sending it")
         try:
             body = decode_body(raw)
             header_settings = settings_from_headers(request.headers)

@@ -10,6 +10,7 @@ sampling failures are 502s. Anything else is a bug, logged, and a 500 in the sam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -168,18 +169,40 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class BodyTooSlow(Exception):
+    pass
+
+
+class BodyAbandoned(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The request's body, at most ``limit`` bytes (else BodyTooLarge), whole within
+    ``timeout_s`` (else BodyTooSlow: a client trickling bytes would hold its slot among the
+    requests served at once for as long as it liked); BodyAbandoned when the client hung up."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def whole() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    from starlette.requests import ClientDisconnect
+
+    try:
+        return await asyncio.wait_for(whole(), timeout=timeout_s)
+    except asyncio.TimeoutError as exc:
+        raise BodyTooSlow from exc
+    except ClientDisconnect as exc:
+        raise BodyAbandoned from exc
 
 
 # -- answers held until sent ---------------------------------------------------------------------
