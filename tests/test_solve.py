@@ -713,3 +713,24 @@ def test_ctrl_c_keeps_the_answers_already_on_the_wire(tmp_path: Path) -> None:
     assert journal.read_text().count("\n") == generated
     assert run.returncode == 130
     assert "interrupted" in stderr and "Traceback" not in stderr
+
+
+def test_human_eval_completions_are_the_records_after_a_kill_between_writes(
+    tmp_path: Path,
+) -> None:
+    dataset = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "he.jsonl"
+    completions = tmp_path / "he.human-eval.jsonl"
+    with LoopbackServer(answers=answer_for) as server:
+        args = solve_args(dataset, out, server, "-n", "2", "--format", "human-eval")
+        assert run_cli(*args).returncode == 0
+        whole = completions.read_text()
+        # A kill between a record and its completions, then one mid-line.
+        lines = whole.splitlines(keepends=True)
+        completions.write_text("".join(lines[:-3]) + lines[-3][:10])
+        again = run_cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert "6 problems resumed" in " ".join(again.stdout.split())  # nothing drawn again
+    assert completions.read_text() == whole
+    tasks = [json.loads(line)["task_id"] for line in whole.splitlines()]
+    assert sorted(set(tasks)) == sorted(QUESTIONS) and len(tasks) == 2 * len(QUESTIONS)

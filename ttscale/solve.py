@@ -751,7 +751,7 @@ def _open_run(
         tracker=_tracker(config, spent_before),
         run_limit=budget_condition(config.run_budget) if config.run_budget else None,
         problem_limit=budget_condition(config.budget) if config.budget else None,
-        results=ResultsFile(out, config.output_format == "human-eval"),
+        results=ResultsFile(out, config.output_format == "human-eval", problems),
         on_problem=on_problem,
         cache=cache,
     )
