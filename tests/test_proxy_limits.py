@@ -223,3 +223,16 @@ def test_a_body_that_trickles_in_is_a_408_and_frees_its_slot(upstream: LoopbackS
         assert post(running, chat()).status_code == 200  # the slots are free again
     finally:
         running.stop()
+
+
+def test_a_member_that_will_refuse_is_refused_before_drawing(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    weighted = {"name": "weighted", "verifiers": ["unit_tests"]}
+    settings = {"strategy": "best_of_n", "samples": 4, "verifier": weighted}
+    response = post(proxy, chat(ttscale=settings))
+    assert response.status_code == 403, response.text
+    assert upstream.request_count == 0
+    # Control: a member that needs no permission is served.
+    settings["verifier"] = {"name": "weighted", "verifiers": ["confidence"]}
+    assert post(proxy, chat(ttscale=settings, logprobs=True, top_logprobs=5)).status_code == 200

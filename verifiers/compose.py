@@ -34,6 +34,15 @@ async def _checked(
     return checked_scores(await verifier.score(problem, candidates), candidates, verifier)
 
 
+def preflight_members(members: Sequence[Verifier]) -> None:
+    """Each member's ``preflight``: a member that will refuse to score (unit tests where code
+    may not run) says so before anything is drawn, as it would alone."""
+    for member in members:
+        check = getattr(member, "preflight", None)
+        if callable(check):
+            check()
+
+
 def sum_usage(scores: Sequence[Score]) -> Usage | None:
     """The usage the scores carry, summed; None when none carries any."""
     usages = [score.usage for score in scores if score.usage is not None]
@@ -54,6 +63,9 @@ class WeightedSum:
             raise ConfigError(
                 f"WeightedSum got {len(self.weights)} weights for {len(self.verifiers)} verifiers"
             )
+
+    def preflight(self) -> None:
+        preflight_members(self.verifiers)
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         per_verifier = await asyncio.gather(
@@ -100,6 +112,9 @@ class Cascade:
         if score.verdict is not None:
             return score.verdict
         return threshold is None or score.number >= threshold  # no score (NaN) does not pass
+
+    def preflight(self) -> None:
+        preflight_members(self.stages)
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         results: list[Score | None] = [None] * len(candidates)
