@@ -441,7 +441,7 @@ def test_a_wrapped_client_takes_strategy_deepconf_by_name() -> None:
     assert sum(r.client_closed for r in records) == 4
 
 
-def test_the_confidence_verifier_through_the_proxy_needs_logprobs_asked_for() -> None:
+def test_the_confidence_verifier_through_the_proxy_draws_the_logprobs_it_reads() -> None:
     unsure_9 = ScriptedAnswer("\\boxed{9}", (UNCONFIDENT,))
     answers = script([unsure_9, SURE_7, unsure_9, unsure_9], unsure_9)
     request = {
@@ -452,15 +452,19 @@ def test_the_confidence_verifier_through_the_proxy_needs_logprobs_asked_for() ->
     with LoopbackServer(answers=answers) as upstream:
         proxy = BackgroundProxy(ProxyConfig(base_url=upstream.base_url, model="loopback")).start()
         try:
-            refused = httpx2.post(proxy.base_url + "/chat/completions", json=request, timeout=30)
+            unasked = httpx2.post(proxy.base_url + "/chat/completions", json=request, timeout=30)
             upstream.reset_log()  # the script's sample indices start again
             asked = {**request, "logprobs": True, "top_logprobs": 5}
             served = httpx2.post(proxy.base_url + "/chat/completions", json=asked, timeout=30)
         finally:
             proxy.stop()
-    assert refused.status_code == 400 and "top_logprobs" in refused.json()["error"]["message"]
+    # Not asked by the client, the logprobs are drawn for the verifier and not sent back.
+    assert unasked.status_code == 200, unasked.text
+    assert unasked.json()["choices"][0]["message"]["content"] == SURE_7.text
+    assert unasked.json()["choices"][0]["logprobs"] is None
     assert served.status_code == 200
     assert served.json()["choices"][0]["message"]["content"] == SURE_7.text
+    assert served.json()["choices"][0]["logprobs"] is not None
 
 
 def test_streamed_draws_meet_the_budget_like_any_other() -> None:

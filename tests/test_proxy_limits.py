@@ -236,3 +236,16 @@ def test_a_member_that_will_refuse_is_refused_before_drawing(
     # Control: a member that needs no permission is served.
     settings["verifier"] = {"name": "weighted", "verifiers": ["confidence"]}
     assert post(proxy, chat(ttscale=settings, logprobs=True, top_logprobs=5)).status_code == 200
+
+
+def test_a_confidence_verifier_has_its_samples_drawn_with_logprobs(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    settings = {"strategy": "best_of_n", "samples": 3, "verifier": "confidence"}
+    response = post(proxy, chat(ttscale=settings))  # the client asks for no logprobs
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["logprobs"] is None  # and gets none back
+    assert all(isinstance(score["value"], float) for score in body["ttscale"]["scores"])
+    sent = [record.body for record in upstream.records if record.body]
+    assert sent and all(b["logprobs"] is True and b["top_logprobs"] == 20 for b in sent)

@@ -156,36 +156,52 @@ def plan_scaled(
     samples, k = resolve_plan(settings, request.n, limits)
     name = settings.strategy or default_strategy
     request = dataclasses.replace(request, params=pin_sampling(request.params, settings.sampling))
+    verifier = _plan_verifier(settings, sampler, verifier_factory, server_options)
+    wanted = getattr(verifier, "wants_logprobs", None)
+    drawn = request.params.logprobs
+    if isinstance(wanted, int) and drawn is None:
+        # A verifier reading the samples' logprobs has them drawn with them (the client gets
+        # them back only if it asked, and then as many alternatives as it asked for).
+        request = dataclasses.replace(request, params=request.params.replace(logprobs=wanted))
     strategy = build_strategy(name, samples, k, request.params, settings.options)
     greedy = greedy_warning(_drawn_with(strategy, request.params), samples, name)
-    verifier: Verifier | None = None
-    if settings.verifier is not None:
-        # A verifier that asks a model (the judge) draws through the request's budget, which
-        # exists only once run_scaled runs the plan: it gets a sampler that finds it then.
-        asks = RequestBudgetSampler(sampler)
-        if verifier_factory is not None:
-            verifier = verifier_factory(settings.verifier, settings.verifier_options, asks)
-        else:
-            verifier = build_verifier(
-                settings.verifier,
-                settings.verifier_options,
-                sampler=asks,
-                server_options=server_options,
-            )
-        if getattr(verifier, "needs_reference", False):
-            raise ConfigError(
-                f"verifier {settings.verifier!r} grades against a reference answer, and a "
-                "request carries none; use one that needs none (judge, confidence, a reward "
-                "model)",
-                param="ttscale.verifier",
-            )
-        preflight = getattr(verifier, "preflight", None)
-        if callable(preflight):
-            preflight()  # a verifier that will refuse to score says so before anything is drawn
     warnings = () if greedy is None else (greedy,)
     return ScaledPlan(
         request, settings, name, strategy, verifier, samples, k, limits.caps(), warnings
     )
+
+
+def _plan_verifier(
+    settings: ScaleSettings,
+    sampler: Sampler,
+    verifier_factory: VerifierFactory | None,
+    server_options: Mapping[str, Any] | None,
+) -> Verifier | None:
+    """The request's verifier, checked before anything is drawn (None when it names none)."""
+    if settings.verifier is None:
+        return None
+    # A verifier that asks a model (the judge) draws through the request's budget, which
+    # exists only once run_scaled runs the plan: it gets a sampler that finds it then.
+    asks = RequestBudgetSampler(sampler)
+    if verifier_factory is not None:
+        verifier = verifier_factory(settings.verifier, settings.verifier_options, asks)
+    else:
+        verifier = build_verifier(
+            settings.verifier,
+            settings.verifier_options,
+            sampler=asks,
+            server_options=server_options,
+        )
+    if getattr(verifier, "needs_reference", False):
+        raise ConfigError(
+            f"verifier {settings.verifier!r} grades against a reference answer, and a request "
+            "carries none; use one that needs none (judge, confidence, a reward model)",
+            param="ttscale.verifier",
+        )
+    preflight = getattr(verifier, "preflight", None)
+    if callable(preflight):
+        preflight()  # a verifier that will refuse to score says so before anything is drawn
+    return verifier
 
 
 def _drawn_with(strategy: Strategy, params: SamplingParams) -> SamplingParams:

@@ -47,6 +47,14 @@ class ConfidenceVerifier:
         self.settings  # noqa: B018  # checks the settings now, not at the first score
 
     @property
+    def wants_logprobs(self) -> int:
+        """The ``logprobs`` its candidates must be drawn with: the chosen token's alone for
+        ``mean_logprob``, else the top-k alternatives (``top_k``, or the most servers give)."""
+        if self.measure == "mean_logprob":
+            return 0
+        return self.top_k if self.top_k is not None else 20
+
+    @property
     def settings(self) -> ConfidenceSettings:
         return ConfidenceSettings(
             window=self.window,
