@@ -378,6 +378,10 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     bad("n", n=3, ttscale={"k": 2}),
     bad("ttscale", ttscale="majority"),
     bad("ttscale", model="loopback", ttscale={"strategy": "best_of_n"}),
+    bad("logprobs", logprobs=1),
+    bad("top_logprobs", top_logprobs=5),
+    bad("stream_options", stream_options=0),
+    bad("stream_options.include_usage", stream=True, stream_options={"include_usage": "no"}),
 ]
 
 

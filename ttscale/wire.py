@@ -264,11 +264,14 @@ def _logprobs(body: Mapping[str, Any], chat: bool) -> tuple[bool, int | None]:
     """Whether the client wants logprobs back, and the alternatives per token to ask for."""
     value = body.get("logprobs")
     if chat:
-        if value not in (None, True, False):
+        # 0 and 1 compare equal to False and True: the type, not the value, says it is a boolean.
+        if value is not None and not isinstance(value, bool):
             raise RequestError("logprobs must be a boolean", param="logprobs")
-        if not value:
-            return False, None
         top = body.get("top_logprobs")
+        if not value:
+            if top is not None:
+                raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+            return False, None
         if top is None or top == 0:
             return True, 0
         if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
@@ -360,9 +363,16 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("stream must be a boolean", param="stream")
-    stream_options = body.get("stream_options") or {}
+    stream_options = body.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
     if not isinstance(stream_options, Mapping):
         raise RequestError("stream_options must be an object", param="stream_options")
+    include_usage = stream_options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise RequestError(
+            "stream_options.include_usage must be a boolean", param="stream_options.include_usage"
+        )
     _encodable(body)
     return ChatRequest(
         chat=chat,
@@ -371,7 +381,7 @@ def parse_request(body: Any, *, chat: bool, limits: RequestLimits | None = None)
         n=n,
         params=params,
         stream=stream,
-        include_usage=bool(stream_options.get("include_usage")),
+        include_usage=include_usage,
         settings=parse_settings(body.get("ttscale")),
         logprobs=_logprobs(body, chat)[0],
     )
