@@ -19,6 +19,7 @@ from ttscale.errors import ConfigError
 from ttscale.proxy import BackgroundProxy, ProxyConfig
 from ttscale.registry import create
 from ttscale.testing.server import LoopbackServer
+from ttscale.types import SamplingParams
 
 
 @pytest.mark.parametrize(
@@ -77,3 +78,10 @@ def test_the_proxy_and_the_command_line_name_the_option(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.returncode == 2
     assert "batch_size must be an integer, got 2.5" in " ".join(done.stderr.split())
+
+
+@pytest.mark.parametrize("temperature", [math.inf, math.nan, -0.1])
+def test_a_temperature_is_a_finite_number_at_least_0(temperature: float) -> None:
+    with pytest.raises(ConfigError, match="temperature must be a finite number >= 0"):
+        SamplingParams(temperature=temperature)
+    assert SamplingParams(temperature=0.0).temperature == 0.0  # control: greedy is allowed

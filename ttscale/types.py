@@ -105,8 +105,9 @@ class SamplingParams:
     extra_body: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        if self.temperature is not None and self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        # Written so that NaN fails too (every comparison with NaN is false).
+        if self.temperature is not None and not 0 <= self.temperature < math.inf:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens is not None and self.max_tokens < 1:
