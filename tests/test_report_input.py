@@ -53,3 +53,17 @@ def test_result_columns_hold_each_records_counts_and_spend(tmp_path: Path) -> No
     path.write_text(path.read_text() + json.dumps({**lines[0], "num_correct": 5}) + "\n")
     with pytest.raises(DataError, match="num_correct"):
         ResultColumns.read(path)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1, "5", True])
+def test_usage_that_is_no_finite_count_is_refused_naming_it(tmp_path: Path, value: object) -> None:
+    path = tmp_path / "results.jsonl"
+    line = {"id": "p", "strategy": "majority", "n": 1, "num_correct": 1,
+            "samples": [{"correct": True}], "usage": {"prompt_tokens": 1, "cost": 0.5}}  # fmt: skip
+    path.write_text(json.dumps(line) + "\n")
+    assert ResultColumns.read(path).ids == ("p",)  # control: a finite cost reads
+    line["usage"] = {"prompt_tokens": 1, "cost": value}
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=r"usage\.cost") as caught:
+        ResultColumns.read(path)
+    assert "finite numbers >= 0" in str(caught.value)

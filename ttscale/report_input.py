@@ -96,9 +96,11 @@ def _parse_record(raw: dict[str, Any], path: str, line: int) -> ProblemRecord:
         # A nested object is a part of the total shown apart (``usage.verifier``).
         parts = value.items() if isinstance(value, dict) else [(None, value)]
         for part, number in parts:
-            if not isinstance(number, int | float) or isinstance(number, bool) or number < 0:
+            # Written so that NaN and infinities fail too (NaN < 0 is false).
+            number_ok = isinstance(number, int | float) and not isinstance(number, bool)
+            if not (number_ok and 0 <= number < math.inf):
                 where = f"usage.{key}" + (f".{part}" if part is not None else "")
-                raise bad(f"usage values must be numbers >= 0, got {number!r}", where)
+                raise bad(f"usage values must be finite numbers >= 0, got {number!r}", where)
     try:
         parsed_usage = Usage.from_dict(usage)
     except TypeError as exc:
