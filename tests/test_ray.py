@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from ttscale.distributed import shard_directory, solve_on_ray, split_shards
-from ttscale.errors import TTScaleError
+from ttscale.errors import ConfigError, TTScaleError
 from ttscale.portal import default_portal
+from ttscale.records import exclusive_run
 from ttscale.solve import SolveConfig, run_file, solve
 from ttscale.testing import LoopbackServer, ScriptRequest
 
@@ -285,3 +286,16 @@ def test_a_failed_shard_keeps_the_others_and_the_rerun_finishes(
         again = solve_on_ray(config, address="local", base_url=server.base_url, model="m")
     assert again.skipped == 4
     assert sorted(r["id"] for r in read_records(out)) == sorted(QUESTIONS)
+
+
+def test_the_driver_holds_the_results_file_as_solve_does(tmp_path: Path) -> None:
+    config = make_config(write_dataset(tmp_path / "data.jsonl"), tmp_path / "held.jsonl")
+    with LoopbackServer(answers=answer_for) as server:
+        with exclusive_run(config.out.absolute()), pytest.raises(ConfigError, match="another run"):
+            solve_on_ray(config, address="local", base_url=server.base_url, model="loopback")
+        assert server.request_count == 0
+        # Control: once the other run lets go, the driver runs.
+        done = solve_on_ray(
+            config, address="local", base_url=server.base_url, model="loopback", shards=1
+        )
+    assert len(done.records) == len(config.out.read_text().splitlines()) > 0

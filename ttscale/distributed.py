@@ -64,6 +64,7 @@ from ttscale.records import (
     RecordsView,
     check_out,
     check_resume,
+    exclusive_run,
     human_eval_lines,
     read_finished,
     record_params,
@@ -313,51 +314,53 @@ def solve_on_ray(
     out = config.out.absolute()
     check_out(out, config.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    finished = scan_finished(out)
-    check_resume(out, config, model, finished, problems)
-    repair_results(out)
-    write_run_json(out, config, model, base_url, problems)
-    directory = shard_directory(out)
-    remaining = [p.id for p in problems if p.id not in finished.ids]
-    done = _finished_in_shards(directory, set(remaining), config) if directory.exists() else {}
-    todo = [problem_id for problem_id in remaining if problem_id not in done]
-    if on_problem is not None:
-        for record in done.values():
-            on_problem(record)  # finished by an earlier run's shards, not yet merged
+    # One run at a time on this results file, as solve holds it.
+    with exclusive_run(out):
+        finished = scan_finished(out)
+        check_resume(out, config, model, finished, problems)
+        repair_results(out)
+        write_run_json(out, config, model, base_url, problems)
+        directory = shard_directory(out)
+        remaining = [p.id for p in problems if p.id not in finished.ids]
+        done = _finished_in_shards(directory, set(remaining), config) if directory.exists() else {}
+        todo = [problem_id for problem_id in remaining if problem_id not in done]
+        if on_problem is not None:
+            for record in done.values():
+                on_problem(record)  # finished by an earlier run's shards, not yet merged
 
-    left = limits_left(config.run_budget, _spent(finished.usage, done.values()))
-    tally = _Tally()
-    if todo and most_parts(left) == 0:
-        tally.stop(f"the run's budget ({config.run_budget}) is spent", len(todo))
-    elif todo:
-        owns_ray = _connect(ray, address, shards)
-        try:
-            count = shards or max(int(ray.available_resources().get("CPU", 1)), 1)
-            dealt = split_shards(todo, min(count, most_parts(left)))
-            slices = split_limits(left, len(dealt)) if left else [{}] * len(dealt)
-            tally = _run_shards(
-                ray, dealt, slices, config, directory, (base_url, model), on_problem, done
-            )
-        finally:
-            if owns_ray:
-                ray.shutdown()
+        left = limits_left(config.run_budget, _spent(finished.usage, done.values()))
+        tally = _Tally()
+        if todo and most_parts(left) == 0:
+            tally.stop(f"the run's budget ({config.run_budget}) is spent", len(todo))
+        elif todo:
+            owns_ray = _connect(ray, address, shards)
+            try:
+                count = shards or max(int(ray.available_resources().get("CPU", 1)), 1)
+                dealt = split_shards(todo, min(count, most_parts(left)))
+                slices = split_limits(left, len(dealt)) if left else [{}] * len(dealt)
+                tally = _run_shards(
+                    ray, dealt, slices, config, directory, (base_url, model), on_problem, done
+                )
+            finally:
+                if owns_ray:
+                    ray.shutdown()
 
-    merged = [done[p.id] for p in problems if p.id in done]
-    by_id = {p.id: p for p in problems}
-    _append(out, merged, by_id if config.output_format == "human-eval" else None)
-    if tally.failure is not None:
-        raise tally.failure
-    return SolveSummary(
-        records=RecordsView(out, len(finished) + len(merged)),
-        skipped=len(finished),
-        wall_time_s=time.perf_counter() - started,
-        replayed_samples=tally.replayed,
-        usage=tally.usage,
-        model=model,
-        out=out,
-        stopped=tally.stopped,
-        unfinished=tally.unfinished,
-    )
+        merged = [done[p.id] for p in problems if p.id in done]
+        by_id = {p.id: p for p in problems}
+        _append(out, merged, by_id if config.output_format == "human-eval" else None)
+        if tally.failure is not None:
+            raise tally.failure
+        return SolveSummary(
+            records=RecordsView(out, len(finished) + len(merged)),
+            skipped=len(finished),
+            wall_time_s=time.perf_counter() - started,
+            replayed_samples=tally.replayed,
+            usage=tally.usage,
+            model=model,
+            out=out,
+            stopped=tally.stopped,
+            unfinished=tally.unfinished,
+        )
 
 
 def _spent(usage: Usage, records: Iterable[dict[str, Any]]) -> Usage:
