@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
+import types
+import typing
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -152,8 +155,6 @@ def build_config(config_type: type[ConfigT], options: dict[str, Any], where: str
 
 def _field_types(config_type: type) -> dict[str, Any]:
     """A config's field types, resolved; none (nothing checked) where they cannot be."""
-    import typing
-
     try:
         return typing.get_type_hints(config_type)
     except Exception:  # a forward reference only a type checker can resolve
@@ -179,10 +180,6 @@ def _typed(value: Any, hint: Any, where: str, name: str) -> Any:
 
 def _matches(value: Any, hint: Any) -> bool | object:
     """Whether ``value`` is of ``hint``; ``_NO_CHECK`` when the hint is not a plain one."""
-    import math
-    import types
-    import typing
-
     origin = typing.get_origin(hint)
     if origin is Literal:
         return _NO_CHECK  # configs check their own choices, aliases included ("review": "fuse")
@@ -206,9 +203,6 @@ def _matches(value: Any, hint: Any) -> bool | object:
 
 
 def _describe(hint: Any) -> str:
-    import types
-    import typing
-
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(member) for member in typing.get_args(hint))

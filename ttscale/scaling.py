@@ -370,10 +370,13 @@ def fill_choices(result: Result, k: int) -> tuple[Result, str | None]:
     chosen = {candidate.index for candidate in result.selected}
     rest = [c for c in result.candidates if c.index not in chosen][: k - len(result.selected)]
     picked = len(result.selected)
-    answers = (*result.answers, *([None] * (picked - len(result.answers))), *([None] * len(rest)))
-    filled = dataclasses.replace(
-        result, selected=(*result.selected, *rest), answers=answers[: picked + len(rest)]
+    selected = (*result.selected, *rest)
+    # answers align with selected: the strategy's own, then none read for the samples added.
+    answers = (
+        *result.answers[:picked],
+        *[None] * (len(selected) - min(picked, len(result.answers))),
     )
+    filled = dataclasses.replace(result, selected=selected, answers=answers)
     said = f"the strategy chose {picked} of the {k} answers asked for"
     if picked + len(rest) < k:
         return filled, f"{said}, and only {len(result.candidates)} samples were drawn"
