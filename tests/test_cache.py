@@ -388,3 +388,64 @@ def test_a_partial_override_is_keyed_with_the_samplers_own_settings(
     draw(short, "q", 1, params=SamplingParams(seed=SEED, temperature=0.5, max_tokens=2))
     assert server.request_count == 2 and short.hits == 1
     assert short.key("q", override) == short.key("q", SamplingParams(temperature=0.5, max_tokens=2))
+
+
+def test_a_sample_cut_short_is_not_cached_and_an_old_cached_one_is_replaced(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    cut = Candidate("half an ans", 0, finish_reason="error", completion_tokens=3)
+    whole = Candidate("half an answer", 0, finish_reason="stop", completion_tokens=5)
+    with SampleCache(tmp_path / "cache") as cache:
+        assert cache.put("k", SampleBatch((cut,), Usage(requests=1, samples=1))) == 0
+        assert cache.get("k", [0]) == {}
+    # What an earlier version kept: the cut sample, written straight into the table.
+    database = sqlite3.connect(tmp_path / "cache" / "samples.sqlite3")
+    database.execute(
+        "INSERT INTO samples (draw, idx, candidate, usage, created) VALUES (?, ?, ?, ?, 0)",
+        ("k", 0, json.dumps(cut.to_dict()), json.dumps({"samples": 1})),
+    )
+    database.commit()
+    database.close()
+    with SampleCache(tmp_path / "cache") as cache:
+        assert cache.get("k", [0])[0].candidate.cut_short
+        assert cache.put("k", SampleBatch((whole,), Usage(requests=1, samples=1))) == 1
+        assert cache.get("k", [0])[0].candidate.text == "half an answer"
+        # ...and a whole sample, once stored, still never changes.
+        other = Candidate("another answer", 0, finish_reason="stop")
+        assert cache.put("k", SampleBatch((other,), Usage(requests=1, samples=1))) == 0
+        assert cache.get("k", [0])[0].candidate.text == "half an answer"
+
+
+def test_a_cached_sampler_draws_again_a_stream_a_failure_cut(tmp_path: Path) -> None:
+    asked = asyncio.run(cached_cut_stream(tmp_path))
+    assert asked == [3, 1, 0]  # the cut sample, not cached, is drawn again once
+
+
+async def cached_cut_stream(tmp_path: Path) -> list[int]:
+    from ttscale.errors import SamplerError
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.testing.server import Fault
+    from ttscale.types import SamplingParams
+
+    params = SamplingParams(logprobs=0, seed=1)
+    asked = []
+    for faults in ((Fault("cut_stream", on_requests=frozenset({1})),), (), ()):
+        async with LoopbackServer(default_answer="a b c d e f", faults=faults) as server:
+            inner = OpenAISampler(model="m", base_url=server.base_url, concurrency=1)
+            sampler = CachedSampler(inner, tmp_path / "cache")
+            try:
+                batch = await sampler.sample_watched("q", 3, params, watcher=lambda i: _Never())
+                assert [c.text for c in batch.candidates] == ["a b c d e f"] * 3
+            except SamplerError:
+                assert faults  # only the server that cuts a stream fails the draw
+            finally:
+                await sampler.aclose()
+            asked.append(server.request_count)
+    return asked
+
+
+class _Never:
+    def feed(self, token: object) -> bool:
+        return False

@@ -389,3 +389,72 @@ def test_sample_rows_evaluate_as_the_whole_records_do(tmp_path: Path) -> None:
         assert list(got.accuracy[name]) == list(values)
     # Equal samples share one row: 3 answers x 2 verdicts at most, whatever the file's size.
     assert len({id(sample) for row in rows for sample in row["samples"]}) <= 6
+
+
+# -- a sample cut short by a failure ------------------------------------------------------------
+
+
+class NeverStop:
+    def feed(self, token: object) -> bool:
+        return False
+
+
+async def cut_then_resume(tmp_path: Path) -> tuple[list[dict[str, Any]], SampleBatch, int]:
+    """A watched draw of 3 whose second stream breaks off half way, then the same draw resumed
+    from the journal on a healthy server: the journal's lines after the first run, the resumed
+    batch, and how many streams the healthy server was asked for."""
+    from ttscale.errors import SamplerError
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.store import JournalledSampler
+    from ttscale.types import SamplingParams
+
+    path = tmp_path / "j.jsonl"
+    params = SamplingParams(logprobs=0, seed=1)
+    answer = "one two three four five six seven eight"
+    cut = Fault("cut_stream", on_requests=frozenset({1}))
+    async with LoopbackServer(default_answer=answer, faults=(cut,)) as broken:
+        sampler = OpenAISampler(model="loopback", base_url=broken.base_url, concurrency=1)
+        journal = SampleJournal(path)
+        with pytest.raises(SamplerError, match="broke off") as failed:
+            await JournalledSampler(sampler, journal, "p").sample_watched(
+                "q", 3, params, watcher=lambda index: NeverStop()
+            )
+        journal.close()
+        partial = failed.value.partial
+        assert isinstance(partial, SampleBatch)
+        assert [c.finish_reason for c in partial.candidates] == ["stop", "error", "stop"]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    async with LoopbackServer(default_answer=answer) as healthy:
+        sampler = OpenAISampler(model="loopback", base_url=healthy.base_url, concurrency=1)
+        journal = SampleJournal(path)
+        batch = await JournalledSampler(sampler, journal, "p").sample_watched(
+            "q", 3, params, watcher=lambda index: NeverStop()
+        )
+        journal.close()
+        asked = healthy.request_count
+        # Resumed once more: everything replays, and reports the same spend as the first resume.
+        journal = SampleJournal(path)
+        again = await JournalledSampler(sampler, journal, "p").sample_watched(
+            "q", 3, params, watcher=lambda index: NeverStop()
+        )
+        journal.close()
+        assert healthy.request_count == asked
+        assert [c.text for c in again.candidates] == [c.text for c in batch.candidates]
+        assert again.usage.replace(wall_time_s=0) == batch.usage.replace(wall_time_s=0)
+    return lines, batch, asked
+
+
+def test_a_stream_cut_by_a_failure_is_kept_as_paid_but_drawn_again_on_resume(
+    tmp_path: Path,
+) -> None:
+    lines, batch, asked = asyncio.run(cut_then_resume(tmp_path))
+    cut = [line for line in lines if line["candidate"]["finish_reason"] == "error"]
+    assert len(cut) == 1 and cut[0]["candidate"]["completion_tokens"] > 0  # paid, so kept
+    assert cut[0]["candidate"]["text"] != "one two three four five six seven eight"
+    # The resumed draw gives three whole samples: the cut one is drawn again, not replayed.
+    assert [c.text for c in batch.candidates] == ["one two three four five six seven eight"] * 3
+    assert [c.finish_reason for c in batch.candidates] == ["stop"] * 3
+    assert asked == 1  # index 1, the cut one
+    # What the cut stream cost is part of what the resumed draw reports as spent.
+    drawn_again = sum(c.completion_tokens for c in batch.candidates)
+    assert batch.usage.completion_tokens == drawn_again + cut[0]["candidate"]["completion_tokens"]

@@ -16,6 +16,8 @@ journal is the other, :class:`~ttscale.store.SampleJournal`):
 - The usage it reports is what it drew: cache hits cost nothing. ``hits``, ``misses`` and
   ``saved`` (what the hits cost when they were drawn) count the rest.
 - Samples of a draw that failed part way (the error's ``partial``) are stored too: they were paid.
+  A sample the failure itself cut short is not: it is no sample to reuse (the run's journal keeps
+  what it cost).
 - Concurrent calls on one event loop never draw the same sample twice: a call waits for samples
   another call is drawing, and draws them itself only if that call did not get them.
 
@@ -75,6 +77,15 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (draw, idx)
 ) WITHOUT ROWID;
 """
+
+# A stored sample never changes, except one cut short that an earlier version kept: a whole sample
+# drawn again at its index takes its place.
+_INSERT_SAMPLE = (
+    "INSERT INTO samples (draw, idx, candidate, usage, created) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (draw, idx) DO UPDATE SET candidate = excluded.candidate, "
+    "usage = excluded.usage, created = excluded.created "
+    "WHERE json_extract(samples.candidate, '$.finish_reason') IN ('error', 'cancelled')"
+)
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -254,6 +265,8 @@ class SampleCache:
                 StoredSample(candidate, share)
                 for candidate, share in zip(samples.candidates, usage_shares(samples), strict=True)
             ]
+        # A sample a failure cut short is no sample to reuse: the run's journal keeps its cost.
+        samples = [sample for sample in samples if not sample.candidate.cut_short]
         if not samples:
             return 0
         now = time.time()
@@ -276,8 +289,7 @@ class SampleCache:
                         (key, canonical_json(description), now),
                     )
                 cursor = self._db.executemany(
-                    "INSERT OR IGNORE INTO samples (draw, idx, candidate, usage, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    _INSERT_SAMPLE,
                     rows,
                 )
                 stored = cursor.rowcount

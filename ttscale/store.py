@@ -19,6 +19,10 @@ The journal's guarantees:
   with its newline when it is whole, so the next entry is never glued onto it.
 - A write that fails (disk full, file size limit) stops further drawing: the sample stays in
   memory for the run and :class:`StoreWriteError` names the file and what it holds.
+- A sample a failure cut short (:attr:`~ttscale.types.Candidate.cut_short`: a stream that broke
+  off, a draw cancelled) is journalled, since it was paid for, but never replayed as a sample: a
+  resumed run draws its index again and reports what the cut one cost beside what the new one
+  did.
 - Only entries of problems in progress are held in memory: a finished problem's are dropped
   (:meth:`SampleJournal.forget`), and a resumed run loads only the problems not yet finished.
 """
@@ -34,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -282,10 +286,12 @@ class StoredSampler(WrappedSampler):
     def _take_stored(self, key: str, indices: Sequence[int], found: dict[int, Candidate]) -> Usage:
         usage = Usage()
         for index, hit in self.store.get(key, indices).items():
+            usage = usage + self.replay_usage(key, index, hit)
+            if hit.candidate.cut_short:
+                continue  # paid for (counted once), but drawn again: it is not a sample
             found[index] = hit.candidate
             self.hits += 1
             self.saved = self.saved + hit.usage
-            usage = usage + self.replay_usage(key, index, hit)
         return usage
 
     @staticmethod
@@ -430,6 +436,18 @@ class JournalEntry:
     prompt_tokens: int
     candidate: Candidate
     requests: int = 0
+    earlier: Usage = field(default_factory=Usage)  # in memory: what samples cut short here cost
+
+    @property
+    def usage(self) -> Usage:
+        """What this sample, and any cut short before it at its index, cost."""
+        own = Usage(
+            requests=self.requests,
+            samples=1,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.candidate.completion_tokens,
+        )
+        return own + self.earlier
 
     def to_dict(self, *, logprobs: bool = True) -> dict[str, Any]:
         data = self.candidate.to_dict()
@@ -560,9 +578,14 @@ class SampleJournal:
         return sum(len(by_index) for runs in self._entries.values() for by_index in runs.values())
 
     def _keep(self, entry: JournalEntry) -> bool:
+        """Hold ``entry`` unless its index is taken; a sample cut short gives way to a whole one
+        drawn again, and what it cost is added to that one's (it was paid for too)."""
         by_index = self._entries.setdefault(entry.problem, {}).setdefault(entry.params, {})
-        if entry.candidate.index in by_index:
+        held = by_index.get(entry.candidate.index)
+        if held is not None and not (held.candidate.cut_short and not entry.candidate.cut_short):
             return False
+        if held is not None:
+            entry = dataclasses.replace(entry, earlier=held.usage)
         by_index[entry.candidate.index] = entry
         return True
 
@@ -575,13 +598,7 @@ class SampleJournal:
         for index in indices:
             entry = by_index.get(index)
             if entry is not None:
-                usage = Usage(
-                    requests=entry.requests,
-                    samples=1,
-                    prompt_tokens=entry.prompt_tokens,
-                    completion_tokens=entry.candidate.completion_tokens,
-                )
-                found[index] = StoredSample(entry.candidate, usage)
+                found[index] = StoredSample(entry.candidate, entry.usage)
         return found
 
     def put(

@@ -17,6 +17,7 @@ from typing import Any
 from ttscale.errors import ConfigError, DataError
 
 __all__ = [
+    "CUT_SHORT_REASONS",
     "LOGPROB_FLOOR",
     "Candidate",
     "Message",
@@ -157,6 +158,11 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...] = ()
 
 
+CUT_SHORT_REASONS = frozenset({"error", "cancelled"})
+"""Finish reasons of a sample a failure ended part way (a stream that broke off, a draw that was
+cancelled): its tokens were paid for, but the text is not what the model would have written."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One sampled answer.
@@ -179,6 +185,11 @@ class Candidate:
     temperature: float | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     request_id: str | None = None
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether a failure, not the model, a stop string or a watcher, ended this sample."""
+        return self.finish_reason in CUT_SHORT_REASONS
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -65,8 +65,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FaultKind = Literal["rate_limit", "server_error", "reset", "slow", "malformed_json"]
-_FAULT_KINDS = ("rate_limit", "server_error", "reset", "slow", "malformed_json")
+FaultKind = Literal["rate_limit", "server_error", "reset", "slow", "malformed_json", "cut_stream"]
+_FAULT_KINDS = ("rate_limit", "server_error", "reset", "slow", "malformed_json", "cut_stream")
 _N_SUPPORT = ("yes", "reject", "ignore")
 
 # Word runs and single punctuation marks: crude, but deterministic and cheap, which is all a test
@@ -197,6 +197,9 @@ class Fault:
     - ``reset``: the request is read, then the connection is aborted with a TCP RST.
     - ``slow``: the answer is generated, then held back ``delay`` seconds.
     - ``malformed_json``: 200 with a truncated JSON body; generated but unusable by the client.
+    - ``cut_stream``: a streamed answer breaks off half way: its first half of events is sent,
+      then the connection is closed without the stream's end (a request not streamed is answered
+      whole). The whole answer was generated, so it was paid for.
     """
 
     kind: FaultKind
@@ -807,6 +810,13 @@ def _event_chunk(event: str) -> bytes:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _broken(exchange: _Exchange) -> bool:
+    """Whether the client got an answer it cannot use (a fault that spoils what was sent)."""
+    if exchange.fault == "cut_stream":
+        return exchange.body.get("stream") is True
+    return exchange.fault == "malformed_json"
 
 
 def _event_stream(events: Sequence[str], chunked: bool) -> _Response:
@@ -1556,9 +1566,7 @@ class LoopbackServer:
             logger.exception("the loopback server's responder failed")
             error = _RequestError(500, f"the responder failed: {exc!r}", error_type="server_error")
             return _Exchange(request, ordinal, body, kind, _error_response(error))
-        response, paced = self._render(
-            generation, choices, kind == "malformed_json", request.version
-        )
+        response, paced = self._render(generation, choices, kind, request.version)
         return _Exchange(
             request,
             ordinal,
@@ -1586,7 +1594,7 @@ class LoopbackServer:
         self._log_exchange(
             connection,
             exchange,
-            delivered=sent and exchange.fault != "malformed_json",
+            delivered=sent and not _broken(exchange),
             completion_tokens=sum(choice.tokens for choice in exchange.choices),
         )
         if exchange.fault == "reset":
@@ -1695,14 +1703,24 @@ class LoopbackServer:
         return ""
 
     def _render(
-        self, generation: _Generation, choices: Sequence[_Choice], malformed: bool, version: str
+        self,
+        generation: _Generation,
+        choices: Sequence[_Choice],
+        fault: FaultKind | None,
+        version: str,
     ) -> tuple[_Response, tuple[tuple[str, int], ...] | None]:
         """The response, and for a paced stream the events still to write after its head."""
         serial = next(self._response_serials)
         created = int(time.time())
+        malformed = fault == "malformed_json"
         if generation.stream:
             events = _stream_events(generation, choices, serial, created)
             chunked = version != "HTTP/1.0"
+            if fault == "cut_stream" and chunked:
+                # No last chunk, and the connection closes: the client's read breaks off.
+                kept = b"".join(_event_chunk(event) for event, _ in events[: len(events) // 2])
+                cut = _Response(200, kept, "text/event-stream", chunked=True, until_close=True)
+                return cut, None
             if malformed:
                 first = events[0][0]
                 return _event_stream([first[: max(1, len(first) // 2)], "[DONE]"], chunked), None
