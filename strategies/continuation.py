@@ -13,6 +13,10 @@ Some servers answer a prefilled message with the prefill *and* its continuation 
 content (llama.cpp's ``llama-server`` does: it parses the whole assistant turn), others with the
 continuation alone. :func:`added_text` takes the prefill off where it was sent back, so a
 continuation never holds the partial answer twice.
+
+A prompt may itself end in an assistant message, the start of the answer it wants continued (a
+prefill). The partial answer then begins with that text (:func:`prompt_prefill`), and the request
+sends it once, as the one assistant message, however far the answer has gone.
 """
 
 from __future__ import annotations
@@ -23,9 +27,41 @@ from typing import Any, Literal
 from ttscale.errors import ConfigError
 from ttscale.types import Message, Prompt, SamplingParams
 
-__all__ = ["Continuation", "added_text", "continuation_prompt", "continue_flags"]
+__all__ = [
+    "Continuation",
+    "added_text",
+    "continuation_prompt",
+    "continue_flags",
+    "prompt_prefill",
+]
 
 Continuation = Literal["prefill", "vllm", "text"]
+
+
+def _split_prefill(prompt: Prompt) -> tuple[list[Message], str]:
+    """The prompt's messages before a trailing assistant message whose content is text, and that
+    text ("" and all the messages when there is none) (pure)."""
+    messages: list[Message] = (
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    )
+    last = messages[-1] if messages else None
+    if last is None or last.get("role") != "assistant":
+        return messages, ""
+    content = last.get("content")
+    if isinstance(content, str):
+        return messages[:-1], content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return messages[:-1], "".join(part["text"] for part in content)
+    return messages, ""
+
+
+def prompt_prefill(prompt: Prompt) -> str:
+    """The start of the answer that ``prompt`` itself gives (pure): the text of a trailing
+    assistant message, else "". A continuation's partial answer begins with it."""
+    return _split_prefill(prompt)[1]
 
 
 def continuation_prompt(
@@ -34,10 +70,15 @@ def continuation_prompt(
     continuation: Continuation,
     template: Callable[[Sequence[Message]], str] | None = None,
 ) -> Prompt:
-    """What is sent to continue ``partial`` as the answer to ``prompt`` (pure)."""
-    messages: list[Message] = (
-        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    )
+    """What is sent to continue ``partial`` as the answer to ``prompt`` (pure). ``partial`` is the
+    whole answer so far, the prompt's own prefill (:func:`prompt_prefill`) included: it takes the
+    place of the prompt's trailing assistant message, so the prefill is never sent twice."""
+    messages, prefill = _split_prefill(prompt)
+    if not partial.startswith(prefill):
+        raise ConfigError(
+            "a continuation's partial answer must begin with the prompt's own prefill "
+            f"(a trailing assistant message {prefill[:40]!r})"
+        )
     if continuation == "text":
         if template is None:
             raise ConfigError("continuation='text' needs a template (e.g. ttscale's chatml)")

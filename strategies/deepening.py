@@ -80,6 +80,7 @@ from ttscale.strategies.continuation import (
     added_text,
     continuation_prompt,
     continue_flags,
+    prompt_prefill,
 )
 from ttscale.types import (
     Candidate,
@@ -292,6 +293,7 @@ class DeepeningSampler:
 
     async def _deepen(self, prompt: Prompt, params: SamplingParams | None, index: int) -> _Deepened:
         state = _Deepened(index)
+        state.text = prompt_prefill(prompt)  # the answer's start the prompt gives, if any
         for segment, budget in enumerate(self.budgets):
             trigger: str | None = None
             if segment > 0:

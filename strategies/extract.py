@@ -37,6 +37,7 @@ __all__ = [
     "normalize_answer",
     "normalize_code",
     "normalize_number",
+    "stated_answer",
 ]
 
 Extractor = Callable[[str], "str | None"]
@@ -188,13 +189,58 @@ _ANSWER_IS_RE = re.compile(
 )
 
 
-def extract_answer_is(text: str) -> str | None:
-    """What follows the last "the answer is" / "final answer:", up to the end of the sentence."""
+# Words that open a statement about the answer rather than the answer: "the answer is not
+# obvious", "the answer is to add them", "the answer is unclear yet".
+_HEDGES = frozenset(
+    [
+        "not",
+        "unclear",
+        "unknown",
+        "uncertain",
+        "undetermined",
+        "yet",
+        "still",
+        "to",
+        "that",
+        "what",
+        "which",
+        "how",
+        "why",
+        "where",
+        "when",
+        "whether",
+        "being",
+        "probably",
+        "likely",
+        "hidden",
+        "tricky",
+        "obvious",
+        "hard",
+        "difficult",
+        "complicated",
+        "between",
+    ]
+)
+
+
+def stated_answer(text: str) -> str | None:
+    """The raw text after the last "the answer is" / "final answer:", up to the end of its
+    sentence, unless it is a statement about the answer ("not obvious", "to add them") (pure)."""
     found = _ANSWER_IS_RE.findall(text)
     if not found:
         return None
-    answer = found[-1].strip().strip("*").strip()  # markdown bold around the answer is common
-    if not answer:
+    answer: str = found[-1].strip().strip("*").strip()  # markdown bold around it is common
+    words = answer.split()
+    if not words or words[0].lower().strip(",;:") in _HEDGES:
+        return None
+    return answer
+
+
+def extract_answer_is(text: str) -> str | None:
+    """What follows the last "the answer is" / "final answer:", up to the end of the sentence;
+    None when that is a statement about the answer (``"the answer is not obvious"``)."""
+    answer = stated_answer(text)
+    if answer is None:
         return None
     boxed = last_boxed(answer)
     if boxed is None and "\\boxed" in answer:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ttscale.errors import ConfigError
+from ttscale.errors import ConfigError, TTScaleError, VerifierError
 from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
 from ttscale.strategies.base import StrategyConfig
 from ttscale.strategies.selection import best_member, select_majority
@@ -404,7 +404,14 @@ class SearchRun:
         self.usages.append(outcome.usage)
         self.prompt_tokens.extend(outcome.prompt_tokens)
         children = [self._add(step) for step in sorted(outcome.steps, key=lambda s: s.index)]
-        await self._score(children)
+        try:
+            await self._score(children)
+        except TTScaleError as exc:
+            self._scoring_failed(exc)
+            raise
+        except Exception as exc:
+            failed = VerifierError(f"the process reward failed: {type(exc).__name__}: {exc}")
+            raise self._scoring_failed(failed) from exc
         if outcome.budget_stop is not None:
             self.budget_stop = outcome.budget_stop
             self.event("budget_exhausted", reason=outcome.budget_stop, kept=len(children))
@@ -413,6 +420,15 @@ class SearchRun:
             outcome.error.partial = self.batch()
             raise outcome.error
         return children
+
+    def _scoring_failed(self, error: TTScaleError) -> TTScaleError:
+        """``error``, which a failed process reward ends the search with, carrying what was drawn
+        (a verifier error's ``partial``: the finished paths and all that was spent, the reward's
+        own calls included)."""
+        self.event("error", error=str(error), kept=len(self.nodes) - 1)
+        if isinstance(error, VerifierError):
+            error.partial = self.batch()
+        return error
 
     def _add(self, step: DrawnStep) -> Node:
         parent = self.nodes[step.key]

@@ -13,13 +13,18 @@ by ``template``). The partial is sent with the delimiter after its last step, so
 new step. Prefix reuse is the server's (llama.cpp's ``cache_prompt``, vLLM's prefix caching).
 
 A step ends its path (``final``) when it holds a marked answer (``\\boxed{}``, ``####`` or "the
-answer is"), when the model wrote nothing more, or by ``is_final(step_text)``; a path is also
-closed at the search's last round, whose request goes on to the answer's end (no stop).
+answer is" followed by an answer, not by "not obvious"), when the model wrote nothing more, or by
+``is_final(step_text)``; a path is also closed at the search's last round, whose request goes on
+to the answer's end (no stop). A sample that opens with the delimiter comes back empty from a
+server's stop: it is drawn again (same index and seed, no stop) and its step cut from the text,
+so a path never ends on an empty first step. A prompt that ends in an assistant message (the start
+of the answer) is continued from that start, sent once; the steps are what the model wrote after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +36,14 @@ from ttscale.strategies.continuation import (
     added_text,
     continuation_prompt,
     continue_flags,
+    prompt_prefill,
 )
-from ttscale.strategies.extract import extract_answer_is, extract_boxed, extract_gsm8k
+from ttscale.strategies.extract import (
+    extract_answer_is,
+    extract_boxed,
+    extract_gsm8k,
+    stated_answer,
+)
 from ttscale.types import Message, Prompt, SampleBatch, SamplingParams, TokenLogprob, Usage
 
 __all__ = [
@@ -66,8 +77,15 @@ class StepText(str):
 
 
 def has_marked_answer(text: str) -> bool:
-    """Whether ``text`` states a final answer: ``\\boxed{}``, ``####`` or "the answer is" (pure)."""
-    return any(find(text) is not None for find in (extract_boxed, extract_gsm8k, extract_answer_is))
+    """Whether ``text`` states a final answer (pure): ``\\boxed{}``, ``####``, or "the answer
+    is" followed by an answer: one holding a number or formula, or a short one (at most 4 words:
+    "the answer is B"), not a statement about it ("the answer is not obvious yet")."""
+    if extract_boxed(text) is not None or extract_gsm8k(text) is not None:
+        return True
+    stated = stated_answer(text)
+    if stated is None or extract_answer_is(text) is None:
+        return False
+    return len(stated.split()) <= 4 or any(c.isdigit() or c in "\\$=" for c in stated)
 
 
 def join_steps(steps: Sequence[str], delimiter: Delimiter) -> str:
@@ -76,16 +94,37 @@ def join_steps(steps: Sequence[str], delimiter: Delimiter) -> str:
 
 
 def cut_step(text: str, delimiter: Delimiter) -> tuple[str, bool]:
-    """The first step of ``text`` and whether anything followed it (pure)."""
+    """The first step of ``text`` and whether anything followed it (pure). Delimiters (or
+    blank steps) before the first step are skipped: a step is never empty because the model
+    opened with a delimiter."""
     if isinstance(delimiter, str):
+        while text.startswith(delimiter):
+            text = text[len(delimiter) :]
         found = text.find(delimiter)
         return (text, False) if found < 0 else (text[:found], True)
+    while True:
+        end = _step_end(text, delimiter)
+        if end is None or end >= len(text):
+            return text, False
+        if text[:end].strip():
+            return text[:end], bool(text[end:].strip())
+        text = text[end:]  # a blank step before the first one
+
+
+def _step_end(text: str, delimiter: Callable[[str], int | None]) -> int | None:
+    """Where a delimiter function says the first step of ``text`` ends, checked."""
     end = delimiter(text)
-    if end is None or end >= len(text):
-        return text, False
-    if end < 0:
-        raise ConfigError(f"the step delimiter function returned {end} for a text")
-    return text[:end], bool(text[end:].strip())
+    if end is not None and (isinstance(end, bool) or not isinstance(end, int)):
+        raise ConfigError(
+            f"the step delimiter function returned {end!r} ({type(end).__name__}) for a text "
+            f"starting {text[:40]!r}; it must return where the first step ends (an int) or None"
+        )
+    if end is not None and end <= 0:
+        raise ConfigError(
+            f"the step delimiter function returned {end} for a text starting {text[:40]!r}; "
+            "it must return where the first step ends (> 0) or None"
+        )
+    return end
 
 
 def continuation_params(
@@ -118,6 +157,9 @@ class StepRequest:
     count: int
     start_index: int
     to_end: bool = False  # the last round: no stop, the answer is finished
+    # Drawn again with no stop: the same sample opened with the delimiter, so the server's stop
+    # ended it before its step began; the step is cut from what follows instead.
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,10 +219,13 @@ class RoundOutcome:
     prompt_tokens: list[tuple[int, int]] = field(default_factory=list)  # (steps before, tokens)
 
 
-def _partial(steps: Sequence[str], settings: StepSettings) -> str:
+def _partial(prompt: Prompt, steps: Sequence[str], settings: StepSettings) -> str:
+    """The answer a request continues: the prompt's own prefill, then the steps so far, each
+    ended by the delimiter so that the model starts a new one (pure)."""
     if not steps:
-        return ""
-    return join_steps(steps, settings.delimiter) + join_steps(["", ""], settings.delimiter)
+        return prompt_prefill(prompt)
+    ended = join_steps(steps, settings.delimiter) + join_steps(["", ""], settings.delimiter)
+    return prompt_prefill(prompt) + ended
 
 
 async def _one_request(
@@ -190,9 +235,9 @@ async def _one_request(
     request: StepRequest,
     settings: StepSettings,
 ) -> tuple[StepRequest, SampleBatch]:
-    partial = _partial(request.steps, settings)
+    partial = _partial(prompt, request.steps, settings)
     stop = None
-    if isinstance(settings.delimiter, str) and not request.to_end:
+    if isinstance(settings.delimiter, str) and not request.to_end and not request.again:
         stop = (settings.delimiter,)
     params = continuation_params(
         base,
@@ -207,10 +252,14 @@ async def _one_request(
     return request, batch
 
 
-def _steps_of(request: StepRequest, batch: SampleBatch, settings: StepSettings) -> list[DrawnStep]:
+def _steps_of(
+    prompt: Prompt, request: StepRequest, batch: SampleBatch, settings: StepSettings
+) -> list[DrawnStep]:
     drawn = []
-    partial = _partial(request.steps, settings)
+    partial = _partial(prompt, request.steps, settings)
     for candidate in batch.candidates:
+        if candidate.cut_short:
+            continue  # a failure ended it, not the model: paid (in the usage), but no step
         text, cut = added_text(candidate.text, partial, settings.continuation), False
         if not request.to_end:
             text, cut = cut_step(text, settings.delimiter)
@@ -229,6 +278,14 @@ def _steps_of(request: StepRequest, batch: SampleBatch, settings: StepSettings) 
     return drawn
 
 
+def _opened_with_delimiter(step: DrawnStep, request: StepRequest, settings: StepSettings) -> bool:
+    """Whether the server's stop ended ``step`` before it began (pure): nothing came back where a
+    stop string was sent. (A model that ended its answer there is found so too; drawn again, it
+    ends there again, and the path is closed then.)"""
+    sent_stop = isinstance(settings.delimiter, str) and not request.to_end and not request.again
+    return sent_stop and not step.text.strip() and step.finish_reason == "stop"
+
+
 async def draw_steps(
     sampler: Sampler,
     prompt: Prompt,
@@ -240,8 +297,42 @@ async def draw_steps(
 
     A request the budget refuses ends drawing (``budget_stop``) but not the round: the steps the
     other requests returned are kept. Another failure is returned as ``error`` with the steps of
-    the requests that succeeded and the partial batch it carried; the caller decides.
+    the requests that succeeded and the partial batch it carried; the caller decides. A sample
+    that opened with the delimiter (so came back empty) is drawn again, same index and seed,
+    without the stop, and its step cut from the text; both requests' tokens are the step's.
     """
+    result = await _draw_round(sampler, prompt, base, requests, settings)
+    by_key = {request.key: request for request in requests}
+    blank = [s for s in result.steps if _opened_with_delimiter(s, by_key[s.key], settings)]
+    if not blank or result.budget_stop is not None or result.error is not None:
+        return result
+    again = [
+        StepRequest(s.key, by_key[s.key].steps, 1, s.index, again=True)
+        for s in sorted(blank, key=lambda step: step.index)
+    ]
+    redrawn = await _draw_round(sampler, prompt, base, again, settings)
+    spent = {(s.key, s.index): s.tokens for s in blank}
+    kept = [s for s in result.steps if (s.key, s.index) not in spent]
+    for step in redrawn.steps:
+        kept.append(dataclasses.replace(step, tokens=step.tokens + spent[(step.key, step.index)]))
+    redrawn_ids = {(s.key, s.index) for s in redrawn.steps}
+    kept.extend(s for s in blank if (s.key, s.index) not in redrawn_ids)  # refused or failed
+    return RoundOutcome(
+        kept,
+        result.usage + redrawn.usage,
+        redrawn.budget_stop,
+        redrawn.error,
+        result.prompt_tokens + redrawn.prompt_tokens,
+    )
+
+
+async def _draw_round(
+    sampler: Sampler,
+    prompt: Prompt,
+    base: SamplingParams | None,
+    requests: Sequence[StepRequest],
+    settings: StepSettings,
+) -> RoundOutcome:
     outcomes = await asyncio.gather(
         *(_one_request(sampler, prompt, base, r, settings) for r in requests),
         return_exceptions=True,
@@ -253,7 +344,7 @@ async def draw_steps(
             continue
         if isinstance(outcome, SamplerError):
             if isinstance(outcome.partial, SampleBatch):
-                result.steps.extend(_steps_of(request, outcome.partial, settings))
+                result.steps.extend(_steps_of(prompt, request, outcome.partial, settings))
                 result.usage = result.usage + outcome.partial.usage
             result.error = result.error or outcome
             continue
@@ -261,6 +352,6 @@ async def draw_steps(
             raise outcome
         _, batch = outcome
         result.prompt_tokens.append((len(request.steps), batch.usage.prompt_tokens))
-        result.steps.extend(_steps_of(request, batch, settings))
+        result.steps.extend(_steps_of(prompt, request, batch, settings))
         result.usage = result.usage + batch.usage.replace(wall_time_s=0.0)
     return result

@@ -332,3 +332,52 @@ def test_control_a_continuation_read_with_its_prefill_holds_the_answer_twice(
     monkeypatch.setattr(deepening, "added_text", lambda returned, partial, continuation: returned)
     text, _ = _deepened_on_an_echoing_server()
     assert text.count(FIRST) > 1
+
+
+PREFILL = "Let me compute."
+
+
+def _deepened_from_a_prefill(echo: bool) -> tuple[str, list[list[dict[str, Any]]]]:
+    """A prompt that ends in the assistant's own start of the answer, deepened: the answer and
+    the messages of each request."""
+    prompt = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": PREFILL},
+    ]
+    with LoopbackServer(answers=continuing, echo_prefill=echo) as running:
+
+        async def go() -> Any:
+            async with sampler(running) as inner:
+                deep = DeepeningSampler(inner, b0=16, gamma=2.0, b_max=64, triggers=(TRIGGER,))
+                return await deep.sample(prompt, 1, SamplingParams(temperature=0.5))
+
+        (candidate,) = asyncio.run(go()).candidates
+        sent = [r.body["messages"] for r in running.records if r.body]
+    return candidate.text, sent
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["plain", "echoing"])
+def test_a_prompt_that_starts_the_answer_is_continued_from_it_once(echo: bool) -> None:
+    text, sent = _deepened_from_a_prefill(echo)
+    assert text == PREFILL + FIRST + TRIGGER + SECOND + TRIGGER + THIRD
+    for messages in sent:  # one assistant message, the whole answer so far
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert messages[-1]["content"].startswith(PREFILL)
+        assert messages[-1]["content"].count(PREFILL) == 1
+
+
+def test_control_a_prompt_prefill_sent_beside_the_partial_makes_two_assistant_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttscale.strategies.deepening as deepening
+
+    monkeypatch.setattr(deepening, "prompt_prefill", lambda prompt: "")
+    monkeypatch.setattr(
+        deepening,
+        "continuation_prompt",
+        lambda prompt, partial, *rest: (
+            [*prompt, {"role": "assistant", "content": partial}] if partial else list(prompt)
+        ),
+    )
+    _, sent = _deepened_from_a_prefill(echo=False)
+    assert any([m["role"] for m in messages].count("assistant") == 2 for messages in sent)

@@ -21,7 +21,7 @@ from ttscale.errors import ConfigError, VerifierError
 from ttscale.registry import create
 from ttscale.samplers.openai_sampler import OpenAISampler
 from ttscale.strategies.beam_search import BeamSearch
-from ttscale.strategies.extract import extract_gsm8k
+from ttscale.strategies.extract import extract_answer_is, extract_gsm8k
 from ttscale.strategies.particle_filtering import ParticleFiltering
 from ttscale.strategies.step_search import (
     allocate,
@@ -644,3 +644,153 @@ def test_a_markdown_heading_is_no_final_answer() -> None:
     # Controls: GSM8K's marker, a box and "the answer is" are final.
     assert has_marked_answer("so #### 18") and has_marked_answer("#### $1,200")
     assert has_marked_answer("\\boxed{7}") and has_marked_answer("The answer is 7.")
+
+
+# -- steps that open with their delimiter, and answers that are no answers ---------------------
+
+
+def test_a_step_is_never_empty_because_the_text_opens_with_its_delimiter() -> None:
+    assert cut_step("\n\nStep 1.\n\nStep 2.", "\n\n") == ("Step 1.", True)
+    assert cut_step("\n\n\n\nStep 1.", "\n\n") == ("Step 1.", False)
+    after_blank_line = lambda text: text.find("\n\n") + 2 if "\n\n" in text else None  # noqa: E731
+    assert cut_step("\n\nx = 1\n\ny = 2", after_blank_line) == ("x = 1\n\n", True)
+    # Controls: a delimiter inside the text still cuts there; a text of delimiters is empty.
+    assert cut_step("a\n\n\n\nb", "\n\n") == ("a", True)
+    assert cut_step("\n\n", "\n\n") == ("", False)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        ("3", "'3' \\(str\\)"),
+        (2.5, "2.5 \\(float\\)"),
+        (True, "True \\(bool\\)"),
+        (0, "returned 0"),
+    ],
+)
+def test_a_delimiter_function_returning_no_position_is_a_config_error(
+    returned: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cut_step("abc; def", lambda text: returned)  # type: ignore[arg-type,return-value]
+
+
+def test_the_answer_is_followed_by_no_answer_is_not_final() -> None:
+    for hedge in (
+        "The answer is not obvious yet.",
+        "the answer is to add the two amounts.",
+        "So the answer is unclear until we subtract.",
+        "The final answer is what remains after step 3.",
+        "The answer is the sum of the apples and the pears that she bought.",
+    ):
+        assert not has_marked_answer(hedge), hedge
+    assert extract_answer_is("The answer is not obvious. We get 12.") is None
+    # Controls: answers, short or with a number or formula, are final.
+    stated_answers = ("The answer is 7.", "The answer is B.", "the answer is no.")
+    for stated in (*stated_answers, "The answer is $x=3$"):
+        assert has_marked_answer(stated), stated
+    assert has_marked_answer("The answer is the 3 apples she kept and the pear from step two.")
+
+
+def _opens_with_delimiter(request: Any) -> str:
+    """A model that opens its answer with a blank line, then writes two steps."""
+    whole = "\n\nStep 1: 3 + 4 = 7.\n\nThe answer is 7."
+    messages = request.body.get("messages", [])
+    prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+    start = whole.find(prefill) if prefill else 0
+    return whole[start + len(prefill) :] if start >= 0 else "The answer is 0."
+
+
+def test_a_step_that_opens_with_the_delimiter_is_drawn_again_not_ended_empty() -> None:
+    from ttscale.testing import LoopbackServer
+
+    problem = Problem(id="p", prompt="What is 3 + 4?", answer="7")
+    reward = lambda problem, steps: [0.5] * len(steps)  # noqa: E731
+    with LoopbackServer(answers=_opens_with_delimiter) as server:
+        strategy = BeamSearch(samples=2, beam_width=1, reward=reward, max_steps=4)
+        result = asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+        requests = [record.body for record in server.records]
+    assert result.answers == ("7",)
+    assert result.selected[0].text == "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
+    # Round 1: two samples come back empty and are drawn again, same index, without the stop.
+    assert [body.get("stop") for body in requests[:3]] == [["\n\n"], None, None]
+    assert requests[1]["seed"] == requests[0]["seed"]  # index 0's seed: the same sample
+    assert requests[2]["seed"] != requests[0]["seed"]
+    # Every token paid is on the path: the empty step's and the redrawn one's.
+    served = sum(record.completion_tokens for record in server.records)
+    assert result.usage.completion_tokens == served
+
+
+def test_control_without_drawing_again_the_empty_step_ends_the_path_with_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttscale.strategies.steps as steps
+    from ttscale.testing import LoopbackServer
+
+    monkeypatch.setattr(steps, "_opened_with_delimiter", lambda step, request, settings: False)
+    problem = Problem(id="p", prompt="What is 3 + 4?", answer="7")
+    reward = lambda problem, steps: [0.5] * len(steps)  # noqa: E731
+    with LoopbackServer(answers=_opens_with_delimiter) as server:
+        strategy = BeamSearch(samples=2, beam_width=1, reward=reward, max_steps=4)
+        result = asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+    assert result.answers == (None,)
+
+
+def test_a_process_reward_that_fails_ends_the_search_with_what_was_spent() -> None:
+    from ttscale.types import SampleBatch
+
+    problem = ENV.problems()[0]
+
+    def flaky(problem: Problem, steps: list[str]) -> list[float]:
+        if len(steps) >= 2:
+            raise RuntimeError("reward model out of memory")
+        return [0.5] * len(steps)
+
+    with ENV.server() as server:
+        strategy = BeamSearch(samples=4, beam_width=2, reward=flaky, max_steps=5)
+        with pytest.raises(VerifierError, match="RuntimeError: reward model out of memory") as err:
+            asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+        served = sum(record.completion_tokens for record in server.records)
+    assert isinstance(err.value.__cause__, RuntimeError)
+    partial = err.value.partial
+    assert isinstance(partial, SampleBatch)
+    assert served > 0 and partial.usage.completion_tokens == served  # both rounds' steps
+    # Control: an error of ttscale's own keeps its type, and still carries nothing it lacks.
+    with ENV.server() as server:
+        refusing = BeamSearch(samples=4, beam_width=2, reward=lambda p, s: [0.5], max_steps=5)
+        with pytest.raises(VerifierError, match="scores for") as err:
+            asyncio.run(_run(refusing, problem, _sampler(server.base_url)))
+    assert isinstance(err.value.partial, SampleBatch)
+
+
+HEAD = "Let me work it out.\n\n"
+
+
+def _continues_a_whole_answer(request: Any) -> str:
+    """A model whose answer is always ``HEAD`` then two steps: it continues whatever prefill it
+    is sent, and a prefill that is not a start of that answer gets a wrong one."""
+    whole = HEAD + "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
+    messages = request.body.get("messages", [])
+    prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+    return whole[len(prefill) :] if whole.startswith(prefill) else "The answer is 0."
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["plain", "echoing"])
+def test_a_prompt_that_starts_the_answer_is_searched_from_it_once(echo: bool) -> None:
+    from ttscale.testing import LoopbackServer
+
+    messages = (
+        {"role": "user", "content": "What is 3 + 4?"},
+        {"role": "assistant", "content": HEAD},
+    )
+    problem = Problem(id="p", messages=messages, answer="7")
+    reward = lambda problem, steps: [0.5] * len(steps)  # noqa: E731
+    with LoopbackServer(answers=_continues_a_whole_answer, echo_prefill=echo) as server:
+        strategy = BeamSearch(samples=2, beam_width=1, reward=reward, max_steps=4)
+        result = asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
+        sent = [record.body["messages"] for record in server.records]
+    assert result.answers == ("7",)
+    assert result.selected[0].text == "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
+    for request in sent:  # one assistant message: the prompt's start, then the steps so far
+        assert [m["role"] for m in request] == ["user", "assistant"]
+        assert request[-1]["content"].startswith(HEAD) and request[-1]["content"].count(HEAD) == 1

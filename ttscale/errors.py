@@ -148,7 +148,16 @@ class BudgetExhausted(TTScaleError):
 
 
 class VerifierError(TTScaleError):
-    """A verifier could not score a candidate."""
+    """A verifier could not score a candidate.
+
+    ``partial`` holds, where the work that needed the score knows it, what that work had drawn
+    and spent before the failure (a ``SampleBatch``): a step-level search that its process reward
+    failed, say.
+    """
+
+    def __init__(self, *args: object, partial: Any = None) -> None:
+        self.partial = partial
+        super().__init__(*args)
 
 
 class SandboxRefused(VerifierError, PermissionError):
