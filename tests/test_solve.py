@@ -364,11 +364,13 @@ def test_judge_verifier_asks_the_run_server_and_its_tokens_are_counted(tmp_path:
         assert scores[QUESTIONS[record["id"]]] == pytest.approx(4 / 5)  # -V scale=5 applied
         assert record["params"]["verifier_options"] == {"scale": 5}
         verifier = record["usage"]["verifier"]
-        assert verifier["samples"] == 4  # one judge call per candidate
-        assert verifier["completion_tokens"] == 3 * count_tokens("Wrong. Score: 1") + count_tokens(
+        # One judge call per distinct answer: the three wrong answers are the same text, so the
+        # same judge prompt, asked at once, paid once (as it would be asked in turn).
+        assert verifier["samples"] == 2
+        assert verifier["completion_tokens"] == count_tokens("Wrong. Score: 1") + count_tokens(
             "Looks right. Score: 4"
         )
-    assert len(judge_requests) == 4 * len(QUESTIONS)
+    assert len(judge_requests) == 2 * len(QUESTIONS)
     # The records' usage is everything the server delivered: samples and judge calls.
     for field in ("samples", "prompt_tokens", "completion_tokens"):
         assert sum(r["usage"][field] for r in records) == delivered[field]

@@ -458,3 +458,36 @@ def test_a_stream_cut_by_a_failure_is_kept_as_paid_but_drawn_again_on_resume(
     # What the cut stream cost is part of what the resumed draw reports as spent.
     drawn_again = sum(c.completion_tokens for c in batch.candidates)
     assert batch.usage.completion_tokens == drawn_again + cut[0]["candidate"]["completion_tokens"]
+
+
+# -- the same draw asked twice at once ----------------------------------------------------------
+
+
+async def twice_at_once(tmp_path: Path) -> tuple[int, Usage, Usage]:
+    """A judge's view asked the same prompt twice at once, then the same on a resumed journal:
+    the server's requests, and the usage each run reports."""
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.store import JournalledSampler
+
+    path = tmp_path / "j.jsonl"
+    usages = []
+    async with LoopbackServer(default_answer="Yes", latency=0.05) as server:
+        sampler = OpenAISampler(model="loopback", base_url=server.base_url)
+        for _ in range(2):
+            journal = SampleJournal(path)
+            view = JournalledSampler(sampler, journal, "p", by_prompt=True)
+            batches = await asyncio.gather(*(view.sample("Is 7 right?", 1) for _ in range(2)))
+            journal.close()
+            assert [b.candidates[0].text for b in batches] == ["Yes", "Yes"]
+            usages.append(batches[0].usage + batches[1].usage)
+        requests = server.request_count
+    return requests, usages[0].replace(wall_time_s=0), usages[1].replace(wall_time_s=0)
+
+
+def test_the_same_draw_asked_twice_at_once_is_paid_once_and_resumes_the_same() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        requests, clean, resumed = asyncio.run(twice_at_once(Path(directory)))
+    assert requests == 1  # the second ask waited for the first's sample
+    assert clean == resumed and clean.requests == 1 and clean.completion_tokens > 0

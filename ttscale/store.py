@@ -737,8 +737,10 @@ class JournalledSampler(StoredSampler):
     the caller asked for alternatives (confidence measures read them); not otherwise.
     """
 
+    # A draw asked twice at once (a judge shown the same answer twice) is paid once, as when
+    # asked twice in turn: the second ask gets the sample the first drew (its seed is the
+    # same). A resumed run then replays exactly what the first run paid for.
     strict = False
-    shared = False  # each call pays for what it asks, as a verifier's calls are counted
 
     def __init__(
         self, sampler: Sampler, journal: SampleJournal, problem_id: str, *, by_prompt: bool = False
