@@ -87,7 +87,7 @@ ISSUE_INPUTS: list[tuple[str, Any, dict[str, str], int, str | None]] = [
         scaled(strategy="best_of_n", verifier={"name": "judge", "template": "{x}"}),
         {},
         400,
-        "ttscale.verifier",
+        "ttscale.verifier.template",
     ),
     ("unit tests, execution off", scaled(verifier="unit_tests"), {}, 403, "ttscale.verifier"),
     (

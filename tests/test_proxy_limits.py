@@ -190,7 +190,7 @@ def test_a_verifier_needing_a_reference_answer_is_refused_before_drawing(
     proxy: BackgroundProxy, upstream: LoopbackServer, verifier: str
 ) -> None:
     settings = {"strategy": "best_of_n", "samples": 4, "verifier": verifier}
-    refused(post(proxy, chat(ttscale=settings)), "ttscale.verifier", "grades against a reference")
+    refused(post(proxy, chat(ttscale=settings)), "ttscale.verifier", "a request carries none")
     assert upstream.request_count == 0
     # Control: a verifier that needs no reference answer is served.
     settings["verifier"] = "confidence"
@@ -249,3 +249,33 @@ def test_a_confidence_verifier_has_its_samples_drawn_with_logprobs(
     assert all(isinstance(score["value"], float) for score in body["ttscale"]["scores"])
     sent = [record.body for record in upstream.records if record.body]
     assert sent and all(b["logprobs"] is True and b["top_logprobs"] == 20 for b in sent)
+
+
+def test_a_composed_verifiers_members_are_checked_as_a_verifier_is(
+    upstream: LoopbackServer,
+) -> None:
+    config = ProxyConfig(
+        base_url=upstream.base_url, model="loopback", limits=CAPS, allow_code_execution=True
+    )
+    running = BackgroundProxy(config).start()
+    try:
+        member = {"name": "reward_model", "model": "/etc"}
+        loads = {"strategy": "best_of_n", "verifier": {"name": "weighted", "verifiers": [member]}}
+        response = post(running, chat(ttscale=loads))
+        refused(response, "ttscale.verifier.verifiers[0].model", "may not load a reward")
+        grants = {"name": "unit_tests", "allow_code_execution": True}
+        gate = {"name": "gate", "gate": grants, "scorer": "judge"}
+        response = post(running, chat(ttscale={"strategy": "best_of_n", "verifier": gate}))
+        refused(response, "ttscale.verifier.gate.allow_code_execution", "the server's to set")
+        # The server allows code to run, but a request carries no tests to run: refused first.
+        gate = {"name": "gate", "gate": "unit_tests", "scorer": "judge"}
+        response = post(running, chat(ttscale={"strategy": "best_of_n", "verifier": gate}))
+        refused(response, "ttscale.verifier", "a request carries none")
+        assert upstream.request_count == 0
+        # Control: members that need nothing from a dataset answer.
+        judged = {"name": "weighted", "verifiers": [{"name": "judge", "scale": 10}, "judge"]}
+        settings = {"strategy": "best_of_n", "samples": 2, "verifier": judged}
+        response = post(running, chat(ttscale=settings))
+        assert response.status_code == 200, response.text
+    finally:
+        running.stop()

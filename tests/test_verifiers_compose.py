@@ -194,3 +194,53 @@ def test_measure_soundness_with_real_weak_and_strong_tests() -> None:
     estimate = asyncio.run(measure_soundness(tests, tests, [(weak, strong, batch)]))
     assert (estimate.true_positives, estimate.false_positives) == (1, 1)
     assert estimate.ceiling == 0.5 and estimate.false_positive_rate == 0.5
+
+
+# -- members by name: built as the registry builds any verifier --------------------------------
+
+RIGHT = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return 0\n"
+
+
+def test_a_named_member_that_runs_code_gets_the_composed_verifiers_permission() -> None:
+    gated = create(
+        "verifier", "gate", gate="unit_tests", scorer=lambda p, b: [1.0] * len(b),
+        allow_code_execution=True,
+    )  # fmt: skip
+    assert [s.verdict for s in score(gated, [RIGHT, WRONG])] == [True, False]
+    # ...and options given with a name are the member's.
+    summed = create(
+        "verifier", "weighted",
+        verifiers=[{"name": "unit_tests", "timeout_s": 5.0}, {"name": "exact_match"}],
+        allow_code_execution=True,
+    )  # fmt: skip
+    assert summed.verifiers[0].config.timeout_s == 5.0
+    assert summed.needs_reference  # its members grade against the problem's tests and answer
+    # Control: without the permission the same member refuses before scoring.
+    from ttscale.errors import SandboxRefused
+
+    refusing = create("verifier", "gate", gate="unit_tests", scorer=lambda p, b: [1.0] * len(b))
+    with pytest.raises(SandboxRefused):
+        refusing.preflight()
+
+
+def test_a_member_may_not_grant_itself_code_execution() -> None:
+    with pytest.raises(ConfigError, match="allow_code_execution is the server's to set") as caught:
+        create(
+            "verifier", "cascade",
+            stages=[{"name": "unit_tests", "allow_code_execution": True}, "exact_match"],
+        )  # fmt: skip
+    assert caught.value.param is not None and "stages[0]" in caught.value.param
+    with pytest.raises(ConfigError, match="needs a verifier 'name'"):
+        create("verifier", "weighted", verifiers=[{"model": "x"}])
+
+
+def test_a_named_judge_member_asks_the_composed_verifiers_sampler() -> None:
+    from ttscale.testing import ScriptedSampler
+
+    asked = ScriptedSampler(lambda prompt, index: "Score: 9")
+    summed = create(
+        "verifier", "weighted", verifiers=[{"name": "judge", "scale": 10}], sampler=asked
+    )
+    scores = score(summed, [RIGHT])
+    assert scores[0].value == pytest.approx(0.9) and asked.calls

@@ -309,7 +309,7 @@ def build_verifier(
     try:
         return _built(factory, options, server)
     except ConfigError as exc:
-        raise ConfigError(f"verifier {name!r}: {exc}", param=where) from exc
+        raise ConfigError(f"verifier {name!r}: {exc}", param=_prefixed(exc, where)) from exc
     except (TTScaleError, TypeError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"verifier {name!r} cannot be built with {sorted(options)}: {exc}", param=where

@@ -192,15 +192,16 @@ def _plan_verifier(
             sampler=asks,
             server_options=server_options,
         )
-    if getattr(verifier, "needs_reference", False):
-        raise ConfigError(
-            f"verifier {settings.verifier!r} grades against a reference answer, and a request "
-            "carries none; use one that needs none (judge, confidence, a reward model)",
-            param="ttscale.verifier",
-        )
     preflight = getattr(verifier, "preflight", None)
     if callable(preflight):
         preflight()  # a verifier that will refuse to score says so before anything is drawn
+    if getattr(verifier, "needs_reference", False):
+        raise ConfigError(
+            f"verifier {settings.verifier!r} grades against what a dataset gives a problem (a "
+            "reference answer, unit tests), and a request carries none; use one that needs "
+            "none (judge, confidence, a reward model)",
+            param="ttscale.verifier",
+        )
     return verifier
 
 

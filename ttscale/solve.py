@@ -394,8 +394,8 @@ def _verifier_builder(config: SolveConfig) -> Callable[[Sampler], Verifier] | No
     if not name:
         return None
     options = dict(config.verifier_options)
-    if name == "unit_tests" and config.allow_code_execution:
-        options.setdefault("allow_code_execution", True)
+    # --allow-code-execution reaches every verifier that runs code, a composed one's members too.
+    server = {"allow_code_execution": True} if config.allow_code_execution else {}
     try:
         factory = load("verifier", name)
     except ConfigError as exc:
@@ -403,7 +403,7 @@ def _verifier_builder(config: SolveConfig) -> Callable[[Sampler], Verifier] | No
 
     def build(sampler: Sampler | None) -> Verifier:
         try:
-            return build_verifier(name, options, sampler=sampler)
+            return build_verifier(name, options, sampler=sampler, server_options=server)
         except ConfigError as exc:
             # The builder speaks of request fields; here they are flags.
             raise ConfigError(

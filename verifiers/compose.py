@@ -9,7 +9,12 @@
 - :class:`Gate`: a two-stage cascade, e.g. unit tests first, then a reward model ranks the
   candidates that pass.
 
-Members may be verifier objects, plain functions or registered names.
+Members may be verifier objects, plain functions, registered names, or mappings ``{"name": ...,
+**options}`` (how a request or a config file gives them). Named members are built as the registry
+builds any verifier: a member that asks a model (the judge) gets the composed verifier's
+``sampler``, and one that runs code gets the composed verifier's ``allow_code_execution`` (the
+caller's setting, which a member's own options may not set). A composed verifier needs a reference
+answer when a member does, and has samples drawn with the logprobs its members read.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ttscale.errors import ConfigError
-from ttscale.protocols import Verifier, checked_scores
+from ttscale.protocols import Sampler, Verifier, checked_scores
 from ttscale.types import Candidate, Problem, Score, Usage
 from ttscale.verifiers.base import resolve_verifier
 
@@ -32,6 +37,82 @@ async def _checked(
     verifier: Verifier, problem: Problem, candidates: Sequence[Candidate]
 ) -> list[Score]:
     return checked_scores(await verifier.score(problem, candidates), candidates, verifier)
+
+
+def build_member(
+    spec: Any, where: str, *, sampler: Sampler | None, allow_code_execution: bool
+) -> Verifier:
+    """A member from its spec: a name or ``{"name": ..., **options}`` is built by the registry
+    with the composed verifier's ``sampler`` and ``allow_code_execution``; anything else (an
+    object, a function) is taken as it is."""
+    named = _named(spec, where)
+    if named is None:
+        return resolve_verifier(spec, where)
+    from ttscale.registry import build_verifier  # at call time: the registry loads us by name
+
+    name, options = named
+    return build_verifier(
+        name,
+        options,
+        sampler=sampler,
+        where=where,
+        server_options={"allow_code_execution": allow_code_execution},
+    )
+
+
+def _named(spec: Any, where: str) -> tuple[str, dict[str, Any]] | None:
+    """A registered member's name and options, or None for an object or function (pure)."""
+    if isinstance(spec, str):
+        return spec, {}
+    if not isinstance(spec, Mapping):
+        return None
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} needs a verifier 'name', got {spec!r}", param=where)
+    return name, {key: value for key, value in spec.items() if key != "name"}
+
+
+def check_member_requests(members: Mapping[str, Any]) -> None:
+    """Each named member's ``check_request`` (what a remote request may not ask of it, such as
+    a model loaded into the server), with the member's place as the field."""
+    from ttscale.registry import check_request
+
+    for where, spec in members.items():
+        named = _named(spec, where)
+        if named is not None:
+            check_request(named[0], named[1], where=where, kind="verifier")
+
+
+def member_specs(options: Mapping[str, Any], *fields: str) -> dict[str, Any]:
+    """The member specs in a composed verifier's ``options``, by field name: ``gate`` and
+    ``stages[1]`` (pure); a field that is no list of members is left to the builder."""
+    found: dict[str, Any] = {}
+    for field in fields:
+        value = options.get(field)
+        if isinstance(value, list | tuple):
+            found.update({f"{field}[{i}]": spec for i, spec in enumerate(value)})
+        elif value is not None:
+            found[field] = value
+    return found
+
+
+class _Composed:
+    """What every composed verifier shares: its members, how they are checked and what they need."""
+
+    members: list[Verifier]
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(getattr(member, "needs_reference", False) for member in self.members)
+
+    @property
+    def wants_logprobs(self) -> int | None:
+        wanted = [getattr(member, "wants_logprobs", None) for member in self.members]
+        counts = [w for w in wanted if isinstance(w, int) and not isinstance(w, bool)]
+        return max(counts) if counts else None
+
+    def preflight(self) -> None:
+        preflight_members(self.members)
 
 
 def preflight_members(members: Sequence[Verifier]) -> None:
@@ -49,13 +130,29 @@ def sum_usage(scores: Sequence[Score]) -> Usage | None:
     return Usage.total(usages) if usages else None
 
 
-class WeightedSum:
+class WeightedSum(_Composed):
     """``sum(weight * score)``; the members run concurrently. Verdicts are not combined."""
 
-    def __init__(self, verifiers: Sequence[Any], weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        verifiers: Sequence[Any],
+        weights: Sequence[float] | None = None,
+        *,
+        sampler: Sampler | None = None,
+        allow_code_execution: bool = False,
+    ) -> None:
         if not verifiers:
             raise ConfigError("WeightedSum needs at least one verifier")
-        self.verifiers = [resolve_verifier(v, "WeightedSum") for v in verifiers]
+        self.verifiers = [
+            build_member(
+                v,
+                f"verifiers[{i}]",
+                sampler=sampler,
+                allow_code_execution=allow_code_execution,
+            )
+            for i, v in enumerate(verifiers)
+        ]
+        self.members = self.verifiers
         self.weights = (
             [float(w) for w in weights] if weights is not None else [1.0] * len(verifiers)
         )
@@ -64,8 +161,9 @@ class WeightedSum:
                 f"WeightedSum got {len(self.weights)} weights for {len(self.verifiers)} verifiers"
             )
 
-    def preflight(self) -> None:
-        preflight_members(self.verifiers)
+    @staticmethod
+    def check_request(options: Mapping[str, Any]) -> None:
+        check_member_requests(member_specs(options, "verifiers"))
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         per_verifier = await asyncio.gather(
@@ -84,7 +182,7 @@ class WeightedSum:
         return combined
 
 
-class Cascade:
+class Cascade(_Composed):
     """Stages from cheap to costly; see the module docstring.
 
     ``thresholds[i]`` applies to stage i's scores that carry no verdict (``None`` keeps every
@@ -96,10 +194,19 @@ class Cascade:
         stages: Sequence[Any],
         thresholds: Sequence[float | None] | None = None,
         rejected_value: float = -math.inf,
+        *,
+        sampler: Sampler | None = None,
+        allow_code_execution: bool = False,
     ) -> None:
         if len(stages) < 2:
             raise ConfigError("a cascade needs at least two stages")
-        self.stages = [resolve_verifier(stage, "Cascade") for stage in stages]
+        self.stages = [
+            build_member(
+                stage, f"stages[{i}]", sampler=sampler, allow_code_execution=allow_code_execution
+            )
+            for i, stage in enumerate(stages)
+        ]
+        self.members = self.stages
         self.thresholds = (
             list(thresholds) if thresholds is not None else [None] * (len(self.stages) - 1)
         )
@@ -113,8 +220,9 @@ class Cascade:
             return score.verdict
         return threshold is None or score.number >= threshold  # no score (NaN) does not pass
 
-    def preflight(self) -> None:
-        preflight_members(self.stages)
+    @staticmethod
+    def check_request(options: Mapping[str, Any]) -> None:
+        check_member_requests(member_specs(options, "stages"))
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         results: list[Score | None] = [None] * len(candidates)
@@ -165,8 +273,19 @@ class Gate(Cascade):
         scorer: Any,
         threshold: float | None = None,
         rejected_value: float = -math.inf,
+        *,
+        sampler: Sampler | None = None,
+        allow_code_execution: bool = False,
     ) -> None:
-        super().__init__([gate, scorer], [threshold], rejected_value)
+        members = [
+            build_member(spec, where, sampler=sampler, allow_code_execution=allow_code_execution)
+            for spec, where in ((gate, "gate"), (scorer, "scorer"))
+        ]
+        super().__init__(members, [threshold], rejected_value)
+
+    @staticmethod
+    def check_request(options: Mapping[str, Any]) -> None:
+        check_member_requests(member_specs(options, "gate", "scorer"))
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
         scores = await super().score(problem, candidates)

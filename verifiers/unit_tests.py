@@ -273,6 +273,9 @@ def build_program(
 class UnitTestVerifier:
     """Runs each candidate against the problem's tests in a sandbox. See the module docstring."""
 
+    # It runs the problem's tests, which a chat request has none of.
+    needs_reference = True
+
     def __init__(self, config: UnitTestConfig | None = None, **options: Any) -> None:
         config = resolve_config(UnitTestConfig, config, options, "UnitTestVerifier")
         self.config = config
