@@ -953,3 +953,58 @@ def test_ttscale_serve_command(upstream: LoopbackServer, tmp_path: Path) -> None
     )  # fmt: skip
     assert failed.returncode == 2
     assert "broken.toml" in failed.stderr and "presets.x.budget.dollars" in failed.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_streamed_scaled_answer_carries_the_logprobs_a_whole_one_does(endpoint: str) -> None:
+    long_answer = "Six times seven: 6 * 7 = 42, and a check says 42 again, so \\boxed{42}."
+    with LoopbackServer(default_answer=long_answer) as server:
+        running = start(server)
+        try:
+            asked = client(running)
+            create: Any = (
+                asked.chat.completions.create if endpoint == "chat" else asked.completions.create
+            )
+            prompt = {"messages": messages()} if endpoint == "chat" else {"prompt": QUESTION}
+            logprobs = (
+                {"logprobs": True, "top_logprobs": 2} if endpoint == "chat" else {"logprobs": 2}
+            )
+            scaled = {"ttscale": {"strategy": "majority", "samples": 2}}
+            whole = create(model="loopback", extra_body=scaled, **prompt, **logprobs)
+            chunks = list(
+                create(model="loopback", stream=True, extra_body=scaled, **prompt, **logprobs)
+            )
+            plain = list(create(model="loopback", stream=True, extra_body=scaled, **prompt))
+        finally:
+            running.stop()
+    if endpoint == "chat":
+        expected = [(t.token, t.logprob) for t in whole.choices[0].logprobs.content]
+        streamed = [
+            (t.token, t.logprob)
+            for c in chunks
+            if c.choices and c.choices[0].logprobs is not None
+            for t in c.choices[0].logprobs.content
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        unasked = [c.choices[0].logprobs for c in plain if c.choices]
+    else:
+        expected = list(
+            zip(
+                whole.choices[0].logprobs.tokens,
+                whole.choices[0].logprobs.token_logprobs,
+                strict=True,
+            )
+        )
+        streamed = [
+            pair
+            for c in chunks
+            if c.choices and c.choices[0].logprobs is not None
+            for pair in zip(
+                c.choices[0].logprobs.tokens, c.choices[0].logprobs.token_logprobs, strict=True
+            )
+        ]
+        text = "".join(c.choices[0].text or "" for c in chunks if c.choices)
+        unasked = [c.choices[0].logprobs for c in plain if c.choices]
+    assert text == long_answer and len(expected) > 8  # several deltas
+    assert streamed == expected and "".join(token for token, _ in streamed) == text
+    assert unasked and all(value is None for value in unasked)  # control: none when not asked

@@ -500,8 +500,8 @@ def _usage_field(usage: Usage) -> dict[str, int]:
     }
 
 
-def _chat_logprobs(candidate: Candidate) -> dict[str, Any] | None:
-    if candidate.logprobs is None:
+def _chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    if tokens is None:
         return None
     return {
         "content": [
@@ -513,18 +513,18 @@ def _chat_logprobs(candidate: Candidate) -> dict[str, Any] | None:
                     {"token": a, "logprob": p, "bytes": list(a.encode())} for a, p in t.top
                 ],
             }
-            for t in candidate.logprobs
+            for t in tokens
         ]
     }
 
 
-def _completion_logprobs(candidate: Candidate) -> dict[str, Any] | None:
-    if candidate.logprobs is None:
+def _completion_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    if tokens is None:
         return None
     return {
-        "tokens": [t.token for t in candidate.logprobs],
-        "token_logprobs": [t.logprob for t in candidate.logprobs],
-        "top_logprobs": [dict(t.top) for t in candidate.logprobs],
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
         "text_offset": [],
     }
 
@@ -536,13 +536,13 @@ def _choice(answer: ScaledAnswer, position: int, candidate: Candidate) -> dict[s
             "index": position,
             "message": {"role": "assistant", "content": candidate.text},
             "finish_reason": finish,
-            "logprobs": _chat_logprobs(candidate) if answer.request.logprobs else None,
+            "logprobs": _chat_logprobs(candidate.logprobs) if answer.request.logprobs else None,
         }
     return {
         "index": position,
         "text": candidate.text,
         "finish_reason": finish,
-        "logprobs": _completion_logprobs(candidate) if answer.request.logprobs else None,
+        "logprobs": _completion_logprobs(candidate.logprobs) if answer.request.logprobs else None,
     }
 
 
@@ -575,6 +575,27 @@ def _pieces(text: str, size: int = 48) -> list[str]:
     return pieces
 
 
+def _streamed(
+    candidate: Candidate, logprobs: bool, chat: bool
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """A candidate's content deltas, each with the logprobs of its tokens when asked for (pure).
+
+    With logprobs, a delta is a few tokens, as a server streams them; when the token texts do
+    not spell the text (a server that detokenises otherwise), the text comes whole with them.
+    """
+    tokens = candidate.logprobs if logprobs else None
+    if tokens is None:
+        return [(piece, None) for piece in _pieces(candidate.text)]
+    field = _chat_logprobs if chat else _completion_logprobs
+    if "".join(t.token for t in tokens) != candidate.text:
+        return [(candidate.text, field(tokens))]
+    groups = [tokens[i : i + _TOKENS_A_DELTA] for i in range(0, len(tokens), _TOKENS_A_DELTA)]
+    return [("".join(t.token for t in group), field(group)) for group in groups]
+
+
+_TOKENS_A_DELTA = 8
+
+
 def stream_chunks(answer: ScaledAnswer, model: str) -> list[dict[str, Any]]:
     """The answer as the chunks of an OpenAI stream (without the ``[DONE]`` line).
 
@@ -593,7 +614,11 @@ def stream_chunks(answer: ScaledAnswer, model: str) -> list[dict[str, Any]]:
     chunks: list[dict[str, Any]] = []
 
     def choice(
-        position: int, text: str | None, finish: str | None, role: bool = False
+        position: int,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if chat:
             delta: dict[str, Any] = {}
@@ -601,14 +626,24 @@ def stream_chunks(answer: ScaledAnswer, model: str) -> list[dict[str, Any]]:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            return {"index": position, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": position, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {
+                "index": position,
+                "delta": delta,
+                "finish_reason": finish,
+                "logprobs": logprobs,
+            }
+        return {
+            "index": position,
+            "text": text or "",
+            "finish_reason": finish,
+            "logprobs": logprobs,
+        }
 
     for position, candidate in enumerate(answer.result.selected):
         if chat:
             chunks.append({**base, "choices": [choice(position, "", None, role=True)]})
-        for piece in _pieces(candidate.text):
-            chunks.append({**base, "choices": [choice(position, piece, None)]})
+        for piece, logprobs in _streamed(candidate, answer.request.logprobs, chat):
+            chunks.append({**base, "choices": [choice(position, piece, None, logprobs=logprobs)]})
         finish = candidate.finish_reason or "stop"
         chunks.append({**base, "choices": [choice(position, None, finish)]})
     if answer.request.include_usage:
