@@ -1008,3 +1008,36 @@ def test_a_streamed_scaled_answer_carries_the_logprobs_a_whole_one_does(endpoint
     assert text == long_answer and len(expected) > 8  # several deltas
     assert streamed == expected and "".join(token for token, _ in streamed) == text
     assert unasked and all(value is None for value in unasked)  # control: none when not asked
+
+
+def test_a_pass_through_stream_is_counted_in_the_metrics_as_a_whole_answer_is() -> None:
+    with LoopbackServer(answers=respond) as server:
+        running = start(server)
+        try:
+            api = client(running)
+            stream = api.chat.completions.create(
+                model="loopback",
+                messages=messages(),
+                n=2,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            told = [chunk.usage for chunk in stream if chunk.usage is not None][-1]
+            api.chat.completions.create(model="loopback", messages=messages())  # a whole one
+            text = httpx2.get(root(running) + "/metrics", timeout=30).text
+            # Control: a stream without usage counts its choices, and no tokens it cannot know.
+            list(api.chat.completions.create(model="loopback", messages=messages(), stream=True))
+            after = httpx2.get(root(running) + "/metrics", timeout=30).text
+        finally:
+            running.stop()
+        served = server.delivered_usage()
+    assert served["samples"] == 4
+    assert metric(text, "ttscale_samples_total") == 3
+    assert metric(text, 'ttscale_tokens_total{kind="completion"}') == sum(
+        r.completion_tokens for r in server.records[:2]
+    )
+    assert told.completion_tokens == server.records[0].completion_tokens
+    assert metric(after, "ttscale_samples_total") == 4
+    assert metric(after, 'ttscale_tokens_total{kind="completion"}') == metric(
+        text, 'ttscale_tokens_total{kind="completion"}'
+    )

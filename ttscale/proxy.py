@@ -60,6 +60,7 @@ from ttscale.serving import (
     HeldStream,
     Metrics,
     Slot,
+    StreamSpend,
     error_for,
     error_response,
     read_body,
@@ -576,11 +577,12 @@ class Proxy:
             headers = relayed_headers(upstream.headers)
             if body.get("stream") and upstream.status_code < 400:
                 handed_over = True  # the stream's end gives the pool back
+                spend = StreamSpend(upstream.headers)
                 return HeldStream(
-                    relay(upstream),
+                    relay(upstream, spend),
                     status_code=upstream.status_code,
                     headers=headers,
-                    cleanup=functools.partial(self._end_relay, shard, upstream),
+                    cleanup=functools.partial(self._end_relay, shard, upstream, spend),
                 )
             try:
                 content = await upstream.aread()
@@ -596,9 +598,16 @@ class Proxy:
             self._count_passthrough(content)
         return Response(content, status_code=upstream.status_code, headers=headers)
 
-    async def _end_relay(self, shard: int, upstream: httpx2.Response) -> None:
+    async def _end_relay(self, shard: int, upstream: httpx2.Response, spend: StreamSpend) -> None:
         self.upstream_clients.release(shard)
         await upstream.aclose()
+        # What the stream said it cost (its usage, when the client asked for one) is counted as
+        # a whole answer's is; a stream cut short counts what it said before it was.
+        self.metrics.spend(
+            len(spend.finished),
+            usage_count(spend.usage, "prompt_tokens"),
+            usage_count(spend.usage, "completion_tokens"),
+        )
 
     async def _send_upstream(
         self, shard: int, chat: bool, raw: bytes

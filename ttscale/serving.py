@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ __all__ = [
     "HeldStream",
     "Metrics",
     "Slot",
+    "StreamSpend",
     "error_for",
     "error_response",
     "read_body",
@@ -322,9 +325,60 @@ def relayed_headers(headers: httpx2.Headers) -> dict[str, str]:
     return kept
 
 
-async def relay(upstream: httpx2.Response) -> AsyncGenerator[bytes, None]:
+async def relay(
+    upstream: httpx2.Response, watch: StreamSpend | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The upstream's bytes as they come; ``watch`` reads what they say was spent."""
     try:
         async for chunk in upstream.aiter_raw():
+            if watch is not None:
+                watch.feed(chunk)
             yield chunk
     finally:
         await upstream.aclose()
+
+
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+
+
+class StreamSpend:
+    """What a relayed event stream says it spent: the choices that finished, and the last
+    ``usage`` it carried (a server sends one at the end when the client asked for it with
+    ``stream_options.include_usage``; without it, the tokens are not known and count 0).
+
+    Only events that mention a finish or a usage are decoded, so relaying stays cheap. A stream
+    that is not plain server-sent events (compressed, say) is not read.
+    """
+
+    _LONGEST_EVENT = 1 << 20
+
+    def __init__(self, headers: httpx2.Headers) -> None:
+        self.readable = headers.get("content-encoding", "identity") == "identity"
+        self.finished: set[int] = set()
+        self.usage: Any = None
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.readable:
+            return
+        *events, self._tail = (self._tail + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        if len(self._tail) > self._LONGEST_EVENT:
+            self.readable = False  # no event is this long: not a stream this can read
+        for event in events:
+            if b'"usage"' in event or _FINISHED.search(event):
+                self._read(event)
+
+    def _read(self, event: bytes) -> None:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            with contextlib.suppress(ValueError):
+                data = json.loads(line[5:])
+                if not isinstance(data, dict):
+                    continue
+                if isinstance(data.get("usage"), dict):
+                    self.usage = data["usage"]
+                for choice in data.get("choices") or ():
+                    if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+                        index = choice.get("index", 0)
+                        self.finished.add(index if isinstance(index, int) else 0)
