@@ -1,7 +1,8 @@
 """Reproduce the seed papers' claims on the sample bank: a Markdown report with its figures.
 
 Reads whatever the bank holds (``ttscale.bank.load_bank_set``: packed parts and their verdicts;
-a problem counts once all its samples are packed and judged) and tests five claims with the
+a problem counts once all its samples are packed; a corrupt or inconsistent bank, or verdicts
+older than the parts, is refused with exit code 1) and tests five claims with the
 project's own estimators (``ttscale.estimators``, ``ttscale.laws``, ``strategies.offline``,
 ``strategies.deepconf``, ``verifiers.soundness``):
 
@@ -59,7 +60,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from ttscale.bank import BankSet, load_bank_set
+from ttscale.bank import BankSet, NoPackedParts, load_bank_set
 from ttscale.errors import ConfigError, DataError
 from ttscale.estimators import (
     bootstrap_ci,
@@ -69,6 +70,7 @@ from ttscale.estimators import (
 )
 from ttscale.laws import (
     compare_held_out,
+    expected_reward_under_weak_verifier,
     fit_beta,
     fit_error,
     fit_power_law,
@@ -79,13 +81,13 @@ from ttscale.laws import (
     optimal_samples_under_weak_verifier,
 )
 from ttscale.strategies.adaptive import AdaptiveConfig
-from ttscale.strategies.ahead_by_k import AheadByKConfig
 from ttscale.strategies.base import StrategyConfig
 from ttscale.strategies.best_of_majority import BestOfMajorityConfig
 from ttscale.strategies.best_of_n import BestOfNConfig
 from ttscale.strategies.deepconf import DeepConfConfig, StoredTrace, evaluate_deepconf
 from ttscale.strategies.majority import MajorityConfig
 from ttscale.strategies.offline import PassAtK, evaluate
+from ttscale.strategies.stopping import first_to_ahead_by_k
 from ttscale.verifiers.soundness import (
     SoundnessEstimate,
     estimate_soundness,
@@ -101,6 +103,7 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 NOT_TESTABLE = "not testable at 0.5B"
 INSUFFICIENT = "insufficient data"
+INCONCLUSIVE = "inconclusive"  # the interval straddles the criterion: more problems will tell
 
 SAMPLES = {"humaneval": 16, "gsm8k": 32}
 PLANNED = {"humaneval": 164, "gsm8k": 100}
@@ -108,6 +111,11 @@ FIT_K = 4  # LLMonkeys' held-out test: fit on k <= 4, compare at 5..16
 FIT_TOLERANCE = 0.02  # power-law fit error (mean |coverage - fit|) that counts as a fit
 EXTRAPOLATION_TOLERANCE = 0.05  # held-out mean |coverage - fit| that counts as extrapolating
 MATERIAL_DROP = 0.01  # a drop below the peak must be at least this, and its interval below 0
+# "Accuracy as majority@16's": the paired difference's interval must lie above -1 point (a
+# non-inferiority margin), so a claim can fail, and pass, by a named amount.
+ACCURACY_MARGIN = 0.01
+FLAT = 1e-9  # a reward that falls by less than this after its best k has no interior optimum
+SATURATION = 0.001  # a reward within 0.1 point of its best: more samples buy next to nothing
 BOM_ALPHA = 0.1  # a group needs 10% of the votes (2 of 16) to survive
 CONFIDENCE_WINDOW = 32
 BOTTOM_FRACTION = 0.1
@@ -127,7 +135,7 @@ class Settings:
     resamples: int = 1000
     fit_resamples: int = 100
     subsets: int = 200
-    deepconf_orders: int = 20
+    deepconf_orders: int = 200  # 20 left the verdict to the seed (DeepConf-low flipped)
     min_problems: int = 10
     seed: int = 0
 
@@ -236,10 +244,14 @@ def bottom_confidence(confidences: FloatArray) -> float:
 
 
 def read_votes(name: str, root: Path | None) -> Votes | None:
-    """The set's complete, judged problems (their first N samples); None when nothing is packed."""
+    """The set's complete, judged problems (their first N samples); None when nothing is packed.
+
+    Any other fault of the bank (a corrupt part, a missing folder, verdicts older than the
+    parts) is the loader's DataError, naming the file: never read as "no data".
+    """
     try:
         bank = load_bank_set(name, root)
-    except DataError:
+    except NoPackedParts:
         return None
     samples = SAMPLES[name]
     keep = [p for p in bank.problems if _complete(bank, p, samples)]
@@ -345,6 +357,30 @@ def fmt(
     return f"{one(value)} [{one(low)}, {one(high)}]"
 
 
+def at_most(interval: Sequence[float], bound: float) -> bool | None:
+    """Whether a value is at most ``bound``, by its ``(value, low, high)`` interval: True when
+    the whole interval is, False when none of it is, None when it straddles ``bound`` (pure)."""
+    low, high = interval[1], interval[2]
+    if high <= bound:
+        return True
+    if low > bound:
+        return False
+    return None
+
+
+def above(interval: Sequence[float], bound: float) -> bool | None:
+    """Whether a value is above ``bound``, by its interval, as :func:`at_most` answers (pure)."""
+    within = at_most(interval, bound)
+    return None if within is None else not within
+
+
+def verdict_of(*tests: bool | None) -> str:
+    """Reproduced when every test holds, not reproduced when one fails, else inconclusive."""
+    if any(test is False for test in tests):
+        return NOT_REPRODUCED
+    return REPRODUCED if all(test is True for test in tests) else INCONCLUSIVE
+
+
 def insufficient(claim: str, votes: Votes | None, name: str, settings: Settings) -> Finding:
     have = votes.size if votes is not None else 0
     need = settings.min_problems
@@ -388,9 +424,12 @@ def monkeys(votes: Votes, settings: Settings, out: Path) -> Finding:
     r2 = 1.0 - float((residual**2).sum() / ((coverage - coverage.mean()) ** 2).sum())
 
     cis = _monkeys_intervals(n, c, ks, fit_ks, fraction, settings)
-    fits = power_error.mean <= FIT_TOLERANCE
-    extrapolates = held.power_error.mean <= EXTRAPOLATION_TOLERANCE
-    verdict = REPRODUCED if fits and extrapolates and slope > 0 else NOT_REPRODUCED
+    # Judged by the intervals, not the point estimates: a held-out error of 1% whose interval
+    # reaches 9% has not shown that the law extrapolates within 5%.
+    fits = at_most((power_error.mean, *cis["fit"]), FIT_TOLERANCE)
+    extrapolates = at_most((held.power_error.mean, *cis["power"]), EXTRAPOLATION_TOLERANCE)
+    rises = above((slope, *cis["slope"]), 0.0)
+    verdict = verdict_of(fits, extrapolates, rises)
     figure = _plot_monkeys(votes, ks, coverage, (low, high), power, beta, held, out)
     numbers = {
         "problems": votes.size,
@@ -434,8 +473,9 @@ def _monkeys_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
         f"{fmt(held['power']['error']['mean'], *held['power_ci'])}, Beta "
         f"{fmt(held['beta']['error']['mean'], *held['beta_ci'])}; better: {held['better']}; "
         f"tolerance {fmt(EXTRAPOLATION_TOLERANCE)}",
-        f"criteria: power-law fit error <= {fmt(FIT_TOLERANCE)}, held-out error <= "
-        f"{fmt(EXTRAPOLATION_TOLERANCE)} and a rising log-linear slope",
+        f"criteria, each on its interval: power-law fit error <= {fmt(FIT_TOLERANCE)}, held-out "
+        f"error <= {fmt(EXTRAPOLATION_TOLERANCE)} and a log-linear slope above 0 (an interval "
+        "across a bound: inconclusive)",
     )
 
 
@@ -533,11 +573,15 @@ def best_of_majority(votes: Votes, settings: Settings, out: Path) -> Finding:
         numbers[name] = _curve_entry(result, name, settings)
     numbers["pass_at_k"] = {"accuracy": result.accuracy["pass_at_k"].tolist()}
     bon, bom, maj = (numbers[n] for n in ("best_of_n", "best_of_majority", "majority"))
-    verdict = REPRODUCED if bon["degrades"] and not bom["degrades"] else NOT_REPRODUCED
-    top = votes.samples
+    # Judged from a k fixed in advance, not from each curve's own peak: the peak of a noisy
+    # curve is biased high, so a drop from it is found where there is none.
+    degrades = at_most(bon["drop_from_reference"], -MATERIAL_DROP)
+    holds = above(bom["drop_from_reference"], -MATERIAL_DROP)
+    verdict = verdict_of(degrades, holds)
+    top, reference = votes.samples, reference_k(votes.samples)
     headline = (
-        f"N = {top} minus peak: best-of-N {fmt(bon['drop_from_peak'][0])}, BoM "
-        f"{fmt(bom['drop_from_peak'][0])}, majority {fmt(maj['drop_from_peak'][0])}"
+        f"N = {top} minus N = {reference}: best-of-N {fmt(bon['drop_from_reference'][0])}, BoM "
+        f"{fmt(bom['drop_from_reference'][0])}, majority {fmt(maj['drop_from_reference'][0])}"
     )
     figure = _plot_curves(
         votes,
@@ -561,17 +605,25 @@ def _curve_entry(result: Any, name: str, settings: Settings) -> dict[str, Any]:
     per = result.per_problem[name]
     curve = per.mean(axis=0)
     peak = int(np.argmax(curve))
-    drop = mean_ci(per[:, -1] - per[:, peak], settings)
+    reference = reference_k(per.shape[1]) - 1
+    drop = mean_ci(per[:, -1] - per[:, reference], settings)
     low, high = result.ci(name, n_resamples=settings.resamples, seed=settings.seed)
     return {
         "accuracy": curve.tolist(),
         "low": low.tolist(),
         "high": high.tolist(),
         "peak_k": peak + 1,
-        "drop_from_peak": drop,
+        "drop_from_peak": mean_ci(per[:, -1] - per[:, peak], settings),
+        "drop_from_reference": drop,
         "gain_from_1": mean_ci(per[:, -1] - per[:, 0], settings),
-        "degrades": drop[2] < 0 and drop[0] <= -MATERIAL_DROP,
+        "degrades": at_most(drop, -MATERIAL_DROP) is True,
     }
+
+
+def reference_k(top: int) -> int:
+    """The N that N = ``top`` is compared with to tell whether a curve degrades: a quarter of
+    it, fixed before looking at the curve (pure)."""
+    return max(1, top // 4)
 
 
 def _bom_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
@@ -579,12 +631,15 @@ def _bom_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
     maj = numbers["majority"]
     flat = maj["gain_from_1"][1] <= 0 <= maj["gain_from_1"][2]
 
+    reference = reference_k(top)
+
     def row(label: str, entry: Mapping[str, Any]) -> str:
         acc = entry["accuracy"]
-        drop = entry["drop_from_peak"]
+        drop = entry["drop_from_reference"]
         return (
-            f"{label}: {fmt(acc[0])} at N = 1, peak {fmt(max(acc))} at N = {entry['peak_k']}, "
-            f"{fmt(acc[-1])} at N = {top}; N = {top} minus the peak {fmt(*drop)}"
+            f"{label}: {fmt(acc[0])} at N = 1, {fmt(acc[reference - 1])} at N = {reference}, "
+            f"{fmt(acc[-1])} at N = {top} (peak {fmt(max(acc))} at N = {entry['peak_k']}); "
+            f"N = {top} minus N = {reference} {fmt(*drop)}"
             f"{' (degrades)' if entry['degrades'] else ''}"
         )
 
@@ -604,7 +659,9 @@ def _bom_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
         "reward: the model's bottom-10% group confidence (windows of 32 tokens), from the stored "
         f"top-5 logprobs; answers grouped {grouped}",
         f"criteria: best-of-N degrades (accuracy at N = {top} at least {fmt(MATERIAL_DROP)} below "
-        "its peak, the interval below 0) and BoM does not",
+        f"N = {reference}'s, the whole interval) and BoM does not (its interval above "
+        f"-{fmt(MATERIAL_DROP)}); N = {reference} is fixed in advance, as a curve's own peak is "
+        "biased high; an interval across a bound: inconclusive",
     )
 
 
@@ -735,16 +792,19 @@ def _saving_finding(
 ) -> Finding:
     accuracy = entry["accuracy"][0]
     # The same problems under both rules: the paired difference is the test, not whether one
-    # mean falls inside the other's (much wider) interval.
-    not_lower = entry["difference"][2] >= 0
-    saves = entry["saved"][1] > 0
-    verdict = REPRODUCED if not_lower and saves else NOT_REPRODUCED
+    # mean falls inside the other's (much wider) interval; and "as accurate" means no more than
+    # ACCURACY_MARGIN below, shown by the whole interval (non-inferiority).
+    drop = entry["difference"]
+    as_accurate = at_most((-drop[0], -drop[2], -drop[1]), ACCURACY_MARGIN)
+    saves = above(entry["saved"], 0.0)
+    verdict = verdict_of(saves, as_accurate)
     lines = (
         f"{unit} saved against majority@{cap}: {fmt(*entry['saved'])}",
         f"accuracy {fmt(*entry['accuracy'])} against majority@{cap} {fmt(*baseline)}; "
         f"paired difference {fmt(*entry['difference'])}",
-        f"criteria: {unit} saved (interval above 0) at an accuracy not significantly below "
-        f"majority@{cap}'s (the paired difference's interval reaches 0)",
+        f"criteria: {unit} saved (interval above 0) at an accuracy at most "
+        f"{fmt(ACCURACY_MARGIN)} below majority@{cap}'s (the paired difference's interval above "
+        f"-{fmt(ACCURACY_MARGIN)}; an interval across either bound: inconclusive)",
     )
     headline = (
         f"saves {fmt(entry['saved'][0])} of the {unit}; accuracy {fmt(accuracy)} vs "
@@ -820,9 +880,11 @@ def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
     ceiling = ratio_ci((weak & correct).sum(axis=1), weak.sum(axis=1), settings)
     samples = votes.samples
     costs = {str(cost): _cost_entry(weak, correct, estimate, cost, settings) for cost in FP_COSTS}
-    shrinks = all(
-        costs[str(a)]["k_opt"] >= costs[str(b)]["k_opt"] for a, b in itertools.pairwise(FP_COSTS)
-    )
+    optimum = {
+        cost: costs[str(cost)]["k_opt"] if costs[str(cost)]["k_opt"] is not None else math.inf
+        for cost in FP_COSTS
+    }
+    shrinks = all(optimum[a] >= optimum[b] for a, b in itertools.pairwise(FP_COSTS))
     hurts = any(
         entry["reward_at_k_opt"] - entry["reward_at_max_k"] >= OVERSAMPLING_LOSS
         for entry in costs.values()
@@ -846,8 +908,9 @@ def flaws(votes: Votes, settings: Settings, out: Path) -> Finding:
     }
     headline = (
         f"FP rate {fmt(rate[0])}, ceiling {fmt(ceiling[0])}, K_opt "
-        + "/".join(str(costs[str(c)]["k_opt"]) for c in FP_COSTS)
-        + f" at V_FP {'/'.join(f'{c:g}' for c in FP_COSTS)}"
+        + "/".join(_k_text(costs[str(c)]["k_opt"]) for c in FP_COSTS)
+        + f" at V_FP {'/'.join(f'{c:g}' for c in FP_COSTS)} (none: the reward never falls "
+        f"by k = {MAX_K})"
     )
     figure = _plot_flaws(votes, costs, estimate, out)
     lines = _flaws_lines(estimate, numbers, samples)
@@ -864,26 +927,39 @@ def _cost_entry(
     """K_opt at one false-positive cost (formula, interval) and the rewards the bank shows."""
     problems, samples = weak.shape
     rates = np.array([estimate.per_problem_correct, estimate.per_problem_false_positive]).T
-    k_opt = optimal_samples(estimate, cost, MAX_K)
+    formula = _formula_rewards(estimate, cost, MAX_K)
+    k_opt = interior_optimum(formula, optimal_samples(estimate, cost, MAX_K))
 
     def refit(rows: npt.NDArray[np.int64], r: int) -> float:
         # A resample's per-problem rates are its rows of the estimate's (c_i, f_i).
-        return float(
-            optimal_samples_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
-        )
+        rewards = expected_reward_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
+        best = optimal_samples_under_weak_verifier(rates[rows, 0], rates[rows, 1], cost, MAX_K)
+        found = interior_optimum(np.asarray(rewards), best)
+        return float(found) if found is not None else float(MAX_K + 1)  # > MAX_K: none
 
-    formula = _formula_rewards(estimate, cost, MAX_K)
     bank = measured_rewards(weak, correct, cost).mean(axis=0)
     return {
         "k_opt": k_opt,
+        "saturation_k": int(np.flatnonzero(formula >= formula.max() - SATURATION)[0]),
         "k_opt_ci": loop_ci(refit, problems, settings),
         "k_opt_within_bank": int(np.argmax(formula[1 : samples + 1])) + 1,
         "measured_k_opt_within_bank": int(np.argmax(bank)) + 1,
         "measured_rewards": bank.tolist(),
         "formula_rewards": formula[1 : samples + 1].tolist(),
-        "reward_at_k_opt": float(formula[k_opt]),
+        "reward_at_k_opt": float(formula.max()),
         "reward_at_max_k": float(formula[-1]),
     }
+
+
+def interior_optimum(rewards: FloatArray, best: int) -> int | None:
+    """``best`` (the k of the highest reward) when the reward falls after it, by more than
+    rounding; None when it rises or stays flat up to the last k: then there is no K_opt within
+    reach, only a point after which more samples buy next to nothing (pure)."""
+    return best if rewards[best] - rewards[-1] > FLAT else None
+
+
+def _k_text(k: float | None) -> str:
+    return "none" if k is None or k > MAX_K else f"{k:.0f}"
 
 
 def _flaws_lines(
@@ -891,8 +967,9 @@ def _flaws_lines(
 ) -> tuple[str, ...]:
     costs = numbers["costs"]
     k_text = ", ".join(
-        f"V_FP = {cost:g}: {costs[str(cost)]['k_opt']} [{costs[str(cost)]['k_opt_ci'][0]:.0f}, "
-        f"{costs[str(cost)]['k_opt_ci'][1]:.0f}]"
+        f"V_FP = {cost:g}: {_k_text(costs[str(cost)]['k_opt'])} "
+        f"[{_k_text(costs[str(cost)]['k_opt_ci'][0])}, {_k_text(costs[str(cost)]['k_opt_ci'][1])}]"
+        f" (within {fmt(SATURATION)} of the best from k = {costs[str(cost)]['saturation_k']})"
         for cost in FP_COSTS
     )
     within = ", ".join(
@@ -912,8 +989,8 @@ def _flaws_lines(
         f"{fmt(numbers[f'pass@{samples}'])}; the best k within the bank by cost: {within}",
         "criteria: false positives exist (interval above 0), the ceiling is below 1 (interval), "
         f"K_opt never grows as V_FP falls, and at some cost drawing {MAX_K} samples earns at "
-        f"least {fmt(OVERSAMPLING_LOSS)} less than K_opt (K_opt: the smallest k within 1e-12 of "
-        "the best reward)",
+        f"least {fmt(OVERSAMPLING_LOSS)} less than K_opt (K_opt: the k of the best reward, "
+        f"when the reward falls after it; 'none' when it rises or stays flat up to k = {MAX_K})",
     )
 
 
@@ -938,7 +1015,7 @@ def _plot_flaws(
         )
         axis.plot(bank_ks, costs[str(cost)]["measured_rewards"], "o", color=colour, ms=3)
         k_opt = costs[str(cost)]["k_opt"]
-        if 1 <= k_opt <= 200:
+        if k_opt is not None and 1 <= k_opt <= 200:
             axis.axvline(k_opt, color=colour, lw=0.7, ls=":")
     axis.set_xscale("log")
     axis.set_xlabel("samples k (resample until the weak tests pass)")
@@ -964,10 +1041,33 @@ def vote_rates(votes: Votes) -> tuple[FloatArray, FloatArray]:
     return np.array(rates), np.array(valid_rates)
 
 
+def columns(votes: Votes, chosen: slice) -> Votes:
+    """The same problems with only the samples in ``chosen`` (what MAKER's claim reads)."""
+    return dataclasses.replace(
+        votes,
+        answers=tuple(row[chosen] for row in votes.answers),
+        correct=votes.correct[:, chosen],
+        weak=None,
+        tokens=votes.tokens[:, chosen],
+        confidence=votes.confidence[:, chosen],
+        flagged=votes.flagged[:, chosen],
+        traces=tuple(row[chosen] for row in votes.traces),
+    )
+
+
 def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
-    """First-to-ahead-by-k: votes spent and success against k; k_min's prediction."""
-    rates, valid_rates = vote_rates(votes)
-    wrong_votes = (~votes.correct & ~votes.flagged).any(axis=1)
+    """First-to-ahead-by-k: votes spent and success against k; k_min's prediction.
+
+    The samples are split in two: the first half picks the problems the process can solve (the
+    right answer holds a majority, with wrong votes against it) and estimates p; the second half
+    is voted on. Picking and voting on the same samples would make success certain by
+    construction. A vote that reaches its cap without a lead of k is a failure (MAKER would
+    draw on; the bank has no more), not the leader's win.
+    """
+    half = votes.samples // 2
+    picking, voting = columns(votes, slice(0, half)), columns(votes, slice(half, None))
+    rates, valid_rates = vote_rates(picking)
+    wrong_votes = (~picking.correct & ~picking.flagged).any(axis=1)
     solvable = (rates > 0.5) & wrong_votes
     steps = int(solvable.sum())
     if steps < 2:
@@ -981,29 +1081,53 @@ def maker(votes: Votes, settings: Settings, out: Path) -> Finding:
         )
     p_mean = float(rates[solvable].mean())
     k_pred = maker_k_min(min(p_mean, 1 - 1e-9), MAKER_TARGET, steps)
-    margins = list(range(1, max(4, min(k_pred, votes.samples // 2)) + 1))
-    rows = _ahead_rows(votes, margins, solvable, rates, valid_rates, settings)
+    margins = list(range(1, max(4, min(k_pred, half // 2)) + 1))
+    rows = _ahead_rows(voting, margins, solvable, rates, valid_rates, settings)
     measured_k = next((r["margin"] for r in rows if r["all_steps"] >= MAKER_TARGET), None)
     at_pred = next((r for r in rows if r["margin"] == k_pred), None)
     rising = all(a["votes"][0] <= b["votes"][0] for a, b in itertools.pairwise(rows))
-    holds = at_pred is not None and at_pred["all_steps"] >= MAKER_TARGET
-    verdict = REPRODUCED if holds and rising else NOT_REPRODUCED
+    # The walk to a lead of k_min must fit in the samples there are, or the bank cannot say.
+    fits = at_pred is not None and at_pred["predicted_votes"] <= 0.8 * half
+    holds = fits and at_pred is not None and at_pred["all_steps"] >= MAKER_TARGET
+    verdict = (REPRODUCED if holds and rising else NOT_REPRODUCED) if fits else NOT_TESTABLE
     numbers = {
         "problems": votes.size,
         "solvable": steps,
+        "picked_on": half,
+        "voted_on": votes.samples - half,
         "p_mean": p_mean,
         "target": MAKER_TARGET,
         "k_min_predicted": k_pred,
         "k_min_measured": measured_k,
+        "walk_fits": fits,
         "margins": rows,
     }
     headline = (
-        f"k_min predicted {k_pred}, measured {measured_k}; votes at k = 1..{margins[-1]}: "
-        + ", ".join(f"{r['votes'][0]:.1f}" for r in rows)
+        f"k_min predicted {k_pred}, measured {_k_text(measured_k)}; votes at k = "
+        f"1..{margins[-1]}: " + ", ".join(f"{r['votes'][0]:.1f}" for r in rows)
     )
-    figure = _plot_maker(votes, rows, k_pred, out)
-    lines = _maker_lines(votes, numbers)
+    figure = _plot_maker(voting, rows, k_pred, out)
+    lines = _maker_lines(voting, numbers)
     return Finding("MAKER", votes.name, verdict, headline, lines, numbers, figure)
+
+
+def ahead_replay(
+    answers: Sequence[str | None],
+    right: set[str],
+    margin: int,
+    orders: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """First-to-ahead-by-``margin`` over ``orders`` random orders of one problem's votes: the
+    mean votes read and the share of orders whose winner is right (no lead by the end: a
+    failure, every vote read) (pure, given ``rng``)."""
+    spent, won = 0, 0
+    for _ in range(orders):
+        order = rng.permutation(len(answers))
+        found = first_to_ahead_by_k([answers[i] for i in order], margin)
+        spent += found[1] if found is not None else len(answers)
+        won += found is not None and found[0] in right
+    return spent / orders, won / orders
 
 
 def _ahead_rows(
@@ -1014,25 +1138,24 @@ def _ahead_rows(
     valid_rates: FloatArray,
     settings: Settings,
 ) -> list[dict[str, Any]]:
-    """Per margin, over the solvable problems: votes and success on the bank, and predicted."""
+    """Per margin, over the solvable problems: votes and success on ``votes`` (the voting
+    half), and what p and the valid share (from the picking half) predict."""
     answers = [
         [None if f else a for a, f in zip(row, flags, strict=True)]
         for row, flags in zip(votes.answers, votes.flagged, strict=True)
     ]
-    result = evaluate(
-        answers,
-        votes.correct,
-        None,
-        {f"ahead_{m}": AheadByKConfig(margin=m, samples=votes.samples) for m in margins},
-        ks=[votes.samples],
-        subsets=settings.subsets,
-        seed=settings.seed,
-    )
+    right = [
+        {a for a, r in zip(row, good, strict=True) if r and a is not None}
+        for row, good in zip(votes.answers, votes.correct, strict=True)
+    ]
+    chosen = np.flatnonzero(solvable)
     p = np.minimum(rates[solvable], 1 - 1e-9)
     rows: list[dict[str, Any]] = []
     for m in margins:
-        used = result.per_problem_samples[f"ahead_{m}"][solvable, 0]
-        success = result.per_problem[f"ahead_{m}"][solvable, 0]
+        rng = np.random.default_rng([settings.seed, m])
+        replays = [ahead_replay(answers[i], right[i], m, settings.subsets, rng) for i in chosen]
+        used = np.array([spent for spent, _ in replays])
+        success = np.array([won for _, won in replays])
         predicted = np.array([maker_expected_votes(x, m) for x in p]) / valid_rates[solvable]
         rows.append(
             {
@@ -1052,9 +1175,11 @@ def _maker_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
     steps, p_mean, rows = numbers["solvable"], numbers["p_mean"], numbers["margins"]
     measured_k = numbers["k_min_measured"]
     return (
-        f"{steps} of {votes.size} problems have p > 1/2 and some wrong vote (p: the right answer's "
-        f"share of the valid votes; mean {p_mean:.3f}); red flags: no answer, or cut off at the "
-        "token limit",
+        f"picked on samples 0-{numbers['picked_on'] - 1}, voted on the other "
+        f"{numbers['voted_on']}: {steps} of {votes.size} problems have p > 1/2 and some wrong "
+        f"vote among the first (p: the right answer's share of the valid votes; mean "
+        f"{p_mean:.3f}); red flags: no answer, or cut off at the token limit; a vote with no lead "
+        "of k by its last sample fails",
         *(
             f"k = {r['margin']}: votes {fmt(*r['votes'], pct=False)} (worst case "
             f"{r['predicted_votes']:.2f}, capped at {votes.samples}: "
@@ -1066,7 +1191,9 @@ def _maker_lines(votes: Votes, numbers: Mapping[str, Any]) -> tuple[str, ...]:
         f"predicted {numbers['k_min_predicted']}, measured "
         + (str(measured_k) if measured_k is not None else f"none up to {rows[-1]['margin']}"),
         f"criteria: at the predicted k_min all {steps} steps are right with probability >= "
-        f"{MAKER_TARGET} on the bank (votes capped at {votes.samples}), and votes rise with k",
+        f"{MAKER_TARGET} on the bank (votes capped at {votes.samples}), and votes rise with k; "
+        f"not testable when the walk to k_min needs more than 80% of the {votes.samples} votes "
+        "there are (the worst-case prediction)" + ("" if numbers["walk_fits"] else ": so here"),
     )
 
 
@@ -1223,10 +1350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     started = time.perf_counter()
+    try:
+        sets = {name: read_votes(name, args.bank) for name in SAMPLES}
+    except DataError as exc:  # before the report folder is touched: the last report stays
+        print(f"reproduce.py: the bank is refused: {exc}", file=sys.stderr)
+        return 1
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*.png"):
         old.unlink()
-    sets = {name: read_votes(name, args.bank) for name in SAMPLES}
     findings = run_claims(sets, settings, args.out)
     meta = {
         "seconds": time.perf_counter() - started,

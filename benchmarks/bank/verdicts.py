@@ -28,7 +28,7 @@ log = logging.getLogger("bank")
 
 
 async def judge(name: str) -> dict[str, dict[str, Any]]:
-    bank = load_bank_set(name)
+    bank = load_bank_set(name, verdicts=False)  # the verdicts are what this makes
     problems = {problem.id: problem for problem in load_dataset(name)}
     if name == "humaneval":
         verifier = create("verifier", "unit_tests", allow_code_execution=True, concurrency=4)
