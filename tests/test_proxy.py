@@ -1041,3 +1041,47 @@ def test_a_pass_through_stream_is_counted_in_the_metrics_as_a_whole_answer_is() 
     assert metric(after, 'ttscale_tokens_total{kind="completion"}') == metric(
         text, 'ttscale_tokens_total{kind="completion"}'
     )
+
+
+def _sse(*events: dict[str, Any], eol: str = "\n") -> bytes:
+    text = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    return text.replace("\n", eol).encode()
+
+
+STREAM_END = (
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
+    {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}},
+)
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+@pytest.mark.parametrize("size", [1, 3, 7, 1 << 20])
+def test_stream_spend_reads_events_however_the_bytes_are_split(eol: str, size: int) -> None:
+    from ttscale.serving import StreamSpend
+
+    data = _sse(*STREAM_END, eol=eol)
+    spend = StreamSpend(httpx2.Headers())
+    for start in range(0, len(data), size):
+        spend.feed(data[start : start + size])
+    spend.close()
+    assert spend.finished == {0, 1} and spend.usage == {"prompt_tokens": 5, "completion_tokens": 7}
+
+
+def test_stream_spend_lets_go_of_a_stream_with_no_event_ends_and_counts_a_last_unended_one() -> (
+    None
+):
+    from ttscale.serving import StreamSpend
+
+    endless = StreamSpend(httpx2.Headers())
+    for _ in range((StreamSpend._LONGEST_EVENT >> 4) + 2):
+        endless.feed(b"data: xxxxxxxxxx")  # 16 bytes at a time, never a blank line
+    assert not endless.readable and endless._held == 0  # nothing is held for it any more
+    last = StreamSpend(httpx2.Headers())
+    last.feed(_sse(STREAM_END[0]).removesuffix(b"data: [DONE]\n\n").rstrip(b"\n"))
+    assert last.finished == set()  # the event has not ended yet...
+    last.close()
+    assert last.finished == {0}  # ...until the stream does
+    compressed = StreamSpend(httpx2.Headers({"content-encoding": "gzip"}))
+    compressed.feed(_sse(*STREAM_END))
+    assert compressed.finished == set() and compressed.usage is None  # control: not read

@@ -603,6 +603,7 @@ class Proxy:
         await upstream.aclose()
         # What the stream said it cost (its usage, when the client asked for one) is counted as
         # a whole answer's is; a stream cut short counts what it said before it was.
+        spend.close()
         self.metrics.spend(
             len(spend.finished),
             usage_count(spend.usage, "prompt_tokens"),

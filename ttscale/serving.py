@@ -356,17 +356,38 @@ class StreamSpend:
         self.readable = headers.get("content-encoding", "identity") == "identity"
         self.finished: set[int] = set()
         self.usage: Any = None
-        self._tail = b""
+        self._pending: list[bytes] = []  # the bytes since the last event's end
+        self._held = 0
+        self._recent = b""  # the last bytes seen: an event's end may straddle two pieces
 
     def feed(self, chunk: bytes) -> None:
+        """Take the next bytes. The cost is linear in the stream: held bytes are joined only
+        when the new ones end an event, and a stream whose event outgrows any real one is let go."""
         if not self.readable:
             return
-        *events, self._tail = (self._tail + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-        if len(self._tail) > self._LONGEST_EVENT:
-            self.readable = False  # no event is this long: not a stream this can read
+        self._pending.append(chunk)
+        self._held += len(chunk)
+        around, self._recent = self._recent + chunk, (self._recent + chunk)[-3:]
+        if b"\n\n" not in around and b"\n\r\n" not in around:  # no event ended here
+            if self._held > self._LONGEST_EVENT:
+                self.readable = False  # no event is this long: not a stream this can read
+                self._pending.clear()
+                self._held = 0
+            return
+        *events, tail = b"".join(self._pending).replace(b"\r\n", b"\n").split(b"\n\n")
+        self._pending, self._held = [tail], len(tail)
         for event in events:
-            if b'"usage"' in event or _FINISHED.search(event):
-                self._read(event)
+            self._take(event)
+
+    def close(self) -> None:
+        """The stream ended: a last event with no blank line after it counts too."""
+        if self.readable and self._pending:
+            self._take(b"".join(self._pending).replace(b"\r\n", b"\n"))
+        self._pending.clear()
+
+    def _take(self, event: bytes) -> None:
+        if b'"usage"' in event or _FINISHED.search(event):
+            self._read(event)
 
     def _read(self, event: bytes) -> None:
         for line in event.split(b"\n"):
