@@ -279,3 +279,26 @@ def test_a_composed_verifiers_members_are_checked_as_a_verifier_is(
         assert response.status_code == 200, response.text
     finally:
         running.stop()
+
+
+def test_a_body_nested_too_deep_or_a_composition_too_wide_is_a_400(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    def gates(depth: int) -> Any:
+        nested: Any = "confidence"
+        for _ in range(depth):
+            nested = {"name": "gate", "gate": "confidence", "scorer": nested}
+        return nested
+
+    deep = {"strategy": "best_of_n", "samples": 2, "verifier": gates(70)}
+    response = post(proxy, chat(ttscale=deep))
+    assert response.status_code == 400, response.text
+    assert "nested more than 64 levels" in response.json()["error"]["message"]
+    wide = {"name": "weighted", "verifiers": ["confidence"] * 65}
+    response = post(proxy, chat(ttscale={"strategy": "best_of_n", "samples": 2, "verifier": wide}))
+    refused(response, "ttscale.verifier", "at most 64 members, got 65")
+    assert upstream.request_count == 0
+    # Controls: a composition 30 deep, and one 64 wide, are answered.
+    for verifier in (gates(30), {"name": "weighted", "verifiers": ["confidence"] * 64}):
+        settings = {"strategy": "best_of_n", "samples": 2, "verifier": verifier}
+        assert post(proxy, chat(ttscale=settings)).status_code == 200

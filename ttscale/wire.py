@@ -114,7 +114,12 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    where = _non_finite(body, "")
+    where, problem = _unusable(body)
+    if problem == "deep":
+        raise RequestError(
+            f"the request body is nested more than {MAX_BODY_DEPTH} levels deep at {where}",
+            param=where,
+        )
     if where is not None:
         raise RequestError(
             f"{where or 'the body'} is not a finite number (JSON has no NaN or Infinity)",
@@ -123,21 +128,30 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _non_finite(value: Any, path: str) -> str | None:
-    """The path of a float in ``value`` that is NaN or infinite, else None. Iterative: a body
-    may be nested as deeply as the JSON parser allows, and this must not overflow the stack."""
-    pending = [(path, value)]
+MAX_BODY_DEPTH = 64
+"""The deepest nesting a request body may have: far more than any request needs (a tool's JSON
+schema, a composed verifier), and little enough that reading it never nears Python's stack."""
+
+
+def _unusable(value: Any) -> tuple[str | None, str | None]:
+    """The path of the first thing in a body no field can use, and what it is: a float that is
+    NaN or infinite (``"number"``) or nesting deeper than :data:`MAX_BODY_DEPTH` (``"deep"``).
+    Iterative: a body may be nested as deeply as the JSON parser allows."""
+    pending: list[tuple[str, Any, int]] = [("", value, 0)]
     while pending:
-        where, item = pending.pop()
+        where, item, depth = pending.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return where
+            return where, "number"
+        if isinstance(item, dict | list) and depth >= MAX_BODY_DEPTH:
+            return where, "deep"
         if isinstance(item, dict):
             pending.extend(
-                (f"{where}.{key}" if where else str(key), child) for key, child in item.items()
+                (f"{where}.{key}" if where else str(key), child, depth + 1)
+                for key, child in item.items()
             )
         elif isinstance(item, list):
-            pending.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
-    return None
+            pending.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+    return None, None
 
 
 def encode_answer(value: Any) -> bytes:

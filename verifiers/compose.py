@@ -39,6 +39,16 @@ async def _checked(
     return checked_scores(await verifier.score(problem, candidates), candidates, verifier)
 
 
+MAX_MEMBERS = 64
+"""The most members a composed verifier takes: more than any useful composition, and a bound on
+what one request can make a server build."""
+
+
+def _check_count(members: Sequence[Any], what: str) -> None:
+    if len(members) > MAX_MEMBERS:
+        raise ConfigError(f"{what} takes at most {MAX_MEMBERS} members, got {len(members)}")
+
+
 def build_member(
     spec: Any, where: str, *, sampler: Sampler | None, allow_code_execution: bool
 ) -> Verifier:
@@ -74,9 +84,11 @@ def _named(spec: Any, where: str) -> tuple[str, dict[str, Any]] | None:
 
 def check_member_requests(members: Mapping[str, Any]) -> None:
     """Each named member's ``check_request`` (what a remote request may not ask of it, such as
-    a model loaded into the server), with the member's place as the field."""
+    a model loaded into the server), with the member's place as the field; too many members are
+    refused before any is looked at."""
     from ttscale.registry import check_request
 
+    _check_count(list(members), "a composed verifier")
     for where, spec in members.items():
         named = _named(spec, where)
         if named is not None:
@@ -143,6 +155,7 @@ class WeightedSum(_Composed):
     ) -> None:
         if not verifiers:
             raise ConfigError("WeightedSum needs at least one verifier")
+        _check_count(verifiers, "WeightedSum")
         self.verifiers = [
             build_member(
                 v,
@@ -200,6 +213,7 @@ class Cascade(_Composed):
     ) -> None:
         if len(stages) < 2:
             raise ConfigError("a cascade needs at least two stages")
+        _check_count(stages, "a cascade")
         self.stages = [
             build_member(
                 stage, f"stages[{i}]", sampler=sampler, allow_code_execution=allow_code_execution
