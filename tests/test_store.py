@@ -491,3 +491,62 @@ def test_the_same_draw_asked_twice_at_once_is_paid_once_and_resumes_the_same() -
         requests, clean, resumed = asyncio.run(twice_at_once(Path(directory)))
     assert requests == 1  # the second ask waited for the first's sample
     assert clean == resumed and clean.requests == 1 and clean.completion_tokens > 0
+
+
+def test_every_sample_cut_short_at_an_index_is_kept_and_counted(tmp_path: Path) -> None:
+    from ttscale.store import StoredSample
+
+    path = tmp_path / "j.jsonl"
+    key = journal_key("p", "k")
+    spent = Usage(requests=1, samples=1, prompt_tokens=10)
+    drawn = [
+        Candidate("a b c", 0, finish_reason="error", completion_tokens=3),
+        Candidate("a b c d e f", 0, finish_reason="cancelled", completion_tokens=6),
+        Candidate("a b c d e f g h", 0, finish_reason="stop", completion_tokens=8),
+    ]
+    for candidate in drawn:  # three runs: cut, cut again on resume, then whole
+        journal = SampleJournal(path)
+        assert journal.put(key, [StoredSample(candidate, spent)]) == 1
+        journal.close()
+    journal = SampleJournal(path)
+    (hit,) = journal.get(key, [0]).values()
+    assert hit.candidate.text == "a b c d e f g h"
+    assert (hit.usage.completion_tokens, hit.usage.requests, hit.usage.prompt_tokens) == (17, 3, 30)
+    # Control: a whole sample, once held, is never replaced, nor its cost added to.
+    assert journal.put(key, [StoredSample(drawn[0], spent)]) == 0
+    assert journal.get(key, [0])[0].usage.completion_tokens == 17
+    journal.close()
+
+
+@pytest.mark.parametrize("keep", [-1, -2], ids=["before-done", "before-usage"])
+def test_a_stream_that_breaks_after_the_models_end_is_a_whole_sample(keep: int) -> None:
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.types import SamplingParams
+
+    async def draw() -> SampleBatch:
+        tail = Fault("cut_stream", on_requests=frozenset({0}), keep_events=keep)
+        async with LoopbackServer(default_answer="one two three", faults=(tail,)) as server:
+            sampler = OpenAISampler(model="loopback", base_url=server.base_url)
+            params = SamplingParams(logprobs=0, seed=1)
+            return await sampler.sample_watched("q", 1, params, watcher=lambda index: NeverStop())
+
+    (candidate,) = asyncio.run(draw()).candidates
+    assert (candidate.text, candidate.finish_reason) == ("one two three", "stop")
+    assert not candidate.cut_short and candidate.completion_tokens == 3
+
+
+def test_control_a_stream_that_breaks_before_the_models_end_is_cut_short() -> None:
+    from ttscale.errors import SamplerError
+    from ttscale.samplers.openai_sampler import OpenAISampler
+    from ttscale.types import SamplingParams
+
+    async def draw() -> None:
+        cut = Fault("cut_stream", on_requests=frozenset({0}), keep_events=-3)  # before the finish
+        async with LoopbackServer(default_answer="one two three", faults=(cut,)) as server:
+            sampler = OpenAISampler(model="loopback", base_url=server.base_url)
+            params = SamplingParams(logprobs=0, seed=1)
+            await sampler.sample_watched("q", 1, params, watcher=lambda index: NeverStop())
+
+    with pytest.raises(SamplerError, match="broke off") as failed:
+        asyncio.run(draw())
+    assert [c.finish_reason for c in failed.value.partial.candidates] == ["error"]

@@ -578,11 +578,12 @@ class SampleJournal:
         return sum(len(by_index) for runs in self._entries.values() for by_index in runs.values())
 
     def _keep(self, entry: JournalEntry) -> bool:
-        """Hold ``entry`` unless its index is taken; a sample cut short gives way to a whole one
-        drawn again, and what it cost is added to that one's (it was paid for too)."""
+        """Hold ``entry`` unless its index holds a whole sample; a sample cut short gives way to
+        the one drawn again (whole, or cut short again), and what it cost is added to that one's
+        (it was paid for too)."""
         by_index = self._entries.setdefault(entry.problem, {}).setdefault(entry.params, {})
         held = by_index.get(entry.candidate.index)
-        if held is not None and not (held.candidate.cut_short and not entry.candidate.cut_short):
+        if held is not None and not held.candidate.cut_short:
             return False
         if held is not None:
             entry = dataclasses.replace(entry, earlier=held.usage)

@@ -545,9 +545,14 @@ class OpenAISampler:
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
-                reading.finish_reason = "cancelled"
+                reading.finish_reason = reading.finish_reason or "cancelled"
                 raise
             except Exception as exc:
+                if reading.finish_reason is not None:
+                    # The model had finished: what broke was the stream's tail ([DONE], usage).
+                    # The answer is whole, and kept as the model ended it.
+                    log.warning("the model server's stream broke off after its end: %s", exc)
+                    return
                 draw.usage = draw.usage + Usage(failed_requests=1)
                 reading.finish_reason = "error"
                 raise UpstreamError(f"the model server's stream broke off: {exc}") from exc

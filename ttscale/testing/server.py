@@ -197,9 +197,10 @@ class Fault:
     - ``reset``: the request is read, then the connection is aborted with a TCP RST.
     - ``slow``: the answer is generated, then held back ``delay`` seconds.
     - ``malformed_json``: 200 with a truncated JSON body; generated but unusable by the client.
-    - ``cut_stream``: a streamed answer breaks off half way: its first half of events is sent,
-      then the connection is closed without the stream's end (a request not streamed is answered
-      whole). The whole answer was generated, so it was paid for.
+    - ``cut_stream``: a streamed answer breaks off: its first ``keep_events`` events are sent
+      (default: half; negative counts from the end, so -1 is all but ``[DONE]``), then the
+      connection is closed without the stream's end (a request not streamed is answered whole).
+      The whole answer was generated, so it was paid for.
     """
 
     kind: FaultKind
@@ -207,6 +208,7 @@ class Fault:
     every: int | None = None
     retry_after: float = 0.0
     delay: float = 5.0
+    keep_events: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _FAULT_KINDS:
@@ -1566,7 +1568,7 @@ class LoopbackServer:
             logger.exception("the loopback server's responder failed")
             error = _RequestError(500, f"the responder failed: {exc!r}", error_type="server_error")
             return _Exchange(request, ordinal, body, kind, _error_response(error))
-        response, paced = self._render(generation, choices, kind, request.version)
+        response, paced = self._render(generation, choices, fault, request.version)
         return _Exchange(
             request,
             ordinal,
@@ -1706,21 +1708,23 @@ class LoopbackServer:
         self,
         generation: _Generation,
         choices: Sequence[_Choice],
-        fault: FaultKind | None,
+        fault: Fault | None,
         version: str,
     ) -> tuple[_Response, tuple[tuple[str, int], ...] | None]:
         """The response, and for a paced stream the events still to write after its head."""
         serial = next(self._response_serials)
         created = int(time.time())
-        malformed = fault == "malformed_json"
+        malformed = fault is not None and fault.kind == "malformed_json"
+        cut = fault if fault is not None and fault.kind == "cut_stream" else None
         if generation.stream:
             events = _stream_events(generation, choices, serial, created)
             chunked = version != "HTTP/1.0"
-            if fault == "cut_stream" and chunked:
+            if cut is not None and chunked:
                 # No last chunk, and the connection closes: the client's read breaks off.
-                kept = b"".join(_event_chunk(event) for event, _ in events[: len(events) // 2])
-                cut = _Response(200, kept, "text/event-stream", chunked=True, until_close=True)
-                return cut, None
+                keep = len(events) // 2 if cut.keep_events is None else cut.keep_events
+                kept = b"".join(_event_chunk(event) for event, _ in events[:keep])
+                broken = _Response(200, kept, "text/event-stream", chunked=True, until_close=True)
+                return broken, None
             if malformed:
                 first = events[0][0]
                 return _event_stream([first[: max(1, len(first) // 2)], "[DONE]"], chunked), None
