@@ -185,23 +185,20 @@ def extract_gsm8k(text: str) -> str | None:
 
 
 _ANSWER_IS_RE = re.compile(
-    r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE
+    r"(?:final answer|the answer)\s*(?:is\b|:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE
 )
 
 
 # Words that open a statement about the answer rather than the answer: "the answer is not
-# obvious", "the answer is to add them", "the answer is unclear yet".
-_HEDGES = frozenset(
+# obvious", "the answer is what remains", "the answer is to add them". Hedges open one only when
+# no answer follows: "the answer is still unclear", but "the answer is still 12" answers 12.
+_NOT_ANSWERS = frozenset(
     [
         "not",
         "unclear",
         "unknown",
         "uncertain",
         "undetermined",
-        "yet",
-        "still",
-        "to",
-        "that",
         "what",
         "which",
         "how",
@@ -209,18 +206,19 @@ _HEDGES = frozenset(
         "where",
         "when",
         "whether",
+        "that",
+        "to",
         "being",
-        "probably",
-        "likely",
         "hidden",
         "tricky",
         "obvious",
         "hard",
         "difficult",
         "complicated",
-        "between",
     ]
 )
+_HEDGES = frozenset({"still", "yet", "probably", "likely"})
+_LEADING_MARKS = " \t.,;:!?-\u2013\u2014\u2026*"
 
 
 def stated_answer(text: str) -> str | None:
@@ -230,10 +228,24 @@ def stated_answer(text: str) -> str | None:
     if not found:
         return None
     answer: str = found[-1].strip().strip("*").strip()  # markdown bold around it is common
-    words = answer.split()
-    if not words or words[0].lower().strip(",;:") in _HEDGES:
+    words = answer.lstrip(_LEADING_MARKS).split()  # "is... not obvious", "is, not obvious"
+    if not words:
         return None
+    first, *rest = (word.lower().strip(",;:*_") for word in words)
+    if first in _NOT_ANSWERS:
+        return None
+    if first in _HEDGES:
+        # "still 12", "likely B": the answer is what follows the hedge.
+        return answer.lstrip(_LEADING_MARKS).split(None, 1)[1] if _answers(rest, answer) else None
     return answer
+
+
+def _answers(rest: list[str], answer: str) -> bool:
+    """Whether what follows a hedge word answers: a number or formula, or one word that is no
+    hedge itself ("likely B", not "still unclear") (pure)."""
+    if any(c.isdigit() or c in "\\$=" for c in answer):
+        return True
+    return len(rest) == 1 and rest[0] not in _NOT_ANSWERS | _HEDGES
 
 
 def extract_answer_is(text: str) -> str | None:

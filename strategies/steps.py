@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,10 +114,14 @@ def cut_step(text: str, delimiter: Delimiter) -> tuple[str, bool]:
 
 def _step_end(text: str, delimiter: Callable[[str], int | None]) -> int | None:
     """Where a delimiter function says the first step of ``text`` ends, checked."""
-    end = delimiter(text)
-    if end is not None and (isinstance(end, bool) or not isinstance(end, int)):
+    found = delimiter(text)
+    try:  # any integer type (numpy's too), as slicing takes; not a bool
+        end = None if found is None or isinstance(found, bool) else operator.index(found)
+    except TypeError:
+        end = None
+    if found is not None and end is None:
         raise ConfigError(
-            f"the step delimiter function returned {end!r} ({type(end).__name__}) for a text "
+            f"the step delimiter function returned {found!r} ({type(found).__name__}) for a text "
             f"starting {text[:40]!r}; it must return where the first step ends (an int) or None"
         )
     if end is not None and end <= 0:

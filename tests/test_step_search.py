@@ -675,6 +675,10 @@ def test_a_delimiter_function_returning_no_position_is_a_config_error(
         cut_step("abc; def", lambda text: returned)  # type: ignore[arg-type,return-value]
 
 
+def test_a_delimiter_function_may_return_any_integer_type() -> None:
+    assert cut_step("abc; def", lambda text: np.int64(4)) == ("abc;", True)  # type: ignore[arg-type,return-value]
+
+
 def test_the_answer_is_followed_by_no_answer_is_not_final() -> None:
     for hedge in (
         "The answer is not obvious yet.",
@@ -685,6 +689,18 @@ def test_the_answer_is_followed_by_no_answer_is_not_final() -> None:
     ):
         assert not has_marked_answer(hedge), hedge
     assert extract_answer_is("The answer is not obvious. We get 12.") is None
+    for hedge in (
+        "The answer isn't obvious.",
+        "The answer is... not obvious yet",
+        "The answer is, not obvious",
+        "The answer is **not** obvious.",
+        "The answer is still unclear.",
+    ):
+        assert not has_marked_answer(hedge) and extract_answer_is(hedge) is None, hedge
+    # A hedge word before an answer leaves the answer: "still 12" answers 12.
+    assert extract_answer_is("So the answer is still 12.") == "12"
+    assert extract_answer_is("The answer is likely B.") == "b"
+    assert has_marked_answer("The answer is probably 12.")
     # Controls: answers, short or with a number or formula, are final.
     stated_answers = ("The answer is 7.", "The answer is B.", "the answer is no.")
     for stated in (*stated_answers, "The answer is $x=3$"):
