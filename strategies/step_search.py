@@ -31,7 +31,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ttscale.errors import ConfigError, TTScaleError, VerifierError
+from ttscale.errors import (
+    BudgetExhausted,
+    ConfigError,
+    SamplerError,
+    TTScaleError,
+    VerifierError,
+)
 from ttscale.protocols import Sampler, Verifier, as_sampler, as_verifier
 from ttscale.strategies.base import StrategyConfig
 from ttscale.strategies.selection import best_member, select_majority
@@ -406,6 +412,11 @@ class SearchRun:
         children = [self._add(step) for step in sorted(outcome.steps, key=lambda s: s.index)]
         try:
             await self._score(children)
+        except BudgetExhausted as exc:
+            # The reward's own calls were refused (an LLM judge under the budget): the search
+            # stops as a refused draw stops it, and this round's steps, unscored, rank last.
+            self.budget_stop = self.budget_stop or str(exc)
+            self.event("budget_exhausted", reason=str(exc), kept=len(children), scored=False)
         except TTScaleError as exc:
             self._scoring_failed(exc)
             raise
@@ -426,7 +437,7 @@ class SearchRun:
         (a verifier error's ``partial``: the finished paths and all that was spent, the reward's
         own calls included)."""
         self.event("error", error=str(error), kept=len(self.nodes) - 1)
-        if isinstance(error, VerifierError):
+        if isinstance(error, VerifierError | SamplerError):
             error.partial = self.batch()
         return error
 

@@ -227,10 +227,15 @@ class RoundOutcome:
 def _partial(prompt: Prompt, steps: Sequence[str], settings: StepSettings) -> str:
     """The answer a request continues: the prompt's own prefill, then the steps so far, each
     ended by the delimiter so that the model starts a new one (pure)."""
+    prefill = prompt_prefill(prompt)
     if not steps:
-        return prompt_prefill(prompt)
+        return prefill
     ended = join_steps(steps, settings.delimiter) + join_steps(["", ""], settings.delimiter)
-    return prompt_prefill(prompt) + ended
+    if prefill and not prefill[-1].isspace():
+        # Steps are kept without the blank lines around them: the one the model wrote after the
+        # prefill ("Solution:\n\nStep 1") goes back, or the model would read "Solution:Step 1".
+        prefill += join_steps(["", ""], settings.delimiter)
+    return prefill + ended
 
 
 async def _one_request(

@@ -782,26 +782,35 @@ def test_a_process_reward_that_fails_ends_the_search_with_what_was_spent() -> No
 HEAD = "Let me work it out.\n\n"
 
 
-def _continues_a_whole_answer(request: Any) -> str:
-    """A model whose answer is always ``HEAD`` then two steps: it continues whatever prefill it
-    is sent, and a prefill that is not a start of that answer gets a wrong one."""
-    whole = HEAD + "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
-    messages = request.body.get("messages", [])
-    prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-    return whole[len(prefill) :] if whole.startswith(prefill) else "The answer is 0."
+def _continuing(head: str) -> Any:
+    """A model whose answer is always ``head``, a blank line unless ``head`` ends in one, then
+    two steps: it continues whatever prefill it is sent, and a prefill that is not a start of
+    that answer gets a wrong one."""
+    whole = (
+        head + ("" if head.endswith("\n\n") else "\n\n") + "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
+    )
+
+    def respond(request: Any) -> str:
+        messages = request.body.get("messages", [])
+        last = messages[-1] if messages else {}
+        prefill = last["content"] if last.get("role") == "assistant" else ""
+        return whole[len(prefill) :] if whole.startswith(prefill) else "The answer is 0."
+
+    return respond
 
 
+@pytest.mark.parametrize("head", [HEAD, "Solution:"], ids=["ends-blank", "glued"])
 @pytest.mark.parametrize("echo", [False, True], ids=["plain", "echoing"])
-def test_a_prompt_that_starts_the_answer_is_searched_from_it_once(echo: bool) -> None:
+def test_a_prompt_that_starts_the_answer_is_searched_from_it_once(echo: bool, head: str) -> None:
     from ttscale.testing import LoopbackServer
 
     messages = (
         {"role": "user", "content": "What is 3 + 4?"},
-        {"role": "assistant", "content": HEAD},
+        {"role": "assistant", "content": head},
     )
     problem = Problem(id="p", messages=messages, answer="7")
     reward = lambda problem, steps: [0.5] * len(steps)  # noqa: E731
-    with LoopbackServer(answers=_continues_a_whole_answer, echo_prefill=echo) as server:
+    with LoopbackServer(answers=_continuing(head), echo_prefill=echo) as server:
         strategy = BeamSearch(samples=2, beam_width=1, reward=reward, max_steps=4)
         result = asyncio.run(_run(strategy, problem, _sampler(server.base_url)))
         sent = [record.body["messages"] for record in server.records]
@@ -809,4 +818,39 @@ def test_a_prompt_that_starts_the_answer_is_searched_from_it_once(echo: bool) ->
     assert result.selected[0].text == "Step 1: 3 + 4 = 7.\n\nThe answer is 7."
     for request in sent:  # one assistant message: the prompt's start, then the steps so far
         assert [m["role"] for m in request] == ["user", "assistant"]
-        assert request[-1]["content"].startswith(HEAD) and request[-1]["content"].count(HEAD) == 1
+        assert request[-1]["content"].startswith(head) and request[-1]["content"].count(head) == 1
+
+
+def test_a_process_reward_whose_server_fails_or_whose_budget_ends_keeps_what_was_spent() -> None:
+    from ttscale.errors import BudgetExhausted, UpstreamError
+    from ttscale.types import SampleBatch
+
+    problem = ENV.problems()[0]
+
+    def failing(error: Exception) -> Any:
+        def reward(problem: Problem, steps: list[str]) -> list[float]:
+            if len(steps) >= 2:
+                raise error
+            return [0.5] * len(steps)
+
+        return reward
+
+    with ENV.server() as server:
+        down = BeamSearch(
+            samples=4, beam_width=2, reward=failing(UpstreamError("502")), max_steps=5
+        )
+        with pytest.raises(UpstreamError) as err:
+            asyncio.run(_run(down, problem, _sampler(server.base_url)))
+        served = sum(record.completion_tokens for record in server.records)
+    assert isinstance(err.value.partial, SampleBatch)
+    assert err.value.partial.usage.completion_tokens == served > 0
+    with ENV.server() as server:
+        spent = failing(BudgetExhausted("the judge's budget is spent"))
+        result = asyncio.run(
+            _run(BeamSearch(samples=4, beam_width=2, reward=spent, max_steps=5), problem,
+                 _sampler(server.base_url))
+        )  # fmt: skip
+        served = sum(record.completion_tokens for record in server.records)
+    # The search stopped as a refused draw stops it: an answer, and every token counted.
+    assert result.usage.completion_tokens == served
+    assert any(event.step == "budget_exhausted" for event in result.trace)
