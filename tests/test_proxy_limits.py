@@ -302,3 +302,17 @@ def test_a_body_nested_too_deep_or_a_composition_too_wide_is_a_400(
     for verifier in (gates(30), {"name": "weighted", "verifiers": ["confidence"] * 64}):
         settings = {"strategy": "best_of_n", "samples": 2, "verifier": verifier}
         assert post(proxy, chat(ttscale=settings)).status_code == 200
+
+
+def test_a_confidence_verifier_asked_with_no_alternatives_is_refused_before_drawing(
+    proxy: BackgroundProxy, upstream: LoopbackServer
+) -> None:
+    settings = {"strategy": "best_of_n", "samples": 2, "verifier": "confidence"}
+    asked = chat(ttscale=settings, logprobs=True, top_logprobs=0)
+    refused(post(proxy, asked), "top_logprobs", "asks for none")
+    assert upstream.request_count == 0
+    # Controls: one alternative, or no logprobs asked (the verifier's own are drawn), answer.
+    for fields in ({"logprobs": True, "top_logprobs": 1}, {}):
+        assert post(proxy, chat(ttscale=settings, **fields)).status_code == 200
+    mean = {**settings, "verifier": {"name": "confidence", "measure": "mean_logprob"}}
+    assert post(proxy, chat(ttscale=mean, logprobs=True, top_logprobs=0)).status_code == 200

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttscale.budget import BUDGET_LIMITS, BudgetedSampler, Spend, budget_condition
-from ttscale.errors import ConfigError, SamplerError
+from ttscale.errors import ConfigError, RequestError, SamplerError
 from ttscale.protocols import (
     Sampler,
     Strategy,
@@ -161,8 +161,17 @@ def plan_scaled(
     drawn = request.params.logprobs
     if isinstance(wanted, int) and drawn is None:
         # A verifier reading the samples' logprobs has them drawn with them (the client gets
-        # them back only if it asked, and then as many alternatives as it asked for).
+        # them back only if it asked).
         request = dataclasses.replace(request, params=request.params.replace(logprobs=wanted))
+    elif isinstance(wanted, int) and wanted > 0 and drawn == 0:
+        # The client's own ask would draw no alternatives, which the verifier reads: refused
+        # before anything is drawn, not after.
+        raise RequestError(
+            f"verifier {settings.verifier!r} reads each token's top alternatives, and the request "
+            "asks for none (top_logprobs 0; completions: logprobs 0); ask for at least 1, or "
+            "leave logprobs out",
+            param="top_logprobs" if request.chat else "logprobs",
+        )
     strategy = build_strategy(name, samples, k, request.params, settings.options)
     greedy = greedy_warning(_drawn_with(strategy, request.params), samples, name)
     warnings = () if greedy is None else (greedy,)
