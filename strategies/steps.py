@@ -321,12 +321,20 @@ async def draw_steps(
         for s in sorted(blank, key=lambda step: step.index)
     ]
     redrawn = await _draw_round(sampler, prompt, base, again, settings)
+    return _with_redrawn(result, blank, redrawn)
+
+
+def _with_redrawn(
+    result: RoundOutcome, blank: Sequence[DrawnStep], redrawn: RoundOutcome
+) -> RoundOutcome:
+    """The round with each blank step replaced by its redrawn one, which carries both draws'
+    tokens; a blank step whose redraw was refused or failed stays as it was (pure)."""
     spent = {(s.key, s.index): s.tokens for s in blank}
     kept = [s for s in result.steps if (s.key, s.index) not in spent]
     for step in redrawn.steps:
         kept.append(dataclasses.replace(step, tokens=step.tokens + spent[(step.key, step.index)]))
     redrawn_ids = {(s.key, s.index) for s in redrawn.steps}
-    kept.extend(s for s in blank if (s.key, s.index) not in redrawn_ids)  # refused or failed
+    kept.extend(s for s in blank if (s.key, s.index) not in redrawn_ids)
     return RoundOutcome(
         kept,
         result.usage + redrawn.usage,

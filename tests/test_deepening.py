@@ -302,18 +302,25 @@ def test_a_sample_is_exact_only_if_every_segment_was(
     assert flags == [True] * min(inexact_from, 4) + [False] * (4 - min(inexact_from, 4))
 
 
-def _deepened_on_an_echoing_server() -> tuple[str, int]:
-    """One deepened answer from a server that sends each prefill back; the prefills it got."""
-    with LoopbackServer(answers=continuing, echo_prefill=True) as echoing:
+def _deepened(prompt: Any, echo: bool) -> tuple[str, list[list[dict[str, Any]]]]:
+    """One deepened answer to ``prompt`` (``echo``: from a server that sends each prefill back,
+    as llama.cpp's does): the answer and the messages of each request."""
+    with LoopbackServer(answers=continuing, echo_prefill=echo) as running:
 
         async def go() -> Any:
-            async with sampler(echoing) as inner:
+            async with sampler(running) as inner:
                 deep = DeepeningSampler(inner, b0=16, gamma=2.0, b_max=64, triggers=(TRIGGER,))
-                return await deep.sample(QUESTION, 1, SamplingParams(temperature=0.5))
+                return await deep.sample(prompt, 1, SamplingParams(temperature=0.5))
 
         (candidate,) = asyncio.run(go()).candidates
-        bodies = [r.body for r in echoing.records if r.body]
-    return candidate.text, sum(body["messages"][-1]["role"] == "assistant" for body in bodies)
+        sent = [r.body["messages"] for r in running.records if r.body]
+    return candidate.text, sent
+
+
+def _deepened_on_an_echoing_server() -> tuple[str, int]:
+    """One deepened answer from a server that sends each prefill back; the prefills it got."""
+    text, sent = _deepened(QUESTION, echo=True)
+    return text, sum(messages[-1]["role"] == "assistant" for messages in sent)
 
 
 def test_a_server_that_sends_the_prefill_back_is_continued_once() -> None:
@@ -338,22 +345,12 @@ PREFILL = "Let me compute."
 
 
 def _deepened_from_a_prefill(echo: bool) -> tuple[str, list[list[dict[str, Any]]]]:
-    """A prompt that ends in the assistant's own start of the answer, deepened: the answer and
-    the messages of each request."""
+    """A prompt that ends in the assistant's own start of the answer, deepened."""
     prompt = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": PREFILL},
     ]
-    with LoopbackServer(answers=continuing, echo_prefill=echo) as running:
-
-        async def go() -> Any:
-            async with sampler(running) as inner:
-                deep = DeepeningSampler(inner, b0=16, gamma=2.0, b_max=64, triggers=(TRIGGER,))
-                return await deep.sample(prompt, 1, SamplingParams(temperature=0.5))
-
-        (candidate,) = asyncio.run(go()).candidates
-        sent = [r.body["messages"] for r in running.records if r.body]
-    return candidate.text, sent
+    return _deepened(prompt, echo)
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["plain", "echoing"])
