@@ -261,7 +261,7 @@ def test_forgeries_do_not_pass(backend: str, name: str) -> None:
 
 
 MALFORMED = {
-    "huge-int": b'{"value":' + b"1" * 5000 + b"}",
+    "huge-int": b'{"value":' + b"1" * 100_001 + b"}",  # past the sandbox's digit bound
     "deep-nesting": b'{"value":' + b'{"L":[' * 5000 + b"]}" * 5000 + b"}",
     "bad-utf8": b'{"value":"\xff\xfe"}',
     "bare-nan": b'{"value":NaN}',
@@ -788,3 +788,71 @@ def test_a_readonly_path_under_tmp_is_readable_from_the_run(backend: str, tmp_pa
     # Control: without the path the import fails, so the pass above came through it.
     score = sandboxed(backend, code, problem)
     assert score.details["outcome"] != "pass"
+
+
+# -- the tests' own names, the host's /tmp ------------------------------------------------------
+
+SHADOWING = [
+    (
+        "asserts",
+        "assert set(similar(3)) == set((4, 5))\n",
+        "def similar(x):\n    return ()\n",
+        "def set(*args):\n    return 0\n",
+    ),
+    (
+        "pytest",
+        "from solution import *\n\ndef test_it():\n    assert sorted(uniq([3, 1, 3])) == [1, 3]\n",
+        "def uniq(x):\n    return []\n",
+        "def sorted(*args):\n    return [1, 3]\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "tests", "wrong", "forgery"), SHADOWING, ids=["asserts", "pytest"]
+)
+def test_wrong_code_cannot_replace_a_builtin_the_tests_call(
+    kind: str, tests: str, wrong: str, forgery: str
+) -> None:
+    problem = Problem(id=f"shadow-{kind}", prompt="p", tests=tests)
+    assert sandboxed("subprocess", wrong, problem).verdict is False  # control: wrong fails alone
+    assert sandboxed("subprocess", wrong + forgery, problem).verdict is False
+    # ...and a problem whose entry point is itself a builtin's name is still tested against it.
+    named = Problem(id="own-max", prompt="p", tests="assert max([1, 5]) == 5\n", entry_point="max")
+    assert sandboxed("subprocess", "def max(xs):\n    return 5\n", named).verdict is True
+    assert sandboxed("subprocess", "def max(xs):\n    return 0\n", named).verdict is False
+
+
+def test_a_conftest_in_the_hosts_tmp_decides_no_verdict_and_runs_leave_no_folders() -> None:
+    planted = Path(tempfile.gettempdir()) / "conftest.py"
+    if planted.exists():
+        pytest.skip(f"{planted} exists already; not touching it")
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("ttscale-*")}
+    tests = "from solution import double\n\n\ndef test_double():\n    assert double(2) == 4\n"
+    problem = Problem(id="double", prompt="p", tests=tests)
+    planted.write_text(
+        "import pytest\n\n@pytest.hookimpl(hookwrapper=True)\n"
+        "def pytest_runtest_makereport(item, call):\n"
+        "    outcome = yield\n    report = outcome.get_result()\n    report.outcome = 'passed'\n"
+    )
+    try:
+        wrong = sandboxed("subprocess", "def double(x):\n    return 0\n", problem)
+        right = sandboxed("subprocess", "def double(x):\n    return 2 * x\n", problem)
+    finally:
+        planted.unlink()
+    assert wrong.verdict is False and right.verdict is True
+    # Each run's folders (its harness, its pytest files) are gone once it has its verdict.
+    left = {p.name for p in Path(tempfile.gettempdir()).glob("ttscale-*")} - before
+    assert not [name for name in left if name.startswith(("ttscale-harness-", "ttscale-tests-"))]
+
+
+def test_a_right_answer_of_thousands_of_digits_crosses_between_the_processes() -> None:
+    tests = (
+        "import math\n\ndef check(candidate):\n    assert candidate(3000) == math.factorial(3000)\n"
+    )
+    problem = Problem(id="fact", prompt="def fact(n):\n", tests=tests, entry_point="fact")
+    right = "import math\n\ndef fact(n):\n    return math.factorial(n)\n"
+    # A bare signature as the prompt (no body) is followed by the whole function, not glued to it.
+    assert sandboxed("subprocess", right, problem).verdict is True  # 9,131 digits
+    wrong = "import math\n\ndef fact(n):\n    return math.factorial(n) + 1\n"
+    assert sandboxed("subprocess", wrong, problem).verdict is False  # control

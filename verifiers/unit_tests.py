@@ -174,6 +174,19 @@ def _stdio_cases(value: Any) -> list[dict[str, str]] | None:
     return [{"input": case["input"], "output": case["output"]} for case in value]
 
 
+def _as_stub(prompt: str) -> str:
+    """The prompt as code a whole function can follow (pure): as it is when it compiles (a
+    signature with its docstring), else with a body (``pass``) given to a bare signature, else
+    nothing: a whole function needs no prompt that is no program."""
+    for stub in (prompt, prompt.rstrip() + "\n    pass\n"):
+        try:
+            compile(stub, "<prompt>", "exec")  # compiled, never run
+        except (SyntaxError, ValueError):
+            continue
+        return stub
+    return ""
+
+
 def detect_test_format(tests: str, entry_point: str | None) -> TestFormat:
     """Which format ``tests`` is in (pure). ``def check(`` with an entry point means HumanEval."""
     if re.search(r"^def check\(", tests, re.MULTILINE) and entry_point:
@@ -241,7 +254,7 @@ def build_program(
         prompt = problem.prompt or ""
         defines_entry = re.search(rf"^def {re.escape(problem.entry_point)}\(", code, re.MULTILINE)
         # A continuation completes the prompt's function; a whole function replaces its stub.
-        body = f"{prompt}\n{code}" if defines_entry else prompt + code
+        body = f"{_as_stub(prompt)}\n{code}" if defines_entry else prompt + code
         return CheckPlan(
             {"code": body, "format": "functions"},
             {
@@ -252,9 +265,8 @@ def build_program(
             },
         )
     if chosen == "asserts":
-        return CheckPlan(
-            {"code": code, "format": "functions"}, {"format": "asserts", "tests": tests}
-        )
+        harness = {"format": "asserts", "tests": tests, "entry_point": problem.entry_point}
+        return CheckPlan({"code": code, "format": "functions"}, harness)
     if chosen == "stdio":
         cases = _stdio_cases(tests)
         if cases is None:
@@ -267,7 +279,8 @@ def build_program(
     if not module.isidentifier():
         raise DataError(f"module name {module!r} is not an identifier", field="metadata.module")
     solution = {"code": code, "format": "functions", "module": module}
-    return CheckPlan(solution, {"format": "pytest", "tests": tests, "module": module})
+    harness = {"format": "pytest", "tests": tests, "module": module}
+    return CheckPlan(solution, harness | {"entry_point": problem.entry_point})
 
 
 class UnitTestVerifier:

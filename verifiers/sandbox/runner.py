@@ -14,12 +14,15 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +113,18 @@ class ForkServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self._scratch: weakref.finalize[Any, Any] | None = None
+
+    def _environment(self) -> dict[str, str]:
+        """The server's environment, with a temporary folder of its own: everything its runs
+        leave under it (killed runs too) goes when the server does, not into /tmp for good."""
+        environment = scrubbed_environment(self.config.extra_env)
+        if "TMPDIR" not in self.config.extra_env:
+            scratch = tempfile.mkdtemp(prefix=f"ttscale-sandbox-{self.role}-")
+            # Removed when the server is closed, or else when this process exits.
+            self._scratch = weakref.finalize(self, shutil.rmtree, scratch, True)
+            environment["TMPDIR"] = scratch
+        return environment
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -129,7 +144,7 @@ class ForkServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=scrubbed_environment(self.config.extra_env),
+            env=self._environment(),
             pass_fds=(theirs.fileno(),),
             start_new_session=True,
         )
@@ -177,6 +192,9 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch()
 
 
 class _PipeReader:

@@ -23,6 +23,7 @@ import builtins
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -133,8 +134,6 @@ def _first_process(
         },
     )
     if workdir is not None:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -187,13 +186,27 @@ def harness_job(fds: list[int]) -> None:
     spec = _read_spec(spec_fd)
     _close_others([channel, report])
     confine.limit(spec["limits"])
-    os.chdir(tempfile.mkdtemp(prefix="ttscale-harness-"))
+    folder = tempfile.mkdtemp(prefix="ttscale-harness-")
+    os.chdir(folder)
     from . import harness
 
-    _line(report, harness.run(spec, channel))
+    try:
+        _line(report, harness.run(spec, channel))
+    finally:
+        os.chdir("/")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+MAX_INT_DIGITS = 100_000
 
 
 def _preload(role: str) -> None:
+    # Values cross between the processes as JSON text: a right answer of thousands of digits
+    # must cross too (Python's default refuses over 4,300). Reading digits costs quadratic time,
+    # so a bound stays: 100,000 digits read in milliseconds.
+    bound = getattr(sys, "set_int_max_str_digits", None)  # Python >= 3.11 has the limit
+    if bound is not None:
+        bound(MAX_INT_DIGITS)
     for name in _PRELOAD.split():
         __import__(name)
     if "exit" not in vars(builtins):

@@ -29,6 +29,7 @@ import builtins
 import linecache
 import math
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -228,12 +229,20 @@ class RemoteObject:
     __hash__ = object.__hash__
 
 
-def bind(link: Link, names: dict[str, Any]) -> dict[str, Any]:
-    """The solution's exports as the tests see them: proxies and plain values."""
+# Python's own names: a solution's ``set`` or ``abs`` must not replace the one the tests call
+# (``assert set(f(x)) == set(y)`` would pass whatever ``f`` returned).
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+def bind(link: Link, names: dict[str, Any], entry_point: str | None = None) -> dict[str, Any]:
+    """The solution's exports as the tests see them: proxies and plain values. A name of
+    Python's builtins is left out, unless it is the entry point the tests are about."""
     bound: dict[str, Any] = {}
     for name, description in names.items():
         if type(name) is not str or type(description) is not dict:
             raise link.fail("protocol", "the solution's side described its names wrongly")
+        if name in _BUILTIN_NAMES and name != entry_point:
+            continue
         kind = description.get("kind")
         if kind in ("function", "class"):
             bound[name] = RemoteFunction(link, name, makes_objects=kind == "class")
@@ -296,12 +305,21 @@ def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     module.__dict__.update(bound)
     sys.modules[module_name] = module
     folder = tempfile.mkdtemp(prefix="ttscale-tests-")
-    path = os.path.join(folder, f"test_{module_name}.py")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(spec["tests"])
-    collect = _PytestCollect()
-    options = [path, "-q", "-p", "no:cacheprovider", "--basetemp", os.path.join(folder, "tmp")]
-    code = pytest.main(options, plugins=[collect])
+    try:
+        path = os.path.join(folder, f"test_{module_name}.py")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(spec["tests"])
+        collect = _PytestCollect()
+        # The run's own folder is pytest's root, and no configuration or conftest.py is read from
+        # above it: whoever can write to /tmp must not decide a verdict (nor slow every run by
+        # what /tmp holds).
+        options = [
+            path, "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", folder,
+            "--confcutdir", folder, "--basetemp", os.path.join(folder, "tmp"),
+        ]  # fmt: skip
+        code = pytest.main(options, plugins=[collect])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     counts = f"{collect.passed} passed, {len(collect.failed)} failed"
     if code == 0:
         return {"outcome": "pass", "reason": f"pytest: {counts}"}
@@ -389,7 +407,8 @@ def _verdict(spec: dict[str, Any], link: Link) -> dict[str, Any]:
             raise link.fail("memory", "the solution ran out of memory (MemoryError) while loading")
         raise link.fail("load", f"the solution failed to load: {what}")
     names = hello.get("names")
-    bound = bind(link, names if type(names) is dict else {})
+    entry = spec.get("entry_point")
+    bound = bind(link, names if type(names) is dict else {}, entry if type(entry) is str else None)
     kind = spec["format"]
     if kind == "humaneval":
         _run_humaneval(spec, bound, link)
