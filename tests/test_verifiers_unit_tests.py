@@ -496,3 +496,27 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail() -> None:
     assert failures == []
     assert [p.id for p, s in zip(problems, broken, strict=True) if s.verdict] == []
     assert elapsed < 120, f"2 x 164 HumanEval runs took {elapsed:.1f} s"
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Here:\n```python\n{ADD}```\nFor example:\n```\n3\n```\n",  # later output
+        f"```python\n{ADD}```\nUsage:\n```python\nprint(add(1, 2))\n```\n",  # later usage
+        f"```Python\n{ADD}```\n",  # the tag in another case
+        f"```python\n{ADD}```\nRun it:\n```bash\npython add.py\n```\nDone.\n```",  # a shell block
+    ],
+    ids=["output", "usage", "capital", "shell"],
+)
+def test_the_code_is_the_block_that_defines_it_not_a_later_example(text: str) -> None:
+    assert candidate_code(text) == ADD
+
+
+def test_code_extraction_controls() -> None:
+    assert candidate_code(ADD) == ADD  # no fences: the whole text
+    two = f"```python\ndef add(a, b):\n    return 0\n```\nfixed:\n```python\n{ADD}```\n"
+    assert candidate_code(two) == ADD  # of two defining blocks, the last
+    assert candidate_code("```python\nx = 1\n```\n") == "x = 1\n"  # none defines: the last

@@ -75,9 +75,6 @@ log = logging.getLogger(__name__)
 
 TestFormat = Literal["auto", "humaneval", "asserts", "pytest", "stdio"]
 _FORMATS = ("auto", "humaneval", "asserts", "pytest", "stdio")
-_FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
-
-
 @dataclass(frozen=True)
 class UnitTestConfig:
     """Settings of a :class:`UnitTestVerifier`; the limits are those of :class:`SandboxConfig`."""
@@ -137,10 +134,43 @@ class CheckPlan:
     harness: Mapping[str, Any]
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """The fenced blocks of a Markdown text, in order: ``(language tag, lower-cased; code)``
+    (pure). A fence opens at a line's start and the next fence line closes it, so a block's
+    closing fence is never taken for the next one's opening; an unclosed block runs to the end."""
+    blocks: list[tuple[str, str]] = []
+    tag: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        fence = line.lstrip().startswith("```")
+        if tag is None and fence:
+            tag, lines = line.lstrip()[3:].strip().lower(), []
+        elif tag is not None and fence:
+            blocks.append((tag, "".join(lines)))
+            tag = None
+        elif tag is not None:
+            lines.append(line)
+    if tag is not None:
+        blocks.append((tag, "".join(lines)))
+    return blocks
+
+
+_PYTHON_TAGS = ("python", "py", "python3")
+_DEFINES = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s", re.MULTILINE)
+
+
 def candidate_code(text: str) -> str:
-    """The code of a completion: its last fenced Python block, or the whole text."""
-    blocks = _FENCE_RE.findall(text)
-    return str(blocks[-1]) if blocks else text
+    """The code of a completion (pure): of its fenced blocks tagged Python (any case; else the
+    untagged ones), the last that defines a function or class, else the last; with no such
+    block, the whole text. A later block of example output or usage is not the code."""
+    blocks = fenced_blocks(text)
+    chosen = [code for tag, code in blocks if tag in _PYTHON_TAGS] or [
+        code for tag, code in blocks if not tag
+    ]
+    if not chosen:
+        return text if not blocks else blocks[-1][1]
+    defining = [code for code in chosen if _DEFINES.search(code)]
+    return (defining or chosen)[-1]
 
 
 def _is_assert_list(tests: str) -> bool:
