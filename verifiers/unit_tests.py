@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 
 TestFormat = Literal["auto", "humaneval", "asserts", "pytest", "stdio"]
 _FORMATS = ("auto", "humaneval", "asserts", "pytest", "stdio")
+
+
 @dataclass(frozen=True)
 class UnitTestConfig:
     """Settings of a :class:`UnitTestVerifier`; the limits are those of :class:`SandboxConfig`."""
