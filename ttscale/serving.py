@@ -367,7 +367,8 @@ class StreamSpend:
             return
         self._pending.append(chunk)
         self._held += len(chunk)
-        around, self._recent = self._recent + chunk, (self._recent + chunk)[-3:]
+        around = self._recent + chunk
+        self._recent = around[-3:]
         if b"\n\n" not in around and b"\n\r\n" not in around:  # no event ended here
             if self._held > self._LONGEST_EVENT:
                 self.readable = False  # no event is this long: not a stream this can read

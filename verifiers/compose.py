@@ -111,7 +111,9 @@ def member_specs(options: Mapping[str, Any], *fields: str) -> dict[str, Any]:
 class _Composed:
     """What every composed verifier shares: its members, how they are checked and what they need."""
 
-    members: list[Verifier]
+    @property
+    def members(self) -> list[Verifier]:
+        raise NotImplementedError
 
     @property
     def needs_reference(self) -> bool:
@@ -165,7 +167,6 @@ class WeightedSum(_Composed):
             )
             for i, v in enumerate(verifiers)
         ]
-        self.members = self.verifiers
         self.weights = (
             [float(w) for w in weights] if weights is not None else [1.0] * len(verifiers)
         )
@@ -173,6 +174,10 @@ class WeightedSum(_Composed):
             raise ConfigError(
                 f"WeightedSum got {len(self.weights)} weights for {len(self.verifiers)} verifiers"
             )
+
+    @property
+    def members(self) -> list[Verifier]:
+        return self.verifiers
 
     @staticmethod
     def check_request(options: Mapping[str, Any]) -> None:
@@ -220,7 +225,6 @@ class Cascade(_Composed):
             )
             for i, stage in enumerate(stages)
         ]
-        self.members = self.stages
         self.thresholds = (
             list(thresholds) if thresholds is not None else [None] * (len(self.stages) - 1)
         )
@@ -233,6 +237,10 @@ class Cascade(_Composed):
         if score.verdict is not None:
             return score.verdict
         return threshold is None or score.number >= threshold  # no score (NaN) does not pass
+
+    @property
+    def members(self) -> list[Verifier]:
+        return self.stages
 
     @staticmethod
     def check_request(options: Mapping[str, Any]) -> None:
