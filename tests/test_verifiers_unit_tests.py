@@ -232,14 +232,14 @@ def test_verdicts_and_their_causes(backend: str) -> None:
         ("error", "load"),
         ("timeout", "wall_clock"),
         ("error", "exception"),
-        ("error", "unsupported_type"),
+        ("fail", "assertion"),  # an object of the solution's equals no plain value
         ("error", "exit"),
     ]
     assert [s.verdict for s in scores] == [True] + [False] * 6
     assert "add(1, 2) == 3" in scores[1].reason
     assert "SyntaxError" in scores[2].reason
     assert "ValueError: no" in scores[4].reason
-    assert "type object" in scores[5].reason
+    assert "add(1, 2) == 3" in scores[5].reason
     assert scores[0].details["backend"] == backend
 
 
@@ -312,7 +312,8 @@ def test_a_class_under_test_is_used_through_handles(verifier: UnitTestVerifier) 
         tests=(
             "s = Stack()\ns.push(1)\ns.push(2)\nassert len(s) == 2\nassert s.pop() == 2\n"
             "assert s.items == [1]\nassert list(s) == [1]\nassert 1 in s\nassert s[0] == 1\n"
-            "assert str(s) == 'Stack([1])'\nassert s == s and s != Stack()\n"
+            "assert str(s) == 'Stack([1])'\nassert s == s and s != Stack() and s is s\n"
+            "assert s != [1]\n"
         ),
     )
     good = (
@@ -323,12 +324,197 @@ def test_a_class_under_test_is_used_through_handles(verifier: UnitTestVerifier) 
         "    def __iter__(self):\n        return iter(self.items)\n"
         "    def __getitem__(self, i):\n        return self.items[i]\n"
         "    def __str__(self):\n        return f'Stack({self.items})'\n"
-        "    def __eq__(self, other):\n        return True\n"
+        "    def __eq__(self, other):\n        return list(self) == list(other)\n"
+        "    __hash__ = None\n"
     )
     score = run_one(verifier, problem, good)
     assert score.verdict, score.reason
-    # Its __eq__ says everything is equal; the handle compares by identity, so s != Stack().
     assert score.details["calls"] > 5
+    # Two of its objects compare as its __eq__ says, as they would in one process; with plain data
+    # the handle compares as the plain data it holds (none here), so an __eq__ that says "equal"
+    # to everything makes no assertion against a plain value pass.
+    always = good.replace("return list(self) == list(other)", "return True")
+    assert "s != Stack()" in run_one(verifier, problem, always).reason  # as in one process
+    plain = Problem(id="plain", prompt="p", tests="assert Stack() == []\n")
+    fooled = run_one(verifier, plain, always)
+    assert fooled.verdict is False and "Stack() == []" in fooled.reason
+
+
+# What right code does with classes, each beside a wrong twin that must fail.
+CLASS_CASES = {
+    "dict-subclass-with-methods": (
+        "from collections import OrderedDict\n"
+        "class LRUCache(OrderedDict):\n"
+        "    def __init__(self, capacity):\n        super().__init__()\n"
+        "        self.capacity = capacity\n"
+        "    def get(self, key):\n        if key not in self:\n            return -1\n"
+        "        self.move_to_end(key)\n        return self[key]\n"
+        "    def put(self, key, value):\n        self[key] = value\n"
+        "        self.move_to_end(key)\n"
+        "        if len(self) > self.capacity:\n            self.popitem(last=False)\n",
+        "c = LRUCache(2)\nc.put(1, 1)\nc.put(2, 2)\nassert c.get(1) == 1\nc.put(3, 3)\n"
+        "assert c.get(2) == -1\nassert c == {1: 1, 3: 3}\nassert len(c) == 2\n",
+        ("self.move_to_end(key)\n        return", "return"),
+    ),
+    "static-and-class-methods-and-attributes": (
+        "class Temp:\n    ZERO = 273.15\n"
+        "    @staticmethod\n    def to_kelvin(c):\n        return c + Temp.ZERO\n"
+        "    @classmethod\n    def boiling(cls):\n        return cls.to_kelvin(100)\n",
+        "assert Temp.to_kelvin(0) == 273.15\nassert Temp.boiling() == 373.15\n"
+        "assert Temp.ZERO == 273.15\n",
+        ("c + Temp.ZERO", "c - Temp.ZERO"),
+    ),
+    "enum-members": (
+        "import enum\nclass Light(enum.Enum):\n    RED = 1\n    GREEN = 2\n"
+        "def after(light):\n"
+        "    return Light.GREEN if light is Light.RED else Light.RED\n",
+        "assert after(Light.RED) == Light.GREEN\nassert after(Light.RED) is Light.GREEN\n"
+        "assert after(Light.GREEN).name == 'RED'\nassert Light(2) == Light.GREEN\n"
+        "assert after(Light.GREEN) != 'RED'\n",
+        ("Light.GREEN if", "Light.RED if"),
+    ),
+    "isinstance-and-objects-as-arguments": (
+        "class Node:\n    def __init__(self, v):\n        self.v = v\n        self.kids = []\n"
+        "class Leaf(Node):\n    pass\n"
+        "def adopt(parent, child):\n    parent.kids.append(child)\n    return parent\n"
+        "def grow(v):\n    return Leaf(v)\n",
+        "root = Node(1)\nleaf = grow(2)\nassert isinstance(leaf, Leaf) and isinstance(leaf, Node)\n"
+        "assert not isinstance(root, Leaf) and not isinstance(2, Node)\n"
+        "assert adopt(root, leaf) is root\nassert root.kids[0] is leaf\n"
+        "assert [k.v for k in root.kids] == [2]\nroot.v = 5\nassert root.v == 5\n",
+        ("return Leaf(v)", "return Node(v)"),
+    ),
+    "dataclass-equality-hash-and-namedtuples": (
+        "from dataclasses import dataclass\nfrom collections import namedtuple\n"
+        "@dataclass(frozen=True)\nclass P:\n    x: int\n    y: int\n"
+        "    def __add__(self, o):\n        return P(self.x + o.x, self.y + o.y)\n"
+        "Pair = namedtuple('Pair', 'a b')\n"
+        "def swap(p):\n    return Pair(p.b, p.a)\n",
+        "assert P(1, 2) + P(3, 4) == P(4, 6)\nassert len({P(1, 2), P(1, 2), P(2, 1)}) == 2\n"
+        "assert P(0, 0) + P(1, 1) != P(0, 0)\n"
+        "assert swap(Pair(1, 2)) == (2, 1)\nassert Pair(2, 1) == swap(Pair(1, 2))\n",
+        ("self.x + o.x", "self.x - o.x"),
+    ),
+    "exception-classes": (
+        "class BankError(Exception):\n    pass\n"
+        "class InsufficientFunds(BankError, ValueError):\n    pass\n"
+        "class Account:\n    def __init__(self):\n        self.balance = 0\n"
+        "    def withdraw(self, amount):\n        if amount > self.balance:\n"
+        "            raise InsufficientFunds(f'need {amount}')\n"
+        "        self.balance -= amount\n",
+        "a = Account()\n"
+        "for kind in (InsufficientFunds, BankError, ValueError, Exception):\n"
+        "    try:\n        a.withdraw(5)\n    except kind as exc:\n"
+        "        assert 'need 5' in str(exc) and type(exc) is InsufficientFunds\n"
+        "    else:\n        raise AssertionError('no error')\n"
+        "assert issubclass(InsufficientFunds, BankError)\n",
+        ("raise InsufficientFunds(", "raise BankError("),
+    ),
+}
+
+
+# Objects that would say "equal", "less", "greater" to anything: none may meet a plain expectation.
+PLAIN_FORGERIES = {
+    "says-yes-to-everything": (
+        "class Yes:\n"
+        "    def __eq__(self, o): return True\n"
+        "    __lt__ = __gt__ = __le__ = __ge__ = __eq__\n"
+        "    def __ne__(self, o): return False\n"
+        "    def __hash__(self): return 36\n"
+        "    def __add__(self, o): return Yes()\n"
+        "    __radd__ = __neg__ = __abs__ = __add__\n"
+        "    def __sub__(self, o): return 0\n"
+        "    __rsub__ = __sub__\n"
+        "def square(x):\n    return Yes()\n"
+    ),
+    "list-subclass-saying-yes": (
+        "class L(list):\n    def __eq__(self, o): return True\n    __hash__ = None\n"
+        "def square(x):\n    return L()\n"
+    ),
+    "int-subclass-saying-yes": (
+        "class I(int):\n    def __eq__(self, o): return True\n"
+        "    __lt__ = __gt__ = __eq__\n    __hash__ = int.__hash__\n"
+        "def square(x):\n    return I(0)\n"
+    ),
+    "made-by-its-class": (
+        "class Yes(dict):\n    def __eq__(self, o): return True\n"
+        "    __lt__ = __gt__ = __eq__\n"
+        "def square(x):\n    return Yes\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_FORGERIES))
+def test_objects_of_the_solution_cannot_meet_a_plain_expectation(
+    verifier: UnitTestVerifier, name: str
+) -> None:
+    checks = [
+        "square(3) == 9", "15 < square(4) < 17", "square(2) + 1 == 5", "-square(2) == -4",
+        "[square(5)] == [25]", "{square(6)} == {36}", "abs(square(8) - 64) < 1e-9",
+        "abs(64.5 - square(8)) <= 0.5", "square(7)() == 49",
+    ]  # fmt: skip
+    right = run_one(
+        verifier,
+        Problem(id="sq", prompt="p", tests="\n".join(f"assert {c}" for c in checks[:-1])),
+        "def square(x):\n    return x * x\n",
+    )
+    assert right.verdict is True, right.reason  # control: the same tests pass right code
+    fooled_in_one_process = 0
+    for check in checks:
+        scope: dict[str, object] = {}
+        exec(PLAIN_FORGERIES[name], scope)  # control: in one process, the forgery passes some
+        try:
+            exec(f"assert {check}", scope)
+            fooled_in_one_process += 1
+        except Exception:
+            pass
+        score = run_one(verifier, Problem(id="sq", prompt="p", tests=f"assert {check}\n"), "")
+        forged = run_one(
+            verifier,
+            Problem(id="sq", prompt="p", tests=f"assert {check}\n"),
+            PLAIN_FORGERIES[name],
+        )
+        assert score.verdict is False  # an empty answer: the check is no gift
+        assert forged.verdict is False, (check, forged.reason)
+    assert fooled_in_one_process >= 1
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_CASES))
+def test_right_code_with_classes_passes_and_its_wrong_twin_fails(
+    verifier: UnitTestVerifier, case: str
+) -> None:
+    code, tests, (right, wrong) = CLASS_CASES[case]
+    assert right in code
+    problem = Problem(id=case, prompt="p", metadata={"test_format": "asserts"}, tests=tests)
+    good, bad = run_many(verifier, problem, [code, code.replace(right, wrong)])
+    assert good.verdict is True, good.reason
+    assert bad.verdict is False and bad.details["outcome"] in ("fail", "error"), bad.reason
+
+
+def test_pytest_raises_meets_the_solutions_own_exception_class(verifier: UnitTestVerifier) -> None:
+    problem = Problem(
+        id="raises-own",
+        prompt="p",
+        metadata={"test_format": "pytest"},
+        tests=(
+            "import pytest\nfrom solution import Stack, EmptyStack\n"
+            "def test_empty():\n    with pytest.raises(EmptyStack, match='empty'):\n"
+            "        Stack().pop()\n"
+            "def test_push():\n    s = Stack()\n    s.push(1)\n    assert s.pop() == 1\n"
+        ),
+    )
+    code = (
+        "class EmptyStack(IndexError):\n    pass\n"
+        "class Stack:\n    def __init__(self):\n        self.items = []\n"
+        "    def push(self, x):\n        self.items.append(x)\n"
+        "    def pop(self):\n        if not self.items:\n"
+        "            raise EmptyStack('pop from an empty stack')\n"
+        "        return self.items.pop()\n"
+    )
+    wrong = code.replace("raise EmptyStack(", "raise IndexError(")
+    good, bad = run_many(verifier, problem, [code, wrong])
+    assert good.verdict is True, good.reason
+    assert bad.verdict is False and "1 passed, 1 failed" in bad.reason
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

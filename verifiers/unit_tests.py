@@ -24,11 +24,14 @@ Test formats (``problem.tests``; detected, or named by ``test_format`` or
   within ``float_tolerance``).
 
 Values crossing between the tests and the candidate are plain data: None, bool, int, float,
-str, bytes, list, tuple, dict, set, frozenset. A function returning anything else is an
-``error`` naming the type; objects made by calling a class stay with the candidate and are
-used through handles (methods, attributes, ``len``, indexing, iteration, ``str``), which compare
-by identity. Arguments are copies: a test that expects the candidate to change its argument in
-place cannot see that change.
+str, bytes, list, tuple, dict, set, frozenset. Anything else stays with the candidate and reaches
+the tests as a handle (methods, attributes, static methods, enum members, operators,
+``isinstance``, ``len``, indexing, iteration, ``str``). Two of its objects compare as its
+``__eq__`` says, as in one process; against plain data a handle counts only as the plain data it
+holds (a dict subclass as its items), so no method of the candidate's ever sees an expected
+value. Its exception classes are rebuilt in the harness with their ancestry, for
+``pytest.raises`` and ``except``. Plain arguments are copies: a test that expects the candidate
+to change a list in place cannot see that change (objects passed back as handles are its own).
 
 Code in a fenced block is taken from the block. Running model-written code needs
 ``allow_code_execution=True`` or ``TTSCALE_ALLOW_CODE_EXECUTION=1``.

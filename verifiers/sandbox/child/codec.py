@@ -12,6 +12,11 @@ one-key object (``{"L": [...]}`` a list, ``{"T": ...}`` a tuple, ``{"S": ...}`` 
 ``{"f": "nan"}`` a special float). A message is that JSON, UTF-8, after a 4-byte big-endian
 length, and is refused beyond ``max_bytes``.
 
+Objects of the solution that are not plain data cross as handles, ``{"H": n}``, but only where a
+side asks for them: the encoder is given ``handle_of`` (what may become a handle, and its number)
+and the decoder ``handle`` (what a number stands for). The harness's handles are its own proxy
+class, so decoding still runs no method of the solution's.
+
 Stdlib only: this module runs in the sandbox's processes, which import nothing else.
 """
 
@@ -21,9 +26,11 @@ import base64
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "ARITHMETIC",
     "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
     "CodecError",
@@ -34,6 +41,11 @@ __all__ = [
 ]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The binary operators a handle forwards (both sides agree on these names: ``operator``'s own).
+ARITHMETIC = (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+    "and", "or", "xor", "lshift", "rshift",
+)  # fmt: skip
 MAX_DEPTH = 400
 
 _SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -72,8 +84,17 @@ def _plain_scalar(value: Any, lenient: bool) -> Any:
     raise CodecError(f"a value of type {_type_name(value)} cannot cross (plain data only)")
 
 
-def encode_value(value: Any, *, lenient: bool = False, depth: int = 0) -> Any:
-    """``value`` as its JSON-ready wire form; :class:`CodecError` for anything not plain."""
+def encode_value(
+    value: Any,
+    *,
+    lenient: bool = False,
+    depth: int = 0,
+    handle_of: Callable[[Any], int] | None = None,
+) -> Any:
+    """``value`` as its JSON-ready wire form; :class:`CodecError` for anything not plain.
+
+    With ``handle_of``, what is not plain (after the lenient conversions) crosses as the handle
+    ``handle_of`` gives it, which raises :class:`CodecError` for what may not."""
     if depth > MAX_DEPTH:
         raise CodecError(f"values nested deeper than {MAX_DEPTH} cannot cross")
     kind = type(value)
@@ -87,15 +108,23 @@ def encode_value(value: Any, *, lenient: bool = False, depth: int = 0) -> Any:
         return {"f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if kind is bytes:
         return {"B": base64.b64encode(value).decode("ascii")}
+
+    # One frame per level (no helper): the depth limit must be met before Python's own.
+    deeper = depth + 1
     for tag, sequence in _SEQUENCES.items():
         if kind is sequence:
-            return {tag: [encode_value(item, lenient=lenient, depth=depth + 1) for item in value]}
+            return {
+                tag: [
+                    encode_value(item, lenient=lenient, depth=deeper, handle_of=handle_of)
+                    for item in value
+                ]
+            }
     if kind is dict:
         return {
             "D": [
                 [
-                    encode_value(key, lenient=lenient, depth=depth + 1),
-                    encode_value(item, lenient=lenient, depth=depth + 1),
+                    encode_value(key, lenient=lenient, depth=deeper, handle_of=handle_of),
+                    encode_value(item, lenient=lenient, depth=deeper, handle_of=handle_of),
                 ]
                 for key, item in value.items()
             ]
@@ -103,12 +132,21 @@ def encode_value(value: Any, *, lenient: bool = False, depth: int = 0) -> Any:
     if lenient:
         for base in (list, tuple, set, frozenset, dict):
             if isinstance(value, base):
-                return encode_value(base(value), lenient=True, depth=depth)
-    return encode_value(_plain_scalar(value, lenient), depth=depth)
+                return encode_value(base(value), lenient=True, depth=depth, handle_of=handle_of)
+    try:
+        return encode_value(_plain_scalar(value, lenient), depth=depth)
+    except (CodecError, ValueError):
+        if handle_of is None:
+            raise
+    handle = handle_of(value)
+    if type(handle) is not int:
+        raise CodecError("a handle must be an int")
+    return {"H": handle}
 
 
-def decode_value(tree: Any, *, depth: int = 0) -> Any:
-    """The plain value a wire form stands for, built from built-in types only."""
+def decode_value(tree: Any, *, depth: int = 0, handle: Callable[[int], Any] | None = None) -> Any:
+    """The plain value a wire form stands for, built from built-in types only, and from what
+    ``handle`` makes of a handle's number (without it, a handle is a :class:`CodecError`)."""
     if depth > MAX_DEPTH:
         raise CodecError(f"values nested deeper than {MAX_DEPTH} cannot cross")
     if tree is None or type(tree) in (bool, str, int, float):
@@ -117,13 +155,15 @@ def decode_value(tree: Any, *, depth: int = 0) -> Any:
         raise CodecError(f"malformed value on the wire ({type(tree).__name__})")
     ((tag, body),) = tree.items()
     if tag in _SEQUENCES and type(body) is list:
-        items = [decode_value(item, depth=depth + 1) for item in body]
+        items = [decode_value(item, depth=depth + 1, handle=handle) for item in body]
         try:
             return _SEQUENCES[tag](items)
         except TypeError as exc:  # an unhashable member of a set
             raise CodecError(f"a set member cannot be hashed: {exc}") from exc
     if tag == "D" and type(body) is list:
-        return _decode_dict(body, depth)
+        return _decode_dict(body, depth, handle)
+    if tag == "H" and type(body) is int and handle is not None:
+        return handle(body)
     if tag == "B" and type(body) is str:
         try:
             return base64.b64decode(body.encode("ascii"), validate=True)
@@ -134,14 +174,16 @@ def decode_value(tree: Any, *, depth: int = 0) -> Any:
     raise CodecError(f"malformed value on the wire (tag {tag!r})")
 
 
-def _decode_dict(pairs: list[Any], depth: int) -> dict[Any, Any]:
+def _decode_dict(
+    pairs: list[Any], depth: int, handle: Callable[[int], Any] | None
+) -> dict[Any, Any]:
     result: dict[Any, Any] = {}
     for pair in pairs:
         if type(pair) is not list or len(pair) != 2:
             raise CodecError("malformed dict entry on the wire")
-        key = decode_value(pair[0], depth=depth + 1)
+        key = decode_value(pair[0], depth=depth + 1, handle=handle)
         try:
-            result[key] = decode_value(pair[1], depth=depth + 1)
+            result[key] = decode_value(pair[1], depth=depth + 1, handle=handle)
         except TypeError as exc:
             raise CodecError(f"a dict key cannot be hashed: {exc}") from exc
     return result

@@ -28,17 +28,22 @@ from __future__ import annotations
 import builtins
 import linecache
 import math
+import operator
 import os
 import shutil
 import sys
 import tempfile
 import traceback
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import codec
+from .codec import ARITHMETIC
 
 __all__ = ["Link", "SolutionFault", "outputs_match", "run"]
+
+_T = TypeVar("_T")
 
 # Exceptions of the solution that the tests may meet as themselves (pytest.raises(ValueError)).
 # StopIteration is not among them: raised inside map() it would end the iteration early and let
@@ -59,19 +64,91 @@ class RemoteError(Exception):
     """An exception the solution raised, of a type the harness does not rebuild."""
 
 
-def _remote_exception(kind: str, message: str) -> BaseException:
-    found = getattr(builtins, kind, None)
-    if (
+def _rebuildable(found: object) -> bool:
+    """Whether a built-in exception may stand for the solution's: ``Exception`` and below, not the
+    iteration-ending ones."""
+    return (
         isinstance(found, type)
         and issubclass(found, Exception)
-        and kind not in _NOT_AS_THEMSELVES
-        and type(message) is str
-    ):
+        and not issubclass(found, (StopIteration, StopAsyncIteration))
+    )
+
+
+def _lineage(found: object) -> list[tuple[str, str]]:
+    """A well-formed ``mro`` of a reply or a class description, else nothing."""
+    if type(found) is not list:
+        return []
+    return [
+        (entry[0], entry[1][:100])
+        for entry in found[:64]
+        if type(entry) is list and len(entry) == 2 and all(type(part) is str for part in entry)
+    ]
+
+
+def _remote_exception(
+    kind: str, message: str, lineage: list[tuple[str, str]], errors: dict[str, type]
+) -> BaseException:
+    """The solution's exception as the tests meet it: its exported class (rebuilt here), or the
+    nearest built-in one it extends (``pytest.raises(ValueError)``), else a :class:`RemoteError`."""
+    for origin, name in lineage or [("builtin", kind)]:
+        found = errors.get(name) if origin == "export" else getattr(builtins, name, None)
+        if found is Exception or name in _NOT_AS_THEMSELVES:
+            break  # RemoteError is an Exception too, and keeps the solution's name for the reason
+        if found is None or not _rebuildable(found):
+            continue
         try:
-            return found(message)
+            return found(message)  # type: ignore[no-any-return]
         except Exception:
-            pass
+            continue
     return RemoteError(f"{kind}: {message}")
+
+
+def error_classes(described: dict[str, list[tuple[str, str]]]) -> dict[str, type]:
+    """Local stand-ins for the solution's exception classes, each extending its exported and
+    built-in ancestors, so that ``pytest.raises(InsufficientFunds)`` and ``except ValueError``
+    meet what the solution raised. Built here from names only: none of its code runs."""
+    built: dict[str, type] = {}
+    pending = dict(described)
+    while pending:
+        ready: dict[str, tuple[type, ...]] = {}
+        for name, lineage in pending.items():
+            bases = _bases([a for a in lineage if a != ("export", name)], built, pending)
+            if bases is not None:
+                ready[name] = bases
+        if not ready:  # a cycle, which only a lying solution could describe
+            ready = dict.fromkeys(pending, (Exception,))
+        for name, bases in ready.items():
+            built[name] = _error_class(name, bases)
+            del pending[name]
+    return built
+
+
+def _error_class(name: str, bases: tuple[type, ...]) -> type:
+    # Built-in bases can clash in their layouts (OSError with UnicodeError): then the first alone.
+    name = name if name.isidentifier() else "SolutionError"
+    for choice in (bases, bases[:1]):
+        try:
+            return type(name, choice, {"__module__": "solution"})
+        except TypeError:
+            continue
+    return type(name, (Exception,), {"__module__": "solution"})
+
+
+def _bases(
+    ancestors: list[tuple[str, str]], built: dict[str, type], pending: dict[str, Any]
+) -> tuple[type, ...] | None:
+    """The bases of a stand-in, in the solution's order; ``None`` while one is not built yet."""
+    chosen: list[type] = []
+    for origin, name in ancestors:
+        if origin == "export" and name in pending:
+            return None
+        found = built.get(name) if origin == "export" else getattr(builtins, name, None)
+        if name in _NOT_AS_THEMSELVES or not _rebuildable(found):
+            continue
+        assert isinstance(found, type)
+        if not any(issubclass(base, found) for base in chosen):
+            chosen.append(found)
+    return tuple(chosen) or (Exception,)
 
 
 class Link:
@@ -83,6 +160,8 @@ class Link:
         self.fault: SolutionFault | None = None
         self.blocked: list[str] = []
         self.calls = 0
+        self.objects: dict[int, RemoteObject] = {}
+        self.errors: dict[str, type] = {}
 
     def fail(self, cause: str, message: str) -> SolutionFault:
         if self.fault is None:
@@ -103,7 +182,7 @@ class Link:
             self.blocked.extend(str(item)[:300] for item in found[:20] if type(item) is str)
         return reply
 
-    def request(self, message: dict[str, Any], *, handles: bool) -> Any:
+    def request(self, message: dict[str, Any]) -> Any:
         if self.fault is not None:
             raise self.fault
         self.calls += 1
@@ -111,49 +190,58 @@ class Link:
             codec.write_message(self.fd, message)
         except OSError as exc:
             raise self.fail("died", "the solution's process ended") from exc
-        return self.result(self.receive(), handles=handles)
+        return self.result(self.receive())
 
-    def result(self, reply: dict[str, Any], *, handles: bool) -> Any:
+    def remote(self, handle: int, kind: type[RemoteObject] | None = None) -> RemoteObject:
+        """The one proxy of the solution's object ``handle`` (so ``is`` holds between two)."""
+        if handle not in self.objects:
+            self.objects[handle] = (kind or RemoteObject)(self, handle)
+        return self.objects[handle]
+
+    def result(self, reply: dict[str, Any]) -> Any:
         if "value" in reply:
             try:
-                return codec.decode_value(reply["value"])
+                return codec.decode_value(reply["value"], handle=self.remote)
             except codec.CodecError as exc:
                 raise self.fail(
                     "protocol", f"the solution's side sent a malformed value ({exc})"
                 ) from exc
-        if "handle" in reply and handles and type(reply["handle"]) is int:
-            return RemoteObject(self, reply["handle"], str(reply.get("type", "?"))[:100])
         raised = reply.get("raise")
         if type(raised) is dict and type(raised.get("type")) is str:
             kind, message = raised["type"][:100], raised.get("message", "")
             if kind == "MemoryError":
                 raise self.fail("memory", "the solution ran out of memory (MemoryError)")
-            raise _remote_exception(kind, message if type(message) is str else "")
+            message = message if type(message) is str else ""
+            raise _remote_exception(kind, message, _lineage(raised.get("mro")), self.errors)
         if "exit" in reply:
             raise self.fail("exit", f"the solution called exit({str(reply['exit'])[:50]})")
-        if "unsupported" in reply or "handle" in reply:
-            kind = str(reply.get("unsupported", reply.get("type", "?")))[:100]
+        if "unsupported" in reply:
+            kind = str(reply["unsupported"])[:100]
             raise self.fail(
                 "unsupported_type",
-                f"the solution returned a value of type {kind}, which cannot be compared "
-                "(plain data only: None, bool, int, float, str, bytes, list, tuple, dict, set)",
+                f"the solution returned a value of type {kind}, which cannot cross "
+                "(plain data, or objects of the solution's own)",
             )
         raise self.fail("protocol", "the solution's side sent a reply of no known kind")
 
     def encode(self, value: Any) -> Any:
         try:
-            return codec.encode_value(value)
+            return codec.encode_value(value, handle_of=self._handle_of)
         except codec.CodecError as exc:
             raise self.fail("unsupported_argument", f"the tests passed {exc}") from exc
 
+    def _handle_of(self, value: Any) -> int:
+        if isinstance(value, RemoteObject) and object.__getattribute__(value, "_link") is self:
+            return int(object.__getattribute__(value, "_handle"))
+        raise codec.CodecError(f"a value of type {type(value).__name__} cannot cross")
+
 
 class RemoteFunction:
-    """A function of the solution: calls cross the channel; results must be plain data."""
+    """A function of the solution: calls cross the channel, and so do their results."""
 
-    def __init__(self, link: Link, name: str, *, makes_objects: bool = False) -> None:
+    def __init__(self, link: Link, name: str) -> None:
         self._link = link
         self.__name__ = self.__qualname__ = name
-        self._makes_objects = makes_objects
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._link.request(
@@ -162,8 +250,7 @@ class RemoteFunction:
                 "target": {"name": self.__name__},
                 "args": [self._link.encode(a) for a in args],
                 "kwargs": {str(k): self._link.encode(v) for k, v in kwargs.items()},
-            },
-            handles=self._makes_objects,
+            }
         )
 
     def __repr__(self) -> str:
@@ -171,26 +258,26 @@ class RemoteFunction:
 
 
 class RemoteObject:
-    """An object that stays in the solution's process; compares and hashes by identity only."""
+    """An object that stays in the solution's process. Every use crosses the channel; it equals
+    another of the solution's objects as the solution says, and plain data only as the plain
+    data it holds (a dict subclass as its items), never by a method of its own."""
 
-    def __init__(self, link: Link, handle: int, kind: str) -> None:
+    def __init__(self, link: Link, handle: int) -> None:
         object.__setattr__(self, "_link", link)
         object.__setattr__(self, "_handle", handle)
-        object.__setattr__(self, "_kind", kind)
 
-    def _ask(self, op: str, arg: Any = None, *, handles: bool = False) -> Any:
+    def _ask(self, op: str, arg: Any = None) -> Any:
         link: Link = object.__getattribute__(self, "_link")
-        message = {
-            "op": op,
-            "handle": object.__getattribute__(self, "_handle"),
-            "arg": link.encode(arg),
-        }
-        return link.request(message, handles=handles)
+        message = {"op": op, "handle": object.__getattribute__(self, "_handle")}
+        return link.request({**message, "arg": link.encode(arg)})
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        return self._ask("getattr", name, handles=True)
+        return self._ask("getattr", name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._ask("setattr", [name, value])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         link: Link = object.__getattribute__(self, "_link")
@@ -200,21 +287,29 @@ class RemoteObject:
                 "target": {"handle": object.__getattribute__(self, "_handle")},
                 "args": [link.encode(a) for a in args],
                 "kwargs": {str(k): link.encode(v) for k, v in kwargs.items()},
-            },
-            handles=True,
+            }
         )
 
     def __len__(self) -> int:
-        value = self._ask("len")
-        if type(value) is not int:
-            raise TypeError("len() of a solution object gave no int")
-        return value
+        return _checked(self._ask("len"), int, "len()")
+
+    def __bool__(self) -> bool:
+        return _checked(self._ask("bool"), bool, "bool()")
+
+    def __hash__(self) -> int:
+        return _checked(self._ask("hash"), int, "hash()")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RemoteObject):
+            return _checked(self._ask("eq", other), bool, "==")
+        holds, plain = self._ask("plain")
+        return bool(holds is True and _plain_equal(plain, other))
 
     def __getitem__(self, key: Any) -> Any:
-        return self._ask("getitem", key, handles=True)
+        return self._ask("getitem", key)
 
     def __contains__(self, item: Any) -> bool:
-        return bool(self._ask("contains", item) is True)
+        return self._ask("contains", item) is True
 
     def __iter__(self) -> Any:
         return iter(self._ask("iter"))
@@ -223,10 +318,63 @@ class RemoteObject:
         return str(self._ask("str"))
 
     def __repr__(self) -> str:
-        return f"<solution object {object.__getattribute__(self, '_kind')}>"
+        return f"<solution object {object.__getattribute__(self, '_handle')}>"
 
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
+
+def _binary(name: str, *, reflected: bool = False) -> Callable[[RemoteObject, Any], Any]:
+    """An operator between a solution object and ``other``. With another of its objects, its own
+    method decides, as in one process. With plain data, only the plain data it holds takes part
+    (an int subclass as its int): a method of its own would see the test's expected value
+    (``abs(f(x) - 0.5) < 1e-6`` hands ``0.5`` to ``__sub__``, which could answer 0)."""
+    function = _OPERATORS[name]
+
+    def operate(self: RemoteObject, other: Any) -> Any:
+        if isinstance(other, RemoteObject):
+            return self._ask("operator", [name, other, reflected])
+        holds, plain = self._ask("plain")
+        if holds is not True:
+            return NotImplemented
+        return function(other, plain) if reflected else function(plain, other)
+
+    operate.__name__ = f"__{'r' if reflected else ''}{name}__"
+    return operate
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    name: getattr(operator, name if name not in ("and", "or") else f"{name}_")
+    for name in (*ARITHMETIC, "lt", "le", "gt", "ge")
+}
+for _name in ARITHMETIC:
+    setattr(RemoteObject, f"__{_name}__", _binary(_name))
+    setattr(RemoteObject, f"__r{_name}__", _binary(_name, reflected=True))
+for _name in ("lt", "le", "gt", "ge"):
+    setattr(RemoteObject, f"__{_name}__", _binary(_name))
+# A unary operator sees nothing of the tests', so the solution's own method answers it.
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(RemoteObject, f"__{_name}__", lambda self, _op=_name: self._ask("operator", [_op]))
+
+
+class RemoteClass(RemoteObject):
+    """A class of the solution: calling it makes objects there; ``isinstance`` asks there."""
+
+    def __instancecheck__(self, instance: Any) -> bool:
+        if not isinstance(instance, RemoteObject):
+            return False
+        return _checked(self._ask("isinstance", instance), bool, "isinstance()")
+
+    def __repr__(self) -> str:
+        return f"<solution class {self.__dict__.get('__name__', '?')}>"
+
+
+def _checked(value: Any, kind: type[_T], what: str) -> _T:
+    if type(value) is not kind:
+        raise TypeError(f"{what} of a solution object gave no {kind.__name__}")
+    return value
+
+
+def _plain_equal(plain: Any, other: Any) -> bool:
+    # ``plain`` came through the strict codec: built-ins, whose ``==`` is Python's own, and handles.
+    return bool(plain == other)
 
 
 # Python's own names: a solution's ``set`` or ``abs`` must not replace the one the tests call
@@ -235,19 +383,28 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 
 
 def bind(link: Link, names: dict[str, Any], entry_point: str | None = None) -> dict[str, Any]:
-    """The solution's exports as the tests see them: proxies and plain values. A name of
-    Python's builtins is left out, unless it is the entry point the tests are about."""
-    bound: dict[str, Any] = {}
-    for name, description in names.items():
-        if type(name) is not str or type(description) is not dict:
-            raise link.fail("protocol", "the solution's side described its names wrongly")
-        if name in _BUILTIN_NAMES and name != entry_point:
+    """The solution's exports as the tests see them: proxies, plain values and local stand-ins
+    for its exception classes. A name of Python's builtins is left out, unless it is the entry
+    point the tests are about."""
+    if not all(type(name) is str and type(about) is dict for name, about in names.items()):
+        raise link.fail("protocol", "the solution's side described its names wrongly")
+    names = {n: about for n, about in names.items() if n not in _BUILTIN_NAMES or n == entry_point}
+    link.errors = error_classes(
+        {n: _lineage(about["mro"]) for n, about in names.items() if "mro" in about}
+    )
+    bound: dict[str, Any] = dict(link.errors)
+    for name, about in names.items():
+        kind = about.get("kind")
+        if name in bound:
             continue
-        kind = description.get("kind")
-        if kind in ("function", "class"):
-            bound[name] = RemoteFunction(link, name, makes_objects=kind == "class")
+        if kind == "function":
+            bound[name] = RemoteFunction(link, name)
+        elif kind == "class" and type(about.get("handle")) is int:
+            remote = link.remote(about["handle"], RemoteClass)
+            object.__setattr__(remote, "__name__", name)
+            bound[name] = remote
         elif kind == "value":
-            bound[name] = link.result({"value": description.get("value")}, handles=False)
+            bound[name] = link.result({"value": about.get("value")})
     return bound
 
 
@@ -384,7 +541,7 @@ def outputs_match(expected: str, got: str, tolerance: float = 1e-6) -> tuple[boo
 
 def _run_stdio(spec: dict[str, Any], link: Link) -> dict[str, str] | None:
     for number, case in enumerate(spec["cases"], start=1):
-        output = link.request({"op": "stdio", "input": case["input"]}, handles=False)
+        output = link.request({"op": "stdio", "input": case["input"]})
         if type(output) is not str:
             raise link.fail("protocol", "the solution's side sent no text as the output")
         same, where = outputs_match(case["output"], output, spec.get("tolerance", 1e-6))

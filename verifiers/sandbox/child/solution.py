@@ -6,31 +6,57 @@ through, so this module is written for honest solutions, not against dishonest o
 
 Requests (one framed JSON message each, answered by one):
 
-- ``call``: ``target`` (``{"name": ...}`` an exported function or class, ``{"handle": n}`` an
+- ``call``: ``target`` (``{"name": ...}`` an exported function, ``{"handle": n}`` a class or an
   object handed out before), ``args`` and ``kwargs`` in wire form;
-- ``getattr``, ``len``, ``getitem``, ``contains``, ``iter``, ``str``, ``repr`` on a handle;
+- on a handle: ``getattr``, ``setattr``, ``len``, ``getitem``, ``contains``, ``iter``, ``bool``,
+  ``hash``, ``eq`` (with another handle), ``isinstance`` (the handle a class), ``plain`` (what a
+  container subclass holds), ``str``, ``repr``;
 - ``stdio``: run the whole program with ``input`` as its standard input; answer its output.
 
-Replies: ``{"value": wire}``; ``{"handle": n, "type": name}`` (objects made by calling a class,
-and attributes of handles that are not plain data); ``{"raise": {"type", "message"}}``;
-``{"exit": code}`` (the code called ``exit``); ``{"unsupported": type name}`` (a function
-returned what cannot cross). Every reply carries ``blocked``: what the guard refused since the
-last one.
+Replies: ``{"value": wire}``, in which objects that are not plain data are handles (classes are
+handed out as handles when the code loads; an object a class call makes stays a handle unless it
+is plain data); ``{"raise": {"type", "message", "mro"}}``, ``mro`` the exception's ancestry by
+exported and built-in names; ``{"exit": code}`` (the code called ``exit``);
+``{"unsupported": type name}`` (what cannot cross even as a handle). Every reply carries
+``blocked``: what the guard refused since the last one.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import enum
+import operator
 import os
 import sys
+import types
+from collections.abc import Callable
 from typing import Any
 
 from . import codec, guard
 
 __all__ = ["serve"]
 
-_ON_HANDLES = ("getattr", "len", "getitem", "contains", "iter", "str", "repr")
+_ON_HANDLES = frozenset(
+    [
+        "getattr",
+        "setattr",
+        "len",
+        "getitem",
+        "contains",
+        "iter",
+        "bool",
+        "hash",
+        "eq",
+        "isinstance",
+        "plain",
+        "operator",
+        "str",
+        "repr",
+    ]
+)
+# What may answer with objects that stay here; the rest answer plain data or fail.
+_MAY_GIVE_HANDLES = frozenset(["getattr", "getitem", "iter", "plain", "operator"])
 
 
 class _Exit(Exception):
@@ -39,25 +65,35 @@ class _Exit(Exception):
         self.code = code
 
 
+# The exact plain types: a class whose call makes anything else made an object the tests will use
+# by its methods (a dict subclass with ``put`` and ``get``), which is kept here as a handle.
+_PLAIN = (type(None), bool, int, float, str, bytes, list, tuple, dict, set, frozenset)
+
+
 class Solution:
     """The loaded code, what it exports, and the objects handed out as handles."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.handles: list[Any] = []
+        self._handle_ids: dict[int, int] = {}
         self.exports: dict[str, Any] = {}
         self.code = compile(spec["code"], spec.get("filename", "solution.py"), "exec")
 
     def load(self) -> dict[str, Any]:
         """Run the module once; what it exports, described for the harness."""
-        module = {"__name__": self.spec.get("module", "solution"), "__builtins__": builtins}
-        exec(self.code, module)
+        # A real module, registered: what looks its class up by ``__module__`` (dataclasses,
+        # typing, pickle) finds it.
+        module = types.ModuleType(str(self.spec.get("module", "solution")))
+        module.__dict__["__builtins__"] = builtins
+        sys.modules[module.__name__] = module
+        exec(self.code, module.__dict__)
         names: dict[str, Any] = {}
-        for name, value in module.items():
+        for name, value in list(module.__dict__.items()):
             if name.startswith("__") or type(value).__name__ == "module":
                 continue
             if isinstance(value, type):
-                names[name] = {"kind": "class"}
+                names[name] = {"kind": "class", "handle": self.handle_of(value)}
             elif callable(value):
                 names[name] = {"kind": "function"}
             else:
@@ -69,52 +105,117 @@ class Solution:
                 except (codec.CodecError, ValueError, RecursionError):
                     continue
             self.exports[name] = value
+        for name, value in self.exports.items():  # once every name is known
+            if isinstance(value, type) and issubclass(value, BaseException):
+                names[name]["mro"] = self.lineage(value)
         return names
 
-    def reply_value(self, value: Any, *, handle: bool) -> dict[str, Any]:
-        try:
-            return {"value": codec.encode_value(value, lenient=True)}
-        except (codec.CodecError, ValueError, RecursionError):
-            if not handle:
-                return {"unsupported": _type_name(value)}
-        self.handles.append(value)
-        return {"handle": len(self.handles) - 1, "type": _type_name(value)}
+    def handle_of(self, value: Any) -> int:
+        """The handle of ``value``: the same number each time it is handed out."""
+        found = self._handle_ids.get(id(value))
+        if found is None:
+            found = self._handle_ids[id(value)] = len(self.handles)
+            self.handles.append(value)  # kept alive, so its id is never reused
+        return found
 
-    def target(self, spec: Any) -> tuple[Any, bool]:
-        """The callable a request names, and whether its results may be handles."""
-        if "name" in spec:
-            value = self.exports[spec["name"]]
-            return value, isinstance(value, type)
-        return self.handles[int(spec["handle"])], True
+    def handle(self, number: int) -> Any:
+        if not 0 <= number < len(self.handles):
+            raise ValueError(f"no object has the handle {number}")
+        return self.handles[number]
+
+    def lineage(self, kind: type) -> list[list[str]]:
+        """An exception class's ancestry as the harness can rebuild it: exported classes by
+        their names, Python's own exceptions by theirs."""
+        named = {id(value): name for name, value in self.exports.items()}
+        found: list[list[str]] = []
+        for ancestor in kind.__mro__:
+            if id(ancestor) in named:
+                found.append(["export", named[id(ancestor)]])
+            elif getattr(builtins, ancestor.__name__, None) is ancestor:
+                found.append(["builtin", ancestor.__name__])
+        return found
+
+    def decode(self, tree: Any) -> Any:
+        return codec.decode_value(tree, handle=self.handle)
+
+    def reply_value(self, value: Any, *, handle: bool = True) -> dict[str, Any]:
+        handle_of = self.handle_of if handle else None
+        try:
+            return {"value": codec.encode_value(value, lenient=True, handle_of=handle_of)}
+        except (codec.CodecError, ValueError, RecursionError):
+            return {"unsupported": _type_name(value)}
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        target = request["target"]
+        if "name" in target:
+            function = self.exports[target["name"]]
+        else:
+            function = self.handle(target["handle"])
+        args = [self.decode(item) for item in request.get("args", [])]
+        kwargs = {k: self.decode(v) for k, v in request.get("kwargs", {}).items()}
+        made = function(*args, **kwargs)
+        made_by_class = isinstance(function, type) and not issubclass(function, enum.Enum)
+        if made_by_class and type(made) not in _PLAIN:  # an object to use by its methods
+            return {"value": {"H": self.handle_of(made)}}
+        return self.reply_value(made)
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "call":
-            function, handle = self.target(request["target"])
-            args = [codec.decode_value(item) for item in request.get("args", [])]
-            kwargs = {k: codec.decode_value(v) for k, v in request.get("kwargs", {}).items()}
-            return self.reply_value(function(*args, **kwargs), handle=handle)
+            return self.call(request)
         if op in _ON_HANDLES:
-            obj = self.handles[int(request["handle"])]
-            arg = codec.decode_value(request.get("arg"))
-            return self.reply_value(_on_handle(op, obj, arg), handle=op in ("getattr", "getitem"))
+            obj = self.handle(int(request["handle"]))
+            arg = self.decode(request.get("arg"))
+            return self.reply_value(_on_handle(op, obj, arg), handle=op in _MAY_GIVE_HANDLES)
         if op == "stdio":
             return {"value": run_program(self.code, str(request["input"]))}
         return {"raise": {"type": "ValueError", "message": f"unknown request {op!r}"}}
 
 
 def _on_handle(op: str, obj: Any, arg: Any) -> Any:
-    if op == "getattr":
-        return getattr(obj, arg)
-    if op == "len":
-        return len(obj)
-    if op == "getitem":
-        return obj[arg]
-    if op == "contains":
-        return arg in obj
-    if op == "iter":
-        return list(obj)
+    simple = _SIMPLE_OPS.get(op)
+    if simple is not None:
+        return simple(obj, arg)
+    if op == "operator":
+        return _operate(obj, arg)
+    if op == "setattr":
+        name, value = arg
+        setattr(obj, str(name), value)
+        return None
+    if op == "plain":  # what a subclass of a plain type holds, as that built-in
+        bases: tuple[type[Any], ...] = (int, float, str, bytes, list, tuple, dict, set, frozenset)
+        for base in bases:
+            if isinstance(obj, base):
+                return [True, base(obj)]
+        return [False, None]
     return str(obj) if op == "str" else repr(obj)
+
+
+_SIMPLE_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "getattr": lambda obj, name: getattr(obj, name),
+    "len": lambda obj, _: len(obj),
+    "getitem": lambda obj, key: obj[key],
+    "contains": lambda obj, item: item in obj,
+    "iter": lambda obj, _: list(obj),
+    "bool": lambda obj, _: bool(obj),
+    "hash": lambda obj, _: hash(obj),
+    "eq": lambda obj, other: bool(obj == other),
+    "isinstance": lambda kind, obj: isinstance(obj, kind),
+}
+
+
+_OPERATORS: dict[str, Callable[..., Any]] = {
+    name: getattr(operator, name if name not in ("and", "or") else f"{name}_")
+    for name in (*codec.ARITHMETIC, "lt", "le", "gt", "ge", "neg", "pos", "abs", "invert")
+}
+
+
+def _operate(obj: Any, arg: Any) -> Any:
+    """``[name]`` a unary operator on ``obj``; ``[name, other, reflected]`` a binary one."""
+    function = _OPERATORS[str(arg[0])]
+    if len(arg) == 1:
+        return function(obj)
+    return function(arg[1], obj) if arg[2] is True else function(obj, arg[1])
 
 
 def _type_name(value: object) -> str:
@@ -124,12 +225,16 @@ def _type_name(value: object) -> str:
         return "?"
 
 
-def _describe(exc: BaseException) -> dict[str, Any]:
+def _describe(exc: BaseException, solution: Solution | None = None) -> dict[str, Any]:
     try:
         message = str(exc)[:2000]
     except Exception:
         message = "(its message could not be read)"
-    return {"raise": {"type": _type_name(exc), "message": message}}
+    raised: dict[str, Any] = {"type": _type_name(exc), "message": message}
+    if solution is not None:
+        with contextlib.suppress(Exception):
+            raised["mro"] = solution.lineage(type(exc))
+    return {"raise": raised}
 
 
 def run_program(code: Any, text: str) -> str:
@@ -196,5 +301,5 @@ def serve(channel: int, spec: dict[str, Any]) -> None:
         except SystemExit as exc:
             reply = {"exit": repr(exc.code)}
         except BaseException as exc:
-            reply = _describe(exc)
+            reply = _describe(exc, solution)
         _send(channel, reply)
