@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ttscale.local_model import MODEL_SIZE, LocalModelServer, assemble_model
+from ttscale.portal import CLEAN_UP_TIMEOUT_S
 
 # The subprocesses below are bounded by their own timeouts (up to 600 s, for a loaded machine);
 # pytest's default of 300 s would cut them short first.
@@ -87,7 +88,8 @@ def test_server_stops_with_its_owner_even_on_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from ttscale.local_model import LocalModelServer
+        from ttscale.portal import CLEAN_UP_TIMEOUT_S
+from ttscale.local_model import LocalModelServer
         server = LocalModelServer().start()
         print(server.pid, flush=True)
         time.sleep(600)
@@ -166,17 +168,40 @@ def start_solve_and_wait_for_server(
     raise AssertionError("ttscale solve started no llama-server within 120 s")
 
 
-def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
-    solve, server_pid = start_solve_and_wait_for_server(tmp_path)
-    time.sleep(3)  # let it start sampling, so Ctrl-C lands mid-run
-    solve.send_signal(signal.SIGINT)
-    _, stderr = solve.communicate(timeout=60)
+def assert_server_stops(solve: subprocess.Popen[str], server_pid: int, stderr: str) -> None:
     assert solve.returncode != 0
     assert "Traceback" not in stderr, stderr[-3000:]
     deadline = time.monotonic() + 20
     while pid_alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(server_pid), "llama-server outlived a Ctrl-C of ttscale solve"
+
+
+def test_ctrl_c_stops_the_run_and_its_server(tmp_path: Path) -> None:
+    solve, server_pid = start_solve_and_wait_for_server(tmp_path)
+    time.sleep(3)  # let it start sampling, so Ctrl-C lands mid-run
+    solve.send_signal(signal.SIGINT)
+    # One Ctrl-C keeps what the requests in flight return, for up to the portal's own grace period;
+    # on a slow machine that wait is long, so the bound here is that period, not a shorter guess.
+    _, stderr = solve.communicate(timeout=CLEAN_UP_TIMEOUT_S + 90)
+    assert_server_stops(solve, server_pid, stderr)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    solve, server_pid = start_solve_and_wait_for_server(tmp_path)
+    time.sleep(3)
+    solve.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    assert solve.stderr is not None
+    for line in solve.stderr:  # the first Ctrl-C's warning says the run is waiting
+        if "Ctrl-C again" in line:
+            break
+    else:
+        pytest.fail("the run ended after one Ctrl-C without saying it waits for requests in flight")
+    solve.send_signal(signal.SIGINT)
+    _, stderr = solve.communicate(timeout=60)
+    assert time.monotonic() - started < CLEAN_UP_TIMEOUT_S  # it did not sit out the grace period
+    assert_server_stops(solve, server_pid, stderr)
 
 
 def test_an_error_mid_run_stops_the_server(tmp_path: Path) -> None:

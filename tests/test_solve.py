@@ -693,9 +693,13 @@ def test_a_run_that_finishes_no_problem_says_so(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_the_answers_already_on_the_wire(tmp_path: Path) -> None:
+    # Enough problems that the run cannot end before the interrupt lands, even on a loaded machine
+    # (with 60, a run once finished first and rightly exited 0).
+    problems = 400
     dataset = tmp_path / "many.jsonl"
     rows = (
-        json.dumps({"id": f"p{i}", "prompt": f"Say 42 ({i})", "answer": "42"}) for i in range(60)
+        json.dumps({"id": f"p{i}", "prompt": f"Say 42 ({i})", "answer": "42"})
+        for i in range(problems)
     )
     dataset.write_text("\n".join(rows) + "\n")
     out = tmp_path / "interrupted.jsonl"
@@ -711,6 +715,7 @@ def test_ctrl_c_keeps_the_answers_already_on_the_wire(tmp_path: Path) -> None:
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=60)
         generated = sum(r.choices for r in server.records if r.generated)
+    assert generated < problems * 8, "the run ended before the interrupt: nothing was tested"
     # Every sample the server generated, the in-flight ones included, is in the journal.
     assert journal.read_text().count("\n") == generated
     assert run.returncode == 130
