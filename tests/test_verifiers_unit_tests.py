@@ -162,6 +162,17 @@ def test_depth_and_size_limits() -> None:
         ("nan\n", "nan\n", True),  # equal as text
         ("0.5\n", "nan\n", False),
         ("a\n", "", False),
+        ("1 2\r\n3\r\n", "1 2\n3\n", True),  # Windows line ends
+        # Only ASCII separates and counts: what float() and str.split() would also accept.
+        ("1 2\n", "1\u30002\n", False),  # a full-width space
+        ("1\n2\n", "1\u20282\n", False),  # a line separator
+        ("1 2\n", "1\u00a02\n", False),  # a no-break space
+        ("1000.5\n", "1_000.5\n", False),
+        ("12.5\n", "\u0661\u0662.\u0665\n", False),  # Arabic-Indic digits
+        ("0.5\n", "+0.5\n", True),
+        ("0.5\n", " .5\n", True),
+        ("0.5\n", "0.5e0\n", True),
+        ("0.5\n", "infinity\n", False),
     ],
 )
 def test_outputs_match(expected: str, got: str, same: bool) -> None:

@@ -30,6 +30,7 @@ import linecache
 import math
 import operator
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -496,7 +497,26 @@ def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     }
 
 
+# What a judge reads as a number and as a separator: ASCII only. Python's float() and str.split()
+# would also take Arabic-Indic digits, "1_000.5", U+2028 or a full-width space, which no judge does.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_ASCII_SPACE = re.compile(r"[ \t\r\f\v]+")
+
+
+def _tokens(line: str) -> list[str]:
+    return [token for token in _ASCII_SPACE.split(line) if token]
+
+
+def _lines(text: str) -> list[list[str]]:
+    lines = [_tokens(line) for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()  # trailing blank lines
+    return lines
+
+
 def _numbers(expected: str, got: str, tolerance: float) -> bool:
+    if not (_DECIMAL.fullmatch(expected) and _DECIMAL.fullmatch(got)):
+        return False
     try:
         want, have = float(expected), float(got)
     except ValueError:
@@ -509,13 +529,13 @@ def _numbers(expected: str, got: str, tolerance: float) -> bool:
 def outputs_match(expected: str, got: str, tolerance: float = 1e-6) -> tuple[bool, str]:
     """Whether a program's output is the expected one, and where not (pure).
 
-    Lines are compared after trailing whitespace, and trailing empty lines, are dropped; within
-    a line, whitespace-separated tokens must be equal, except that a token of the expected
-    output written as a decimal (``0.5``, ``1e-3``) matches a number within ``tolerance``
-    (absolute, or relative beyond 1).
+    Lines (split at ``\n``) are compared after trailing blank ones are dropped; within a line,
+    tokens separated by ASCII whitespace must be equal, except that a token of the expected
+    output written as a decimal (``0.5``, ``1e-3``) matches a number written in ASCII within
+    ``tolerance`` (absolute, or relative beyond 1). Other Unicode spaces, line separators and
+    digits are characters like any other.
     """
-    want = [line.split() for line in expected.rstrip().splitlines()]
-    have = [line.split() for line in got.rstrip().splitlines()]
+    want, have = _lines(expected), _lines(got)
     for number, (line_want, line_have) in enumerate(zip(want, have, strict=False), start=1):
         if len(line_want) != len(line_have):
             return (
