@@ -40,7 +40,9 @@ Continuation = Literal["prefill", "vllm", "text"]
 
 def _split_prefill(prompt: Prompt) -> tuple[list[Message], str]:
     """The prompt's messages before a trailing assistant message whose content is text, and that
-    text ("" and all the messages when there is none) (pure)."""
+    text ("" and all the messages when there is none) (pure). A trailing assistant message with
+    no text to continue (tool calls, an image) is a :class:`ConfigError`: the answer would come
+    as a second assistant message, which no chat template reads as one turn."""
     messages: list[Message] = (
         [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     )
@@ -55,7 +57,11 @@ def _split_prefill(prompt: Prompt) -> tuple[list[Message], str]:
         for part in content
     ):
         return messages[:-1], "".join(part["text"] for part in content)
-    return messages, ""
+    raise ConfigError(
+        f"messages[{len(messages) - 1}]: the prompt ends in an assistant message with no text "
+        "to continue (tool calls, or parts that are not text); a continued answer needs the "
+        "prompt to end in a user or tool message, or in an assistant message of text"
+    )
 
 
 def prompt_prefill(prompt: Prompt) -> str:

@@ -363,6 +363,26 @@ def test_a_prompt_that_starts_the_answer_is_continued_from_it_once(echo: bool) -
         assert messages[-1]["content"].count(PREFILL) == 1
 
 
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+    ],
+    ids=["tool-calls", "image"],
+)
+def test_a_prompt_ending_in_an_assistant_message_without_text_is_refused_before_drawing(
+    last: dict[str, Any],
+) -> None:
+    prompt = [{"role": "user", "content": QUESTION}, last]
+    with pytest.raises(ConfigError, match=r"messages\[1\].*no text to continue"):
+        _deepened(prompt, echo=False)
+    # Control: the same conversation with a tool's answer after the call is continued.
+    answered = [*prompt, {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    text, sent = _deepened(answered, echo=False)
+    assert text and all(m[-1]["role"] in ("tool", "assistant") for m in sent)
+
+
 def test_control_a_prompt_prefill_sent_beside_the_partial_makes_two_assistant_messages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
