@@ -1055,7 +1055,7 @@ STREAM_END = (
 )
 
 
-@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
 @pytest.mark.parametrize("size", [1, 3, 7, 1 << 20])
 def test_stream_spend_reads_events_however_the_bytes_are_split(eol: str, size: int) -> None:
     from ttscale.serving import StreamSpend

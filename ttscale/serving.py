@@ -341,6 +341,11 @@ async def relay(
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
+def _lf(data: bytes) -> bytes:
+    """Server-sent events' line ends (CRLF, LF or a bare CR) as LF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
 class StreamSpend:
     """What a relayed event stream says it spent: the choices that finished, and the last
     ``usage`` it carried (a server sends one at the end when the client asked for it with
@@ -369,13 +374,15 @@ class StreamSpend:
         self._held += len(chunk)
         around = self._recent + chunk
         self._recent = around[-3:]
-        if b"\n\n" not in around and b"\n\r\n" not in around:  # no event ended here
+        if b"\n\n" not in _lf(around):  # no event ended here
             if self._held > self._LONGEST_EVENT:
                 self.readable = False  # no event is this long: not a stream this can read
                 self._pending.clear()
                 self._held = 0
             return
-        *events, tail = b"".join(self._pending).replace(b"\r\n", b"\n").split(b"\n\n")
+        # A "\r\n" split between two pieces reads as two line ends here; each data line is read
+        # on its own, so an event cut in two that way is counted the same.
+        *events, tail = _lf(b"".join(self._pending)).split(b"\n\n")
         self._pending, self._held = [tail], len(tail)
         for event in events:
             self._take(event)
@@ -383,7 +390,7 @@ class StreamSpend:
     def close(self) -> None:
         """The stream ended: a last event with no blank line after it counts too."""
         if self.readable and self._pending:
-            self._take(b"".join(self._pending).replace(b"\r\n", b"\n"))
+            self._take(_lf(b"".join(self._pending)))
         self._pending.clear()
 
     def _take(self, event: bytes) -> None:
