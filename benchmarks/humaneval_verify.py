@@ -7,7 +7,8 @@ check here is two processes (the solution's, in its namespaces, and the trusted 
 forked from warm servers. The floor and both runs are measured back to back in each of
 ``--repeats`` rounds; medians are printed. Wall time and CPU seconds (ours and our children's:
 each round's verifier is closed, so its servers and all they forked are counted) are both
-compared: on a shared machine the CPU ratio is the steadier one.
+compared: on a shared machine the CPU ratio is the steadier one. The canonical solutions are
+also checked with no control group per run (``run_group=False``), for what the groups cost.
 
     .venv/bin/python benchmarks/humaneval_verify.py [--concurrency 4] [--backend subprocess]
 """
@@ -23,6 +24,8 @@ import time
 
 from ttscale.types import Candidate, Problem
 from ttscale.verifiers.unit_tests import UnitTestVerifier
+
+NO_GROUP = "canonical, limits per process only (run_group=False)"
 
 
 def load_humaneval() -> list[tuple[Problem, str]]:
@@ -40,8 +43,12 @@ def load_humaneval() -> list[tuple[Problem, str]]:
     return problems
 
 
-async def verify_all(concurrency: int, backend: str, broken: bool) -> tuple[float, list[str]]:
-    verifier = UnitTestVerifier(allow_code_execution=True, concurrency=concurrency, backend=backend)
+async def verify_all(
+    concurrency: int, backend: str, broken: bool, run_group: bool = True
+) -> tuple[float, list[str]]:
+    verifier = UnitTestVerifier(
+        allow_code_execution=True, concurrency=concurrency, backend=backend, run_group=run_group
+    )
     problems = load_humaneval()
     # The servers start once per verifier, as for a real run, and count in the time.
     started = time.perf_counter()
@@ -90,7 +97,7 @@ def main() -> None:
     # load from elsewhere weighs on all three alike, and medians over rounds are compared. CPU
     # seconds (ours, and our children's, grandchildren included once reaped) vary far less with
     # other people's load than wall time does, so they are compared too.
-    labels = ("floor", "canonical", "broken (return None)")
+    labels = ("floor", "canonical", "broken (return None)", NO_GROUP)
     wall: dict[str, list[float]] = {label: [] for label in labels}
     cpu: dict[str, list[float]] = {label: [] for label in labels}
     outcomes: dict[str, list[str]] = {}
@@ -101,7 +108,12 @@ def main() -> None:
                 elapsed = asyncio.run(interpreter_floor(count, args.concurrency, sys.executable))
             else:
                 elapsed, outcomes[label] = asyncio.run(
-                    verify_all(args.concurrency, args.backend, label != "canonical")
+                    verify_all(
+                        args.concurrency,
+                        args.backend,
+                        broken=label.startswith("broken"),
+                        run_group=label != NO_GROUP,
+                    )
                 )
             wall[label].append(elapsed)
             cpu[label].append(_cpu_seconds() - before)
@@ -125,6 +137,12 @@ def main() -> None:
                 f" {counts}"
             )
         print(line)
+    grouped, alone = statistics.median(cpu["canonical"]), statistics.median(cpu[NO_GROUP])
+    print(
+        f"a control group per run costs {grouped / alone:.3f}x CPU "
+        f"({statistics.median(wall['canonical']) / statistics.median(wall[NO_GROUP]):.3f}x wall) "
+        "against runs limited per process only"
+    )
 
 
 def _cpu_seconds() -> float:

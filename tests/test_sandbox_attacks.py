@@ -729,9 +729,22 @@ def test_control_the_namespace_check_finds_a_live_process() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback runs the code as nobody only as root")
-def test_control_without_namespaces_a_daemon_survives() -> None:
+def test_without_namespaces_the_runs_group_still_ends_a_daemon() -> None:
     before = _of_nobody()
     score = sandboxed("subprocess", DAEMON, guard=False, namespaces=False)
+    _needs_run_groups(score)
+    survivors = _of_nobody() - before
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert score.details["outcome"] == "pass" and not score.details["isolation"]["namespaces"]
+    assert survivors == set()
+    assert score.details["solution_exit"]["run_group"]["killed_after"] >= 1
+
+
+def test_control_without_namespaces_or_a_group_a_daemon_survives() -> None:
+    before = _of_nobody()
+    score = sandboxed("subprocess", DAEMON, guard=False, namespaces=False, run_group=False)
     survivors = _of_nobody() - before
     try:
         assert score.details["outcome"] == "pass" and not score.details["isolation"]["namespaces"]
@@ -857,3 +870,69 @@ def test_a_right_answer_of_thousands_of_digits_crosses_between_the_processes() -
     assert sandboxed("subprocess", right, problem).verdict is True  # 9,131 digits
     wrong = "import math\n\ndef fact(n):\n    return math.factorial(n) + 1\n"
     assert sandboxed("subprocess", wrong, problem).verdict is False  # control
+
+
+# -- the run's control group: limits over all its processes together --------------------------
+
+FORKING_HOG = (
+    "import os, time\n"
+    "def f(x):\n"
+    "    children = []\n"
+    "    for _ in range(3):\n"
+    "        pid = os.fork()\n"
+    "        if pid == 0:\n"
+    "            try:\n"
+    "                held = b'1' * (150 << 20)  # each under the per-process limit\n"
+    "                time.sleep(1.0)\n"
+    "            finally:\n"
+    "                os._exit(0)\n"
+    "        children.append(pid)\n"
+    "    for pid in children:\n"
+    "        os.waitpid(pid, 0)\n"
+    "    return x\n"
+)
+BUSY_FOR_A_SECOND = (
+    "import time\ndef f(x):\n    start = time.time()\n"
+    "    while time.time() - start < 1.0:\n        pass\n    return x\n"
+)
+ECHO_PROBLEM = Problem(id="echo", prompt="p", tests="assert f(1) == 1\n")
+# The guard would refuse the fork: the group must hold code that gets past it.
+GROUP_LIMITS = {"memory_bytes": 320 << 20, "tmpfs_bytes": 8 << 20, "timeout_s": 8.0, "guard": False}
+
+
+def _needs_run_groups(score: Score) -> None:
+    group = score.details["isolation"].get("run_group", {})
+    if "error" in group:
+        pytest.skip(f"this machine gives runs no control group: {group['error']}")
+
+
+def test_a_run_that_forks_is_held_to_its_memory_all_together() -> None:
+    # Control: each process under its own limit, with no group over them, the run passes.
+    alone = sandboxed("subprocess", FORKING_HOG, ECHO_PROBLEM, run_group=False, **GROUP_LIMITS)
+    assert alone.verdict is True, alone.reason
+    held = sandboxed("subprocess", FORKING_HOG, ECHO_PROBLEM, **GROUP_LIMITS)
+    _needs_run_groups(held)
+    assert held.verdict is False
+    assert held.details["cause"] == "memory" and "together" in held.reason, held.reason
+    spent = held.details["solution_exit"]["run_group"]
+    assert spent["oom_kills"] >= 1
+    # Control: a right candidate under the same group passes, and its group is gone after it.
+    right = sandboxed("subprocess", "def f(x):\n    return x\n", ECHO_PROBLEM, **GROUP_LIMITS)
+    assert right.verdict is True and right.details["solution_exit"]["run_group"]["oom_kills"] == 0
+    for score in (held, right):
+        name = score.details["isolation"]["run_group"]["name"]
+        left = [
+            p for depth in range(1, 5) for p in Path("/sys/fs/cgroup").glob("*/" * depth + name)
+        ]
+        assert left == []  # each run's group is removed once the run has ended
+
+
+def test_a_run_cannot_take_more_cpu_than_its_share() -> None:
+    # A tenth of a core for a second of busy wall clock: about 0.1 s of CPU, not a second.
+    capped = sandboxed("subprocess", BUSY_FOR_A_SECOND, ECHO_PROBLEM, cpus_per_run=0.1)
+    _needs_run_groups(capped)
+    assert capped.verdict is True, capped.reason
+    assert capped.details["solution_exit"]["cpu_s"] < 0.4
+    # Control: without the group the same loop runs on the CPU for most of its second.
+    free = sandboxed("subprocess", BUSY_FOR_A_SECOND, ECHO_PROBLEM, run_group=False)
+    assert free.verdict is True and free.details["solution_exit"]["cpu_s"] > 0.4

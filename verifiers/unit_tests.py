@@ -101,6 +101,8 @@ class UnitTestConfig:
     python: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     readonly_paths: tuple[str, ...] = ()
+    run_group: bool = True
+    cpus_per_run: float = 1.0
     float_tolerance: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -123,6 +125,8 @@ class UnitTestConfig:
             "readonly_paths": tuple(self.readonly_paths),
             "guard": self.guard,
             "namespaces": self.namespaces,
+            "run_group": self.run_group,
+            "cpus_per_run": self.cpus_per_run,
             "backend": self.backend,
             "extra_env": self.extra_env,
         }

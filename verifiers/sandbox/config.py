@@ -47,6 +47,12 @@ class SandboxConfig:
     ``memory_bytes`` limits the address space of each side. ``max_processes`` is how many more
     processes the run's user may start (``RLIMIT_NPROC``, which root is exempt from).
     ``tmpfs_bytes`` caps each private tmpfs (``/sandbox``, ``/tmp``, ``/dev/shm``).
+    ``run_group`` puts each run in a control group of its own (:mod:`.child.cgroups`), so that
+    its processes together hold at most ``memory_bytes`` (plus what its tmpfs folders hold),
+    run at most ``max_processes`` + 64 processes and threads, and use at most ``cpus_per_run``
+    cores: a run that forks can neither exceed its memory nor starve the runs beside it. Where
+    no group can be made, the limits above bind each process alone (``details["isolation"]``
+    says which).
     ``readonly_paths`` are host folders the solution may read besides the standard library
     (a ``site-packages`` for solutions that import packages). ``backend`` ``auto`` is bubblewrap
     when ``bwrap`` is on the PATH. ``namespaces`` off runs the solution without its own
@@ -67,6 +73,8 @@ class SandboxConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     namespaces: bool = True
     readonly_paths: tuple[str, ...] = ()
+    run_group: bool = True
+    cpus_per_run: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -81,6 +89,8 @@ class SandboxConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.01 <= self.cpus_per_run <= 1024:
+            raise ConfigError(f"cpus_per_run must be in [0.01, 1024], got {self.cpus_per_run}")
         if self.max_output_bytes < 0:
             raise ConfigError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
         if self.backend not in ("auto", "subprocess", "bwrap"):
@@ -92,6 +102,16 @@ class SandboxConfig:
                 raise ConfigError(f"readonly_paths must be absolute, got {path!r}")
         object.__setattr__(self, "extra_env", dict(self.extra_env))
         object.__setattr__(self, "readonly_paths", tuple(self.readonly_paths))
+
+    def group_limits(self) -> dict[str, Any] | None:
+        """What the run's control group holds it to, or ``None`` when it gets none."""
+        if not self.run_group:
+            return None
+        return {
+            "memory_bytes": self.memory_bytes + 3 * self.tmpfs_bytes,
+            "max_processes": self.max_processes + 64,  # threads count too
+            "cpus": self.cpus_per_run,
+        }
 
     @property
     def cpu_limit_s(self) -> int:

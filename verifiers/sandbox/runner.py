@@ -246,7 +246,18 @@ class _PipeReader:
 
 def _second(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The line after the pid line: the verdict, or the solution's status."""
-    return lines[1] if len(lines) > 1 else None
+    found = [line for line in lines[1:] if "run_group" not in line]
+    return found[0] if found else None
+
+
+def _with_group(
+    status: dict[str, Any] | None, lines: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The solution's status with what its run's control group counted (the job's last line)."""
+    spent = next((line["run_group"] for line in lines if type(line.get("run_group")) is dict), None)
+    if spent is None:
+        return status
+    return {**(status or {}), "run_group": spent}
 
 
 def _lines(raw: bytes) -> list[dict[str, Any]]:
@@ -357,6 +368,7 @@ class Sandbox:
             "namespaces": config.namespaces,
             "tmpfs_bytes": config.tmpfs_bytes,
             "readonly_paths": list(config.readonly_paths),
+            "run_group": config.group_limits(),
         }
         harness_limits = {
             "RLIMIT_CPU": [config.cpu_limit_s + 1, config.cpu_limit_s + 2],
@@ -435,7 +447,7 @@ class Sandbox:
         started: float,
     ) -> RunResult:
         verdict = _second(report.lines())
-        ended = _second(status.lines())
+        ended = _with_group(_second(status.lines()), status.lines())
         outcome, cause, reason = interpret(verdict, ended, timed_out, self.config)
         isolation = dict(ended.get("isolation", {})) if ended else {}
         if self.config.namespaces and ended and not isolation.get("namespaces"):
@@ -457,7 +469,7 @@ class Sandbox:
                 "isolation": isolation,
                 "calls": verdict.get("calls") if verdict else None,
                 "solution_exit": (
-                    {key: ended.get(key) for key in ("exit_code", "signal", "cpu_s")}
+                    {key: ended.get(key) for key in ("exit_code", "signal", "cpu_s", "run_group")}
                     if ended
                     else None
                 ),
@@ -502,6 +514,16 @@ def interpret(
     """
     if status and status.get("sandbox_error"):
         return "error", "sandbox", f"the sandbox could not be set up: {status['sandbox_error']}"
+    group = (status or {}).get("run_group") or {}
+    if isinstance(group.get("oom_kills"), int) and group["oom_kills"] > 0:
+        # Whatever the tests said: a run over its memory is over it, as a judge's would be.
+        limit = (config.memory_bytes + 3 * config.tmpfs_bytes) // (1024 * 1024)
+        return (
+            "error",
+            "memory",
+            f"the run's processes together went over its memory ({limit} MiB, tmpfs included); "
+            f"the kernel killed {group['oom_kills']} of them",
+        )
     by_status = _from_status(status, config) if status else None
     if timed_out:
         if by_status is not None and by_status[1] == "cpu_limit":

@@ -28,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "NOBODY",
+    "become_subreaper",
     "build_root",
     "drop_privileges",
     "enter_namespaces",
@@ -46,6 +47,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
+PR_SET_CHILD_SUBREAPER = 36
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 # Mount flags a bind inside a user namespace must keep when remounted (the kernel locks them).
 _LOCKED = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC))
@@ -77,6 +79,11 @@ def _mount(source: str | None, target: str, kind: str | None, flags: int, data: 
 def set_parent_death_signal(number: int) -> None:
     """Have the kernel send ``number`` to this process when its parent ends."""
     _libc.prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
+
+
+def become_subreaper() -> None:
+    """Orphans among our descendants become our children (not init's), for us to end and reap."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def enter_namespaces() -> bool:

@@ -31,7 +31,7 @@ import tempfile
 import traceback
 from typing import Any
 
-from . import confine
+from . import cgroups, confine
 
 __all__ = ["main"]
 
@@ -146,18 +146,33 @@ def solution_job(fds: list[int], base: str) -> None:
     """
     channel, status, out, err, spec_fd = fds
     first = 0
+    group: cgroups.RunGroup | None = None
 
     def end_the_run(number: int, frame: object) -> None:
         if first:
-            os.kill(first, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # our wait below returns, and cleans up
+                os.kill(first, signal.SIGKILL)
         else:
+            if group is not None:
+                group.remove()
             os._exit(0)
 
     signal.signal(signal.SIGTERM, end_the_run)
+    confine.become_subreaper()  # what escapes the run's process group is still ours to end
     _line(status, {"pid": os.getpid()})
     spec = _read_spec(spec_fd)
     _close_others([channel, status, out, err])
     isolation: dict[str, Any] = {"namespaces": False}
+    wanted = spec.get("run_group")
+    if wanted:
+        # Before the namespaces: the group is made and joined as the host sees it.
+        group, why = cgroups.join(
+            cgroups.group_name(os.getpid()),
+            int(wanted["memory_bytes"]),
+            int(wanted["max_processes"]),
+            float(wanted["cpus"]),
+        )
+        isolation["run_group"] = group.describe() if group else {"error": why}
     if spec.get("namespaces", True):
         try:
             isolation["nobody_mapped"] = confine.enter_namespaces()
@@ -177,6 +192,11 @@ def solution_job(fds: list[int], base: str) -> None:
     for fd in (channel, out, err):
         os.close(fd)
     os.waitpid(first, 0)
+    if group is not None:  # what the whole run spent; then nothing of it is left, nor its group
+        left = group.end_the_rest()
+        spent = {"oom_kills": group.oom_kills(), "cpu_s": group.cpu_s(), "killed_after": left}
+        _line(status, {"run_group": spent})
+        group.remove()
     os.close(status)
 
 
@@ -222,14 +242,22 @@ def _preload(role: str) -> None:
             import pytest  # noqa: F401
 
 
+_ROLE = {"name": ""}
+
+
 def _reap(number: int, frame: object) -> None:
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+        while True:
+            pid = os.waitpid(-1, os.WNOHANG)[0]
+            if not pid:
+                return
+            if _ROLE["name"] == "solution":
+                cgroups.remove_left(pid)  # a job killed before it removed its run's group
 
 
 def main() -> None:
     role, control_fd = sys.argv[1], int(sys.argv[2])
+    _ROLE["name"] = role
     control = socket.socket(fileno=control_fd)
     confine.set_parent_death_signal(signal.SIGKILL)
     # Reap our children as they end (waited for, their CPU time counts as ours, for benchmarks).
@@ -262,7 +290,10 @@ def main() -> None:
                 control.close()
                 os.setsid()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                confine.set_parent_death_signal(signal.SIGKILL)
+                # A solution's job ends its run and removes the run's group on SIGTERM; the
+                # harness's has nothing to clean up.
+                ending = signal.SIGTERM if role == "solution" else signal.SIGKILL
+                confine.set_parent_death_signal(ending)
                 try:
                     if role == "solution":
                         solution_job(fds, base)
