@@ -1,7 +1,8 @@
 """The strict value codec and message framing between the trusted harness and the solution.
 
 Only plain data crosses: ``None``, ``bool``, ``int``, ``float`` (``nan`` and the infinities
-included), ``str``, ``bytes``, ``list``, ``tuple``, ``dict``, ``set`` and ``frozenset``, nested.
+included), ``str``, ``bytes``, ``list``, ``tuple``, ``dict``, ``OrderedDict``, ``set`` and
+``frozenset``, nested.
 Decoding builds exactly those built-in types, so no method the solution defines (``__eq__``,
 ``__hash__``, ``__repr__``, ...) can ever run on the harness's side. Anything else is a
 :class:`CodecError` naming the type.
@@ -9,8 +10,9 @@ Decoding builds exactly those built-in types, so no method the solution defines 
 The wire form is JSON: scalars as themselves, every container and the special values as a
 one-key object (``{"L": [...]}`` a list, ``{"T": ...}`` a tuple, ``{"S": ...}`` a set,
 ``{"F": ...}`` a frozenset, ``{"D": [[key, value], ...]}`` a dict, ``{"B": "base64"}`` bytes,
-``{"f": "nan"}`` a special float). A message is that JSON, UTF-8, after a 4-byte big-endian
-length, and is refused beyond ``max_bytes``.
+``{"f": "nan"}`` a special float, ``{"O": [[key, value], ...]}`` an ``OrderedDict``, whose ``==``
+minds the order). A message is that JSON, UTF-8, after a 4-byte big-endian length, and is
+refused beyond ``max_bytes``.
 
 Objects of the solution that are not plain data cross as handles, ``{"H": n}``, but only where a
 side asks for them: the encoder is given ``handle_of`` (what may become a handle, and its number)
@@ -26,6 +28,7 @@ import base64
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "ARITHMETIC",
     "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
+    "UNARY",
     "CodecError",
     "decode_value",
     "encode_value",
@@ -46,6 +50,12 @@ ARITHMETIC = (
     "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
     "and", "or", "xor", "lshift", "rshift",
 )  # fmt: skip
+# The uses of a handle that show the solution nothing of the tests', by name, with the plain type
+# each must give ("" for any value).
+UNARY = {
+    "neg": "", "pos": "", "abs": "", "invert": "", "int": "int", "index": "int",
+    "float": "float", "complex": "", "round": "", "trunc": "", "floor": "", "ceil": "",
+}  # fmt: skip
 MAX_DEPTH = 400
 
 _SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -119,9 +129,10 @@ def encode_value(
                     for item in value
                 ]
             }
-    if kind is dict:
+    if kind is dict or ((lenient or kind is OrderedDict) and isinstance(value, OrderedDict)):
+        # An OrderedDict keeps its order and its type: its == with another one is order-aware.
         return {
-            "D": [
+            "O" if isinstance(value, OrderedDict) else "D": [
                 [
                     encode_value(key, lenient=lenient, depth=deeper, handle_of=handle_of),
                     encode_value(item, lenient=lenient, depth=deeper, handle_of=handle_of),
@@ -160,8 +171,9 @@ def decode_value(tree: Any, *, depth: int = 0, handle: Callable[[int], Any] | No
             return _SEQUENCES[tag](items)
         except TypeError as exc:  # an unhashable member of a set
             raise CodecError(f"a set member cannot be hashed: {exc}") from exc
-    if tag == "D" and type(body) is list:
-        return _decode_dict(body, depth, handle)
+    if tag in ("D", "O") and type(body) is list:
+        found = _decode_dict(body, depth, handle)
+        return OrderedDict(found) if tag == "O" else found
     if tag == "H" and type(body) is int and handle is not None:
         return handle(body)
     if tag == "B" and type(body) is str:

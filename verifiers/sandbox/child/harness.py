@@ -26,6 +26,7 @@ and a run that saw one is an ``error`` whatever the tests did afterwards.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import linecache
 import math
 import operator
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import codec
-from .codec import ARITHMETIC
+from .codec import ARITHMETIC, UNARY
 
 __all__ = ["Link", "SolutionFault", "outputs_match", "run"]
 
@@ -240,9 +241,10 @@ class Link:
 class RemoteFunction:
     """A function of the solution: calls cross the channel, and so do their results."""
 
-    def __init__(self, link: Link, name: str) -> None:
+    def __init__(self, link: Link, name: str, doc: str | None = None) -> None:
         self._link = link
         self.__name__ = self.__qualname__ = name
+        self.__doc__ = doc  # the solution's own docstring, not this class's
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._link.request(
@@ -259,9 +261,18 @@ class RemoteFunction:
 
 
 class RemoteObject:
-    """An object that stays in the solution's process. Every use crosses the channel; it equals
-    another of the solution's objects as the solution says, and plain data only as the plain
-    data it holds (a dict subclass as its items), never by a method of its own."""
+    """An object that stays in the solution's process. Every use crosses the channel.
+
+    What the solution's methods may see of the tests' values is the rule here. Its objects
+    compare with each other as it says, as in one process. Uses that show it nothing of the
+    tests' (attributes, calls, ``len``, iteration, conversions, ``str``) are forwarded. But an
+    operator, ``in`` or a comparison with plain data the tests wrote never reaches its methods:
+    in ``abs(f(x) - 0.5) < 1e-6`` or ``7 in primes(10)`` the plain value is the expected one. Such
+    a use counts the plain data the object holds (a dict subclass as its items; for ``in``, else
+    what it iterates); an object that holds none equals no plain value, and any other such use
+    ends the run as an error (cause ``unsupported_operation``), never as an exception the tests
+    could expect.
+    """
 
     def __init__(self, link: Link, handle: int) -> None:
         object.__setattr__(self, "_link", link)
@@ -272,6 +283,22 @@ class RemoteObject:
         message = {"op": op, "handle": object.__getattribute__(self, "_handle")}
         return link.request({**message, "arg": link.encode(arg)})
 
+    def _plain(self, use: str) -> Any:
+        """The plain data this object holds, for a use with the tests' plain data."""
+        holds, plain = self._ask("plain")
+        if holds is not True:
+            link: Link = object.__getattribute__(self, "_link")
+            raise link.fail(
+                "unsupported_operation",
+                f"the tests used {use} on an object of the solution's with a plain value; its "
+                "methods never see the tests' values, and it holds no plain data to use instead",
+            )
+        return plain
+
+    @property
+    def __doc__(self) -> Any:  # type: ignore[override]
+        return self._ask("getattr", "__doc__")
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
@@ -279,6 +306,9 @@ class RemoteObject:
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._ask("setattr", [name, value])
+
+    def __delattr__(self, name: str) -> None:
+        self._ask("delattr", name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         link: Link = object.__getattribute__(self, "_link")
@@ -309,35 +339,71 @@ class RemoteObject:
     def __getitem__(self, key: Any) -> Any:
         return self._ask("getitem", key)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._ask("setitem", [key, value])
+
+    def __delitem__(self, key: Any) -> None:
+        self._ask("delitem", key)
+
     def __contains__(self, item: Any) -> bool:
-        return self._ask("contains", item) is True
+        if isinstance(item, RemoteObject):
+            return self._ask("contains", item) is True
+        holds, plain = self._ask("plain")
+        # Membership in what it holds, or else in what it iterates (Python's own fallback):
+        # either way the solution answers without seeing the item.
+        return item in (plain if holds is True else self._ask("iter"))
 
     def __iter__(self) -> Any:
         return iter(self._ask("iter"))
 
+    def __next__(self) -> Any:
+        return self._ask("next")
+
+    def __enter__(self) -> Any:
+        return self._ask("enter")
+
+    def __exit__(self, *raised: object) -> None:
+        # The solution is told the block ended, never what it raised, and cannot swallow it.
+        self._ask("exit")
+
+    def __format__(self, spec: str) -> str:
+        return _checked(self._ask("format", spec), str, "format()")
+
     def __str__(self) -> str:
-        return str(self._ask("str"))
+        return _checked(self._ask("str"), str, "str()")
 
     def __repr__(self) -> str:
+        link: Link = object.__getattribute__(self, "_link")
+        if link.fault is None:
+            with contextlib.suppress(Exception):
+                return _checked(self._ask("repr"), str, "repr()")
         return f"<solution object {object.__getattribute__(self, '_handle')}>"
 
 
 def _binary(name: str, *, reflected: bool = False) -> Callable[[RemoteObject, Any], Any]:
-    """An operator between a solution object and ``other``. With another of its objects, its own
-    method decides, as in one process. With plain data, only the plain data it holds takes part
-    (an int subclass as its int): a method of its own would see the test's expected value
-    (``abs(f(x) - 0.5) < 1e-6`` hands ``0.5`` to ``__sub__``, which could answer 0)."""
+    """An operator between a solution object and ``other``: forwarded between two of its
+    objects; with plain data, applied here to the plain data it holds (:class:`RemoteObject`)."""
     function = _OPERATORS[name]
 
     def operate(self: RemoteObject, other: Any) -> Any:
         if isinstance(other, RemoteObject):
             return self._ask("operator", [name, other, reflected])
-        holds, plain = self._ask("plain")
-        if holds is not True:
-            return NotImplemented
+        plain = self._plain(f"the operator {name}")
         return function(other, plain) if reflected else function(plain, other)
 
     operate.__name__ = f"__{'r' if reflected else ''}{name}__"
+    return operate
+
+
+def _unary(name: str, kind: type | None = None) -> Callable[..., Any]:
+    """A use that shows the solution nothing of the tests' (``-x``, ``float(x)``, ``round(x, 2)``):
+    its own method answers."""
+
+    def operate(self: RemoteObject, *args: Any) -> Any:
+        found = self._ask("operator", [name, *args])
+        return found if kind is None else _checked(found, kind, f"{name}()")
+
+    operate.__name__ = f"__{name}__"
     return operate
 
 
@@ -350,9 +416,8 @@ for _name in ARITHMETIC:
     setattr(RemoteObject, f"__r{_name}__", _binary(_name, reflected=True))
 for _name in ("lt", "le", "gt", "ge"):
     setattr(RemoteObject, f"__{_name}__", _binary(_name))
-# A unary operator sees nothing of the tests', so the solution's own method answers it.
-for _name in ("neg", "pos", "abs", "invert"):
-    setattr(RemoteObject, f"__{_name}__", lambda self, _op=_name: self._ask("operator", [_op]))
+for _name, _kind in UNARY.items():
+    setattr(RemoteObject, f"__{_name}__", _unary(_name, {"int": int, "float": float}.get(_kind)))
 
 
 class RemoteClass(RemoteObject):
@@ -389,7 +454,13 @@ def bind(link: Link, names: dict[str, Any], entry_point: str | None = None) -> d
     point the tests are about."""
     if not all(type(name) is str and type(about) is dict for name, about in names.items()):
         raise link.fail("protocol", "the solution's side described its names wrongly")
-    names = {n: about for n, about in names.items() if n not in _BUILTIN_NAMES or n == entry_point}
+    # Python's own names and dunder names (``__builtins__``, ``__all__``) are never the solution's
+    # to give: a forged ``__builtins__`` would be every builtin the tests call.
+    names = {
+        n: about
+        for n, about in names.items()
+        if (n not in _BUILTIN_NAMES or n == entry_point) and not n.startswith("__")
+    }
     link.errors = error_classes(
         {n: _lineage(about["mro"]) for n, about in names.items() if "mro" in about}
     )
@@ -399,7 +470,8 @@ def bind(link: Link, names: dict[str, Any], entry_point: str | None = None) -> d
         if name in bound:
             continue
         if kind == "function":
-            bound[name] = RemoteFunction(link, name)
+            doc = about.get("doc")
+            bound[name] = RemoteFunction(link, name, doc if type(doc) is str else None)
         elif kind == "class" and type(about.get("handle")) is int:
             remote = link.remote(about["handle"], RemoteClass)
             object.__setattr__(remote, "__name__", name)
@@ -439,7 +511,7 @@ def _run_humaneval(spec: dict[str, Any], bound: dict[str, Any], link: Link) -> N
 
 
 def _run_asserts(spec: dict[str, Any], bound: dict[str, Any]) -> None:
-    scope: dict[str, Any] = {"__name__": "__tests__", **bound}
+    scope: dict[str, Any] = {**bound, "__name__": "__tests__", "__builtins__": builtins}
     exec(_compile(spec["tests"], "<tests>"), scope)
 
 
@@ -455,12 +527,20 @@ class _PytestCollect:
             self.failed.append(f"{report.nodeid}: {report.longreprtext[-300:]}")
 
 
+def _star_exportable(name: str) -> bool:
+    top_modules = {found.partition(".")[0] for found in sys.modules}
+    return not (name.startswith("_") or name in sys.stdlib_module_names or name in top_modules)
+
+
 def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     import pytest
 
     module_name = spec.get("module", "solution")
     module = types.ModuleType(module_name)
     module.__dict__.update(bound)
+    # What ``from solution import *`` gives: never a name the tests import for themselves (a
+    # class named ``math`` or ``pytest`` would replace the module the test file imported).
+    module.__dict__["__all__"] = [name for name in bound if _star_exportable(name)]
     sys.modules[module_name] = module
     folder = tempfile.mkdtemp(prefix="ttscale-tests-")
     try:

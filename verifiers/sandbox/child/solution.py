@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import enum
+import math
 import operator
 import os
 import sys
@@ -37,26 +38,10 @@ from . import codec, guard
 
 __all__ = ["serve"]
 
-_ON_HANDLES = frozenset(
-    [
-        "getattr",
-        "setattr",
-        "len",
-        "getitem",
-        "contains",
-        "iter",
-        "bool",
-        "hash",
-        "eq",
-        "isinstance",
-        "plain",
-        "operator",
-        "str",
-        "repr",
-    ]
-)
+# What is asked of a handle: the simple uses (below), and those that take more than one value.
+_ON_HANDLES = frozenset(["setattr", "setitem", "exit", "plain", "operator", "str", "repr"])
 # What may answer with objects that stay here; the rest answer plain data or fail.
-_MAY_GIVE_HANDLES = frozenset(["getattr", "getitem", "iter", "plain", "operator"])
+_MAY_GIVE_HANDLES = frozenset(["getattr", "getitem", "iter", "plain", "operator", "next", "enter"])
 
 
 class _Exit(Exception):
@@ -95,7 +80,8 @@ class Solution:
             if isinstance(value, type):
                 names[name] = {"kind": "class", "handle": self.handle_of(value)}
             elif callable(value):
-                names[name] = {"kind": "function"}
+                doc = getattr(value, "__doc__", None)
+                names[name] = {"kind": "function", "doc": doc if isinstance(doc, str) else None}
             else:
                 try:
                     names[name] = {
@@ -163,7 +149,7 @@ class Solution:
         op = request.get("op")
         if op == "call":
             return self.call(request)
-        if op in _ON_HANDLES:
+        if op in _ON_HANDLES or op in _SIMPLE_OPS:
             obj = self.handle(int(request["handle"]))
             arg = self.decode(request.get("arg"))
             return self.reply_value(_on_handle(op, obj, arg), handle=op in _MAY_GIVE_HANDLES)
@@ -178,9 +164,15 @@ def _on_handle(op: str, obj: Any, arg: Any) -> Any:
         return simple(obj, arg)
     if op == "operator":
         return _operate(obj, arg)
-    if op == "setattr":
-        name, value = arg
-        setattr(obj, str(name), value)
+    if op in ("setattr", "setitem"):
+        key, value = arg
+        if op == "setattr":
+            setattr(obj, str(key), value)
+        else:
+            obj[key] = value
+        return None
+    if op == "exit":
+        obj.__exit__(None, None, None)
         return None
     if op == "plain":  # what a subclass of a plain type holds, as that built-in
         bases: tuple[type[Any], ...] = (int, float, str, bytes, list, tuple, dict, set, frozenset)
@@ -200,6 +192,11 @@ _SIMPLE_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "bool": lambda obj, _: bool(obj),
     "hash": lambda obj, _: hash(obj),
     "eq": lambda obj, other: bool(obj == other),
+    "delattr": lambda obj, name: delattr(obj, str(name)),
+    "delitem": lambda obj, key: obj.__delitem__(key),
+    "next": lambda obj, _: next(obj),
+    "enter": lambda obj, _: obj.__enter__(),
+    "format": lambda obj, spec: format(obj, str(spec)),
     "isinstance": lambda kind, obj: isinstance(obj, kind),
 }
 
@@ -208,13 +205,19 @@ _OPERATORS: dict[str, Callable[..., Any]] = {
     name: getattr(operator, name if name not in ("and", "or") else f"{name}_")
     for name in (*codec.ARITHMETIC, "lt", "le", "gt", "ge", "neg", "pos", "abs", "invert")
 }
+_OPERATORS.update(
+    {"int": int, "index": operator.index, "float": float, "complex": complex, "round": round}
+)
+_OPERATORS.update({"trunc": math.trunc, "floor": math.floor, "ceil": math.ceil})
 
 
 def _operate(obj: Any, arg: Any) -> Any:
-    """``[name]`` a unary operator on ``obj``; ``[name, other, reflected]`` a binary one."""
-    function = _OPERATORS[str(arg[0])]
-    if len(arg) == 1:
-        return function(obj)
+    """``[name, *more]`` a unary use of ``obj`` (``round`` takes its digits);
+    ``[name, other, reflected]`` a binary operator with another object."""
+    name = str(arg[0])
+    function = _OPERATORS[name]
+    if name in codec.UNARY:
+        return function(obj, *arg[1:2])
     return function(arg[1], obj) if arg[2] is True else function(obj, arg[1])
 
 
