@@ -717,3 +717,132 @@ def test_code_extraction_controls() -> None:
     two = f"```python\ndef add(a, b):\n    return 0\n```\nfixed:\n```python\n{ADD}```\n"
     assert candidate_code(two) == ADD  # of two defining blocks, the last
     assert candidate_code("```python\nx = 1\n```\n") == "x = 1\n"  # none defines: the last
+
+
+# -- attacks on the handles, and the right code they must not cost -----------------------------
+
+# The solution's process rewrites its own reply so that the names it exports include a forged
+# ``__builtins__`` (abs, len, sorted, set answering constants) and an ``__all__`` naming it.
+FORGED_BUILTINS = r"""
+import sys as _s, builtins as _b
+_sol = _s.modules['child.solution']
+_send0 = _sol._send
+def _const(v):
+    return lambda *a, **k: v() if callable(v) else v
+_FAKE = {'abs': _const(0), 'len': _const(0), 'sorted': _const(list), 'set': _const(set)}
+def _send(channel, reply):
+    if reply.get('ready') is True:
+        solution = _s._getframe(1).f_locals['solution']
+        table = [[n, {'H': solution.handle_of(_FAKE.get(n, getattr(_b, n)))}] for n in dir(_b)]
+        reply['names']['__builtins__'] = {'kind': 'value', 'value': {'D': table}}
+        names = [n for n in reply['names'] if not n.startswith('_')] + ['__builtins__']
+        reply['names']['__all__'] = {'kind': 'value', 'value': {'L': names}}
+    return _send0(channel, reply)
+_sol._send = _send
+def f(x):
+    return 12345
+"""
+HANDLE_ATTACKS = {
+    "forged-builtins-asserts": (
+        FORGED_BUILTINS,
+        "assert abs(f(2) - 0.5) < 1e-6\nassert sorted(f(3)) == sorted([3, 1, 2])\n",
+        "asserts",
+    ),
+    "forged-builtins-star-import": (
+        FORGED_BUILTINS,
+        "from solution import *\n\ndef test_a():\n    assert abs(f(2) - 0.5) < 1e-6\n",
+        "pytest",
+    ),
+    "a-class-named-like-a-module": (
+        "class math:\n    @staticmethod\n    def isclose(*a, **k):\n        return True\n"
+        "def area(r):\n    return 0\n",
+        "import math\nfrom solution import *\n\n"
+        "def test_area():\n    assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n",
+        "pytest",
+    ),
+    "the-harness-typeerror-for-pytest-raises": (
+        "class Vec:\n    def __init__(s, x):\n        s.x = x\n"
+        "    def __mul__(s, k):\n        return Vec(s.x * k)\n",
+        "import pytest\nfrom solution import Vec\n\n"
+        "def test_reject_str():\n    with pytest.raises(TypeError):\n        Vec(2) * 'a'\n",
+        "pytest",
+    ),
+    "in-answered-by-its-contains": (
+        "class Yes:\n    def __contains__(s, x):\n        return True\n"
+        "def primes(n):\n    return Yes()\n",
+        "assert 7 in primes(10)\n",
+        "asserts",
+    ),
+    "ordereddict-in-another-order": (
+        "from collections import OrderedDict\n"
+        "def order(xs):\n    return OrderedDict((x, 1) for x in sorted(xs))\n",
+        "from collections import OrderedDict\n"
+        "assert order(['b', 'a']) == OrderedDict([('b', 1), ('a', 1)])\n",
+        "asserts",
+    ),
+    "the-proxys-docstring": (
+        "def add(a, b):\n    return a + b\nclass Stack:\n    pass\n",
+        "assert add.__doc__ or Stack.__doc__\n",
+        "asserts",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANDLE_ATTACKS))
+def test_attacks_on_the_handles_do_not_pass(verifier: UnitTestVerifier, name: str) -> None:
+    code, tests, kind = HANDLE_ATTACKS[name]
+    problem = Problem(id=name, prompt="p", metadata={"test_format": kind}, tests=tests)
+    score = run_one(verifier, problem, code)
+    assert score.verdict is False, score.reason
+
+
+def test_control_in_one_process_the_plain_attacks_pass() -> None:
+    # What the harness's rules stand in for: in one process these wrong answers pass.
+    for name in ("a-class-named-like-a-module", "in-answered-by-its-contains"):
+        code, tests, kind = HANDLE_ATTACKS[name]
+        scope: dict[str, object] = {}
+        exec(code, scope)
+        if kind == "pytest":
+            tests = tests.replace("from solution import *\n", "") + "\ntest_area()\n"
+            exec(tests.replace("import math\n", ""), scope)  # the solution's math shadows it
+        else:
+            exec(tests, scope)
+
+
+RIGHT_WITH_PROTOCOLS = {
+    "next-on-a-generator": (
+        "def count():\n    n = 0\n    while True:\n        yield n\n        n += 1\n",
+        "g = count()\nassert next(g) == 0\nassert next(g) == 1\n",
+    ),
+    "a-context-manager": (
+        "class Res:\n    def __init__(s):\n        s.open = False\n"
+        "    def __enter__(s):\n        s.open = True\n        return s\n"
+        "    def __exit__(s, *a):\n        s.open = False\n",
+        "r = Res()\nwith r as inside:\n    assert inside.open\nassert not r.open\n",
+    ),
+    "repr-format-and-conversions": (
+        "from dataclasses import dataclass\n@dataclass\nclass Money:\n    v: float\n"
+        "    def __format__(s, spec):\n        return format(s.v, spec)\n"
+        "    def __float__(s):\n        return s.v\n    def __round__(s, n=0):\n"
+        "        return Money(round(s.v, n))\n",
+        "m = Money(2.5)\nassert repr(m) == 'Money(v=2.5)'\nassert f'{m:.2f}' == '2.50'\n"
+        "assert float(m) == 2.5\nassert round(Money(1.26), 1) == Money(1.3)\n",
+    ),
+    "item-assignment-and-deletion": (
+        "class Cache:\n    def __init__(s):\n        s.d = {}\n"
+        "    def __setitem__(s, k, v):\n        s.d[k] = v\n"
+        "    def __getitem__(s, k):\n        return s.d[k]\n"
+        "    def __delitem__(s, k):\n        del s.d[k]\n"
+        "    def __iter__(s):\n        return iter(s.d)\n",
+        "c = Cache()\nc['a'] = 1\nassert c['a'] == 1\nassert 'a' in c\ndel c['a']\n"
+        "assert 'a' not in c\nc.note = 'x'\ndel c.note\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT_WITH_PROTOCOLS))
+def test_right_code_using_protocols_passes(verifier: UnitTestVerifier, name: str) -> None:
+    code, tests = RIGHT_WITH_PROTOCOLS[name]
+    problem = Problem(id=name, prompt="p", metadata={"test_format": "asserts"}, tests=tests)
+    score = run_one(verifier, problem, code)
+    assert score.verdict is True, score.reason

@@ -423,6 +423,9 @@ for _name, _kind in UNARY.items():
 class RemoteClass(RemoteObject):
     """A class of the solution: calling it makes objects there; ``isinstance`` asks there."""
 
+    # What tests read as ``Stack.__doc__`` is the solution's docstring, not the one above.
+    __doc__ = RemoteObject.__dict__["__doc__"]
+
     def __instancecheck__(self, instance: Any) -> bool:
         if not isinstance(instance, RemoteObject):
             return False
