@@ -840,9 +840,85 @@ RIGHT_WITH_PROTOCOLS = {
 }
 
 
+RIGHT_WITH_PROTOCOLS.update(
+    {
+        "subclasses-of-plain-types-keep-their-own": (
+            "from collections import namedtuple, Counter\nfrom enum import IntEnum\n"
+            "P = namedtuple('P', 'x y')\nclass Color(IntEnum):\n    RED = 1\n"
+            "def origin():\n    return P(0, 0)\ndef count(s):\n    return Counter(s)\n"
+            "def favourite():\n    return Color.RED\n",
+            "assert origin().x == 0 and origin() == (0, 0)\nassert count('aab')['z'] == 0\n"
+            "assert count('aab') == {'a': 2, 'b': 1}\nassert favourite().name == 'RED'\n"
+            "assert favourite() == 1 and favourite() + 1 == 2\n",
+        ),
+        "issubclass-and-module-level-instances": (
+            "class Animal:\n    pass\nclass Dog(Animal):\n    pass\n"
+            "class Config:\n    debug = True\nconfig = Config()\n",
+            "assert issubclass(Dog, Animal) and not issubclass(Animal, Dog)\n"
+            "assert config.debug and isinstance(config, Config)\n",
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("name", sorted(RIGHT_WITH_PROTOCOLS))
 def test_right_code_using_protocols_passes(verifier: UnitTestVerifier, name: str) -> None:
     code, tests = RIGHT_WITH_PROTOCOLS[name]
     problem = Problem(id=name, prompt="p", metadata={"test_format": "asserts"}, tests=tests)
     score = run_one(verifier, problem, code)
     assert score.verdict is True, score.reason
+
+
+RIGHT_EXCEPTIONS = {
+    "attributes": (
+        "class HttpError(Exception):\n    def __init__(s, code):\n"
+        "        super().__init__(f'http {code}')\n        s.code = code\n"
+        "def get(u):\n    raise HttpError(404)\n",
+        "with pytest.raises(HttpError, match='http 404') as e:\n        get('x')\n"
+        "    assert e.value.code == 404",
+    ),
+    "arguments": (
+        "def f():\n    raise ValueError('bad', 3)\n",
+        "with pytest.raises(ValueError) as e:\n        f()\n    assert e.value.args == ('bad', 3)",
+    ),
+    "key-error": (
+        "def f():\n    return {}['k']\n",
+        "with pytest.raises(KeyError) as e:\n        f()\n    assert e.value.args[0] == 'k'",
+    ),
+    "standard-library-classes": (
+        "import json\nfrom dataclasses import dataclass\n"
+        "@dataclass(frozen=True)\nclass P:\n    x: int\n"
+        "def parse(s):\n    return json.loads(s)\n",
+        "import json, dataclasses\n    with pytest.raises(json.JSONDecodeError) as e:\n"
+        "        parse('{')\n    assert e.value.pos == 1\n"
+        "    with pytest.raises(dataclasses.FrozenInstanceError):\n        P(1).x = 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT_EXCEPTIONS))
+def test_the_solutions_exceptions_keep_their_class_arguments_and_attributes(
+    verifier: UnitTestVerifier, name: str
+) -> None:
+    code, body = RIGHT_EXCEPTIONS[name]
+    tests = f"import pytest\nfrom solution import *\n\ndef test_it():\n    {body}\n"
+    problem = Problem(id=name, prompt="p", metadata={"test_format": "pytest"}, tests=tests)
+    wrong = "def f():\n    return None\ndef get(u):\n    return None\n"
+    wrong += "def parse(s):\n    return None\nclass P:\n    pass\n"
+    good, bad = run_many(verifier, problem, [code, wrong])
+    assert good.verdict is True, good.reason
+    assert bad.verdict is False  # control: nothing raised, the same tests fail
+
+
+def test_a_stdio_program_ends_when_its_threads_do(verifier: UnitTestVerifier) -> None:
+    cases = json.dumps([{"input": "3\n", "output": "6\n"}])
+    problem = Problem(id="t", prompt="p", metadata={"test_format": "stdio"}, tests=cases)
+    code = (
+        "import threading, time\ndef main():\n    time.sleep(0.2)\n"
+        "    print(int(input()) * 2)\nthreading.Thread(target=main).start()\n"
+    )
+    assert run_one(verifier, problem, code).verdict is True
+    daemon = code.replace("target=main)", "target=main, daemon=True)")
+    assert (
+        run_one(verifier, problem, daemon).verdict is False
+    )  # control: a daemon is not waited for

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import importlib
 import linecache
 import math
 import operator
@@ -88,21 +89,76 @@ def _lineage(found: object) -> list[tuple[str, str]]:
 
 
 def _remote_exception(
-    kind: str, message: str, lineage: list[tuple[str, str]], errors: dict[str, type]
+    kind: str, raised: dict[str, Any], lineage: list[tuple[str, str]], errors: dict[str, type]
 ) -> BaseException:
-    """The solution's exception as the tests meet it: its exported class (rebuilt here), or the
-    nearest built-in one it extends (``pytest.raises(ValueError)``), else a :class:`RemoteError`."""
+    """The solution's exception as the tests meet it: its exported class (rebuilt here), a
+    standard library one, or the nearest built-in one it extends (``pytest.raises(ValueError)``),
+    with its plain arguments and attributes; else a :class:`RemoteError`."""
+    found_message = raised.get("message")
+    message = found_message if isinstance(found_message, str) else ""
+    args = _plain_part(raised.get("args"))
     for origin, name in lineage or [("builtin", kind)]:
-        found = errors.get(name) if origin == "export" else getattr(builtins, name, None)
+        found = _exception_class(origin, name, errors)
         if found is Exception or name in _NOT_AS_THEMSELVES:
             break  # RemoteError is an Exception too, and keeps the solution's name for the reason
         if found is None or not _rebuildable(found):
             continue
-        try:
-            return found(message)  # type: ignore[no-any-return]
-        except Exception:
-            continue
+        assert isinstance(found, type)
+        rebuilt = _rebuilt(found, args if isinstance(args, list) else None, message)
+        if rebuilt is not None:
+            _set_attributes(rebuilt, raised.get("attributes"))
+            return rebuilt
     return RemoteError(f"{kind}: {message}")
+
+
+def _rebuilt(kind: Any, args: list[Any] | None, message: str) -> BaseException | None:
+    """``kind`` made with the solution's arguments, or its message, or (an ``__init__`` that
+    wants other ones, as ``JSONDecodeError``'s) made bare with its ``args`` set."""
+    for given in (args, [message]):
+        if given is not None:
+            with contextlib.suppress(Exception):
+                made = kind(*given)
+                if isinstance(made, BaseException):
+                    return made
+    with contextlib.suppress(Exception):
+        bare = kind.__new__(kind)
+        if isinstance(bare, BaseException):
+            bare.args = tuple(args if args is not None else [message])
+            return bare
+    return None
+
+
+def _exception_class(origin: str, name: str, errors: dict[str, type]) -> object:
+    if origin == "export":
+        return errors.get(name)
+    if origin == "builtin":
+        return getattr(builtins, name, None)
+    module, _, qualname = name.partition(":")
+    if origin != "stdlib" or module.partition(".")[0] not in sys.stdlib_module_names:
+        return None
+    try:
+        found: object = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found
+
+
+def _plain_part(tree: Any) -> Any:
+    try:
+        return codec.decode_value(tree) if tree is not None else None
+    except codec.CodecError:
+        return None
+
+
+def _set_attributes(exc: BaseException, tree: Any) -> None:
+    if type(tree) is not dict:
+        return
+    for name, value in list(tree.items())[:50]:
+        if type(name) is str and not name.startswith("__"):
+            with contextlib.suppress(Exception):
+                setattr(exc, name, _plain_part(value))
 
 
 def error_classes(described: dict[str, list[tuple[str, str]]]) -> dict[str, type]:
@@ -210,11 +266,10 @@ class Link:
                 ) from exc
         raised = reply.get("raise")
         if type(raised) is dict and type(raised.get("type")) is str:
-            kind, message = raised["type"][:100], raised.get("message", "")
+            kind = raised["type"][:100]
             if kind == "MemoryError":
                 raise self.fail("memory", "the solution ran out of memory (MemoryError)")
-            message = message if type(message) is str else ""
-            raise _remote_exception(kind, message, _lineage(raised.get("mro")), self.errors)
+            raise _remote_exception(kind, raised, _lineage(raised.get("mro")), self.errors)
         if "exit" in reply:
             raise self.fail("exit", f"the solution called exit({str(reply['exit'])[:50]})")
         if "unsupported" in reply:
@@ -425,6 +480,11 @@ class RemoteClass(RemoteObject):
 
     # What tests read as ``Stack.__doc__`` is the solution's docstring, not the one above.
     __doc__ = RemoteObject.__dict__["__doc__"]
+
+    def __subclasscheck__(self, subclass: Any) -> bool:
+        if not isinstance(subclass, RemoteObject):
+            return False
+        return _checked(self._ask("issubclass", subclass), bool, "issubclass()")
 
     def __instancecheck__(self, instance: Any) -> bool:
         if not isinstance(instance, RemoteObject):

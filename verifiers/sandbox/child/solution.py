@@ -30,6 +30,7 @@ import math
 import operator
 import os
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -86,7 +87,7 @@ class Solution:
                 try:
                     names[name] = {
                         "kind": "value",
-                        "value": codec.encode_value(value, lenient=True),
+                        "value": codec.encode_value(value, lenient=True, handle_of=self.handle_of),
                     }
                 except (codec.CodecError, ValueError, RecursionError):
                     continue
@@ -115,10 +116,14 @@ class Solution:
         named = {id(value): name for name, value in self.exports.items()}
         found: list[list[str]] = []
         for ancestor in kind.__mro__:
+            module = getattr(ancestor, "__module__", "") or ""
             if id(ancestor) in named:
                 found.append(["export", named[id(ancestor)]])
             elif getattr(builtins, ancestor.__name__, None) is ancestor:
                 found.append(["builtin", ancestor.__name__])
+            elif module.partition(".")[0] in sys.stdlib_module_names:
+                # json.JSONDecodeError, dataclasses.FrozenInstanceError: the harness imports it
+                found.append(["stdlib", f"{module}:{ancestor.__qualname__}"])
         return found
 
     def decode(self, tree: Any) -> Any:
@@ -198,6 +203,7 @@ _SIMPLE_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "enter": lambda obj, _: obj.__enter__(),
     "format": lambda obj, spec: format(obj, str(spec)),
     "isinstance": lambda kind, obj: isinstance(obj, kind),
+    "issubclass": lambda kind, sub: issubclass(sub, kind),
 }
 
 
@@ -237,7 +243,21 @@ def _describe(exc: BaseException, solution: Solution | None = None) -> dict[str,
     if solution is not None:
         with contextlib.suppress(Exception):
             raised["mro"] = solution.lineage(type(exc))
+    # Its arguments and attributes, where they are plain data (``e.value.code == 404``).
+    with contextlib.suppress(Exception):
+        raised["args"] = codec.encode_value(list(exc.args), lenient=True)
+    attributes = {}
+    for name, value in list(getattr(exc, "__dict__", {}).items())[:50]:
+        with contextlib.suppress(Exception):
+            attributes[str(name)] = codec.encode_value(value, lenient=True)
+    raised["attributes"] = attributes
     return {"raise": raised}
+
+
+def _join_threads() -> None:
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
 
 
 def run_program(code: Any, text: str) -> str:
@@ -254,6 +274,7 @@ def run_program(code: Any, text: str) -> str:
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     try:
         exec(code, {"__name__": "__main__", "__builtins__": builtins})
+        _join_threads()  # as the interpreter does at exit: the program ends when its threads do
     except SystemExit as exc:
         if exc.code not in (None, 0):
             raise _Exit(exc.code) from exc
