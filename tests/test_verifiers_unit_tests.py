@@ -780,6 +780,11 @@ HANDLE_ATTACKS = {
         "assert order(['b', 'a']) == OrderedDict([('b', 1), ('a', 1)])\n",
         "asserts",
     ),
+    "a-skip-from-the-standard-library": (
+        "import unittest\ndef f(x):\n    raise unittest.SkipTest('later')\n",
+        "import unittest\nfrom solution import f\n\ndef test_a():\n    assert f(1) == 2\n",
+        "pytest",
+    ),
     "the-proxys-docstring": (
         "def add(a, b):\n    return a + b\nclass Stack:\n    pass\n",
         "assert add.__doc__ or Stack.__doc__\n",
@@ -922,3 +927,19 @@ def test_a_stdio_program_ends_when_its_threads_do(verifier: UnitTestVerifier) ->
     assert (
         run_one(verifier, problem, daemon).verdict is False
     )  # control: a daemon is not waited for
+
+
+def test_standard_library_exceptions_come_only_from_modules_already_imported() -> None:
+    import sys
+    import unittest
+
+    from ttscale.verifiers.sandbox.child.harness import _exception_class
+
+    assert "antigravity" not in sys.modules
+    assert _exception_class("stdlib", "antigravity:Error", {}) is None
+    assert "antigravity" not in sys.modules  # named by the solution, never imported here
+    assert _exception_class("stdlib", "json.decoder:JSONDecodeError", {}) is json.JSONDecodeError
+    # A test runner's outcome is never rebuilt (pytest skips on unittest.SkipTest) ...
+    assert _exception_class("stdlib", "unittest.case:SkipTest", {}) is None
+    # ... control: an ordinary class of the same module is.
+    assert _exception_class("stdlib", "unittest.case:TestCase", {}) is unittest.TestCase

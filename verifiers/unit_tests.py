@@ -32,8 +32,9 @@ holds (a dict subclass as its items), so no method of the candidate's ever sees 
 value. Subclasses of plain types (a namedtuple, an IntEnum, a Counter) are handles that compare
 as the plain value they hold. Its exceptions reach the tests as their own classes (its exported
 ones rebuilt in the harness with their ancestry, the standard library's and Python's as
-themselves) with their plain arguments and attributes, for ``pytest.raises`` and ``except``. Plain arguments are copies: a test that expects the candidate
-to change a list in place cannot see that change (objects passed back as handles are its own).
+themselves) with their plain arguments and attributes, for ``pytest.raises`` and ``except``.
+Plain arguments are copies: a test that expects the candidate to change a list in place cannot
+see that change (objects passed back as handles are its own).
 
 Code in a fenced block is taken from the block. Running model-written code needs
 ``allow_code_execution=True`` or ``TTSCALE_ALLOW_CODE_EXECUTION=1``.

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import importlib
 import linecache
 import math
 import operator
@@ -134,15 +133,21 @@ def _exception_class(origin: str, name: str, errors: dict[str, type]) -> object:
     if origin == "builtin":
         return getattr(builtins, name, None)
     module, _, qualname = name.partition(":")
-    if origin != "stdlib" or module.partition(".")[0] not in sys.stdlib_module_names:
-        return None
-    try:
-        found: object = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError):
+    # Only a module the harness has imported already (the tests' ``import json``): importing
+    # one the solution names would run that module's code here (``antigravity`` opens a browser).
+    found: object = sys.modules.get(module) if origin == "stdlib" else None
+    for part in qualname.split(".") if found is not None else ():
+        found = getattr(found, part, None)
+    if isinstance(found, type) and _drives_the_runner(found):
         return None
     return found
+
+
+def _drives_the_runner(kind: type) -> bool:
+    """Whether a test runner reads ``kind`` as an outcome (``unittest.SkipTest`` makes pytest
+    skip the test: a run whose tests all skip exits 0)."""
+    skip = getattr(sys.modules.get("unittest"), "SkipTest", None)
+    return isinstance(skip, type) and issubclass(kind, skip)
 
 
 def _plain_part(tree: Any) -> Any:
@@ -622,6 +627,9 @@ def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     counts = f"{collect.passed} passed, {len(collect.failed)} failed"
+    if code == 0 and collect.passed == 0:  # every test skipped: nothing was shown to work
+        reason = f"pytest: no test passed ({counts})"
+        return {"outcome": "error", "reason": reason, "cause": "tests"}
     if code == 0:
         return {"outcome": "pass", "reason": f"pytest: {counts}"}
     if code == 1:
