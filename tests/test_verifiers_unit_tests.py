@@ -856,6 +856,16 @@ RIGHT_WITH_PROTOCOLS.update(
             "assert count('aab') == {'a': 2, 'b': 1}\nassert favourite().name == 'RED'\n"
             "assert favourite() == 1 and favourite() + 1 == 2\n",
         ),
+        "standard-library-values-both-ways": (
+            "from decimal import Decimal\nfrom fractions import Fraction\n"
+            "from collections import deque\n"
+            "def half():\n    return Decimal('0.5'), Fraction(1, 2), 0.5j, deque([1, 2])\n"
+            "def days(a, b):\n    return (b - a).days, b - a\n",
+            "from decimal import Decimal\nfrom fractions import Fraction\n"
+            "from collections import deque\nfrom datetime import date, timedelta\n"
+            "assert half() == (Decimal('0.5'), Fraction(1, 2), 0.5j, deque([1, 2]))\n"
+            "assert days(date(2020, 1, 1), date(2020, 1, 5)) == (4, timedelta(days=4))\n",
+        ),
         "issubclass-and-module-level-instances": (
             "class Animal:\n    pass\nclass Dog(Animal):\n    pass\n"
             "class Config:\n    debug = True\nconfig = Config()\n",
@@ -943,3 +953,23 @@ def test_standard_library_exceptions_come_only_from_modules_already_imported() -
     assert _exception_class("stdlib", "unittest.case:SkipTest", {}) is None
     # ... control: an ordinary class of the same module is.
     assert _exception_class("stdlib", "unittest.case:TestCase", {}) is unittest.TestCase
+
+
+def test_standard_library_values_cross_exactly_and_malformed_ones_are_refused() -> None:
+    import collections
+    import datetime
+    import decimal
+    import fractions
+
+    values = [
+        decimal.Decimal("0.1"), fractions.Fraction(2, 3), complex(float("inf"), -0.0),
+        datetime.datetime(2026, 12, 7, 1, 2, 3, 4, tzinfo=datetime.timezone.utc),
+        datetime.date(2026, 1, 2), datetime.time(3, 4), datetime.timedelta(days=-1, seconds=5),
+        collections.deque([1, (2, 3)]),
+    ]  # fmt: skip
+    for value in values:
+        back = codec.decode_value(json.loads(json.dumps(codec.encode_value(value))))
+        assert type(back) is type(value) and back == value
+    for malformed in (["Fraction", [1, 0]], ["complex", "xy"], ["nope", 1], ["date", "soon"]):
+        with pytest.raises(codec.CodecError):
+            codec.decode_value({"V": malformed})

@@ -11,7 +11,8 @@ The wire form is JSON: scalars as themselves, every container and the special va
 one-key object (``{"L": [...]}`` a list, ``{"T": ...}`` a tuple, ``{"S": ...}`` a set,
 ``{"F": ...}`` a frozenset, ``{"D": [[key, value], ...]}`` a dict, ``{"B": "base64"}`` bytes,
 ``{"f": "nan"}`` a special float, ``{"O": [[key, value], ...]}`` an ``OrderedDict``, whose ``==``
-minds the order). A message is that JSON, UTF-8, after a 4-byte big-endian length, and is
+minds the order, ``{"V": [name, parts]}`` a complex, ``Decimal``, ``Fraction``, ``deque`` or a
+value of ``datetime``). A message is that JSON, UTF-8, after a 4-byte big-endian length, and is
 refused beyond ``max_bytes``.
 
 Objects of the solution that are not plain data cross as handles, ``{"H": n}``, but only where a
@@ -25,6 +26,10 @@ Stdlib only: this module runs in the sandbox's processes, which import nothing e
 from __future__ import annotations
 
 import base64
+import collections
+import datetime
+import decimal
+import fractions
 import json
 import math
 import os
@@ -119,6 +124,8 @@ def encode_value(
         return {"f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if kind is bytes:
         return {"B": base64.b64encode(value).decode("ascii")}
+    if kind in _STANDARD:
+        return {"V": [kind.__name__, _standard_parts(value, lenient, depth + 1, handle_of)]}
 
     # One frame per level (no helper): the depth limit must be met before Python's own.
     deeper = depth + 1
@@ -193,7 +200,54 @@ def decode_value(tree: Any, *, depth: int = 0, handle: Callable[[int], Any] | No
             raise CodecError("malformed bytes on the wire") from exc
     if tag == "f" and body in _SPECIAL_FLOATS:
         return _SPECIAL_FLOATS[body]
+    if tag == "V" and type(body) is list and len(body) == 2 and body[0] in _STANDARD_BY_NAME:
+        return _standard_value(body[0], body[1], depth, handle)
     raise CodecError(f"malformed value on the wire (tag {tag!r})")
+
+
+# Values of the standard library whose == is Python's own, so they may cross as themselves:
+# ``{"V": [type name, parts]}``. Exact types only (a subclass is the solution's: a handle).
+_STANDARD: tuple[type, ...] = (
+    complex, decimal.Decimal, fractions.Fraction, datetime.datetime, datetime.date,
+    datetime.time, datetime.timedelta, collections.deque,
+)  # fmt: skip
+_STANDARD_BY_NAME = {kind.__name__: kind for kind in _STANDARD}
+
+
+def _standard_parts(value: Any, lenient: bool, depth: int, handle_of: Any) -> Any:
+    if isinstance(value, complex):
+        return [encode_value(value.real, depth=depth), encode_value(value.imag, depth=depth)]
+    if isinstance(value, fractions.Fraction):
+        return [value.numerator, value.denominator]
+    if isinstance(value, datetime.timedelta):
+        return [value.days, value.seconds, value.microseconds]
+    if isinstance(value, collections.deque):
+        return [
+            encode_value(item, lenient=lenient, depth=depth, handle_of=handle_of) for item in value
+        ]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)  # a Decimal, exactly
+
+
+def _standard_value(name: str, parts: Any, depth: int, handle: Any) -> Any:
+    kind = _STANDARD_BY_NAME[name]
+    try:
+        if kind is complex:
+            return complex(decode_value(parts[0], depth=depth), decode_value(parts[1], depth=depth))
+        if kind is collections.deque:
+            return collections.deque(
+                decode_value(item, depth=depth + 1, handle=handle) for item in parts
+            )
+        if kind is datetime.timedelta:
+            return datetime.timedelta(*(int(part) for part in parts[:3]))
+        if kind is fractions.Fraction:
+            return fractions.Fraction(int(parts[0]), int(parts[1]))
+        if kind in (datetime.datetime, datetime.date, datetime.time):
+            return kind.fromisoformat(str(parts))
+        return decimal.Decimal(str(parts))
+    except (TypeError, ValueError, IndexError, ArithmeticError, OverflowError) as exc:
+        raise CodecError(f"a malformed {name} on the wire") from exc
 
 
 def _decode_dict(
