@@ -176,36 +176,16 @@ def join(
 ) -> tuple[RunGroup | None, str]:
     """Make the run's group ``name`` with these limits and move this process into it; the group,
     or ``None`` and why not."""
+    limits = {"memory": memory_bytes, "pids": max_processes, "cpu": cpus}
+    unified = os.path.exists(os.path.join(MOUNT, "cgroup.controllers"))
+    group = RunGroup({}, unified)
     try:
         paths = _own_paths()
-    except OSError as exc:
-        return None, f"cannot read /proc/self/cgroup: {exc}"
-    limits = {"memory": memory_bytes, "pids": max_processes, "cpu": cpus}
-    if os.path.exists(os.path.join(MOUNT, "cgroup.controllers")):
-        return _join_unified(os.path.join(MOUNT, paths.get("", "/").lstrip("/")), name, limits)
-    return _join_v1(paths, name, limits)
-
-
-def _join_v1(
-    paths: dict[str, str], name: str, limits: dict[str, Any]
-) -> tuple[RunGroup | None, str]:
-    folders: dict[str, str] = {}
-    group = RunGroup(folders, unified=False)
-    try:
-        for controller in _V1_CONTROLLERS:
-            parent = os.path.join(MOUNT, controller, paths.get(controller, "/").lstrip("/"))
-            if not os.path.isdir(parent):
-                raise OSError(f"no {controller} hierarchy at {parent}")
-            folder = os.path.join(parent, name)
-            os.mkdir(folder)
-            folders[controller] = folder
-        _write(folders["memory"], "memory.limit_in_bytes", limits["memory"])
-        with contextlib.suppress(OSError):  # swap accounting is not always on
-            _write(folders["memory"], "memory.memsw.limit_in_bytes", limits["memory"])
-        _write(folders["pids"], "pids.max", limits["pids"])
-        _write(folders["cpu"], "cpu.cfs_period_us", PERIOD_US)
-        _write(folders["cpu"], "cpu.cfs_quota_us", max(1000, int(PERIOD_US * limits["cpu"])))
-        for folder in folders.values():
+        if unified:
+            _make_unified(group, os.path.join(MOUNT, paths.get("", "/").lstrip("/")), name, limits)
+        else:
+            _make_v1(group, paths, name, limits)
+        for folder in set(group.folders.values()):
             _write(folder, "cgroup.procs", os.getpid())
         group.open_for_the_end()
     except OSError as exc:
@@ -214,26 +194,36 @@ def _join_v1(
     return group, ""
 
 
-def _join_unified(parent: str, name: str, limits: dict[str, Any]) -> tuple[RunGroup | None, str]:
-    try:
-        enabled = _read(parent, "cgroup.subtree_control").split()
-    except OSError as exc:
-        return None, f"no control group for the run: {exc}"
-    missing = {"memory", "pids", "cpu"} - set(enabled)
-    if missing:
-        return None, f"no control group for the run: {', '.join(sorted(missing))} not delegated"
-    folder = os.path.join(parent, name)
-    group = RunGroup(dict.fromkeys(("memory", "pids", "cpu"), folder), unified=True)
-    try:
+def _quota(cpus: float) -> int:
+    return max(1000, int(PERIOD_US * cpus))
+
+
+def _make_v1(group: RunGroup, paths: dict[str, str], name: str, limits: dict[str, Any]) -> None:
+    for controller in _V1_CONTROLLERS:
+        parent = os.path.join(MOUNT, controller, paths.get(controller, "/").lstrip("/"))
+        if not os.path.isdir(parent):
+            raise OSError(f"no {controller} hierarchy at {parent}")
+        folder = os.path.join(parent, name)
         os.mkdir(folder)
-        _write(folder, "memory.max", limits["memory"])
-        with contextlib.suppress(OSError):
-            _write(folder, "memory.swap.max", 0)
-        _write(folder, "pids.max", limits["pids"])
-        _write(folder, "cpu.max", f"{max(1000, int(PERIOD_US * limits['cpu']))} {PERIOD_US}")
-        _write(folder, "cgroup.procs", os.getpid())
-        group.open_for_the_end()
-    except OSError as exc:
-        group.remove()
-        return None, f"no control group for the run: {exc}"
-    return group, ""
+        group.folders[controller] = folder
+    memory = group.folders["memory"]
+    _write(memory, "memory.limit_in_bytes", limits["memory"])
+    with contextlib.suppress(OSError):  # swap accounting is not always on
+        _write(memory, "memory.memsw.limit_in_bytes", limits["memory"])
+    _write(group.folders["pids"], "pids.max", limits["pids"])
+    _write(group.folders["cpu"], "cpu.cfs_period_us", PERIOD_US)
+    _write(group.folders["cpu"], "cpu.cfs_quota_us", _quota(limits["cpu"]))
+
+
+def _make_unified(group: RunGroup, parent: str, name: str, limits: dict[str, Any]) -> None:
+    missing = {"memory", "pids", "cpu"} - set(_read(parent, "cgroup.subtree_control").split())
+    if missing:
+        raise OSError(f"{', '.join(sorted(missing))} not delegated to {parent}")
+    folder = os.path.join(parent, name)
+    os.mkdir(folder)
+    group.folders.update(dict.fromkeys(("memory", "pids", "cpu"), folder))
+    _write(folder, "memory.max", limits["memory"])
+    with contextlib.suppress(OSError):
+        _write(folder, "memory.swap.max", 0)
+    _write(folder, "pids.max", limits["pids"])
+    _write(folder, "cpu.max", f"{_quota(limits['cpu'])} {PERIOD_US}")
