@@ -785,6 +785,54 @@ HANDLE_ATTACKS = {
         "import unittest\nfrom solution import f\n\ndef test_a():\n    assert f(1) == 2\n",
         "pytest",
     ),
+    "a-forged-lineage-naming-pytests-exit": (
+        "import sys\n_s = sys.modules['child.solution']\n"
+        "_s.Solution.lineage = lambda self, kind: [['stdlib', '_pytest.outcomes:Exit']]\n"
+        "def square(x):\n    if x == 2:\n        return 4\n    raise ValueError('done', 0)\n",
+        "from solution import square\n\ndef test_small():\n    assert square(2) == 4\n\n"
+        "def test_big():\n    assert square(10) == 100\n",
+        "pytest",
+    ),
+    "star-import-shadows-a-from-import": (
+        "def isclose(*a, **k):\n    return True\ndef area(r):\n    return 0\n",
+        "from math import isclose\nfrom solution import *\n\n"
+        "def test_area():\n    assert isclose(area(2), 12.566, rel_tol=1e-3)\n",
+        "pytest",
+    ),
+    "star-import-shadows-an-alias": (
+        "class np:\n    class testing:\n        @staticmethod\n"
+        "        def assert_allclose(*a, **k):\n            pass\ndef area(r):\n    return 0\n",
+        "import numpy as np\nfrom solution import *\n\n"
+        "def test_area():\n    np.testing.assert_allclose(area(2), 12.566, rtol=1e-3)\n",
+        "pytest",
+    ),
+    "a-class-named-math-for-tests-that-never-import-it": (
+        "class math:\n    @staticmethod\n    def isclose(*a, **k):\n        return True\n"
+        "def area(r):\n    return 0\n",
+        "assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n",
+        "asserts",
+    ),
+    "int-subclasses-equal-by-a-key-in-a-set": (
+        "class N(int):\n    def __new__(c, v, k):\n        s = int.__new__(c, v)\n"
+        "        s.k = k\n        return s\n"
+        "    def __eq__(s, o):\n"
+        "        return s.k == o.k if isinstance(o, N) else int.__eq__(s, o)\n"
+        "    def __hash__(s):\n        return hash(s.k)\n"
+        "def primes(n):\n    return [N(2, 2), N(3, 3), N(5, 5), N(9, 3), N(15, 5)]\n",
+        "assert set(primes(6)) == {2, 3, 5}\n",
+        "asserts",
+    ),
+    "str-subclasses-equal-to-each-other": (
+        "class S(str):\n    def __eq__(s, o):\n        return True\n"
+        "    __hash__ = str.__hash__\ndef canon(x):\n    return S(x)\n",
+        "assert canon('abc') == canon('xyz')\n",
+        "asserts",
+    ),
+    "a-runner-hook-through-the-star-import": (
+        "pytest_plugins = ['sympy.conftest']\ndisabled = True\ndef square(x):\n    return 0\n",
+        "from solution import *\n\ndef test_sq():\n    assert square(3) == 9\n",
+        "pytest",
+    ),
     "the-proxys-docstring": (
         "def add(a, b):\n    return a + b\nclass Stack:\n    pass\n",
         "assert add.__doc__ or Stack.__doc__\n",
@@ -865,6 +913,18 @@ RIGHT_WITH_PROTOCOLS.update(
             "from collections import deque\nfrom datetime import date, timedelta\n"
             "assert half() == (Decimal('0.5'), Fraction(1, 2), 0.5j, deque([1, 2]))\n"
             "assert days(date(2020, 1, 1), date(2020, 1, 5)) == (4, timedelta(days=4))\n",
+        ),
+        "lazy-iteration-and-next-with-a-default": (
+            "def fib():\n    a, b = 0, 1\n    while True:\n        yield a\n"
+            "        a, b = b, a + b\n"
+            "def once():\n    yield 1\n",
+            "from itertools import islice\nassert list(islice(fib(), 5)) == [0, 1, 1, 2, 3]\n"
+            "assert 13 in fib()\nit = once()\nassert next(it) == 1\n"
+            "assert next(it, None) is None\n",
+        ),
+        "the-tests-use-math-the-solution-imported": (
+            "import math\ndef area(r):\n    return math.pi * r * r\n",
+            "assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n",
         ),
         "issubclass-and-module-level-instances": (
             "class Animal:\n    pass\nclass Dog(Animal):\n    pass\n"

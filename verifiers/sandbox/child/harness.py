@@ -25,8 +25,10 @@ and a run that saw one is an ``error`` whatever the tests did afterwards.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextlib
+import importlib
 import linecache
 import math
 import operator
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from . import codec
@@ -133,13 +135,17 @@ def _exception_class(origin: str, name: str, errors: dict[str, type]) -> object:
     if origin == "builtin":
         return getattr(builtins, name, None)
     module, _, qualname = name.partition(":")
+    if origin != "stdlib" or module.partition(".")[0] not in sys.stdlib_module_names:
+        return None  # pytest's own outcomes (``_pytest.outcomes.Exit``) are not the library's
     # Only a module the harness has imported already (the tests' ``import json``): importing
     # one the solution names would run that module's code here (``antigravity`` opens a browser).
-    found: object = sys.modules.get(module) if origin == "stdlib" else None
+    found: object = sys.modules.get(module)
     for part in qualname.split(".") if found is not None else ():
         found = getattr(found, part, None)
-    if isinstance(found, type) and _drives_the_runner(found):
+    if not isinstance(found, type) or _drives_the_runner(found):
         return None
+    if str(found.__module__).partition(".")[0] not in sys.stdlib_module_names:
+        return None  # a name of the library's module bound to a class from elsewhere
     return found
 
 
@@ -388,12 +394,18 @@ class RemoteObject:
         return _checked(self._ask("bool"), bool, "bool()")
 
     def __hash__(self) -> int:
+        holds, plain = self._ask("plain")
+        if holds is True:  # as the plain value it holds, which is how it compares
+            return hash(plain)
         return _checked(self._ask("hash"), int, "hash()")
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, RemoteObject):
-            return _checked(self._ask("eq", other), bool, "==")
         holds, plain = self._ask("plain")
+        if isinstance(other, RemoteObject):
+            other_holds, other_plain = other._ask("plain")
+            if holds is True and other_holds is True:
+                return _plain_equal(plain, other_plain)  # an int subclass saying 9 == 3 is not
+            return _checked(self._ask("eq", other), bool, "==")
         return bool(holds is True and _plain_equal(plain, other))
 
     def __getitem__(self, key: Any) -> Any:
@@ -411,13 +423,25 @@ class RemoteObject:
         holds, plain = self._ask("plain")
         # Membership in what it holds, or else in what it iterates (Python's own fallback):
         # either way the solution answers without seeing the item.
-        return item in (plain if holds is True else self._ask("iter"))
+        return item in (plain if holds is True else self._iterate())
 
     def __iter__(self) -> Any:
-        return iter(self._ask("iter"))
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        # In batches, as it is asked for: an endless generator under islice() or a break ends.
+        iterator = self._ask("iterator")
+        while True:
+            batch, ended = iterator._ask("batch")
+            yield from batch
+            if ended is True:
+                return
 
     def __next__(self) -> Any:
-        return self._ask("next")
+        more, value = self._ask("next")
+        if more is not True:
+            raise StopIteration
+        return value
 
     def __enter__(self) -> Any:
         return self._ask("enter")
@@ -579,14 +603,73 @@ def _run_humaneval(spec: dict[str, Any], bound: dict[str, Any], link: Link) -> N
 
 
 def _run_asserts(spec: dict[str, Any], bound: dict[str, Any]) -> None:
-    scope: dict[str, Any] = {**bound, "__name__": "__tests__", "__builtins__": builtins}
-    exec(_compile(spec["tests"], "<tests>"), scope)
+    tests = spec["tests"]
+    binds, reads = _bound_by(tests)
+    given = {name: value for name, value in bound.items() if _may_bind(name, value, binds)}
+    scope: dict[str, Any] = {**given, "__name__": "__tests__", "__builtins__": builtins}
+    scope.update(_modules_the_tests_use(reads - binds - set(scope)))
+    exec(_compile(tests, "<tests>"), scope)
+
+
+_RUNNER_NAMES = re.compile(r"(pytest|setup|teardown|conftest)|(setUp|tearDown)Module$", re.I)
+
+
+def _bound_by(source: str) -> tuple[set[str], set[str]]:
+    """The names a test file binds (imports, definitions, assignments) and those it reads."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set(), set()
+    binds: set[str] = set()
+    reads: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            binds.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds.add(node.name)
+        elif isinstance(node, ast.Name):
+            (binds if isinstance(node.ctx, ast.Store) else reads).add(node.id)
+    return binds, reads
+
+
+def _is_a_module(name: str) -> bool:
+    # The library's and those imported here (pytest, numpy); the test file's own imports are
+    # refused as what it binds.
+    return name in sys.stdlib_module_names or name in sys.modules
+
+
+def _may_bind(name: str, value: Any, binds: set[str]) -> bool:
+    """Whether the solution's ``name`` may enter the tests' namespace: never one the tests bind
+    themselves, a name a test runner reads (``pytest_plugins``, ``setup_module``), or, unless it
+    is a plain function, a module's name (a class ``math`` with an ``isclose`` saying yes)."""
+    if name.startswith("_") or name in binds or _RUNNER_NAMES.match(name):
+        return False
+    return isinstance(value, RemoteFunction) or not _is_a_module(name)
+
+
+def _modules_the_tests_use(unbound: set[str]) -> dict[str, Any]:
+    """The standard library modules the tests read but nothing binds (MBPP's tests use ``math``
+    that the solution imported): the harness's own copies, imported here."""
+    found = {}
+    for name in sorted(unbound):
+        if name in sys.stdlib_module_names and name not in _NEVER_IMPORTED:
+            with contextlib.suppress(ImportError):
+                found[name] = importlib.import_module(name)
+    return found
+
+
+# Standard library modules whose import does something (opens a browser, prints, needs a screen).
+_NEVER_IMPORTED = frozenset({"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter"})
 
 
 class _PytestCollect:
     def __init__(self) -> None:
         self.passed = 0
+        self.collected = 0
         self.failed: list[str] = []
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.collected = len(session.items)
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         if report.passed and report.when == "call":
@@ -595,20 +678,18 @@ class _PytestCollect:
             self.failed.append(f"{report.nodeid}: {report.longreprtext[-300:]}")
 
 
-def _star_exportable(name: str) -> bool:
-    top_modules = {found.partition(".")[0] for found in sys.modules}
-    return not (name.startswith("_") or name in sys.stdlib_module_names or name in top_modules)
-
-
 def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     import pytest
 
     module_name = spec.get("module", "solution")
     module = types.ModuleType(module_name)
     module.__dict__.update(bound)
-    # What ``from solution import *`` gives: never a name the tests import for themselves (a
-    # class named ``math`` or ``pytest`` would replace the module the test file imported).
-    module.__dict__["__all__"] = [name for name in bound if _star_exportable(name)]
+    # What ``from solution import *`` gives: never a name the test file binds itself, a module's
+    # name or a runner's (see :func:`_may_bind`).
+    binds, _ = _bound_by(spec["tests"])
+    module.__dict__["__all__"] = [
+        name for name, value in bound.items() if _may_bind(name, value, binds)
+    ]
     sys.modules[module_name] = module
     folder = tempfile.mkdtemp(prefix="ttscale-tests-")
     try:
@@ -627,8 +708,10 @@ def _run_pytest(spec: dict[str, Any], bound: dict[str, Any]) -> dict[str, str]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     counts = f"{collect.passed} passed, {len(collect.failed)} failed"
-    if code == 0 and collect.passed == 0:  # every test skipped: nothing was shown to work
-        reason = f"pytest: no test passed ({counts})"
+    if code == 0 and not 0 < collect.passed == collect.collected:
+        # A pass is every collected test passing: a skip, or a session ended early (pytest.exit
+        # with status 0), shows nothing to work.
+        reason = f"pytest: {counts} of {collect.collected} collected"
         return {"outcome": "error", "reason": reason, "cause": "tests"}
     if code == 0:
         return {"outcome": "pass", "reason": f"pytest: {counts}"}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import enum
+import itertools
 import math
 import operator
 import os
@@ -42,7 +43,9 @@ __all__ = ["serve"]
 # What is asked of a handle: the simple uses (below), and those that take more than one value.
 _ON_HANDLES = frozenset(["setattr", "setitem", "exit", "plain", "operator", "str", "repr"])
 # What may answer with objects that stay here; the rest answer plain data or fail.
-_MAY_GIVE_HANDLES = frozenset(["getattr", "getitem", "iter", "plain", "operator", "next", "enter"])
+_MAY_GIVE_HANDLES = frozenset(
+    ["getattr", "getitem", "iter", "plain", "operator", "next", "enter", "iterator", "batch"]
+)
 
 
 class _Exit(Exception):
@@ -199,7 +202,9 @@ _SIMPLE_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "eq": lambda obj, other: bool(obj == other),
     "delattr": lambda obj, name: delattr(obj, str(name)),
     "delitem": lambda obj, key: obj.__delitem__(key),
-    "next": lambda obj, _: next(obj),
+    "next": lambda obj, _: _next(obj),
+    "iterator": lambda obj, _: iter(obj),
+    "batch": lambda obj, _: _batch(obj),
     "enter": lambda obj, _: obj.__enter__(),
     "format": lambda obj, spec: format(obj, str(spec)),
     "isinstance": lambda kind, obj: isinstance(obj, kind),
@@ -225,6 +230,21 @@ def _operate(obj: Any, arg: Any) -> Any:
     if name in codec.UNARY:
         return function(obj, *arg[1:2])
     return function(arg[1], obj) if arg[2] is True else function(obj, arg[1])
+
+
+def _next(iterator: Any) -> list[Any]:
+    for value in iterator:
+        return [True, value]
+    return [False, None]
+
+
+_BATCH = 256
+
+
+def _batch(iterator: Any) -> list[Any]:
+    """The next items of ``iterator``, and whether it has ended."""
+    items = list(itertools.islice(iterator, _BATCH))
+    return [items, len(items) < _BATCH]
 
 
 def _type_name(value: object) -> str:
