@@ -936,3 +936,35 @@ def test_a_run_cannot_take_more_cpu_than_its_share() -> None:
     # Control: without the group the same loop runs on the CPU for most of its second.
     free = sandboxed("subprocess", BUSY_FOR_A_SECOND, ECHO_PROBLEM, run_group=False)
     assert free.verdict is True and free.details["solution_exit"]["cpu_s"] > 0.4
+
+
+def _run_groups_now() -> set[str]:
+    tree = Path("/sys/fs/cgroup/memory")
+    return {p.name for depth in range(0, 4) for p in tree.glob("*/" * depth + "ttscale-run-*")}
+
+
+def test_both_sides_of_a_run_have_a_group_while_it_runs() -> None:
+    slow = "import time\ndef f(x):\n    time.sleep(1.5)\n    return x\n"
+    for grouped in (True, False):  # control: without groups, none is seen
+        seen: set[str] = set()
+        done = threading.Event()
+
+        def watch(seen: set[str], done: threading.Event) -> None:
+            while not done.is_set():
+                seen.update(_run_groups_now())
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, args=(seen, done))
+        watcher.start()
+        try:
+            score = sandboxed("subprocess", slow, ECHO_PROBLEM, run_group=grouped)
+        finally:
+            done.set()
+            watcher.join()
+        if grouped:
+            _needs_run_groups(score)
+            name = score.details["isolation"]["run_group"]["name"]
+            assert score.verdict is True and name in seen
+            assert len(seen) >= 2, seen  # the solution's and the tests' side
+        else:
+            assert seen == set()

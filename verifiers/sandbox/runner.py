@@ -379,6 +379,7 @@ class Sandbox:
             **harness,
             "limits": harness_limits,
             "max_message_bytes": config.max_message_bytes,
+            "run_group": config.group_limits(),
         }
         return _memfd(solution_spec), _memfd(harness_spec)
 

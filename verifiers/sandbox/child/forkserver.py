@@ -205,6 +205,17 @@ def harness_job(fds: list[int]) -> None:
     _line(report, {"pid": os.getpid()})
     spec = _read_spec(spec_fd)
     _close_others([channel, report])
+    # The tests' side has a group of its own too: decoding what a solution sends costs memory and
+    # CPU here, which must not come out of the runs beside it either.
+    wanted = spec.get("run_group")
+    group = None
+    if wanted:
+        group, _ = cgroups.join(
+            cgroups.group_name(os.getpid()),
+            int(wanted["memory_bytes"]),
+            int(wanted["max_processes"]),
+            float(wanted["cpus"]),
+        )
     confine.limit(spec["limits"])
     folder = tempfile.mkdtemp(prefix="ttscale-harness-")
     os.chdir(folder)
@@ -215,6 +226,9 @@ def harness_job(fds: list[int]) -> None:
     finally:
         os.chdir("/")
         shutil.rmtree(folder, ignore_errors=True)
+        if group is not None:
+            group.end_the_rest()
+            group.remove()
 
 
 MAX_INT_DIGITS = 100_000
@@ -242,22 +256,17 @@ def _preload(role: str) -> None:
             import pytest  # noqa: F401
 
 
-_ROLE = {"name": ""}
-
-
 def _reap(number: int, frame: object) -> None:
     with contextlib.suppress(ChildProcessError):
         while True:
             pid = os.waitpid(-1, os.WNOHANG)[0]
             if not pid:
                 return
-            if _ROLE["name"] == "solution":
-                cgroups.remove_left(pid)  # a job killed before it removed its run's group
+            cgroups.remove_left(pid)  # a job killed before it removed its run's group
 
 
 def main() -> None:
     role, control_fd = sys.argv[1], int(sys.argv[2])
-    _ROLE["name"] = role
     control = socket.socket(fileno=control_fd)
     confine.set_parent_death_signal(signal.SIGKILL)
     # Reap our children as they end (waited for, their CPU time counts as ours, for benchmarks).
