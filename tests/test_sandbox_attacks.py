@@ -968,3 +968,22 @@ def test_both_sides_of_a_run_have_a_group_while_it_runs() -> None:
             assert len(seen) >= 2, seen  # the solution's and the tests' side
         else:
             assert seen == set()
+
+
+def test_a_run_killed_on_its_timeout_is_not_taken_for_one_without_namespaces(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    verifier = UnitTestVerifier(allow_code_execution=True, backend="subprocess", timeout_s=1.0)
+
+    async def go() -> Score:
+        (score,) = await verifier.score(ECHO_PROBLEM, [Candidate(text=SPIN, index=0)])
+        return score
+
+    with caplog.at_level("WARNING", logger="ttscale"):
+        score = asyncio.run(go())
+    verifier.close()
+    assert score.details["outcome"] == "timeout"
+    assert "without its own namespaces" not in caplog.text
+
+
+SPIN = "def f(x):\n    while True:\n        pass\n"

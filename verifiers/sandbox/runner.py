@@ -451,7 +451,9 @@ class Sandbox:
         ended = _with_group(_second(status.lines()), status.lines())
         outcome, cause, reason = interpret(verdict, ended, timed_out, self.config)
         isolation = dict(ended.get("isolation", {})) if ended else {}
-        if self.config.namespaces and ended and not isolation.get("namespaces"):
+        # Only a status that says how the run was isolated can say it lacked namespaces (a run
+        # killed on its timeout may have left no more than its group's line).
+        if self.config.namespaces and isolation and not isolation.get("namespaces"):
             self._warn_weaker(str(isolation.get("namespaces_error", "unknown")))
         truncated = stdout.total > len(stdout.kept) or stderr.total > len(stderr.kept)
         return RunResult(
