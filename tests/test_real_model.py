@@ -88,8 +88,7 @@ def test_server_stops_with_its_owner_even_on_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from ttscale.portal import CLEAN_UP_TIMEOUT_S
-from ttscale.local_model import LocalModelServer
+        from ttscale.local_model import LocalModelServer
         server = LocalModelServer().start()
         print(server.pid, flush=True)
         time.sleep(600)
