@@ -28,7 +28,7 @@ import signal
 import time
 from typing import Any
 
-__all__ = ["RunGroup", "group_name", "join", "remove_left"]
+__all__ = ["RunGroup", "group_name", "join", "join_job", "remove_left"]
 
 MOUNT = "/sys/fs/cgroup"
 PERIOD_US = 100_000
@@ -169,6 +169,16 @@ def remove_left(job_pid: int) -> None:
             parent = os.path.join(MOUNT, controller, paths.get(controller, "/").lstrip("/"))
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(parent, group_name(job_pid)))
+
+
+def join_job(wanted: dict[str, Any]) -> tuple[RunGroup | None, str]:
+    """:func:`join` for the calling job, with the limits a run's spec asks for."""
+    return join(
+        group_name(os.getpid()),
+        int(wanted["memory_bytes"]),
+        int(wanted["max_processes"]),
+        float(wanted["cpus"]),
+    )
 
 
 def join(

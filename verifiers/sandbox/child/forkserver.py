@@ -163,15 +163,9 @@ def solution_job(fds: list[int], base: str) -> None:
     spec = _read_spec(spec_fd)
     _close_others([channel, status, out, err])
     isolation: dict[str, Any] = {"namespaces": False}
-    wanted = spec.get("run_group")
-    if wanted:
+    if spec.get("run_group"):
         # Before the namespaces: the group is made and joined as the host sees it.
-        group, why = cgroups.join(
-            cgroups.group_name(os.getpid()),
-            int(wanted["memory_bytes"]),
-            int(wanted["max_processes"]),
-            float(wanted["cpus"]),
-        )
+        group, why = cgroups.join_job(spec["run_group"])
         isolation["run_group"] = group.describe() if group else {"error": why}
     if spec.get("namespaces", True):
         try:
@@ -207,15 +201,7 @@ def harness_job(fds: list[int]) -> None:
     _close_others([channel, report])
     # The tests' side has a group of its own too: decoding what a solution sends costs memory and
     # CPU here, which must not come out of the runs beside it either.
-    wanted = spec.get("run_group")
-    group = None
-    if wanted:
-        group, _ = cgroups.join(
-            cgroups.group_name(os.getpid()),
-            int(wanted["memory_bytes"]),
-            int(wanted["max_processes"]),
-            float(wanted["cpus"]),
-        )
+    group = cgroups.join_job(spec["run_group"])[0] if spec.get("run_group") else None
     confine.limit(spec["limits"])
     folder = tempfile.mkdtemp(prefix="ttscale-harness-")
     os.chdir(folder)
